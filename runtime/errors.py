@@ -1,0 +1,110 @@
+"""Errors that cross service boundaries.
+
+Every error a client sees is a ``google.rpc.Status`` carried in the gRPC
+trailers (``grpc-status-details-bin``), with one ``google.rpc.ErrorInfo``
+whose ``reason`` is the public error type in UPPER_SNAKE_CASE
+(``AUDIO_DECODE_FAILED``); the HTTP gateway lowercases it into the
+``error.type`` of its JSON body. When one request field is at fault its name
+travels in ``ErrorInfo.metadata["param"]``.
+
+Services raise :class:`ApiError`; the server interceptor turns it (and any
+unexpected exception, without its traceback) into that status.
+"""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+DOMAIN = "voicemesh"
+
+
+class ApiError(Exception):
+    """An error meant for the client: a gRPC code, a public reason and a message."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        reason: str,
+        message: str,
+        *,
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.param = param
+
+    def __repr__(self) -> str:
+        return f"ApiError({self.code.name}, {self.reason}, {self.message!r})"
+
+    def to_status(self) -> grpc.Status:
+        info = error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN)
+        if self.param:
+            info.metadata["param"] = self.param
+        detail = any_pb2.Any()
+        detail.Pack(info)
+        status = status_pb2.Status(
+            code=self.code.value[0], message=self.message, details=[detail]
+        )
+        return rpc_status.to_status(status)
+
+    @classmethod
+    def from_rpc_error(cls, error: grpc.RpcError) -> "ApiError":
+        """Rebuild the ApiError an upstream service raised, so it can be re-raised as is.
+
+        An upstream error without ErrorInfo (a dead connection, a deadline) gets a
+        reason derived from its code.
+        """
+        code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+        message = error.details() if hasattr(error, "details") else str(error)
+        reason, param = DEFAULT_REASONS.get(code, "INTERNAL"), None
+        try:
+            status = rpc_status.from_call(error)
+        except Exception:  # malformed trailers: keep the defaults
+            status = None
+        if status is not None:
+            for detail in status.details:
+                if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                    info = error_details_pb2.ErrorInfo()
+                    detail.Unpack(info)
+                    reason = info.reason
+                    param = info.metadata.get("param") or None
+        return cls(code, reason, message or code.name, param=param)
+
+
+# Reasons for statuses that carry no ErrorInfo (raised by gRPC itself).
+DEFAULT_REASONS = {
+    grpc.StatusCode.INVALID_ARGUMENT: "INVALID_PARAMETER",
+    grpc.StatusCode.NOT_FOUND: "NOT_FOUND",
+    grpc.StatusCode.UNAUTHENTICATED: "UNAUTHORIZED",
+    grpc.StatusCode.PERMISSION_DENIED: "FORBIDDEN",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "RESOURCE_EXHAUSTED",
+    grpc.StatusCode.UNAVAILABLE: "UNAVAILABLE",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "DEADLINE_EXCEEDED",
+    grpc.StatusCode.UNIMPLEMENTED: "NOT_IMPLEMENTED",
+    grpc.StatusCode.CANCELLED: "CANCELLED",
+}
+
+
+def invalid_argument(reason: str, message: str, param: str | None = None) -> ApiError:
+    return ApiError(grpc.StatusCode.INVALID_ARGUMENT, reason, message, param=param)
+
+
+def invalid_parameter(param: str, message: str) -> ApiError:
+    return invalid_argument("INVALID_PARAMETER", message, param)
+
+
+def not_found(message: str = "not found") -> ApiError:
+    return ApiError(grpc.StatusCode.NOT_FOUND, "NOT_FOUND", message)
+
+
+def internal_error(message: str = "internal error") -> ApiError:
+    return ApiError(grpc.StatusCode.INTERNAL, "INTERNAL", message)
+
+
+# Keep the code_pb2 import meaningful for readers: gRPC codes and google.rpc.Code agree.
+assert grpc.StatusCode.INVALID_ARGUMENT.value[0] == code_pb2.INVALID_ARGUMENT

@@ -1,0 +1,247 @@
+"""Server bootstrap shared by every service.
+
+A service describes itself with a :class:`ServiceSpec` (its servicers and its
+start/stop hooks) and calls :func:`main`. This module then:
+
+* runs a ``grpc.aio`` server on ``<NAME>_GRPC_PORT`` with the standard
+  ``grpc.health.v1`` service and server reflection;
+* keeps health NOT_SERVING until ``on_start`` has returned (model loaded,
+  database reachable) and, if the spec has a ``readiness`` probe, while that
+  probe fails;
+* wraps every RPC in one interceptor that sets the request id for logs,
+  records Prometheus metrics, and turns exceptions into ``google.rpc.Status``
+  (an :class:`~runtime.errors.ApiError` as it is, anything else as INTERNAL
+  without its traceback, which is logged instead);
+* serves Prometheus metrics over HTTP on ``<NAME>_METRICS_PORT``;
+* on SIGTERM/SIGINT sets health NOT_SERVING, lets in-flight calls finish
+  within ``SHUTDOWN_GRACE_SECONDS``, runs ``on_stop`` and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+import grpc
+import prometheus_client
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from runtime import config, logs
+from runtime.errors import ApiError, internal_error
+
+log = logging.getLogger("runtime.server")
+
+RPC_HANDLED = prometheus_client.Counter(
+    "grpc_server_handled_total",
+    "RPCs completed on the server, by method and status code.",
+    ["grpc_service", "grpc_method", "grpc_code"],
+)
+RPC_SECONDS = prometheus_client.Histogram(
+    "grpc_server_handling_seconds",
+    "Time to serve an RPC, by method and status code.",
+    ["grpc_service", "grpc_method", "grpc_code"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+
+
+@dataclass
+class Servicer:
+    """One gRPC service implementation and the generated function that adds it."""
+
+    add_to_server: Callable[[Any, grpc.aio.Server], None]
+    implementation: Any
+    full_name: str  # "voice.transcode.v1.TranscodeService", as published in health and reflection
+
+
+@dataclass
+class ServiceSpec:
+    name: str  # "transcode": selects the <NAME>_* port settings
+    servicers: list[Servicer]
+    # Runs once the port is bound; health turns SERVING when it returns.
+    on_start: Callable[[], Awaitable[None]] | None = None
+    # Runs after the server has stopped taking calls.
+    on_stop: Callable[[], Awaitable[None]] | None = None
+    # Polled every few seconds once started; False turns health NOT_SERVING until it passes again.
+    readiness: Callable[[], Awaitable[bool]] | None = None
+    readiness_interval_seconds: float = 5.0
+    extra_options: list[tuple[str, Any]] = field(default_factory=list)
+
+
+class MeshInterceptor(grpc.aio.ServerInterceptor):
+    """Request id, metrics and error mapping for every RPC."""
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        service, _, method = details.method.lstrip("/").rpartition("/")
+        request_id = dict(details.invocation_metadata or ()).get(logs.REQUEST_ID_HEADER) or uuid.uuid4().hex
+
+        if handler.unary_unary or handler.stream_unary:
+            inner = handler.unary_unary or handler.stream_unary
+
+            async def unary_response(request, context):
+                with _Call(service, method, request_id) as call:
+                    try:
+                        return await inner(request, context)
+                    except BaseException as error:  # noqa: BLE001 - mapped, re-raised or aborted below
+                        await call.fail(error, context)
+
+            factory = (
+                grpc.unary_unary_rpc_method_handler
+                if handler.unary_unary
+                else grpc.stream_unary_rpc_method_handler
+            )
+            return factory(
+                unary_response,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+
+        inner = handler.unary_stream or handler.stream_stream
+
+        async def streaming_response(request, context):
+            with _Call(service, method, request_id) as call:
+                try:
+                    async for response in inner(request, context):
+                        yield response
+                except BaseException as error:  # noqa: BLE001
+                    await call.fail(error, context)
+
+        factory = (
+            grpc.unary_stream_rpc_method_handler
+            if handler.unary_stream
+            else grpc.stream_stream_rpc_method_handler
+        )
+        return factory(
+            streaming_response,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+class _Call:
+    """The bookkeeping of one RPC: request id context, metrics, error status."""
+
+    def __init__(self, service: str, method: str, request_id: str) -> None:
+        self.service, self.method, self.request_id = service, method, request_id
+        self.code = grpc.StatusCode.OK
+
+    def __enter__(self) -> "_Call":
+        self.token = logs.REQUEST_ID.set(self.request_id)
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        labels = (self.service, self.method, self.code.name)
+        RPC_HANDLED.labels(*labels).inc()
+        RPC_SECONDS.labels(*labels).observe(time.perf_counter() - self.started)
+        logs.REQUEST_ID.reset(self.token)
+
+    async def fail(self, error: BaseException, context: grpc.aio.ServicerContext) -> None:
+        """Record the error and end the call with the matching status. Always raises."""
+        if isinstance(error, asyncio.CancelledError):
+            self.code = grpc.StatusCode.CANCELLED
+            raise error
+        if isinstance(error, grpc.aio.AbortError):  # the handler aborted on its own
+            self.code = context.code() or grpc.StatusCode.UNKNOWN
+            raise error
+        if isinstance(error, grpc.aio.AioRpcError):  # an upstream call failed: pass its status on
+            error = ApiError.from_rpc_error(error)
+        if not isinstance(error, ApiError):
+            log.error(
+                "unhandled error in %s/%s", self.service, self.method, exc_info=error
+            )
+            error = internal_error(f"internal error (request id {self.request_id})")
+        self.code = error.code
+        await context.abort_with_status(error.to_status())
+
+
+def channel_options() -> list[tuple[str, Any]]:
+    size = config.GRPC_MAX_MESSAGE_BYTES.value
+    return [("grpc.max_send_message_length", size), ("grpc.max_receive_message_length", size)]
+
+
+async def serve(spec: ServiceSpec) -> None:
+    ports = config.SERVICES[spec.name]
+    server = grpc.aio.server(
+        interceptors=[MeshInterceptor()],
+        options=channel_options() + spec.extra_options,
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for servicer in spec.servicers:
+        servicer.add_to_server(servicer.implementation, server)
+    names = [s.full_name for s in spec.servicers]
+    reflection.enable_server_reflection(
+        names + [health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+
+    async def set_health(status: int) -> None:
+        for name in names + [""]:  # "" is the whole server
+            await health_servicer.set(name, status)
+
+    await set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+    address = f"{config.BIND_HOST.value}:{ports.grpc_port.value}"
+    server.add_insecure_port(address)
+    await server.start()
+    prometheus_client.start_http_server(ports.metrics_port.value, addr=config.BIND_HOST.value)
+    log.info("listening", extra={"grpc": address, "metrics_port": ports.metrics_port.value})
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+
+    async def start_and_watch() -> None:
+        if spec.on_start is not None:
+            await spec.on_start()
+        await set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving")
+        serving = True
+        while spec.readiness is not None:
+            await asyncio.sleep(spec.readiness_interval_seconds)
+            try:
+                ready = await spec.readiness()
+            except Exception:  # a failing probe means not ready, never a crash
+                log.warning("readiness probe failed", exc_info=True)
+                ready = False
+            if ready != serving:
+                serving = ready
+                log.warning("readiness changed", extra={"serving": ready})
+                await set_health(
+                    health_pb2.HealthCheckResponse.SERVING
+                    if ready
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+
+    starter = asyncio.create_task(start_and_watch())
+    stop_waiter = asyncio.create_task(stopping.wait())
+    done, _ = await asyncio.wait({starter, stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if starter in done and starter.exception() is not None:
+        log.error("start-up failed", exc_info=starter.exception())
+        stop_waiter.cancel()
+        await server.stop(0)
+        raise SystemExit(1)
+    await stop_waiter
+
+    log.info("shutting down", extra={"grace_seconds": config.SHUTDOWN_GRACE_SECONDS.value})
+    starter.cancel()
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(config.SHUTDOWN_GRACE_SECONDS.value)
+    if spec.on_stop is not None:
+        await spec.on_stop()
+    log.info("stopped")
+
+
+def main(build: Callable[[], ServiceSpec]) -> None:
+    """Entry point of a service's ``__main__``: logs, then serve until a signal."""
+    spec = build()
+    logs.setup(spec.name)
+    asyncio.run(serve(spec))
