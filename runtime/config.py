@@ -99,6 +99,7 @@ def _service_settings(name: str, grpc_port: int, metrics_port: int) -> ServiceSe
 
 
 SERVICES = {name: _service_settings(name, *ports) for name, ports in SERVICE_PORTS.items()}
+GATEWAY_HTTP_PORT = setting("GATEWAY_HTTP_PORT", 8080, "public HTTP port of the gateway", int)
 
 BIND_HOST = setting(
     "BIND_HOST", "127.0.0.1", "interface every server listens on (0.0.0.0 in containers)"
@@ -134,6 +135,7 @@ def load_all() -> dict[str, Setting]:
     """Import every service's settings so the registry is complete."""
     import importlib
 
+    importlib.import_module("tools.mesh")
     for name in SERVICE_PORTS:
         try:
             importlib.import_module(f"services.{name}.config")

@@ -1,0 +1,38 @@
+# voicemesh: `make run` starts the whole mesh, `make test` runs the whole suite.
+# Both create the virtual environment and the generated protobuf code first.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+PROTOS := $(shell find protos -name '*.proto')
+export PYTHONPATH := $(CURDIR):$(CURDIR)/gen
+
+.PHONY: run test protos key bench tiny-models clean
+
+run: $(VENV)/.installed gen/.stamp
+	$(PY) -m tools.mesh
+
+test: $(VENV)/.installed gen/.stamp
+	$(PY) -m pytest
+
+protos: $(VENV)/.installed
+	$(PY) tools/gen_protos.py && touch gen/.stamp
+
+# Creates the account if needed and prints a new API key as the last line.
+key: $(VENV)/.installed gen/.stamp
+	$(PY) -m services.gateway.keys $(ACCOUNT)
+
+bench: $(VENV)/.installed gen/.stamp
+	$(PY) bench/transcode_bench.py
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+gen/.stamp: $(VENV)/.installed $(PROTOS) tools/gen_protos.py
+	$(PY) tools/gen_protos.py
+	touch $@
+
+clean:
+	rm -rf gen var .pytest_cache

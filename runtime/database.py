@@ -1,0 +1,157 @@
+"""PostgreSQL for the services that own data (asyncpg).
+
+Each such service keeps its tables in a schema of its own (``library``,
+``gateway``) and its migrations as numbered plain-SQL files
+(``services/<name>/migrations/001_create_samples.sql``). :func:`open_pool`
+applies the missing ones at start-up inside a transaction, under a
+PostgreSQL advisory lock, and records each version in
+``<schema>.schema_migrations``, so several replicas can start at once and only
+one migrates.
+
+A lost database connection becomes UNAVAILABLE with reason
+``DATABASE_UNAVAILABLE`` (HTTP 503), never a hang: connections and statements
+have timeouts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import pathlib
+import re
+from typing import AsyncIterator
+
+import asyncpg
+import grpc
+
+from runtime import config
+from runtime.errors import ApiError
+
+log = logging.getLogger("runtime.database")
+
+DATABASE_TIMEOUT_SECONDS = config.setting(
+    "DATABASE_TIMEOUT_SECONDS", 10.0, "connect and statement timeout for PostgreSQL", float
+)
+DATABASE_POOL_SIZE = config.setting(
+    "DATABASE_POOL_SIZE", 10, "most PostgreSQL connections one service process holds", int
+)
+
+_MIGRATION_NAME = re.compile(r"^(\d+)_[\w-]+\.sql$")
+
+# Errors that mean "the database is not there right now", as opposed to a bug in a query.
+CONNECTION_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+)
+
+
+def unavailable() -> ApiError:
+    return ApiError(
+        grpc.StatusCode.UNAVAILABLE,
+        "DATABASE_UNAVAILABLE",
+        "the database is unavailable; nothing was changed, try again shortly",
+    )
+
+
+@contextlib.contextmanager
+def database_errors():
+    """Turn a lost connection inside the block into DATABASE_UNAVAILABLE."""
+    try:
+        yield
+    except ApiError:
+        raise
+    except CONNECTION_ERRORS as error:
+        log.warning("database unavailable: %s", type(error).__name__)
+        raise unavailable() from error
+
+
+def migrations(folder: pathlib.Path) -> list[tuple[int, pathlib.Path]]:
+    found = []
+    for path in sorted(folder.glob("*.sql")):
+        match = _MIGRATION_NAME.match(path.name)
+        if not match:
+            raise ValueError(f"migration file name must be NNN_name.sql: {path.name}")
+        found.append((int(match.group(1)), path))
+    versions = [version for version, _ in found]
+    if len(set(versions)) != len(versions):
+        raise ValueError(f"duplicate migration versions in {folder}")
+    return found
+
+
+async def migrate(connection: asyncpg.Connection, schema: str, folder: pathlib.Path) -> list[int]:
+    """Apply the migrations not yet recorded; returns the versions applied now."""
+    lock_key = int.from_bytes(hashlib.sha256(f"migrate:{schema}".encode()).digest()[:8], "big", signed=True)
+    await connection.execute("SELECT pg_advisory_lock($1)", lock_key)
+    try:
+        await connection.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        await connection.execute(
+            f"""CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (
+                    version integer PRIMARY KEY,
+                    name text NOT NULL,
+                    applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+        done = {row["version"] for row in await connection.fetch(f"SELECT version FROM {schema}.schema_migrations")}
+        applied = []
+        for version, path in migrations(folder):
+            if version in done:
+                continue
+            async with connection.transaction():
+                await connection.execute(f"SET LOCAL search_path TO {schema}")
+                await connection.execute(path.read_text())
+                await connection.execute(
+                    f"INSERT INTO {schema}.schema_migrations (version, name) VALUES ($1, $2)",
+                    version,
+                    path.name,
+                )
+            log.info("applied migration", extra={"schema": schema, "migration": path.name})
+            applied.append(version)
+        return applied
+    finally:
+        await connection.execute("SELECT pg_advisory_unlock($1)", lock_key)
+
+
+async def open_pool(schema: str, migrations_folder: pathlib.Path, url: str | None = None) -> asyncpg.Pool:
+    """Connect, migrate, and return a pool whose connections use `schema` first."""
+    url = url or config.DATABASE_URL.value
+    if not url:
+        raise SystemExit("DATABASE_URL is not set")
+    timeout = DATABASE_TIMEOUT_SECONDS.value
+    connection = await asyncpg.connect(url, timeout=timeout)
+    try:
+        await migrate(connection, schema, migrations_folder)
+    finally:
+        await connection.close()
+    return await asyncpg.create_pool(
+        url,
+        min_size=1,
+        max_size=DATABASE_POOL_SIZE.value,
+        timeout=timeout,
+        command_timeout=timeout,
+        server_settings={"search_path": schema},
+    )
+
+
+async def is_reachable(pool: asyncpg.Pool) -> bool:
+    """Readiness probe: one round trip."""
+    try:
+        async with pool.acquire(timeout=DATABASE_TIMEOUT_SECONDS.value) as connection:
+            await connection.fetchval("SELECT 1", timeout=DATABASE_TIMEOUT_SECONDS.value)
+        return True
+    except CONNECTION_ERRORS:
+        return False
+
+
+@contextlib.asynccontextmanager
+async def transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A connection in a transaction, with connection loss reported as DATABASE_UNAVAILABLE."""
+    with database_errors():
+        async with pool.acquire() as connection:
+            async with connection.transaction():
+                yield connection

