@@ -12,7 +12,7 @@ export PYTHONPATH := $(CURDIR):$(CURDIR)/gen
 run: $(VENV)/.installed gen/.stamp
 	$(PY) -m tools.mesh
 
-test: $(VENV)/.installed gen/.stamp
+test: $(VENV)/.installed gen/.stamp var/buf/.installed
 	$(PY) -m pytest
 
 protos: $(VENV)/.installed
@@ -33,6 +33,10 @@ $(VENV)/.installed: requirements.txt
 gen/.stamp: $(VENV)/.installed $(PROTOS) tools/gen_protos.py
 	$(PY) tools/gen_protos.py
 	touch $@
+
+# buf (protobuf linter) for the contract tests; the suite skips that test where npm is missing.
+var/buf/.installed:
+	-mkdir -p var/buf && npm install --silent --no-audit --no-fund --prefix var/buf @bufbuild/buf@1.75.0 && touch $@
 
 clean:
 	rm -rf gen var .pytest_cache

@@ -135,6 +135,7 @@ def load_all() -> dict[str, Setting]:
     """Import every service's settings so the registry is complete."""
     import importlib
 
+    importlib.import_module("runtime.database")
     importlib.import_module("tools.mesh")
     for name in SERVICE_PORTS:
         try:
@@ -145,6 +146,24 @@ def load_all() -> dict[str, Setting]:
     return REGISTRY
 
 
+def write_readme_table(path: str) -> None:
+    """Replace the table between the README's config-table markers."""
+    start, end = "<!-- config-table:start -->", "<!-- config-table:end -->"
+    with open(path) as file:
+        text = file.read()
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    with open(path, "w") as file:
+        file.write(f"{head}{start}\n{markdown_table()}\n{end}{tail}")
+
+
 if __name__ == "__main__":
-    load_all()
-    sys.stdout.write(markdown_table() + "\n")
+    # Run as a script this file is __main__, a module apart from the runtime.config
+    # that services register their settings in: use that one.
+    from runtime import config as registered
+
+    registered.load_all()
+    if sys.argv[1:2] == ["--write-readme"]:
+        registered.write_readme_table(sys.argv[2] if len(sys.argv) > 2 else "README.md")
+    else:
+        sys.stdout.write(registered.markdown_table() + "\n")
