@@ -20,6 +20,7 @@ start/stop hooks) and calls :func:`main`. This module then:
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import signal
 import time
@@ -113,6 +114,18 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
                         yield response
                 except BaseException as error:  # noqa: BLE001
                     await call.fail(error, context)
+
+        async def written_response(request, context):
+            # A streaming handler may also be a coroutine that sends with
+            # context.write() (grpc's own HealthServicer.Watch does).
+            with _Call(service, method, request_id) as call:
+                try:
+                    await inner(request, context)
+                except BaseException as error:  # noqa: BLE001
+                    await call.fail(error, context)
+
+        if not inspect.isasyncgenfunction(inner):
+            streaming_response = written_response
 
         factory = (
             grpc.unary_stream_rpc_method_handler
