@@ -1,0 +1,184 @@
+"""The library's rules that need no database or network: who is calling,
+which field values are acceptable, page tokens, and how an upload's format is
+named. Kept apart from the servicer so they can be unit-tested directly.
+
+Field rules (each refusal is INVALID_ARGUMENT / INVALID_PARAMETER naming the field):
+
+* speaker_name: required, trimmed, at most LIBRARY_MAX_SPEAKER_NAME_CHARS;
+* transcript: optional, trimmed, at most LIBRARY_MAX_TRANSCRIPT_CHARS;
+* collection: optional, trimmed, at most LIBRARY_MAX_COLLECTION_CHARS;
+* visibility: private, unlisted or public (empty on upload means private);
+* audio: required, at most LIBRARY_MAX_UPLOAD_BYTES (else REQUEST_TOO_LARGE).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import re
+from dataclasses import dataclass
+from typing import Iterable
+
+import grpc
+
+from runtime.errors import ApiError, invalid_argument, invalid_parameter
+from services.library import config
+
+ACCOUNT_HEADER = "x-account-id"
+_ACCOUNT_ID = re.compile(r"[0-9]{1,19}")
+_MAX_BIGINT = 2**63 - 1  # ids are PostgreSQL bigints
+
+VISIBILITIES = ("private", "unlisted", "public")
+DEFAULT_VISIBILITY = "private"
+
+# ListVoiceSamples page sizes, as library.proto documents them.
+DEFAULT_PAGE_SIZE = 20
+MAX_PAGE_SIZE = 100
+
+
+def account_id(metadata: Iterable[tuple[str, str | bytes]] | None) -> int:
+    """The caller's account from the `x-account-id` metadata the gateway sets."""
+    raw = dict(metadata or ()).get(ACCOUNT_HEADER, "")
+    if isinstance(raw, bytes):
+        raw = raw.decode(errors="replace")
+    if _ACCOUNT_ID.fullmatch(raw.strip()) and 0 < int(raw) <= _MAX_BIGINT:
+        return int(raw)
+    raise ApiError(
+        grpc.StatusCode.UNAUTHENTICATED,
+        "UNAUTHORIZED",
+        f"no valid {ACCOUNT_HEADER}: the caller's account is unknown",
+    )
+
+
+# --- Field values --------------------------------------------------------
+
+
+def speaker_name(value: str) -> str:
+    """Required: a sample without a name cannot be told apart in the library."""
+    name = value.strip()
+    if not name:
+        raise invalid_parameter("speaker_name", "speaker_name is required")
+    _check_length("speaker_name", name, config.MAX_SPEAKER_NAME_CHARS.value)
+    return name
+
+
+def transcript(value: str) -> str:
+    text = value.strip()
+    _check_length("transcript", text, config.MAX_TRANSCRIPT_CHARS.value)
+    return text
+
+
+def collection(value: str) -> str:
+    name = value.strip()
+    _check_length("collection", name, config.MAX_COLLECTION_CHARS.value)
+    return name
+
+
+def visibility(value: str, *, empty_means_default: bool) -> str:
+    """One of VISIBILITIES; on upload an empty value means private."""
+    if not value and empty_means_default:
+        return DEFAULT_VISIBILITY
+    if value not in VISIBILITIES:
+        raise invalid_parameter(
+            "visibility", f"visibility must be one of {', '.join(VISIBILITIES)}, not {value!r}"
+        )
+    return value
+
+
+def recognized_transcript(text: str) -> str:
+    """A speech-recognition result, cut to the transcript limit rather than refused."""
+    return text.strip()[: config.MAX_TRANSCRIPT_CHARS.value].strip()
+
+
+def _check_length(field: str, value: str, limit: int) -> None:
+    if len(value) > limit:
+        raise invalid_parameter(field, f"{field} is {len(value)} characters; at most {limit} are allowed")
+
+
+def audio(data: bytes) -> bytes:
+    """The uploaded audio, if there is some and not too much.
+
+    Checked before any decoding, so an oversized upload costs nothing more.
+    """
+    limit = config.MAX_UPLOAD_BYTES.value
+    if len(data) > limit:
+        raise invalid_argument(
+            "REQUEST_TOO_LARGE",
+            f"the upload is {len(data)} bytes; voice samples may be at most {limit} bytes",
+            "audio",
+        )
+    if not data:
+        raise invalid_parameter("audio", "audio is required: send the recording as the request body")
+    return data
+
+
+def page_size(value: int) -> int:
+    if value == 0:
+        return DEFAULT_PAGE_SIZE
+    if not 1 <= value <= MAX_PAGE_SIZE:
+        raise invalid_parameter("page_size", f"page_size must be between 1 and {MAX_PAGE_SIZE}")
+    return value
+
+
+# --- Page tokens ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a page ended: the (create_time, id) of its last sample, newest first."""
+
+    create_time: datetime.datetime
+    id: int
+
+
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+_TOKEN = re.compile(r"v1:(-?[0-9]{1,20}):([0-9]{1,19})")
+
+
+def encode_page_token(position: Position) -> str:
+    # Whole microseconds, PostgreSQL's precision, so the next page starts exactly after this one.
+    micros = (position.create_time - _EPOCH) // datetime.timedelta(microseconds=1)
+    return base64.urlsafe_b64encode(f"v1:{micros}:{position.id}".encode()).decode().rstrip("=")
+
+
+def decode_page_token(token: str) -> Position | None:
+    """None for the first page; INVALID_PARAMETER for anything that is not our own token."""
+    if not token:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("ascii")
+        match = _TOKEN.fullmatch(text)
+        if match is None or int(match.group(2)) > _MAX_BIGINT:
+            raise ValueError(text)
+        create_time = _EPOCH + datetime.timedelta(microseconds=int(match.group(1)))
+    except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError):
+        raise invalid_parameter(
+            "page_token", "page_token is not valid: pass the next_page_token of the previous page"
+        ) from None
+    return Position(create_time, int(match.group(2)))
+
+
+# --- Formats -------------------------------------------------------------
+
+# FFmpeg names some demuxers by every format they read; the name users know instead.
+_CONTAINER_NAMES = {
+    "matroska,webm": "webm",
+    "mov,mp4,m4a,3gp,3g2,mj2": "mp4",
+}
+
+
+def original_format(container: str, codec: str, content_type: str = "") -> str:
+    """"webm/opus", "wav/pcm_s16le", ...: the upload as detected, container/codec.
+
+    The upload's MIME subtype picks among a demuxer's names when it is one of
+    them (audio/x-matroska and audio/webm share a demuxer).
+    """
+    names = [name for name in container.split(",") if name]
+    subtype = content_type.split(";")[0].split("/")[-1].strip().lower()
+    subtype = subtype.removeprefix("x-")
+    if subtype in names:
+        name = subtype
+    else:
+        name = _CONTAINER_NAMES.get(container) or (names[0] if names else "unknown")
+    return f"{name}/{codec}" if codec else name

@@ -1,0 +1,244 @@
+"""LibraryService: each account's voice samples, stored in PostgreSQL.
+
+An upload is checked (account, fields, size), normalized to 44.1 kHz mono WAV
+by the transcode service, given a transcript by the STT service when the user
+typed none and one is reachable, and inserted in one transaction; the reply
+goes out only after the commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import pathlib
+
+import asyncpg
+import grpc
+from google.api import httpbody_pb2
+
+from runtime import clients
+from runtime.database import CONNECTION_ERRORS, is_reachable, open_pool, unavailable
+from runtime.errors import ApiError
+from runtime.server import ServiceSpec, Servicer
+from services.library import config, rules, store
+from voice.library.v1 import library_pb2, library_pb2_grpc
+from voice.stt.v1 import stt_pb2, stt_pb2_grpc
+from voice.transcode.v1 import transcode_pb2, transcode_pb2_grpc
+
+log = logging.getLogger("library")
+
+MIGRATIONS = pathlib.Path(__file__).resolve().parent / "migrations"
+SCHEMA = "library"
+
+
+def to_proto(row: asyncpg.Record) -> library_pb2.VoiceSample:
+    sample = library_pb2.VoiceSample(
+        id=row["id"],
+        speaker_name=row["speaker_name"],
+        transcript=row["transcript"],
+        transcript_source=row["transcript_source"],
+        is_default=row["is_default"],
+        original_format=row["original_format"],
+        original_size_bytes=row["original_size_bytes"],
+        duration_seconds=row["duration_seconds"],
+        visibility=row["visibility"],
+        collection=row["collection"],
+    )
+    sample.create_time.FromDatetime(row["create_time"])
+    sample.update_time.FromDatetime(row["update_time"])
+    return sample
+
+
+class Library(library_pb2_grpc.LibraryServiceServicer):
+    def __init__(self) -> None:
+        self._pool: asyncpg.Pool | None = None
+        self._transcode: transcode_pb2_grpc.TranscodeServiceStub | None = None
+        self._stt: stt_pb2_grpc.SttServiceStub | None = None
+        self._channels: list[grpc.aio.Channel] = []
+
+    # --- Life cycle (hooks of the ServiceSpec) ---------------------------
+
+    async def start(self) -> None:
+        """Connect and migrate; until PostgreSQL answers, keep trying (health stays NOT_SERVING)."""
+        transcode_channel = clients.service_channel("transcode")
+        stt_channel = clients.service_channel("stt")
+        self._channels = [transcode_channel, stt_channel]
+        self._transcode = transcode_pb2_grpc.TranscodeServiceStub(transcode_channel)
+        self._stt = stt_pb2_grpc.SttServiceStub(stt_channel)
+        while self._pool is None:
+            try:
+                self._pool = await open_pool(SCHEMA, MIGRATIONS)
+            except CONNECTION_ERRORS as error:
+                log.warning("database not reachable yet (%s); retrying", type(error).__name__)
+                await asyncio.sleep(config.DATABASE_RETRY_SECONDS.value)
+
+    async def stop(self) -> None:
+        for channel in self._channels:
+            await channel.close()
+        if self._pool is not None:
+            try:
+                await asyncio.wait_for(self._pool.close(), timeout=5)
+            except (asyncio.TimeoutError, *CONNECTION_ERRORS):
+                self._pool.terminate()
+
+    async def ready(self) -> bool:
+        return self._pool is not None and await is_reachable(self._pool)
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:  # a call that arrives before start-up has finished
+            raise unavailable()
+        return self._pool
+
+    # --- RPCs ------------------------------------------------------------
+
+    async def CreateVoiceSample(self, request, context):
+        account = rules.account_id(context.invocation_metadata())
+        speaker_name = rules.speaker_name(request.speaker_name)
+        transcript = rules.transcript(request.transcript)
+        visibility = rules.visibility(request.visibility, empty_means_default=True)
+        collection = rules.collection(request.collection)
+        audio = rules.audio(request.audio.data)
+
+        decoded = await self._decode(audio)
+        transcript_source = "user" if transcript else ""
+        if not transcript:
+            transcript = await self._recognize(decoded.wav)
+            transcript_source = "stt" if transcript else ""
+
+        row = await store.insert(
+            self.pool,
+            account,
+            store.NewSample(
+                speaker_name=speaker_name,
+                transcript=transcript,
+                transcript_source=transcript_source,
+                is_default=request.is_default,
+                visibility=visibility,
+                collection=collection,
+                original_format=rules.original_format(
+                    decoded.info.source_format, decoded.info.source_codec, request.audio.content_type
+                ),
+                original_audio=audio,
+                normalized_wav=decoded.wav,
+                duration_seconds=decoded.info.duration_seconds,
+            ),
+        )
+        log.info("voice sample stored", extra={"sample_id": row["id"], "account_id": account})
+        return library_pb2.CreateVoiceSampleResponse(voice_sample=to_proto(row))
+
+    async def ListVoiceSamples(self, request, context):
+        account = rules.account_id(context.invocation_metadata())
+        page_size = rules.page_size(request.page_size)
+        after = rules.decode_page_token(request.page_token)
+        # One more than asked: whether it exists says if there is a next page.
+        rows = await store.list_page(self.pool, account, after, page_size + 1)
+        page, more = rows[:page_size], len(rows) > page_size
+        next_token = ""
+        if more:
+            last = page[-1]
+            next_token = rules.encode_page_token(rules.Position(last["create_time"], last["id"]))
+        return library_pb2.ListVoiceSamplesResponse(
+            voice_samples=[to_proto(row) for row in page], next_page_token=next_token
+        )
+
+    async def GetVoiceSample(self, request, context):
+        account = rules.account_id(context.invocation_metadata())
+        row = await store.get(self.pool, account, request.id)
+        return library_pb2.GetVoiceSampleResponse(voice_sample=to_proto(row))
+
+    async def GetVoiceSampleAudio(self, request, context):
+        account = rules.account_id(context.invocation_metadata())
+        wav = await store.get_audio(self.pool, account, request.id)
+        return library_pb2.GetVoiceSampleAudioResponse(
+            audio=httpbody_pb2.HttpBody(content_type="audio/wav", data=wav)
+        )
+
+    async def UpdateVoiceSample(self, request, context):
+        account = rules.account_id(context.invocation_metadata())
+        changes: dict[str, str] = {}
+        if request.HasField("speaker_name"):
+            changes["speaker_name"] = rules.speaker_name(request.speaker_name)
+        if request.HasField("transcript"):
+            changes["transcript"] = rules.transcript(request.transcript)
+            # The user's own words; an emptied transcript has no source.
+            changes["transcript_source"] = "user" if changes["transcript"] else ""
+        if request.HasField("visibility"):
+            changes["visibility"] = rules.visibility(request.visibility, empty_means_default=False)
+        if request.HasField("collection"):
+            changes["collection"] = rules.collection(request.collection)
+        make_default = request.is_default if request.HasField("is_default") else None
+        row = await store.update(self.pool, account, request.id, changes, make_default)
+        return library_pb2.UpdateVoiceSampleResponse(voice_sample=to_proto(row))
+
+    async def DeleteVoiceSample(self, request, context):
+        account = rules.account_id(context.invocation_metadata())
+        await store.delete(self.pool, account, request.id)
+        log.info("voice sample deleted", extra={"sample_id": request.id, "account_id": account})
+        return library_pb2.DeleteVoiceSampleResponse()
+
+    # --- Upstream services -----------------------------------------------
+
+    async def _decode(self, audio: bytes) -> transcode_pb2.DecodeAudioResponse:
+        """44.1 kHz mono WAV of the upload; the transcode service's refusals pass through."""
+        assert self._transcode is not None
+        try:
+            return await self._transcode.DecodeAudio(
+                transcode_pb2.DecodeAudioRequest(
+                    audio=audio, max_duration_seconds=config.MAX_SAMPLE_SECONDS.value
+                )
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _transcode_failure(error) from None
+
+    async def _recognize(self, wav: bytes) -> str:
+        """The transcript speech recognition hears, or "" when it cannot be had now."""
+        assert self._stt is not None
+        try:
+            reply = await self._stt.Transcribe(
+                stt_pb2.TranscribeRequest(audio=wav), timeout=config.STT_TIMEOUT_SECONDS.value
+            )
+        except grpc.aio.AioRpcError as error:
+            # The sample is worth keeping without one: the user can type it in later.
+            log.warning("no transcript from speech recognition", extra={"code": error.code().name})
+            return ""
+        return rules.recognized_transcript(reply.text)
+
+
+def _transcode_failure(error: grpc.aio.AioRpcError) -> ApiError:
+    """What the client hears when the transcode service refuses or fails an upload."""
+    upstream = ApiError.from_rpc_error(error)
+    if upstream.code == grpc.StatusCode.INVALID_ARGUMENT:
+        if upstream.reason == "AUDIO_TOO_LARGE":  # transcode's own byte limit: same meaning as ours
+            return ApiError(upstream.code, "REQUEST_TOO_LARGE", upstream.message, param="audio")
+        return upstream  # AUDIO_DECODE_FAILED, AUDIO_TOO_LONG: the user's to fix
+    if upstream.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return upstream  # busy: the client may retry later
+    log.error("transcode failed: %s %s", upstream.code.name, upstream.message)
+    if upstream.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return ApiError(
+            grpc.StatusCode.UNAVAILABLE,
+            "UNAVAILABLE",
+            "audio conversion is unavailable right now; nothing was stored, try again shortly",
+        )
+    return ApiError(
+        grpc.StatusCode.INTERNAL, "UPSTREAM_ERROR", "audio conversion failed; nothing was stored"
+    )
+
+
+def build_spec() -> ServiceSpec:
+    library = Library()
+    return ServiceSpec(
+        name="library",
+        servicers=[
+            Servicer(
+                library_pb2_grpc.add_LibraryServiceServicer_to_server,
+                library,
+                "voice.library.v1.LibraryService",
+            )
+        ],
+        on_start=library.start,
+        on_stop=library.stop,
+        readiness=library.ready,
+        readiness_interval_seconds=config.READINESS_INTERVAL_SECONDS.value,
+    )

@@ -1,0 +1,206 @@
+"""The library's tables (schema `library`): every query the service runs.
+
+Each function takes the caller's account id and touches only that account's
+rows, so a sample of another account is simply not found. Connection loss
+becomes DATABASE_UNAVAILABLE through runtime.database.transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, TypeVar
+
+import asyncpg
+import grpc
+
+from runtime.database import transaction
+from runtime.errors import ApiError, not_found
+from services.library.rules import Position
+
+log = logging.getLogger("library.store")
+
+T = TypeVar("T")
+
+# What the API shows of a sample: never the audio columns, which can be megabytes.
+_SAMPLE_COLUMNS = """
+    id, speaker_name, transcript, transcript_source, is_default, original_format,
+    octet_length(original_audio) AS original_size_bytes, duration_seconds,
+    visibility, collection, create_time, update_time
+"""
+
+# Columns UpdateVoiceSample may set; anything else is a programming error.
+_UPDATABLE = {"speaker_name", "transcript", "transcript_source", "visibility", "collection"}
+
+# Two requests making different samples of one account the default at the same
+# moment: the unique index lets one commit and fails the other, which then
+# retries and, seeing the first, clears it. More attempts than racers needed.
+_DEFAULT_RACE_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class NewSample:
+    speaker_name: str
+    transcript: str
+    transcript_source: str
+    is_default: bool
+    visibility: str
+    collection: str
+    original_format: str
+    original_audio: bytes
+    normalized_wav: bytes
+    duration_seconds: float
+
+
+async def _changing_default(
+    pool: asyncpg.Pool, work: Callable[[asyncpg.Connection], Awaitable[T]]
+) -> T:
+    """Run `work` in a transaction, again if a concurrent default change won the race."""
+    for attempt in range(1, _DEFAULT_RACE_ATTEMPTS + 1):
+        try:
+            async with transaction(pool) as connection:
+                return await work(connection)
+        except asyncpg.UniqueViolationError:
+            log.info("default sample changed concurrently; retrying", extra={"attempt": attempt})
+    raise ApiError(
+        grpc.StatusCode.ABORTED,
+        "CONFLICT",
+        "the default sample was changed by several requests at once; try again",
+    )
+
+
+async def _clear_default(connection: asyncpg.Connection, account: int, keep_id: int | None) -> None:
+    await connection.execute(
+        """UPDATE samples SET is_default = false, update_time = now()
+           WHERE account_id = $1 AND is_default AND id IS DISTINCT FROM $2""",
+        account,
+        keep_id,
+    )
+
+
+async def insert(pool: asyncpg.Pool, account: int, sample: NewSample) -> asyncpg.Record:
+    """Store a sample; it is committed when this returns."""
+
+    async def work(connection: asyncpg.Connection) -> asyncpg.Record:
+        if sample.is_default:
+            await _clear_default(connection, account, None)
+        return await connection.fetchrow(
+            f"""INSERT INTO samples (account_id, speaker_name, transcript, transcript_source,
+                    is_default, visibility, collection, original_format, original_audio,
+                    normalized_wav, duration_seconds)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                RETURNING {_SAMPLE_COLUMNS}""",
+            account,
+            sample.speaker_name,
+            sample.transcript,
+            sample.transcript_source,
+            sample.is_default,
+            sample.visibility,
+            sample.collection,
+            sample.original_format,
+            sample.original_audio,
+            sample.normalized_wav,
+            sample.duration_seconds,
+        )
+
+    return await _changing_default(pool, work)
+
+
+async def list_page(
+    pool: asyncpg.Pool, account: int, after: Position | None, limit: int
+) -> list[asyncpg.Record]:
+    """Up to `limit` samples, newest first, starting after `after`."""
+    arguments: list[Any] = [account, limit]
+    after_clause = ""
+    if after is not None:
+        arguments += [after.create_time, after.id]
+        after_clause = "AND (create_time, id) < ($3, $4)"
+    async with transaction(pool) as connection:
+        return await connection.fetch(
+            f"""SELECT {_SAMPLE_COLUMNS} FROM samples
+                WHERE account_id = $1 {after_clause}
+                ORDER BY create_time DESC, id DESC
+                LIMIT $2""",
+            *arguments,
+        )
+
+
+async def get(pool: asyncpg.Pool, account: int, sample_id: int) -> asyncpg.Record:
+    async with transaction(pool) as connection:
+        row = await connection.fetchrow(
+            f"SELECT {_SAMPLE_COLUMNS} FROM samples WHERE account_id = $1 AND id = $2",
+            account,
+            sample_id,
+        )
+    return _found(row, sample_id)
+
+
+async def get_audio(pool: asyncpg.Pool, account: int, sample_id: int) -> bytes:
+    async with transaction(pool) as connection:
+        wav = await connection.fetchval(
+            "SELECT normalized_wav FROM samples WHERE account_id = $1 AND id = $2",
+            account,
+            sample_id,
+        )
+    return _found(wav, sample_id)
+
+
+async def update(
+    pool: asyncpg.Pool,
+    account: int,
+    sample_id: int,
+    changes: dict[str, Any],
+    make_default: bool | None,
+) -> asyncpg.Record:
+    """Set the given columns (and the default flag when not None); bumps update_time."""
+    unknown = set(changes) - _UPDATABLE
+    if unknown:
+        raise ValueError(f"not updatable: {sorted(unknown)}")
+    assignments = dict(changes)
+    if make_default is not None:
+        assignments["is_default"] = make_default
+
+    async def work(connection: asyncpg.Connection) -> asyncpg.Record:
+        if not assignments:  # nothing to change: the sample as it is
+            row = await connection.fetchrow(
+                f"SELECT {_SAMPLE_COLUMNS} FROM samples WHERE account_id = $1 AND id = $2",
+                account,
+                sample_id,
+            )
+            return _found(row, sample_id)
+        exists = await connection.fetchval(
+            "SELECT true FROM samples WHERE account_id = $1 AND id = $2 FOR UPDATE",
+            account,
+            sample_id,
+        )
+        _found(exists, sample_id)  # before touching the account's other samples
+        if make_default:
+            await _clear_default(connection, account, sample_id)
+        columns = list(assignments)
+        placeholders = ", ".join(f"{column} = ${n}" for n, column in enumerate(columns, start=3))
+        return await connection.fetchrow(
+            f"""UPDATE samples SET {placeholders}, update_time = now()
+                WHERE account_id = $1 AND id = $2
+                RETURNING {_SAMPLE_COLUMNS}""",
+            account,
+            sample_id,
+            *(assignments[column] for column in columns),
+        )
+
+    return await _changing_default(pool, work)
+
+
+async def delete(pool: asyncpg.Pool, account: int, sample_id: int) -> None:
+    async with transaction(pool) as connection:
+        deleted = await connection.fetchval(
+            "DELETE FROM samples WHERE account_id = $1 AND id = $2 RETURNING id",
+            account,
+            sample_id,
+        )
+    _found(deleted, sample_id)
+
+
+def _found(value: T | None, sample_id: int) -> T:
+    if value is None:
+        raise not_found(f"voice sample {sample_id} not found")
+    return value
