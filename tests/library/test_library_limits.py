@@ -1,0 +1,88 @@
+"""Limits at their edges, on a library process of this module's own with small
+settings (beside the session's; same database and transcode service), and a
+speech recognizer that never answers."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from tests.conftest import free_port
+from tests.library.helpers import (
+    library_client,
+    library_process,
+    new_account,
+    refusal,
+    tone_wav,
+    upload,
+)
+from voice.library.v1 import library_pb2_grpc
+
+MAX_SECONDS = 2.0
+DURATION_TEST_RATE = 22050  # a CD-family rate; its clips stay under the byte limit below
+# The largest upload allowed is exactly this clip (1 s at 48 kHz, 96 kB).
+CLIP_AT_THE_BYTE_LIMIT = tone_wav(1.0, rate=48000)
+
+
+@pytest.fixture(scope="module")
+async def silent_stt():
+    """A TCP port that accepts connections and never says a word: an STT stuck for good."""
+    connections: list[asyncio.StreamWriter] = []
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", free_port())
+    yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    for writer in connections:
+        writer.close()
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.fixture(scope="module")
+async def limited(mesh, silent_stt):
+    """A LibraryService stub on a library with small limits."""
+    async with library_process(
+        mesh.env,
+        LIBRARY_MAX_UPLOAD_BYTES=str(len(CLIP_AT_THE_BYTE_LIMIT)),
+        LIBRARY_MAX_SAMPLE_SECONDS=str(MAX_SECONDS),
+        LIBRARY_STT_TIMEOUT_SECONDS="1",
+        STT_ADDR=silent_stt,
+    ) as process:
+        async with library_client(process.address("library")) as channel:
+            yield library_pb2_grpc.LibraryServiceStub(channel)
+
+
+async def test_an_upload_of_exactly_the_byte_limit_is_accepted(limited):
+    sample = await upload(limited, new_account(), CLIP_AT_THE_BYTE_LIMIT, transcript="at the limit")
+    assert sample.original_size_bytes == len(CLIP_AT_THE_BYTE_LIMIT)
+
+
+async def test_one_byte_over_the_limit_is_request_too_large(limited):
+    error = await refusal(upload(limited, new_account(), CLIP_AT_THE_BYTE_LIMIT + b"\0"))
+    assert (error.code, error.reason, error.param) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_TOO_LARGE", "audio"
+    )
+    # Refused on its size alone, before any decoding: garbage says the same.
+    garbage = b"\xff" * (len(CLIP_AT_THE_BYTE_LIMIT) + 1)
+    assert (await refusal(upload(limited, new_account(), garbage))).reason == "REQUEST_TOO_LARGE"
+
+
+async def test_a_clip_of_exactly_the_longest_duration_is_accepted(limited):
+    sample = await upload(limited, new_account(), tone_wav(MAX_SECONDS, rate=DURATION_TEST_RATE), transcript="x")
+    assert sample.duration_seconds == pytest.approx(MAX_SECONDS, abs=0.01)
+
+
+async def test_a_clip_longer_than_the_limit_is_audio_too_long(limited):
+    error = await refusal(upload(limited, new_account(), tone_wav(MAX_SECONDS + 0.1, rate=DURATION_TEST_RATE)))
+    assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "AUDIO_TOO_LONG")
+
+
+async def test_a_speech_recognizer_that_does_not_answer_in_time_leaves_no_transcript(limited):
+    # The recognizer never answers; the upload must not wait past LIBRARY_STT_TIMEOUT_SECONDS
+    # (the client's deadline here is far longer), and the sample is kept without a transcript.
+    sample = await upload(limited, new_account(), tone_wav(0.5), timeout=20)
+    assert (sample.transcript, sample.transcript_source) == ("", "")
