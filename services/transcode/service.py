@@ -1,0 +1,111 @@
+"""The gRPC face of the transcode service: requests in, :mod:`audio` calls, responses out.
+
+Decoding and encoding are CPU work that would stall every other call on the
+event loop, so each RPC runs in a small thread pool (TRANSCODE_WORKERS
+threads; FFmpeg and numpy release the GIL while they work).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, TypeVar
+
+from runtime.errors import invalid_parameter
+from services.transcode import audio, config
+from services.transcode.audio import Format, Limits
+from services.transcode.pcm import SAMPLE_RATE
+from voice.transcode.v1 import transcode_pb2 as pb
+from voice.transcode.v1 import transcode_pb2_grpc
+
+T = TypeVar("T")
+
+FORMATS = {
+    pb.AUDIO_FORMAT_WAV: Format.WAV,
+    pb.AUDIO_FORMAT_FLAC: Format.FLAC,
+    pb.AUDIO_FORMAT_MP3: Format.MP3,
+    pb.AUDIO_FORMAT_OGG_OPUS: Format.OGG_OPUS,
+    pb.AUDIO_FORMAT_AAC: Format.AAC,
+    pb.AUDIO_FORMAT_PCM: Format.PCM,
+}
+
+
+def limits_from_settings() -> Limits:
+    limits = Limits(
+        max_input_bytes=config.MAX_INPUT_BYTES.value,
+        max_duration_seconds=config.MAX_DURATION_SECONDS.value,
+        timeout_seconds=config.DECODE_TIMEOUT_SECONDS.value,
+    )
+    if min(limits.max_input_bytes, limits.max_duration_seconds, limits.timeout_seconds) <= 0:
+        raise SystemExit(
+            "TRANSCODE_MAX_INPUT_BYTES, TRANSCODE_MAX_DURATION_SECONDS and "
+            "TRANSCODE_DECODE_TIMEOUT_SECONDS must be greater than 0"
+        )
+    return limits
+
+
+class TranscodeService(transcode_pb2_grpc.TranscodeServiceServicer):
+    def __init__(self, limits: Limits, workers: int) -> None:
+        if workers < 1:
+            raise SystemExit(f"TRANSCODE_WORKERS must be at least 1, not {workers}")
+        self.limits = limits
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="transcode")
+
+    async def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)  # in-flight calls have finished by now
+
+    async def DecodeAudio(self, request: pb.DecodeAudioRequest, context) -> pb.DecodeAudioResponse:
+        return await self._off_loop(self._decode, request)
+
+    async def ConcatenateAudio(
+        self, request: pb.ConcatenateAudioRequest, context
+    ) -> pb.ConcatenateAudioResponse:
+        return await self._off_loop(self._concatenate, request)
+
+    async def ChangeSpeed(self, request: pb.ChangeSpeedRequest, context) -> pb.ChangeSpeedResponse:
+        return await self._off_loop(self._change_speed, request)
+
+    async def EncodeAudio(self, request: pb.EncodeAudioRequest, context) -> pb.EncodeAudioResponse:
+        return await self._off_loop(self._encode, request)
+
+    async def _off_loop(self, work: Callable[..., T], *args) -> T:
+        # Copy the context so log lines from the worker keep the call's request id.
+        call = functools.partial(contextvars.copy_context().run, work, *args)
+        return await asyncio.get_running_loop().run_in_executor(self.pool, call)
+
+    # The blocking halves, run in the pool.
+
+    def _decode(self, request: pb.DecodeAudioRequest) -> pb.DecodeAudioResponse:
+        decoded = audio.decode(request.audio, self.limits, request.max_duration_seconds)
+        source = decoded.source
+        info = pb.AudioInfo(
+            duration_seconds=decoded.pcm.duration_seconds,
+            sample_rate=SAMPLE_RATE,
+            source_format=source.format,
+            source_codec=source.codec,
+            source_sample_rate=source.sample_rate,
+            source_channels=source.channels,
+        )
+        return pb.DecodeAudioResponse(wav=decoded.pcm.wav(), info=info)
+
+    def _concatenate(self, request: pb.ConcatenateAudioRequest) -> pb.ConcatenateAudioResponse:
+        pcm = audio.concatenate(
+            list(request.clips), self.limits, request.gap_seconds, request.max_duration_seconds
+        )
+        return pb.ConcatenateAudioResponse(wav=pcm.wav(), duration_seconds=pcm.duration_seconds)
+
+    def _change_speed(self, request: pb.ChangeSpeedRequest) -> pb.ChangeSpeedResponse:
+        pcm = audio.change_speed(request.audio, request.speed_factor, self.limits)
+        return pb.ChangeSpeedResponse(wav=pcm.wav(), duration_seconds=pcm.duration_seconds)
+
+    def _encode(self, request: pb.EncodeAudioRequest) -> pb.EncodeAudioResponse:
+        fmt = FORMATS.get(request.format)
+        if fmt is None:
+            names = ", ".join(pb.AudioFormat.Name(value) for value in FORMATS)
+            raise invalid_parameter("format", f"format must be one of {names}")
+        encoded = audio.encode(request.audio, fmt, request.bit_rate, self.limits)
+        return pb.EncodeAudioResponse(
+            audio=encoded.audio, content_type=encoded.content_type, duration_seconds=encoded.duration_seconds
+        )
