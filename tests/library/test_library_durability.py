@@ -88,6 +88,7 @@ async def own_library(mesh, postgres):
         DATABASE_URL=postgres.url,
         STT_ADDR=f"127.0.0.1:{free_port()}",  # nothing listens there
         LIBRARY_READINESS_INTERVAL_SECONDS="0.5",
+        LIBRARY_DATABASE_RETRY_SECONDS="0.2",
         DATABASE_TIMEOUT_SECONDS="5",
     ) as process:
         yield process
@@ -168,6 +169,24 @@ async def test_samples_survive_a_restart_of_postgres(own_library, postgres, stub
     assert await stored_state(stub, account) == before
     after = await upload(stub, account, tone_wav(0.5), transcript="after")
     assert after.id not in before
+
+
+async def test_a_library_started_without_its_database_serves_once_the_database_is_back(
+    own_library, postgres, stub
+):
+    account = new_account()
+    kept = await upload(stub, account, tone_wav(1.0), transcript="kept")
+    address = own_library.address("library")
+    await own_library.stop_service("library")
+    await postgres.stop()
+    try:
+        await own_library.start_service("library")
+        await wait_health(address, NOT_SERVING)  # listening, but not ready for calls
+        assert_database_unavailable(await upload_outcome(stub, account, tone_wav(1.0)))
+    finally:
+        await postgres.start()
+    await own_library.wait_serving("library", timeout=60)
+    assert list(await stored_state(stub, account)) == [kept.id]
 
 
 async def test_every_acknowledged_upload_survives_postgres_stopping_mid_upload(
