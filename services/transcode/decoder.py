@@ -131,7 +131,7 @@ def _decode(data: bytes, limits: Limits, keep_seconds: float | None) -> Decoded:
     if decoding.seconds == 0:
         raise decode_failed(f"decoded to no audio (truncated or header only?){decoding.problem}")
     if not decoding.stopped_early:
-        _refuse_if_cut(data, source, declared, decoding.seconds)
+        _refuse_if_cut(data, source, declared, float(decoding.seconds))
     pcm = decoding.output()
     if keep_seconds is not None:
         pcm = pcm.trimmed(keep_seconds)
@@ -144,7 +144,10 @@ class _StreamDecoder:
     def __init__(self, limits: Limits, keep_seconds: float | None) -> None:
         self.limits = limits
         self.keep_seconds = keep_seconds
-        self.seconds = 0.0  # decoded so far, at the source sample rate
+        # Decoded so far, at the source sample rate; exact, so that a clip of exactly
+        # the limit is never refused for float rounding (2 s of 8 kHz frames summed as
+        # floats comes to 2.0000000000000013).
+        self.seconds = Fraction(0)
         self.stopped_early = False
         self.problem = ""  # why decoding ended early, for the error message
         self.resampler = _MonoResampler()
@@ -188,7 +191,7 @@ class _StreamDecoder:
             if frame.samples == 0 or not frame.sample_rate:
                 continue
             produced = True
-            self.seconds += frame.samples / frame.sample_rate
+            self.seconds += Fraction(frame.samples, frame.sample_rate)
             if self.keep_seconds is None and self.seconds > self.limits.max_duration_seconds:
                 raise too_long(self.limits.max_duration_seconds)
             self.resampler.add(frame_to_mono(frame), frame.sample_rate)

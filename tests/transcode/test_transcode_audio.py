@@ -325,3 +325,24 @@ def test_bit_rate_is_used_and_checked():
     assert error.param == "bit_rate"
     assert refused("INVALID_PARAMETER", audio.encode, source, Format.WAV, -1, LIMITS).param == "bit_rate"
     audio.encode(source, Format.FLAC, 64_000, LIMITS)  # lossless formats ignore it
+
+
+@pytest.mark.parametrize("rate", [4000, 8000, 16000, 22050, 44100])
+def test_a_clip_of_exactly_the_duration_limit_passes_at_any_rate(rate):
+    # Frame durations summed as floats drift past the limit at some rates.
+    import io
+    import wave
+
+    import numpy as np
+
+    from services.transcode.decoder import Limits, decode
+
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(np.zeros(2 * rate, dtype="<i2").tobytes())
+    limits = Limits(max_input_bytes=10**7, max_duration_seconds=2.0, timeout_seconds=10)
+    decoded = decode(buffer.getvalue(), limits)
+    assert abs(decoded.pcm.duration_seconds - 2.0) < 0.001
