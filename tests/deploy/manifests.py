@@ -25,9 +25,7 @@ def render(folder: pathlib.Path) -> list[dict[str, Any]]:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not installed: the kustomize overlays cannot be rendered here")
-    result = subprocess.run(
-        [kubectl, "kustomize", str(folder)], capture_output=True, text=True, timeout=60
-    )
+    result = subprocess.run([kubectl, "kustomize", str(folder)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, f"kubectl kustomize {folder} failed:\n{result.stderr}"
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
@@ -86,7 +84,9 @@ class Rendering:
 
     @property
     def namespace(self) -> str:
-        (namespace,) = {obj["metadata"].get("namespace") for obj in self.objects if obj["kind"] != "Namespace"}
+        (namespace,) = {
+            obj["metadata"].get("namespace") for obj in self.objects if obj["kind"] != "Namespace"
+        }
         return namespace
 
     def workloads(self) -> Iterator[Workload]:

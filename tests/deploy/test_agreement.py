@@ -24,7 +24,11 @@ def service_deployments(rendering: Rendering) -> dict[str, Workload]:
 
 
 def migration_job(rendering: Rendering) -> Workload:
-    (job,) = [w for w in rendering.workloads() if w.kind == "Job" and MIGRATION_MODULE in w.container.get("args", [])]
+    (job,) = [
+        w
+        for w in rendering.workloads()
+        if w.kind == "Job" and MIGRATION_MODULE in w.container.get("args", [])
+    ]
     return job
 
 
@@ -50,17 +54,25 @@ def test_containers_set_only_settings_their_code_reads(rendering, code):
         environment = rendering.environment(workload.container)
         # A variable that only serves to build another one ("$(POD_IP):50055") is read by Kubernetes.
         building_blocks = {
-            ref for variable in environment.values() for ref in VARIABLE_REFERENCE.findall(variable.value or "")
+            ref
+            for variable in environment.values()
+            for ref in VARIABLE_REFERENCE.findall(variable.value or "")
         }
         readable = code.readable_by(service) | set(code_facts.THIRD_PARTY_VARIABLES) | building_blocks
         unknown = set(environment) - readable
-        assert not unknown, f"{rendering.overlay}: {workload.name} sets {sorted(unknown)}, which no code of it reads"
+        assert not unknown, (
+            f"{rendering.overlay}: {workload.name} sets {sorted(unknown)}, which no code of it reads"
+        )
 
 
 def test_settings_without_a_default_are_set(rendering, code):
     for service, deployment in service_deployments(rendering).items():
         environment = rendering.environment(deployment.container)
-        missing = {name for name in code.required_by(service) if not (name in environment and environment[name].is_set())}
+        missing = {
+            name
+            for name in code.required_by(service)
+            if not (name in environment and environment[name].is_set())
+        }
         assert not missing, f"{rendering.overlay}: {service} needs {sorted(missing)}"
     job_environment = rendering.environment(migration_job(rendering).container)
     assert job_environment[config.DATABASE_URL.name].is_set()
@@ -70,7 +82,9 @@ def test_the_database_url_comes_from_a_secret(rendering, code):
     for service, deployment in service_deployments(rendering).items():
         variable = rendering.environment(deployment.container).get(config.DATABASE_URL.name)
         if service in code_facts.database_users():
-            assert variable.source and "secretKeyRef" in variable.source, f"{service}: DATABASE_URL from {variable}"
+            assert variable.source and "secretKeyRef" in variable.source, (
+                f"{service}: DATABASE_URL from {variable}"
+            )
         else:
             assert variable is None, f"{service} owns no data but gets DATABASE_URL"
     job_variable = rendering.environment(migration_job(rendering).container)[config.DATABASE_URL.name]
@@ -108,7 +122,11 @@ def test_service_ports_target_the_container_ports_of_the_same_name(rendering):
 
 
 def probes(container: dict) -> dict[str, dict]:
-    return {kind: container[kind] for kind in ("startupProbe", "readinessProbe", "livenessProbe") if kind in container}
+    return {
+        kind: container[kind]
+        for kind in ("startupProbe", "readinessProbe", "livenessProbe")
+        if kind in container
+    }
 
 
 def test_probes_check_the_published_health_names(rendering, code):
@@ -141,9 +159,11 @@ def test_service_addresses_point_at_the_services_grpc_ports(rendering):
     """TRANSCODE_ADDR=transcode:50053 is the transcode Service, on its gRPC port."""
     for workload in service_deployments(rendering).values():
         environment = rendering.environment(workload.container)
-        for name, settings in config.SERVICES.items():
+        for settings in config.SERVICES.values():
             variable = environment.get(settings.address.name)
-            assert variable is not None and variable.value, f"{workload.name}: {settings.address.name} is not set"
+            assert variable is not None and variable.value, (
+                f"{workload.name}: {settings.address.name} is not set"
+            )
             host, _, port = variable.value.rpartition(":")
             kube_service = rendering.get("Service", host.split(".")[0])
             assert kube_service is not None, f"{settings.address.name}={variable.value}: no such Service"
@@ -170,13 +190,18 @@ def test_addresses_built_from_the_pod_ip_use_its_grpc_port(rendering):
 def test_folders_the_services_write_are_writable_volumes(rendering, code):
     """The root filesystem is read-only: every *_DIR setting and HF_HOME must be on a volume."""
     for service, deployment in service_deployments(rendering).items():
-        writable = [pathlib.PurePosixPath(mount["mountPath"]) for mount in deployment.container.get("volumeMounts", [])]
+        writable = [
+            pathlib.PurePosixPath(mount["mountPath"])
+            for mount in deployment.container.get("volumeMounts", [])
+        ]
         environment = rendering.environment(deployment.container)
         folders = [name for name in code.readable_by(service) if name.endswith("_DIR")]
         folders += [name for name in code_facts.THIRD_PARTY_VARIABLES if name in environment]
         for name in folders:
             value = environment[name].value if name in environment else code.settings[name].default
-            folder = pathlib.PurePosixPath("/app") / value  # the image's working folder; an absolute value wins
+            folder = (
+                pathlib.PurePosixPath("/app") / value
+            )  # the image's working folder; an absolute value wins
             assert any(folder == mount or mount in folder.parents for mount in writable), (
                 f"{rendering.overlay}: {service} writes {name}={folder}, on the read-only root filesystem"
             )
@@ -189,7 +214,9 @@ def test_termination_grace_covers_the_shutdown(rendering, code):
         pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
         grace = float(value_in(rendering, code, container, config.SHUTDOWN_GRACE_SECONDS.name))
         allowed = deployment.pod.get("terminationGracePeriodSeconds", 30)
-        assert allowed >= pre_stop + grace + STOP_MARGIN_SECONDS, f"{service}: {allowed} s < {pre_stop} + {grace}"
+        assert allowed >= pre_stop + grace + STOP_MARGIN_SECONDS, (
+            f"{service}: {allowed} s < {pre_stop} + {grace}"
+        )
 
 
 def test_the_migration_job_runs_the_migration_tool(rendering):

@@ -59,7 +59,9 @@ def test_cpu_and_cuda_images_run_alike():
 
 
 def test_the_cuda_torch_wheel_matches_the_cuda_base_image():
-    arguments = dict(a.partition("=")[::2] for w, a in dockerfile.instructions(DOCKERFILE) if w == "ARG" and "=" in a)
+    arguments = dict(
+        a.partition("=")[::2] for w, a in dockerfile.instructions(DOCKERFILE) if w == "ARG" and "=" in a
+    )
     cuda = re.search(r"nvidia/cuda:(\d+)\.(\d+)", arguments["CUDA_IMAGE"])
     assert arguments["TORCH_CUDA"] == f"cu{cuda.group(1)}{cuda.group(2)}"
     assert any("whl/${TORCH_CUDA}" in run for run in STAGES["cuda"].arguments("RUN"))
@@ -74,7 +76,9 @@ def image_target(image: str) -> str:
 def test_the_manifests_run_the_images_built_for_them(rendering):
     for service, deployment in service_deployments(rendering).items():
         target = image_target(deployment.container["image"])
-        assert target in STAGES, f"{rendering.overlay}: {service} runs {deployment.container['image']}, built by no target"
+        assert target in STAGES, (
+            f"{rendering.overlay}: {service} runs {deployment.container['image']}, built by no target"
+        )
         assert command(target)[-1] == f"services.{service}", f"{rendering.overlay}: {service} runs {target}"
     job = migration_job(rendering).container
     assert image_target(job["image"]) in STAGES

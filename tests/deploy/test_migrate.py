@@ -17,9 +17,19 @@ from tools import migrate
 
 
 def run_migrate(url: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, DATABASE_URL=url, LOG_FORMAT="json", PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "gen")]))
+    env = dict(
+        os.environ,
+        DATABASE_URL=url,
+        LOG_FORMAT="json",
+        PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "gen")]),
+    )
     return subprocess.run(
-        [sys.executable, "-m", "tools.migrate"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "tools.migrate"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -41,7 +51,9 @@ async def test_it_applies_every_migration_once(database):
     assert first.returncode == 0, first.stdout + first.stderr
     again = run_migrate(database.url)
     assert again.returncode == 0, again.stdout + again.stderr
-    reports = [json.loads(line) for line in (again.stdout + again.stderr).splitlines() if line.startswith("{")]
+    reports = [
+        json.loads(line) for line in (again.stdout + again.stderr).splitlines() if line.startswith("{")
+    ]
     applied_again = {r["schema"]: r["applied"] for r in reports if r["message"] == "migrated"}
     assert applied_again == {importlib.import_module(m).SCHEMA: [] for m in migrate.MIGRATION_OWNERS.values()}
     for name, module_name in migrate.MIGRATION_OWNERS.items():

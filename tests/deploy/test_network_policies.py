@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from tests.deploy import code_facts
 from tests.deploy.manifests import Rendering, Workload
 from tests.deploy.netpol import OUTSIDE, Endpoint, allowed, namespace_labels
@@ -26,7 +28,9 @@ class Cluster:
         )
 
     def endpoint(self, workload: Workload) -> Endpoint:
-        return Endpoint(self.rendering.namespace, self.namespace_labels, workload.pod_labels, workload.ports())
+        return Endpoint(
+            self.rendering.namespace, self.namespace_labels, workload.pod_labels, workload.ports()
+        )
 
     def database(self) -> tuple[Endpoint, int]:
         """The PostgreSQL pod where the overlay runs one (dev), else a server outside the cluster."""
@@ -44,7 +48,7 @@ def code_calls(rendering: Rendering, code) -> dict[str, set[str]]:
     """Who calls whom, from the code and the settings in each service's container."""
     deployments = service_deployments(rendering)
     return {
-        name: code_facts.calls(name, lambda setting: value_in(rendering, code, deployment.container, setting))
+        name: code_facts.calls(name, functools.partial(value_in, rendering, code, deployment.container))
         for name, deployment in deployments.items()
     }
 
@@ -69,12 +73,18 @@ def test_only_callers_and_the_gateway_reach_a_services_grpc_port(rendering, code
     calls = code_calls(rendering, code)
     for caller, source in deployments.items():
         for callee, destination in deployments.items():
-            reaches = cluster.allows(cluster.endpoint(source), cluster.endpoint(destination), destination.ports()["grpc"])
+            reaches = cluster.allows(
+                cluster.endpoint(source), cluster.endpoint(destination), destination.ports()["grpc"]
+            )
             if reaches:
-                assert callee in calls[caller] or caller == "gateway", f"{caller} may reach {callee} without calling it"
+                assert callee in calls[caller] or caller == "gateway", (
+                    f"{caller} may reach {callee} without calling it"
+                )
     for callee, destination in deployments.items():
         for outsider in (STRANGER, OUTSIDE):
-            assert not cluster.allows(outsider, cluster.endpoint(destination), destination.ports()["grpc"]), callee
+            assert not cluster.allows(outsider, cluster.endpoint(destination), destination.ports()["grpc"]), (
+                callee
+            )
 
 
 def test_the_public_api_is_reachable_from_anywhere(rendering):

@@ -46,7 +46,9 @@ def test_every_container_has_requests_and_limits(rendering):
         for container in workload.containers:
             resources = container.get("resources", {})
             for kind in ("requests", "limits"):
-                assert {"cpu", "memory"} <= set(resources.get(kind, {})), f"{workload.name}: {kind} {resources}"
+                assert {"cpu", "memory"} <= set(resources.get(kind, {})), (
+                    f"{workload.name}: {kind} {resources}"
+                )
 
 
 def test_pods_carry_no_kubernetes_api_token(rendering):
@@ -61,7 +63,9 @@ def test_the_namespace_enforces_the_restricted_pod_security_standard(rendering):
 
 
 def test_the_gateway_and_synth_scale_with_load(rendering):
-    autoscalers = {hpa["spec"]["scaleTargetRef"]["name"]: hpa for hpa in rendering.of_kind("HorizontalPodAutoscaler")}
+    autoscalers = {
+        hpa["spec"]["scaleTargetRef"]["name"]: hpa for hpa in rendering.of_kind("HorizontalPodAutoscaler")
+    }
     assert set(autoscalers) == AUTOSCALED
     for name, hpa in autoscalers.items():
         assert hpa["apiVersion"] == "autoscaling/v2"
@@ -77,7 +81,11 @@ def test_the_gateway_and_synth_scale_with_load(rendering):
 def test_every_service_has_a_disruption_budget_that_allows_drains(rendering):
     budgets = rendering.of_kind("PodDisruptionBudget")
     for name, deployment in service_deployments(rendering).items():
-        (budget,) = [b for b in budgets if b["spec"]["selector"]["matchLabels"].items() <= deployment.pod_labels.items()]
+        (budget,) = [
+            b
+            for b in budgets
+            if b["spec"]["selector"]["matchLabels"].items() <= deployment.pod_labels.items()
+        ]
         assert budget["spec"].get("maxUnavailable", 0) >= 1, f"{name}: a drain could never evict its pods"
 
 
@@ -95,7 +103,9 @@ def test_prod_runs_synth_on_gpu_nodes_with_a_persistent_model_cache(rendered):
     # The Hugging Face cache is on a PersistentVolumeClaim of the overlay.
     hf_home = pathlib.PurePosixPath(rendering.environment(synth.container)["HF_HOME"].value)
     volumes = {volume["name"]: volume for volume in synth.pod["volumes"]}
-    (mount,) = [m for m in synth.container["volumeMounts"] if pathlib.PurePosixPath(m["mountPath"]) in hf_home.parents]
+    (mount,) = [
+        m for m in synth.container["volumeMounts"] if pathlib.PurePosixPath(m["mountPath"]) in hf_home.parents
+    ]
     claim = volumes[mount["name"]]["persistentVolumeClaim"]["claimName"]
     assert rendering.get("PersistentVolumeClaim", claim) is not None
     # Providers on several nodes share it.

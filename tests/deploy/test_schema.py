@@ -68,4 +68,6 @@ def test_a_typo_in_a_manifest_fails_the_run(tmp_path):
     manifest = copied / "base" / "library.yaml"
     manifest.write_text(manifest.read_text().replace("failureThreshold:", "failureTreshold:", 1))
     errors = validation_errors(render(copied / "overlays" / "dev"))
-    assert any(error.startswith("Deployment/library") and "failureTreshold" in error for error in errors), errors
+    assert any(error.startswith("Deployment/library") and "failureTreshold" in error for error in errors), (
+        errors
+    )
