@@ -24,11 +24,8 @@ PUBLISHED = {
     "library": {"voice.library.v1.LibraryService"},
     "stt": {"voice.stt.v1.SttService"},
     "synth": {"voice.synth.v1.SynthService"},
-    "gateway": {
-        "voice.gateway.v1.GenerationService",
-        "voice.gateway.v1.ModelService",
-        "voice.gateway.v1.ProviderRegistryService",
-    },
+    # GenerationService comes with the synthesis issue.
+    "gateway": {"voice.gateway.v1.ModelService", "voice.gateway.v1.ProviderRegistryService"},
 }
 STANDARD = {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
 

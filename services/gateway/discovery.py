@@ -1,0 +1,185 @@
+"""What an upstream serves over HTTP, learnt through gRPC server reflection.
+
+The gateway never imports an upstream's generated code: it asks the running
+server for its services (``list_services``) and for the files that define
+them (``file_containing_symbol``, then ``file_by_filename`` for any missing
+import), rebuilds them in a private DescriptorPool, and makes one
+:class:`Route` per ``google.api.http`` rule, with message classes made from
+those descriptors.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import grpc
+from google.api import annotations_pb2, http_pb2
+from google.protobuf import descriptor, descriptor_pb2, descriptor_pool, message_factory
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from services.gateway import templates
+
+log = logging.getLogger("gateway.discovery")
+
+# Served by every process; nothing to route.
+INFRASTRUCTURE_SERVICES = {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+HTTP_BODY = "google.api.HttpBody"
+
+
+class DiscoveryError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Rpc:
+    upstream: str  # service name in the mesh ("library")
+    path: str  # "/voice.library.v1.LibraryService/CreateVoiceSample"
+    method: descriptor.MethodDescriptor
+    request_class: type
+    response_class: type
+
+    @property
+    def server_streaming(self) -> bool:
+        return self.method.server_streaming
+
+    @property
+    def client_streaming(self) -> bool:
+        return self.method.client_streaming
+
+
+@dataclass(frozen=True)
+class Route:
+    http_method: str  # "GET"
+    template: templates.PathTemplate
+    body: str  # "" (none), "*" (whole request) or a top-level field name
+    response_body: str  # "" (whole response) or a top-level field name
+    rpc: Rpc
+
+    def __str__(self) -> str:
+        return f"{self.http_method} {self.template.text}"
+
+
+async def reflect(
+    channel: grpc.aio.Channel, timeout: float
+) -> tuple[descriptor_pool.DescriptorPool, list[str]]:
+    """The services the server publishes, and a pool holding them with their imports."""
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    call = stub.ServerReflectionInfo(timeout=timeout)
+
+    async def ask(**request) -> reflection_pb2.ServerReflectionResponse:
+        await call.write(reflection_pb2.ServerReflectionRequest(**request))
+        reply = await call.read()
+        if reply is grpc.aio.EOF:
+            raise DiscoveryError("reflection stream ended early")
+        if reply.HasField("error_response"):
+            raise DiscoveryError(f"reflection error: {reply.error_response.error_message}")
+        return reply
+
+    files: dict[str, descriptor_pb2.FileDescriptorProto] = {}
+
+    def keep(reply: reflection_pb2.ServerReflectionResponse) -> None:
+        for raw in reply.file_descriptor_response.file_descriptor_proto:
+            proto = descriptor_pb2.FileDescriptorProto.FromString(raw)
+            files.setdefault(proto.name, proto)
+
+    try:
+        listing = await ask(list_services="")
+        services = [s.name for s in listing.list_services_response.service]
+        services = [name for name in services if name not in INFRASTRUCTURE_SERVICES]
+        for name in services:
+            keep(await ask(file_containing_symbol=name))
+        missing = _missing_imports(files)
+        while missing:
+            for name in missing:
+                keep(await ask(file_by_filename=name))
+            still = _missing_imports(files)
+            if still & missing:
+                raise DiscoveryError(f"reflection does not know {sorted(still & missing)}")
+            missing = still
+        await call.done_writing()
+    finally:
+        call.cancel()
+
+    pool = descriptor_pool.DescriptorPool()
+    added: set[str] = set()
+
+    def add(name: str) -> None:  # imports first, as the pool requires
+        if name in added:
+            return
+        added.add(name)
+        for dependency in files[name].dependency:
+            add(dependency)
+        pool.Add(files[name])
+
+    for name in files:
+        add(name)
+    return pool, services
+
+
+def _missing_imports(files: dict[str, descriptor_pb2.FileDescriptorProto]) -> set[str]:
+    return {dep for proto in files.values() for dep in proto.dependency if dep not in files}
+
+
+def routes_of(upstream: str, pool: descriptor_pool.DescriptorPool, services: list[str]) -> list[Route]:
+    """One route per google.api.http binding (additional_bindings included) of the services."""
+    found = []
+    for service_name in services:
+        service = pool.FindServiceByName(service_name)
+        for method in service.methods:
+            options = method.GetOptions()
+            if not options.HasExtension(annotations_pb2.http):
+                continue  # internal RPC: no HTTP route
+            rule = options.Extensions[annotations_pb2.http]
+            rpc = Rpc(
+                upstream=upstream,
+                path=f"/{service.full_name}/{method.name}",
+                method=method,
+                request_class=message_factory.GetMessageClass(method.input_type),
+                response_class=message_factory.GetMessageClass(method.output_type),
+            )
+            for binding in [rule, *rule.additional_bindings]:
+                try:
+                    found.append(_route(binding, rpc))
+                except (templates.TemplateError, ValueError) as error:
+                    log.warning("skipping HTTP rule of %s: %s", rpc.path, error)
+    return found
+
+
+def _route(rule: http_pb2.HttpRule, rpc: Rpc) -> Route:
+    pattern = rule.WhichOneof("pattern")
+    if pattern is None:
+        raise ValueError("rule has no method and path")
+    if pattern == "custom":
+        http_method, path = rule.custom.kind.upper(), rule.custom.path
+    else:
+        http_method, path = pattern.upper(), getattr(rule, pattern)
+    request = rpc.method.input_type
+    if rule.body not in ("", "*") and rule.body not in request.fields_by_name:
+        raise ValueError(f"body field {rule.body!r} is not a field of {request.full_name}")
+    if rule.response_body and rule.response_body not in rpc.method.output_type.fields_by_name:
+        raise ValueError(f"response_body field {rule.response_body!r} is not a field of the response")
+    template = templates.parse(path)
+    for variable in template.variables:
+        field_at(request, variable)  # raises ValueError for a path variable naming no field
+    return Route(http_method, template, rule.body, rule.response_body, rpc)
+
+
+def field_at(message: descriptor.Descriptor, path: str) -> descriptor.FieldDescriptor:
+    """The field a dotted path (``sample.id``) names, through singular message fields."""
+    names = path.split(".")
+    field = None
+    for index, name in enumerate(names):
+        field = message.fields_by_name.get(name)
+        if field is None:
+            raise ValueError(f"{message.full_name} has no field {name!r}")
+        if index < len(names) - 1:
+            if field.message_type is None or field.is_repeated:
+                raise ValueError(f"{'.'.join(names[: index + 1])} is not a message field")
+            message = field.message_type
+    assert field is not None
+    return field
+
+
+def is_http_body(field: descriptor.FieldDescriptor) -> bool:
+    return field.message_type is not None and field.message_type.full_name == HTTP_BODY

@@ -1,0 +1,82 @@
+"""How errors look over HTTP.
+
+Every error is a :class:`runtime.errors.ApiError` (an upstream's status is
+rebuilt into one) and becomes the public body
+``{"error": {"type": <reason, lowercase>, "message": ..., "param": ...}}``
+with the HTTP status grpc-gateway gives its gRPC code, or the one its reason
+overrides that with.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from runtime.errors import ApiError
+
+# As grpc-gateway maps them (runtime/errors.go HTTPStatusFromCode).
+CODE_STATUS = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+}
+# Reasons whose HTTP status no gRPC code expresses.
+REASON_STATUS = {
+    "REQUEST_TOO_LARGE": 413,
+    "UPSTREAM_ERROR": 502,
+    "UNSUPPORTED_MEDIA_TYPE": 415,
+    "METHOD_NOT_ALLOWED": 405,
+}
+
+
+def http_status(error: ApiError) -> int:
+    return REASON_STATUS.get(error.reason) or CODE_STATUS.get(error.code, 500)
+
+
+def error_body(error: ApiError) -> dict:
+    return {"error": {"type": error.reason.lower(), "message": error.message, "param": error.param}}
+
+
+def unauthorized(message: str) -> ApiError:
+    return ApiError(grpc.StatusCode.UNAUTHENTICATED, "UNAUTHORIZED", message)
+
+
+def request_too_large(limit: int) -> ApiError:
+    return ApiError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "REQUEST_TOO_LARGE",
+        f"the request body is larger than the limit of {limit} bytes",
+    )
+
+
+def unsupported_media_type(message: str) -> ApiError:
+    return ApiError(grpc.StatusCode.INVALID_ARGUMENT, "UNSUPPORTED_MEDIA_TYPE", message)
+
+
+class MethodNotAllowed(ApiError):
+    """The path exists, for other methods (listed in the Allow header)."""
+
+    def __init__(self, method: str, allowed: list[str]) -> None:
+        super().__init__(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "METHOD_NOT_ALLOWED",
+            f"{method} is not allowed here; use {', '.join(allowed)}",
+        )
+        self.allowed = allowed
+
+
+def unavailable(message: str) -> ApiError:
+    return ApiError(grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE", message)

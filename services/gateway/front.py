@@ -1,0 +1,241 @@
+"""The public HTTP API: every google.api.http route of the upstreams, plus four
+operational endpoints that need no key (/healthz, /readyz, /metrics,
+/openapi.json).
+
+There is no handler per endpoint: :meth:`HttpFront.api` finds the route,
+checks the API key, transcodes the request, calls the upstream with a generic
+gRPC call, and transcodes the answer back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+
+import asyncpg
+import grpc
+import prometheus_client
+from aiohttp import web
+
+from runtime import config, logs
+from runtime.errors import DEFAULT_REASONS, ApiError, internal_error, not_found
+from services.gateway import accounts, errors, openapi, transcoding
+from services.gateway.discovery import Route
+from services.gateway.upstreams import RouteTable
+
+log = logging.getLogger("gateway.http")
+
+HTTP_REQUESTS = prometheus_client.Counter(
+    "http_requests_total",
+    "HTTP requests answered, by route template, method and status.",
+    ["route", "method", "status"],
+)
+HTTP_SECONDS = prometheus_client.Histogram(
+    "http_request_duration_seconds",
+    "Time to answer an HTTP request, by route template, method and status.",
+    ["route", "method", "status"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+# The metrics label of requests that matched no route (one label, whatever the path).
+UNMATCHED = "unmatched"
+REQUEST_ID_RESPONSE_HEADER = "X-Request-Id"
+
+
+def error_response(error: ApiError) -> web.Response:
+    response = web.json_response(errors.error_body(error), status=errors.http_status(error))
+    if response.status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(error, errors.MethodNotAllowed):
+        response.headers["Allow"] = ", ".join(error.allowed)
+    return response
+
+
+class HttpFront:
+    def __init__(self, table: RouteTable, pool: asyncpg.Pool, max_body_bytes: int) -> None:
+        self.table = table
+        self.pool = pool
+        self.max_body_bytes = max_body_bytes
+        # client_max_size makes aiohttp stop reading (and raise) past the limit,
+        # for bodies whose size is not announced up front.
+        self.app = web.Application(client_max_size=max_body_bytes, middlewares=[self._middleware])
+        self.app.on_response_prepare.append(self._add_request_id)
+        self.app.router.add_get("/healthz", self.healthz)
+        self.app.router.add_get("/readyz", self.readyz)
+        self.app.router.add_get("/metrics", self.metrics)
+        self.app.router.add_get("/openapi.json", self.openapi)
+        self.api_resource = self.app.router.add_route("*", "/{path:.*}", self.api).resource
+        self.runner: web.AppRunner | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        self.runner = web.AppRunner(
+            self.app, access_log=None, shutdown_timeout=config.SHUTDOWN_GRACE_SECONDS.value
+        )
+        await self.runner.setup()
+        await web.TCPSite(self.runner, host, port).start()
+        log.info("HTTP listening", extra={"http": f"{host}:{port}"})
+
+    async def stop(self) -> None:
+        """Stop listening, let in-flight requests finish (within the grace period), close."""
+        if self.runner is not None:
+            log.info("stopping HTTP server")
+            await self.runner.cleanup()
+
+    # --- every request ------------------------------------------------------
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler) -> web.StreamResponse:
+        request_id = uuid.uuid4().hex
+        token = logs.REQUEST_ID.set(request_id)
+        request["request_id"] = request_id
+        resource = request.match_info.route.resource
+        # The API's handler names the route template once it has matched one.
+        request["route"] = UNMATCHED if resource in (None, self.api_resource) else resource.canonical
+        started = time.perf_counter()
+        status = 500
+        try:
+            try:
+                response = await handler(request)
+            except ApiError as error:
+                response = error_response(error)
+            except web.HTTPRequestEntityTooLarge:
+                response = error_response(errors.request_too_large(self.max_body_bytes))
+            except web.HTTPException as error:  # aiohttp's own (a malformed form, ...)
+                response = error_response(
+                    ApiError(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST", error.text or error.reason)
+                )
+                response.set_status(error.status)
+            except (asyncio.CancelledError, ConnectionResetError):
+                raise  # the client went away; nobody to answer
+            except Exception:  # noqa: BLE001 - logged here, never shown to the client
+                log.exception("unhandled error serving %s %s", request.method, request.path)
+                response = error_response(internal_error(f"internal error (request id {request_id})"))
+            status = response.status
+            return response
+        finally:
+            elapsed = time.perf_counter() - started
+            labels = (request["route"], request.method, str(status))
+            HTTP_REQUESTS.labels(*labels).inc()
+            HTTP_SECONDS.labels(*labels).observe(elapsed)
+            log.info(
+                "http request",
+                extra={
+                    "method": request.method,
+                    "path": request.path,
+                    "route": request["route"],
+                    "status": status,
+                    "ms": round(elapsed * 1000, 1),
+                    "account_id": request.get("account_id"),
+                },
+            )
+            logs.REQUEST_ID.reset(token)
+
+    async def _add_request_id(self, request: web.Request, response: web.StreamResponse) -> None:
+        if "request_id" in request:
+            response.headers[REQUEST_ID_RESPONSE_HEADER] = request["request_id"]
+
+    # --- operational endpoints (no key) --------------------------------------
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        upstreams = list(self.table.upstreams.values())
+        serving = await asyncio.gather(*(upstream.is_serving() for upstream in upstreams))
+        states = {u.name: "SERVING" if ok else "NOT_SERVING" for u, ok in zip(upstreams, serving)}
+        down = [name for name, state in states.items() if state != "SERVING"]
+        if not down:
+            return web.json_response({"status": "ready", "upstreams": states})
+        body = errors.error_body(errors.unavailable(f"not serving: {', '.join(down)}"))
+        return web.json_response({**body, "upstreams": states}, status=503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=prometheus_client.generate_latest(),
+            headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST},
+        )
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(openapi.document(self.table.routes))
+
+    # --- the API ----------------------------------------------------------------
+
+    async def api(self, request: web.Request) -> web.Response:
+        account_id = await self._authenticate(request)
+        request["account_id"] = account_id
+        route, path_params = self._route(request)
+        request["route"] = route.template.text
+        if route.rpc.server_streaming or route.rpc.client_streaming:
+            # Streaming RPCs (chunked audio) come with the synthesis issue.
+            raise ApiError(grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED", f"{route} does not stream over HTTP yet")
+        grpc_request = transcoding.to_grpc_request(route, await self._http_input(request, route, path_params))
+        response = await self._call(route, grpc_request, request, account_id)
+        output = transcoding.to_http_response(route, response)
+        return web.Response(body=output.body, headers={"Content-Type": output.content_type})
+
+    async def _authenticate(self, request: web.Request) -> int:
+        scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise errors.unauthorized("missing API key: send the header 'Authorization: Bearer <key>'")
+        account_id = await accounts.account_for_key(self.pool, key.strip())
+        if account_id is None:
+            raise errors.unauthorized("invalid API key")
+        return account_id
+
+    def _route(self, request: web.Request) -> tuple[Route, dict[str, str]]:
+        route, path_params, allowed = self.table.match(request.method, request.rel_url.raw_path)
+        if route is not None:
+            return route, path_params
+        if allowed:
+            raise errors.MethodNotAllowed(request.method, allowed)
+        missing = self.table.undiscovered()
+        if missing:
+            raise errors.unavailable(
+                f"cannot route {request.path} while {', '.join(missing)} cannot be reached; try again shortly"
+            )
+        raise not_found(f"no endpoint {request.method} {request.path}")
+
+    async def _http_input(self, request: web.Request, route: Route, path_params: dict[str, str]) -> transcoding.HttpInput:
+        http = transcoding.HttpInput(path_params=path_params, params=list(request.query.items()))
+        if not route.body:
+            return http  # a body on GET or DELETE means nothing
+        if request.content_length is not None and request.content_length > self.max_body_bytes:
+            raise errors.request_too_large(self.max_body_bytes)
+        http.content_type = request.headers.get("Content-Type", "")
+        if request.content_type == "multipart/form-data":
+            http.multipart = True
+            for name, value in (await request.post()).items():
+                if isinstance(value, web.FileField):
+                    http.files.append(transcoding.FilePart(name, value.file.read(), value.content_type))
+                else:
+                    http.params.append((name, value))
+        else:
+            http.body = await request.read()
+        return http
+
+    async def _call(self, route: Route, grpc_request, request: web.Request, account_id: int):
+        upstream = self.table.upstreams[route.rpc.upstream]
+        call = upstream.channel.unary_unary(
+            route.rpc.path,
+            request_serializer=type(grpc_request).SerializeToString,
+            response_deserializer=route.rpc.response_class.FromString,
+        )
+        metadata = (
+            ("x-account-id", str(account_id)),
+            ("authorization", request.headers["Authorization"]),
+        )
+        try:
+            return await call(grpc_request, metadata=metadata)
+        except grpc.aio.AioRpcError as rpc_error:
+            raise _public(ApiError.from_rpc_error(rpc_error), upstream.name) from None
+
+
+def _public(error: ApiError, upstream: str) -> ApiError:
+    """gRPC's own texts for a dead or slow upstream name addresses; say it plainly instead."""
+    if error.reason == DEFAULT_REASONS.get(error.code):
+        if error.code == grpc.StatusCode.UNAVAILABLE:
+            error.message = f"the {upstream} service is unavailable; try again shortly"
+        elif error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            error.message = f"the {upstream} service did not answer in time"
+    return error

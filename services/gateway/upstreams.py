@@ -1,0 +1,161 @@
+"""The services the HTTP front routes to, and the route table made from them.
+
+Each upstream's routes come from reflection (see discovery.py) and are
+refreshed whenever the upstream (re)starts: the gateway keeps a
+``grpc.health.v1`` Watch stream open to each upstream while it serves, and
+reflects again each time a new stream reports SERVING. When the upstream stops
+serving or goes away, the gateway lets go of the stream and tries a new one
+with a growing backoff. An upstream that is down keeps its last routes, so its
+endpoints answer 503 rather than 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from runtime import clients, config
+from services.gateway import discovery
+from services.gateway.config import READINESS_CHECK_TIMEOUT_SECONDS, REDISCOVERY_BACKOFF_SECONDS
+from services.gateway.discovery import Route
+
+log = logging.getLogger("gateway.upstreams")
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+FIRST_BACKOFF_SECONDS = 0.1
+
+
+class Upstream:
+    def __init__(self, name: str, address: str, on_routes_changed) -> None:
+        self.name = name
+        self.address = address
+        # Calls carry the request id and a deadline; the control channel
+        # (reflection, the long-lived health watch) must not get that deadline.
+        self.channel = clients.channel(address)
+        self.control = grpc.aio.insecure_channel(address)
+        self.routes: list[Route] = []
+        self.discovered = False
+        self._on_routes_changed = on_routes_changed
+        self._lock = asyncio.Lock()
+        self._watcher: asyncio.Task | None = None
+
+    async def discover(self) -> None:
+        """Reflect on the upstream and replace its routes."""
+        async with self._lock:
+            pool, services = await discovery.reflect(self.control, config.UPSTREAM_TIMEOUT_SECONDS.value)
+            self.routes = discovery.routes_of(self.name, pool, services)
+            self.discovered = True
+        log.info(
+            "discovered upstream",
+            extra={"upstream": self.name, "routes": [str(route) for route in self.routes]},
+        )
+        self._on_routes_changed()
+
+    async def try_discover(self) -> bool:
+        try:
+            await self.discover()
+            return True
+        except grpc.RpcError as error:
+            log.warning("cannot reflect on upstream %s yet: %s", self.name, error.code().name)
+            return False
+        except discovery.DiscoveryError as error:
+            log.warning("cannot reflect on upstream %s: %s", self.name, error)
+            return False
+
+    def start_watching(self) -> None:
+        self._watcher = asyncio.create_task(self._watch())
+
+    async def _watch(self) -> None:
+        backoff = FIRST_BACKOFF_SECONDS
+        while True:
+            stream = health_pb2_grpc.HealthStub(self.control).Watch(health_pb2.HealthCheckRequest(service=""))
+            try:
+                async for reply in stream:
+                    # Not serving: starting, or stopping. Let go of the stream (an open
+                    # one would hold up the upstream's graceful stop) and ask again later.
+                    if reply.status != SERVING or not await self.try_discover():
+                        break
+                    backoff = FIRST_BACKOFF_SECONDS
+            except grpc.RpcError:
+                pass  # the upstream went away; wait for it to come back
+            finally:
+                stream.cancel()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, REDISCOVERY_BACKOFF_SECONDS.value)
+
+    async def is_serving(self) -> bool:
+        try:
+            reply = await health_pb2_grpc.HealthStub(self.control).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=READINESS_CHECK_TIMEOUT_SECONDS.value
+            )
+        except grpc.RpcError:
+            return False
+        return reply.status == SERVING
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            try:
+                await self._watcher
+            except asyncio.CancelledError:
+                pass
+        await self.channel.close()
+        await self.control.close()
+
+
+class RouteTable:
+    """Every upstream's routes, most specific template first."""
+
+    def __init__(self, names: list[str]) -> None:
+        unknown = [name for name in names if name not in config.SERVICES]
+        if unknown:
+            raise SystemExit(
+                f"GATEWAY_UPSTREAMS names unknown services {unknown}; known: {sorted(config.SERVICES)}"
+            )
+        self.upstreams = {
+            name: Upstream(name, config.SERVICES[name].address.value, self._rebuild) for name in names
+        }
+        self.routes: list[Route] = []
+
+    def _rebuild(self) -> None:
+        routes: list[Route] = []
+        seen: set[tuple[str, str]] = set()
+        for upstream in self.upstreams.values():  # earlier upstreams win a clash
+            for route in upstream.routes:
+                key = (route.http_method, route.template.regex.pattern)
+                if key in seen:
+                    log.warning("route %s of %s is served by an earlier upstream", route, upstream.name)
+                    continue
+                seen.add(key)
+                routes.append(route)
+        routes.sort(key=lambda route: -route.template.literal_segments)
+        self.routes = routes
+
+    def match(self, method: str, raw_path: str) -> tuple[Route | None, dict[str, str], list[str]]:
+        """The route for a request and its path values; else the methods the path allows."""
+        allowed: list[str] = []
+        for route in self.routes:
+            values = route.template.match(raw_path)
+            if values is None:
+                continue
+            if route.http_method == method:
+                return route, values, []
+            allowed.append(route.http_method)
+        return None, {}, sorted(set(allowed))
+
+    def undiscovered(self) -> list[str]:
+        return [name for name, upstream in self.upstreams.items() if not upstream.discovered]
+
+    async def discover_all(self) -> None:
+        await asyncio.gather(*(upstream.try_discover() for upstream in self.upstreams.values()))
+
+    def start_watching(self) -> None:
+        for upstream in self.upstreams.values():
+            upstream.start_watching()
+
+    async def close(self) -> None:
+        for upstream in self.upstreams.values():
+            await upstream.close()

@@ -1,0 +1,322 @@
+"""The public HTTP API end to end: keys, the voice-sample endpoints, errors,
+limits and the operational endpoints, through the real mesh (PostgreSQL,
+transcode, speech recognition, library, gateway as separate processes)."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import wave
+
+import aiohttp
+import pytest
+
+from tests.conftest import ROOT
+from tests.gateway.conftest import FIXTURES, extra_gateway, make_key
+
+HELLO = (FIXTURES / "speech_hello.webm").read_bytes()  # "Hello world, this is a voice sample for testing."
+FOX = (FIXTURES / "speech_fox.webm").read_bytes()  # "The quick brown fox jumps over the lazy dog."
+
+
+def words(text: str) -> set[str]:
+    return set("".join(c if c.isalnum() else " " for c in text.lower()).split())
+
+
+async def assert_error(response: aiohttp.ClientResponse, status: int, error_type: str, param=None) -> dict:
+    body = await response.json()
+    assert response.status == status, body
+    assert set(body["error"]) <= {"type", "message", "param"}
+    assert body["error"]["type"] == error_type, body
+    assert body["error"]["message"]
+    assert body["error"].get("param") == param, body
+    return body["error"]
+
+
+async def upload_form(http, account, audio: bytes, speaker: str, **fields) -> aiohttp.ClientResponse:
+    """A multipart form as a browser sends one: the recording plus text fields."""
+    form = aiohttp.FormData()
+    form.add_field("audio", audio, filename="recording.webm", content_type="audio/webm;codecs=opus")
+    form.add_field("speaker_name", speaker)
+    for name, value in fields.items():
+        form.add_field(name, value)
+    return await http.post("/v1/voice/samples", data=form, headers=account.headers)
+
+
+async def upload_raw(http, account, audio: bytes, speaker: str, **params) -> aiohttp.ClientResponse:
+    headers = {**account.headers, "Content-Type": "audio/webm"}
+    return await http.post(
+        "/v1/voice/samples", data=audio, params={"speaker_name": speaker, **params}, headers=headers
+    )
+
+
+async def created(response: aiohttp.ClientResponse) -> dict:
+    body = await response.json()
+    assert response.status == 200, body
+    return body
+
+
+# --- keys ----------------------------------------------------------------
+
+
+def test_make_key_prints_a_new_key_for_each_account(accounts, database):
+    alice, bob = accounts
+    assert alice.key != bob.key
+    for account in accounts:
+        assert account.key.startswith("vm_") and len(account.key) >= 3 + 43  # 256 random bits
+    again = make_key(alice.name, database.url)
+    assert again not in (alice.key, bob.key)
+
+
+def test_make_key_without_an_account_says_how_to_use_it():
+    result = subprocess.run(
+        ["make", "--no-print-directory", "key"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode != 0
+    assert "make key ACCOUNT=<name>" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer vm_not-a-real-key"}, {"Authorization": "Basic dXNlcjpwYXNz"}, {"Authorization": "Bearer "}],
+)
+async def test_a_missing_or_wrong_key_is_401(http, headers):
+    response = await http.get("/v1/voice/samples", headers=headers)
+    await assert_error(response, 401, "unauthorized")
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+async def test_every_key_of_an_account_works(http, accounts, database):
+    alice, _ = accounts
+    second = make_key(alice.name, database.url)
+    for key in (alice.key, second):
+        response = await http.get("/v1/voice/samples", headers={"Authorization": f"Bearer {key}"})
+        assert response.status == 200
+
+
+# --- voice samples ----------------------------------------------------------
+
+
+async def test_a_browser_recording_uploaded_as_a_form_gets_its_transcript(http, accounts):
+    alice, _ = accounts
+    sample = await created(await upload_form(http, alice, HELLO, "Alice"))
+    assert {"hello", "world", "sample"} <= words(sample["transcript"]), sample["transcript"]
+    assert sample["transcript_source"] == "stt"
+    assert sample["speaker_name"] == "Alice"
+    assert isinstance(sample["id"], int)
+    assert sample["is_default"] is False  # shown although it is the default value
+    assert sample["duration_seconds"] > 2
+
+
+async def test_a_raw_body_upload_takes_its_fields_from_the_query(http, accounts):
+    alice, _ = accounts
+    sample = await created(await upload_raw(http, alice, FOX, "Fox", is_default="true", collection="animals"))
+    assert {"quick", "brown", "fox"} <= words(sample["transcript"]), sample["transcript"]
+    assert (sample["is_default"], sample["collection"]) == (True, "animals")
+
+
+async def test_a_typed_transcript_is_kept(http, accounts):
+    alice, _ = accounts
+    sample = await created(await upload_form(http, alice, HELLO, "Typed", transcript="my own words"))
+    assert (sample["transcript"], sample["transcript_source"]) == ("my own words", "user")
+
+
+async def test_list_get_patch_and_delete(http, accounts):
+    alice, _ = accounts
+    sample = await created(await upload_raw(http, alice, HELLO, "Lifecycle"))
+    url = f"/v1/voice/samples/{sample['id']}"
+
+    listing = await (await http.get("/v1/voice/samples", headers=alice.headers)).json()
+    assert sample["id"] in [s["id"] for s in listing["voice_samples"]]
+    assert "next_page_token" in listing
+
+    fetched = await (await http.get(url, headers=alice.headers)).json()
+    assert fetched == sample
+
+    response = await http.patch(url, json={"speaker_name": "Renamed", "transcript": "fixed words"}, headers=alice.headers)
+    patched = await response.json()
+    assert response.status == 200, patched
+    assert (patched["speaker_name"], patched["transcript"], patched["transcript_source"]) == ("Renamed", "fixed words", "user")
+    assert (await (await http.get(url, headers=alice.headers)).json())["speaker_name"] == "Renamed"
+
+    response = await http.delete(url, headers=alice.headers)
+    assert (response.status, await response.json()) == (200, {})
+    await assert_error(await http.get(url, headers=alice.headers), 404, "not_found")
+
+
+async def test_pages_follow_the_page_token(http, accounts, database):
+    _, bob = accounts
+    for name in ("one", "two", "three"):
+        await created(await upload_form(http, bob, FOX, name, transcript="words"))
+    first = await (await http.get("/v1/voice/samples", params={"page_size": "2"}, headers=bob.headers)).json()
+    assert len(first["voice_samples"]) == 2 and first["next_page_token"]
+    rest = await (
+        await http.get("/v1/voice/samples", params={"page_size": "2", "page_token": first["next_page_token"]}, headers=bob.headers)
+    ).json()
+    seen = [s["id"] for s in first["voice_samples"] + rest["voice_samples"]]
+    assert len(seen) == len(set(seen)) >= 3
+
+
+async def test_the_default_flag_moves(http, accounts):
+    alice, _ = accounts
+    first = await created(await upload_form(http, alice, HELLO, "First", is_default="true", transcript="a"))
+    second = await created(await upload_form(http, alice, FOX, "Second", is_default="true", transcript="b"))
+
+    async def is_default(sample) -> bool:
+        return (await (await http.get(f"/v1/voice/samples/{sample['id']}", headers=alice.headers)).json())["is_default"]
+
+    assert (await is_default(first), await is_default(second)) == (False, True)
+    response = await http.patch(f"/v1/voice/samples/{first['id']}", json={"is_default": True}, headers=alice.headers)
+    assert response.status == 200
+    assert (await is_default(first), await is_default(second)) == (True, False)
+
+
+async def test_the_audio_endpoint_returns_44_1_khz_wav(http, accounts):
+    alice, _ = accounts
+    sample = await created(await upload_form(http, alice, HELLO, "Audio", transcript="x"))
+    response = await http.get(f"/v1/voice/samples/{sample['id']}/audio", headers=alice.headers)
+    assert response.status == 200
+    assert response.headers["Content-Type"] == "audio/wav"
+    with wave.open(io.BytesIO(await response.read())) as wav:
+        assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (44100, 1, 2)
+        assert wav.getnframes() / 44100 == pytest.approx(sample["duration_seconds"], abs=0.1)
+
+
+async def test_another_accounts_sample_is_not_found_everywhere(http, accounts):
+    alice, bob = accounts
+    sample = await created(await upload_form(http, alice, HELLO, "Private", transcript="x"))
+    url = f"/v1/voice/samples/{sample['id']}"
+    await assert_error(await http.get(url, headers=bob.headers), 404, "not_found")
+    await assert_error(await http.get(url + "/audio", headers=bob.headers), 404, "not_found")
+    await assert_error(await http.patch(url, json={"speaker_name": "Mine"}, headers=bob.headers), 404, "not_found")
+    await assert_error(await http.delete(url, headers=bob.headers), 404, "not_found")
+    listing = await (await http.get("/v1/voice/samples", params={"page_size": "100"}, headers=bob.headers)).json()
+    assert sample["id"] not in [s["id"] for s in listing["voice_samples"]]
+    # Still there, unchanged, for its owner.
+    assert (await (await http.get(url, headers=alice.headers)).json())["speaker_name"] == "Private"
+
+
+# --- bad input ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("upload", [upload_form, upload_raw])
+async def test_garbage_audio_is_audio_decode_failed(http, accounts, upload):
+    alice, _ = accounts
+    await assert_error(await upload(http, alice, b"this is not audio at all" * 50, "Noise"), 400, "audio_decode_failed", "audio")
+
+
+async def test_unknown_json_fields_and_wrong_types_are_named(http, accounts):
+    alice, _ = accounts
+    sample = await created(await upload_form(http, alice, HELLO, "Strict", transcript="x"))
+    url = f"/v1/voice/samples/{sample['id']}"
+    error = await assert_error(await http.patch(url, json={"colour": "red"}, headers=alice.headers), 400, "invalid_parameter", "colour")
+    assert "colour" in error["message"]
+    error = await assert_error(await http.patch(url, json={"is_default": "yes"}, headers=alice.headers), 400, "invalid_parameter", "is_default")
+    assert "true or false" in error["message"]
+    response = await http.patch(url, data=b"{oops", headers={**alice.headers, "Content-Type": "application/json"})
+    await assert_error(response, 400, "invalid_json")
+    assert (await (await http.get(url, headers=alice.headers)).json())["speaker_name"] == "Strict"
+
+
+async def test_bad_path_and_query_values_are_named(http, accounts):
+    alice, _ = accounts
+    await assert_error(await http.get("/v1/voice/samples/abc", headers=alice.headers), 400, "invalid_parameter", "id")
+    response = await http.get("/v1/voice/samples", params={"page_size": "many"}, headers=alice.headers)
+    await assert_error(response, 400, "invalid_parameter", "page_size")
+    response = await http.get("/v1/voice/samples", params={"sort": "name"}, headers=alice.headers)
+    await assert_error(response, 400, "invalid_parameter", "sort")
+    response = await upload_raw(http, alice, HELLO, "x", is_default="sometimes")
+    await assert_error(response, 400, "invalid_parameter", "is_default")
+
+
+async def test_unknown_paths_are_404_and_wrong_methods_405(http, accounts):
+    alice, _ = accounts
+    await assert_error(await http.get("/v1/voice/nothing-here", headers=alice.headers), 404, "not_found")
+    response = await http.put("/v1/voice/samples/1", json={}, headers=alice.headers)
+    await assert_error(response, 405, "method_not_allowed")
+    assert set(response.headers["Allow"].split(", ")) == {"GET", "PATCH", "DELETE"}
+
+
+# --- the request body limit, at its edge ---------------------------------------
+
+LIMIT = 1000
+
+
+@pytest.fixture(scope="module")
+async def small_gateway(mesh):
+    async with extra_gateway(mesh, GATEWAY_MAX_BODY_BYTES=str(LIMIT)) as gateway:
+        async with aiohttp.ClientSession(base_url=gateway.http_url) as session:
+            yield session
+
+
+async def test_a_body_of_exactly_the_limit_passes_the_gateway(small_gateway, accounts):
+    alice, _ = accounts
+    # It reaches the library, which finds it is not audio.
+    response = await upload_raw(small_gateway, alice, b"x" * LIMIT, "Edge")
+    await assert_error(response, 400, "audio_decode_failed", "audio")
+
+
+async def test_one_byte_over_the_limit_is_413(small_gateway, accounts):
+    alice, _ = accounts
+    error = await assert_error(await upload_raw(small_gateway, alice, b"x" * (LIMIT + 1), "Big"), 413, "request_too_large")
+    assert str(LIMIT) in error["message"]
+
+
+async def test_a_chunked_body_over_the_limit_is_413(small_gateway, accounts):
+    alice, _ = accounts
+
+    async def chunks():  # no Content-Length: the gateway has to count
+        for _ in range(LIMIT // 100 + 1):
+            yield b"x" * 100
+
+    response = await upload_raw(small_gateway, alice, chunks(), "Chunked")
+    await assert_error(response, 413, "request_too_large")
+
+
+async def test_a_form_over_the_limit_is_413(small_gateway, accounts):
+    alice, _ = accounts
+    await assert_error(await upload_form(small_gateway, alice, HELLO, "Form"), 413, "request_too_large")
+
+
+# --- operational endpoints ------------------------------------------------------
+
+
+async def test_openapi_lists_the_sample_endpoints(http):
+    response = await http.get("/openapi.json")
+    document = await response.json()
+    assert response.status == 200
+    paths = document["paths"]
+    assert set(paths["/v1/voice/samples"]) == {"get", "post"}
+    assert set(paths["/v1/voice/samples/{id}"]) == {"get", "patch", "delete"}
+    assert "get" in paths["/v1/voice/samples/{id}/audio"]
+    assert "multipart/form-data" in paths["/v1/voice/samples"]["post"]["requestBody"]["content"]
+    assert "/v1/models" in paths
+
+
+async def test_health_and_readiness(http, mesh):
+    assert (await http.get("/healthz")).status == 200
+    response = await http.get("/readyz")
+    body = await response.json()
+    assert response.status == 200, body
+    assert body["upstreams"] == {"library": "SERVING", "gateway": "SERVING"}
+
+
+async def test_metrics_count_requests_by_route_method_and_status(http, accounts):
+    alice, _ = accounts
+    await http.get("/v1/voice/samples", headers=alice.headers)
+    await http.get("/v1/voice/samples/abc", headers=alice.headers)
+    text = await (await http.get("/metrics")).text()
+    assert 'http_requests_total{method="GET",route="/v1/voice/samples",status="200"}' in text
+    assert 'http_requests_total{method="GET",route="/v1/voice/samples/{id}",status="400"}' in text
+    assert 'http_request_duration_seconds_bucket{le="0.005",method="GET",route="/v1/voice/samples"' in text
+    assert "process_cpu_seconds_total" in text or "python_info" in text  # the default registry
+
+
+async def test_each_response_has_a_request_id_that_reaches_the_library(http, accounts, mesh):
+    alice, _ = accounts
+    response = await upload_form(http, alice, HELLO, "Traced", transcript="x")
+    request_id = response.headers["X-Request-Id"]
+    assert response.status == 200 and len(request_id) >= 16
+    # The library logs each stored sample, with the request id it was called with.
+    assert any(request_id in line and "voice sample stored" in line for line in mesh.log_lines["library"])
+    other = await http.get("/healthz")
+    assert other.headers["X-Request-Id"] not in ("", request_id)

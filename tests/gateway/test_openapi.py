@@ -1,0 +1,91 @@
+"""The OpenAPI document is made from the same routes and descriptors the front serves."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.gateway import openapi
+
+
+@pytest.fixture(scope="module")
+def document(things_routes):
+    return openapi.document(list(things_routes.values()))
+
+
+def resolve(document, reference: str) -> dict:
+    assert reference.startswith("#/components/schemas/")
+    return document["components"]["schemas"][reference.rsplit("/", 1)[1]]
+
+
+def refs(node):
+    if isinstance(node, dict):
+        if "$ref" in node:
+            yield node["$ref"]
+        for value in node.values():
+            yield from refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from refs(value)
+
+
+def test_every_route_is_a_path_and_method(document, things_routes):
+    assert document["openapi"].startswith("3.")
+    for route in things_routes.values():
+        assert route.http_method.lower() in document["paths"][route.template.openapi_path]
+    assert set(document["paths"]["/v1/things/{id}"]) == {"get", "patch"}
+    assert "/v1/{name}" in document["paths"]
+
+
+def test_every_reference_resolves(document):
+    for reference in refs(document):
+        assert resolve(document, reference)
+
+
+def test_path_and_query_parameters_are_typed(document):
+    get_thing = document["paths"]["/v1/things/{id}"]["get"]
+    assert get_thing["parameters"] == [
+        {"name": "id", "in": "path", "required": True, "schema": {"type": "integer", "format": "int64"}}
+    ]
+    listing = {p["name"]: p for p in document["paths"]["/v1/things"]["get"]["parameters"]}
+    assert listing["page_size"]["schema"] == {"type": "integer", "format": "int32"}
+    assert listing["tags"]["schema"] == {"type": "array", "items": {"type": "string"}}
+    assert listing["filter.active"]["schema"] == {"type": "boolean"}
+    assert listing["filter.kind"]["schema"]["enum"] == ["KIND_UNSPECIFIED", "KIND_SMALL", "KIND_BIG"]
+    assert listing["since"]["schema"] == {"type": "string", "format": "date-time"}
+    assert all(p["in"] == "query" for p in listing.values())
+
+
+def test_a_whole_body_leaves_out_the_path_fields_and_takes_no_query(document):
+    update = document["paths"]["/v1/things/{id}"]["patch"]
+    schema = update["requestBody"]["content"]["application/json"]["schema"]
+    assert "id" not in schema["properties"] and "name" in schema["properties"]
+    assert schema["properties"]["counts"] == {"type": "object", "additionalProperties": {"type": "integer", "format": "int64"}}
+    assert [p["in"] for p in update["parameters"]] == ["path"]
+
+
+def test_an_http_body_upload_takes_raw_bytes_or_a_multipart_form(document):
+    upload = document["paths"]["/v1/things/{id}/file"]["post"]
+    content = upload["requestBody"]["content"]
+    assert content["*/*"]["schema"] == {"type": "string", "format": "binary"}
+    form = content["multipart/form-data"]["schema"]
+    assert form["properties"]["file"] == {"type": "string", "format": "binary"}
+    assert set(form["properties"]) == {"file", "note", "is_default"}
+    assert {p["name"] for p in upload["parameters"] if p["in"] == "query"} == {"note", "is_default"}
+
+
+def test_responses_follow_response_body(document):
+    thing = document["paths"]["/v1/things/{id}"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert thing == {"$ref": "#/components/schemas/test.things.v1.Thing"}
+    schema = resolve(document, thing["$ref"])
+    assert schema["properties"]["create_time"] == {"type": "string", "format": "date-time"}
+    assert schema["properties"]["label"] == {"$ref": "#/components/schemas/test.things.v1.Label"}
+    download = document["paths"]["/v1/things/{id}/file"]["get"]["responses"]["200"]["content"]
+    assert download == {"*/*": {"schema": {"type": "string", "format": "binary"}}}
+
+
+def test_errors_and_the_bearer_key_are_described(document):
+    default = document["paths"]["/v1/things"]["get"]["responses"]["default"]
+    error = resolve(document, default["content"]["application/json"]["schema"]["$ref"])
+    assert set(error["properties"]["error"]["properties"]) == {"type", "message", "param"}
+    assert document["components"]["securitySchemes"]["bearerAuth"] == {"type": "http", "scheme": "bearer"}
+    assert document["security"] == [{"bearerAuth": []}]
