@@ -18,7 +18,6 @@ declared what, and reading a service's ServiceSpec means running its
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -106,7 +105,9 @@ def calls(service: str, setting_value) -> set[str]:
 
 
 def load() -> CodeFacts:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "gen")]))
+    from tools import mesh
+
+    env = mesh.mesh_environment(database_url=None)  # this environment, with the code importable
     result = subprocess.run(
         [sys.executable, "-m", "tests.deploy.code_facts"],
         cwd=ROOT,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import subprocess
 import sys
 
@@ -13,16 +12,12 @@ import asyncpg
 from runtime.database import migrations
 from tests.conftest import ROOT, free_port
 from tests.deploy import code_facts
-from tools import migrate
+from tools import mesh, migrate
 
 
 def run_migrate(url: str) -> subprocess.CompletedProcess:
-    env = dict(
-        os.environ,
-        DATABASE_URL=url,
-        LOG_FORMAT="json",
-        PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "gen")]),
-    )
+    # An empty DATABASE_URL stands for none, whatever the test session has.
+    env = mesh.mesh_environment(database_url=None) | {"DATABASE_URL": url, "LOG_FORMAT": "json"}
     return subprocess.run(
         [sys.executable, "-m", "tools.migrate"],
         cwd=ROOT,
