@@ -7,6 +7,8 @@ upstream).
 
 from __future__ import annotations
 
+from typing import Any, Sequence
+
 import grpc
 
 from runtime import config, logs
@@ -36,10 +38,12 @@ class _UnaryStream(grpc.aio.UnaryStreamClientInterceptor):
         return await continuation(_with_request_id(details), request)
 
 
-def channel(address: str) -> grpc.aio.Channel:
+def channel(address: str, extra_options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
     """An insecure channel inside the mesh, with request id and deadline on every call."""
     return grpc.aio.insecure_channel(
-        address, options=channel_options(), interceptors=[_UnaryUnary(), _UnaryStream()]
+        address,
+        options=channel_options() + list(extra_options),
+        interceptors=[_UnaryUnary(), _UnaryStream()],
     )
 
 

@@ -16,10 +16,10 @@ MAX_BODY_BYTES = setting(
     "largest HTTP request body; a larger one is refused with 413 request_too_large",
     int,
 )
-REDISCOVERY_BACKOFF_SECONDS = setting(
-    "GATEWAY_REDISCOVERY_BACKOFF_SECONDS",
+RECONNECT_BACKOFF_SECONDS = setting(
+    "GATEWAY_RECONNECT_BACKOFF_SECONDS",
     2.0,
-    "longest wait between attempts to reach an upstream whose health stream broke",
+    "longest wait between attempts to reconnect to an upstream that went away (it answers 503 meanwhile)",
     float,
 )
 READINESS_CHECK_TIMEOUT_SECONDS = setting(

@@ -67,6 +67,10 @@ class HttpFront:
         self.app.router.add_get("/openapi.json", self.openapi)
         self.api_resource = self.app.router.add_route("*", "/{path:.*}", self.api).resource
         self.runner: web.AppRunner | None = None
+        # Requests being handled, so that stopping can wait for them (see stop).
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     async def start(self, host: str, port: int) -> None:
         self.runner = web.AppRunner(
@@ -78,9 +82,18 @@ class HttpFront:
 
     async def stop(self) -> None:
         """Stop listening, let in-flight requests finish (within the grace period), close."""
-        if self.runner is not None:
-            log.info("stopping HTTP server")
-            await self.runner.cleanup()
+        if self.runner is None:
+            return
+        log.info("stopping HTTP server", extra={"in_flight": self._in_flight})
+        for site in list(self.runner.sites):
+            await site.stop()  # no new connections
+        # aiohttp's own graceful stop ignores the rest of a body still being
+        # uploaded, so wait for the requests in flight before handing over to it.
+        try:
+            await asyncio.wait_for(self._idle.wait(), config.SHUTDOWN_GRACE_SECONDS.value)
+        except asyncio.TimeoutError:
+            log.warning("requests still in flight after the grace period", extra={"in_flight": self._in_flight})
+        await self.runner.cleanup()
 
     # --- every request ------------------------------------------------------
 
@@ -94,6 +107,8 @@ class HttpFront:
         request["route"] = UNMATCHED if resource in (None, self.api_resource) else resource.canonical
         started = time.perf_counter()
         status = 500
+        self._in_flight += 1
+        self._idle.clear()
         try:
             try:
                 response = await handler(request)
@@ -107,13 +122,17 @@ class HttpFront:
                 )
                 response.set_status(error.status)
             except (asyncio.CancelledError, ConnectionResetError):
-                raise  # the client went away; nobody to answer
+                status = 499  # as nginx logs it: the client closed the request
+                raise  # nobody to answer
             except Exception:  # noqa: BLE001 - logged here, never shown to the client
                 log.exception("unhandled error serving %s %s", request.method, request.path)
                 response = error_response(internal_error(f"internal error (request id {request_id})"))
             status = response.status
             return response
         finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
             elapsed = time.perf_counter() - started
             labels = (request["route"], request.method, str(status))
             HTTP_REQUESTS.labels(*labels).inc()

@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from runtime import clients, config
 from services.gateway import discovery
-from services.gateway.config import READINESS_CHECK_TIMEOUT_SECONDS, REDISCOVERY_BACKOFF_SECONDS
+from services.gateway.config import READINESS_CHECK_TIMEOUT_SECONDS, RECONNECT_BACKOFF_SECONDS
 from services.gateway.discovery import Route
 
 log = logging.getLogger("gateway.upstreams")
@@ -32,10 +32,17 @@ class Upstream:
     def __init__(self, name: str, address: str, on_routes_changed) -> None:
         self.name = name
         self.address = address
+        # gRPC's own reconnect backoff grows to two minutes, during which calls
+        # fail at once: an upstream back from a restart would stay "unavailable".
+        reconnect = [
+            ("grpc.initial_reconnect_backoff_ms", int(FIRST_BACKOFF_SECONDS * 1000)),
+            ("grpc.min_reconnect_backoff_ms", int(FIRST_BACKOFF_SECONDS * 1000)),
+            ("grpc.max_reconnect_backoff_ms", int(RECONNECT_BACKOFF_SECONDS.value * 1000)),
+        ]
         # Calls carry the request id and a deadline; the control channel
         # (reflection, the long-lived health watch) must not get that deadline.
-        self.channel = clients.channel(address)
-        self.control = grpc.aio.insecure_channel(address)
+        self.channel = clients.channel(address, reconnect)
+        self.control = grpc.aio.insecure_channel(address, options=reconnect)
         self.routes: list[Route] = []
         self.discovered = False
         self._on_routes_changed = on_routes_changed
@@ -84,7 +91,7 @@ class Upstream:
             finally:
                 stream.cancel()
             await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, REDISCOVERY_BACKOFF_SECONDS.value)
+            backoff = min(backoff * 2, RECONNECT_BACKOFF_SECONDS.value)
 
     async def is_serving(self) -> bool:
         try:

@@ -4,7 +4,9 @@ transcode, speech recognition, library, gateway as separate processes)."""
 
 from __future__ import annotations
 
+import asyncio
 import io
+import signal
 import subprocess
 import wave
 
@@ -320,3 +322,63 @@ async def test_each_response_has_a_request_id_that_reaches_the_library(http, acc
     assert any(request_id in line and "voice sample stored" in line for line in mesh.log_lines["library"])
     other = await http.get("/healthz")
     assert other.headers["X-Request-Id"] not in ("", request_id)
+
+
+# --- restarts and shutdown ------------------------------------------------------
+
+
+async def test_while_the_library_restarts_its_endpoints_answer_503_then_serve_again(http, accounts, mesh):
+    alice, _ = accounts
+    await mesh.stop_service("library")
+    try:
+        response = await http.get("/v1/voice/samples", headers=alice.headers)
+        error = await assert_error(response, 503, "unavailable")
+        assert "library" in error["message"] and "127.0.0.1" not in error["message"]
+        response = await http.get("/readyz")
+        assert response.status == 503
+        assert (await response.json())["upstreams"]["library"] == "NOT_SERVING"
+    finally:
+        await mesh.start_service("library")
+        await mesh.wait_serving("library", timeout=120)
+
+    # Back within the reconnect backoff (GATEWAY_RECONNECT_BACKOFF_SECONDS), never a 500 meanwhile.
+    statuses = []
+    for _ in range(200):
+        response = await http.get("/v1/voice/samples", headers=alice.headers)
+        statuses.append(response.status)
+        if response.status == 200:
+            break
+        await asyncio.sleep(0.1)
+    assert statuses[-1] == 200 and set(statuses) <= {200, 503}, statuses
+    assert (await http.get("/readyz")).status == 200
+
+
+async def test_a_stopping_gateway_finishes_the_requests_in_flight(mesh, accounts):
+    alice, _ = accounts
+    release = asyncio.Event()
+    first_chunk_sent = asyncio.Event()
+
+    async def slow_body():
+        yield HELLO[:1000]
+        first_chunk_sent.set()
+        await release.wait()
+        yield HELLO[1000:]
+
+    async with extra_gateway(mesh) as gateway:
+        async with aiohttp.ClientSession(base_url=gateway.http_url) as session:
+            upload = asyncio.create_task(upload_raw(session, alice, slow_body(), "Slow"))
+            await first_chunk_sent.wait()
+            await asyncio.sleep(0.2)  # let the gateway read the headers: the request is in flight
+            gateway.processes["gateway"].send_signal(signal.SIGTERM)
+            await eventually(lambda: any("stopping HTTP server" in line for line in gateway.log_lines["gateway"]))
+            release.set()
+            sample = await created(await upload)
+            assert sample["speaker_name"] == "Slow"
+            assert await gateway.processes["gateway"].wait() == 0
+
+
+async def eventually(condition, timeout: float = 60.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)

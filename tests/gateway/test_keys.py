@@ -1,0 +1,93 @@
+"""`make key` without DATABASE_URL uses the embedded PostgreSQL of `make run`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from services.gateway import accounts
+from tests.conftest import ROOT, mesh_ports_env
+
+
+def make_key(env: dict[str, str], account: str) -> str:
+    result = subprocess.run(
+        ["make", "--no-print-directory", "key", f"ACCOUNT={account}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout.strip().splitlines()[-1]
+
+
+def status_with_key(url: str, key: str) -> int:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
+    try:
+        return urllib.request.urlopen(request, timeout=30).status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_the_key_is_random_and_only_its_hash_is_kept():
+    key = accounts.new_key()
+    assert key.startswith("vm_") and key != accounts.new_key()
+    assert accounts.key_hash(key) == accounts.key_hash(key) and key not in accounts.key_hash(key)
+    assert len(accounts.key_hash(key)) == 64
+
+
+@pytest.mark.parametrize("name", ["", "-dash-first", "has space", "x" * 65, "semi;colon"])
+def test_a_bad_account_name_is_a_usage_error(name):
+    result = subprocess.run(
+        [os.sys.executable, "-m", "services.gateway.keys", name],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "DATABASE_URL": "postgresql://unused/none"},
+    )
+    assert result.returncode == 2 and "usage: make key ACCOUNT=<name>" in result.stderr
+
+
+@pytest.mark.slow
+def test_make_key_works_before_and_while_make_run_runs(tmp_path):
+    env = dict(os.environ, **mesh_ports_env())
+    env.pop("DATABASE_URL", None)
+    env["EMBEDDED_POSTGRES_DIR"] = str(tmp_path / "postgres")
+    env["LOG_FORMAT"] = "text"
+    env.setdefault("DIA_MODEL", "tiny-random")  # synth's random-weight test model: no download
+    postmaster = tmp_path / "postgres" / "postmaster.pid"
+
+    # Alone, it starts the embedded server and stops it again.
+    before = make_key(env, "early")
+    assert not postmaster.exists()
+
+    process = subprocess.Popen(
+        ["make", "--no-print-directory", "run"], cwd=ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 240
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            if "mesh     | ready" in line:
+                break
+            assert time.monotonic() < deadline, "mesh not ready in time"
+        else:
+            pytest.fail("make run exited early:\n" + "".join(lines[-40:]))
+
+        during = make_key(env, "late")
+        assert postmaster.exists(), "make key stopped the PostgreSQL that make run uses"
+        url = f"http://127.0.0.1:{env['GATEWAY_HTTP_PORT']}/v1/voice/samples"
+        assert status_with_key(url, during) == 200
+        assert status_with_key(url, before) == 200  # made before make run, same database
+        assert status_with_key(url, "vm_unknown") == 401
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGINT)
+            try:
+                process.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
