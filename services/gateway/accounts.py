@@ -25,6 +25,7 @@ KEY_PREFIX = "vm_"
 # How much of a key is kept in clear, to tell keys apart when listing them.
 DISPLAY_PREFIX_CHARS = len(KEY_PREFIX) + 8
 ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+ACCOUNT_NAME_RULE = "1 to 64 letters, digits or . _ @ -, starting with a letter or digit"
 
 
 async def open_pool(url: str | None = None) -> asyncpg.Pool:
@@ -50,9 +51,7 @@ class NewKey:
 async def create_key(pool: asyncpg.Pool, account_name: str) -> NewKey:
     """Create the account if it does not exist yet, and a new key for it."""
     if not ACCOUNT_NAME.match(account_name):
-        raise ValueError(
-            "an account name is 1 to 64 letters, digits or . _ @ -, starting with a letter or digit"
-        )
+        raise ValueError(f"an account name is {ACCOUNT_NAME_RULE}")
     key = new_key()
     async with database.transaction(pool) as connection:
         # ON CONFLICT keeps two concurrent `make key` runs for one new account from failing.

@@ -40,6 +40,8 @@ HTTP_SECONDS = prometheus_client.Histogram(
 )
 # The metrics label of requests that matched no route (one label, whatever the path).
 UNMATCHED = "unmatched"
+# Probed every few seconds: their access log lines are DEBUG, not INFO.
+PROBES = {"/healthz", "/readyz", "/metrics"}
 REQUEST_ID_RESPONSE_HEADER = "X-Request-Id"
 
 
@@ -137,7 +139,8 @@ class HttpFront:
             labels = (request["route"], request.method, str(status))
             HTTP_REQUESTS.labels(*labels).inc()
             HTTP_SECONDS.labels(*labels).observe(elapsed)
-            log.info(
+            log.log(
+                logging.DEBUG if request["route"] in PROBES else logging.INFO,
                 "http request",
                 extra={
                     "method": request.method,

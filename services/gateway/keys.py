@@ -37,13 +37,14 @@ async def make_key(account: str, url: str) -> accounts.NewKey:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="make key ACCOUNT=<name>",
+        prog="make key",
+        usage="make key ACCOUNT=<name>   (or: python -m services.gateway.keys <name>)",
         description="Create the account if needed and print a new API key (last line).",
     )
-    parser.add_argument("account", help="account name: 1 to 64 letters, digits or . _ @ -")
+    parser.add_argument("account", help=f"account name: {accounts.ACCOUNT_NAME_RULE}")
     args = parser.parse_args(argv)
     if not accounts.ACCOUNT_NAME.match(args.account):
-        parser.error(f"invalid account name {args.account!r}: 1 to 64 letters, digits or . _ @ -")
+        parser.error(f"invalid account name {args.account!r}: {accounts.ACCOUNT_NAME_RULE}")
 
     url, server = database_url()
     try:

@@ -4,6 +4,7 @@ GET /v1/models."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import uuid
 
@@ -174,3 +175,17 @@ async def test_a_heartbeat_without_what_routing_needs_is_refused(registry, reque
         await registry("Heartbeat", request_)
     error = ApiError.from_rpc_error(caught.value)
     assert (error.code, error.reason, error.param) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PARAMETER", param)
+
+
+async def test_the_meshs_own_synth_provider_is_listed(http, accounts, mesh):
+    if "synth" not in mesh.services:
+        pytest.skip("no synth service in this checkout")
+    alice, _ = accounts
+    deadline = asyncio.get_running_loop().time() + 60
+    while True:  # synth started before the gateway: its heartbeats retry until the registry answers
+        cloning = [card for card in (await models(http, alice)).values() if "voice-cloning" in card["features"]]
+        if cloning:
+            break
+        assert asyncio.get_running_loop().time() < deadline, "synth never registered"
+        await asyncio.sleep(0.5)
+    assert cloning[0]["providers"] >= 1 and cloning[0]["object"] == "model"
