@@ -58,18 +58,24 @@ def things_routes(tmp_path_factory) -> dict[str, discovery.Route]:
 FIXTURES = HERE.parent / "fixtures"
 
 
-def make_key(account: str, database_url: str) -> str:
+def make_key(account: str, env: dict[str, str]) -> str:
     """`make key ACCOUNT=<account>` as a person runs it; returns the last line of its output."""
     result = subprocess.run(
         ["make", "--no-print-directory", "key", f"ACCOUNT={account}"],
         cwd=ROOT,
-        env={**os.environ, "DATABASE_URL": database_url},
+        env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=180,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session")
+def key_env(database) -> dict[str, str]:
+    """The environment for `make key` against the mesh's database."""
+    return {**os.environ, "DATABASE_URL": database.url}
 
 
 @dataclass
@@ -83,11 +89,11 @@ class Account:
 
 
 @pytest.fixture(scope="session")
-def accounts(database) -> tuple[Account, Account]:
+def accounts(key_env) -> tuple[Account, Account]:
     """Two accounts, each with a key made by `make key`."""
     suffix = uuid.uuid4().hex[:8]
     names = (f"alice-{suffix}", f"bob-{suffix}")
-    return tuple(Account(name, make_key(name, database.url)) for name in names)
+    return tuple(Account(name, make_key(name, key_env)) for name in names)
 
 
 @pytest.fixture(scope="session")

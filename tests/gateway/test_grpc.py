@@ -15,7 +15,7 @@ from google.protobuf import descriptor_pool
 from grpc_requests import AsyncClient
 
 from runtime.errors import ApiError
-from services.gateway.config import PROVIDER_TIMEOUT_SECONDS
+from services.gateway.config import HEARTBEAT_INTERVAL_SECONDS, PROVIDER_TIMEOUT_SECONDS
 from tests.gateway.conftest import FIXTURES
 
 # grpc-requests takes requests as proto JSON, where bytes are base64.
@@ -113,7 +113,7 @@ async def test_heartbeats_put_models_online_and_deregistering_takes_them_off(htt
     # Model ids of this test alone: the mesh's own synth provider registers its model too.
     big, small = f"test-lab/big-{uuid.uuid4().hex[:8]}", f"small-{uuid.uuid4().hex[:8]}"
     reply = await registry("Heartbeat", provider("p-one", (big, ["voice-cloning", "dialogue"])))
-    assert reply["heartbeat_interval_seconds"] > 0
+    assert reply["heartbeat_interval_seconds"] == HEARTBEAT_INTERVAL_SECONDS.value
     await registry("Heartbeat", provider("p-two", (big, ["dialogue"]), (small, ["dialogue"])))
 
     listed = await models(http, alice)

@@ -60,12 +60,12 @@ async def created(response: aiohttp.ClientResponse) -> dict:
 # --- keys ----------------------------------------------------------------
 
 
-def test_make_key_prints_a_new_key_for_each_account(accounts, database):
+def test_make_key_prints_a_new_key_for_each_account(accounts, key_env):
     alice, bob = accounts
     assert alice.key != bob.key
     for account in accounts:
         assert account.key.startswith("vm_") and len(account.key) >= 3 + 43  # 256 random bits
-    again = make_key(alice.name, database.url)
+    again = make_key(alice.name, key_env)
     assert again not in (alice.key, bob.key)
 
 
@@ -87,9 +87,9 @@ async def test_a_missing_or_wrong_key_is_401(http, headers):
     assert response.headers["WWW-Authenticate"] == "Bearer"
 
 
-async def test_every_key_of_an_account_works(http, accounts, database):
+async def test_every_key_of_an_account_works(http, accounts, key_env):
     alice, _ = accounts
-    second = make_key(alice.name, database.url)
+    second = make_key(alice.name, key_env)
     for key in (alice.key, second):
         response = await http.get("/v1/voice/samples", headers={"Authorization": f"Bearer {key}"})
         assert response.status == 200
@@ -145,7 +145,7 @@ async def test_list_get_patch_and_delete(http, accounts):
     await assert_error(await http.get(url, headers=alice.headers), 404, "not_found")
 
 
-async def test_pages_follow_the_page_token(http, accounts, database):
+async def test_pages_follow_the_page_token(http, accounts):
     _, bob = accounts
     for name in ("one", "two", "three"):
         await created(await upload_form(http, bob, FOX, name, transcript="words"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -13,15 +14,7 @@ import pytest
 
 from services.gateway import accounts
 from tests.conftest import ROOT, mesh_ports_env
-
-
-def make_key(env: dict[str, str], account: str) -> str:
-    result = subprocess.run(
-        ["make", "--no-print-directory", "key", f"ACCOUNT={account}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout.strip().splitlines()[-1]
+from tests.gateway.conftest import make_key
 
 
 def status_with_key(url: str, key: str) -> int:
@@ -42,7 +35,7 @@ def test_the_key_is_random_and_only_its_hash_is_kept():
 @pytest.mark.parametrize("name", ["", "-dash-first", "has space", "x" * 65, "semi;colon"])
 def test_a_bad_account_name_is_a_usage_error(name):
     result = subprocess.run(
-        [os.sys.executable, "-m", "services.gateway.keys", name],
+        [sys.executable, "-m", "services.gateway.keys", name],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
         env={**os.environ, "DATABASE_URL": "postgresql://unused/none"},
     )
@@ -59,7 +52,7 @@ def test_make_key_works_before_and_while_make_run_runs(tmp_path):
     postmaster = tmp_path / "postgres" / "postmaster.pid"
 
     # Alone, it starts the embedded server and stops it again.
-    before = make_key(env, "early")
+    before = make_key("early", env)
     assert not postmaster.exists()
 
     process = subprocess.Popen(
@@ -78,7 +71,7 @@ def test_make_key_works_before_and_while_make_run_runs(tmp_path):
         else:
             pytest.fail("make run exited early:\n" + "".join(lines[-40:]))
 
-        during = make_key(env, "late")
+        during = make_key("late", env)
         assert postmaster.exists(), "make key stopped the PostgreSQL that make run uses"
         url = f"http://127.0.0.1:{env['GATEWAY_HTTP_PORT']}/v1/voice/samples"
         assert status_with_key(url, during) == 200
