@@ -72,6 +72,9 @@ class ServiceSpec:
     readiness: Callable[[], Awaitable[bool]] | None = None
     readiness_interval_seconds: float = 5.0
     extra_options: list[tuple[str, Any]] = field(default_factory=list)
+    # Runs when a stop signal arrives, before the server stops taking calls
+    # (a provider leaves its registry here, so no new work is routed to it).
+    on_shutdown: Callable[[], Awaitable[None]] | None = None
 
 
 class MeshInterceptor(grpc.aio.ServerInterceptor):
@@ -247,6 +250,8 @@ async def serve(spec: ServiceSpec) -> None:
     log.info("shutting down", extra={"grace_seconds": config.SHUTDOWN_GRACE_SECONDS.value})
     starter.cancel()
     await health_servicer.enter_graceful_shutdown()
+    if spec.on_shutdown is not None:
+        await spec.on_shutdown()
     await server.stop(config.SHUTDOWN_GRACE_SECONDS.value)
     if spec.on_stop is not None:
         await spec.on_stop()
