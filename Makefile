@@ -22,6 +22,10 @@ protos: $(VENV)/.installed
 key: $(VENV)/.installed gen/.stamp
 	$(PY) -m services.gateway.keys $(ACCOUNT)
 
+# A tiny random-weight Dia and codec under var/models/tiny-random: DIA_MODEL=tiny-random make run.
+tiny-models: $(VENV)/.installed
+	$(PY) -m services.synth.tiny_models
+
 bench: $(VENV)/.installed gen/.stamp
 	$(PY) bench/transcode_bench.py
 

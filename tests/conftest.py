@@ -97,6 +97,7 @@ async def mesh(database):
     env = mesh_tools.mesh_environment(database.url)
     env.update(mesh_ports_env())
     env.setdefault("LOG_FORMAT", "json")
+    env.setdefault("DIA_MODEL", "tiny-random")  # the random-weight test model: no download
     running = RunningMesh(mesh_tools.existing_services(), env)
     running.echo = bool(os.environ.get("MESH_ECHO"))
     try:

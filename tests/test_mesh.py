@@ -77,6 +77,7 @@ def test_make_run_starts_everything_and_ctrl_c_stops_it(tmp_path: pathlib.Path, 
     env = dict(os.environ, **mesh_ports_env())
     env["EMBEDDED_POSTGRES_DIR"] = str(tmp_path / "postgres")
     env.pop("DATABASE_URL", None)  # the embedded server, as on a fresh machine
+    env.setdefault("DIA_MODEL", "tiny-random")  # synth's random-weight test model: no download
     env["LOG_FORMAT"] = "text"
     process = subprocess.Popen(
         ["make", "--no-print-directory", "run"],

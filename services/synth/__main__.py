@@ -1,0 +1,6 @@
+"""`python -m services.synth`: the Dia synthesis service (a provider for the gateway)."""
+
+from runtime.server import main
+from services.synth.service import build_spec
+
+main(build_spec)

@@ -1,0 +1,173 @@
+"""Dynamic batching in front of the one thread that owns the model.
+
+Requests wait in a bounded queue on the event loop. A scheduler task takes
+batches from it and runs each in the generation thread, one at a time:
+
+* the oldest waiting request always goes into the next batch (no request
+  starves), with the later ones that share its settings
+  (`GenerationParams.batch_key`) and prompt-or-not, up to the batch size;
+* a request with a seed of its own is generated alone, so that its audio is
+  byte-identical whatever else is being served (batch shapes change float
+  rounding in the model). Unseeded requests batch, each row sampling with a
+  generator seeded by the seed its response reports; repeating that seed
+  gives the same audio up to that rounding;
+* an idle scheduler waits `window` seconds before taking a batch, so that
+  requests arriving together are generated together; while a batch runs,
+  new requests gather by themselves;
+* once `max_batch_size + max_queue` requests are running or waiting, a new
+  one is refused at once (RESOURCE_EXHAUSTED, SYNTH_BUSY) instead of piling
+  up in memory;
+* a caller that goes away leaves the queue at once, and a running batch
+  whose callers are all gone stops early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+import grpc
+import prometheus_client
+
+from runtime.errors import ApiError
+from services.synth.engine import Generated, SynthesisInput
+
+GENERATE_CALLS = prometheus_client.Counter(
+    "synth_generate_calls", "Calls of Dia's generate (one per batch)."
+)
+BATCH_SIZE = prometheus_client.Histogram(
+    "synth_batch_size", "Requests generated together in one call.", buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32)
+)
+QUEUE_DEPTH = prometheus_client.Gauge("synth_queue_depth", "Requests waiting for the generator.")
+REJECTED = prometheus_client.Counter("synth_rejected", "Requests refused because the queue was full.")
+
+# generate(batch, should_stop) -> one result per request, in order
+GenerateFunction = Callable[[list[SynthesisInput], Callable[[], bool]], list[Generated]]
+
+
+@dataclass(eq=False)
+class Job:
+    request: SynthesisInput
+    future: asyncio.Future
+    # Set on the event loop when the caller is gone; read by the generation thread.
+    abandoned: threading.Event = field(default_factory=threading.Event)
+
+    def batch_key(self) -> tuple:
+        return (self.request.prompt is not None, *self.request.params.batch_key())
+
+
+def take_batch(pending: collections.deque[Job], max_size: int) -> list[Job]:
+    """Remove and return the next batch: the oldest job and the later jobs it may share a call with."""
+    if not pending:
+        return []
+    first = pending[0]
+    batch = [first]
+    if not first.request.params.seeded:
+        key = first.batch_key()
+        for job in list(pending)[1:]:
+            if len(batch) == max_size:
+                break
+            if not job.request.params.seeded and job.batch_key() == key:
+                batch.append(job)
+    for job in batch:
+        pending.remove(job)
+    return batch
+
+
+def busy(load: int) -> ApiError:
+    return ApiError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "SYNTH_BUSY",
+        f"the synthesizer is busy ({load} requests running or waiting); try again shortly",
+    )
+
+
+class Batcher:
+    def __init__(self, max_batch_size: int, window_seconds: float, max_queue: int) -> None:
+        self.max_batch_size = max_batch_size
+        self.window_seconds = window_seconds
+        self.max_queue = max_queue
+        self._pending: collections.deque[Job] = collections.deque()
+        self._running = 0
+        self._work = asyncio.Event()
+        self._closing = threading.Event()
+        # One thread owns the model: it loads it and runs every generation.
+        self.thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="dia")
+        self._scheduler: asyncio.Task | None = None
+
+    @property
+    def load(self) -> int:
+        """Requests running or waiting."""
+        return self._running + len(self._pending)
+
+    def start(self, generate: GenerateFunction) -> None:
+        self._scheduler = asyncio.create_task(self._schedule(generate))
+
+    async def submit(self, request: SynthesisInput) -> Generated:
+        """Queue a request and wait for its audio; SYNTH_BUSY at once when the queue is full."""
+        # Room for a full batch running plus the queue; counting the load rather
+        # than the waiting list alone keeps requests that gather during the
+        # collection window (not yet running) from using up the queue.
+        if self.load >= self.max_batch_size + self.max_queue:
+            REJECTED.inc()
+            raise busy(self.load)
+        job = Job(request, asyncio.get_running_loop().create_future())
+        self._pending.append(job)
+        QUEUE_DEPTH.set(len(self._pending))
+        self._work.set()
+        try:
+            return await job.future
+        except asyncio.CancelledError:  # the caller went away (cancelled, deadline)
+            job.abandoned.set()
+            if job in self._pending:
+                self._pending.remove(job)
+                QUEUE_DEPTH.set(len(self._pending))
+            raise
+
+    async def _schedule(self, generate: GenerateFunction) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._pending:
+                self._work.clear()
+                await self._work.wait()
+                await asyncio.sleep(self.window_seconds)  # let requests that arrive together batch
+            batch = take_batch(self._pending, self.max_batch_size)
+            QUEUE_DEPTH.set(len(self._pending))
+            if not batch:
+                continue  # every waiting caller left during the window
+
+            def should_stop(batch=batch) -> bool:
+                return self._closing.is_set() or all(job.abandoned.is_set() for job in batch)
+
+            self._running = len(batch)
+            GENERATE_CALLS.inc()
+            BATCH_SIZE.observe(len(batch))
+            try:
+                results = await loop.run_in_executor(
+                    self.thread, generate, [job.request for job in batch], should_stop
+                )
+            except Exception as error:  # noqa: BLE001 - every caller of the batch gets it (and logs it)
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(error)
+            else:
+                for job, result in zip(batch, results):
+                    if not job.future.done():
+                        job.future.set_result(result)
+            finally:
+                self._running = 0
+
+    async def close(self) -> None:
+        """Stop the scheduler, end a running generation early, and let the thread finish."""
+        self._closing.set()
+        if self._scheduler is not None:
+            self._scheduler.cancel()
+            try:
+                await self._scheduler
+            except asyncio.CancelledError:
+                pass
+        await asyncio.to_thread(self.thread.shutdown, wait=True, cancel_futures=True)

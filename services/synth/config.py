@@ -1,0 +1,150 @@
+"""Settings of the synth service (environment variables).
+
+`DIA_MODEL` and `DAC_MODEL` keep the names the issue gives them (no `SYNTH_`
+prefix): they name models, and the same names are used by Dia's own tools.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import socket
+
+from runtime import config
+from runtime.config import setting
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
+
+# The name under which DIA_MODEL selects the tiny random-weight model.
+TINY_MODEL_NAME = "tiny-random"
+HUB_DIA_MODEL = "nari-labs/Dia-1.6B-0626"
+HUB_DAC_MODEL = "descript/dac_44khz"
+
+
+def _at_least(minimum: float, kind: type = int):
+    def cast(raw: str):
+        value = kind(raw)
+        if not value >= minimum:  # also refuses NaN
+            raise ValueError(f"must be at least {minimum}")
+        return value
+
+    return cast
+
+
+def _one_of(*choices: str):
+    def cast(raw: str) -> str:
+        if raw not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return raw
+
+    return cast
+
+
+SYNTH_MODELS_DIR = setting(
+    "SYNTH_MODELS_DIR",
+    "var/models",
+    "folder (relative to the repository root unless absolute) where `make tiny-models` writes "
+    f"the test model and where DIA_MODEL={TINY_MODEL_NAME} looks for it",
+)
+
+
+def models_dir() -> pathlib.Path:
+    return ROOT / SYNTH_MODELS_DIR.value  # an absolute setting replaces ROOT
+
+
+def tiny_model_dir() -> pathlib.Path:
+    return models_dir() / TINY_MODEL_NAME
+
+
+DIA_MODEL = setting(
+    "DIA_MODEL",
+    HUB_DIA_MODEL,
+    "Dia checkpoint: a Hugging Face hub id (downloaded at start-up), a local folder, or "
+    f"`{TINY_MODEL_NAME}` for the tiny random-weight test model (built on first use; its audio is noise)",
+)
+
+
+def _default_dac_model() -> str:
+    return str(tiny_model_dir() / "dac") if DIA_MODEL.value == TINY_MODEL_NAME else HUB_DAC_MODEL
+
+
+_default_dac_model.__doc__ = f"{HUB_DAC_MODEL}; the tiny codec when DIA_MODEL={TINY_MODEL_NAME}"
+
+DAC_MODEL = setting(
+    "DAC_MODEL",
+    _default_dac_model,
+    "DAC audio codec Dia's codes decode with: a hub id or a local folder "
+    "(Dia's processor does not save its codec, so it is named separately)",
+)
+SYNTH_DEVICE = setting(
+    "SYNTH_DEVICE",
+    "auto",
+    "where Dia runs: auto (CUDA in bfloat16 when present, else CPU in float32), cpu or cuda",
+    _one_of("auto", "cpu", "cuda"),
+)
+SYNTH_TORCH_THREADS = setting(
+    "SYNTH_TORCH_THREADS", 2, "CPU threads torch uses for one generation (at least 1)", _at_least(1)
+)
+SYNTH_MAX_BATCH_SIZE = setting(
+    "SYNTH_MAX_BATCH_SIZE",
+    4,
+    "most requests generated together in one batch; also the capacity the provider advertises",
+    _at_least(1),
+)
+SYNTH_BATCH_WINDOW_MS = setting(
+    "SYNTH_BATCH_WINDOW_MS",
+    20.0,
+    "how long an idle generator waits for more requests to batch with the first, in milliseconds",
+    _at_least(0.0, float),
+)
+SYNTH_MAX_QUEUE = setting(
+    "SYNTH_MAX_QUEUE",
+    16,
+    "requests that may wait beyond a full batch (SYNTH_MAX_BATCH_SIZE); past that, "
+    "RESOURCE_EXHAUSTED (SYNTH_BUSY)",
+    _at_least(0),
+)
+SYNTH_MAX_NEW_TOKENS = setting(
+    "SYNTH_MAX_NEW_TOKENS",
+    4096,
+    "largest max_new_tokens (audio frames, about 86 a second) a request may ask for",
+    _at_least(17),
+)
+SYNTH_MAX_AUDIO_PROMPT_SECONDS = setting(
+    "SYNTH_MAX_AUDIO_PROMPT_SECONDS",
+    120.0,
+    "longest voice-cloning prompt accepted, in seconds (the gateway trims prompts to the "
+    "request's max_audio_prompt_seconds first); longer fails with AUDIO_TOO_LONG",
+    _at_least(0.1, float),
+)
+SYNTH_HEARTBEAT_SECONDS = setting(
+    "SYNTH_HEARTBEAT_SECONDS",
+    5.0,
+    "seconds between heartbeats to the gateway's provider registry, unless the registry asks for another interval",
+    _at_least(0.1, float),
+)
+
+
+def _default_advertise_address() -> str:
+    return f"127.0.0.1:{config.SERVICES['synth'].grpc_port.value}"
+
+
+_default_advertise_address.__doc__ = "127.0.0.1:$SYNTH_GRPC_PORT"
+
+SYNTH_ADVERTISE_ADDRESS = setting(
+    "SYNTH_ADVERTISE_ADDRESS",
+    _default_advertise_address,
+    "host:port the gateway reaches this provider at (in Kubernetes, the pod IP)",
+)
+
+
+def _default_provider_id() -> str:
+    return f"{socket.gethostname()}:{config.SERVICES['synth'].grpc_port.value}"
+
+
+_default_provider_id.__doc__ = "$HOSTNAME:$SYNTH_GRPC_PORT"
+
+SYNTH_PROVIDER_ID = setting(
+    "SYNTH_PROVIDER_ID",
+    _default_provider_id,
+    "stable id of this provider in the gateway's registry",
+)

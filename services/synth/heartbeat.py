@@ -1,0 +1,90 @@
+"""Registration with the gateway's provider registry.
+
+Once the model is loaded the provider sends a heartbeat with its
+ProviderInfo every interval (the registry's `heartbeat_interval_seconds`
+when it names one, else SYNTH_HEARTBEAT_SECONDS). The gateway may not be up
+yet (it starts after synth) or may not implement the registry yet: failures
+are retried with backoff, logged once, and never end the service. On
+graceful shutdown the provider deregisters, best effort.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable
+
+import grpc
+
+from runtime import clients
+from voice.gateway.v1 import providers_pb2, providers_pb2_grpc
+from voice.synth.v1 import synth_pb2
+
+log = logging.getLogger("synth.heartbeat")
+
+FIRST_RETRY_SECONDS = 0.5
+DEREGISTER_TIMEOUT_SECONDS = 2.0
+
+
+class Heartbeats:
+    def __init__(
+        self,
+        registry_address: str,
+        provider_info: Callable[[], synth_pb2.ProviderInfo],
+        interval_seconds: float,
+    ) -> None:
+        self.registry_address = registry_address
+        self.provider_info = provider_info
+        self.interval_seconds = interval_seconds
+        self.sent = 0  # heartbeats the registry accepted
+        self._channel = clients.channel(registry_address)
+        self._registry = providers_pb2_grpc.ProviderRegistryServiceStub(self._channel)
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        interval = self.interval_seconds
+        retry = FIRST_RETRY_SECONDS
+        failing = False
+        while True:
+            try:
+                reply = await self._registry.Heartbeat(
+                    providers_pb2.HeartbeatRequest(provider=self.provider_info()),
+                    timeout=max(interval, 1.0),
+                )
+            except grpc.aio.AioRpcError as error:
+                if not failing:
+                    log.info(
+                        "provider registry not reachable yet; retrying quietly",
+                        extra={"registry": self.registry_address, "code": error.code().name},
+                    )
+                    failing = True
+                await asyncio.sleep(retry)
+                retry = min(retry * 2, interval)
+                continue
+            if failing or self.sent == 0:
+                log.info("registered with the provider registry", extra={"registry": self.registry_address})
+            failing, retry = False, FIRST_RETRY_SECONDS
+            self.sent += 1
+            if reply.heartbeat_interval_seconds > 0:
+                interval = reply.heartbeat_interval_seconds
+            await asyncio.sleep(interval)
+
+    async def stop(self) -> None:
+        """Stop sending and deregister (best effort, short deadline)."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        try:
+            await self._registry.DeregisterProvider(
+                providers_pb2.DeregisterProviderRequest(provider_id=self.provider_info().provider_id),
+                timeout=DEREGISTER_TIMEOUT_SECONDS,
+            )
+        except grpc.aio.AioRpcError as error:
+            log.info("could not deregister", extra={"code": error.code().name})
+        await self._channel.close()
