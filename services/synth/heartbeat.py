@@ -22,7 +22,10 @@ from voice.synth.v1 import synth_pb2
 
 log = logging.getLogger("synth.heartbeat")
 
-FIRST_RETRY_SECONDS = 0.5
+# Retries back off from FIRST_RETRY_SECONDS to at most LONGEST_RETRY_SECONDS: a
+# failed call is cheap, and in the mesh the gateway starts just after synth.
+FIRST_RETRY_SECONDS = 0.25
+LONGEST_RETRY_SECONDS = 1.0
 DEREGISTER_TIMEOUT_SECONDS = 2.0
 
 
@@ -62,7 +65,7 @@ class Heartbeats:
                     )
                     failing = True
                 await asyncio.sleep(retry)
-                retry = min(retry * 2, interval)
+                retry = min(retry * 2, interval, LONGEST_RETRY_SECONDS)
                 continue
             if failing or self.sent == 0:
                 log.info("registered with the provider registry", extra={"registry": self.registry_address})

@@ -80,18 +80,16 @@ def metric(metrics_port: str | int, name: str) -> float:
 
 
 @contextlib.asynccontextmanager
-async def own_synth(mesh, **settings: str) -> AsyncIterator[Mesh]:
+async def own_synth(mesh, registered: bool = False, **settings: str) -> AsyncIterator[Mesh]:
     """A synth process of the test's own, with its own settings and ports.
 
-    Its heartbeats go to a port nobody listens on, so the mesh's gateway never
-    routes the other tests' requests to it.
+    Unless `registered`, its heartbeats go to a port nobody listens on, so the
+    mesh's gateway never routes the other tests' requests to it.
     """
     env = dict(mesh.env, **settings)
-    env.update(
-        SYNTH_GRPC_PORT=str(free_port()),
-        SYNTH_METRICS_PORT=str(free_port()),
-        GATEWAY_ADDR=f"127.0.0.1:{free_port()}",
-    )
+    env.update(SYNTH_GRPC_PORT=str(free_port()), SYNTH_METRICS_PORT=str(free_port()))
+    if not registered:
+        env["GATEWAY_ADDR"] = f"127.0.0.1:{free_port()}"
     process = Mesh(["synth"], env)
     process.echo = mesh.echo
     try:

@@ -1,0 +1,40 @@
+"""End to end with the mesh's gateway: providers register by heartbeat and leave on shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+
+from tests.synth.helpers import own_synth
+from voice.gateway.v1 import models_pb2, models_pb2_grpc
+
+
+async def providers_of(mesh, model: str) -> int:
+    async with grpc.aio.insecure_channel(mesh.address("gateway")) as channel:
+        reply = await models_pb2_grpc.ModelServiceStub(channel).ListModels(models_pb2.ListModelsRequest())
+    return next((card.providers for card in reply.data if card.id == model), 0)
+
+
+async def wait_for_providers(mesh, model: str, count: int) -> None:
+    async with asyncio.timeout(60):  # a guard against hanging; heartbeats come every few seconds
+        while await providers_of(mesh, model) != count:
+            await asyncio.sleep(0.1)
+
+
+async def test_the_mesh_synth_is_listed_by_the_gateway_with_its_features(mesh):
+    await wait_for_providers(mesh, "tiny-random", 1)
+    async with grpc.aio.insecure_channel(mesh.address("gateway")) as channel:
+        reply = await models_pb2_grpc.ModelServiceStub(channel).ListModels(models_pb2.ListModelsRequest())
+    (card,) = [card for card in reply.data if card.id == "tiny-random"]
+    assert set(card.features) == {"voice-cloning", "dialogue"}
+
+
+async def test_a_provider_leaves_the_registry_as_soon_as_it_shuts_down(mesh):
+    await wait_for_providers(mesh, "tiny-random", 1)
+    async with own_synth(mesh, registered=True, SYNTH_PROVIDER_ID="synth-test-second") as process:
+        await process.wait_serving("synth", timeout=120)
+        await wait_for_providers(mesh, "tiny-random", 2)
+        await process.stop_service("synth")
+        # Gone now, not after the registry's heartbeat timeout.
+        assert await providers_of(mesh, "tiny-random") == 1
