@@ -1,0 +1,151 @@
+"""The shared runtime as every service's clients meet it: health, errors, request ids, shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from runtime.errors import ApiError
+from tests.conftest import ROOT, free_port
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class Sleepy:
+    def __init__(self, **env: str) -> None:
+        self.port = free_port()
+        environment = dict(
+            os.environ,
+            TRANSCODE_GRPC_PORT=str(self.port),
+            TRANSCODE_METRICS_PORT=str(free_port()),
+            LOG_FORMAT="json",
+            **env,
+        )
+        self.process = subprocess.Popen(
+            [sys.executable, "tests/runtime/sleepy_service.py"],
+            cwd=ROOT,
+            env=environment,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+
+    def _read(self) -> None:
+        for line in self.process.stderr:
+            self.lines.append(line)
+
+    def health(self) -> int | None:
+        try:
+            return health_pb2_grpc.HealthStub(self.channel).Check(
+                health_pb2.HealthCheckRequest(service="test.Sleepy"), timeout=1
+            ).status
+        except grpc.RpcError:
+            return None
+
+    def wait_for(self, status: int, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while self.health() != status:
+            assert time.monotonic() < deadline, "".join(self.lines[-20:])
+            time.sleep(0.05)
+
+    def call(self, method: str, payload: bytes, **kwargs):
+        return self.channel.unary_unary(f"/test.Sleepy/{method}")(payload, timeout=30, **kwargs)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=30)
+        self._reader.join(timeout=5)
+        self.channel.close()
+        return code
+
+    def log_entries(self) -> list[dict]:
+        return [json.loads(line) for line in self.lines if line.startswith("{")]
+
+
+@pytest.fixture
+def sleepy():
+    started = Sleepy()
+    started.wait_for(SERVING)
+    yield started
+    started.stop()
+
+
+def test_health_is_not_serving_until_start_up_is_done():
+    slow = Sleepy(SLEEPY_START_SECONDS="1.5")
+    try:
+        deadline = time.monotonic() + 30
+        while slow.health() is None:  # the port opens before start-up finishes
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert slow.health() == NOT_SERVING
+        slow.wait_for(SERVING)
+    finally:
+        assert slow.stop() == 0
+
+
+def test_an_api_error_reaches_the_client_with_its_reason_and_field(sleepy):
+    with pytest.raises(grpc.RpcError) as caught:
+        sleepy.call("Fail", b"api")
+    error = ApiError.from_rpc_error(caught.value)
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert (error.reason, error.param) == ("INVALID_PARAMETER", "speed_factor")
+    assert "between 0.5 and 2" in error.message
+
+
+def test_an_unexpected_error_is_internal_without_its_traceback(sleepy):
+    with pytest.raises(grpc.RpcError) as caught:
+        sleepy.call("Fail", b"bug", metadata=[("x-request-id", "req-bug-1")])
+    error = ApiError.from_rpc_error(caught.value)
+    assert error.code == grpc.StatusCode.INTERNAL and error.reason == "INTERNAL"
+    assert "secret" not in error.message and "Traceback" not in error.message
+    assert "req-bug-1" in error.message  # the id to quote when reporting it
+    logged = [e for e in sleepy.log_entries() if e.get("request_id") == "req-bug-1"]
+    assert any("secret internal detail" in e.get("exception", "") for e in logged)
+
+
+def test_the_request_id_travels_with_the_call_and_its_outgoing_calls(sleepy):
+    assert sleepy.call("Sleep", b"0", metadata=[("x-request-id", "req-42")]) == b"req-42"
+    # Relay calls Sleep on the same server through runtime.clients: the id goes along.
+    assert sleepy.call("Relay", b"", metadata=[("x-request-id", "req-43")]) == b"req-43"
+    assert any(e.get("request_id") == "req-42" and e["message"] == "sleeping" for e in sleepy.log_entries())
+    # Without one, the server makes one up.
+    assert len(sleepy.call("Sleep", b"0")) >= 16
+
+
+def test_sigterm_lets_the_call_in_flight_finish_then_exits(sleepy):
+    future = sleepy.channel.unary_unary("/test.Sleepy/Sleep").future(b"1.5", timeout=30)
+    time.sleep(0.3)
+    sleepy.process.send_signal(signal.SIGTERM)
+    assert future.result() != b""  # answered, not cut off
+    assert sleepy.process.wait(timeout=30) == 0
+    messages = [e["message"] for e in sleepy.log_entries()]
+    assert messages.index("shutting down") < messages.index("stopped")
+
+
+def test_metrics_record_rpcs_by_status_code(sleepy):
+    import urllib.request
+
+    with pytest.raises(grpc.RpcError):
+        sleepy.call("Fail", b"api")
+    metrics_port = None
+    for entry in sleepy.log_entries():
+        metrics_port = entry.get("metrics_port", metrics_port)
+    body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    assert (
+        'grpc_server_handled_total{grpc_code="INVALID_ARGUMENT",grpc_method="Fail",grpc_service="test.Sleepy"} 1.0'
+        in body
+    )
