@@ -24,8 +24,11 @@ PUBLISHED = {
     "library": {"voice.library.v1.LibraryService"},
     "stt": {"voice.stt.v1.SttService"},
     "synth": {"voice.synth.v1.SynthService"},
-    # GenerationService comes with the synthesis issue.
-    "gateway": {"voice.gateway.v1.ModelService", "voice.gateway.v1.ProviderRegistryService"},
+    "gateway": {
+        "voice.gateway.v1.GenerationService",
+        "voice.gateway.v1.ModelService",
+        "voice.gateway.v1.ProviderRegistryService",
+    },
 }
 STANDARD = {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
 

@@ -26,6 +26,8 @@ KEY_PREFIX = "vm_"
 DISPLAY_PREFIX_CHARS = len(KEY_PREFIX) + 8
 ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 ACCOUNT_NAME_RULE = "1 to 64 letters, digits or . _ @ -, starting with a letter or digit"
+# gRPC methods whose HTTP routes need no key: the share token in their path is the secret.
+KEYLESS_METHODS = {"/voice.gateway.v1.GenerationService/GetSharedGenerationAudio"}
 
 
 async def open_pool(url: str | None = None) -> asyncpg.Pool:
@@ -69,6 +71,14 @@ async def create_key(pool: asyncpg.Pool, account_name: str) -> NewKey:
             key[:DISPLAY_PREFIX_CHARS],
         )
     return NewKey(account_id, created, key, key[:DISPLAY_PREFIX_CHARS])
+
+
+def bearer_key(authorization: str) -> str | None:
+    """The key of an ``Authorization: Bearer <key>`` header (or gRPC metadata), or None."""
+    scheme, _, key = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        return None
+    return key.strip()
 
 
 async def account_for_key(pool: asyncpg.Pool, key: str) -> int | None:

@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+from runtime import config
 from runtime.config import setting
+
+
+def _between(low: float, high: float, kind: type = float):
+    """A cast that refuses values outside [low, high] at start-up, naming the bounds."""
+
+    def cast(raw: str):
+        value = kind(raw)
+        if not low <= value <= high:  # also refuses NaN
+            raise ValueError(f"must be between {low:g} and {high:g}")
+        return value
+
+    return cast
 
 
 UPSTREAMS = setting(
@@ -39,6 +52,46 @@ PROVIDER_TIMEOUT_SECONDS = setting(
     15.0,
     "a provider without a heartbeat for this long is offline",
     float,
+)
+
+SYNTH_TIMEOUT_SECONDS = setting(
+    "GATEWAY_SYNTH_TIMEOUT_SECONDS",
+    300.0,
+    "deadline of one generation on the synth providers (a retry on another provider shares it); "
+    "past it the request fails with 502 upstream_error",
+    _between(1, 3600),
+)
+MAX_INPUT_CHARS = setting(
+    "GATEWAY_MAX_INPUT_CHARS",
+    3000,
+    "longest generation `input` (the script) in characters; a longer one is refused with 413 request_too_large",
+    _between(1, 1_000_000, int),
+)
+MAX_COLLECTION_CHARS = setting(
+    "GATEWAY_MAX_COLLECTION_CHARS",
+    100,
+    "longest generation `collection` name in characters; a longer one is refused with 400 invalid_parameter",
+    _between(1, 10_000, int),
+)
+PROMPT_GAP_SECONDS = setting(
+    "GATEWAY_PROMPT_GAP_SECONDS",
+    0.3,
+    "silence between the S1 and S2 clips of a voice-cloning prompt, in seconds (0 to 0.5, so that "
+    "even a 1 s prompt keeps room for both voices)",
+    _between(0, 0.5),
+)
+
+
+def _default_public_url() -> str:
+    return f"http://127.0.0.1:{config.GATEWAY_HTTP_PORT.value}"
+
+
+_default_public_url.__doc__ = "http://127.0.0.1:$GATEWAY_HTTP_PORT"
+
+PUBLIC_URL = setting(
+    "GATEWAY_PUBLIC_URL",
+    _default_public_url,
+    "the gateway's address as users reach it, without a trailing slash: the start of share URLs",
 )
 
 

@@ -1,6 +1,6 @@
 """The public HTTP API: every google.api.http route of the upstreams, plus four
 operational endpoints that need no key (/healthz, /readyz, /metrics,
-/openapi.json).
+/openapi.json). Of the API's routes only those of accounts.KEYLESS_METHODS need no key.
 
 There is no handler per endpoint: :meth:`HttpFront.api` finds the route,
 checks the API key, transcodes the request, calls the upstream with a generic
@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 import uuid
+from dataclasses import dataclass, field
 
 import asyncpg
 import grpc
@@ -22,6 +23,7 @@ from aiohttp import web
 from runtime import config, logs
 from runtime.errors import DEFAULT_REASONS, ApiError, internal_error, not_found
 from services.gateway import accounts, errors, openapi, transcoding
+from services.gateway.config import SYNTH_TIMEOUT_SECONDS
 from services.gateway.discovery import Route
 from services.gateway.upstreams import RouteTable
 
@@ -43,10 +45,15 @@ UNMATCHED = "unmatched"
 # Probed every few seconds: their access log lines are DEBUG, not INFO.
 PROBES = {"/healthz", "/readyz", "/metrics"}
 REQUEST_ID_RESPONSE_HEADER = "X-Request-Id"
+# Upstream response metadata that clients get as HTTP headers (nothing else leaks out).
+FORWARDED_METADATA = {"x-generation-id": "X-Generation-Id"}
+# Generating waits on a synth provider for up to GATEWAY_SYNTH_TIMEOUT_SECONDS,
+# after preparing the voice prompt with ordinary calls: its deadline covers both.
+GENERATING_METHODS = {"/voice.gateway.v1.GenerationService/CreateGeneration"}
 
 
-def error_response(error: ApiError) -> web.Response:
-    response = web.json_response(errors.error_body(error), status=errors.http_status(error))
+def error_response(error: ApiError, headers: dict[str, str] | None = None) -> web.Response:
+    response = web.json_response(errors.error_body(error), status=errors.http_status(error), headers=headers)
     if response.status == 401:
         response.headers["WWW-Authenticate"] = "Bearer"
     if isinstance(error, errors.MethodNotAllowed):
@@ -184,23 +191,31 @@ class HttpFront:
     # --- the API ----------------------------------------------------------------
 
     async def api(self, request: web.Request) -> web.Response:
-        account_id = await self._authenticate(request)
-        request["account_id"] = account_id
-        route, path_params = self._route(request)
+        try:
+            route, path_params = self._route(request)
+        except ApiError:
+            await self._authenticate(request)  # without a key, 401 comes first, as for every route
+            raise
         request["route"] = route.template.text
+        account_id = None
+        if route.rpc.path not in accounts.KEYLESS_METHODS:
+            account_id = await self._authenticate(request)
+            request["account_id"] = account_id
         if route.rpc.server_streaming or route.rpc.client_streaming:
-            # Streaming RPCs (chunked audio) come with the synthesis issue.
+            # Streaming RPCs (chunked audio) come with a later issue.
             raise ApiError(grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED", f"{route} does not stream over HTTP yet")
         grpc_request = transcoding.to_grpc_request(route, await self._http_input(request, route, path_params))
-        response = await self._call(route, grpc_request, request, account_id)
-        output = transcoding.to_http_response(route, response)
-        return web.Response(body=output.body, headers={"Content-Type": output.content_type})
+        reply = await self._call(route, grpc_request, request, account_id)
+        if reply.error is not None:
+            return error_response(reply.error, reply.headers)
+        output = transcoding.to_http_response(route, reply.response)
+        return web.Response(body=output.body, headers={"Content-Type": output.content_type, **reply.headers})
 
     async def _authenticate(self, request: web.Request) -> int:
-        scheme, _, key = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
+        key = accounts.bearer_key(request.headers.get("Authorization", ""))
+        if key is None:
             raise errors.unauthorized("missing API key: send the header 'Authorization: Bearer <key>'")
-        account_id = await accounts.account_for_key(self.pool, key.strip())
+        account_id = await accounts.account_for_key(self.pool, key)
         if account_id is None:
             raise errors.unauthorized("invalid API key")
         return account_id
@@ -236,21 +251,46 @@ class HttpFront:
             http.body = await request.read()
         return http
 
-    async def _call(self, route: Route, grpc_request, request: web.Request, account_id: int):
+    async def _call(self, route: Route, grpc_request, request: web.Request, account_id: int | None) -> UpstreamReply:
         upstream = self.table.upstreams[route.rpc.upstream]
-        call = upstream.channel.unary_unary(
+        method = upstream.channel.unary_unary(
             route.rpc.path,
             request_serializer=type(grpc_request).SerializeToString,
             response_deserializer=route.rpc.response_class.FromString,
         )
-        metadata = (
-            ("x-account-id", str(account_id)),
-            ("authorization", request.headers["Authorization"]),
-        )
+        metadata = ()
+        if account_id is not None:
+            metadata = (
+                ("x-account-id", str(account_id)),
+                ("authorization", request.headers["Authorization"]),
+            )
+        timeout = None  # the channel's ordinary deadline
+        if route.rpc.path in GENERATING_METHODS:
+            timeout = SYNTH_TIMEOUT_SECONDS.value + config.UPSTREAM_TIMEOUT_SECONDS.value
+        call = method(grpc_request, metadata=metadata, timeout=timeout)
         try:
-            return await call(grpc_request, metadata=metadata)
+            response = await call
         except grpc.aio.AioRpcError as rpc_error:
-            raise _public(ApiError.from_rpc_error(rpc_error), upstream.name) from None
+            error = _public(ApiError.from_rpc_error(rpc_error), upstream.name)
+            return UpstreamReply(error=error, headers=_forwarded(rpc_error.initial_metadata()))
+        return UpstreamReply(response=response, headers=_forwarded(await call.initial_metadata()))
+
+
+@dataclass
+class UpstreamReply:
+    """An upstream's answer (its response or its error) and the headers it sends the client."""
+
+    response: object = None
+    error: ApiError | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _forwarded(metadata) -> dict[str, str]:
+    return {
+        FORWARDED_METADATA[key]: value
+        for key, value in (metadata or ())
+        if key in FORWARDED_METADATA and isinstance(value, str)
+    }
 
 
 def _public(error: ApiError, upstream: str) -> ApiError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from google.protobuf import descriptor
 
+from services.gateway import accounts
 from services.gateway.discovery import Route, field_at, is_http_body
 
 FieldType = descriptor.FieldDescriptor
@@ -147,6 +148,8 @@ def _operation(builder: _Builder, route: Route) -> dict:
     operation["parameters"] += query
     if route.body:
         operation["requestBody"] = _request_body(builder, route, request, path_fields, query)
+    if route.rpc.path in accounts.KEYLESS_METHODS:
+        operation["security"] = []  # no key
     return operation
 
 

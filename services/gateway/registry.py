@@ -61,13 +61,19 @@ class ProviderRegistry(providers_pb2_grpc.ProviderRegistryServiceServicer):
         return providers_pb2.DeregisterProviderResponse()
 
 
-async def online_models(pool: asyncpg.Pool) -> list[models_pb2.ModelCard]:
-    """The models of the providers heard from recently, each with how many serve it."""
+async def online_providers(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    """The providers heard from within GATEWAY_PROVIDER_TIMEOUT_SECONDS (models as JSON text)."""
     with database.database_errors():
-        rows = await pool.fetch(
-            "SELECT models FROM providers WHERE last_seen > now() - make_interval(secs => $1)",
+        return await pool.fetch(
+            """SELECT provider_id, address, models, capacity, load, last_seen FROM providers
+               WHERE last_seen > now() - make_interval(secs => $1)""",
             PROVIDER_TIMEOUT_SECONDS.value,
         )
+
+
+async def online_models(pool: asyncpg.Pool) -> list[models_pb2.ModelCard]:
+    """The models of the providers heard from recently, each with how many serve it."""
+    rows = await online_providers(pool)
     features: dict[str, list[str]] = {}
     providers: dict[str, int] = {}
     for row in rows:

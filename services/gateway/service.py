@@ -1,4 +1,4 @@
-"""The gateway process: its gRPC services (provider registry, models) and the public HTTP front."""
+"""The gateway process: its gRPC services (generations, provider registry, models) and the public HTTP front."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from runtime.server import Servicer, ServiceSpec
 from services.gateway import accounts
 from services.gateway.config import MAX_BODY_BYTES, upstream_names
 from services.gateway.front import HttpFront
+from services.gateway.generations import GenerationService
 from services.gateway.registry import ModelService, ProviderRegistry
+from services.gateway.routing import Router
 from services.gateway.upstreams import RouteTable
-from voice.gateway.v1 import models_pb2_grpc, providers_pb2_grpc
+from voice.gateway.v1 import generations_pb2_grpc, models_pb2_grpc, providers_pb2_grpc
 
 
 class Gateway:
@@ -19,6 +21,8 @@ class Gateway:
         self._pool: asyncpg.Pool | None = None
         self.table: RouteTable | None = None
         self.front: HttpFront | None = None
+        self.router = Router(self.pool)
+        self.generations = GenerationService(self.pool, self.router)
 
     def pool(self) -> asyncpg.Pool:
         assert self._pool is not None, "the gateway has not started"
@@ -26,6 +30,7 @@ class Gateway:
 
     async def start(self) -> None:
         self._pool = await accounts.open_pool()
+        self.generations.start()
         # The gRPC server is already listening, so the gateway can reflect on itself too.
         self.table = RouteTable(upstream_names())
         await self.table.discover_all()
@@ -38,6 +43,8 @@ class Gateway:
             await self.front.stop()
         if self.table is not None:
             await self.table.close()
+        await self.generations.close()
+        await self.router.close()
         if self._pool is not None:
             await self._pool.close()
 
@@ -50,6 +57,11 @@ def build_spec() -> ServiceSpec:
     return ServiceSpec(
         name="gateway",
         servicers=[
+            Servicer(
+                generations_pb2_grpc.add_GenerationServiceServicer_to_server,
+                gateway.generations,
+                "voice.gateway.v1.GenerationService",
+            ),
             Servicer(
                 models_pb2_grpc.add_ModelServiceServicer_to_server,
                 ModelService(gateway.pool),

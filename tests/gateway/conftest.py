@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import pathlib
@@ -57,6 +58,39 @@ def things_routes(tmp_path_factory) -> dict[str, discovery.Route]:
 
 FIXTURES = HERE.parent / "fixtures"
 
+HELLO = (FIXTURES / "speech_hello.webm").read_bytes()  # "Hello world, this is a voice sample for testing."
+FOX = (FIXTURES / "speech_fox.webm").read_bytes()  # "The quick brown fox jumps over the lazy dog."
+
+
+def words(text: str) -> set[str]:
+    return set("".join(c if c.isalnum() else " " for c in text.lower()).split())
+
+
+async def assert_error(response: aiohttp.ClientResponse, status: int, error_type: str, param=None) -> dict:
+    body = await response.json()
+    assert response.status == status, body
+    assert set(body["error"]) <= {"type", "message", "param"}
+    assert body["error"]["type"] == error_type, body
+    assert body["error"]["message"]
+    assert body["error"].get("param") == param, body
+    return body["error"]
+
+
+async def upload_form(http, account, audio: bytes, speaker: str, **fields) -> aiohttp.ClientResponse:
+    """A multipart form as a browser sends one: the recording plus text fields."""
+    form = aiohttp.FormData()
+    form.add_field("audio", audio, filename="recording.webm", content_type="audio/webm;codecs=opus")
+    form.add_field("speaker_name", speaker)
+    for name, value in fields.items():
+        form.add_field(name, value)
+    return await http.post("/v1/voice/samples", data=form, headers=account.headers)
+
+
+async def created(response: aiohttp.ClientResponse) -> dict:
+    body = await response.json()
+    assert response.status == 200, body
+    return body
+
 
 def make_key(account: str, env: dict[str, str]) -> str:
     """`make key ACCOUNT=<account>` as a person runs it; returns the last line of its output."""
@@ -100,6 +134,20 @@ def accounts(key_env) -> tuple[Account, Account]:
 async def http(mesh):
     async with aiohttp.ClientSession(base_url=mesh.http_url) as session:
         yield session
+
+
+async def wait_for_models(http, account: Account, present: bool = True, timeout: float = 60) -> dict[str, dict]:
+    """GET /v1/models until a voice-cloning model is listed (or, with present=False, none is)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        response = await http.get("/v1/models", headers=account.headers)
+        body = await response.json()
+        assert response.status == 200, body
+        cards = {card["id"]: card for card in body["data"] if "voice-cloning" in card["features"]}
+        if bool(cards) == present:
+            return cards
+        assert asyncio.get_running_loop().time() < deadline, f"voice-cloning models still {cards}"
+        await asyncio.sleep(0.2)
 
 
 @contextlib.asynccontextmanager

@@ -14,47 +14,13 @@ import aiohttp
 import pytest
 
 from tests.conftest import ROOT
-from tests.gateway.conftest import FIXTURES, extra_gateway, make_key
-
-HELLO = (FIXTURES / "speech_hello.webm").read_bytes()  # "Hello world, this is a voice sample for testing."
-FOX = (FIXTURES / "speech_fox.webm").read_bytes()  # "The quick brown fox jumps over the lazy dog."
-
-
-def words(text: str) -> set[str]:
-    return set("".join(c if c.isalnum() else " " for c in text.lower()).split())
-
-
-async def assert_error(response: aiohttp.ClientResponse, status: int, error_type: str, param=None) -> dict:
-    body = await response.json()
-    assert response.status == status, body
-    assert set(body["error"]) <= {"type", "message", "param"}
-    assert body["error"]["type"] == error_type, body
-    assert body["error"]["message"]
-    assert body["error"].get("param") == param, body
-    return body["error"]
-
-
-async def upload_form(http, account, audio: bytes, speaker: str, **fields) -> aiohttp.ClientResponse:
-    """A multipart form as a browser sends one: the recording plus text fields."""
-    form = aiohttp.FormData()
-    form.add_field("audio", audio, filename="recording.webm", content_type="audio/webm;codecs=opus")
-    form.add_field("speaker_name", speaker)
-    for name, value in fields.items():
-        form.add_field(name, value)
-    return await http.post("/v1/voice/samples", data=form, headers=account.headers)
-
+from tests.gateway.conftest import FOX, HELLO, assert_error, created, extra_gateway, make_key, upload_form, words
 
 async def upload_raw(http, account, audio: bytes, speaker: str, **params) -> aiohttp.ClientResponse:
     headers = {**account.headers, "Content-Type": "audio/webm"}
     return await http.post(
         "/v1/voice/samples", data=audio, params={"speaker_name": speaker, **params}, headers=headers
     )
-
-
-async def created(response: aiohttp.ClientResponse) -> dict:
-    body = await response.json()
-    assert response.status == 200, body
-    return body
 
 
 # --- keys ----------------------------------------------------------------

@@ -1,0 +1,195 @@
+"""GenerationService: POST /v1/voice/generations and the history of generations.
+
+Callers authenticate with ``authorization: Bearer <key>`` metadata: this
+service checks the key itself (the HTTP front passes its header on), so an
+internal gRPC client uses the same key as an HTTP one, and a bare
+``x-account-id`` is never trusted here.
+
+A request is stored as soon as its key is known (history.py): refused ones
+as failed with their error type, the others as queued, then running, then
+succeeded or failed, whatever happens (the caller hanging up included). Its
+id is sent in the ``x-generation-id`` response metadata, which the HTTP front
+passes on as the X-Generation-Id header. With the database down nothing is
+stored, so nothing is generated: 503 DATABASE_UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable
+
+import asyncpg
+import grpc
+from google.api import httpbody_pb2
+
+from runtime import clients
+from runtime.errors import ApiError
+from services.gateway import accounts, history, parameters, prompt
+from services.gateway.config import (
+    MAX_COLLECTION_CHARS,
+    MAX_INPUT_CHARS,
+    PROMPT_GAP_SECONDS,
+    PUBLIC_URL,
+    SYNTH_TIMEOUT_SECONDS,
+)
+from services.gateway.errors import unauthorized
+from services.gateway.routing import Candidate, Router
+from voice.gateway.v1 import generations_pb2, generations_pb2_grpc
+from voice.synth.v1 import synth_pb2
+
+log = logging.getLogger("gateway.generations")
+
+GENERATION_ID_METADATA = "x-generation-id"
+WAV = "audio/wav"
+# Longest model id kept in the history of a refused request (no provider serves a longer one).
+MAX_STORED_MODEL_CHARS = 200
+
+
+async def authenticated_account(pool: asyncpg.Pool, context: grpc.aio.ServicerContext) -> int:
+    metadata = dict(context.invocation_metadata() or ())
+    key = accounts.bearer_key(metadata.get("authorization", ""))
+    if key is None:
+        raise unauthorized("missing API key: send the metadata 'authorization: Bearer <key>'")
+    account_id = await accounts.account_for_key(pool, key)
+    if account_id is None:
+        raise unauthorized("invalid API key")
+    return account_id
+
+
+def error_type(error: BaseException) -> tuple[str, str]:
+    """The public error type and message a failed generation is recorded with."""
+    if isinstance(error, ApiError):
+        return error.reason.lower(), error.message
+    if isinstance(error, asyncio.CancelledError):
+        return "cancelled", "the caller went away before the generation finished"
+    return "internal", "internal error"
+
+
+class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
+    def __init__(self, pool: Callable[[], asyncpg.Pool], router: Router) -> None:
+        self.pool = pool
+        self.router = router
+        self._library: grpc.aio.Channel | None = None
+        self._transcode: grpc.aio.Channel | None = None
+
+    def start(self) -> None:
+        self._library = clients.service_channel("library")
+        self._transcode = clients.service_channel("transcode")
+
+    async def close(self) -> None:
+        for channel in (self._library, self._transcode):
+            if channel is not None:
+                await channel.close()
+
+    # --- generating ------------------------------------------------------------
+
+    async def CreateGeneration(self, request, context):
+        account_id = await authenticated_account(self.pool(), context)
+        limits = parameters.Limits(MAX_INPUT_CHARS.value, MAX_COLLECTION_CHARS.value)
+        try:
+            plan = parameters.plan(request, limits)
+        except ApiError as refusal:
+            generation_id = await history.insert(self.pool(), _refused(request, account_id, limits), *error_type(refusal))
+            await context.send_initial_metadata(((GENERATION_ID_METADATA, generation_id),))
+            raise
+        generation_id = await history.insert(
+            self.pool(),
+            history.NewGeneration(
+                account_id, request.input, plan.model, plan.speakers, plan.parameters, plan.visibility, plan.collection
+            ),
+        )
+        await context.send_initial_metadata(((GENERATION_ID_METADATA, generation_id),))
+        try:
+            return await self._generate(generation_id, account_id, plan, context)
+        except BaseException as error:
+            # Shielded: a caller who hung up still leaves a finished record behind.
+            await asyncio.shield(self._record_failure(generation_id, error))
+            raise
+
+    async def _generate(self, generation_id: str, account_id: int, plan: parameters.Plan, context):
+        synthesis = synth_pb2.SynthesizeRequest(
+            script=plan.script.text, settings=parameters.synth_settings(plan.parameters)
+        )
+        if plan.speakers:
+            clips = await prompt.fetch_clips(self._library, account_id, plan.speakers)
+            synthesis.audio_prompt.CopyFrom(
+                await prompt.assemble(
+                    self._transcode, clips, plan.parameters.max_audio_prompt_seconds, PROMPT_GAP_SECONDS.value
+                )
+            )
+
+        async def running_on(candidate: Candidate) -> None:
+            await history.mark_running(self.pool(), generation_id, candidate.provider_id, candidate.model)
+
+        timeout = SYNTH_TIMEOUT_SECONDS.value
+        if context.time_remaining() is not None:
+            timeout = min(timeout, context.time_remaining())
+        candidate, reply = await self.router.synthesize(synthesis, plan.model, timeout, running_on)
+        row = await history.mark_succeeded(
+            self.pool(), generation_id, reply.wav, reply.duration_seconds, reply.model or candidate.model, reply.seed
+        )
+        log.info(
+            "generated",
+            extra={"generation": generation_id, "provider": candidate.provider_id, "seconds": round(reply.duration_seconds, 2)},
+        )
+        return generations_pb2.CreateGenerationResponse(
+            generation=history.to_proto(row, PUBLIC_URL.value),
+            audio=httpbody_pb2.HttpBody(content_type=WAV, data=reply.wav),
+        )
+
+    async def _record_failure(self, generation_id: str, error: BaseException) -> None:
+        kind, message = error_type(error)
+        try:
+            await history.mark_failed(self.pool(), generation_id, kind, message)
+        except ApiError:  # the database went away meanwhile: the caller gets the original error
+            log.warning("could not record the failure of a generation", extra={"generation": generation_id})
+
+    async def StreamGeneration(self, request, context):
+        await authenticated_account(self.pool(), context)
+        raise ApiError(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "NOT_IMPLEMENTED",
+            "streaming generation is not available yet; use CreateGeneration (POST /v1/voice/generations)",
+        )
+        yield  # a generator, as a server-streaming handler must be
+
+    # --- history ---------------------------------------------------------------
+
+    async def ListGenerations(self, request, context):
+        account_id = await authenticated_account(self.pool(), context)
+        rows, next_token = await history.list_page(self.pool(), account_id, request.page_size, request.page_token)
+        return generations_pb2.ListGenerationsResponse(
+            generations=[history.to_proto(row, PUBLIC_URL.value) for row in rows], next_page_token=next_token
+        )
+
+    async def GetGeneration(self, request, context):
+        account_id = await authenticated_account(self.pool(), context)
+        row = await history.get(self.pool(), account_id, request.id)
+        return generations_pb2.GetGenerationResponse(generation=history.to_proto(row, PUBLIC_URL.value))
+
+    async def GetGenerationAudio(self, request, context):
+        account_id = await authenticated_account(self.pool(), context)
+        audio = await history.get_audio(self.pool(), account_id, request.id)
+        return generations_pb2.GetGenerationAudioResponse(audio=httpbody_pb2.HttpBody(content_type=WAV, data=audio))
+
+    async def GetSharedGenerationAudio(self, request, context):
+        # No key: the share token is the secret (see history.shared_audio).
+        audio = await history.shared_audio(self.pool(), request.share_token)
+        return generations_pb2.GetSharedGenerationAudioResponse(audio=httpbody_pb2.HttpBody(content_type=WAV, data=audio))
+
+
+def _refused(
+    request: generations_pb2.CreateGenerationRequest, account_id: int, limits: parameters.Limits
+) -> history.NewGeneration:
+    """A refused request as it can be stored: fields past their limits are cut, an unknown visibility is private."""
+    visibility = request.visibility if request.visibility in parameters.VISIBILITIES else parameters.DEFAULT_VISIBILITY
+    return history.NewGeneration(
+        account_id,
+        request.input[: limits.max_input_chars],
+        request.model[:MAX_STORED_MODEL_CHARS],
+        dict(request.speakers),
+        parameters.requested_parameters(request),
+        visibility,
+        request.collection[: limits.max_collection_chars],
+    )

@@ -1,0 +1,232 @@
+"""The ``generations`` table: every request as it arrives, and how it ended.
+
+A generation goes ``queued`` (stored, its voice prompt being assembled) →
+``running`` (sent to a provider) → ``succeeded`` (with its audio) or
+``failed`` (with the public error type and message). A request refused by
+its checks is stored straight away as ``failed``, so the history holds every
+authenticated request, including the ones that never ran.
+
+Every function turns a lost database into DATABASE_UNAVAILABLE (503).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import secrets
+from dataclasses import dataclass
+
+import asyncpg
+from google.protobuf import json_format, timestamp_pb2
+
+from runtime.database import transaction
+from runtime.errors import invalid_parameter, not_found
+from voice.gateway.v1 import generations_pb2
+
+ID_PREFIX = "gen_"
+DEFAULT_PAGE_SIZE = 20
+MAX_PAGE_SIZE = 100
+SHARED_VISIBILITIES = ("unlisted", "public")
+# Columns of a Generation message: everything but the audio itself.
+_COLUMNS = """seq, id, status, input, model, provider, speakers, parameters, error_type, error_message,
+    audio_duration_seconds, visibility, collection, share_token, create_time, start_time, end_time"""
+
+
+def new_id() -> str:
+    return ID_PREFIX + secrets.token_hex(12)
+
+
+@dataclass(frozen=True)
+class NewGeneration:
+    account_id: int
+    input: str
+    model: str
+    speakers: dict[str, int]
+    parameters: generations_pb2.GenerationParameters
+    visibility: str
+    collection: str
+
+
+async def insert(
+    pool: asyncpg.Pool, generation: NewGeneration, error_type: str = "", error_message: str = ""
+) -> str:
+    """Store a request as queued, or as failed when given the error it was refused with; returns its id."""
+    generation_id = new_id()
+    async with transaction(pool) as connection:
+        await connection.execute(
+            """INSERT INTO generations (id, account_id, status, input, model, speakers, parameters,
+                   visibility, collection, share_token, error_type, error_message, end_time)
+               VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb, $8, $9, $10, $11, $12,
+                   CASE WHEN $3 = 'failed' THEN now() END)""",
+            generation_id,
+            generation.account_id,
+            "failed" if error_type else "queued",
+            generation.input,
+            generation.model,
+            json.dumps(generation.speakers),
+            json_format.MessageToJson(generation.parameters),
+            generation.visibility,
+            generation.collection,
+            secrets.token_urlsafe(24),
+            error_type,
+            error_message,
+        )
+    return generation_id
+
+
+async def mark_running(pool: asyncpg.Pool, generation_id: str, provider: str, model: str) -> None:
+    """Sent to a provider (again, on a retry: the provider is the latest one tried)."""
+    async with transaction(pool) as connection:
+        await connection.execute(
+            """UPDATE generations SET status = 'running', provider = $2, model = $3,
+                   start_time = coalesce(start_time, now())
+               WHERE id = $1""",
+            generation_id,
+            provider,
+            model,
+        )
+
+
+async def mark_succeeded(
+    pool: asyncpg.Pool, generation_id: str, audio: bytes, duration_seconds: float, model: str, seed: int
+) -> asyncpg.Record:
+    async with transaction(pool) as connection:
+        return await connection.fetchrow(
+            f"""UPDATE generations SET status = 'succeeded', audio = $2, audio_duration_seconds = $3,
+                    model = $4, parameters = jsonb_set(parameters, '{{seed}}', to_jsonb($5::text)),
+                    end_time = now()
+                WHERE id = $1
+                RETURNING {_COLUMNS}""",
+            generation_id,
+            audio,
+            duration_seconds,
+            model,
+            str(seed),  # proto JSON writes int64 as a string
+        )
+
+
+async def mark_failed(pool: asyncpg.Pool, generation_id: str, error_type: str, error_message: str) -> None:
+    async with transaction(pool) as connection:
+        await connection.execute(
+            """UPDATE generations SET status = 'failed', error_type = $2, error_message = $3, end_time = now()
+               WHERE id = $1 AND status IN ('queued', 'running')""",
+            generation_id,
+            error_type,
+            error_message,
+        )
+
+
+async def get(pool: asyncpg.Pool, account_id: int, generation_id: str) -> asyncpg.Record:
+    async with transaction(pool) as connection:
+        row = await connection.fetchrow(
+            f"SELECT {_COLUMNS} FROM generations WHERE id = $1 AND account_id = $2", generation_id, account_id
+        )
+    return _found(row, generation_id)
+
+
+async def get_audio(pool: asyncpg.Pool, account_id: int, generation_id: str) -> bytes:
+    async with transaction(pool) as connection:
+        row = await connection.fetchrow(
+            "SELECT status, audio FROM generations WHERE id = $1 AND account_id = $2", generation_id, account_id
+        )
+    row = _found(row, generation_id)
+    if row["audio"] is None:
+        raise not_found(f"generation {generation_id} has no audio: it is {row['status']}")
+    return row["audio"]
+
+
+async def shared_audio(pool: asyncpg.Pool, share_token: str) -> bytes:
+    """The audio behind a share URL; a private generation's token finds nothing, like a made-up one."""
+    async with transaction(pool) as connection:
+        audio = await connection.fetchval(
+            "SELECT audio FROM generations WHERE share_token = $1 AND visibility = ANY($2::text[])",
+            share_token,
+            list(SHARED_VISIBILITIES),
+        )
+    if audio is None:
+        raise not_found("no shared generation audio at this URL")
+    return audio
+
+
+async def list_page(pool: asyncpg.Pool, account_id: int, page_size: int, page_token: str) -> tuple[list[asyncpg.Record], str]:
+    """One page, newest first, and the token of the next ("" after the last)."""
+    limit = _page_size(page_size)
+    before = _decode_page_token(page_token)
+    async with transaction(pool) as connection:
+        rows = await connection.fetch(
+            f"""SELECT {_COLUMNS} FROM generations
+                WHERE account_id = $1 AND ($2::bigint IS NULL OR seq < $2)
+                ORDER BY seq DESC LIMIT $3""",
+            account_id,
+            before,
+            limit + 1,  # one more tells whether there is a next page
+        )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, _encode_page_token(rows[-1]["seq"]) if more else ""
+
+
+def to_proto(row: asyncpg.Record, public_url: str) -> generations_pb2.Generation:
+    generation = generations_pb2.Generation(
+        id=row["id"],
+        status=row["status"],
+        input=row["input"],
+        model=row["model"],
+        provider=row["provider"],
+        speakers=json.loads(row["speakers"]),
+        parameters=json_format.Parse(row["parameters"], generations_pb2.GenerationParameters()),
+        error_type=row["error_type"],
+        error_message=row["error_message"],
+        audio_duration_seconds=row["audio_duration_seconds"],
+        visibility=row["visibility"],
+        collection=row["collection"],
+    )
+    if row["visibility"] in SHARED_VISIBILITIES:
+        generation.share_url = f"{public_url.rstrip('/')}/v1/shared/generations/{row['share_token']}/audio"
+    for field in ("create_time", "start_time", "end_time"):
+        if row[field] is not None:
+            getattr(generation, field).CopyFrom(_timestamp(row[field]))
+    return generation
+
+
+def _timestamp(value) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def _found(row: asyncpg.Record | None, generation_id: str) -> asyncpg.Record:
+    # Another account's generation is as unknown as a made-up id.
+    if row is None:
+        raise not_found(f"there is no generation {generation_id}")
+    return row
+
+
+def _page_size(value: int) -> int:
+    if value == 0:
+        return DEFAULT_PAGE_SIZE
+    if not 1 <= value <= MAX_PAGE_SIZE:
+        raise invalid_parameter("page_size", f"page_size must be between 1 and {MAX_PAGE_SIZE}, got {value}")
+    return value
+
+
+# A page token names the last generation of the previous page by its place in insertion order.
+_TOKEN = re.compile(r"g1:([0-9]{1,18})")
+
+
+def _encode_page_token(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"g1:{seq}".encode()).decode().rstrip("=")
+
+
+def _decode_page_token(token: str) -> int | None:
+    if not token:
+        return None
+    try:
+        match = _TOKEN.fullmatch(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("ascii"))
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        match = None
+    if match is None:
+        raise invalid_parameter("page_token", "page_token is not valid: pass the next_page_token of the previous page")
+    return int(match.group(1))

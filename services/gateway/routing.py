@@ -1,0 +1,200 @@
+"""Which synth provider serves a generation, and the call to it.
+
+The candidates are the online providers (see registry.py) serving the model
+asked for, or, when none is named, any model of theirs with the
+``voice-cloning`` feature. The least loaded goes first: its load over its
+capacity, where the load is the larger of what it last reported and the
+requests this gateway has in flight there (a heartbeat is seconds old, and
+the requests sent since are not in it). Ties are broken at random, so equal
+providers share the work. A provider that could not be reached since its
+last heartbeat goes last: it is probably gone, and its heartbeats stop
+before the registry can tell.
+
+A provider that fails before producing audio (unreachable, connection reset,
+model still loading: UNAVAILABLE; busy: RESOURCE_EXHAUSTED) is retried once
+on another provider. The provider's refusal of the request itself
+(INVALID_ARGUMENT, e.g. a script too long for the model) reaches the caller
+as it is; any other failure is 502 upstream_error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime
+import json
+import logging
+import math
+import random
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Iterable, Mapping
+
+import asyncpg
+import grpc
+
+from runtime import clients
+from runtime.errors import ApiError
+from services.gateway import registry
+from services.gateway.config import RECONNECT_BACKOFF_SECONDS
+from voice.synth.v1 import synth_pb2, synth_pb2_grpc
+
+log = logging.getLogger("gateway.routing")
+
+VOICE_CLONING = "voice-cloning"
+# Statuses that say the provider did not take the request on: another may.
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+# The first provider and one retry.
+MAX_ATTEMPTS = 2
+# A provider's parameter names that are called otherwise in the public API.
+PUBLIC_PARAMS = {"script": "input", "audio_prompt": "speakers"}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    provider_id: str
+    address: str
+    model: str  # the model of this provider that serves the request
+    capacity: int
+    load: int
+    last_seen: datetime.datetime
+
+
+def candidates(rows: Iterable[Mapping], model: str) -> list[Candidate]:
+    """The providers that can serve `model` ("" for any voice-cloning model); NO_PROVIDER if none."""
+    found: list[Candidate] = []
+    served_without_cloning = False
+    for row in rows:
+        for offered in json.loads(row["models"]):
+            if model and offered["id"] != model:
+                continue
+            if VOICE_CLONING not in offered["features"]:
+                served_without_cloning = served_without_cloning or bool(model)
+                continue
+            found.append(
+                Candidate(row["provider_id"], row["address"], offered["id"], row["capacity"], row["load"], row["last_seen"])
+            )
+            break  # one model per provider is enough
+    if not found:
+        raise no_provider(model, served_without_cloning)
+    return found
+
+
+def no_provider(model: str, served_without_cloning: bool = False) -> ApiError:
+    if served_without_cloning:
+        message = f"model {model!r} has no voice-cloning feature; pick one that has from GET /v1/models"
+    elif model:
+        message = f"no online provider serves model {model!r}; GET /v1/models lists the models available now"
+    else:
+        message = "no online provider offers a voice-cloning model right now; try again later"
+    return ApiError(grpc.StatusCode.NOT_FOUND, "NO_PROVIDER", message, param="model" if model else None)
+
+
+def ranked(
+    found: list[Candidate],
+    in_flight: Mapping[str, int],
+    unreachable_since: Mapping[str, datetime.datetime],
+    rng: random.Random,
+) -> list[Candidate]:
+    """The order to try the candidates in: reachable before unreachable, then least loaded first."""
+
+    def key(candidate: Candidate) -> tuple:
+        # Unreachable after its latest heartbeat; a newer heartbeat clears that.
+        unreachable = unreachable_since.get(candidate.provider_id) == candidate.last_seen
+        load = max(candidate.load, in_flight.get(candidate.provider_id, 0))
+        busy = load / candidate.capacity if candidate.capacity > 0 else math.inf
+        return (unreachable, busy, rng.random())
+
+    return sorted(found, key=key)
+
+
+def upstream_error(message: str) -> ApiError:
+    return ApiError(grpc.StatusCode.UNAVAILABLE, "UPSTREAM_ERROR", message)
+
+
+def public_error(candidate: Candidate, error: grpc.aio.AioRpcError, timeout: float) -> ApiError:
+    """What the caller sees of a provider's failure that is not retried."""
+    if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+        refusal = ApiError.from_rpc_error(error)
+        if refusal.param:
+            head = refusal.param.split(".")[0]
+            refusal.param = PUBLIC_PARAMS.get(head, refusal.param)
+        return refusal
+    if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return upstream_error(f"the provider {candidate.provider_id} did not finish the generation within {timeout:g} s")
+    return upstream_error(f"the provider {candidate.provider_id} failed: {error.details() or error.code().name}")
+
+
+OnAttempt = Callable[[Candidate], Awaitable[None]]
+
+
+class Router:
+    """Picks providers and calls them; one per gateway process."""
+
+    def __init__(self, pool: Callable[[], asyncpg.Pool], rng: random.Random | None = None) -> None:
+        self.pool = pool
+        self.rng = rng or random.Random()
+        self.in_flight: collections.Counter[str] = collections.Counter()
+        # provider id → the last_seen of the heartbeat after which it could not be reached
+        self.unreachable_since: dict[str, datetime.datetime] = {}
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    async def synthesize(
+        self, request: synth_pb2.SynthesizeRequest, model: str, timeout: float, on_attempt: OnAttempt
+    ) -> tuple[Candidate, synth_pb2.SynthesizeResponse]:
+        """Generate on the best provider, or on a second one if the first did not take the request.
+
+        `timeout` bounds every attempt together; `on_attempt` runs before each.
+        """
+        found = candidates(await registry.online_providers(self.pool()), model)
+        order = ranked(found, self.in_flight, self.unreachable_since, self.rng)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        failures = []
+        for candidate in order[:MAX_ATTEMPTS]:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            await on_attempt(candidate)
+            request.model = candidate.model
+            try:
+                return candidate, await self._call(candidate, request, remaining)
+            except grpc.aio.AioRpcError as error:
+                if error.code() not in RETRYABLE:
+                    raise public_error(candidate, error, timeout) from None
+                if error.code() == grpc.StatusCode.UNAVAILABLE:
+                    self.unreachable_since[candidate.provider_id] = candidate.last_seen
+                log.warning(
+                    "provider did not take the generation",
+                    extra={"provider": candidate.provider_id, "code": error.code().name, "details": error.details()},
+                )
+                failures.append(f"{candidate.provider_id}: {error.details() or error.code().name}")
+        if not failures:
+            raise upstream_error(f"no provider finished the generation within {timeout:g} s")
+        raise upstream_error("no provider could take the generation (" + "; ".join(failures) + ")")
+
+    async def _call(
+        self, candidate: Candidate, request: synth_pb2.SynthesizeRequest, timeout: float
+    ) -> synth_pb2.SynthesizeResponse:
+        stub = synth_pb2_grpc.SynthServiceStub(self._channel(candidate.address))
+        self.in_flight[candidate.provider_id] += 1
+        try:
+            return await stub.Synthesize(request, timeout=timeout)
+        finally:
+            self.in_flight[candidate.provider_id] -= 1
+
+    def _channel(self, address: str) -> grpc.aio.Channel:
+        if address not in self._channels:
+            # Reconnect quickly to a provider back from a restart (gRPC's own backoff grows to minutes).
+            self._channels[address] = clients.channel(
+                address,
+                [
+                    ("grpc.initial_reconnect_backoff_ms", 100),
+                    ("grpc.min_reconnect_backoff_ms", 100),
+                    ("grpc.max_reconnect_backoff_ms", int(RECONNECT_BACKOFF_SECONDS.value * 1000)),
+                ],
+            )
+        return self._channels[address]
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
