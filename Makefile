@@ -28,6 +28,8 @@ tiny-models: $(VENV)/.installed
 
 bench: $(VENV)/.installed gen/.stamp
 	$(PY) bench/transcode_bench.py
+	$(PY) bench/synth_batching_bench.py
+	$(PY) bench/mesh_overhead_bench.py
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

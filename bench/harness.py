@@ -1,0 +1,79 @@
+"""What the mesh benchmarks share: processes on free ports, a throwaway
+PostgreSQL, percentiles. Not a test helper: benchmarks print, they assert nothing."""
+
+from __future__ import annotations
+
+import contextlib
+import pathlib
+import socket
+import statistics
+import sys
+import tempfile
+from typing import AsyncIterator
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "gen")]
+
+from tools import mesh as mesh_tools  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def mesh_env(database_url: str | None = None, **settings: str) -> dict[str, str]:
+    """The launcher's environment with every service on free ports and the tiny model."""
+    env = mesh_tools.mesh_environment(database_url)
+    env["GATEWAY_HTTP_PORT"] = str(free_port())
+    for name in mesh_tools.START_ORDER:
+        upper = name.upper()
+        env[f"{upper}_GRPC_PORT"] = str(free_port())
+        env[f"{upper}_METRICS_PORT"] = str(free_port())
+        env[f"{upper}_ADDR"] = f"127.0.0.1:{env[f'{upper}_GRPC_PORT']}"
+    env.setdefault("DIA_MODEL", "tiny-random")
+    env["LOG_LEVEL"] = "WARNING"
+    env.update(settings)
+    return env
+
+
+@contextlib.asynccontextmanager
+async def running(services: list[str], env: dict[str, str]) -> AsyncIterator[mesh_tools.Mesh]:
+    """The services as processes, SERVING, stopped on the way out; their logs are not shown."""
+    mesh = mesh_tools.Mesh(services, env)
+    mesh.echo = False
+    try:
+        await mesh.start(timeout=300)
+        yield mesh
+    except BaseException:
+        for name, lines in mesh.log_lines.items():
+            print(f"--- last log lines of {name}:", *lines[-20:], sep="\n", file=sys.stderr)
+        raise
+    finally:
+        await mesh.stop()
+
+
+@contextlib.contextmanager
+def throwaway_postgres():
+    """An embedded PostgreSQL in a temporary folder; yields its URL."""
+    folder = pathlib.Path(tempfile.mkdtemp(prefix="voicemesh-bench-pg-"))
+    server = mesh_tools.start_embedded_postgres(folder / "data")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """The nearest-rank percentile (p99 of fewer than 100 values is the largest)."""
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * fraction // 1))  # ceil, at least the first
+    return ordered[int(rank) - 1]
+
+
+def summary(values: list[float]) -> str:
+    return (
+        f"p50 {percentile(values, 0.5) * 1000:8.1f} ms  p99 {percentile(values, 0.99) * 1000:8.1f} ms  "
+        f"mean {statistics.mean(values) * 1000:8.1f} ms"
+    )
