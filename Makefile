@@ -27,7 +27,7 @@ tiny-models: $(VENV)/.installed
 	$(PY) -m services.synth.tiny_models
 
 bench: $(VENV)/.installed gen/.stamp
-	$(PY) bench/transcode_bench.py
+	-$(PY) bench/transcode_bench.py
 	$(PY) bench/synth_batching_bench.py
 	$(PY) bench/mesh_overhead_bench.py
 

@@ -12,9 +12,11 @@ before the registry can tell.
 
 A provider that fails before producing audio (unreachable, connection reset,
 model still loading: UNAVAILABLE; busy: RESOURCE_EXHAUSTED) is retried once
-on another provider. The provider's refusal of the request itself
-(INVALID_ARGUMENT, e.g. a script too long for the model) reaches the caller
-as it is; any other failure is 502 upstream_error.
+on another provider. When every provider tried was busy, the caller gets 429
+synth_busy: nothing failed, and trying again shortly will work. The
+provider's refusal of the request itself (INVALID_ARGUMENT, e.g. a script too
+long for the model) reaches the caller as it is; any other failure is 502
+upstream_error.
 """
 
 from __future__ import annotations
@@ -150,6 +152,7 @@ class Router:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         failures = []
+        codes = set()
         for candidate in order[:MAX_ATTEMPTS]:
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -168,6 +171,13 @@ class Router:
                     extra={"provider": candidate.provider_id, "code": error.code().name, "details": error.details()},
                 )
                 failures.append(f"{candidate.provider_id}: {error.details() or error.code().name}")
+                codes.add(error.code())
+        if codes == {grpc.StatusCode.RESOURCE_EXHAUSTED}:
+            raise ApiError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "SYNTH_BUSY",
+                "every synth provider is busy; try again in a few seconds",
+            )
         if not failures:
             raise upstream_error(f"no provider finished the generation within {timeout:g} s")
         raise upstream_error("no provider could take the generation (" + "; ".join(failures) + ")")

@@ -188,6 +188,13 @@ async def test_two_providers_that_do_not_take_it_are_upstream_error(monkeypatch,
     assert servicers[2].calls == 0  # one retry, no more
 
 
+async def test_when_every_provider_tried_is_busy_the_caller_may_retry(monkeypatch, providers):
+    busy = grpc.StatusCode.RESOURCE_EXHAUSTED
+    rows, _ = await providers(busy, busy)
+    error = await failure(monkeypatch, rows)
+    assert (error.code, error.reason) == (busy, "SYNTH_BUSY")  # 429, not a provider failure
+
+
 async def test_a_lone_provider_that_is_gone_is_upstream_error(monkeypatch, providers):
     rows, _ = await providers("dead")
     assert (await failure(monkeypatch, rows)).reason == "UPSTREAM_ERROR"
