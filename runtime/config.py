@@ -52,6 +52,50 @@ def setting(name: str, default: Any, doc: str, cast: Callable[[str], Any] = str)
     return declared
 
 
+# Casts that refuse a bad value at start-up with a message naming the rule.
+
+
+def between(low: float, high: float, kind: type = float) -> Callable[[str], Any]:
+    def cast(raw: str):
+        value = kind(raw)
+        if not low <= value <= high:  # also refuses NaN
+            raise ValueError(f"must be between {low:g} and {high:g}")
+        return value
+
+    return cast
+
+
+def at_least(minimum: float, kind: type = int) -> Callable[[str], Any]:
+    def cast(raw: str):
+        value = kind(raw)
+        if not value >= minimum:  # also refuses NaN
+            raise ValueError(f"must be at least {minimum}")
+        return value
+
+    return cast
+
+
+def positive(kind: type = float) -> Callable[[str], Any]:
+    """Refuses zero and below: a limit of 0 would refuse everything."""
+
+    def cast(raw: str):
+        value = kind(raw)
+        if not value > 0:
+            raise ValueError("must be greater than 0")
+        return value
+
+    return cast
+
+
+def one_of(*choices: str) -> Callable[[str], str]:
+    def cast(raw: str) -> str:
+        if raw not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return raw
+
+    return cast
+
+
 def boolean(raw: str) -> bool:
     if raw.lower() in ("1", "true", "yes", "on"):
         return True

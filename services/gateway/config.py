@@ -3,19 +3,7 @@
 from __future__ import annotations
 
 from runtime import config
-from runtime.config import setting
-
-
-def _between(low: float, high: float, kind: type = float):
-    """A cast that refuses values outside [low, high] at start-up, naming the bounds."""
-
-    def cast(raw: str):
-        value = kind(raw)
-        if not low <= value <= high:  # also refuses NaN
-            raise ValueError(f"must be between {low:g} and {high:g}")
-        return value
-
-    return cast
+from runtime.config import between, setting
 
 
 UPSTREAMS = setting(
@@ -59,26 +47,26 @@ SYNTH_TIMEOUT_SECONDS = setting(
     300.0,
     "deadline of one generation on the synth providers (a retry on another provider shares it); "
     "past it the request fails with 502 upstream_error",
-    _between(1, 3600),
+    between(1, 3600),
 )
 MAX_INPUT_CHARS = setting(
     "GATEWAY_MAX_INPUT_CHARS",
     3000,
     "longest generation `input` (the script) in characters; a longer one is refused with 413 request_too_large",
-    _between(1, 1_000_000, int),
+    between(1, 1_000_000, int),
 )
 MAX_COLLECTION_CHARS = setting(
     "GATEWAY_MAX_COLLECTION_CHARS",
     100,
     "longest generation `collection` name in characters; a longer one is refused with 400 invalid_parameter",
-    _between(1, 10_000, int),
+    between(1, 10_000, int),
 )
 PROMPT_GAP_SECONDS = setting(
     "GATEWAY_PROMPT_GAP_SECONDS",
     0.3,
     "silence between the S1 and S2 clips of a voice-cloning prompt, in seconds (0 to 0.5, so that "
     "even a 1 s prompt keeps room for both voices)",
-    _between(0, 0.5),
+    between(0, 0.5),
 )
 
 

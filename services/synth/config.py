@@ -10,7 +10,7 @@ import pathlib
 import socket
 
 from runtime import config
-from runtime.config import setting
+from runtime.config import at_least, one_of, setting
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
 
@@ -18,25 +18,6 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
 TINY_MODEL_NAME = "tiny-random"
 HUB_DIA_MODEL = "nari-labs/Dia-1.6B-0626"
 HUB_DAC_MODEL = "descript/dac_44khz"
-
-
-def _at_least(minimum: float, kind: type = int):
-    def cast(raw: str):
-        value = kind(raw)
-        if not value >= minimum:  # also refuses NaN
-            raise ValueError(f"must be at least {minimum}")
-        return value
-
-    return cast
-
-
-def _one_of(*choices: str):
-    def cast(raw: str) -> str:
-        if raw not in choices:
-            raise ValueError(f"expected one of {', '.join(choices)}")
-        return raw
-
-    return cast
 
 
 SYNTH_MODELS_DIR = setting(
@@ -79,48 +60,48 @@ SYNTH_DEVICE = setting(
     "SYNTH_DEVICE",
     "auto",
     "where Dia runs: auto (CUDA in bfloat16 when present, else CPU in float32), cpu or cuda",
-    _one_of("auto", "cpu", "cuda"),
+    one_of("auto", "cpu", "cuda"),
 )
 SYNTH_TORCH_THREADS = setting(
-    "SYNTH_TORCH_THREADS", 2, "CPU threads torch uses for one generation (at least 1)", _at_least(1)
+    "SYNTH_TORCH_THREADS", 2, "CPU threads torch uses for one generation (at least 1)", at_least(1)
 )
 SYNTH_MAX_BATCH_SIZE = setting(
     "SYNTH_MAX_BATCH_SIZE",
     4,
     "most requests generated together in one batch; also the capacity the provider advertises",
-    _at_least(1),
+    at_least(1),
 )
 SYNTH_BATCH_WINDOW_MS = setting(
     "SYNTH_BATCH_WINDOW_MS",
     20.0,
     "how long an idle generator waits for more requests to batch with the first, in milliseconds",
-    _at_least(0.0, float),
+    at_least(0.0, float),
 )
 SYNTH_MAX_QUEUE = setting(
     "SYNTH_MAX_QUEUE",
     16,
     "requests that may wait beyond a full batch (SYNTH_MAX_BATCH_SIZE); past that, "
     "RESOURCE_EXHAUSTED (SYNTH_BUSY)",
-    _at_least(0),
+    at_least(0),
 )
 SYNTH_MAX_NEW_TOKENS = setting(
     "SYNTH_MAX_NEW_TOKENS",
     4096,
     "largest max_new_tokens (audio frames, about 86 a second) a request may ask for",
-    _at_least(17),
+    at_least(17),
 )
 SYNTH_MAX_AUDIO_PROMPT_SECONDS = setting(
     "SYNTH_MAX_AUDIO_PROMPT_SECONDS",
     120.0,
     "longest voice-cloning prompt accepted, in seconds (the gateway trims prompts to the "
     "request's max_audio_prompt_seconds first); longer fails with AUDIO_TOO_LONG",
-    _at_least(0.1, float),
+    at_least(0.1, float),
 )
 SYNTH_HEARTBEAT_SECONDS = setting(
     "SYNTH_HEARTBEAT_SECONDS",
     5.0,
     "seconds between heartbeats to the gateway's provider registry, unless the registry asks for another interval",
-    _at_least(0.1, float),
+    at_least(0.1, float),
 )
 
 
