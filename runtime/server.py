@@ -6,8 +6,11 @@ start/stop hooks) and calls :func:`main`. This module then:
 * runs a ``grpc.aio`` server on ``<NAME>_GRPC_PORT`` with the standard
   ``grpc.health.v1`` service and server reflection;
 * keeps health NOT_SERVING until ``on_start`` has returned (model loaded,
-  database reachable) and, if the spec has a ``readiness`` probe, while that
-  probe fails;
+  database reachable). After that the server as a whole (service name "")
+  stays SERVING until shutdown: it is alive, which is what a liveness probe
+  asks. The named services follow the spec's ``readiness`` probe, if it has
+  one: NOT_SERVING while it fails (database down), which is what a readiness
+  probe and the gateway's /readyz ask;
 * wraps every RPC in one interceptor that sets the request id for logs,
   records Prometheus metrics, and turns exceptions into ``google.rpc.Status``
   (an :class:`~runtime.errors.ApiError` as it is, anything else as INTERNAL
@@ -199,8 +202,8 @@ async def serve(spec: ServiceSpec) -> None:
         names + [health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
 
-    async def set_health(status: int) -> None:
-        for name in names + [""]:  # "" is the whole server
+    async def set_health(status: int, whole_server: bool = True) -> None:
+        for name in names + ([""] if whole_server else []):  # "" is the whole server
             await health_servicer.set(name, status)
 
     await set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -234,7 +237,8 @@ async def serve(spec: ServiceSpec) -> None:
                 await set_health(
                     health_pb2.HealthCheckResponse.SERVING
                     if ready
-                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                    else health_pb2.HealthCheckResponse.NOT_SERVING,
+                    whole_server=False,
                 )
 
     starter = asyncio.create_task(start_and_watch())

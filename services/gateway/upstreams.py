@@ -44,6 +44,7 @@ class Upstream:
         self.channel = clients.channel(address, reconnect)
         self.control = grpc.aio.insecure_channel(address, options=reconnect)
         self.routes: list[Route] = []
+        self.services: list[str] = []  # what it serves, besides health and reflection
         self.discovered = False
         self._on_routes_changed = on_routes_changed
         self._lock = asyncio.Lock()
@@ -54,6 +55,7 @@ class Upstream:
         async with self._lock:
             pool, services = await discovery.reflect(self.control, config.UPSTREAM_TIMEOUT_SECONDS.value)
             self.routes = discovery.routes_of(self.name, pool, services)
+            self.services = [name for name in services if not name.startswith("grpc.")]
             self.discovered = True
         log.info(
             "discovered upstream",
@@ -94,13 +96,19 @@ class Upstream:
             backoff = min(backoff * 2, RECONNECT_BACKOFF_SECONDS.value)
 
     async def is_serving(self) -> bool:
-        try:
-            reply = await health_pb2_grpc.HealthStub(self.control).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=READINESS_CHECK_TIMEOUT_SECONDS.value
-            )
-        except grpc.RpcError:
-            return False
-        return reply.status == SERVING
+        """Ready: each of its services SERVING ("" only says the process is alive)."""
+        stub = health_pb2_grpc.HealthStub(self.control)
+        for service in self.services or [""]:
+            try:
+                reply = await stub.Check(
+                    health_pb2.HealthCheckRequest(service=service),
+                    timeout=READINESS_CHECK_TIMEOUT_SECONDS.value,
+                )
+            except grpc.RpcError:
+                return False
+            if reply.status != SERVING:
+                return False
+        return True
 
     async def close(self) -> None:
         if self._watcher is not None:

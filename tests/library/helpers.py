@@ -147,11 +147,15 @@ async def library_process(base_env: dict[str, str], **settings: str) -> AsyncIte
         await process.stop()
 
 
-async def health(address: str) -> int:
+LIBRARY_SERVICE = "voice.library.v1.LibraryService"
+
+
+async def health(address: str, service: str = LIBRARY_SERVICE) -> int:
+    """The readiness of the library's service ("" asks whether the process is alive)."""
     async with grpc.aio.insecure_channel(address) as channel:
         try:
             reply = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=5
+                health_pb2.HealthCheckRequest(service=service), timeout=5
             )
         except grpc.aio.AioRpcError:
             return health_pb2.HealthCheckResponse.UNKNOWN

@@ -25,6 +25,7 @@ from tests.conftest import free_port
 from tests.library.helpers import (
     as_account,
     audio_of,
+    health,
     library_client,
     library_process,
     new_account,
@@ -157,6 +158,8 @@ async def test_samples_survive_a_restart_of_postgres(own_library, postgres, stub
     await postgres.stop()
     try:
         await wait_health(address, NOT_SERVING)  # the readiness probe notices
+        # ... while the process stays alive: a liveness probe must not restart it for this.
+        assert await health(address, "") == SERVING
         # Uploads and reads fail with a clear 503 within the client's deadline.
         assert_database_unavailable(await upload_outcome(stub, account, tone_wav(1.0)))
         with pytest.raises(grpc.aio.AioRpcError) as caught:

@@ -56,6 +56,20 @@ async def slow_start() -> None:
     await asyncio.sleep(float(os.environ.get("SLEEPY_START_SECONDS", "0")))
 
 
+async def ready() -> bool:
+    """Ready while the file SLEEPY_READY_FILE names exists (a stand-in for a database)."""
+    flag = os.environ.get("SLEEPY_READY_FILE")
+    return flag is None or os.path.exists(flag)
+
+
 if __name__ == "__main__":
     assert config.SERVICES["transcode"]  # the port slot this test service borrows
-    main(lambda: ServiceSpec("transcode", [Servicer(add_to_server, None, SERVICE)], on_start=slow_start))
+    main(
+        lambda: ServiceSpec(
+            "transcode",
+            [Servicer(add_to_server, None, SERVICE)],
+            on_start=slow_start,
+            readiness=ready,
+            readiness_interval_seconds=0.1,
+        )
+    )

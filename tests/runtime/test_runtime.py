@@ -47,17 +47,17 @@ class Sleepy:
         for line in self.process.stderr:
             self.lines.append(line)
 
-    def health(self) -> int | None:
+    def health(self, service: str = "test.Sleepy") -> int | None:
         try:
             return health_pb2_grpc.HealthStub(self.channel).Check(
-                health_pb2.HealthCheckRequest(service="test.Sleepy"), timeout=1
+                health_pb2.HealthCheckRequest(service=service), timeout=1
             ).status
         except grpc.RpcError:
             return None
 
-    def wait_for(self, status: int, timeout: float = 30) -> None:
+    def wait_for(self, status: int, timeout: float = 30, service: str = "test.Sleepy") -> None:
         deadline = time.monotonic() + timeout
-        while self.health() != status:
+        while self.health(service) != status:
             assert time.monotonic() < deadline, "".join(self.lines[-20:])
             time.sleep(0.05)
 
@@ -95,6 +95,21 @@ def test_health_is_not_serving_until_start_up_is_done():
         slow.wait_for(SERVING)
     finally:
         assert slow.stop() == 0
+
+
+def test_readiness_moves_the_services_while_the_process_stays_alive(tmp_path):
+    flag = tmp_path / "database-up"
+    flag.touch()
+    probed = Sleepy(SLEEPY_READY_FILE=str(flag))
+    try:
+        probed.wait_for(SERVING)
+        flag.unlink()  # the "database" goes away
+        probed.wait_for(NOT_SERVING)
+        assert probed.health("") == SERVING  # alive: a liveness probe leaves it be
+        flag.touch()
+        probed.wait_for(SERVING)
+    finally:
+        assert probed.stop() == 0
 
 
 def test_an_api_error_reaches_the_client_with_its_reason_and_field(sleepy):
