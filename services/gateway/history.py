@@ -118,6 +118,24 @@ async def mark_failed(pool: asyncpg.Pool, generation_id: str, error_type: str, e
         )
 
 
+async def fail_abandoned(pool: asyncpg.Pool, older_than_seconds: float) -> int:
+    """Mark failed the requests left queued or running by a gateway that stopped
+    mid-way (crashed, killed, lost its database at the end); returns how many.
+
+    Only requests older than any gateway could still be serving are touched, so
+    this is safe to run from every replica.
+    """
+    async with transaction(pool) as connection:
+        status = await connection.execute(
+            """UPDATE generations SET status = 'failed', error_type = 'interrupted',
+                   error_message = 'the gateway serving this request stopped before it finished',
+                   end_time = now()
+               WHERE status IN ('queued', 'running') AND create_time < now() - make_interval(secs => $1)""",
+            older_than_seconds,
+        )
+    return int(status.split()[-1])
+
+
 async def get(pool: asyncpg.Pool, account_id: int, generation_id: str) -> asyncpg.Record:
     async with transaction(pool) as connection:
         row = await connection.fetchrow(

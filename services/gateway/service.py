@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 import asyncpg
 
 from runtime import config, database
+from runtime.errors import ApiError
 from runtime.server import Servicer, ServiceSpec
-from services.gateway import accounts
-from services.gateway.config import MAX_BODY_BYTES, upstream_names
+from services.gateway import accounts, history
+from services.gateway.config import MAX_BODY_BYTES, SYNTH_TIMEOUT_SECONDS, upstream_names
 from services.gateway.front import HttpFront
 from services.gateway.generations import GenerationService
 from services.gateway.registry import ModelService, ProviderRegistry
@@ -15,12 +19,18 @@ from services.gateway.routing import Router
 from services.gateway.upstreams import RouteTable
 from voice.gateway.v1 import generations_pb2_grpc, models_pb2_grpc, providers_pb2_grpc
 
+log = logging.getLogger("gateway")
+
+# How often each gateway closes the history records a stopped gateway left open.
+ABANDONED_SWEEP_SECONDS = 60.0
+
 
 class Gateway:
     def __init__(self) -> None:
         self._pool: asyncpg.Pool | None = None
         self.table: RouteTable | None = None
         self.front: HttpFront | None = None
+        self._sweeper: asyncio.Task | None = None
         self.router = Router(self.pool)
         self.generations = GenerationService(self.pool, self.router)
 
@@ -31,6 +41,7 @@ class Gateway:
     async def start(self) -> None:
         self._pool = await accounts.open_pool()
         self.generations.start()
+        self._sweeper = asyncio.create_task(self._fail_abandoned_generations())
         # The gRPC server is already listening, so the gateway can reflect on itself too.
         self.table = RouteTable(upstream_names())
         await self.table.discover_all()
@@ -38,7 +49,22 @@ class Gateway:
         self.front = HttpFront(self.table, self._pool, MAX_BODY_BYTES.value)
         await self.front.start(config.BIND_HOST.value, config.GATEWAY_HTTP_PORT.value)
 
+    async def _fail_abandoned_generations(self) -> None:
+        """Now and then, close the history records a stopped gateway left open."""
+        # Past this age no gateway can still be working on a request: its deadlines are over.
+        older_than = SYNTH_TIMEOUT_SECONDS.value + 2 * config.UPSTREAM_TIMEOUT_SECONDS.value + 60
+        while True:
+            try:
+                closed = await history.fail_abandoned(self.pool(), older_than)
+                if closed:
+                    log.warning("marked abandoned generations failed", extra={"count": closed})
+            except ApiError:  # database down: the next round will do it
+                pass
+            await asyncio.sleep(ABANDONED_SWEEP_SECONDS)
+
     async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self.front is not None:
             await self.front.stop()
         if self.table is not None:
