@@ -154,6 +154,21 @@ async def test_a_sample_without_transcript_is_missing_transcript(http, carol, vo
     await assert_error(response, 400, "missing_transcript", "speakers.S2")
 
 
+async def test_a_sample_whose_stored_audio_was_damaged_is_audio_decode_failed(http, carol, voices, database):
+    # The library stores only audio that decodes, so the damage is done at rest,
+    # as a bad disk or a bad restore would; the request itself is a real one.
+    damaged = await created(await upload_form(http, carol, FOX, "Damaged", transcript="words"))
+    connection = await asyncpg.connect(database.url)
+    try:
+        await connection.execute(
+            "UPDATE library.samples SET normalized_wav = $2 WHERE id = $1", damaged["id"], b"RIFF\x00garbage"
+        )
+    finally:
+        await connection.close()
+    response = await generate(http, carol, speakers={"S1": voices["S1"], "S2": damaged["id"]})
+    await assert_error(response, 400, "audio_decode_failed", "speakers.S2")
+
+
 async def test_input_over_the_character_limit_is_request_too_large(http, carol):
     response = await generate(http, carol, input="[S1] " + "a" * 2996)  # 3001 characters
     await assert_error(response, 413, "request_too_large", "input")

@@ -1,10 +1,10 @@
 """The voice-cloning prompt: how two clips share its length, and the joined
 audio as the real transcode service makes it.
 
-A voice sample's audio cannot be undecodable by the time it is fetched: the
-library decodes every upload before storing it. So ``audio_decode_failed``
-of the generation endpoint is produced here, by handing the real transcode
-service bytes that are not audio, as a damaged stored sample would be.
+A voice sample's audio is decodable when stored (the library decodes every
+upload), so ``audio_decode_failed`` needs audio damaged at rest: here the real
+transcode service is handed bytes that are not audio; test_generations.py
+damages a stored sample and makes a real request.
 """
 
 from __future__ import annotations
