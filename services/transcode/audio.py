@@ -85,15 +85,20 @@ def change_speed(data: bytes, speed_factor: float, limits: Limits) -> Pcm:
     return atempo(decoder.decode(data, limits).pcm, speed_factor)
 
 
-def encode(data: bytes, fmt: Format, bit_rate: int, limits: Limits) -> Encoded:
-    """EncodeAudio: any decodable audio in ``fmt``; ``bit_rate`` 0 is the format's default."""
+def encode(data: bytes, fmt: Format, bit_rate: int, limits: Limits, sample_rate: int = 0) -> Encoded:
+    """EncodeAudio: any decodable audio in ``fmt``; ``bit_rate`` 0 is the format's default,
+    ``sample_rate`` 0 keeps 44.1 kHz."""
     allowed = encoder.bit_rate_range(fmt)
     if bit_rate and allowed is not None:
         _check_range("bit_rate", bit_rate, *allowed)
     elif bit_rate < 0:
         raise invalid_parameter("bit_rate", "bit_rate must not be negative")
+    if sample_rate and sample_rate not in encoder.SAMPLE_RATES:
+        rates = ", ".join(map(str, encoder.SAMPLE_RATES))
+        raise invalid_parameter("sample_rate", f"sample_rate must be 0 (44100) or one of {rates}; got {sample_rate}")
     pcm = decoder.decode(data, limits).pcm
-    return Encoded(encoder.encode(pcm, fmt, bit_rate), CONTENT_TYPES[fmt], pcm.duration_seconds)
+    encoded = encoder.encode(pcm, fmt, bit_rate, sample_rate or SAMPLE_RATE)
+    return Encoded(encoded, CONTENT_TYPES[fmt], pcm.duration_seconds)
 
 
 def atempo(pcm: Pcm, factor: float) -> Pcm:

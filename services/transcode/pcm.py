@@ -2,6 +2,8 @@
 
 Every input is decoded to a :class:`Pcm`, every operation works on one, and
 every output is made from one, so each conversion happens in exactly one place.
+Only an output asked for at another sample rate is a :class:`Pcm` of that
+rate, made last by :func:`resampled`.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ FRAME_SAMPLES = SAMPLE_RATE
 
 @dataclass(frozen=True)
 class Pcm:
-    samples: np.ndarray  # int16, one channel, SAMPLE_RATE per second
+    samples: np.ndarray  # int16, one channel
+    sample_rate: int = SAMPLE_RATE
 
     @property
     def duration_seconds(self) -> float:
-        return len(self.samples) / SAMPLE_RATE
+        return len(self.samples) / self.sample_rate
 
     def wav(self) -> bytes:
         """A RIFF WAV file of the samples."""
@@ -35,7 +38,7 @@ class Pcm:
         with wave.open(out, "wb") as writer:
             writer.setnchannels(1)
             writer.setsampwidth(2)
-            writer.setframerate(SAMPLE_RATE)
+            writer.setframerate(self.sample_rate)
             writer.writeframes(self.raw())
         return out.getvalue()
 
@@ -48,13 +51,26 @@ class Pcm:
         for start in range(0, len(self.samples), FRAME_SAMPLES):
             block = self.samples[start : start + FRAME_SAMPLES]
             frame = av.AudioFrame.from_ndarray(block[np.newaxis, :], format="s16", layout="mono")
-            frame.sample_rate = SAMPLE_RATE
-            frame.time_base = Fraction(1, SAMPLE_RATE)
+            frame.sample_rate = self.sample_rate
+            frame.time_base = Fraction(1, self.sample_rate)
             frame.pts = start
             yield frame
 
     def trimmed(self, max_seconds: float) -> "Pcm":
-        return Pcm(self.samples[: int(round(max_seconds * SAMPLE_RATE))])
+        return Pcm(self.samples[: int(round(max_seconds * self.sample_rate))], self.sample_rate)
+
+
+def resampled(pcm: Pcm, rate: int) -> Pcm:
+    """The audio at another sample rate, exactly as long (to the nearest sample)."""
+    if rate == pcm.sample_rate:
+        return pcm
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
+    out = [frame.to_ndarray()[0] for block in pcm.frames() for frame in resampler.resample(block)]
+    out += [frame.to_ndarray()[0] for frame in resampler.resample(None)]  # what the filter still holds
+    samples = np.concatenate(out) if out else np.zeros(0, dtype=np.int16)
+    # The resampler's delay leaves it a few samples off; callers rely on the length.
+    target = round(len(pcm.samples) * rate / pcm.sample_rate)
+    return Pcm(np.pad(samples[:target], (0, max(target - len(samples), 0))), rate)
 
 
 def silence(seconds: float) -> Pcm:

@@ -105,7 +105,7 @@ class TranscodeService(transcode_pb2_grpc.TranscodeServiceServicer):
         if fmt is None:
             names = ", ".join(pb.AudioFormat.Name(value) for value in FORMATS)
             raise invalid_parameter("format", f"format must be one of {names}")
-        encoded = audio.encode(request.audio, fmt, request.bit_rate, self.limits)
+        encoded = audio.encode(request.audio, fmt, request.bit_rate, self.limits, request.sample_rate)
         return pb.EncodeAudioResponse(
             audio=encoded.audio, content_type=encoded.content_type, duration_seconds=encoded.duration_seconds
         )

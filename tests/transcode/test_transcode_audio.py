@@ -327,6 +327,35 @@ def test_bit_rate_is_used_and_checked():
     audio.encode(source, Format.FLAC, 64_000, LIMITS)  # lossless formats ignore it
 
 
+@pytest.mark.parametrize("fmt", list(Format))
+def test_output_at_another_sample_rate_keeps_duration_and_pitch(fmt):
+    source = clips.wav(clips.tone(1.5, 44100, freq=1000.0), 44100)
+    encoded = audio.encode(source, fmt, 0, LIMITS, sample_rate=24000)
+    if fmt is Format.PCM:  # no header to say the rate: the sample count does
+        samples = np.frombuffer(encoded.audio, dtype="<i2")
+        assert len(samples) == 36000  # 1.5 s at 24 kHz, exactly
+        assert clips.dominant_frequency(samples, 24000) == pytest.approx(1000.0, rel=0.01)
+        return
+    container, codec, rate, channels, seconds = clips.probe(encoded.audio)
+    assert channels == 1 and rate == (48000 if fmt is Format.OGG_OPUS else 24000)
+    # ADTS carries no priming information: AAC decodes up to two 1024-sample frames long.
+    assert seconds == pytest.approx(1.5, abs=2 * 1024 / 24000 + 0.001)
+    back = audio.decode(encoded.audio, LIMITS).pcm
+    assert clips.dominant_frequency(back.samples, 44100) == pytest.approx(1000.0, rel=0.01)
+
+
+def test_sample_rate_zero_keeps_44_1_khz_and_others_must_be_a_standard_rate():
+    source = clips.clip("wav", seconds=0.5)
+    default = audio.encode(source, Format.PCM, 0, LIMITS)
+    assert default.audio == audio.encode(source, Format.PCM, 0, LIMITS, sample_rate=44100).audio
+    assert len(default.audio) == 2 * 22050
+    audio.encode(source, Format.MP3, 0, LIMITS, sample_rate=8000)  # the lowest MP3 takes
+    audio.encode(source, Format.MP3, 0, LIMITS, sample_rate=48000)  # the highest
+    for rate in (7999, 96000, -24000):
+        error = refused("INVALID_PARAMETER", audio.encode, source, Format.PCM, 0, LIMITS, sample_rate=rate)
+        assert error.param == "sample_rate" and "24000" in error.message
+
+
 @pytest.mark.parametrize("rate", [4000, 8000, 16000, 22050, 44100])
 def test_a_clip_of_exactly_the_duration_limit_passes_at_any_rate(rate):
     # Frame durations summed as floats drift past the limit at some rates.
