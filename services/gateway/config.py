@@ -69,6 +69,15 @@ PROMPT_GAP_SECONDS = setting(
     between(0, 0.5),
 )
 
+SPEECH_FRAMES_PER_CHARACTER = setting(
+    "GATEWAY_SPEECH_FRAMES_PER_CHARACTER",
+    12.0,
+    "the speech endpoint's max_new_tokens (which OpenAI's request lacks) per character of its `input`, "
+    "kept between 256 and 4096 frames: at about 86 frames a second, 12 allows 7 characters a second, "
+    "half the usual pace of speech; a model stops at the end of the text anyway, this bounds one that runs on",
+    between(1, 100),
+)
+
 
 def _default_public_url() -> str:
     return f"http://127.0.0.1:{config.GATEWAY_HTTP_PORT.value}"

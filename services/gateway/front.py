@@ -49,7 +49,10 @@ REQUEST_ID_RESPONSE_HEADER = "X-Request-Id"
 FORWARDED_METADATA = {"x-generation-id": "X-Generation-Id"}
 # Generating waits on a synth provider for up to GATEWAY_SYNTH_TIMEOUT_SECONDS,
 # after preparing the voice prompt with ordinary calls: its deadline covers both.
-GENERATING_METHODS = {"/voice.gateway.v1.GenerationService/CreateGeneration"}
+GENERATING_METHODS = {
+    "/voice.gateway.v1.GenerationService/CreateGeneration",
+    "/voice.gateway.v1.SpeechService/CreateSpeech",
+}
 
 
 def error_response(error: ApiError, headers: dict[str, str] | None = None) -> web.Response:

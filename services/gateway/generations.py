@@ -11,13 +11,19 @@ succeeded or failed, whatever happens (the caller hanging up included). Its
 id is sent in the ``x-generation-id`` response metadata, which the HTTP front
 passes on as the X-Generation-Id header. With the database down nothing is
 stored, so nothing is generated: 503 DATABASE_UNAVAILABLE.
+
+:meth:`GenerationService.generate` is that whole pipeline (check, store,
+voice prompt, provider, store); every endpoint that generates runs it, the
+speech endpoint (speech.py) with a request translated into these terms.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable
+import re
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Mapping
 
 import asyncpg
 import grpc
@@ -59,6 +65,8 @@ async def authenticated_account(pool: asyncpg.Pool, context: grpc.aio.ServicerCo
 
 def error_type(error: BaseException) -> tuple[str, str]:
     """The public error type and message a failed generation is recorded with."""
+    if isinstance(error, grpc.aio.AioRpcError):  # an upstream's error, passed on as it is
+        error = ApiError.from_rpc_error(error)
     if isinstance(error, ApiError):
         return error.reason.lower(), error.message
     if isinstance(error, asyncio.CancelledError):
@@ -66,19 +74,44 @@ def error_type(error: BaseException) -> tuple[str, str]:
     return "internal", "internal error"
 
 
+@dataclass(frozen=True)
+class Generated:
+    generation: generations_pb2.Generation  # as stored: succeeded
+    audio: httpbody_pb2.HttpBody  # what the caller gets
+
+
+# Further checks of a request that passed its own, for what only other
+# services can tell (the speech endpoint's voice); returns the plan to generate.
+Prepare = Callable[[parameters.Plan], Awaitable[parameters.Plan]]
+# The caller's audio made from the generated WAV, before the generation counts as succeeded.
+Finish = Callable[[bytes], Awaitable[httpbody_pb2.HttpBody]]
+
+
+async def as_wav(wav: bytes) -> httpbody_pb2.HttpBody:
+    return httpbody_pb2.HttpBody(content_type=WAV, data=wav)
+
+
+def in_callers_terms(error: ApiError, names: Mapping[str, str]) -> None:
+    """Rename the request field an error names (param and message) to the caller's name for it."""
+    public = names.get(error.param or "")
+    if public is not None:
+        error.message = re.sub(rf"(?<![\w.]){re.escape(error.param)}(?![\w.])", lambda _: public, error.message)
+        error.param = public
+
+
 class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
     def __init__(self, pool: Callable[[], asyncpg.Pool], router: Router) -> None:
         self.pool = pool
         self.router = router
-        self._library: grpc.aio.Channel | None = None
-        self._transcode: grpc.aio.Channel | None = None
+        self.library: grpc.aio.Channel | None = None
+        self.transcode: grpc.aio.Channel | None = None
 
     def start(self) -> None:
-        self._library = clients.service_channel("library")
-        self._transcode = clients.service_channel("transcode")
+        self.library = clients.service_channel("library")
+        self.transcode = clients.service_channel("transcode")
 
     async def close(self) -> None:
-        for channel in (self._library, self._transcode):
+        for channel in (self.library, self.transcode):
             if channel is not None:
                 await channel.close()
 
@@ -86,13 +119,36 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
 
     async def CreateGeneration(self, request, context):
         account_id = await authenticated_account(self.pool(), context)
+        generated = await self.generate(account_id, request, context)
+        return generations_pb2.CreateGenerationResponse(generation=generated.generation, audio=generated.audio)
+
+    async def generate(
+        self,
+        account_id: int,
+        request: generations_pb2.CreateGenerationRequest,
+        context: grpc.aio.ServicerContext,
+        *,
+        prepare: Prepare | None = None,
+        finish: Finish = as_wav,
+        public_names: Mapping[str, str] | None = None,
+    ) -> Generated:
+        """Check the request, store it, generate it, store how it ended; see the module's docstring.
+
+        `public_names` maps fields of `request` to the names its caller used,
+        so that errors (sent and stored) speak the caller's terms.
+        """
+        names = public_names or {}
         limits = parameters.Limits(MAX_INPUT_CHARS.value, MAX_COLLECTION_CHARS.value)
         try:
             plan = parameters.plan(request, limits)
-        except ApiError as refusal:
+            if prepare is not None:
+                plan = await prepare(plan)
+        except (ApiError, grpc.aio.AioRpcError) as error:
+            refusal = error if isinstance(error, ApiError) else ApiError.from_rpc_error(error)
+            in_callers_terms(refusal, names)
             generation_id = await history.insert(self.pool(), _refused(request, account_id, limits), *error_type(refusal))
             await context.send_initial_metadata(((GENERATION_ID_METADATA, generation_id),))
-            raise
+            raise refusal from None
         generation_id = await history.insert(
             self.pool(),
             history.NewGeneration(
@@ -101,21 +157,25 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
         )
         await context.send_initial_metadata(((GENERATION_ID_METADATA, generation_id),))
         try:
-            return await self._generate(generation_id, account_id, plan, context)
+            return await self._generate(generation_id, account_id, plan, context, finish)
         except BaseException as error:
+            if isinstance(error, ApiError):
+                in_callers_terms(error, names)
             # Shielded: a caller who hung up still leaves a finished record behind.
             await asyncio.shield(self._record_failure(generation_id, error))
             raise
 
-    async def _generate(self, generation_id: str, account_id: int, plan: parameters.Plan, context):
+    async def _generate(
+        self, generation_id: str, account_id: int, plan: parameters.Plan, context, finish: Finish
+    ) -> Generated:
         synthesis = synth_pb2.SynthesizeRequest(
             script=plan.script.text, settings=parameters.synth_settings(plan.parameters)
         )
         if plan.speakers:
-            clips = await prompt.fetch_clips(self._library, account_id, plan.speakers)
+            clips = await prompt.fetch_clips(self.library, account_id, plan.speakers)
             synthesis.audio_prompt.CopyFrom(
                 await prompt.assemble(
-                    self._transcode, clips, plan.parameters.max_audio_prompt_seconds, PROMPT_GAP_SECONDS.value
+                    self.transcode, clips, plan.parameters.max_audio_prompt_seconds, PROMPT_GAP_SECONDS.value
                 )
             )
 
@@ -126,6 +186,7 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
         if context.time_remaining() is not None:
             timeout = min(timeout, context.time_remaining())
         candidate, reply = await self.router.synthesize(synthesis, plan.model, timeout, running_on)
+        audio = await finish(reply.wav)
         row = await history.mark_succeeded(
             self.pool(), generation_id, reply.wav, reply.duration_seconds, reply.model or candidate.model, reply.seed
         )
@@ -133,10 +194,7 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
             "generated",
             extra={"generation": generation_id, "provider": candidate.provider_id, "seconds": round(reply.duration_seconds, 2)},
         )
-        return generations_pb2.CreateGenerationResponse(
-            generation=history.to_proto(row, PUBLIC_URL.value),
-            audio=httpbody_pb2.HttpBody(content_type=WAV, data=reply.wav),
-        )
+        return Generated(history.to_proto(row, PUBLIC_URL.value), audio)
 
     async def _record_failure(self, generation_id: str, error: BaseException) -> None:
         kind, message = error_type(error)

@@ -1,4 +1,4 @@
-"""The gateway process: its gRPC services (generations, provider registry, models) and the public HTTP front."""
+"""The gateway process: its gRPC services (generations, speech, provider registry, models) and the public HTTP front."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from services.gateway.front import HttpFront
 from services.gateway.generations import GenerationService
 from services.gateway.registry import ModelService, ProviderRegistry
 from services.gateway.routing import Router
+from services.gateway.speech import SpeechService
 from services.gateway.upstreams import RouteTable
-from voice.gateway.v1 import generations_pb2_grpc, models_pb2_grpc, providers_pb2_grpc
+from voice.gateway.v1 import generations_pb2_grpc, models_pb2_grpc, providers_pb2_grpc, speech_pb2_grpc
 
 log = logging.getLogger("gateway")
 
@@ -87,6 +88,11 @@ def build_spec() -> ServiceSpec:
                 generations_pb2_grpc.add_GenerationServiceServicer_to_server,
                 gateway.generations,
                 "voice.gateway.v1.GenerationService",
+            ),
+            Servicer(
+                speech_pb2_grpc.add_SpeechServiceServicer_to_server,
+                SpeechService(gateway.generations),
+                "voice.gateway.v1.SpeechService",
             ),
             Servicer(
                 models_pb2_grpc.add_ModelServiceServicer_to_server,

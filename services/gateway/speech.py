@@ -1,0 +1,198 @@
+"""SpeechService: POST /v1/audio/speech, OpenAI's speech endpoint in front of Dia.
+
+An OpenAI SDK's ``client.audio.speech.create(model=..., voice=..., input=...,
+response_format=..., speed=...)`` works unchanged against the gateway. The
+request becomes a generation and runs the generation pipeline
+(:meth:`GenerationService.generate`): the same key check, script rules,
+limits, routing and history, with errors naming the speech request's fields.
+
+* ``input``: the script, as for generations (a plain sentence is an [S1] monologue).
+* ``voice``: the voice sample cloned as S1: a sample id of the caller ("12"), or
+  a ``speaker_name`` in their library (exact; of several, the newest); empty, the
+  caller's default sample, or no cloning without one. OpenAI's preset voices
+  ("alloy") are none of these: 400 invalid_voice_sample.
+* ``model``: "" or an id from GET /v1/models; OpenAI's model names
+  (MODEL_ALIASES) auto-select.
+* ``response_format``: encoded by the transcode service; ``pcm`` is raw 16-bit
+  little-endian mono at 24 kHz, as OpenAI's is; the others are at 44.1 kHz.
+* ``speed``: the generation's speed_factor (0.5 to 2.0; OpenAI's 0.25 to 4.0 is wider).
+* ``max_new_tokens``, which OpenAI's request lacks, follows the input's
+  length (:func:`frame_budget`), so that a short sentence is quick even on a
+  model that does not stop by itself. Everything else is the public default.
+
+The generation counts as succeeded once its audio is encoded; the history
+keeps the WAV (GET /v1/voice/generations/{id}/audio).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+import grpc
+from google.api import httpbody_pb2
+
+from runtime.errors import ApiError, invalid_argument, invalid_parameter
+from services.gateway import parameters, script
+from services.gateway.config import SPEECH_FRAMES_PER_CHARACTER
+from services.gateway.generations import GenerationService, authenticated_account
+from voice.gateway.v1 import generations_pb2, speech_pb2, speech_pb2_grpc
+from voice.library.v1 import library_pb2, library_pb2_grpc
+from voice.transcode.v1 import transcode_pb2, transcode_pb2_grpc
+
+# OpenAI's speech models: here they mean "any model with voice cloning".
+MODEL_ALIASES = frozenset({"tts-1", "tts-1-hd", "gpt-4o-mini-tts"})
+
+
+@dataclass(frozen=True)
+class ResponseFormat:
+    encoding: transcode_pb2.AudioFormat
+    sample_rate: int = 0  # 0: transcode's own 44.1 kHz
+
+
+RESPONSE_FORMATS = {
+    "mp3": ResponseFormat(transcode_pb2.AUDIO_FORMAT_MP3),
+    "opus": ResponseFormat(transcode_pb2.AUDIO_FORMAT_OGG_OPUS),
+    "aac": ResponseFormat(transcode_pb2.AUDIO_FORMAT_AAC),
+    "flac": ResponseFormat(transcode_pb2.AUDIO_FORMAT_FLAC),
+    "wav": ResponseFormat(transcode_pb2.AUDIO_FORMAT_WAV),
+    # OpenAI's pcm has no header to say its rate; clients expect 24 kHz.
+    "pcm": ResponseFormat(transcode_pb2.AUDIO_FORMAT_PCM, 24_000),
+}
+DEFAULT_RESPONSE_FORMAT = "mp3"  # as OpenAI's
+
+# Generation fields as the speech request calls them, for errors.
+PUBLIC_NAMES = {"speed_factor": "speed", "speakers.S1": "voice", "speakers": "voice"}
+# A voice of digits is first looked up as a sample id (int64: 18 digits always fit).
+SAMPLE_ID = re.compile(r"[0-9]{1,18}")
+# The library's largest page: the fewest calls to look through it.
+LIBRARY_PAGE_SIZE = 100
+# Longest text of the caller's quoted back in an error message.
+MAX_QUOTED_CHARS = 100
+
+
+def frame_budget(text: str, frames_per_character: float) -> int:
+    """max_new_tokens for `text`: frames_per_character per character, within the public range."""
+    bounds = parameters.RANGES["max_new_tokens"]
+    wanted = math.ceil(len(script.sanitize(text)) * frames_per_character)
+    return int(min(max(wanted, bounds.low), bounds.high))
+
+
+def generation_request(
+    request: speech_pb2.CreateSpeechRequest, frames_per_character: float
+) -> generations_pb2.CreateGenerationRequest:
+    """The speech request in the generation pipeline's terms, its voice not yet found."""
+    translated = generations_pb2.CreateGenerationRequest(
+        input=request.input,
+        model="" if request.model in MODEL_ALIASES else request.model,
+        max_new_tokens=frame_budget(request.input, frames_per_character),
+    )
+    if request.HasField("speed"):
+        translated.speed_factor = request.speed
+    return translated
+
+
+def response_format(name: str) -> ResponseFormat:
+    chosen = RESPONSE_FORMATS.get(name or DEFAULT_RESPONSE_FORMAT)
+    if chosen is None:
+        raise invalid_parameter(
+            "response_format",
+            f"response_format must be one of {', '.join(RESPONSE_FORMATS)} (default {DEFAULT_RESPONSE_FORMAT}); "
+            f"got {_quoted(name)}",
+        )
+    return chosen
+
+
+async def find_voice(library: grpc.aio.Channel, account_id: int, voice: str) -> int | None:
+    """The id of the caller's voice sample that `voice` names; None for no cloning; INVALID_VOICE_SAMPLE."""
+    stub = library_pb2_grpc.LibraryServiceStub(library)
+    metadata = (("x-account-id", str(account_id)),)
+    if SAMPLE_ID.fullmatch(voice):
+        try:
+            found = await stub.GetVoiceSample(library_pb2.GetVoiceSampleRequest(id=int(voice)), metadata=metadata)
+            return found.voice_sample.id
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.NOT_FOUND:  # also another account's sample
+                raise
+        # Not an id of theirs: it may still be a speaker's name.
+    if not voice:
+        return await _newest(stub, metadata, lambda sample: sample.is_default)
+    sample_id = await _newest(stub, metadata, lambda sample: sample.speaker_name == voice)
+    if sample_id is None:
+        raise invalid_argument(
+            "INVALID_VOICE_SAMPLE",
+            f"voice {_quoted(voice)} is neither the id of a voice sample in your library nor the speaker_name "
+            "of one; voice takes a sample id (\"12\"), a speaker_name, or nothing for your default sample. "
+            "OpenAI's preset voices do not exist here: upload a sample of the voice to clone (POST /v1/voice/samples)",
+            "voice",
+        )
+    return sample_id
+
+
+async def _newest(
+    stub: library_pb2_grpc.LibraryServiceStub, metadata, wanted: Callable[[library_pb2.VoiceSample], bool]
+) -> int | None:
+    """The id of the caller's newest sample that is `wanted`, paging through the library (newest first)."""
+    token = ""
+    while True:
+        page = await stub.ListVoiceSamples(
+            library_pb2.ListVoiceSamplesRequest(page_size=LIBRARY_PAGE_SIZE, page_token=token), metadata=metadata
+        )
+        for sample in page.voice_samples:
+            if wanted(sample):
+                return sample.id
+        token = page.next_page_token
+        if not token:
+            return None
+
+
+async def encode(transcode: grpc.aio.Channel, wav: bytes, chosen: ResponseFormat) -> httpbody_pb2.HttpBody:
+    stub = transcode_pb2_grpc.TranscodeServiceStub(transcode)
+    reply = await stub.EncodeAudio(
+        transcode_pb2.EncodeAudioRequest(audio=wav, format=chosen.encoding, sample_rate=chosen.sample_rate)
+    )
+    return httpbody_pb2.HttpBody(content_type=reply.content_type, data=reply.audio)
+
+
+def _quoted(text: str) -> str:
+    if len(text) > MAX_QUOTED_CHARS:
+        text = text[:MAX_QUOTED_CHARS] + "…"
+    return repr(text)
+
+
+class SpeechService(speech_pb2_grpc.SpeechServiceServicer):
+    def __init__(self, generations: GenerationService) -> None:
+        self.generations = generations
+
+    async def CreateSpeech(self, request, context):
+        account_id = await authenticated_account(self.generations.pool(), context)
+
+        async def prepare(plan: parameters.Plan) -> parameters.Plan:
+            response_format(request.response_format)  # refused before the library is asked
+            sample_id = await find_voice(self.generations.library, account_id, request.voice)
+            return dataclasses.replace(plan, speakers={} if sample_id is None else {"S1": sample_id})
+
+        async def finish(wav: bytes) -> httpbody_pb2.HttpBody:
+            return await encode(self.generations.transcode, wav, response_format(request.response_format))
+
+        generated = await self.generations.generate(
+            account_id,
+            generation_request(request, SPEECH_FRAMES_PER_CHARACTER.value),
+            context,
+            prepare=prepare,
+            finish=finish,
+            public_names=PUBLIC_NAMES,
+        )
+        return speech_pb2.CreateSpeechResponse(audio=generated.audio)
+
+    async def StreamSpeech(self, request, context):
+        await authenticated_account(self.generations.pool(), context)
+        raise ApiError(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "NOT_IMPLEMENTED",
+            "streaming speech is not available yet; use CreateSpeech (POST /v1/audio/speech)",
+        )
+        yield  # a generator, as a server-streaming handler must be
