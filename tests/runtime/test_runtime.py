@@ -159,8 +159,12 @@ def test_metrics_record_rpcs_by_status_code(sleepy):
     metrics_port = None
     for entry in sleepy.log_entries():
         metrics_port = entry.get("metrics_port", metrics_port)
-    body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-    assert (
-        'grpc_server_handled_total{grpc_code="INVALID_ARGUMENT",grpc_method="Fail",grpc_service="test.Sleepy"} 1.0'
-        in body
-    )
+    expected = 'grpc_server_handled_total{grpc_code="INVALID_ARGUMENT",grpc_method="Fail",grpc_service="test.Sleepy"} 1.0'
+    # The server counts the call as it unwinds, just after the client has its answer.
+    deadline = time.monotonic() + 10
+    while True:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+        if expected in body or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert expected in body
