@@ -14,7 +14,9 @@ from __future__ import annotations
 import os
 import pathlib
 import socket
+import subprocess
 import tempfile
+import time
 import uuid
 from urllib.parse import urlsplit, urlunsplit
 
@@ -89,6 +91,42 @@ def mesh_ports_env() -> dict[str, str]:
         env[f"{name.upper()}_METRICS_PORT"] = str(free_port())
         env[f"{name.upper()}_ADDR"] = f"127.0.0.1:{env[f'{name.upper()}_GRPC_PORT']}"
     return env
+
+
+def make_run_environment(tmp_path: pathlib.Path) -> dict[str, str]:
+    """`make run` as on a fresh machine (embedded PostgreSQL), on ports of its own."""
+    env = dict(os.environ, **mesh_ports_env())
+    env["EMBEDDED_POSTGRES_DIR"] = str(tmp_path / "postgres")
+    env.pop("DATABASE_URL", None)
+    env.setdefault("DIA_MODEL", "tiny-random")  # synth's random-weight test model: no download
+    env["LOG_FORMAT"] = "text"
+    return env
+
+
+def start_make_run(env: dict[str, str], lines: list[str], timeout: float = 240) -> subprocess.Popen:
+    """Start `make run` and return once it says the mesh is ready; its output so far goes to `lines`.
+
+    The caller stops it (SIGINT to its process group, as Ctrl-C does).
+    """
+    process = subprocess.Popen(
+        ["make", "--no-print-directory", "run"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + timeout
+    assert process.stdout is not None
+    for line in process.stdout:
+        lines.append(line)
+        if "mesh     | ready" in line:
+            return process
+        if time.monotonic() > deadline:
+            break
+    os.killpg(process.pid, 9)
+    pytest.fail("make run did not get the mesh ready:\n" + "".join(lines[-40:]))
 
 
 @pytest.fixture(scope="session")

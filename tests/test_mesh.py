@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import pathlib
 import signal
-import subprocess
-import time
 import urllib.request
 
 import grpc
@@ -14,7 +12,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from tests.conftest import ROOT, mesh_ports_env
+from tests.conftest import ROOT, make_run_environment, start_make_run
 from tools import mesh as mesh_tools
 
 # The service each process must publish, besides health and reflection.
@@ -76,32 +74,11 @@ async def test_metrics_count_rpcs_by_code(mesh):
 
 
 @pytest.mark.slow
-def test_make_run_starts_everything_and_ctrl_c_stops_it(tmp_path: pathlib.Path, database):
-    env = dict(os.environ, **mesh_ports_env())
-    env["EMBEDDED_POSTGRES_DIR"] = str(tmp_path / "postgres")
-    env.pop("DATABASE_URL", None)  # the embedded server, as on a fresh machine
-    env.setdefault("DIA_MODEL", "tiny-random")  # synth's random-weight test model: no download
-    env["LOG_FORMAT"] = "text"
-    process = subprocess.Popen(
-        ["make", "--no-print-directory", "run"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+def test_make_run_starts_everything_and_ctrl_c_stops_it(tmp_path: pathlib.Path):
+    env = make_run_environment(tmp_path)
     lines: list[str] = []
+    process = start_make_run(env, lines)
     try:
-        deadline = time.monotonic() + 240
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.append(line)
-            if "mesh     | ready" in line:
-                break
-            assert time.monotonic() < deadline, "mesh not ready in time"
-        else:
-            pytest.fail("make run exited before the mesh was ready:\n" + "".join(lines[-40:]))
         services = mesh_tools.existing_services()
         for name in services:
             check_service(name, f"127.0.0.1:{env[f'{name.upper()}_GRPC_PORT']}")

@@ -6,14 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
 import pytest
 
 from services.gateway import accounts
-from tests.conftest import ROOT, mesh_ports_env
+from tests.conftest import ROOT, make_run_environment, start_make_run
 from tests.gateway.conftest import make_key
 
 
@@ -44,33 +43,16 @@ def test_a_bad_account_name_is_a_usage_error(name):
 
 @pytest.mark.slow
 def test_make_key_works_before_and_while_make_run_runs(tmp_path):
-    env = dict(os.environ, **mesh_ports_env())
-    env.pop("DATABASE_URL", None)
-    env["EMBEDDED_POSTGRES_DIR"] = str(tmp_path / "postgres")
-    env["LOG_FORMAT"] = "text"
-    env.setdefault("DIA_MODEL", "tiny-random")  # synth's random-weight test model: no download
+    env = make_run_environment(tmp_path)
     postmaster = tmp_path / "postgres" / "postmaster.pid"
 
     # Alone, it starts the embedded server and stops it again.
     before = make_key("early", env)
     assert not postmaster.exists()
 
-    process = subprocess.Popen(
-        ["make", "--no-print-directory", "run"], cwd=ROOT, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )
     lines: list[str] = []
+    process = start_make_run(env, lines)
     try:
-        deadline = time.monotonic() + 240
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.append(line)
-            if "mesh     | ready" in line:
-                break
-            assert time.monotonic() < deadline, "mesh not ready in time"
-        else:
-            pytest.fail("make run exited early:\n" + "".join(lines[-40:]))
-
         during = make_key("late", env)
         assert postmaster.exists(), "make key stopped the PostgreSQL that make run uses"
         url = f"http://127.0.0.1:{env['GATEWAY_HTTP_PORT']}/v1/voice/samples"
