@@ -21,13 +21,12 @@ from dataclasses import dataclass
 import asyncpg
 from google.protobuf import json_format, timestamp_pb2
 
+from runtime import pagination
 from runtime.database import transaction
 from runtime.errors import invalid_parameter, not_found
 from voice.gateway.v1 import generations_pb2
 
 ID_PREFIX = "gen_"
-DEFAULT_PAGE_SIZE = 20
-MAX_PAGE_SIZE = 100
 SHARED_VISIBILITIES = ("unlisted", "public")
 # Columns of a Generation message: everything but the audio itself.
 _COLUMNS = """seq, id, status, input, model, provider, speakers, parameters, error_type, error_message,
@@ -170,7 +169,7 @@ async def shared_audio(pool: asyncpg.Pool, share_token: str) -> bytes:
 
 async def list_page(pool: asyncpg.Pool, account_id: int, page_size: int, page_token: str) -> tuple[list[asyncpg.Record], str]:
     """One page, newest first, and the token of the next ("" after the last)."""
-    limit = _page_size(page_size)
+    limit = pagination.page_size(page_size)
     before = _decode_page_token(page_token)
     async with transaction(pool) as connection:
         rows = await connection.fetch(
@@ -220,14 +219,6 @@ def _found(row: asyncpg.Record | None, generation_id: str) -> asyncpg.Record:
     if row is None:
         raise not_found(f"there is no generation {generation_id}")
     return row
-
-
-def _page_size(value: int) -> int:
-    if value == 0:
-        return DEFAULT_PAGE_SIZE
-    if not 1 <= value <= MAX_PAGE_SIZE:
-        raise invalid_parameter("page_size", f"page_size must be between 1 and {MAX_PAGE_SIZE}, got {value}")
-    return value
 
 
 # A page token names the last generation of the previous page by its place in insertion order.

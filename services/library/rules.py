@@ -32,10 +32,6 @@ _MAX_BIGINT = 2**63 - 1  # ids are PostgreSQL bigints
 VISIBILITIES = ("private", "unlisted", "public")
 DEFAULT_VISIBILITY = "private"
 
-# ListVoiceSamples page sizes, as library.proto documents them.
-DEFAULT_PAGE_SIZE = 20
-MAX_PAGE_SIZE = 100
-
 
 def account_id(metadata: Iterable[tuple[str, str | bytes]] | None) -> int:
     """The caller's account from the `x-account-id` metadata the gateway sets."""
@@ -111,14 +107,6 @@ def audio(data: bytes) -> bytes:
     if not data:
         raise invalid_parameter("audio", "audio is required: send the recording as the request body")
     return data
-
-
-def page_size(value: int) -> int:
-    if value == 0:
-        return DEFAULT_PAGE_SIZE
-    if not 1 <= value <= MAX_PAGE_SIZE:
-        raise invalid_parameter("page_size", f"page_size must be between 1 and {MAX_PAGE_SIZE}")
-    return value
 
 
 # --- Page tokens ---------------------------------------------------------

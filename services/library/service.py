@@ -16,7 +16,7 @@ import asyncpg
 import grpc
 from google.api import httpbody_pb2
 
-from runtime import clients
+from runtime import clients, pagination
 from runtime.database import CONNECTION_ERRORS, is_reachable, open_pool, unavailable
 from runtime.errors import ApiError
 from runtime.server import ServiceSpec, Servicer
@@ -129,7 +129,7 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
 
     async def ListVoiceSamples(self, request, context):
         account = rules.account_id(context.invocation_metadata())
-        page_size = rules.page_size(request.page_size)
+        page_size = pagination.page_size(request.page_size)
         after = rules.decode_page_token(request.page_token)
         # One more than asked: whether it exists says if there is a next page.
         rows = await store.list_page(self.pool, account, after, page_size + 1)

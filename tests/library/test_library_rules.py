@@ -110,15 +110,6 @@ def test_a_limit_of_zero_is_refused_at_start_up(monkeypatch, limit):
 # --- Pages ---------------------------------------------------------------
 
 
-def test_page_size_default_and_bounds():
-    assert rules.page_size(0) == 20
-    assert rules.page_size(1) == 1
-    assert rules.page_size(100) == 100
-    for bad in (-1, 101):
-        error = refused(rules.page_size, bad)
-        assert (error.reason, error.param) == ("INVALID_PARAMETER", "page_size")
-
-
 def test_page_token_round_trips_to_the_microsecond():
     position = rules.Position(datetime.datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC), 987)
     token = rules.encode_page_token(position)
