@@ -127,11 +127,15 @@ async def list_page(
 
 async def get(pool: asyncpg.Pool, account: int, sample_id: int) -> asyncpg.Record:
     async with transaction(pool) as connection:
-        row = await connection.fetchrow(
-            f"SELECT {_SAMPLE_COLUMNS} FROM samples WHERE account_id = $1 AND id = $2",
-            account,
-            sample_id,
-        )
+        return await _fetch(connection, account, sample_id)
+
+
+async def _fetch(connection: asyncpg.Connection, account: int, sample_id: int) -> asyncpg.Record:
+    row = await connection.fetchrow(
+        f"SELECT {_SAMPLE_COLUMNS} FROM samples WHERE account_id = $1 AND id = $2",
+        account,
+        sample_id,
+    )
     return _found(row, sample_id)
 
 
@@ -162,12 +166,7 @@ async def update(
 
     async def work(connection: asyncpg.Connection) -> asyncpg.Record:
         if not assignments:  # nothing to change: the sample as it is
-            row = await connection.fetchrow(
-                f"SELECT {_SAMPLE_COLUMNS} FROM samples WHERE account_id = $1 AND id = $2",
-                account,
-                sample_id,
-            )
-            return _found(row, sample_id)
+            return await _fetch(connection, account, sample_id)
         exists = await connection.fetchval(
             "SELECT true FROM samples WHERE account_id = $1 AND id = $2 FOR UPDATE",
             account,
