@@ -19,6 +19,7 @@ import pytest
 from runtime.errors import ApiError
 from runtime.server import channel_options
 from services.gateway.prompt import Clip, assemble, shares
+from tests.audio import wav_file
 
 RATE = 44100
 
@@ -48,14 +49,7 @@ def test_even_the_shortest_prompt_keeps_both_voices():
 
 def tone(seconds: float, frequency: float) -> bytes:
     t = np.arange(round(seconds * RATE)) / RATE
-    pcm = (np.sin(2 * np.pi * frequency * t) * 8000).astype("<i2")
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as writer:
-        writer.setnchannels(1)
-        writer.setsampwidth(2)
-        writer.setframerate(RATE)
-        writer.writeframes(pcm.tobytes())
-    return buffer.getvalue()
+    return wav_file(np.sin(2 * np.pi * frequency * t) * 8000, RATE)
 
 
 def samples(data: bytes) -> np.ndarray:

@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from runtime.errors import ApiError
 from runtime.server import channel_options
+from tests.audio import wav_file
 from tests.conftest import free_port
 from tools.mesh import Mesh
 from voice.library.v1 import library_pb2
@@ -83,14 +84,7 @@ def sha256(data: bytes) -> str:
 def tone_wav(seconds: float, rate: int = 8000, frequency: float = 440.0) -> bytes:
     """A 16-bit mono sine tone, `seconds` long exactly (whole samples)."""
     count = int(round(seconds * rate))
-    samples = (np.sin(2 * np.pi * frequency * np.arange(count) / rate) * 8000).astype("<i2")
-    out = io.BytesIO()
-    with wave.open(out, "wb") as writer:
-        writer.setnchannels(1)
-        writer.setsampwidth(2)
-        writer.setframerate(rate)
-        writer.writeframes(samples.tobytes())
-    return out.getvalue()
+    return wav_file(np.sin(2 * np.pi * frequency * np.arange(count) / rate) * 8000, rate)
 
 
 def tone_ogg_opus(seconds: float) -> bytes:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from runtime.errors import ApiError
+from tests.audio import wav_file
 from tests.conftest import free_port
 from tools.mesh import Mesh
 from voice.synth.v1 import synth_pb2
@@ -58,14 +59,7 @@ def wav_samples(wav: bytes) -> np.ndarray:
 def noise_wav(seconds: float, rate: int = SAMPLE_RATE, channels: int = 1, seed: int = 0) -> bytes:
     """Quiet noise as 16-bit WAV: a stand-in voice for cloning prompts."""
     count = round(seconds * rate)
-    pcm = (np.random.default_rng(seed).standard_normal(count * channels) * 3000).astype("<i2")
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as writer:
-        writer.setnchannels(channels)
-        writer.setsampwidth(2)
-        writer.setframerate(rate)
-        writer.writeframes(pcm.tobytes())
-    return buffer.getvalue()
+    return wav_file(np.random.default_rng(seed).standard_normal(count * channels) * 3000, rate, channels)
 
 
 def audio_samples_for(generated_frames: int) -> int:

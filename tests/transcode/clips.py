@@ -13,6 +13,8 @@ from fractions import Fraction
 import av
 import numpy as np
 
+from tests.audio import wav_file
+
 # name: (FFmpeg muxer, encoder, sample rate the encoder supports)
 FORMATS = {
     "wav": ("wav", "pcm_s16le", 48000),
@@ -80,14 +82,8 @@ def clip(fmt: str, seconds: float = 2.0, channels: int = 2, freq: float = 440.0)
 
 def wav(samples: np.ndarray, rate: int) -> bytes:
     """16-bit WAV of (channels, samples) float audio, with the standard library."""
-    out = io.BytesIO()
-    with wave.open(out, "wb") as writer:
-        writer.setnchannels(samples.shape[0])
-        writer.setsampwidth(2)
-        writer.setframerate(rate)
-        interleaved = np.clip(np.rint(samples.T * 32767), -32768, 32767).astype("<i2")
-        writer.writeframes(interleaved.tobytes())
-    return out.getvalue()
+    interleaved = np.clip(np.rint(samples.T * 32767), -32768, 32767)
+    return wav_file(interleaved, rate, channels=samples.shape[0])
 
 
 def silent_flac(seconds: float, *, seekable: bool = True) -> bytes:

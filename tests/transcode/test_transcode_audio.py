@@ -14,6 +14,7 @@ from runtime.errors import ApiError
 from services.transcode import audio, config, decoder, truncation
 from services.transcode.audio import Format, Limits
 from services.transcode.pcm import Pcm
+from tests.audio import wav_file
 from tests.transcode import clips
 
 LIMITS = Limits(max_input_bytes=10 * 1024 * 1024, max_duration_seconds=600.0, timeout_seconds=30.0)
@@ -359,19 +360,8 @@ def test_sample_rate_zero_keeps_44_1_khz_and_others_must_be_a_standard_rate():
 @pytest.mark.parametrize("rate", [4000, 8000, 16000, 22050, 44100])
 def test_a_clip_of_exactly_the_duration_limit_passes_at_any_rate(rate):
     # Frame durations summed as floats drift past the limit at some rates.
-    import io
-    import wave
-
-    import numpy as np
-
     from services.transcode.decoder import Limits, decode
 
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(np.zeros(2 * rate, dtype="<i2").tobytes())
     limits = Limits(max_input_bytes=10**7, max_duration_seconds=2.0, timeout_seconds=10)
-    decoded = decode(buffer.getvalue(), limits)
+    decoded = decode(wav_file(np.zeros(2 * rate), rate), limits)
     assert abs(decoded.pcm.duration_seconds - 2.0) < 0.001
