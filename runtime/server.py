@@ -15,6 +15,9 @@ start/stop hooks) and calls :func:`main`. This module then:
   records Prometheus metrics, and turns exceptions into ``google.rpc.Status``
   (an :class:`~runtime.errors.ApiError` as it is, anything else as INTERNAL
   without its traceback, which is logged instead);
+* serves reflection with our protos' comments (gen_protos.py keeps them in
+  ``voice/descriptors.binpb``; generated code drops them), so that the
+  gateway can publish them in /openapi.json;
 * serves Prometheus metrics over HTTP on ``<NAME>_METRICS_PORT``;
 * on SIGTERM/SIGINT sets health NOT_SERVING, lets in-flight calls finish
   within ``SHUTDOWN_GRACE_SECONDS``, runs ``on_stop`` and exits.
@@ -23,6 +26,7 @@ start/stop hooks) and calls :func:`main`. This module then:
 from __future__ import annotations
 
 import asyncio
+import importlib.resources
 import inspect
 import logging
 import signal
@@ -33,6 +37,7 @@ from typing import Any, Awaitable, Callable
 
 import grpc
 import prometheus_client
+from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -182,6 +187,51 @@ class _Call:
         await context.abort_with_status(error.to_status())
 
 
+class _CommentedFiles:
+    """A descriptor pool as server reflection uses it, whose answers for our
+    own protos are the descriptor set with comments that gen_protos.py writes."""
+
+    def __init__(self, pool: descriptor_pool.DescriptorPool, commented: dict[str, descriptor_pb2.FileDescriptorProto]):
+        self._pool = pool
+        self._commented = commented
+
+    def FindFileByName(self, name: str):  # noqa: N802 - the pool's interface
+        return _CommentedFile(self._pool.FindFileByName(name), self._commented)
+
+    def FindFileContainingSymbol(self, symbol: str):  # noqa: N802
+        return _CommentedFile(self._pool.FindFileContainingSymbol(symbol), self._commented)
+
+    def __getattr__(self, name: str):  # extension look-ups, as the pool answers them
+        return getattr(self._pool, name)
+
+
+class _CommentedFile:
+    def __init__(self, file, commented: dict[str, descriptor_pb2.FileDescriptorProto]) -> None:
+        self._file = file
+        self._commented = commented
+        self.name = file.name
+
+    @property
+    def dependencies(self) -> list["_CommentedFile"]:
+        return [_CommentedFile(dependency, self._commented) for dependency in self._file.dependencies]
+
+    def CopyToProto(self, proto: descriptor_pb2.FileDescriptorProto) -> None:  # noqa: N802
+        if self.name in self._commented:
+            proto.CopyFrom(self._commented[self.name])
+        else:
+            self._file.CopyToProto(proto)
+
+
+def reflection_pool():
+    """The default pool, with our protos' comments where gen_protos.py saved them."""
+    try:
+        raw = importlib.resources.files("voice").joinpath("descriptors.binpb").read_bytes()
+    except (FileNotFoundError, ModuleNotFoundError):
+        return descriptor_pool.Default()
+    files = descriptor_pb2.FileDescriptorSet.FromString(raw).file
+    return _CommentedFiles(descriptor_pool.Default(), {file.name: file for file in files})
+
+
 def channel_options() -> list[tuple[str, Any]]:
     size = config.GRPC_MAX_MESSAGE_BYTES.value
     return [("grpc.max_send_message_length", size), ("grpc.max_receive_message_length", size)]
@@ -199,7 +249,7 @@ async def serve(spec: ServiceSpec) -> None:
         servicer.add_to_server(servicer.implementation, server)
     names = [s.full_name for s in spec.servicers]
     reflection.enable_server_reflection(
-        names + [health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        names + [health.SERVICE_NAME, reflection.SERVICE_NAME], server, pool=reflection_pool()
     )
 
     async def set_health(status: int, whole_server: bool = True) -> None:

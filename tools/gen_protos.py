@@ -3,6 +3,11 @@
 google/api and google/rpc protos are taken from the installed
 googleapis-common-protos package and the well-known types from grpcio-tools,
 so nothing is vendored. Run through `make protos`.
+
+Beside the code it writes ``gen/voice/descriptors.binpb``: our protos as a
+descriptor set with their comments, which the generated code leaves out.
+Every service serves those over reflection (runtime.server), so the gateway
+can publish the comments in /openapi.json.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from grpc_tools import protoc
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
+DESCRIPTOR_SET = "descriptors.binpb"
 
 
 def main(out: pathlib.Path = ROOT / "gen") -> int:
@@ -25,7 +31,7 @@ def main(out: pathlib.Path = ROOT / "gen") -> int:
     files = sorted(str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto"))
     if out.exists():
         shutil.rmtree(out)
-    out.mkdir(parents=True)
+    (out / "voice").mkdir(parents=True)
     args = [
         "grpc_tools.protoc",
         f"-I{PROTOS}",
@@ -34,6 +40,8 @@ def main(out: pathlib.Path = ROOT / "gen") -> int:
         f"--python_out={out}",
         f"--pyi_out={out}",
         f"--grpc_python_out={out}",
+        f"--descriptor_set_out={out / 'voice' / DESCRIPTOR_SET}",
+        "--include_source_info",
         *files,
     ]
     if protoc.main(args) != 0:

@@ -1,9 +1,20 @@
-"""Accounts and API keys.
+"""Accounts and API keys, and who is calling.
 
 A key is ``vm_`` followed by 32 random bytes (256 bits) in URL-safe base64.
 Only its SHA-256 is stored: for keys this random a plain hash is as good as a
 slow password hash, and looking a key up by its hash means no comparison of
 secret bytes whose timing could leak anything.
+
+Each request is authenticated once, by :meth:`Accounts.authenticate`, which
+keeps the account of a key it has looked up for GATEWAY_KEY_CACHE_SECONDS:
+a revoked key still works for at most that long in a process that saw it.
+The HTTP edge authenticates every keyed request and calls the upstream
+services with the account (``x-account-id``) and, for this process's own
+services, :attr:`Accounts.edge_credential`, a per-process secret that says
+"the edge checked this key". The gateway's gRPC services find their caller
+with :meth:`Accounts.caller`: the edge's account when that credential
+comes with it, otherwise the ``authorization: Bearer <key>`` of an internal
+gRPC client, checked the same way. A bare ``x-account-id`` is never trusted.
 """
 
 from __future__ import annotations
@@ -12,11 +23,15 @@ import hashlib
 import pathlib
 import re
 import secrets
+import time
 from dataclasses import dataclass
 
 import asyncpg
+import grpc
 
-from runtime import database
+from runtime import clients, database
+from runtime.errors import ApiError
+from services.gateway.config import KEY_CACHE_SECONDS
 
 MIGRATIONS = pathlib.Path(__file__).resolve().parent / "migrations"
 SCHEMA = "gateway"
@@ -26,8 +41,10 @@ KEY_PREFIX = "vm_"
 DISPLAY_PREFIX_CHARS = len(KEY_PREFIX) + 8
 ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 ACCOUNT_NAME_RULE = "1 to 64 letters, digits or . _ @ -, starting with a letter or digit"
-# gRPC methods whose HTTP routes need no key: the share token in their path is the secret.
-KEYLESS_METHODS = {"/voice.gateway.v1.GenerationService/GetSharedGenerationAudio"}
+# The metadata that carries the edge's credential to this process's services.
+EDGE_CREDENTIAL_METADATA = "x-edge-credential"
+# Most keys kept in the cache; past that it starts afresh (a flood of made-up keys is not cached).
+MAX_CACHED_KEYS = 10_000
 
 
 async def open_pool(url: str | None = None) -> asyncpg.Pool:
@@ -81,10 +98,45 @@ def bearer_key(authorization: str) -> str | None:
     return key.strip()
 
 
-async def account_for_key(pool: asyncpg.Pool, key: str) -> int | None:
-    """The id of the account owning this key, or None for an unknown or revoked key."""
-    with database.database_errors():
-        return await pool.fetchval(
-            "SELECT account_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
-            key_hash(key),
-        )
+def unauthorized(message: str) -> ApiError:
+    return ApiError(grpc.StatusCode.UNAUTHENTICATED, "UNAUTHORIZED", message)
+
+
+class Accounts:
+    """Key checks with a short cache, for the edge and this process's gRPC services."""
+
+    def __init__(self, pool) -> None:
+        self.pool = pool  # a callable returning the asyncpg pool
+        self.edge_credential = secrets.token_urlsafe(32)
+        self._cache: dict[str, tuple[int, float]] = {}  # key hash → (account, expiry)
+
+    async def authenticate(self, authorization: str) -> int:
+        """The account of an ``Authorization: Bearer <key>`` value; UNAUTHORIZED otherwise."""
+        key = bearer_key(authorization)
+        if key is None:
+            raise unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+        hashed = key_hash(key)
+        now = time.monotonic()
+        cached = self._cache.get(hashed)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        with database.database_errors():
+            account_id = await self.pool().fetchval(
+                "SELECT account_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", hashed
+            )
+        if account_id is None:
+            self._cache.pop(hashed, None)
+            raise unauthorized("invalid API key")
+        if len(self._cache) >= MAX_CACHED_KEYS:
+            self._cache.clear()
+        self._cache[hashed] = (account_id, now + KEY_CACHE_SECONDS.value)
+        return account_id
+
+    async def caller(self, context: grpc.aio.ServicerContext) -> int:
+        """The account calling one of the gateway's own gRPC methods that needs a key."""
+        metadata = dict(context.invocation_metadata() or ())
+        credential = metadata.get(EDGE_CREDENTIAL_METADATA, "")
+        account = metadata.get(clients.ACCOUNT_ID_METADATA, "")
+        if credential and secrets.compare_digest(credential, self.edge_credential) and account.isdigit():
+            return int(account)  # the edge checked the key of this request
+        return await self.authenticate(metadata.get("authorization", ""))

@@ -1,4 +1,5 @@
-"""Settings of the gateway (the public HTTP port, GATEWAY_HTTP_PORT, is in runtime.config)."""
+"""Settings of the gateway's generation domain (the HTTP edge's are in edge/config.py;
+the public HTTP port, GATEWAY_HTTP_PORT, is in runtime.config)."""
 
 from __future__ import annotations
 
@@ -6,28 +7,12 @@ from runtime import config
 from runtime.config import between, setting
 
 
-UPSTREAMS = setting(
-    "GATEWAY_UPSTREAMS",
-    "library,gateway",
-    "comma-separated services whose google.api.http routes the HTTP front serves, found by reflection",
-)
-MAX_BODY_BYTES = setting(
-    "GATEWAY_MAX_BODY_BYTES",
-    25 * 1024 * 1024,
-    "largest HTTP request body; a larger one is refused with 413 request_too_large",
-    int,
-)
-RECONNECT_BACKOFF_SECONDS = setting(
-    "GATEWAY_RECONNECT_BACKOFF_SECONDS",
-    2.0,
-    "longest wait between attempts to reconnect to an upstream that went away (it answers 503 meanwhile)",
-    float,
-)
-READINESS_CHECK_TIMEOUT_SECONDS = setting(
-    "GATEWAY_READINESS_CHECK_TIMEOUT_SECONDS",
-    2.0,
-    "how long /readyz waits for each upstream's health check before calling it not ready",
-    float,
+KEY_CACHE_SECONDS = setting(
+    "GATEWAY_KEY_CACHE_SECONDS",
+    30.0,
+    "how long a gateway process remembers the account of an API key it has checked; a revoked key "
+    "keeps working for at most this long (0 checks every request against the database)",
+    between(0, 3600),
 )
 HEARTBEAT_INTERVAL_SECONDS = setting(
     "GATEWAY_HEARTBEAT_INTERVAL_SECONDS",
@@ -90,7 +75,3 @@ PUBLIC_URL = setting(
     _default_public_url,
     "the gateway's address as users reach it, without a trailing slash: the start of share URLs",
 )
-
-
-def upstream_names() -> list[str]:
-    return [name.strip() for name in UPSTREAMS.value.split(",") if name.strip()]

@@ -1,4 +1,11 @@
-"""The gateway process: its gRPC services (generations, speech, provider registry, models) and the public HTTP front."""
+"""The gateway process: the generation domain's gRPC services (generations,
+speech, provider registry, models, in generation/) and the public HTTP edge
+(edge/), which serves every upstream's HTTP routes, the gateway's own included.
+
+This module puts the two together: the edge knows nothing of generations,
+and the domain nothing of HTTP; what the edge needs of the domain is the
+function that checks API keys (accounts.py).
+"""
 
 from __future__ import annotations
 
@@ -10,14 +17,16 @@ import asyncpg
 from runtime import config, database
 from runtime.errors import ApiError
 from runtime.server import Servicer, ServiceSpec
-from services.gateway import accounts, history
-from services.gateway.config import MAX_BODY_BYTES, SYNTH_TIMEOUT_SECONDS, upstream_names
-from services.gateway.front import HttpFront
-from services.gateway.generations import GenerationService
-from services.gateway.registry import ModelService, ProviderRegistry
-from services.gateway.routing import Router
-from services.gateway.speech import SpeechService
-from services.gateway.upstreams import RouteTable
+from services.gateway import accounts
+from services.gateway.config import SYNTH_TIMEOUT_SECONDS
+from services.gateway.edge.config import MAX_BODY_BYTES, upstream_names
+from services.gateway.edge.front import HttpFront
+from services.gateway.edge.upstreams import RouteTable
+from services.gateway.generation import history
+from services.gateway.generation.generations import GenerationService
+from services.gateway.generation.registry import ModelService, ProviderRegistry
+from services.gateway.generation.routing import Router
+from services.gateway.generation.speech import SpeechService
 from voice.gateway.v1 import generations_pb2_grpc, models_pb2_grpc, providers_pb2_grpc, speech_pb2_grpc
 
 log = logging.getLogger("gateway")
@@ -32,8 +41,9 @@ class Gateway:
         self.table: RouteTable | None = None
         self.front: HttpFront | None = None
         self._sweeper: asyncio.Task | None = None
+        self.accounts = accounts.Accounts(self.pool)
         self.router = Router(self.pool)
-        self.generations = GenerationService(self.pool, self.router)
+        self.generations = GenerationService(self.pool, self.accounts, self.router)
 
     def pool(self) -> asyncpg.Pool:
         assert self._pool is not None, "the gateway has not started"
@@ -47,7 +57,12 @@ class Gateway:
         self.table = RouteTable(upstream_names())
         await self.table.discover_all()
         self.table.start_watching()
-        self.front = HttpFront(self.table, self._pool, MAX_BODY_BYTES.value)
+        self.front = HttpFront(
+            self.table,
+            self.accounts.authenticate,
+            MAX_BODY_BYTES.value,
+            trusted_metadata=[(accounts.EDGE_CREDENTIAL_METADATA, self.accounts.edge_credential)],
+        )
         await self.front.start(config.BIND_HOST.value, config.GATEWAY_HTTP_PORT.value)
 
     async def _fail_abandoned_generations(self) -> None:
@@ -66,6 +81,10 @@ class Gateway:
     async def stop(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+            try:
+                await self._sweeper
+            except asyncio.CancelledError:
+                pass
         if self.front is not None:
             await self.front.stop()
         if self.table is not None:

@@ -2,13 +2,16 @@
 which field values are acceptable, page tokens, and how an upload's format is
 named. Kept apart from the servicer so they can be unit-tested directly.
 
-Field rules (each refusal is INVALID_ARGUMENT / INVALID_PARAMETER naming the field):
+Field rules (each refusal is INVALID_ARGUMENT / INVALID_PARAMETER naming the
+field) are declared on the request messages in library.proto and applied by
+runtime.fields; here the text is trimmed too:
 
 * speaker_name: required, trimmed, at most LIBRARY_MAX_SPEAKER_NAME_CHARS;
 * transcript: optional, trimmed, at most LIBRARY_MAX_TRANSCRIPT_CHARS;
 * collection: optional, trimmed, at most LIBRARY_MAX_COLLECTION_CHARS;
 * visibility: private, unlisted or public (empty on upload means private);
-* audio: required, at most LIBRARY_MAX_UPLOAD_BYTES (else REQUEST_TOO_LARGE).
+* audio: required, at most LIBRARY_MAX_UPLOAD_BYTES (else REQUEST_TOO_LARGE),
+  a limit in bytes checked here.
 """
 
 from __future__ import annotations
@@ -22,15 +25,19 @@ from typing import Iterable
 
 import grpc
 
+from runtime import fields
+from runtime.clients import ACCOUNT_ID_METADATA as ACCOUNT_HEADER
 from runtime.errors import ApiError, invalid_argument, invalid_parameter
 from services.library import config
+from voice.library.v1 import library_pb2
 
-ACCOUNT_HEADER = "x-account-id"
 _ACCOUNT_ID = re.compile(r"[0-9]{1,19}")
 _MAX_BIGINT = 2**63 - 1  # ids are PostgreSQL bigints
 
-VISIBILITIES = ("private", "unlisted", "public")
-DEFAULT_VISIBILITY = "private"
+_UPLOAD = library_pb2.CreateVoiceSampleRequest
+_UPDATE = library_pb2.UpdateVoiceSampleRequest
+VISIBILITIES = tuple(fields.rules(_UPLOAD.DESCRIPTOR.fields_by_name["visibility"]).one_of)
+DEFAULT_VISIBILITY = fields.default(_UPLOAD.DESCRIPTOR.fields_by_name["visibility"])
 
 
 def account_id(metadata: Iterable[tuple[str, str | bytes]] | None) -> int:
@@ -50,46 +57,35 @@ def account_id(metadata: Iterable[tuple[str, str | bytes]] | None) -> int:
 # --- Field values --------------------------------------------------------
 
 
+def _checked(name: str, value: str) -> str:
+    """`value` checked against the upload's rules for field `name`, trimmed."""
+    fields.check_field(_UPLOAD(**{name: value}), name)
+    return value.strip()
+
+
 def speaker_name(value: str) -> str:
     """Required: a sample without a name cannot be told apart in the library."""
-    name = value.strip()
-    if not name:
-        raise invalid_parameter("speaker_name", "speaker_name is required")
-    _check_length("speaker_name", name, config.MAX_SPEAKER_NAME_CHARS.value)
-    return name
+    return _checked("speaker_name", value)
 
 
 def transcript(value: str) -> str:
-    text = value.strip()
-    _check_length("transcript", text, config.MAX_TRANSCRIPT_CHARS.value)
-    return text
+    return _checked("transcript", value)
 
 
 def collection(value: str) -> str:
-    name = value.strip()
-    _check_length("collection", name, config.MAX_COLLECTION_CHARS.value)
-    return name
+    return _checked("collection", value)
 
 
 def visibility(value: str, *, empty_means_default: bool) -> str:
-    """One of VISIBILITIES; on upload an empty value means private."""
-    if not value and empty_means_default:
-        return DEFAULT_VISIBILITY
-    if value not in VISIBILITIES:
-        raise invalid_parameter(
-            "visibility", f"visibility must be one of {', '.join(VISIBILITIES)}, not {value!r}"
-        )
-    return value
+    """One of VISIBILITIES; on upload an empty value means private, in an update it is refused."""
+    request = _UPLOAD(visibility=value) if empty_means_default else _UPDATE(visibility=value)
+    fields.check_field(request, "visibility")
+    return fields.value(request, "visibility")
 
 
 def recognized_transcript(text: str) -> str:
     """A speech-recognition result, cut to the transcript limit rather than refused."""
     return text.strip()[: config.MAX_TRANSCRIPT_CHARS.value].strip()
-
-
-def _check_length(field: str, value: str, limit: int) -> None:
-    if len(value) > limit:
-        raise invalid_parameter(field, f"{field} is {len(value)} characters; at most {limit} are allowed")
 
 
 def audio(data: bytes) -> bytes:

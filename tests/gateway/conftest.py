@@ -17,7 +17,7 @@ import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_tools import protoc
 
-from services.gateway import discovery
+from services.gateway.edge import discovery
 from tests.conftest import ROOT, RunningMesh, free_port
 
 HERE = pathlib.Path(__file__).resolve().parent

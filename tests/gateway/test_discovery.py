@@ -14,7 +14,7 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from services.gateway.upstreams import RouteTable
+from services.gateway.edge.upstreams import RouteTable
 from tests.conftest import free_port
 from voice.gateway.v1 import models_pb2  # noqa: F401 - puts ModelService in the default pool
 from voice.library.v1 import library_pb2  # noqa: F401 - puts LibraryService in the default pool

@@ -9,7 +9,7 @@ import math
 import pytest
 
 from runtime.errors import ApiError
-from services.gateway.parameters import RANDOM_SEED, RANGES, Limits, plan, synth_settings
+from services.gateway.generation.parameters import RANDOM_SEED, RANGES, Limits, plan, synth_settings
 from voice.gateway.v1 import generations_pb2
 
 LIMITS = Limits(max_input_chars=50, max_collection_chars=10)

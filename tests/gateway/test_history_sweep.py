@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import uuid
 
-from services.gateway import accounts, history
+from services.gateway import accounts
+from services.gateway.generation import history
 from voice.gateway.v1 import generations_pb2
 
 

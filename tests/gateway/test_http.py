@@ -307,7 +307,7 @@ async def test_while_the_library_restarts_its_endpoints_answer_503_then_serve_ag
         await mesh.start_service("library")
         await mesh.wait_serving("library", timeout=120)
 
-    # Back within the reconnect backoff (GATEWAY_RECONNECT_BACKOFF_SECONDS), never a 500 meanwhile.
+    # Back within the reconnect backoff (RECONNECT_BACKOFF_SECONDS), never a 500 meanwhile.
     statuses = []
     for _ in range(200):
         response = await http.get("/v1/voice/samples", headers=alice.headers)

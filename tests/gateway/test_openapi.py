@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.gateway import openapi
+from services.gateway.edge import openapi
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import pytest
 
 from runtime.errors import ApiError
 from runtime.server import channel_options
-from services.gateway.prompt import Clip, assemble, shares
+from services.gateway.generation.prompt import Clip, assemble, shares
 from tests.audio import wav_file
 
 RATE = 44100

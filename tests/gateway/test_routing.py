@@ -16,8 +16,8 @@ import grpc
 import pytest
 
 from runtime.errors import ApiError
-from services.gateway import routing
-from services.gateway.routing import Candidate, Router, candidates, ranked
+from services.gateway.generation import routing
+from services.gateway.generation.routing import Candidate, Router, candidates, ranked
 from tests.conftest import free_port
 from voice.synth.v1 import synth_pb2, synth_pb2_grpc
 

@@ -3,7 +3,7 @@
 import pytest
 
 from runtime.errors import ApiError
-from services.gateway.script import parse_script, prompt_transcript
+from services.gateway.generation.script import parse_script, prompt_transcript
 
 LIMIT = 100
 

@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from runtime.server import channel_options
-from services.gateway import speech
+from services.gateway.generation import speech
 from tests.gateway.conftest import FOX, HELLO, Account, assert_error, created, make_key, upload_form, wait_for_models
 from tests.transcode.clips import probe
 from voice.gateway.v1 import speech_pb2, speech_pb2_grpc

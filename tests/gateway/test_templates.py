@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.gateway import templates
+from services.gateway.edge import templates
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ import grpc
 import pytest
 
 from runtime.errors import ApiError
-from services.gateway import errors
-from services.gateway.transcoding import FilePart, HttpInput, to_grpc_request, to_http_response
+from services.gateway.edge import errors
+from services.gateway.edge.transcoding import FilePart, HttpInput, to_grpc_request, to_http_response
 
 
 def request(routes, key: str, **http):

@@ -35,10 +35,11 @@ from typing import Callable
 import grpc
 from google.api import httpbody_pb2
 
-from runtime.errors import ApiError, invalid_argument, invalid_parameter
-from services.gateway import parameters, script
+from runtime import clients, fields
+from runtime.errors import ApiError, invalid_argument
 from services.gateway.config import SPEECH_FRAMES_PER_CHARACTER
-from services.gateway.generations import GenerationService, authenticated_account
+from services.gateway.generation import parameters, script
+from services.gateway.generation.generations import GenerationService
 from voice.gateway.v1 import generations_pb2, speech_pb2, speech_pb2_grpc
 from voice.library.v1 import library_pb2, library_pb2_grpc
 from voice.transcode.v1 import transcode_pb2, transcode_pb2_grpc
@@ -62,7 +63,8 @@ RESPONSE_FORMATS = {
     # OpenAI's pcm has no header to say its rate; clients expect 24 kHz.
     "pcm": ResponseFormat(transcode_pb2.AUDIO_FORMAT_PCM, 24_000),
 }
-DEFAULT_RESPONSE_FORMAT = "mp3"  # as OpenAI's
+# As OpenAI's; speech.proto declares it, with the formats allowed.
+DEFAULT_RESPONSE_FORMAT = fields.default(speech_pb2.CreateSpeechRequest.DESCRIPTOR.fields_by_name["response_format"])
 
 # Generation fields as the speech request calls them, for errors.
 PUBLIC_NAMES = {"speed_factor": "speed", "speakers.S1": "voice", "speakers": "voice"}
@@ -95,21 +97,16 @@ def generation_request(
     return translated
 
 
-def response_format(name: str) -> ResponseFormat:
-    chosen = RESPONSE_FORMATS.get(name or DEFAULT_RESPONSE_FORMAT)
-    if chosen is None:
-        raise invalid_parameter(
-            "response_format",
-            f"response_format must be one of {', '.join(RESPONSE_FORMATS)} (default {DEFAULT_RESPONSE_FORMAT}); "
-            f"got {_quoted(name)}",
-        )
-    return chosen
+def response_format(request: speech_pb2.CreateSpeechRequest) -> ResponseFormat:
+    """The encoding the request asks for; its fields are checked against their declared rules first."""
+    fields.check(request)
+    return RESPONSE_FORMATS[fields.value(request, "response_format")]
 
 
 async def find_voice(library: grpc.aio.Channel, account_id: int, voice: str) -> int | None:
     """The id of the caller's voice sample that `voice` names; None for no cloning; INVALID_VOICE_SAMPLE."""
     stub = library_pb2_grpc.LibraryServiceStub(library)
-    metadata = (("x-account-id", str(account_id)),)
+    metadata = ((clients.ACCOUNT_ID_METADATA, str(account_id)),)
     if SAMPLE_ID.fullmatch(voice):
         try:
             found = await stub.GetVoiceSample(library_pb2.GetVoiceSampleRequest(id=int(voice)), metadata=metadata)
@@ -168,15 +165,15 @@ class SpeechService(speech_pb2_grpc.SpeechServiceServicer):
         self.generations = generations
 
     async def CreateSpeech(self, request, context):
-        account_id = await authenticated_account(self.generations.pool(), context)
+        account_id = await self.generations.accounts.caller(context)
 
         async def prepare(plan: parameters.Plan) -> parameters.Plan:
-            response_format(request.response_format)  # refused before the library is asked
+            response_format(request)  # refused before the library is asked
             sample_id = await find_voice(self.generations.library, account_id, request.voice)
             return dataclasses.replace(plan, speakers={} if sample_id is None else {"S1": sample_id})
 
         async def finish(wav: bytes) -> httpbody_pb2.HttpBody:
-            return await encode(self.generations.transcode, wav, response_format(request.response_format))
+            return await encode(self.generations.transcode, wav, response_format(request))
 
         generated = await self.generations.generate(
             account_id,
@@ -189,7 +186,7 @@ class SpeechService(speech_pb2_grpc.SpeechServiceServicer):
         return speech_pb2.CreateSpeechResponse(audio=generated.audio)
 
     async def StreamSpeech(self, request, context):
-        await authenticated_account(self.generations.pool(), context)
+        await self.generations.accounts.caller(context)
         raise ApiError(
             grpc.StatusCode.UNIMPLEMENTED,
             "NOT_IMPLEMENTED",

@@ -50,10 +50,6 @@ def error_body(error: ApiError) -> dict:
     return {"error": {"type": error.reason.lower(), "message": error.message, "param": error.param}}
 
 
-def unauthorized(message: str) -> ApiError:
-    return ApiError(grpc.StatusCode.UNAUTHENTICATED, "UNAUTHORIZED", message)
-
-
 def request_too_large(limit: int) -> ApiError:
     return ApiError(
         grpc.StatusCode.RESOURCE_EXHAUSTED,

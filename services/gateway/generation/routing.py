@@ -36,8 +36,7 @@ import grpc
 
 from runtime import clients
 from runtime.errors import ApiError
-from services.gateway import registry
-from services.gateway.config import RECONNECT_BACKOFF_SECONDS
+from services.gateway.generation import registry
 from voice.synth.v1 import synth_pb2, synth_pb2_grpc
 
 log = logging.getLogger("gateway.routing")
@@ -194,15 +193,7 @@ class Router:
 
     def _channel(self, address: str) -> grpc.aio.Channel:
         if address not in self._channels:
-            # Reconnect quickly to a provider back from a restart (gRPC's own backoff grows to minutes).
-            self._channels[address] = clients.channel(
-                address,
-                [
-                    ("grpc.initial_reconnect_backoff_ms", 100),
-                    ("grpc.min_reconnect_backoff_ms", 100),
-                    ("grpc.max_reconnect_backoff_ms", int(RECONNECT_BACKOFF_SECONDS.value * 1000)),
-                ],
-            )
+            self._channels[address] = clients.channel(address)
         return self._channels[address]
 
     async def close(self) -> None:

@@ -18,7 +18,9 @@ from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor, descriptor_pb2, descriptor_pool, message_factory
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from services.gateway import templates
+from runtime import config
+from services.gateway.edge import templates
+from voice.api.v1 import annotations_pb2 as voice_annotations
 
 log = logging.getLogger("gateway.discovery")
 
@@ -38,6 +40,22 @@ class Rpc:
     method: descriptor.MethodDescriptor
     request_class: type
     response_class: type
+    rules: voice_annotations.MethodRules  # the method's (voice.api.v1.method) option
+
+    @property
+    def needs_key(self) -> bool:
+        return self.rules.authentication != voice_annotations.AUTHENTICATION_NONE
+
+    def deadline_seconds(self) -> float | None:
+        """The call's deadline: the named setting's seconds beyond the ordinary one; None for the ordinary one."""
+        if not self.rules.deadline_setting:
+            return None
+        return float(config.REGISTRY[self.rules.deadline_setting].value) + config.UPSTREAM_TIMEOUT_SECONDS.value
+
+    @property
+    def forwarded_headers(self) -> dict[str, str]:
+        """Response metadata key → the HTTP header it becomes."""
+        return {header.metadata: header.header for header in self.rules.response_headers}
 
     @property
     def server_streaming(self) -> bool:
@@ -62,8 +80,9 @@ class Route:
 
 async def reflect(
     channel: grpc.aio.Channel, timeout: float
-) -> tuple[descriptor_pool.DescriptorPool, list[str]]:
-    """The services the server publishes, and a pool holding them with their imports."""
+) -> tuple[descriptor_pool.DescriptorPool, list[str], dict[str, str]]:
+    """The services the server publishes, a pool holding them with their imports,
+    and the comments of their files by full name (see :func:`comments_of`)."""
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
     call = stub.ServerReflectionInfo(timeout=timeout)
 
@@ -114,7 +133,45 @@ async def reflect(
 
     for name in files:
         add(name)
-    return pool, services
+    comments: dict[str, str] = {}
+    for proto in files.values():
+        comments.update(comments_of(proto))
+    return pool, services, comments
+
+
+def comments_of(proto: descriptor_pb2.FileDescriptorProto) -> dict[str, str]:
+    """The leading comment of each service, method, message and field of a file, by full name
+    ("voice.gateway.v1.CreateGenerationRequest.input"); empty without source info."""
+    found: dict[str, str] = {}
+    by_path = {
+        tuple(location.path): location.leading_comments
+        for location in proto.source_code_info.location
+        if location.leading_comments.strip()
+    }
+    prefix = f"{proto.package}." if proto.package else ""
+
+    def messages(items, path: tuple, scope: str) -> None:
+        for index, item in enumerate(items):
+            name, here = scope + item.name, (*path, index)
+            _keep(found, name, by_path.get(here))
+            for number, field in enumerate(item.field):
+                _keep(found, f"{name}.{field.name}", by_path.get((*here, 2, number)))
+            messages(item.nested_type, (*here, 3), name + ".")
+
+    messages(proto.message_type, (4,), prefix)
+    for index, service in enumerate(proto.service):
+        name = prefix + service.name
+        _keep(found, name, by_path.get((6, index)))
+        for number, method in enumerate(service.method):
+            _keep(found, f"{name}.{method.name}", by_path.get((6, index, 2, number)))
+    return found
+
+
+def _keep(found: dict[str, str], name: str, comment: str | None) -> None:
+    if comment:
+        # One paragraph per blank line; lines within a paragraph joined.
+        paragraphs = [" ".join(line.strip() for line in block.splitlines()) for block in comment.strip().split("\n\n")]
+        found[name] = "\n\n".join(paragraphs)
 
 
 def _missing_imports(files: dict[str, descriptor_pb2.FileDescriptorProto]) -> set[str]:
@@ -137,6 +194,7 @@ def routes_of(upstream: str, pool: descriptor_pool.DescriptorPool, services: lis
                 method=method,
                 request_class=message_factory.GetMessageClass(method.input_type),
                 response_class=message_factory.GetMessageClass(method.output_type),
+                rules=options.Extensions[voice_annotations.method],
             )
             for binding in [rule, *rule.additional_bindings]:
                 try:

@@ -20,8 +20,9 @@ from typing import Awaitable, TypeVar
 
 import grpc
 
+from runtime import clients
 from runtime.errors import ApiError, invalid_argument
-from services.gateway import script
+from services.gateway.generation import script
 from voice.library.v1 import library_pb2, library_pb2_grpc
 from voice.synth.v1 import synth_pb2
 from voice.transcode.v1 import transcode_pb2, transcode_pb2_grpc
@@ -67,7 +68,7 @@ async def in_order(calls: list[Awaitable[T]]) -> list[T]:
 async def fetch_clips(library: grpc.aio.Channel, account_id: int, speakers: dict[str, int]) -> list[Clip]:
     """The caller's samples for the speakers, in the given order; INVALID_VOICE_SAMPLE or MISSING_TRANSCRIPT."""
     stub = library_pb2_grpc.LibraryServiceStub(library)
-    metadata = (("x-account-id", str(account_id)),)
+    metadata = ((clients.ACCOUNT_ID_METADATA, str(account_id)),)
 
     async def fetch(speaker: str, sample_id: int) -> Clip:
         param = f"speakers.{speaker}"

@@ -18,32 +18,26 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from runtime import clients, config
-from services.gateway import discovery
-from services.gateway.config import READINESS_CHECK_TIMEOUT_SECONDS, RECONNECT_BACKOFF_SECONDS
-from services.gateway.discovery import Route
+from runtime.clients import FIRST_RECONNECT_SECONDS, RECONNECT_BACKOFF_SECONDS
+from services.gateway.edge import discovery
+from services.gateway.edge.config import READINESS_CHECK_TIMEOUT_SECONDS
+from services.gateway.edge.discovery import Route
 
 log = logging.getLogger("gateway.upstreams")
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
-FIRST_BACKOFF_SECONDS = 0.1
 
 
 class Upstream:
     def __init__(self, name: str, address: str, on_routes_changed) -> None:
         self.name = name
         self.address = address
-        # gRPC's own reconnect backoff grows to two minutes, during which calls
-        # fail at once: an upstream back from a restart would stay "unavailable".
-        reconnect = [
-            ("grpc.initial_reconnect_backoff_ms", int(FIRST_BACKOFF_SECONDS * 1000)),
-            ("grpc.min_reconnect_backoff_ms", int(FIRST_BACKOFF_SECONDS * 1000)),
-            ("grpc.max_reconnect_backoff_ms", int(RECONNECT_BACKOFF_SECONDS.value * 1000)),
-        ]
         # Calls carry the request id and a deadline; the control channel
         # (reflection, the long-lived health watch) must not get that deadline.
-        self.channel = clients.channel(address, reconnect)
-        self.control = grpc.aio.insecure_channel(address, options=reconnect)
+        self.channel = clients.channel(address)
+        self.control = grpc.aio.insecure_channel(address, options=clients.reconnect_options())
         self.routes: list[Route] = []
+        self.comments: dict[str, str] = {}  # of its protos, by full name
         self.services: list[str] = []  # what it serves, besides health and reflection
         self.discovered = False
         self._on_routes_changed = on_routes_changed
@@ -53,8 +47,9 @@ class Upstream:
     async def discover(self) -> None:
         """Reflect on the upstream and replace its routes."""
         async with self._lock:
-            pool, services = await discovery.reflect(self.control, config.UPSTREAM_TIMEOUT_SECONDS.value)
+            pool, services, comments = await discovery.reflect(self.control, config.UPSTREAM_TIMEOUT_SECONDS.value)
             self.routes = discovery.routes_of(self.name, pool, services)
+            self.comments = comments
             self.services = [name for name in services if not name.startswith("grpc.")]
             self.discovered = True
         log.info(
@@ -78,7 +73,7 @@ class Upstream:
         self._watcher = asyncio.create_task(self._watch())
 
     async def _watch(self) -> None:
-        backoff = FIRST_BACKOFF_SECONDS
+        backoff = FIRST_RECONNECT_SECONDS
         while True:
             stream = health_pb2_grpc.HealthStub(self.control).Watch(health_pb2.HealthCheckRequest(service=""))
             try:
@@ -87,7 +82,7 @@ class Upstream:
                     # one would hold up the upstream's graceful stop) and ask again later.
                     if reply.status != SERVING or not await self.try_discover():
                         break
-                    backoff = FIRST_BACKOFF_SECONDS
+                    backoff = FIRST_RECONNECT_SECONDS
             except grpc.RpcError:
                 pass  # the upstream went away; wait for it to come back
             finally:
@@ -160,6 +155,13 @@ class RouteTable:
                 return route, values, []
             allowed.append(route.http_method)
         return None, {}, sorted(set(allowed))
+
+    def comments(self) -> dict[str, str]:
+        """The comments of every upstream's protos, by full name."""
+        merged: dict[str, str] = {}
+        for upstream in self.upstreams.values():
+            merged.update(upstream.comments)
+        return merged
 
     def undiscovered(self) -> list[str]:
         return [name for name, upstream in self.upstreams.items() if not upstream.discovered]

@@ -6,7 +6,8 @@ normalized script, the cloned speakers, the effective parameters with their
 defaults filled in, and the sharing fields) or raises the ApiError a user
 gets: ``missing_input``, ``invalid_script`` or ``request_too_large`` for the
 script (see script.py), ``invalid_parameter`` naming the field for anything
-else. The ranges are the public API's contract, not settings; the lengths of
+else. The fields' ranges, defaults and lengths are declared on the request
+message in generations.proto and checked by runtime.fields; the lengths of
 ``input`` and ``collection`` are settings (GATEWAY_MAX_INPUT_CHARS,
 GATEWAY_MAX_COLLECTION_CHARS).
 """
@@ -15,8 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from runtime import fields
 from runtime.errors import invalid_parameter
-from services.gateway import script as scripts
+from services.gateway.config import MAX_COLLECTION_CHARS, MAX_INPUT_CHARS
+from services.gateway.generation import script as scripts
 from voice.gateway.v1 import generations_pb2
 from voice.synth.v1 import synth_pb2
 
@@ -28,20 +31,19 @@ class Bounds:
     default: float
 
 
-# Field → (lowest, highest, default), in the order of the request message.
+# Field → (lowest, highest, default), in the order of the request message,
+# as its proto declares them.
 RANGES = {
-    "cfg_scale": Bounds(1.0, 5.0, 3.0),
-    "temperature": Bounds(0.1, 2.0, 1.8),
-    "top_p": Bounds(0.1, 1.0, 0.95),
-    "cfg_filter_top_k": Bounds(1, 100, 45),
-    "speed_factor": Bounds(0.5, 2.0, 1.0),
-    "max_new_tokens": Bounds(256, 4096, 3072),
-    "max_audio_prompt_seconds": Bounds(1.0, 120.0, 10.0),
+    name: Bounds(*declared)
+    for name, declared in fields.bounds(generations_pb2.CreateGenerationRequest.DESCRIPTOR).items()
+    if name != "seed"
 }
 # "Omit (or -1) for random."
-RANDOM_SEED = -1
-VISIBILITIES = ("private", "unlisted", "public")
-DEFAULT_VISIBILITY = "private"
+RANDOM_SEED = fields.default(generations_pb2.CreateGenerationRequest.DESCRIPTOR.fields_by_name["seed"])
+VISIBILITIES = tuple(
+    fields.rules(generations_pb2.CreateGenerationRequest.DESCRIPTOR.fields_by_name["visibility"]).one_of
+)
+DEFAULT_VISIBILITY = fields.default(generations_pb2.CreateGenerationRequest.DESCRIPTOR.fields_by_name["visibility"])
 # The speakers a voice sample can clone, in the order their clips are joined.
 SPEAKER_TAGS = ("S1", "S2")
 
@@ -65,29 +67,16 @@ class Plan:
 
 
 def plan(request: generations_pb2.CreateGenerationRequest, limits: Limits) -> Plan:
-    """Check a request in the order a user reads it: script, speakers, settings, sharing."""
+    """Check a request in the order a user reads it: script, speakers, then every other field
+    against the rules its proto declares."""
+    settings = {MAX_INPUT_CHARS.name: limits.max_input_chars, MAX_COLLECTION_CHARS.name: limits.max_collection_chars}
+    fields.check_field(request, "input", settings)
     script = scripts.parse_script(request.input, limits.max_input_chars)
     speakers = _speakers(request.speakers)
-    parameters = requested_parameters(request)
-    for name, bounds in RANGES.items():
-        value = getattr(parameters, name)
-        if not bounds.low <= value <= bounds.high:  # NaN fails too
-            raise invalid_parameter(
-                name, f"{name} must be between {bounds.low:g} and {bounds.high:g}, got {value:g}"
-            )
-    if parameters.seed < RANDOM_SEED:
-        raise invalid_parameter("seed", f"seed must be 0 or more, or -1 (or omitted) for random; got {parameters.seed}")
-    visibility = request.visibility or DEFAULT_VISIBILITY
-    if visibility not in VISIBILITIES:
-        raise invalid_parameter(
-            "visibility", f"visibility must be one of {', '.join(VISIBILITIES)}; got {request.visibility!r}"
-        )
-    if len(request.collection) > limits.max_collection_chars:
-        raise invalid_parameter(
-            "collection",
-            f"collection is {len(request.collection)} characters; the limit is {limits.max_collection_chars}",
-        )
-    return Plan(script, request.model, speakers, parameters, visibility, request.collection)
+    fields.check(request, settings)
+    return Plan(
+        script, request.model, speakers, requested_parameters(request), fields.value(request, "visibility"), request.collection
+    )
 
 
 def requested_parameters(request: generations_pb2.CreateGenerationRequest) -> generations_pb2.GenerationParameters:
@@ -96,12 +85,8 @@ def requested_parameters(request: generations_pb2.CreateGenerationRequest) -> ge
     Once checked these are the effective parameters; a refused request is
     stored with them too, so its history shows the value that was refused.
     """
-    values = {name: bounds.default for name, bounds in RANGES.items()}
-    values["seed"] = RANDOM_SEED
-    for name in values:
-        if request.HasField(name):
-            values[name] = getattr(request, name)
-    return generations_pb2.GenerationParameters(**values)
+    names = generations_pb2.GenerationParameters.DESCRIPTOR.fields_by_name
+    return generations_pb2.GenerationParameters(**{name: fields.value(request, name) for name in names})
 
 
 def synth_settings(parameters: generations_pb2.GenerationParameters) -> synth_pb2.GenerationSettings:

@@ -1,10 +1,13 @@
 """The public HTTP API: every google.api.http route of the upstreams, plus four
 operational endpoints that need no key (/healthz, /readyz, /metrics,
-/openapi.json). Of the API's routes only those of accounts.KEYLESS_METHODS need no key.
+/openapi.json).
 
 There is no handler per endpoint: :meth:`HttpFront.api` finds the route,
 checks the API key, transcodes the request, calls the upstream with a generic
-gRPC call, and transcodes the answer back.
+gRPC call, and transcodes the answer back. What differs between methods is
+declared in their protos and read over reflection with the routes (see
+discovery.py): whether a key is needed, which deadline applies, which
+response metadata become headers. The edge knows no method by name.
 """
 
 from __future__ import annotations
@@ -14,18 +17,17 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Sequence
 
-import asyncpg
 import grpc
 import prometheus_client
 from aiohttp import web
 
-from runtime import config, logs
+from runtime import clients, config, logs
 from runtime.errors import DEFAULT_REASONS, ApiError, internal_error, not_found
-from services.gateway import accounts, errors, openapi, transcoding
-from services.gateway.config import SYNTH_TIMEOUT_SECONDS
-from services.gateway.discovery import Route
-from services.gateway.upstreams import RouteTable
+from services.gateway.edge import errors, openapi, transcoding
+from services.gateway.edge.discovery import Route
+from services.gateway.edge.upstreams import RouteTable
 
 log = logging.getLogger("gateway.http")
 
@@ -45,14 +47,8 @@ UNMATCHED = "unmatched"
 # Probed every few seconds: their access log lines are DEBUG, not INFO.
 PROBES = {"/healthz", "/readyz", "/metrics"}
 REQUEST_ID_RESPONSE_HEADER = "X-Request-Id"
-# Upstream response metadata that clients get as HTTP headers (nothing else leaks out).
-FORWARDED_METADATA = {"x-generation-id": "X-Generation-Id"}
-# Generating waits on a synth provider for up to GATEWAY_SYNTH_TIMEOUT_SECONDS,
-# after preparing the voice prompt with ordinary calls: its deadline covers both.
-GENERATING_METHODS = {
-    "/voice.gateway.v1.GenerationService/CreateGeneration",
-    "/voice.gateway.v1.SpeechService/CreateSpeech",
-}
+# Checks an `Authorization` header and returns the caller's account id, or raises UNAUTHORIZED.
+Authenticate = Callable[[str], Awaitable[int]]
 
 
 def error_response(error: ApiError, headers: dict[str, str] | None = None) -> web.Response:
@@ -65,10 +61,19 @@ def error_response(error: ApiError, headers: dict[str, str] | None = None) -> we
 
 
 class HttpFront:
-    def __init__(self, table: RouteTable, pool: asyncpg.Pool, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        table: RouteTable,
+        authenticate: Authenticate,
+        max_body_bytes: int,
+        trusted_metadata: Sequence[tuple[str, str]] = (),
+    ) -> None:
         self.table = table
-        self.pool = pool
+        self.authenticate = authenticate
         self.max_body_bytes = max_body_bytes
+        # Sent with every authenticated call, beside the account: how the
+        # upstream knows the key was checked here.
+        self.trusted_metadata = tuple(trusted_metadata)
         # client_max_size makes aiohttp stop reading (and raise) past the limit,
         # for bodies whose size is not announced up front.
         self.app = web.Application(client_max_size=max_body_bytes, middlewares=[self._middleware])
@@ -189,20 +194,21 @@ class HttpFront:
         )
 
     async def openapi(self, request: web.Request) -> web.Response:
-        return web.json_response(openapi.document(self.table.routes))
+        return web.json_response(openapi.document(self.table.routes, self.table.comments()))
 
     # --- the API ----------------------------------------------------------------
 
     async def api(self, request: web.Request) -> web.Response:
+        authorization = request.headers.get("Authorization", "")
         try:
             route, path_params = self._route(request)
         except ApiError:
-            await self._authenticate(request)  # without a key, 401 comes first, as for every route
+            await self.authenticate(authorization)  # without a key, 401 comes first, as for every route
             raise
         request["route"] = route.template.text
         account_id = None
-        if route.rpc.path not in accounts.KEYLESS_METHODS:
-            account_id = await self._authenticate(request)
+        if route.rpc.needs_key:
+            account_id = await self.authenticate(authorization)
             request["account_id"] = account_id
         if route.rpc.server_streaming or route.rpc.client_streaming:
             # Streaming RPCs (chunked audio) come with a later issue.
@@ -213,15 +219,6 @@ class HttpFront:
             return error_response(reply.error, reply.headers)
         output = transcoding.to_http_response(route, reply.response)
         return web.Response(body=output.body, headers={"Content-Type": output.content_type, **reply.headers})
-
-    async def _authenticate(self, request: web.Request) -> int:
-        key = accounts.bearer_key(request.headers.get("Authorization", ""))
-        if key is None:
-            raise errors.unauthorized("missing API key: send the header 'Authorization: Bearer <key>'")
-        account_id = await accounts.account_for_key(self.pool, key)
-        if account_id is None:
-            raise errors.unauthorized("invalid API key")
-        return account_id
 
     def _route(self, request: web.Request) -> tuple[Route, dict[str, str]]:
         route, path_params, allowed = self.table.match(request.method, request.rel_url.raw_path)
@@ -264,19 +261,18 @@ class HttpFront:
         metadata = ()
         if account_id is not None:
             metadata = (
-                ("x-account-id", str(account_id)),
+                (clients.ACCOUNT_ID_METADATA, str(account_id)),
                 ("authorization", request.headers["Authorization"]),
+                *self.trusted_metadata,
             )
-        timeout = None  # the channel's ordinary deadline
-        if route.rpc.path in GENERATING_METHODS:
-            timeout = SYNTH_TIMEOUT_SECONDS.value + config.UPSTREAM_TIMEOUT_SECONDS.value
-        call = method(grpc_request, metadata=metadata, timeout=timeout)
+        call = method(grpc_request, metadata=metadata, timeout=route.rpc.deadline_seconds())
+        headers = route.rpc.forwarded_headers
         try:
             response = await call
         except grpc.aio.AioRpcError as rpc_error:
             error = _public(ApiError.from_rpc_error(rpc_error), upstream.name)
-            return UpstreamReply(error=error, headers=_forwarded(rpc_error.initial_metadata()))
-        return UpstreamReply(response=response, headers=_forwarded(await call.initial_metadata()))
+            return UpstreamReply(error=error, headers=_forwarded(rpc_error.initial_metadata(), headers))
+        return UpstreamReply(response=response, headers=_forwarded(await call.initial_metadata(), headers))
 
 
 @dataclass
@@ -288,12 +284,9 @@ class UpstreamReply:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def _forwarded(metadata) -> dict[str, str]:
-    return {
-        FORWARDED_METADATA[key]: value
-        for key, value in (metadata or ())
-        if key in FORWARDED_METADATA and isinstance(value, str)
-    }
+def _forwarded(metadata, headers: dict[str, str]) -> dict[str, str]:
+    """The response metadata the method's proto lets out, as HTTP headers (nothing else leaks out)."""
+    return {headers[key]: value for key, value in (metadata or ()) if key in headers and isinstance(value, str)}
 
 
 def _public(error: ApiError, upstream: str) -> ApiError:

@@ -1,7 +1,7 @@
 """GenerationService: POST /v1/voice/generations and the history of generations.
 
-Callers authenticate with ``authorization: Bearer <key>`` metadata: this
-service checks the key itself (the HTTP front passes its header on), so an
+Callers authenticate with ``authorization: Bearer <key>`` metadata, or come
+through the HTTP edge, which checked their key (see accounts.py): an
 internal gRPC client uses the same key as an HTTP one, and a bare
 ``x-account-id`` is never trusted here.
 
@@ -31,7 +31,7 @@ from google.api import httpbody_pb2
 
 from runtime import clients
 from runtime.errors import ApiError
-from services.gateway import accounts, history, parameters, prompt
+from services.gateway.accounts import Accounts
 from services.gateway.config import (
     MAX_COLLECTION_CHARS,
     MAX_INPUT_CHARS,
@@ -39,8 +39,8 @@ from services.gateway.config import (
     PUBLIC_URL,
     SYNTH_TIMEOUT_SECONDS,
 )
-from services.gateway.errors import unauthorized
-from services.gateway.routing import Candidate, Router
+from services.gateway.generation import history, parameters, prompt
+from services.gateway.generation.routing import Candidate, Router
 from voice.gateway.v1 import generations_pb2, generations_pb2_grpc
 from voice.synth.v1 import synth_pb2
 
@@ -50,17 +50,6 @@ GENERATION_ID_METADATA = "x-generation-id"
 WAV = "audio/wav"
 # Longest model id kept in the history of a refused request (no provider serves a longer one).
 MAX_STORED_MODEL_CHARS = 200
-
-
-async def authenticated_account(pool: asyncpg.Pool, context: grpc.aio.ServicerContext) -> int:
-    metadata = dict(context.invocation_metadata() or ())
-    key = accounts.bearer_key(metadata.get("authorization", ""))
-    if key is None:
-        raise unauthorized("missing API key: send the metadata 'authorization: Bearer <key>'")
-    account_id = await accounts.account_for_key(pool, key)
-    if account_id is None:
-        raise unauthorized("invalid API key")
-    return account_id
 
 
 def error_type(error: BaseException) -> tuple[str, str]:
@@ -100,8 +89,9 @@ def in_callers_terms(error: ApiError, names: Mapping[str, str]) -> None:
 
 
 class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
-    def __init__(self, pool: Callable[[], asyncpg.Pool], router: Router) -> None:
+    def __init__(self, pool: Callable[[], asyncpg.Pool], accounts: Accounts, router: Router) -> None:
         self.pool = pool
+        self.accounts = accounts
         self.router = router
         self.library: grpc.aio.Channel | None = None
         self.transcode: grpc.aio.Channel | None = None
@@ -118,7 +108,7 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
     # --- generating ------------------------------------------------------------
 
     async def CreateGeneration(self, request, context):
-        account_id = await authenticated_account(self.pool(), context)
+        account_id = await self.accounts.caller(context)
         generated = await self.generate(account_id, request, context)
         return generations_pb2.CreateGenerationResponse(generation=generated.generation, audio=generated.audio)
 
@@ -204,7 +194,7 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
             log.warning("could not record the failure of a generation", extra={"generation": generation_id})
 
     async def StreamGeneration(self, request, context):
-        await authenticated_account(self.pool(), context)
+        await self.accounts.caller(context)
         raise ApiError(
             grpc.StatusCode.UNIMPLEMENTED,
             "NOT_IMPLEMENTED",
@@ -215,19 +205,19 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
     # --- history ---------------------------------------------------------------
 
     async def ListGenerations(self, request, context):
-        account_id = await authenticated_account(self.pool(), context)
+        account_id = await self.accounts.caller(context)
         rows, next_token = await history.list_page(self.pool(), account_id, request.page_size, request.page_token)
         return generations_pb2.ListGenerationsResponse(
             generations=[history.to_proto(row, PUBLIC_URL.value) for row in rows], next_page_token=next_token
         )
 
     async def GetGeneration(self, request, context):
-        account_id = await authenticated_account(self.pool(), context)
+        account_id = await self.accounts.caller(context)
         row = await history.get(self.pool(), account_id, request.id)
         return generations_pb2.GetGenerationResponse(generation=history.to_proto(row, PUBLIC_URL.value))
 
     async def GetGenerationAudio(self, request, context):
-        account_id = await authenticated_account(self.pool(), context)
+        account_id = await self.accounts.caller(context)
         audio = await history.get_audio(self.pool(), account_id, request.id)
         return generations_pb2.GetGenerationAudioResponse(audio=httpbody_pb2.HttpBody(content_type=WAV, data=audio))
 

@@ -14,7 +14,9 @@ The rules are those of google.api.http (as grpc-gateway applies them):
   answer is sent as its raw data with its content type.
 
 JSON uses the proto field names (snake_case); every bad input is an
-INVALID_PARAMETER error naming the field at fault.
+INVALID_PARAMETER error naming the field at fault. A number must be a JSON
+number: protobuf's JSON parser would also take ``"1.0"``, but a client that
+sends text where the API documents a number has a bug worth hearing about.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from dataclasses import dataclass, field
 
 from google.protobuf import descriptor, json_format, message, message_factory
 
+_FieldType = descriptor.FieldDescriptor
+
 from runtime.errors import ApiError, invalid_argument, invalid_parameter
-from services.gateway.discovery import Route, field_at, is_http_body
-from services.gateway.errors import unsupported_media_type
+from services.gateway.edge.discovery import Route, field_at, is_http_body
+from services.gateway.edge.errors import unsupported_media_type
 
 JSON_CONTENT_TYPE = "application/json"
 DEFAULT_BINARY_TYPE = "application/octet-stream"
@@ -206,11 +210,44 @@ def _typed(leaf: descriptor.FieldDescriptor, name: str, value: str):
 
 
 def _parse_dict(document: dict, target: message.Message, prefix: str) -> None:
+    _refuse_numbers_as_text(document, target.DESCRIPTOR, prefix)
     try:
         json_format.ParseDict(document, target)
     except json_format.ParseError as error:
         param, problem = _find_bad_field(document, target.DESCRIPTOR, prefix, error)
         raise invalid_parameter(param, problem) from None
+
+
+_NUMERIC = {
+    _FieldType.CPPTYPE_INT32,
+    _FieldType.CPPTYPE_INT64,
+    _FieldType.CPPTYPE_UINT32,
+    _FieldType.CPPTYPE_UINT64,
+    _FieldType.CPPTYPE_DOUBLE,
+    _FieldType.CPPTYPE_FLOAT,
+}
+
+
+def _refuse_numbers_as_text(document: dict, message_descriptor: descriptor.Descriptor, prefix: str) -> None:
+    """INVALID_PARAMETER for a JSON string given to a number field (also in lists, maps and nested messages)."""
+    fields = {**{f.json_name: f for f in message_descriptor.fields}, **message_descriptor.fields_by_name}
+    for key, value in document.items():
+        found = fields.get(key)
+        if found is None or value is None:
+            continue  # unknown fields are json_format's to name
+        path = prefix + key
+        entry = found.message_type if found.message_type is not None and found.message_type.GetOptions().map_entry else None
+        if entry is not None:
+            target = entry.fields_by_name["value"]
+            values = list(value.values()) if isinstance(value, dict) else []
+        else:
+            target = found
+            values = value if found.is_repeated and isinstance(value, list) else [value]
+        for item in values:
+            if target.cpp_type in _NUMERIC and target.enum_type is None and isinstance(item, str):
+                raise invalid_parameter(path, _invalid_value(path, found, value, single=False))
+            if _is_plain_message(target) and isinstance(item, dict):
+                _refuse_numbers_as_text(item, target.message_type, path + ".")
 
 
 def _find_bad_field(

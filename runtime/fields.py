@@ -1,0 +1,163 @@
+"""The field rules declared in the protos, applied to requests.
+
+A request field may carry ``[(voice.api.v1.field) = {...}]`` (see
+protos/voice/api/v1/annotations.proto): required, numeric bounds, a default,
+the values a string may take, a longest length (fixed, or a setting's). A
+service checks each request with :func:`check` before anything else, and
+reads left-out fields with :func:`value`; the gateway publishes the same
+rules in /openapi.json. The rules are said once, in the proto, so the checks,
+the errors and the documentation cannot disagree.
+
+Every refusal is INVALID_ARGUMENT naming the field, with reason
+INVALID_PARAMETER unless the rule names another (``missing_reason``,
+``too_long_reason``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from typing import Any, Mapping
+
+from google.protobuf import descriptor, message
+
+from runtime import config
+from runtime.errors import invalid_argument, invalid_parameter
+from voice.api.v1 import annotations_pb2
+
+FieldRules = annotations_pb2.FieldRules
+_NUMBERS = {
+    descriptor.FieldDescriptor.CPPTYPE_INT32,
+    descriptor.FieldDescriptor.CPPTYPE_INT64,
+    descriptor.FieldDescriptor.CPPTYPE_UINT32,
+    descriptor.FieldDescriptor.CPPTYPE_UINT64,
+    descriptor.FieldDescriptor.CPPTYPE_DOUBLE,
+    descriptor.FieldDescriptor.CPPTYPE_FLOAT,
+}
+_FLOATS = {descriptor.FieldDescriptor.CPPTYPE_DOUBLE, descriptor.FieldDescriptor.CPPTYPE_FLOAT}
+
+
+def rules(field: descriptor.FieldDescriptor) -> FieldRules | None:
+    """The field's declared rules, or None."""
+    options = field.GetOptions()
+    if not options.HasExtension(annotations_pb2.field):
+        return None
+    return options.Extensions[annotations_pb2.field]
+
+
+def has_explicit_presence(field: descriptor.FieldDescriptor) -> bool:
+    """A proto3 `optional` scalar: left out and sent as zero are told apart."""
+    return field.message_type is None and field.has_presence
+
+
+def is_number(field: descriptor.FieldDescriptor) -> bool:
+    return field.cpp_type in _NUMBERS and field.enum_type is None
+
+
+def default(field: descriptor.FieldDescriptor) -> Any:
+    """The declared default of a field, or None."""
+    declared = rules(field)
+    if declared is None or not declared.default:
+        return None
+    return json.loads(declared.default)
+
+
+def max_length(declared: FieldRules, settings: Mapping[str, Any] | None = None) -> int | None:
+    """The longest text allowed: the named setting's value (`settings` first), or the fixed number."""
+    if declared.max_length_setting:
+        if settings and declared.max_length_setting in settings:
+            return int(settings[declared.max_length_setting])
+        return int(config.REGISTRY[declared.max_length_setting].value)
+    return declared.max_length or None
+
+
+def value(request: message.Message, name: str) -> Any:
+    """The field's value, its declared default when it was left out."""
+    field = request.DESCRIPTOR.fields_by_name[name]
+    left_out = (
+        not request.HasField(name) if has_explicit_presence(field) else getattr(request, name) in ("", None)
+    )
+    fallback = default(field)
+    if left_out and fallback is not None:
+        return fallback
+    return getattr(request, name)
+
+
+def check(request: message.Message, settings: Mapping[str, Any] | None = None) -> None:
+    """Raise the error of the first field, in declaration order, that breaks its rules.
+
+    `settings` overrides the values of settings the rules name (a test's limits).
+    """
+    for field in request.DESCRIPTOR.fields:
+        check_field(request, field.name, settings)
+
+
+def check_field(request: message.Message, name: str, settings: Mapping[str, Any] | None = None) -> None:
+    """Check one field against its rules (a service that checks some fields before others)."""
+    field = request.DESCRIPTOR.fields_by_name[name]
+    declared = rules(field)
+    if declared is not None:
+        _check_field(request, field, declared, settings)
+
+
+def _check_field(request: message.Message, field, declared: FieldRules, settings) -> None:
+    name = field.name
+    if has_explicit_presence(field) and not request.HasField(name):
+        return  # left out: the default applies
+    current = getattr(request, name)
+    if field.message_type is not None:  # google.api.HttpBody: its data is what counts
+        empty = not getattr(current, "data", b"") if request.HasField(name) else True
+    elif isinstance(current, str):
+        empty = not current.strip()
+    else:
+        empty = False
+    if declared.required and empty:
+        raise invalid_argument(declared.missing_reason or "INVALID_PARAMETER", f"{name} is required", name)
+    if isinstance(current, str):
+        _check_text(name, current, field, declared, settings)
+    elif is_number(field):
+        _check_number(name, current, declared)
+
+
+def _check_text(name: str, text: str, field, declared: FieldRules, settings) -> None:
+    limit = max_length(declared, settings)
+    length = len(text.strip())
+    if limit is not None and length > limit:
+        raise invalid_argument(
+            declared.too_long_reason or "INVALID_PARAMETER",
+            f"{name} is {length} characters; the limit is {limit}",
+            name,
+        )
+    if declared.one_of and text not in declared.one_of:
+        if text == "" and not has_explicit_presence(field):
+            return  # left out: the default applies
+        shown = text if len(text) <= 40 else text[:40] + "…"
+        raise invalid_parameter(name, f"{name} must be one of {', '.join(declared.one_of)}; got {shown!r}")
+
+
+def _check_number(name: str, number: float, declared: FieldRules) -> None:
+    low = declared.minimum if declared.HasField("minimum") else -math.inf
+    high = declared.maximum if declared.HasField("maximum") else math.inf
+    if low <= number <= high:  # NaN fails
+        return
+    if math.isinf(high):
+        rule = f"at least {low:g}"
+    elif math.isinf(low):
+        rule = f"at most {high:g}"
+    else:
+        rule = f"between {low:g} and {high:g}"
+    raise invalid_parameter(name, f"{name} must be {rule}, got {number:g}")
+
+
+@functools.cache
+def bounds(message_descriptor: descriptor.Descriptor) -> dict[str, tuple[float, float, Any]]:
+    """Each numeric field with declared bounds: (lowest, highest, default), in declaration order."""
+    found = {}
+    for field in message_descriptor.fields:
+        declared = rules(field)
+        if declared is not None and is_number(field) and declared.HasField("minimum"):
+            kind = float if field.cpp_type in _FLOATS else int
+            high = kind(declared.maximum) if declared.HasField("maximum") else math.inf
+            found[field.name] = (kind(declared.minimum), high, default(field))
+    return found

@@ -1,0 +1,105 @@
+"""A client generated from the running gateway's /openapi.json works, as a user would make and use it.
+
+openapi-python-client generates a package from the document; a separate
+Python process then uses that package alone (no code of ours) to upload a
+voice sample, create a generation and get its WAV bytes. Audio media types
+are mapped to bytes with the generator's own `content_type_overrides`
+setting (tests/gateway/openapi-python-client.yaml, shown in the README).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tests.gateway.conftest import FIXTURES, HERE, wait_for_models
+
+pytestmark = pytest.mark.slow
+
+CLIENT_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from voicemesh_api_client import AuthenticatedClient
+    from voicemesh_api_client.api.generation_service import generation_service_create_generation
+    from voicemesh_api_client.api.library_service import library_service_create_voice_sample
+    from voicemesh_api_client.models import (
+        LibraryServiceCreateVoiceSampleFilesBody,
+        VoiceGatewayV1CreateGenerationRequest,
+        VoiceGatewayV1CreateGenerationRequestSpeakers,
+        VoiceLibraryV1VoiceSample,
+    )
+    from voicemesh_api_client.types import File
+
+    base_url, key, audio_path = sys.argv[1:]
+    client = AuthenticatedClient(base_url=base_url, token=key, timeout=300)
+    with open(audio_path, "rb") as audio:
+        sample = library_service_create_voice_sample.sync(
+            client=client,
+            body=LibraryServiceCreateVoiceSampleFilesBody(
+                audio=File(payload=audio, file_name="hello.webm", mime_type="audio/webm"),
+                speaker_name="Ada",
+                transcript="Hello world, this is a voice sample for testing.",
+            ),
+        )
+    assert isinstance(sample, VoiceLibraryV1VoiceSample), sample
+    speakers = VoiceGatewayV1CreateGenerationRequestSpeakers()
+    speakers["S1"] = sample.id
+    made = generation_service_create_generation.sync_detailed(
+        client=client,
+        body=VoiceGatewayV1CreateGenerationRequest(
+            input_="[S1] Hello there.", speakers=speakers, max_new_tokens=256, seed=3
+        ),
+    )
+    refused = generation_service_create_generation.sync(
+        client=client, body=VoiceGatewayV1CreateGenerationRequest(input_="[S1] Hi.", temperature=9.0)
+    )
+    print(json.dumps({
+        "sample_id": sample.id,
+        "speaker_name": sample.speaker_name,
+        "status": int(made.status_code),
+        "generation_id": made.headers.get("x-generation-id"),
+        "wav_head": made.parsed.payload.read(12).decode("latin-1"),
+        "wav_bytes": len(made.content),
+        "refused": [refused.error.type_, refused.error.param],
+    }))
+    """
+)
+
+
+async def test_a_generated_client_uploads_a_sample_and_gets_the_wav(http, mesh, accounts, tmp_path):
+    alice = accounts[0]
+    await wait_for_models(http, alice)
+    (tmp_path / "openapi.json").write_text(json.dumps(await (await http.get("/openapi.json")).json()))
+    generated = subprocess.run(
+        [
+            sys.executable, "-m", "openapi_python_client", "generate",
+            "--path", str(tmp_path / "openapi.json"),
+            "--meta", "none",
+            "--output-path", str(tmp_path / "voicemesh_api_client"),
+            "--config", str(HERE / "openapi-python-client.yaml"),
+        ],
+        capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert generated.returncode == 0, generated.stdout + generated.stderr
+    for operation in ("POST /v1/voice/generations", "GET /v1/voice/generations/{id}/audio"):
+        assert f"parsing {operation}" not in generated.stdout, generated.stdout
+
+    used = subprocess.run(
+        [sys.executable, "-c", CLIENT_SCRIPT, mesh.http_url, alice.key, str(FIXTURES / "speech_hello.webm")],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )  # fmt: skip
+    assert used.returncode == 0, used.stdout + used.stderr
+    result = json.loads(used.stdout.strip().splitlines()[-1])
+    assert result["speaker_name"] == "Ada" and result["sample_id"] > 0
+    assert result["status"] == 200 and result["generation_id"].startswith("gen_")
+    assert result["wav_head"].startswith("RIFF") and result["wav_head"][8:12] == "WAVE"
+    assert result["wav_bytes"] > 44
+    assert result["refused"] == ["invalid_parameter", "temperature"]
+    stored = await (await http.get(f"/v1/voice/generations/{result['generation_id']}", headers=alice.headers)).json()
+    assert stored["status"] == "succeeded" and stored["speakers"] == {"S1": result["sample_id"]}
