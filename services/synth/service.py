@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
-import unicodedata
 
 import grpc
 
@@ -13,6 +11,7 @@ from runtime import clients
 from runtime import config as runtime_config
 from runtime.errors import ApiError, invalid_argument, invalid_parameter
 from runtime.server import Servicer, ServiceSpec
+from runtime.text import sanitize
 from services.synth import audio, config, params
 from services.synth.batching import Batcher
 from services.synth.engine import DiaEngine, ModelLoadError, SynthesisInput, resolve_model
@@ -23,22 +22,6 @@ from voice.transcode.v1 import transcode_pb2, transcode_pb2_grpc
 log = logging.getLogger("synth.service")
 
 FEATURES = ("voice-cloning", "dialogue")
-_SPACES = re.compile(r"\s+")
-
-
-def sanitize(text: str) -> str:
-    """Text Dia's byte tokenizer reads as written: no special tokens but the speaker tags.
-
-    The gateway validates scripts already; this is a second line. Control
-    bytes 0-2 would read as the <pad>, [S1] and [S2] token ids, and a literal
-    "<pad>" as the pad token, so both go; whitespace runs become one space.
-    """
-    kept = "".join(
-        " " if char.isspace() else char
-        for char in text
-        if char.isspace() or unicodedata.category(char) not in ("Cc", "Cf", "Cs", "Co")
-    )
-    return _SPACES.sub(" ", kept.replace("<pad>", "")).strip()
 
 
 def model_loading() -> ApiError:

@@ -7,7 +7,7 @@ import pytest
 
 from runtime.errors import ApiError
 from services.synth import audio
-from services.synth.service import sanitize
+from runtime.text import sanitize
 from tests.synth.helpers import noise_wav, wav_layout, wav_samples
 
 

@@ -8,22 +8,20 @@ The rules are the public spec's (../shared/spec/voice-generations-api.txt,
 * ``[S3]`` and above are not supported;
 * non-verbal cues in parentheses, ``(laughs)``, are kept as written.
 
-Dia's tokenizer is byte-level with three special tokens: ``<pad>``, ``[S1]``
-and ``[S2]``, and the low control bytes stand for those ids. So user text is
-sanitized: control characters go (newlines and tabs become spaces), and the
-literal ``<pad>`` cannot pass through, so the only special tokens the model
-sees are the speaker tags we validated.
+User text is sanitized first (runtime.text: no control characters, no
+literal ``<pad>``), so the only special tokens the model sees are the speaker
+tags validated here.
 """
 
 from __future__ import annotations
 
 import re
-import unicodedata
 from dataclasses import dataclass
 
 import grpc
 
 from runtime.errors import ApiError, invalid_argument
+from runtime.text import sanitize
 
 # Any bracketed speaker-like tag, so that [S3], [s1] and [S 2] are all seen and judged.
 _TAG = re.compile(r"\[\s*[sS]\s*(\d+)\s*\]")
@@ -34,19 +32,6 @@ _SPACES = re.compile(r"\s+")
 class Script:
     text: str  # normalized: "[S1] Hello. [S2] Hi."
     speakers: frozenset[str]  # tags used: {"S1"} or {"S1", "S2"}
-
-
-def sanitize(text: str) -> str:
-    cleaned = []
-    for char in text:
-        if char in "\n\r\t":
-            cleaned.append(" ")
-        elif unicodedata.category(char) in ("Cc", "Cf", "Cs", "Co"):
-            continue  # control, format, surrogate and private-use characters never reach the model
-        else:
-            cleaned.append(char)
-    text = "".join(cleaned).replace("<pad>", "")
-    return _SPACES.sub(" ", text).strip()
 
 
 def parse_script(raw: str, max_chars: int) -> Script:

@@ -37,8 +37,9 @@ from google.api import httpbody_pb2
 
 from runtime import clients, fields
 from runtime.errors import ApiError, invalid_argument
+from runtime.text import sanitize
 from services.gateway.config import SPEECH_FRAMES_PER_CHARACTER
-from services.gateway.generation import parameters, script
+from services.gateway.generation import parameters
 from services.gateway.generation.generations import GenerationService
 from voice.gateway.v1 import generations_pb2, speech_pb2, speech_pb2_grpc
 from voice.library.v1 import library_pb2, library_pb2_grpc
@@ -79,7 +80,7 @@ MAX_QUOTED_CHARS = 100
 def frame_budget(text: str, frames_per_character: float) -> int:
     """max_new_tokens for `text`: frames_per_character per character, within the public range."""
     bounds = parameters.RANGES["max_new_tokens"]
-    wanted = math.ceil(len(script.sanitize(text)) * frames_per_character)
+    wanted = math.ceil(len(sanitize(text)) * frames_per_character)
     return int(min(max(wanted, bounds.low), bounds.high))
 
 
