@@ -149,6 +149,15 @@ async def is_reachable(pool: asyncpg.Pool) -> bool:
 
 
 @contextlib.asynccontextmanager
+async def connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A connection for single statements, each its own transaction (one round trip, not three),
+    with connection loss reported as DATABASE_UNAVAILABLE."""
+    with database_errors():
+        async with pool.acquire() as connection:
+            yield connection
+
+
+@contextlib.asynccontextmanager
 async def transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
     """A connection in a transaction, with connection loss reported as DATABASE_UNAVAILABLE."""
     with database_errors():

@@ -46,6 +46,13 @@ MAX_COLLECTION_CHARS = setting(
     "longest generation `collection` name in characters; a longer one is refused with 400 invalid_parameter",
     between(1, 10_000, int),
 )
+PROMPT_CACHE_BYTES = setting(
+    "GATEWAY_PROMPT_CACHE_BYTES",
+    64 * 1024 * 1024,
+    "memory for assembled voice-cloning prompts, kept by their samples' identity and content so that the "
+    "same voices are fetched and joined once (least recently used go first; 0 turns the cache off)",
+    between(0, 2**40, int),
+)
 PROMPT_GAP_SECONDS = setting(
     "GATEWAY_PROMPT_GAP_SECONDS",
     0.3,

@@ -2,7 +2,8 @@
 
 Each function takes the caller's account id and touches only that account's
 rows, so a sample of another account is simply not found. Connection loss
-becomes DATABASE_UNAVAILABLE through runtime.database.transaction.
+becomes DATABASE_UNAVAILABLE through runtime.database (single reads and deletes
+run as one statement each; changes of the default flag in a transaction).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 import asyncpg
 import grpc
 
-from runtime.database import transaction
+from runtime.database import connection, transaction
 from runtime.errors import ApiError, not_found
 from services.library.rules import Position
 
@@ -115,8 +116,8 @@ async def list_page(
     if after is not None:
         arguments += [after.create_time, after.id]
         after_clause = "AND (create_time, id) < ($3, $4)"
-    async with transaction(pool) as connection:
-        return await connection.fetch(
+    async with connection(pool) as db:
+        return await db.fetch(
             f"""SELECT {_SAMPLE_COLUMNS} FROM samples
                 WHERE account_id = $1 {after_clause}
                 ORDER BY create_time DESC, id DESC
@@ -126,8 +127,8 @@ async def list_page(
 
 
 async def get(pool: asyncpg.Pool, account: int, sample_id: int) -> asyncpg.Record:
-    async with transaction(pool) as connection:
-        return await _fetch(connection, account, sample_id)
+    async with connection(pool) as db:
+        return await _fetch(db, account, sample_id)
 
 
 async def _fetch(connection: asyncpg.Connection, account: int, sample_id: int) -> asyncpg.Record:
@@ -140,8 +141,8 @@ async def _fetch(connection: asyncpg.Connection, account: int, sample_id: int) -
 
 
 async def get_audio(pool: asyncpg.Pool, account: int, sample_id: int) -> bytes:
-    async with transaction(pool) as connection:
-        wav = await connection.fetchval(
+    async with connection(pool) as db:
+        wav = await db.fetchval(
             "SELECT normalized_wav FROM samples WHERE account_id = $1 AND id = $2",
             account,
             sample_id,
@@ -190,8 +191,8 @@ async def update(
 
 
 async def delete(pool: asyncpg.Pool, account: int, sample_id: int) -> None:
-    async with transaction(pool) as connection:
-        deleted = await connection.fetchval(
+    async with connection(pool) as db:
+        deleted = await db.fetchval(
             "DELETE FROM samples WHERE account_id = $1 AND id = $2 RETURNING id",
             account,
             sample_id,

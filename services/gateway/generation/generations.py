@@ -35,6 +35,7 @@ from services.gateway.accounts import Accounts
 from services.gateway.config import (
     MAX_COLLECTION_CHARS,
     MAX_INPUT_CHARS,
+    PROMPT_CACHE_BYTES,
     PROMPT_GAP_SECONDS,
     PUBLIC_URL,
     SYNTH_TIMEOUT_SECONDS,
@@ -93,6 +94,7 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
         self.pool = pool
         self.accounts = accounts
         self.router = router
+        self.prompts = prompt.PromptCache(PROMPT_CACHE_BYTES.value)
         self.library: grpc.aio.Channel | None = None
         self.transcode: grpc.aio.Channel | None = None
 
@@ -162,12 +164,7 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
             script=plan.script.text, settings=parameters.synth_settings(plan.parameters)
         )
         if plan.speakers:
-            clips = await prompt.fetch_clips(self.library, account_id, plan.speakers)
-            synthesis.audio_prompt.CopyFrom(
-                await prompt.assemble(
-                    self.transcode, clips, plan.parameters.max_audio_prompt_seconds, PROMPT_GAP_SECONDS.value
-                )
-            )
+            synthesis.audio_prompt.CopyFrom(await self._prompt(account_id, plan))
 
         async def running_on(candidate: Candidate) -> None:
             await history.mark_running(self.pool(), generation_id, candidate.provider_id, candidate.model)
@@ -185,6 +182,18 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
             extra={"generation": generation_id, "provider": candidate.provider_id, "seconds": round(reply.duration_seconds, 2)},
         )
         return Generated(history.to_proto(row, PUBLIC_URL.value), audio)
+
+    async def _prompt(self, account_id: int, plan: parameters.Plan) -> synth_pb2.AudioPrompt:
+        """The voice-cloning prompt of the plan's speakers, from the cache when their samples are unchanged."""
+        samples = await prompt.fetch_samples(self.library, account_id, plan.speakers)
+        max_seconds, gap = plan.parameters.max_audio_prompt_seconds, PROMPT_GAP_SECONDS.value
+        key = prompt.PromptCache.key(account_id, samples, max_seconds, gap)
+        assembled = self.prompts.get(key)
+        if assembled is None:
+            clips = await prompt.fetch_clips(self.library, account_id, samples)
+            assembled = await prompt.assemble(self.transcode, clips, max_seconds, gap)
+            self.prompts.put(key, assembled)
+        return assembled
 
     async def _record_failure(self, generation_id: str, error: BaseException) -> None:
         kind, message = error_type(error)

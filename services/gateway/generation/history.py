@@ -22,7 +22,7 @@ import asyncpg
 from google.protobuf import json_format, timestamp_pb2
 
 from runtime import pagination
-from runtime.database import transaction
+from runtime.database import connection
 from runtime.errors import invalid_parameter, not_found
 from voice.gateway.v1 import generations_pb2
 
@@ -53,8 +53,8 @@ async def insert(
 ) -> str:
     """Store a request as queued, or as failed when given the error it was refused with; returns its id."""
     generation_id = new_id()
-    async with transaction(pool) as connection:
-        await connection.execute(
+    async with connection(pool) as db:
+        await db.execute(
             """INSERT INTO generations (id, account_id, status, input, model, speakers, parameters,
                    visibility, collection, share_token, error_type, error_message, end_time)
                VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb, $8, $9, $10, $11, $12,
@@ -77,8 +77,8 @@ async def insert(
 
 async def mark_running(pool: asyncpg.Pool, generation_id: str, provider: str, model: str) -> None:
     """Sent to a provider (again, on a retry: the provider is the latest one tried)."""
-    async with transaction(pool) as connection:
-        await connection.execute(
+    async with connection(pool) as db:
+        await db.execute(
             """UPDATE generations SET status = 'running', provider = $2, model = $3,
                    start_time = coalesce(start_time, now())
                WHERE id = $1""",
@@ -91,8 +91,8 @@ async def mark_running(pool: asyncpg.Pool, generation_id: str, provider: str, mo
 async def mark_succeeded(
     pool: asyncpg.Pool, generation_id: str, audio: bytes, duration_seconds: float, model: str, seed: int
 ) -> asyncpg.Record:
-    async with transaction(pool) as connection:
-        return await connection.fetchrow(
+    async with connection(pool) as db:
+        return await db.fetchrow(
             f"""UPDATE generations SET status = 'succeeded', audio = $2, audio_duration_seconds = $3,
                     model = $4, parameters = jsonb_set(parameters, '{{seed}}', to_jsonb($5::text)),
                     end_time = now()
@@ -107,8 +107,8 @@ async def mark_succeeded(
 
 
 async def mark_failed(pool: asyncpg.Pool, generation_id: str, error_type: str, error_message: str) -> None:
-    async with transaction(pool) as connection:
-        await connection.execute(
+    async with connection(pool) as db:
+        await db.execute(
             """UPDATE generations SET status = 'failed', error_type = $2, error_message = $3, end_time = now()
                WHERE id = $1 AND status IN ('queued', 'running')""",
             generation_id,
@@ -124,8 +124,8 @@ async def fail_abandoned(pool: asyncpg.Pool, older_than_seconds: float) -> int:
     Only requests older than any gateway could still be serving are touched, so
     this is safe to run from every replica.
     """
-    async with transaction(pool) as connection:
-        status = await connection.execute(
+    async with connection(pool) as db:
+        status = await db.execute(
             """UPDATE generations SET status = 'failed', error_type = 'interrupted',
                    error_message = 'the gateway serving this request stopped before it finished',
                    end_time = now()
@@ -136,16 +136,16 @@ async def fail_abandoned(pool: asyncpg.Pool, older_than_seconds: float) -> int:
 
 
 async def get(pool: asyncpg.Pool, account_id: int, generation_id: str) -> asyncpg.Record:
-    async with transaction(pool) as connection:
-        row = await connection.fetchrow(
+    async with connection(pool) as db:
+        row = await db.fetchrow(
             f"SELECT {_COLUMNS} FROM generations WHERE id = $1 AND account_id = $2", generation_id, account_id
         )
     return _found(row, generation_id)
 
 
 async def get_audio(pool: asyncpg.Pool, account_id: int, generation_id: str) -> bytes:
-    async with transaction(pool) as connection:
-        row = await connection.fetchrow(
+    async with connection(pool) as db:
+        row = await db.fetchrow(
             "SELECT status, audio FROM generations WHERE id = $1 AND account_id = $2", generation_id, account_id
         )
     row = _found(row, generation_id)
@@ -156,8 +156,8 @@ async def get_audio(pool: asyncpg.Pool, account_id: int, generation_id: str) -> 
 
 async def shared_audio(pool: asyncpg.Pool, share_token: str) -> bytes:
     """The audio behind a share URL; a private generation's token finds nothing, like a made-up one."""
-    async with transaction(pool) as connection:
-        audio = await connection.fetchval(
+    async with connection(pool) as db:
+        audio = await db.fetchval(
             "SELECT audio FROM generations WHERE share_token = $1 AND visibility = ANY($2::text[])",
             share_token,
             list(SHARED_VISIBILITIES),
@@ -171,8 +171,8 @@ async def list_page(pool: asyncpg.Pool, account_id: int, page_size: int, page_to
     """One page, newest first, and the token of the next ("" after the last)."""
     limit = pagination.page_size(page_size)
     before = _decode_page_token(page_token)
-    async with transaction(pool) as connection:
-        rows = await connection.fetch(
+    async with connection(pool) as db:
+        rows = await db.fetch(
             f"""SELECT {_COLUMNS} FROM generations
                 WHERE account_id = $1 AND ($2::bigint IS NULL OR seq < $2)
                 ORDER BY seq DESC LIMIT $3""",

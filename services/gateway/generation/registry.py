@@ -37,7 +37,7 @@ class ProviderRegistry(providers_pb2_grpc.ProviderRegistryServiceServicer):
         if any(not model.id for model in provider.models):
             raise invalid_parameter("provider.models", "every model needs an id")
         models = [{"id": model.id, "features": list(model.features)} for model in provider.models]
-        async with database.transaction(self.pool()) as connection:
+        async with database.connection(self.pool()) as connection:
             await connection.execute(
                 """INSERT INTO providers (provider_id, address, models, capacity, load)
                    VALUES ($1, $2, $3::jsonb, $4, $5)
@@ -56,7 +56,7 @@ class ProviderRegistry(providers_pb2_grpc.ProviderRegistryServiceServicer):
         if not request.provider_id:
             raise invalid_parameter("provider_id", "provider_id is required")
         # Deregistering twice (or after the row expired) is not an error: the provider is gone either way.
-        async with database.transaction(self.pool()) as connection:
+        async with database.connection(self.pool()) as connection:
             await connection.execute("DELETE FROM providers WHERE provider_id = $1", request.provider_id)
         return providers_pb2.DeregisterProviderResponse()
 
