@@ -249,6 +249,10 @@ OUT_OF_RANGE = [
     ("visibility", "secret"),
     ("collection", "c" * 101),
     ("cfg_scale", "high"),
+    # A number sent as text: protobuf's JSON parser would take it, the API documents a number.
+    ("temperature", "1.0"),
+    ("max_new_tokens", "300"),
+    ("seed", "7"),
     ("cfg_filter_top_k", 4.5),
     ("speakers", {"S1": "twelve"}),
 ]
@@ -468,7 +472,8 @@ async def account_id_of(mesh, account: Account) -> int:
 
 async def test_over_grpc_a_bare_account_id_or_a_wrong_key_is_unauthenticated(stub, carol, mesh):
     account_id = await account_id_of(mesh, carol)
-    for metadata in [(("x-account-id", str(account_id)),), (("authorization", "Bearer vm_wrong"),), ()]:
+    forged_edge = (("x-account-id", str(account_id)), ("x-edge-credential", "not-the-edges"))
+    for metadata in [(("x-account-id", str(account_id)),), forged_edge, (("authorization", "Bearer vm_wrong"),), ()]:
         for call in (
             stub.CreateGeneration(generations_pb2.CreateGenerationRequest(input="[S1] Hi."), metadata=metadata),
             stub.ListGenerations(generations_pb2.ListGenerationsRequest(), metadata=metadata),

@@ -103,3 +103,32 @@ async def test_a_generated_client_uploads_a_sample_and_gets_the_wav(http, mesh, 
     assert result["refused"] == ["invalid_parameter", "temperature"]
     stored = await (await http.get(f"/v1/voice/generations/{result['generation_id']}", headers=alice.headers)).json()
     assert stored["status"] == "succeeded" and stored["speakers"] == {"S1": result["sample_id"]}
+
+
+async def test_the_document_says_what_the_protos_declare(http):
+    document = await (await http.get("/openapi.json")).json()
+    schemas = document["components"]["schemas"]
+    create = document["paths"]["/v1/voice/generations"]["post"]
+    request = schemas[create["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]]
+    assert request["required"] == ["input"]
+    assert request["properties"]["temperature"] | {"description": ""} == {
+        "type": "number", "format": "double", "minimum": 0.1, "maximum": 2, "default": 1.8, "description": "",
+    }  # fmt: skip
+    assert request["properties"]["visibility"]["enum"] == ["private", "unlisted", "public"]
+    assert request["properties"]["input"]["maxLength"] == 3000  # GATEWAY_MAX_INPUT_CHARS of the running gateway
+    assert "[S1]" in request["properties"]["input"]["description"]  # the proto's comment
+    assert create["summary"] and create["description"]
+
+    ok = create["responses"]["200"]
+    assert list(ok["content"]) == ["audio/wav"] and ok["content"]["audio/wav"]["schema"]["format"] == "binary"
+    assert "X-Generation-Id" in ok["headers"]
+    for status in ("400", "401", "404", "413", "429", "502", "503"):
+        assert create["responses"][status]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+    speech = document["paths"]["/v1/audio/speech"]["post"]["responses"]["200"]["content"]
+    assert set(speech) == {"audio/mpeg", "audio/ogg", "audio/aac", "audio/flac", "audio/wav", "audio/pcm"}
+    shared = document["paths"]["/v1/shared/generations/{share_token}/audio"]["get"]
+    assert "401" not in shared["responses"] and shared["security"] == []
+    upload = document["paths"]["/v1/voice/samples"]["post"]
+    form = upload["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert form["required"] == ["audio", "speaker_name"]
+    assert not any(parameter.get("required") for parameter in upload["parameters"])

@@ -300,3 +300,12 @@ async def test_internal_clients_call_it_over_grpc_with_the_same_key(stub, dora, 
         await streaming.read()
     assert unimplemented.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
+
+
+def test_the_encodings_are_the_response_formats_speech_proto_allows():
+    from runtime import fields
+    from voice.gateway.v1 import speech_pb2
+
+    declared = fields.rules(speech_pb2.CreateSpeechRequest.DESCRIPTOR.fields_by_name["response_format"])
+    assert list(speech.RESPONSE_FORMATS) == list(declared.one_of)
+    assert speech.DEFAULT_RESPONSE_FORMAT == "mp3"

@@ -1,0 +1,82 @@
+"""runtime.fields: the rules the protos declare on request fields, applied (units, on the real protos)."""
+
+from __future__ import annotations
+
+import math
+
+import grpc
+import pytest
+
+from runtime import fields
+from runtime.errors import ApiError
+from voice.gateway.v1 import generations_pb2, speech_pb2
+from voice.library.v1 import library_pb2
+
+Generation = generations_pb2.CreateGenerationRequest
+LIMITS = {"GATEWAY_MAX_INPUT_CHARS": 20, "GATEWAY_MAX_COLLECTION_CHARS": 5}
+
+
+def refused(request, settings=LIMITS) -> ApiError:
+    with pytest.raises(ApiError) as caught:
+        fields.check(request, settings)
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    return caught.value
+
+
+def test_a_required_field_left_out_or_blank_names_its_own_reason():
+    for text in ("", "   "):
+        error = refused(Generation(input=text))
+        assert (error.reason, error.param, error.message) == ("MISSING_INPUT", "input", "input is required")
+    error = refused(library_pb2.CreateVoiceSampleRequest(speaker_name="Ada"), {})
+    assert (error.reason, error.param) == ("INVALID_PARAMETER", "audio")  # an HttpBody without data
+
+
+def test_lengths_are_the_named_settings_without_surrounding_blanks():
+    fields.check(Generation(input="x" * 20, collection=" abcde "), LIMITS)
+    error = refused(Generation(input="x" * 21))
+    assert (error.reason, error.param) == ("REQUEST_TOO_LARGE", "input")
+    assert error.message == "input is 21 characters; the limit is 20"
+    assert refused(Generation(input="hi", collection="abcdef")).reason == "INVALID_PARAMETER"
+
+
+def test_bounds_hold_at_both_edges_and_nan_is_outside():
+    fields.check(Generation(input="hi", temperature=0.1, top_p=1.0, seed=-1), LIMITS)
+    for name, value in [("temperature", 0.09), ("top_p", 1.01), ("seed", -2), ("cfg_scale", math.nan)]:
+        error = refused(Generation(input="hi", **{name: value}))
+        assert (error.reason, error.param) == ("INVALID_PARAMETER", name)
+    assert refused(Generation(input="hi", temperature=3.0)).message == "temperature must be between 0.1 and 2, got 3"
+    assert refused(Generation(input="hi", seed=-5)).message == "seed must be at least -1, got -5"
+
+
+def test_a_left_out_field_takes_its_declared_default():
+    request = Generation(input="hi")
+    assert (fields.value(request, "temperature"), fields.value(request, "cfg_filter_top_k")) == (1.8, 45)
+    assert (fields.value(request, "seed"), fields.value(request, "visibility")) == (-1, "private")
+    assert fields.value(Generation(input="hi", temperature=0.5), "temperature") == 0.5
+    assert fields.value(speech_pb2.CreateSpeechRequest(input="hi"), "response_format") == "mp3"
+
+
+def test_one_of_takes_empty_as_the_default_unless_the_field_has_presence():
+    fields.check(Generation(input="hi", visibility=""), LIMITS)
+    assert refused(Generation(input="hi", visibility="Public")).param == "visibility"
+    fields.check(library_pb2.UpdateVoiceSampleRequest(id=1), {})  # left out: nothing to check
+    error = refused(library_pb2.UpdateVoiceSampleRequest(id=1, visibility=""), {})
+    assert error.message == "visibility must be one of private, unlisted, public; got ''"
+    # Present but blank is refused on a required field with presence; left out is fine.
+    assert refused(library_pb2.UpdateVoiceSampleRequest(id=1, speaker_name=" "), {}).param == "speaker_name"
+
+
+def test_a_length_setting_is_read_from_the_environment_by_default(monkeypatch):
+    from services.library import config  # noqa: F401 - declares the LIBRARY_* settings
+
+    monkeypatch.setenv("LIBRARY_MAX_SPEAKER_NAME_CHARS", "3")
+    audio = library_pb2.CreateVoiceSampleRequest(audio={"data": b"x"})
+    fields.check(library_pb2.CreateVoiceSampleRequest(audio=audio.audio, speaker_name="Ada"))
+    assert refused(library_pb2.CreateVoiceSampleRequest(audio=audio.audio, speaker_name="Adam"), None).param == "speaker_name"
+
+
+def test_bounds_are_published_by_kind():
+    bounds = fields.bounds(Generation.DESCRIPTOR)
+    assert bounds["cfg_filter_top_k"] == (1, 100, 45) and isinstance(bounds["cfg_filter_top_k"][0], int)
+    assert bounds["temperature"] == (0.1, 2.0, 1.8)
+    assert bounds["seed"] == (-1, math.inf, -1)
