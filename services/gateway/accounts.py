@@ -14,7 +14,9 @@ services, :attr:`Accounts.edge_credential`, a per-process secret that says
 "the edge checked this key". The gateway's gRPC services find their caller
 with :meth:`Accounts.caller`: the edge's account when that credential
 comes with it, otherwise the ``authorization: Bearer <key>`` of an internal
-gRPC client, checked the same way. A bare ``x-account-id`` is never trusted.
+gRPC client, checked the same way (also the edge's forwarded key, when the
+edge's call reaches another replica behind a load-balanced GATEWAY_ADDR). A
+bare ``x-account-id`` is never trusted.
 """
 
 from __future__ import annotations

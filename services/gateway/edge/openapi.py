@@ -74,9 +74,9 @@ ERROR_STATUSES = {
     "404": "No such resource for this account (`not_found`), or no provider for the model (`no_provider`).",
     "413": "The body or a field is larger than its limit (`request_too_large`).",
     "415": "The body is not of a media type this route takes (`unsupported_media_type`).",
-    "429": "A queue is full (`stt_busy`, `synth_busy`); try again shortly.",
+    "429": "A bounded queue is full (`stt_busy`, `synth_busy`, ...); try again shortly.",
     "500": "An internal error; its message carries the request id.",
-    "502": "A synth provider failed (`upstream_error`).",
+    "502": "A provider behind the API failed (`upstream_error`).",
     "503": "A service or the database is unavailable; nothing was changed.",
 }
 REQUEST_ID_HEADER = {
