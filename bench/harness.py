@@ -11,10 +11,9 @@ import sys
 import tempfile
 from typing import AsyncIterator
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "gen")]
+from tools import mesh as mesh_tools
 
-from tools import mesh as mesh_tools  # noqa: E402
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:

@@ -22,10 +22,9 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "gen")]
+from runtime import config
 
-from runtime import config  # noqa: E402
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # Dependency order: a service starts after those it calls.
 START_ORDER = ["transcode", "stt", "library", "synth", "gateway"]
@@ -160,7 +159,6 @@ class Mesh:
 
 def mesh_environment(database_url: str | None) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "gen")])
     env["PYTHONUNBUFFERED"] = "1"
     if database_url:
         env["DATABASE_URL"] = database_url
