@@ -100,10 +100,10 @@ def test_make_run_starts_everything_and_ctrl_c_stops_it(tmp_path: pathlib.Path):
 
 
 def test_readme_configuration_table_matches_the_code():
-    from runtime import config
+    from tools import settings_table
 
-    config.load_all()
+    settings_table.load_all()
     readme = (ROOT / "README.md").read_text()
-    assert config.markdown_table() in readme, (
-        "README's configuration table is stale: paste the output of `python -m runtime.config`"
+    assert settings_table.markdown_table() in readme, (
+        "README's configuration table is stale: paste the output of `python -m tools.settings_table`"
     )
