@@ -19,7 +19,7 @@ protos: $(VENV)/.requirements
 
 # Creates the account if needed and prints a new API key as the last line.
 key: $(VENV)/.installed gen/.stamp
-	$(PY) -m services.gateway.keys $(ACCOUNT)
+	$(PY) -m tools.make_key $(ACCOUNT)
 
 # A tiny random-weight Dia and codec under var/models/tiny-random: DIA_MODEL=tiny-random make run.
 tiny-models: $(VENV)/.installed
