@@ -129,3 +129,29 @@ def test_pyproject_and_requirements_pin_the_same_versions():
     assert declared == locked
     assert all("==" in requirement for requirement in declared)
     assert "torch==2.13.0" in declared
+
+
+# --- Every service folder alike --------------------------------------------------------
+
+
+def test_every_service_is_run_by_the_same_main():
+    assert {"gateway", "library", "transcode", "stt", "synth"} <= set(SERVICES)
+    for name in SERVICES:
+        tree = ast.parse((ROOT / "services" / name / "__main__.py").read_text())
+        body = tree.body[1:] if ast.get_docstring(tree) else tree.body
+        code = "\n".join(ast.unparse(statement) for statement in body)
+        assert code == (
+            "from runtime.server import main\n"
+            f"from services.{name}.service import build_spec\n"
+            "if __name__ == '__main__':\n"
+            "    main(build_spec)"
+        ), f"services/{name}/__main__.py"
+
+
+def test_every_service_builds_its_spec_in_service_py_and_declares_settings_in_config_py():
+    for name in SERVICES:
+        tree = ast.parse((ROOT / "services" / name / "service.py").read_text())
+        functions = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+        assert "build_spec" in functions, f"services/{name}/service.py has no build_spec"
+        config = (ROOT / "services" / name / "config.py").read_text()
+        assert "from runtime.config import" in config and "setting(" in config, f"services/{name}/config.py"
