@@ -122,6 +122,17 @@ def test_make_run_refuses_to_start_on_a_port_in_use(tmp_path: pathlib.Path, sett
             health_status(f"127.0.0.1:{env[f'{name.upper()}_GRPC_PORT']}")
 
 
+def test_make_run_refuses_one_port_set_for_two_servers(tmp_path: pathlib.Path):
+    env = make_run_environment(tmp_path)
+    env["LIBRARY_METRICS_PORT"] = port = env["STT_GRPC_PORT"]
+    result = subprocess.run(
+        ["make", "--no-print-directory", "run"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert f"port {port} is set twice: STT_GRPC_PORT, gRPC of stt and LIBRARY_METRICS_PORT" in result.stdout
+    assert not (tmp_path / "postgres").exists()
+
+
 def test_readme_configuration_table_matches_the_code():
     from tools import settings_table
 
