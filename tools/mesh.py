@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import os
 import pathlib
-import errno
 import signal
 import socket
 import sys
@@ -72,7 +72,10 @@ def port_problems(services: list[str]) -> list[str]:
             problems.append(f"port {port} is set twice: {seen[port]} and {what}")
             continue
         seen[port] = what
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        except socket.gaierror as error:
+            return [f"BIND_HOST={host} is no address to listen on: {error.strerror}"]
         with socket.socket(family, kind, proto) as probe:
             # As the servers do: a port whose last connections linger in TIME_WAIT is free.
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
