@@ -5,7 +5,6 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 PROTOS := $(shell find protos -name '*.proto')
-export PYTHONPATH := $(CURDIR):$(CURDIR)/gen
 
 .PHONY: run test protos key bench tiny-models clean
 
@@ -13,14 +12,14 @@ run: $(VENV)/.installed gen/.stamp
 	$(PY) -m tools.mesh
 
 test: $(VENV)/.installed gen/.stamp var/buf/.installed
-	$(PY) -m pytest
+	$(VENV)/bin/pytest
 
-protos: $(VENV)/.installed
+protos: $(VENV)/.requirements
 	$(PY) tools/gen_protos.py && touch gen/.stamp
 
 # Creates the account if needed and prints a new API key as the last line.
 key: $(VENV)/.installed gen/.stamp
-	$(PY) -m services.gateway.keys $(ACCOUNT)
+	$(PY) -m tools.make_key $(ACCOUNT)
 
 # A tiny random-weight Dia and codec under var/models/tiny-random: DIA_MODEL=tiny-random make run.
 tiny-models: $(VENV)/.installed
@@ -31,12 +30,19 @@ bench: $(VENV)/.installed gen/.stamp
 	$(PY) bench/synth_batching_bench.py
 	$(PY) bench/mesh_overhead_bench.py
 
-$(VENV)/.installed: requirements.txt
+# The pinned dependencies (requirements.txt), then gen/, then the project itself,
+# editable (pyproject.toml): runtime, services, tools and the generated voice
+# package then import from anywhere in .venv, and from gen/ as it is made again.
+$(VENV)/.requirements: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
-gen/.stamp: $(VENV)/.installed $(PROTOS) tools/gen_protos.py
+$(VENV)/.installed: $(VENV)/.requirements pyproject.toml | gen/.stamp
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+gen/.stamp: $(VENV)/.requirements $(PROTOS) tools/gen_protos.py
 	$(PY) tools/gen_protos.py
 	touch $@
 

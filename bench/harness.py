@@ -11,10 +11,9 @@ import sys
 import tempfile
 from typing import AsyncIterator
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "gen")]
+from tools import mesh as mesh_tools
 
-from tools import mesh as mesh_tools  # noqa: E402
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -23,14 +22,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_ports(count: int) -> list[int]:
+    """Distinct free ports: each stays bound until all are picked, so none comes twice."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+
+
 def mesh_env(database_url: str | None = None, **settings: str) -> dict[str, str]:
     """The launcher's environment with every service on free ports and the tiny model."""
     env = mesh_tools.mesh_environment(database_url)
-    env["GATEWAY_HTTP_PORT"] = str(free_port())
+    ports = iter(free_ports(1 + 2 * len(mesh_tools.START_ORDER)))
+    env["GATEWAY_HTTP_PORT"] = str(next(ports))
     for name in mesh_tools.START_ORDER:
         upper = name.upper()
-        env[f"{upper}_GRPC_PORT"] = str(free_port())
-        env[f"{upper}_METRICS_PORT"] = str(free_port())
+        env[f"{upper}_GRPC_PORT"] = str(next(ports))
+        env[f"{upper}_METRICS_PORT"] = str(next(ports))
         env[f"{upper}_ADDR"] = f"127.0.0.1:{env[f'{upper}_GRPC_PORT']}"
     env.setdefault("DIA_MODEL", "tiny-random")
     env["LOG_LEVEL"] = "WARNING"

@@ -22,8 +22,9 @@ import statistics
 import sys
 import time
 
-import harness  # noqa: F401 - puts the repository on sys.path
 import grpc
+
+import harness
 
 from runtime.server import channel_options
 from voice.synth.v1 import synth_pb2, synth_pb2_grpc

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import pathlib
 import shutil
 import statistics
 import subprocess
@@ -23,14 +22,11 @@ import sys
 import time
 from fractions import Fraction
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import av
+import numpy as np
 
-import av  # noqa: E402
-import numpy as np  # noqa: E402
-
-from services.transcode import audio  # noqa: E402
-from services.transcode.audio import Limits  # noqa: E402
+from services.transcode import audio
+from services.transcode.audio import Limits
 
 SECONDS, RATE = 10.0, 48000
 

@@ -3,7 +3,7 @@
 Every setting is declared once with :func:`setting`, next to the code that
 uses it, with its default and a one-line description. The declarations form a
 registry from which the README's configuration table is generated
-(``python -m runtime.config``), and a test checks that the two agree.
+(``python -m tools.settings_table``), and a test checks that the two agree.
 
 Settings are read when asked for (``SETTING.value``), not at import, so tests
 and the mesh launcher can set the environment of each process.
@@ -12,7 +12,6 @@ and the mesh launcher can set the environment of each process.
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -164,50 +163,3 @@ DATABASE_URL = setting(
     None,
     "PostgreSQL URL of the services that own data; `make run` starts an embedded server when unset",
 )
-
-
-def markdown_table() -> str:
-    """The README's configuration table."""
-    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
-    for item in sorted(REGISTRY.values(), key=lambda s: s.name):
-        default = item.documented_default()
-        rows.append(f"| `{item.name}` | {f'`{default}`' if default else ''} | {item.doc} |")
-    return "\n".join(rows)
-
-
-def load_all() -> dict[str, Setting]:
-    """Import every service's settings so the registry is complete."""
-    import importlib
-
-    importlib.import_module("runtime.database")
-    importlib.import_module("tools.mesh")
-    for name in SERVICE_PORTS:
-        try:
-            importlib.import_module(f"services.{name}.config")
-        except ModuleNotFoundError as error:
-            if error.name != f"services.{name}.config":
-                raise
-    return REGISTRY
-
-
-def write_readme_table(path: str) -> None:
-    """Replace the table between the README's config-table markers."""
-    start, end = "<!-- config-table:start -->", "<!-- config-table:end -->"
-    with open(path) as file:
-        text = file.read()
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    with open(path, "w") as file:
-        file.write(f"{head}{start}\n{markdown_table()}\n{end}{tail}")
-
-
-if __name__ == "__main__":
-    # Run as a script this file is __main__, a module apart from the runtime.config
-    # that services register their settings in: use that one.
-    from runtime import config as registered
-
-    registered.load_all()
-    if sys.argv[1:2] == ["--write-readme"]:
-        registered.write_readme_table(sys.argv[2] if len(sys.argv) > 2 else "README.md")
-    else:
-        sys.stdout.write(registered.markdown_table() + "\n")

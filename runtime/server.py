@@ -241,7 +241,9 @@ async def serve(spec: ServiceSpec) -> None:
     ports = config.SERVICES[spec.name]
     server = grpc.aio.server(
         interceptors=[MeshInterceptor()],
-        options=channel_options() + spec.extra_options,
+        # Without SO_REUSEPORT (gRPC's default on Linux) a second server on a port in
+        # use fails to start instead of silently sharing the port with the first.
+        options=channel_options() + [("grpc.so_reuseport", 0)] + spec.extra_options,
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -11,6 +11,7 @@ processes, on free ports, so the suite can run beside a ``make run``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import socket
@@ -32,6 +33,15 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free ports: each stays bound until all are picked, so none comes twice."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
 
 
 class Database:
@@ -85,10 +95,11 @@ class RunningMesh(mesh_tools.Mesh):
 
 
 def mesh_ports_env() -> dict[str, str]:
-    env = {"GATEWAY_HTTP_PORT": str(free_port())}
+    ports = iter(free_ports(1 + 2 * len(mesh_tools.START_ORDER)))
+    env = {"GATEWAY_HTTP_PORT": str(next(ports))}
     for name in mesh_tools.START_ORDER:
-        env[f"{name.upper()}_GRPC_PORT"] = str(free_port())
-        env[f"{name.upper()}_METRICS_PORT"] = str(free_port())
+        env[f"{name.upper()}_GRPC_PORT"] = str(next(ports))
+        env[f"{name.upper()}_METRICS_PORT"] = str(next(ports))
         env[f"{name.upper()}_ADDR"] = f"127.0.0.1:{env[f'{name.upper()}_GRPC_PORT']}"
     return env
 
@@ -98,6 +109,7 @@ def make_run_environment(tmp_path: pathlib.Path) -> dict[str, str]:
     env = dict(os.environ, **mesh_ports_env())
     env["EMBEDDED_POSTGRES_DIR"] = str(tmp_path / "postgres")
     env.pop("DATABASE_URL", None)
+    env.pop("XDG_RUNTIME_DIR", None)  # unset in containers and CI
     env.setdefault("DIA_MODEL", "tiny-random")  # synth's random-weight test model: no download
     env["LOG_FORMAT"] = "text"
     return env

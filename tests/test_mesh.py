@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import pathlib
 import signal
+import socket
+import subprocess
 import urllib.request
 
 import grpc
@@ -91,6 +93,7 @@ def test_make_run_starts_everything_and_ctrl_c_stops_it(tmp_path: pathlib.Path):
             os.killpg(process.pid, signal.SIGKILL)
     output = "".join(lines)
     assert process.returncode in (0, 2, -signal.SIGINT), output[-3000:]
+    assert "Warning" not in output, output[-3000:]
     for name in services:
         assert f"{name:<9}| " in output, f"no log lines prefixed with {name}"
         assert "stopped" in output
@@ -99,11 +102,43 @@ def test_make_run_starts_everything_and_ctrl_c_stops_it(tmp_path: pathlib.Path):
             health_status(f"127.0.0.1:{port}")
 
 
-def test_readme_configuration_table_matches_the_code():
-    from runtime import config
+@pytest.mark.parametrize("setting", ["LIBRARY_GRPC_PORT", "SYNTH_METRICS_PORT", "GATEWAY_HTTP_PORT"])
+def test_make_run_refuses_to_start_on_a_port_in_use(tmp_path: pathlib.Path, setting: str):
+    env = make_run_environment(tmp_path)
+    port = int(env[setting])
+    with socket.socket() as holder:  # another mesh, say
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        result = subprocess.run(
+            ["make", "--no-print-directory", "run"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert f"mesh     | port {port} is in use — is another mesh running? ({setting}," in result.stdout, output
+    assert "ready" not in output and "Traceback" not in output
+    assert not (tmp_path / "postgres").exists(), "PostgreSQL was started all the same"
+    for name in mesh_tools.START_ORDER:  # and no service
+        with pytest.raises(grpc.RpcError):
+            health_status(f"127.0.0.1:{env[f'{name.upper()}_GRPC_PORT']}")
 
-    config.load_all()
+
+def test_make_run_refuses_one_port_set_for_two_servers(tmp_path: pathlib.Path):
+    env = make_run_environment(tmp_path)
+    env["LIBRARY_METRICS_PORT"] = port = env["STT_GRPC_PORT"]
+    result = subprocess.run(
+        ["make", "--no-print-directory", "run"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert f"port {port} is set twice: STT_GRPC_PORT, gRPC of stt and LIBRARY_METRICS_PORT" in result.stdout
+    assert not (tmp_path / "postgres").exists()
+
+
+def test_readme_configuration_table_matches_the_code():
+    from tools import settings_table
+
+    settings_table.load_all()
     readme = (ROOT / "README.md").read_text()
-    assert config.markdown_table() in readme, (
-        "README's configuration table is stale: paste the output of `python -m runtime.config`"
+    assert settings_table.markdown_table() in readme, (
+        "README's configuration table is stale: paste the output of `python -m tools.settings_table`"
     )

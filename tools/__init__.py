@@ -1,0 +1,1 @@
+"""Developer tools: the mesh launcher, code generation, migrations, `make key`, the README settings table."""
