@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,11 @@ class Setting:
 
     @property
     def value(self) -> Any:
-        raw = os.environ.get(self.name)
+        return self.value_in(os.environ)
+
+    def value_in(self, environ: Mapping[str, str]) -> Any:
+        """The value in another process's environment (the launcher reads its services' this way)."""
+        raw = environ.get(self.name)
         if raw is None or raw == "":
             return self.default() if callable(self.default) else self.default
         try:

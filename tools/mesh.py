@@ -29,7 +29,7 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from runtime import config, provider_credentials
+from runtime import config, provider_credentials, tls
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -187,7 +187,7 @@ class Mesh:
     async def wait_serving(self, name: str, timeout: float) -> None:
         """Wait until the service's health check says SERVING; fail early if it exits."""
         deadline = time.monotonic() + timeout
-        async with grpc.aio.insecure_channel(self.address(name)) as channel:
+        async with tls.open_channel(self.address(name), credentials=tls.load(self.env)) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
                 process = self.processes.get(name)
