@@ -22,6 +22,7 @@ class Setting:
     default: Any  # a value, or a callable computing it from other settings
     doc: str
     cast: Callable[[str], Any] = str
+    secret: bool = False  # its value is never shown, not even in the error about a bad one
 
     @property
     def value(self) -> Any:
@@ -35,7 +36,8 @@ class Setting:
         try:
             return self.cast(raw)
         except ValueError as error:
-            raise SystemExit(f"invalid value for {self.name}={raw!r}: {error}") from None
+            shown = "(hidden)" if self.secret else repr(raw)
+            raise SystemExit(f"invalid value for {self.name}={shown}: {error}") from None
 
     def documented_default(self) -> str:
         if callable(self.default):
@@ -46,11 +48,13 @@ class Setting:
 REGISTRY: dict[str, Setting] = {}
 
 
-def setting(name: str, default: Any, doc: str, cast: Callable[[str], Any] = str) -> Setting:
+def setting(
+    name: str, default: Any, doc: str, cast: Callable[[str], Any] = str, *, secret: bool = False
+) -> Setting:
     """Declare a setting read from the environment variable ``name``."""
     if name in REGISTRY:
         raise ValueError(f"setting {name} declared twice")
-    declared = Setting(name, default, doc, cast)
+    declared = Setting(name, default, doc, cast, secret)
     REGISTRY[name] = declared
     return declared
 

@@ -44,6 +44,7 @@ PROVIDER_SECRET = config.setting(
     "provider without SYNTH_PROVIDER_TOKEN derives its own from it. Unset on the gateway, no provider can "
     "register; `make run` makes one in MESH_PROVIDER_SECRET_FILE",
     _secret,
+    secret=True,
 )
 
 

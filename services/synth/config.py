@@ -135,6 +135,7 @@ SYNTH_PROVIDER_TOKEN = setting(
     "this provider's own registry credential, as `python -m tools.provider_token <SYNTH_PROVIDER_ID>` "
     "prints it: lets it register under that id alone without knowing PROVIDER_SECRET; unset, it is "
     "derived from PROVIDER_SECRET",
+    secret=True,
 )
 
 

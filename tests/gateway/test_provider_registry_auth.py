@@ -17,7 +17,7 @@ import pytest
 from runtime import provider_credentials
 from runtime.errors import ApiError
 from tests.conftest import provider_metadata
-from tests.gateway.conftest import Account, make_key, wait_for_models
+from tests.gateway.conftest import Account, extra_gateway, make_key, wait_for_models
 from voice.gateway.v1 import providers_pb2, providers_pb2_grpc
 from voice.synth.v1 import synth_pb2, synth_pb2_grpc
 
@@ -140,3 +140,19 @@ async def test_refusals_are_logged_without_the_credential(mesh, registry):
             await asyncio.sleep(0.05)
     assert not any(credential[0][1] in line for line in mesh.log_lines["gateway"])
     assert not any(mesh.env["PROVIDER_SECRET"] in line for name in mesh.log_lines for line in mesh.log_lines[name])
+
+
+async def test_a_gateway_with_a_short_provider_secret_does_not_start_and_does_not_show_it(mesh):
+    weak = "w34k-s3cret-15c"  # one character short of the least
+    with pytest.raises(RuntimeError) as caught:
+        async with extra_gateway(mesh, PROVIDER_SECRET=weak):
+            pass
+    assert "invalid value for PROVIDER_SECRET=(hidden): must be at least 16 characters" in str(caught.value)
+    assert weak not in str(caught.value)
+
+
+def test_the_shortest_provider_secret_is_16_characters():
+    setting = provider_credentials.PROVIDER_SECRET
+    assert setting.value_in({setting.name: "s" * 16}) == "s" * 16
+    with pytest.raises(SystemExit):
+        setting.value_in({setting.name: "s" * 15})
