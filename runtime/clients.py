@@ -5,7 +5,8 @@ line up across services) and a deadline (so no request hangs on a stuck
 upstream). A channel to a service that went away tries to reconnect within
 RECONNECT_BACKOFF_SECONDS (gRPC's own backoff grows to two minutes, during
 which calls fail at once: a service back from a restart would stay
-"unavailable").
+"unavailable"). Channels use mutual TLS when the GRPC_TLS_* settings are set
+(runtime/tls.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any, Sequence
 
 import grpc
 
-from runtime import config, logs
+from runtime import config, logs, tls
 from runtime.server import channel_options
 
 # The metadata by which the gateway tells an internal service whose request it is.
@@ -63,12 +64,18 @@ class _UnaryStream(grpc.aio.UnaryStreamClientInterceptor):
 
 
 def channel(address: str, extra_options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
-    """An insecure channel inside the mesh, with request id and deadline on every call."""
-    return grpc.aio.insecure_channel(
+    """A channel inside the mesh (mutual TLS when configured), with request id and deadline on every call."""
+    return tls.open_channel(
         address,
         options=channel_options() + reconnect_options() + list(extra_options),
         interceptors=[_UnaryUnary(), _UnaryStream()],
+        credentials=tls.load(),
     )
+
+
+def control_channel(address: str) -> grpc.aio.Channel:
+    """A channel for long-lived calls (health watches, reflection): no deadline of its own."""
+    return tls.open_channel(address, options=reconnect_options(), credentials=tls.load())
 
 
 def service_channel(name: str) -> grpc.aio.Channel:

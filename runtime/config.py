@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 
 @dataclass(frozen=True)
@@ -22,16 +22,22 @@ class Setting:
     default: Any  # a value, or a callable computing it from other settings
     doc: str
     cast: Callable[[str], Any] = str
+    secret: bool = False  # its value is never shown, not even in the error about a bad one
 
     @property
     def value(self) -> Any:
-        raw = os.environ.get(self.name)
+        return self.value_in(os.environ)
+
+    def value_in(self, environ: Mapping[str, str]) -> Any:
+        """The value in another process's environment (the launcher reads its services' this way)."""
+        raw = environ.get(self.name)
         if raw is None or raw == "":
             return self.default() if callable(self.default) else self.default
         try:
             return self.cast(raw)
         except ValueError as error:
-            raise SystemExit(f"invalid value for {self.name}={raw!r}: {error}") from None
+            shown = "(hidden)" if self.secret else repr(raw)
+            raise SystemExit(f"invalid value for {self.name}={shown}: {error}") from None
 
     def documented_default(self) -> str:
         if callable(self.default):
@@ -42,11 +48,13 @@ class Setting:
 REGISTRY: dict[str, Setting] = {}
 
 
-def setting(name: str, default: Any, doc: str, cast: Callable[[str], Any] = str) -> Setting:
+def setting(
+    name: str, default: Any, doc: str, cast: Callable[[str], Any] = str, *, secret: bool = False
+) -> Setting:
     """Declare a setting read from the environment variable ``name``."""
     if name in REGISTRY:
         raise ValueError(f"setting {name} declared twice")
-    declared = Setting(name, default, doc, cast)
+    declared = Setting(name, default, doc, cast, secret)
     REGISTRY[name] = declared
     return declared
 

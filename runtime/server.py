@@ -19,6 +19,9 @@ start/stop hooks) and calls :func:`main`. This module then:
   ``voice/descriptors.binpb``; generated code drops them), so that the
   gateway can publish them in /openapi.json;
 * serves Prometheus metrics over HTTP on ``<NAME>_METRICS_PORT``;
+* listens with mutual TLS when the GRPC_TLS_* settings are set (runtime/tls.py);
+  with ``GRPC_HEALTH_PORT`` set it also answers health checks alone in
+  plaintext there, for probes that speak no TLS;
 * on SIGTERM/SIGINT sets health NOT_SERVING, lets in-flight calls finish
   within ``SHUTDOWN_GRACE_SECONDS``, runs ``on_stop`` and exits.
 """
@@ -41,7 +44,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from runtime import config, logs
+from runtime import config, logs, tls
 from runtime.errors import ApiError, internal_error
 
 log = logging.getLogger("runtime.server")
@@ -232,9 +235,32 @@ def reflection_pool():
     return _CommentedFiles(descriptor_pool.Default(), {file.name: file for file in files})
 
 
+HEALTH_PORT = config.setting(
+    "GRPC_HEALTH_PORT",
+    0,
+    "port of a plaintext gRPC server that answers grpc.health.v1 checks alone, for probes that speak no "
+    "TLS (Kubernetes'); 0: none. One port for every service, so for containers (one service each), not `make run`",
+    config.between(0, 65535, int),
+)
+
+
 def channel_options() -> list[tuple[str, Any]]:
     size = config.GRPC_MAX_MESSAGE_BYTES.value
     return [("grpc.max_send_message_length", size), ("grpc.max_receive_message_length", size)]
+
+
+async def serve_health_probes(health_servicer: health.aio.HealthServicer) -> grpc.aio.Server | None:
+    """A plaintext server of the health service alone on GRPC_HEALTH_PORT, when it is set.
+
+    Kubernetes' gRPC probes speak no TLS: with mutual TLS on the service's
+    port, they ask here. It answers health checks and nothing else."""
+    if not HEALTH_PORT.value:
+        return None
+    probe_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, probe_server)
+    probe_server.add_insecure_port(f"{config.BIND_HOST.value}:{HEALTH_PORT.value}")
+    await probe_server.start()
+    return probe_server
 
 
 async def serve(spec: ServiceSpec) -> None:
@@ -260,10 +286,23 @@ async def serve(spec: ServiceSpec) -> None:
 
     await set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
     address = f"{config.BIND_HOST.value}:{ports.grpc_port.value}"
-    server.add_insecure_port(address)
+    credentials = tls.load()
+    if credentials is None:
+        server.add_insecure_port(address)
+    else:
+        server.add_secure_port(address, credentials.server())
     await server.start()
+    probe_server = await serve_health_probes(health_servicer)
     prometheus_client.start_http_server(ports.metrics_port.value, addr=config.BIND_HOST.value)
-    log.info("listening", extra={"grpc": address, "metrics_port": ports.metrics_port.value})
+    log.info(
+        "listening",
+        extra={
+            "grpc": address,
+            "tls": "mutual" if credentials else "off",
+            "metrics_port": ports.metrics_port.value,
+            "health_port": HEALTH_PORT.value or None,
+        },
+    )
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -300,6 +339,8 @@ async def serve(spec: ServiceSpec) -> None:
         log.error("start-up failed", exc_info=starter.exception())
         stop_waiter.cancel()
         await server.stop(0)
+        if probe_server is not None:
+            await probe_server.stop(0)
         raise SystemExit(1)
     await stop_waiter
 
@@ -309,6 +350,8 @@ async def serve(spec: ServiceSpec) -> None:
     if spec.on_shutdown is not None:
         await spec.on_shutdown()
     await server.stop(config.SHUTDOWN_GRACE_SECONDS.value)
+    if probe_server is not None:
+        await probe_server.stop(0)
     if spec.on_stop is not None:
         await spec.on_stop()
     log.info("stopped")

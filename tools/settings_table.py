@@ -6,8 +6,8 @@
 Every setting is declared once with ``runtime.config.setting``, next to the
 code that uses it. Importing the modules that declare them fills
 ``runtime.config.REGISTRY``; this tool does that for the runtime, the mesh
-launcher and every service, and tests/test_mesh.py checks that the README
-holds the table it prints.
+launcher and every config module of the services, and tests/test_mesh.py
+checks that the README holds the table it prints.
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ def load_all() -> dict[str, config.Setting]:
     for module in pkgutil.iter_modules(runtime.__path__):
         importlib.import_module(f"runtime.{module.name}")
     importlib.import_module("tools.mesh")
-    # Each service's config.py, also those of a service's parts (services/gateway/edge/config.py).
+    # Every services/**/config.py: a service may keep its settings in more than one
+    # (the gateway's edge has its own), and a test process may have imported any of them.
     for module in pkgutil.walk_packages(services.__path__, "services."):
-        if module.name.rsplit(".", 1)[-1] == "config":
+        if module.name.rpartition(".")[2] == "config":
             importlib.import_module(module.name)
     return config.REGISTRY
 

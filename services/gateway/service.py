@@ -44,12 +44,14 @@ class Gateway:
         self.accounts = accounts.Accounts(self.pool)
         self.router = Router(self.pool)
         self.generations = GenerationService(self.pool, self.accounts, self.router)
+        self.registry = ProviderRegistry(self.pool)
 
     def pool(self) -> asyncpg.Pool:
         assert self._pool is not None, "the gateway has not started"
         return self._pool
 
     async def start(self) -> None:
+        self.registry.check_settings()
         self._pool = await accounts.open_pool()
         self.generations.start()
         self._sweeper = asyncio.create_task(self._fail_abandoned_generations())
@@ -120,7 +122,7 @@ def build_spec() -> ServiceSpec:
             ),
             Servicer(
                 providers_pb2_grpc.add_ProviderRegistryServiceServicer_to_server,
-                ProviderRegistry(gateway.pool),
+                gateway.registry,
                 "voice.gateway.v1.ProviderRegistryService",
             ),
         ],

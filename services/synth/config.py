@@ -9,7 +9,7 @@ from __future__ import annotations
 import pathlib
 import socket
 
-from runtime import config
+from runtime import config, provider_credentials
 from runtime.config import at_least, one_of, setting
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
@@ -129,3 +129,17 @@ SYNTH_PROVIDER_ID = setting(
     _default_provider_id,
     "stable id of this provider in the gateway's registry",
 )
+SYNTH_PROVIDER_TOKEN = setting(
+    "SYNTH_PROVIDER_TOKEN",
+    "",
+    "this provider's own registry credential, as `python -m tools.provider_token <SYNTH_PROVIDER_ID>` "
+    "prints it: lets it register under that id alone without knowing PROVIDER_SECRET; unset, it is "
+    "derived from PROVIDER_SECRET",
+    secret=True,
+)
+
+
+def provider_token() -> str:
+    """The credential heartbeats carry: SYNTH_PROVIDER_TOKEN, else derived from PROVIDER_SECRET ("" without either)."""
+    secret = provider_credentials.PROVIDER_SECRET.value
+    return SYNTH_PROVIDER_TOKEN.value or (secret and provider_credentials.token(secret, SYNTH_PROVIDER_ID.value))

@@ -6,6 +6,10 @@ when it names one, else SYNTH_HEARTBEAT_SECONDS). The gateway may not be up
 yet (it starts after synth) or may not implement the registry yet: failures
 are retried with backoff, logged once, and never end the service. On
 graceful shutdown the provider deregisters, best effort.
+
+Every call carries the provider's credential (runtime/provider_credentials.py);
+a registry that refuses it is reported as an error, since retrying will not
+help until the secret is fixed (it keeps retrying all the same).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Callable
 
 import grpc
 
-from runtime import clients
+from runtime import clients, provider_credentials
 from voice.gateway.v1 import providers_pb2, providers_pb2_grpc
 from voice.synth.v1 import synth_pb2
 
@@ -35,10 +39,16 @@ class Heartbeats:
         registry_address: str,
         provider_info: Callable[[], synth_pb2.ProviderInfo],
         interval_seconds: float,
+        token: str,
     ) -> None:
         self.registry_address = registry_address
         self.provider_info = provider_info
         self.interval_seconds = interval_seconds
+        self._metadata = ((provider_credentials.TOKEN_METADATA, token),)
+        if not token:
+            log.warning(
+                "no provider credential (PROVIDER_SECRET or SYNTH_PROVIDER_TOKEN): the registry will refuse this provider"
+            )
         self.sent = 0  # heartbeats the registry accepted
         self._channel = clients.channel(registry_address)
         self._registry = providers_pb2_grpc.ProviderRegistryServiceStub(self._channel)
@@ -56,13 +66,21 @@ class Heartbeats:
                 reply = await self._registry.Heartbeat(
                     providers_pb2.HeartbeatRequest(provider=self.provider_info()),
                     timeout=max(interval, 1.0),
+                    metadata=self._metadata,
                 )
             except grpc.aio.AioRpcError as error:
                 if not failing:
-                    log.info(
-                        "provider registry not reachable yet; retrying quietly",
-                        extra={"registry": self.registry_address, "code": error.code().name},
-                    )
+                    if error.code() == grpc.StatusCode.UNAUTHENTICATED:
+                        log.error(
+                            "the provider registry refuses this provider's credential: the gateway and this "
+                            "provider need the same PROVIDER_SECRET (or SYNTH_PROVIDER_TOKEN made for this id)",
+                            extra={"registry": self.registry_address, "provider_id": self.provider_info().provider_id},
+                        )
+                    else:
+                        log.info(
+                            "provider registry not reachable yet; retrying quietly",
+                            extra={"registry": self.registry_address, "code": error.code().name},
+                        )
                     failing = True
                 await asyncio.sleep(retry)
                 retry = min(retry * 2, interval, LONGEST_RETRY_SECONDS)
@@ -87,6 +105,7 @@ class Heartbeats:
             await self._registry.DeregisterProvider(
                 providers_pb2.DeregisterProviderRequest(provider_id=self.provider_info().provider_id),
                 timeout=DEREGISTER_TIMEOUT_SECONDS,
+                metadata=self._metadata,
             )
         except grpc.aio.AioRpcError as error:
             log.info("could not deregister", extra={"code": error.code().name})

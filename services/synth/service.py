@@ -57,6 +57,7 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
             runtime_config.SERVICES["gateway"].address.value,
             self.provider_info,
             config.SYNTH_HEARTBEAT_SECONDS.value,
+            config.provider_token(),
         )
         self.heartbeats.start()
 

@@ -7,7 +7,7 @@ import pathlib
 
 import pytest
 
-from runtime import config
+from runtime import config, server, tls
 from tests.deploy import code_facts
 from tests.deploy.manifests import VARIABLE_REFERENCE, Rendering, Workload
 
@@ -129,6 +129,22 @@ def probes(container: dict) -> dict[str, dict]:
     }
 
 
+def tls_is_on(rendering: Rendering, code, container: dict) -> bool:
+    return any(value_in(rendering, code, container, setting.name) for setting in tls.FILES)
+
+
+def probe_port(rendering: Rendering, code, deployment: Workload) -> int:
+    """Where kubelet's gRPC probes, which speak no TLS, get an answer: GRPC_HEALTH_PORT when
+    set, else the gRPC port, which answers them only while internal TLS is off."""
+    health_port = int(value_in(rendering, code, deployment.container, server.HEALTH_PORT.name) or 0)
+    if health_port:
+        return health_port
+    assert not tls_is_on(rendering, code, deployment.container), (
+        f"{rendering.overlay}: {deployment.name} has internal TLS on and no GRPC_HEALTH_PORT for its probes"
+    )
+    return deployment.ports()["grpc"]
+
+
 def test_probes_check_the_published_health_names(rendering, code):
     not_yet = sorted(set(config.SERVICE_PORTS) - set(code.health_names))
     for service, deployment in service_deployments(rendering).items():
@@ -139,7 +155,7 @@ def test_probes_check_the_published_health_names(rendering, code):
         assert {"readinessProbe", "livenessProbe"} <= set(found), f"{service} probes: {sorted(found)}"
         for kind, probe in found.items():
             assert "grpc" in probe, f"{service} {kind} is not a gRPC health check"
-            assert probe["grpc"]["port"] == deployment.ports()["grpc"], f"{service} {kind} port"
+            assert probe["grpc"]["port"] == probe_port(rendering, code, deployment), f"{service} {kind} port"
             assert probe["grpc"].get("service", "") in published, f"{service} {kind} asks for an unknown name"
         # Readiness asks for the service the pod is there for.
         assert found["readinessProbe"]["grpc"].get("service") in code.health_names[service]

@@ -16,6 +16,7 @@ import pytest
 
 from runtime.errors import ApiError
 from runtime.server import channel_options
+from tests.conftest import provider_metadata
 from tests.gateway.conftest import FOX, HELLO, Account, assert_error, created, extra_gateway, make_key, upload_form, wait_for_models
 from voice.gateway.v1 import generations_pb2, generations_pb2_grpc, providers_pb2, providers_pb2_grpc
 from voice.synth.v1 import synth_pb2
@@ -195,13 +196,18 @@ async def test_a_model_without_voice_cloning_is_no_provider(http, carol, mesh):
         capacity=1,
     )
     async with grpc.aio.insecure_channel(mesh.address("gateway")) as channel:
-        await registry(channel).Heartbeat(providers_pb2.HeartbeatRequest(provider=provider), timeout=10)
+        credential = provider_metadata(mesh.env, provider.provider_id)
+        await registry(channel).Heartbeat(
+            providers_pb2.HeartbeatRequest(provider=provider), metadata=credential, timeout=10
+        )
         try:
             error = await assert_error(await generate(http, carol, model="speech-only"), 404, "no_provider", "model")
             assert "voice-cloning" in error["message"]
         finally:
             await registry(channel).DeregisterProvider(
-                providers_pb2.DeregisterProviderRequest(provider_id=provider.provider_id), timeout=10
+                providers_pb2.DeregisterProviderRequest(provider_id=provider.provider_id),
+                metadata=credential,
+                timeout=10,
             )
 
 

@@ -16,6 +16,7 @@ from grpc_requests import AsyncClient
 
 from runtime.errors import ApiError
 from services.gateway.config import HEARTBEAT_INTERVAL_SECONDS, PROVIDER_TIMEOUT_SECONDS
+from tests.conftest import provider_metadata
 from tests.gateway.conftest import FIXTURES
 
 # grpc-requests takes requests as proto JSON, where bytes are base64.
@@ -95,7 +96,15 @@ async def registry(mesh):
     client = reflection_client(mesh.address("gateway"))
 
     async def call(method: str, request: dict) -> dict:
-        return await client.request("voice.gateway.v1.ProviderRegistryService", method, request, timeout=10)
+        # Each call with the credential of the provider it names, as a provider sends it.
+        provider_id = request.get("provider", {}).get("provider_id") or request.get("provider_id", "")
+        return await client.request(
+            "voice.gateway.v1.ProviderRegistryService",
+            method,
+            request,
+            metadata=provider_metadata(mesh.env, provider_id),
+            timeout=10,
+        )
 
     yield call
     await client.channel.close()

@@ -12,21 +12,34 @@ import asyncio
 import grpc
 import pytest
 
+from runtime import provider_credentials
 from services.synth.heartbeat import Heartbeats
 from tests.conftest import free_port
 from voice.gateway.v1 import providers_pb2, providers_pb2_grpc
 from voice.synth.v1 import synth_pb2
 
 
+TOKEN = "credential-of-synth-a"
+
+
 class RecordingRegistry(providers_pb2_grpc.ProviderRegistryServiceServicer):
-    def __init__(self, interval: float = 0.0, unimplemented_for: int = 0) -> None:
+    def __init__(self, interval: float = 0.0, unimplemented_for: int = 0, accepts: str | None = None) -> None:
         self.interval = interval
         self.unimplemented_for = unimplemented_for  # refuse this many heartbeats first
+        self.accepts = accepts  # the one credential taken, when set
         self.heartbeats: list[synth_pb2.ProviderInfo] = []
+        self.credentials: list[str] = []  # presented with each call, deregistration included
         self.refused = 0
         self.deregistered: list[str] = []
 
+    async def _check(self, context) -> None:
+        presented = dict(context.invocation_metadata()).get(provider_credentials.TOKEN_METADATA, "")
+        self.credentials.append(presented)
+        if self.accepts is not None and presented != self.accepts:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "wrong credential")
+
     async def Heartbeat(self, request, context):
+        await self._check(context)
         if self.refused < self.unimplemented_for:
             self.refused += 1
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not yet")
@@ -34,6 +47,7 @@ class RecordingRegistry(providers_pb2_grpc.ProviderRegistryServiceServicer):
         return providers_pb2.HeartbeatResponse(heartbeat_interval_seconds=self.interval)
 
     async def DeregisterProvider(self, request, context):
+        await self._check(context)
         self.deregistered.append(request.provider_id)
         return providers_pb2.DeregisterProviderResponse()
 
@@ -72,7 +86,7 @@ async def test_heartbeats_carry_the_current_provider_info_at_the_registry_interv
     server = await serve(registry, port)
     load = [0]
     # The configured interval is long: only the registry's 0.05 s can make several come quickly.
-    beats = Heartbeats(f"127.0.0.1:{port}", lambda: info(load), interval_seconds=60)
+    beats = Heartbeats(f"127.0.0.1:{port}", lambda: info(load), interval_seconds=60, token=TOKEN)
     beats.start()
     try:
         await wait_until(lambda: len(registry.heartbeats) >= 1)
@@ -86,12 +100,14 @@ async def test_heartbeats_carry_the_current_provider_info_at_the_registry_interv
     assert [(m.id, list(m.features)) for m in first.models] == [("tiny-random", ["voice-cloning", "dialogue"])]
     assert last.load == 3
     assert registry.deregistered == ["synth-a"]
+    # Every heartbeat and the deregistration carried the provider's credential.
+    assert set(registry.credentials) == {TOKEN}
 
 
 async def test_a_registry_that_is_not_implemented_yet_is_retried_until_it_answers(port):
     registry = RecordingRegistry(interval=0.05, unimplemented_for=2)
     server = await serve(registry, port)
-    beats = Heartbeats(f"127.0.0.1:{port}", lambda: info([0]), interval_seconds=60)
+    beats = Heartbeats(f"127.0.0.1:{port}", lambda: info([0]), interval_seconds=60, token=TOKEN)
     beats.start()
     try:
         # The provider counts a heartbeat once the registry's answer is back.
@@ -103,7 +119,7 @@ async def test_a_registry_that_is_not_implemented_yet_is_retried_until_it_answer
 
 
 async def test_a_gateway_that_starts_later_is_registered_with_once_it_is_up(port):
-    beats = Heartbeats(f"127.0.0.1:{port}", lambda: info([0]), interval_seconds=0.2)
+    beats = Heartbeats(f"127.0.0.1:{port}", lambda: info([0]), interval_seconds=0.2, token=TOKEN)
     beats.start()
     await asyncio.sleep(0.3)  # a few failed attempts against nothing
     registry = RecordingRegistry()
@@ -116,9 +132,25 @@ async def test_a_gateway_that_starts_later_is_registered_with_once_it_is_up(port
 
 
 async def test_stopping_without_any_registry_ends_promptly_and_quietly(port):
-    beats = Heartbeats(f"127.0.0.1:{port}", lambda: info([0]), interval_seconds=0.1)
+    beats = Heartbeats(f"127.0.0.1:{port}", lambda: info([0]), interval_seconds=0.1, token=TOKEN)
     beats.start()
     await asyncio.sleep(0.2)
     async with asyncio.timeout(5):  # the deregistration deadline is 2 s
         await beats.stop()
     assert beats.sent == 0
+
+
+async def test_a_refused_credential_is_reported_as_such_and_retried(port, caplog):
+    registry = RecordingRegistry(accepts="another-credential")
+    server = await serve(registry, port)
+    beats = Heartbeats(f"127.0.0.1:{port}", lambda: info([0]), interval_seconds=0.05, token=TOKEN)
+    beats.start()
+    try:
+        await wait_until(lambda: len(registry.credentials) >= 3)  # it keeps trying: the secret may be fixed
+    finally:
+        await beats.stop()
+        await server.stop(0)
+    assert beats.sent == 0 and registry.heartbeats == []
+    refusals = [record for record in caplog.records if "refuses this provider's credential" in record.getMessage()]
+    assert len(refusals) == 1 and refusals[0].levelname == "ERROR"  # said once, not at every retry
+    assert TOKEN not in caplog.text

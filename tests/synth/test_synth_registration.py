@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 
 import grpc
 
+from tests.conftest import ROOT
 from tests.synth.helpers import own_synth
 from voice.gateway.v1 import models_pb2, models_pb2_grpc
 
@@ -37,4 +40,49 @@ async def test_a_provider_leaves_the_registry_as_soon_as_it_shuts_down(mesh):
         await wait_for_providers(mesh, "tiny-random", 2)
         await process.stop_service("synth")
         # Gone now, not after the registry's heartbeat timeout.
+        assert await providers_of(mesh, "tiny-random") == 1
+
+
+async def wait_for_line(process, text: str) -> None:
+    async with asyncio.timeout(120):  # a guard: the model loads, then the first heartbeat goes out
+        while not any(text in line for line in process.log_lines["synth"]):
+            await asyncio.sleep(0.1)
+
+
+async def test_a_synth_with_another_secret_is_refused_and_never_listed(mesh):
+    await wait_for_providers(mesh, "tiny-random", 1)
+    async with own_synth(
+        mesh, registered=True, SYNTH_PROVIDER_ID="synth-test-wrong-secret", PROVIDER_SECRET="not-the-mesh-secret"
+    ) as process:
+        await wait_for_line(process, "refuses this provider's credential")
+        assert await providers_of(mesh, "tiny-random") == 1
+
+
+def provider_token(env: dict[str, str], provider_id: str) -> str:
+    """`python -m tools.provider_token <id>` as an operator runs it; the last line of its output."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tools.provider_token", provider_id],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
+
+
+async def test_a_provider_given_only_its_own_token_registers_under_that_id(mesh):
+    await wait_for_providers(mesh, "tiny-random", 1)
+    token = provider_token(mesh.env, "synth-test-own-token")
+    # No PROVIDER_SECRET: the provider knows its own credential and nothing else.
+    settings = {"PROVIDER_SECRET": "", "SYNTH_PROVIDER_TOKEN": token}
+    async with own_synth(mesh, registered=True, SYNTH_PROVIDER_ID="synth-test-own-token", **settings) as process:
+        await process.wait_serving("synth", timeout=120)
+        await wait_for_providers(mesh, "tiny-random", 2)
+        await process.stop_service("synth")
+        assert await providers_of(mesh, "tiny-random") == 1  # it could deregister itself too
+    # The same token does not let it register under another id.
+    async with own_synth(mesh, registered=True, SYNTH_PROVIDER_ID="synth-test-other-id", **settings) as process:
+        await wait_for_line(process, "refuses this provider's credential")
         assert await providers_of(mesh, "tiny-random") == 1

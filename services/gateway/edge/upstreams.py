@@ -35,7 +35,7 @@ class Upstream:
         # Calls carry the request id and a deadline; the control channel
         # (reflection, the long-lived health watch) must not get that deadline.
         self.channel = clients.channel(address)
-        self.control = grpc.aio.insecure_channel(address, options=clients.reconnect_options())
+        self.control = clients.control_channel(address)
         self.routes: list[Route] = []
         self.comments: dict[str, str] = {}  # of its protos, by full name
         self.services: list[str] = []  # what it serves, besides health and reflection

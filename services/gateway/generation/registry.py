@@ -4,29 +4,62 @@ models those providers serve (GET /v1/models through the HTTP front).
 Providers live in the ``providers`` table so that every gateway replica sees
 the same ones; a provider whose last heartbeat is older than
 GATEWAY_PROVIDER_TIMEOUT_SECONDS is offline and its models are not listed.
+
+A heartbeat or deregistration counts only with the credential of the provider
+id it names (runtime/provider_credentials.py); anything else is
+UNAUTHENTICATED, before the request is looked at, so a caller without it can
+neither add a provider (that would receive users' scripts and voices) nor
+take one away, and a provider can change no registration but its own.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from typing import Callable
 
 import asyncpg
+import grpc
 
-from runtime import database
-from runtime.errors import invalid_parameter
+from runtime import database, provider_credentials
+from runtime.errors import ApiError, invalid_parameter
 from services.gateway.config import HEARTBEAT_INTERVAL_SECONDS, PROVIDER_TIMEOUT_SECONDS
 from voice.gateway.v1 import models_pb2, models_pb2_grpc, providers_pb2, providers_pb2_grpc
 
+log = logging.getLogger("gateway.registry")
+
 PoolGetter = Callable[[], asyncpg.Pool]
+
+
+def check_credential(context: grpc.aio.ServicerContext, provider_id: str) -> None:
+    """Refuse a caller that does not present the credential of `provider_id`."""
+    presented = dict(context.invocation_metadata() or ()).get(provider_credentials.TOKEN_METADATA, "")
+    if provider_credentials.is_valid(provider_credentials.PROVIDER_SECRET.value, provider_id, presented):
+        return
+    # The peer and the id are for the operator; the token is never logged.
+    log.warning(
+        "refused a provider registry call without the provider's credential",
+        extra={"peer": context.peer(), "provider_id": provider_id, "credential": "wrong" if presented else "none"},
+    )
+    raise ApiError(
+        grpc.StatusCode.UNAUTHENTICATED,
+        "UNAUTHORIZED",
+        f"no valid {provider_credentials.TOKEN_METADATA} for this provider_id",
+    )
 
 
 class ProviderRegistry(providers_pb2_grpc.ProviderRegistryServiceServicer):
     def __init__(self, pool: PoolGetter) -> None:
         self.pool = pool
 
+    def check_settings(self) -> None:
+        """At start-up: a short secret stops the gateway; a missing one is worth a warning."""
+        if not provider_credentials.PROVIDER_SECRET.value:
+            log.warning("PROVIDER_SECRET is not set: no synth provider can register")
+
     async def Heartbeat(self, request, context):
         provider = request.provider
+        check_credential(context, provider.provider_id)
         if not provider.provider_id:
             raise invalid_parameter("provider.provider_id", "provider.provider_id is required")
         if not provider.address:
@@ -53,6 +86,7 @@ class ProviderRegistry(providers_pb2_grpc.ProviderRegistryServiceServicer):
         return providers_pb2.HeartbeatResponse(heartbeat_interval_seconds=HEARTBEAT_INTERVAL_SECONDS.value)
 
     async def DeregisterProvider(self, request, context):
+        check_credential(context, request.provider_id)
         if not request.provider_id:
             raise invalid_parameter("provider_id", "provider_id is required")
         # Deregistering twice (or after the row expired) is not an error: the provider is gone either way.
