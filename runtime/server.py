@@ -297,8 +297,9 @@ async def serve(spec: ServiceSpec) -> None:
                     health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING,
                 )
         for ready, services in changed.items():
-            if services:
-                log.warning("readiness changed", extra={"serving": ready, "services": services})
+            if services:  # losing readiness is worth a warning; regaining it, a note
+                level = logging.INFO if ready else logging.WARNING
+                log.log(level, "readiness changed", extra={"serving": ready, "services": services})
 
     async def start_and_watch() -> None:
         if spec.on_start is not None:
