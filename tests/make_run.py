@@ -8,14 +8,26 @@ import asyncio
 import os
 import pathlib
 import re
+import shutil
 import signal
+import tempfile
 import threading
 import time
 
 from services.gateway import accounts as gateway_accounts
-from tests.conftest import start_make_run
+from tests.conftest import make_run_environment, start_make_run
 from tests.gateway.conftest import Account
 from tools import mesh as mesh_tools
+
+
+def launcher_environment(tmp_path: pathlib.Path) -> dict[str, str]:
+    """make_run_environment, with the embedded PostgreSQL's data outside pytest's
+    folders: pytest takes the others' access to those away as another session
+    starts, and PostgreSQL, which runs as a user of its own under root, then
+    fails mid-test."""
+    env = make_run_environment(tmp_path)
+    env["EMBEDDED_POSTGRES_DIR"] = str(pathlib.Path(tempfile.mkdtemp(prefix="voicemesh-make-run-")) / "postgres")
+    return env
 
 
 async def account_before_start(env: dict[str, str], name: str) -> Account:
@@ -33,7 +45,7 @@ async def account_before_start(env: dict[str, str], name: str) -> Account:
 
 
 class MakeRun:
-    """Started with `env` (tests.conftest.make_run_environment); returns once it says ready."""
+    """Started with `env` (launcher_environment); returns once it says ready."""
 
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env
@@ -90,6 +102,7 @@ class MakeRun:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         self._reader.join(timeout=10)
+        shutil.rmtree(pathlib.Path(self.env["EMBEDDED_POSTGRES_DIR"]).parent, ignore_errors=True)
         return self.process.returncode
 
 

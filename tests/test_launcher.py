@@ -13,9 +13,8 @@ import uuid
 import aiohttp
 import pytest
 
-from tests.conftest import make_run_environment
 from tests.gateway.conftest import FIXTURES, assert_error, created, upload_form
-from tests.make_run import MakeRun, account_before_start, alive
+from tests.make_run import MakeRun, account_before_start, alive, launcher_environment
 from tools import mesh as mesh_tools
 
 HELLO = (FIXTURES / "speech_hello.webm").read_bytes()
@@ -54,7 +53,7 @@ async def generate(http: aiohttp.ClientSession, headers: dict[str, str], text: s
 
 @pytest.mark.slow
 async def test_make_run_says_ready_once_a_generation_can_be_served(tmp_path: pathlib.Path):
-    env = make_run_environment(tmp_path)
+    env = launcher_environment(tmp_path)
     account = await account_before_start(env, f"rita-{uuid.uuid4().hex[:8]}")
     run = await asyncio.to_thread(MakeRun, env)
     try:
@@ -76,7 +75,7 @@ async def test_make_run_says_ready_once_a_generation_can_be_served(tmp_path: pat
 @pytest.mark.slow
 async def test_make_run_without_model_weights_runs_the_rest_and_says_generations_are_unavailable(tmp_path):
     # The real Dia, which cannot be downloaded here: synth fails to start, as without weights.
-    env = make_run_environment(tmp_path)
+    env = launcher_environment(tmp_path)
     env.update(DIA_MODEL="nari-labs/Dia-1.6B-0626", HF_HUB_OFFLINE="1")
     account = await account_before_start(env, f"nora-{uuid.uuid4().hex[:8]}")
     run = await asyncio.to_thread(MakeRun, env)
