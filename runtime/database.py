@@ -49,6 +49,9 @@ CONNECTION_ERRORS = (
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
+    # A connection lost in the middle of a transaction leaves asyncpg's protocol
+    # half-way, and the commit or rollback after it fails with this.
+    asyncpg.exceptions.InternalClientError,
 )
 
 

@@ -10,7 +10,9 @@ start/stop hooks) and calls :func:`main`. This module then:
   stays SERVING until shutdown: it is alive, which is what a liveness probe
   asks. The named services follow the spec's ``readiness`` probe, if it has
   one: NOT_SERVING while it fails (database down), which is what a readiness
-  probe and the gateway's /readyz ask;
+  probe and the gateway's /readyz ask. A servicer may have a probe of its own
+  besides (the gateway's generations are not ready while no synth provider is
+  online), which holds back that service alone, from the start;
 * wraps every RPC in one interceptor that sets the request id for logs,
   records Prometheus metrics, and turns exceptions into ``google.rpc.Status``
   (an :class:`~runtime.errors.ApiError` as it is, anything else as INTERNAL
@@ -69,6 +71,9 @@ class Servicer:
     add_to_server: Callable[[Any, grpc.aio.Server], None]
     implementation: Any
     full_name: str  # "voice.transcode.v1.TranscodeService", as published in health and reflection
+    # This service's own readiness, on top of the spec's; polled with it, and
+    # a probe that several servicers share runs once a round.
+    readiness: Callable[[], Awaitable[bool]] | None = None
 
 
 @dataclass
@@ -280,11 +285,8 @@ async def serve(spec: ServiceSpec) -> None:
         names + [health.SERVICE_NAME, reflection.SERVICE_NAME], server, pool=reflection_pool()
     )
 
-    async def set_health(status: int, whole_server: bool = True) -> None:
-        for name in names + ([""] if whole_server else []):  # "" is the whole server
-            await health_servicer.set(name, status)
-
-    await set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+    for name in names + [""]:  # "" is the whole server
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     address = f"{config.BIND_HOST.value}:{ports.grpc_port.value}"
     credentials = tls.load()
     if credentials is None:
@@ -309,28 +311,44 @@ async def serve(spec: ServiceSpec) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
 
+    async def probe(check: Callable[[], Awaitable[bool]]) -> bool:
+        try:
+            return bool(await check())
+        except Exception:  # a failing probe means not ready, never a crash
+            log.warning("readiness probe failed", exc_info=True)
+            return False
+
+    own_probes = {servicer.readiness for servicer in spec.servicers if servicer.readiness is not None}
+    serving: dict[str, bool] = {}
+
+    async def apply_readiness(overall: bool) -> None:
+        """Each named service SERVING when the spec's probe and its own pass."""
+        own = {check: await probe(check) for check in own_probes}
+        changed: dict[bool, list[str]] = {True: [], False: []}
+        for servicer in spec.servicers:
+            ready = overall and own.get(servicer.readiness, True)
+            if serving.get(servicer.full_name) != ready:
+                if servicer.full_name in serving:  # a change, not the first setting
+                    changed[ready].append(servicer.full_name)
+                serving[servicer.full_name] = ready
+                await health_servicer.set(
+                    servicer.full_name,
+                    health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING,
+                )
+        for ready, services in changed.items():
+            if services:  # losing readiness is worth a warning; regaining it, a note
+                level = logging.INFO if ready else logging.WARNING
+                log.log(level, "readiness changed", extra={"serving": ready, "services": services})
+
     async def start_and_watch() -> None:
         if spec.on_start is not None:
             await spec.on_start()
-        await set_health(health_pb2.HealthCheckResponse.SERVING)
+        await apply_readiness(overall=True)  # on_start has just checked what the spec's probe does
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         log.info("serving")
-        serving = True
-        while spec.readiness is not None:
+        while spec.readiness is not None or own_probes:
             await asyncio.sleep(spec.readiness_interval_seconds)
-            try:
-                ready = await spec.readiness()
-            except Exception:  # a failing probe means not ready, never a crash
-                log.warning("readiness probe failed", exc_info=True)
-                ready = False
-            if ready != serving:
-                serving = ready
-                log.warning("readiness changed", extra={"serving": ready})
-                await set_health(
-                    health_pb2.HealthCheckResponse.SERVING
-                    if ready
-                    else health_pb2.HealthCheckResponse.NOT_SERVING,
-                    whole_server=False,
-                )
+            await apply_readiness(await probe(spec.readiness) if spec.readiness is not None else True)
 
     starter = asyncio.create_task(start_and_watch())
     stop_waiter = asyncio.create_task(stopping.wait())

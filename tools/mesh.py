@@ -9,8 +9,19 @@ is started. Without ``DATABASE_URL`` an embedded PostgreSQL (PyPI
 and its URL handed to the services. Without ``PROVIDER_SECRET`` the provider
 registry's secret is read from ``MESH_PROVIDER_SECRET_FILE``, made once with a
 random value, readable by its owner alone, and handed to the gateway and synth.
-A service that fails to start is reported and the rest run without it. Ctrl-C
-(or SIGTERM) stops every service gracefully, then PostgreSQL.
+A service that fails to start is reported and the rest run without it.
+
+The launcher says "ready" once a generation can be served: every service
+SERVING and a synth provider registered with the gateway (the gateway's
+generation service SERVING). When synth is not running (no model weights) it
+says "ready" all the same, and that generations are unavailable.
+
+Once up, a service that dies (a crash, ``kill -9``) is restarted, and so is
+the embedded PostgreSQL (same data folder, same URL), after a pause that
+grows while it keeps dying (``MESH_RESTART_DELAY_SECONDS`` doubling up to
+``MESH_RESTART_MAX_DELAY_SECONDS``); each death and return is said on the
+output. Ctrl-C (or SIGTERM) stops every service gracefully, then PostgreSQL:
+whatever runs then, restarted ones included.
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ import pathlib
 import secrets
 import signal
 import socket
+import subprocess
 import sys
 import time
 
@@ -44,8 +56,31 @@ EMBEDDED_POSTGRES_DIR = config.setting(
     "data folder of the embedded PostgreSQL that `make run` starts when DATABASE_URL is unset",
 )
 READY_TIMEOUT_SECONDS = config.setting(
-    "MESH_READY_TIMEOUT_SECONDS", 300.0, "`make run`: how long services may take to report SERVING", float
+    "MESH_READY_TIMEOUT_SECONDS",
+    300.0,
+    "`make run`: how long services may take to report SERVING, and synth to register with the gateway",
+    config.positive(float),
 )
+RESTART_DELAY_SECONDS = config.setting(
+    "MESH_RESTART_DELAY_SECONDS",
+    1.0,
+    "`make run`: pause before restarting a service (or the embedded PostgreSQL) that died; it doubles "
+    "at each death that follows a run shorter than MESH_RESTART_MAX_DELAY_SECONDS",
+    config.between(0, 3600),
+)
+RESTART_MAX_DELAY_SECONDS = config.setting(
+    "MESH_RESTART_MAX_DELAY_SECONDS",
+    30.0,
+    "`make run`: longest pause before restarting something that keeps dying; one that ran this long "
+    "before it died waits MESH_RESTART_DELAY_SECONDS again",
+    config.between(0, 3600),
+)
+# How often the launcher looks whether the embedded PostgreSQL still runs (it is
+# no child of the launcher's: pg_ctl starts it detached).
+POSTGRES_CHECK_SECONDS = 0.5
+
+# The gateway's service that is SERVING once a generation can be served.
+GENERATION_SERVICE = "voice.gateway.v1.GenerationService"
 
 PROVIDER_SECRET_FILE = config.setting(
     "MESH_PROVIDER_SECRET_FILE",
@@ -142,6 +177,89 @@ def stored_provider_secret(path: pathlib.Path) -> str:
     return secret
 
 
+def say(line: str) -> None:
+    """A line of the launcher's own on the output."""
+    print(f"mesh     | {line}", flush=True)
+
+
+class Backoff:
+    """The pauses before restarting one thing: MESH_RESTART_DELAY_SECONDS first,
+    doubled at each death after a short run, at most MESH_RESTART_MAX_DELAY_SECONDS;
+    a run that lasted that long starts over from the first pause."""
+
+    def __init__(self, first: float, longest: float) -> None:
+        self.first, self.longest = first, max(first, longest)
+        self.pause = first
+
+    def next(self, ran_for: float) -> float:
+        if ran_for >= self.longest:
+            self.pause = self.first
+        pause, self.pause = self.pause, min(max(self.pause * 2, 0.1), self.longest)
+        return pause
+
+
+def restart_backoff() -> Backoff:
+    return Backoff(RESTART_DELAY_SECONDS.value, RESTART_MAX_DELAY_SECONDS.value)
+
+
+class EmbeddedPostgres:
+    """The embedded server `make run` starts; when it dies the launcher starts it
+    again on the same data folder, so its URL (a socket in that folder) stays the same."""
+
+    def __init__(self, data_dir: pathlib.Path) -> None:
+        self.server = start_embedded_postgres(data_dir)
+        self.url = self.server.get_uri()
+
+    @property
+    def pid(self) -> int:
+        return self.server.get_pid()
+
+    def is_running(self) -> bool:
+        return self.server.get_postmaster_info().is_running()
+
+    def restart(self) -> None:
+        """Start it again; blocks until it accepts connections (pg_ctl -w), or raises."""
+        # The handle's own start-up, under the lock that the package's handles share.
+        with type(self.server)._lock:
+            self.server.ensure_postgres_running()
+
+    def stop(self) -> None:
+        self.server.cleanup()
+
+    async def keep_running(self, stopping: asyncio.Event) -> None:
+        """Restart the server whenever it dies, until `stopping` is set."""
+        backoff = restart_backoff()
+        started = time.monotonic()
+        while not await _wait(stopping, POSTGRES_CHECK_SECONDS):
+            if self.is_running():
+                continue
+            pause = backoff.next(ran_for=time.monotonic() - started)
+            say(f"PostgreSQL (pid {self.pid}) died; restarting it in {pause:g} s")
+            if await _wait(stopping, pause):
+                return
+            try:
+                # pg_ctl blocks; in a thread the launcher keeps serving its output meanwhile.
+                await asyncio.to_thread(self.restart)
+            except (subprocess.SubprocessError, OSError, AssertionError) as error:
+                say(f"PostgreSQL did not start again ({type(error).__name__}); see {self.server.log}")
+                continue
+            started = time.monotonic()
+            url = self.server.get_uri()
+            if url != self.url:  # the services still have the old one
+                say(f"PostgreSQL restarted (pid {self.pid}) at {url}, not {self.url}: restart make run")
+            else:
+                say(f"PostgreSQL restarted (pid {self.pid}); services reconnect by themselves")
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> bool:
+    """Sleep for `seconds` or until `event` is set; whether it is set."""
+    try:
+        await asyncio.wait_for(event.wait(), seconds)
+    except asyncio.TimeoutError:
+        pass
+    return event.is_set()
+
+
 class Mesh:
     """The mesh's processes. Tests drive it directly; `make run` through main()."""
 
@@ -184,8 +302,9 @@ class Mesh:
 
     echo = True
 
-    async def wait_serving(self, name: str, timeout: float) -> None:
-        """Wait until the service's health check says SERVING; fail early if it exits."""
+    async def wait_serving(self, name: str, timeout: float, service: str = "") -> None:
+        """Wait until the service's health check (of the whole server, or of one of
+        its services) says SERVING; fail early if it exits."""
         deadline = time.monotonic() + timeout
         async with tls.open_channel(self.address(name), credentials=tls.load(self.env)) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
@@ -195,20 +314,26 @@ class Mesh:
                     tail = "\n".join(self.log_lines[name][-30:])
                     raise RuntimeError(f"{name} exited with code {process.returncode}:\n{tail}")
                 try:
-                    reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                    reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
                     if reply.status == health_pb2.HealthCheckResponse.SERVING:
                         return
                 except grpc.aio.AioRpcError:
                     pass
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"{name} not SERVING after {timeout:.0f} s")
+                    raise TimeoutError(f"{service or name} not SERVING after {timeout:.0f} s")
                 await asyncio.sleep(0.2)
+
+    async def wait_generations(self, timeout: float) -> None:
+        """Wait until the gateway can serve a generation: a synth provider has registered."""
+        await self.wait_serving("gateway", timeout, service=GENERATION_SERVICE)
 
     async def start(self, timeout: float) -> None:
         for name in self.services:
             await self.start_service(name)
             # Later services call earlier ones at start-up, so wait for each in turn.
             await self.wait_serving(name, timeout)
+        if {"synth", "gateway"} <= set(self.services):
+            await self.wait_generations(timeout)
 
     async def stop_service(self, name: str, sig: int = signal.SIGTERM) -> int | None:
         process = self.processes.pop(name, None)
@@ -233,15 +358,31 @@ class Mesh:
 
     async def stop(self) -> None:
         # Reverse order: the gateway stops taking requests before what it calls goes away.
-        for name in reversed(list(self.processes)):
+        for name in reversed(self.services):
             await self.stop_service(name)
 
-    async def wait_any_exit(self) -> str:
-        waiters = {asyncio.create_task(p.wait()): n for n, p in self.processes.items()}
-        done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
-        return waiters[done.pop()]
+    async def keep_running(self, name: str) -> None:
+        """Restart the service whenever it exits, after a growing pause (Backoff);
+        says so on the output. Runs until cancelled."""
+        backoff = restart_backoff()
+        while True:
+            began = time.monotonic()
+            code = await self.processes[name].wait()
+            await self.stop_service(name)  # its last lines
+            pause = backoff.next(ran_for=time.monotonic() - began)
+            say(f"{name} exited with code {code}; restarting it in {pause:g} s")
+            await asyncio.sleep(pause)
+            await self.start_service(name)
+            try:
+                await self.wait_serving(name, READY_TIMEOUT_SECONDS.value)
+            except RuntimeError:  # it died again: the next round waits longer
+                continue
+            except TimeoutError as error:
+                say(f"{name} restarted but {error}; killing it to try again")
+                self.processes[name].kill()
+                continue
+            say(f"{name} restarted (pid {self.processes[name].pid}): SERVING again")
+
 
 
 def mesh_environment(database_url: str | None, provider_secret: str | None = None) -> dict[str, str]:
@@ -260,15 +401,15 @@ async def run(services: list[str]) -> int:
     problems = port_problems(services)
     if problems:
         for problem in problems:
-            print(f"mesh     | {problem}", flush=True)
-        print("mesh     | nothing started: free those ports or choose others (README, Configuration)", flush=True)
+            say(problem)
+        say("nothing started: free those ports or choose others (README, Configuration)")
         return 1
     postgres = None
     database_url = config.DATABASE_URL.value
     if not database_url and NEEDS_DATABASE & set(services):
-        postgres = start_embedded_postgres(ROOT / EMBEDDED_POSTGRES_DIR.value)
-        database_url = postgres.get_uri()
-        print(f"postgres | embedded PostgreSQL at {database_url}", flush=True)
+        postgres = EmbeddedPostgres(ROOT / EMBEDDED_POSTGRES_DIR.value)
+        database_url = postgres.url
+        print(f"postgres | embedded PostgreSQL at {database_url} (pid {postgres.pid})", flush=True)
 
     stored = None if provider_credentials.PROVIDER_SECRET.value else stored_provider_secret(ROOT / PROVIDER_SECRET_FILE.value)
     mesh = Mesh(services, mesh_environment(database_url, stored))
@@ -277,19 +418,36 @@ async def run(services: list[str]) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopping.set)
 
+    # From the moment each is up, whatever the launcher started is kept running.
+    keepers: list[asyncio.Task] = []
+    postgres_keeper = asyncio.create_task(postgres.keep_running(stopping)) if postgres else None
     # A service that cannot start (say synth, with no model weights to be had) is
     # reported and left out; the rest of the mesh still runs, as it would in a cluster.
     failed: list[str] = []
 
-    async def start_all() -> None:
+    async def start_all() -> str:
+        """Start every service; returns why generations cannot be served ("" when they can)."""
         for name in services:
             try:
                 await mesh.start_service(name)
                 await mesh.wait_serving(name, READY_TIMEOUT_SECONDS.value)
             except (RuntimeError, TimeoutError) as error:
-                print(f"mesh     | {name} did not start: {error}", flush=True)
+                say(f"{name} did not start: {error}")
                 await mesh.stop_service(name)
                 failed.append(name)
+                continue
+            say(f"{name} SERVING (pid {mesh.processes[name].pid})")
+            keepers.append(asyncio.create_task(mesh.keep_running(name)))
+        running = {name for name in services if name not in failed}
+        if "gateway" not in running:
+            return ""  # no API to generate through; the ready line says the gateway is not running
+        if "synth" not in running:
+            return "synth is not running"
+        try:
+            await mesh.wait_generations(READY_TIMEOUT_SECONDS.value)
+        except (RuntimeError, TimeoutError):
+            return f"no synth provider registered with the gateway within {READY_TIMEOUT_SECONDS.value:g} s"
+        return ""
 
     starting = asyncio.create_task(start_all())
     stop_wait = asyncio.create_task(stopping.wait())
@@ -298,25 +456,29 @@ async def run(services: list[str]) -> int:
         running = [name for name in services if name not in failed]
         where = f"http://127.0.0.1:{config.GATEWAY_HTTP_PORT.value}" if "gateway" in running else "gRPC only"
         note = f"; NOT running: {', '.join(failed)} (see above)" if failed else ""
-        print(f"mesh     | ready: {', '.join(running)} ({where}){note}; Ctrl-C stops all", flush=True)
-        while mesh.processes and not stopping.is_set():
-            exited = asyncio.create_task(mesh.wait_any_exit())
-            done, _ = await asyncio.wait({exited, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-            if exited not in done:
-                exited.cancel()
-                break
-            name = exited.result()
-            print(f"mesh     | {name} exited with code {mesh.processes[name].returncode}", flush=True)
-            await mesh.stop_service(name)
-            failed.append(name)
+        why_not = starting.result()
+        if why_not:
+            note += (
+                f"; GENERATIONS UNAVAILABLE ({why_not}): generations and speech answer 404 no_provider"
+                " and /readyz 503 until a synth provider registers"
+            )
+        say(f"ready: {', '.join(running)} ({where}){note}; Ctrl-C stops all")
+        await stop_wait
     else:
         starting.cancel()
-    code = 1 if failed else 0
-    print("mesh     | stopping", flush=True)
-    await mesh.stop()
+        try:
+            await starting
+        except asyncio.CancelledError:
+            pass
+    say("stopping")
+    for keeper in keepers:
+        keeper.cancel()
+    await asyncio.gather(*keepers, return_exceptions=True)
+    await mesh.stop()  # every service running now, restarted ones included
     if postgres is not None:
-        postgres.cleanup()
-    return code
+        await postgres_keeper  # it returns once a restart under way is over
+        postgres.stop()
+    return 1 if failed else 0
 
 
 def main() -> int:

@@ -26,6 +26,13 @@ PROVIDER_TIMEOUT_SECONDS = setting(
     "a provider without a heartbeat for this long is offline",
     float,
 )
+READINESS_INTERVAL_SECONDS = setting(
+    "GATEWAY_READINESS_INTERVAL_SECONDS",
+    2.0,
+    "how often the gateway checks that PostgreSQL is reachable and that an online synth provider offers a "
+    "voice-cloning model; its generation and speech services (and /readyz) are NOT_SERVING while not",
+    between(0.1, 3600),
+)
 
 SYNTH_TIMEOUT_SECONDS = setting(
     "GATEWAY_SYNTH_TIMEOUT_SECONDS",

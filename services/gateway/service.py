@@ -18,14 +18,14 @@ from runtime import config, database
 from runtime.errors import ApiError
 from runtime.server import Servicer, ServiceSpec
 from services.gateway import accounts
-from services.gateway.config import SYNTH_TIMEOUT_SECONDS
+from services.gateway.config import READINESS_INTERVAL_SECONDS, SYNTH_TIMEOUT_SECONDS
 from services.gateway.edge.config import MAX_BODY_BYTES, upstream_names
 from services.gateway.edge.front import HttpFront
 from services.gateway.edge.upstreams import RouteTable
 from services.gateway.generation import history
 from services.gateway.generation.generations import GenerationService
-from services.gateway.generation.registry import ModelService, ProviderRegistry
-from services.gateway.generation.routing import Router
+from services.gateway.generation.registry import ModelService, ProviderRegistry, online_models
+from services.gateway.generation.routing import VOICE_CLONING, Router
 from services.gateway.generation.speech import SpeechService
 from voice.gateway.v1 import generations_pb2_grpc, models_pb2_grpc, providers_pb2_grpc, speech_pb2_grpc
 
@@ -99,6 +99,20 @@ class Gateway:
     async def ready(self) -> bool:
         return await database.is_reachable(self.pool())
 
+    async def generations_ready(self) -> bool:
+        """A generation can be served: an online provider offers a voice-cloning model.
+
+        Until then the generation and speech services are NOT_SERVING, so /readyz
+        and `make run` do not call the mesh ready while every generation would be
+        404 no_provider. The registry and the models stay ready: providers must
+        reach the one to register, and the pod's readiness probe asks the other.
+        """
+        try:
+            models = await online_models(self.pool())
+        except ApiError:  # database down: the spec's own probe says so
+            return False
+        return any(VOICE_CLONING in model.features for model in models)
+
 
 def build_spec() -> ServiceSpec:
     gateway = Gateway()
@@ -109,11 +123,13 @@ def build_spec() -> ServiceSpec:
                 generations_pb2_grpc.add_GenerationServiceServicer_to_server,
                 gateway.generations,
                 "voice.gateway.v1.GenerationService",
+                readiness=gateway.generations_ready,
             ),
             Servicer(
                 speech_pb2_grpc.add_SpeechServiceServicer_to_server,
                 SpeechService(gateway.generations),
                 "voice.gateway.v1.SpeechService",
+                readiness=gateway.generations_ready,
             ),
             Servicer(
                 models_pb2_grpc.add_ModelServiceServicer_to_server,
@@ -129,4 +145,5 @@ def build_spec() -> ServiceSpec:
         on_start=gateway.start,
         on_stop=gateway.stop,
         readiness=gateway.ready,
+        readiness_interval_seconds=READINESS_INTERVAL_SECONDS.value,
     )

@@ -19,6 +19,7 @@ from runtime.server import Servicer, ServiceSpec, main
 
 log = logging.getLogger("sleepy")
 SERVICE = "test.Sleepy"
+PICKY = "test.Picky"  # a second service, with a readiness of its own
 
 
 async def sleep(request: bytes, context) -> bytes:
@@ -49,6 +50,11 @@ def add_to_server(_implementation, server: grpc.aio.Server) -> None:
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
 
 
+def add_picky_to_server(_implementation, server: grpc.aio.Server) -> None:
+    handlers = {"Sleep": grpc.unary_unary_rpc_method_handler(sleep)}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(PICKY, handlers),))
+
+
 async def slow_start() -> None:
     await asyncio.sleep(float(os.environ.get("SLEEPY_START_SECONDS", "0")))
 
@@ -59,12 +65,18 @@ async def ready() -> bool:
     return flag is None or os.path.exists(flag)
 
 
+async def picky_ready() -> bool:
+    """test.Picky's own readiness: while SLEEPY_PICKY_READY_FILE exists (a stand-in for a provider)."""
+    flag = os.environ.get("SLEEPY_PICKY_READY_FILE")
+    return flag is None or os.path.exists(flag)
+
+
 if __name__ == "__main__":
     assert config.SERVICES["transcode"]  # the port slot this test service borrows
     main(
         lambda: ServiceSpec(
             "transcode",
-            [Servicer(add_to_server, None, SERVICE)],
+            [Servicer(add_to_server, None, SERVICE), Servicer(add_picky_to_server, None, PICKY, readiness=picky_ready)],
             on_start=slow_start,
             readiness=ready,
             readiness_interval_seconds=0.1,

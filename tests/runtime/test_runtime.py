@@ -112,6 +112,29 @@ def test_readiness_moves_the_services_while_the_process_stays_alive(tmp_path):
         assert probed.stop() == 0
 
 
+def test_a_service_with_a_readiness_of_its_own_waits_for_it_and_leaves_the_others_be(tmp_path):
+    database, provider = tmp_path / "database-up", tmp_path / "provider-up"
+    database.touch()
+    probed = Sleepy(SLEEPY_READY_FILE=str(database), SLEEPY_PICKY_READY_FILE=str(provider))
+    try:
+        probed.wait_for(SERVING, service="")
+        # Never SERVING before its own probe passed, not even just after start-up.
+        assert probed.health("test.Picky") == NOT_SERVING
+        assert probed.health("test.Sleepy") == SERVING
+        provider.touch()
+        probed.wait_for(SERVING, service="test.Picky")
+        database.unlink()  # the probe of the whole spec holds back every service
+        probed.wait_for(NOT_SERVING, service="test.Picky")
+        probed.wait_for(NOT_SERVING, service="test.Sleepy")
+        database.touch()
+        provider.unlink()
+        probed.wait_for(SERVING, service="test.Sleepy")
+        probed.wait_for(NOT_SERVING, service="test.Picky")
+        assert probed.health("") == SERVING
+    finally:
+        assert probed.stop() == 0
+
+
 def test_an_api_error_reaches_the_client_with_its_reason_and_field(sleepy):
     with pytest.raises(grpc.RpcError) as caught:
         sleepy.call("Fail", b"api")
