@@ -1,0 +1,126 @@
+"""Refusing work with a Retry-After (runtime.admission), the RetryInfo that carries it
+between services (runtime.errors), and payloads serialized without extra copies (runtime.wire)."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.api import httpbody_pb2
+
+from runtime import wire
+from runtime.admission import MAX_RETRY_SECONDS, UNKNOWN_RETRY_SECONDS, Gate, Throughput, retry_after
+from runtime.errors import ApiError
+from voice.library.v1 import library_pb2
+from voice.transcode.v1 import transcode_pb2
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_throughput_is_what_finished_within_the_window_per_second():
+    clock = Clock()
+    throughput = Throughput(window_seconds=10, clock=clock)
+    assert throughput.per_second() is None  # nothing finished: no rate to go by
+    clock.now += 20
+    throughput.record(4)
+    clock.now += 1
+    throughput.record(1)
+    assert throughput.per_second() == pytest.approx(5 / 10)
+    clock.now += 9.5  # the first four are now older than the window
+    assert throughput.per_second() == pytest.approx(1 / 10)
+    clock.now += 1
+    assert throughput.per_second() is None
+
+
+def test_a_service_up_for_less_than_the_window_counts_its_own_time():
+    clock = Clock()
+    throughput = Throughput(window_seconds=60, clock=clock)
+    clock.now += 2
+    throughput.record(4)
+    assert throughput.per_second() == pytest.approx(4 / 2)
+
+
+def test_retry_after_is_the_work_ahead_at_the_recent_rate_between_1_and_60_seconds():
+    clock = Clock()
+    throughput = Throughput(window_seconds=10, clock=clock)
+    assert retry_after(8, throughput) == UNKNOWN_RETRY_SECONDS
+    clock.now += 20
+    throughput.record(20)  # 2 a second
+    assert retry_after(10, throughput) == pytest.approx(5)
+    assert retry_after(1, throughput) == 1.0  # never less than a second
+    assert retry_after(10_000, throughput) == MAX_RETRY_SECONDS
+
+
+def busy(inside: int, seconds: float) -> ApiError:
+    return ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED, "BUSY", f"{inside} inside", retry_after=seconds)
+
+
+def test_a_gate_takes_its_limit_and_refuses_one_more_at_once_until_one_leaves():
+    gate = Gate(2, busy)
+    with gate.admit(), gate.admit():
+        with pytest.raises(ApiError) as caught:
+            with gate.admit():
+                pass
+        assert caught.value.reason == "BUSY" and caught.value.message == "2 inside"
+        assert caught.value.retry_after == UNKNOWN_RETRY_SECONDS
+    with gate.admit():
+        assert gate.inside == 1
+
+
+def test_a_request_that_fails_inside_the_gate_still_leaves_it():
+    gate = Gate(1, busy)
+    with pytest.raises(RuntimeError):
+        with gate.admit():
+            raise RuntimeError("decoding failed")
+    with gate.admit():
+        pass
+
+
+def test_retry_info_travels_in_the_status_and_comes_back():
+    sent = ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED, "SYNTH_BUSY", "busy", retry_after=2.5)
+
+    class Call(grpc.RpcError):  # what a client holds of a failed call: code, details, trailers
+        def __init__(self, status: grpc.Status) -> None:
+            self.status = status
+
+        def code(self):
+            return self.status.code
+
+        def details(self):
+            return self.status.details
+
+        def trailing_metadata(self):
+            return self.status.trailing_metadata
+
+    received = ApiError.from_rpc_error(Call(sent.to_status()))
+    assert (received.reason, received.retry_after) == ("SYNTH_BUSY", 2.5)
+    plain = ApiError.from_rpc_error(Call(ApiError(grpc.StatusCode.INVALID_ARGUMENT, "X", "y").to_status()))
+    assert plain.retry_after is None
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 300, 70_000, 3_000_000])
+def test_a_bytes_field_appended_on_the_wire_reads_back_as_if_set(size):
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    request = library_pb2.CreateVoiceSampleRequest(
+        speaker_name="Ada", transcript="hello", audio=httpbody_pb2.HttpBody(content_type="audio/wav", data=b"old")
+    )
+    parsed = library_pb2.CreateVoiceSampleRequest.FromString(wire.with_bytes_field(request, "audio.data", data))
+    expected = library_pb2.CreateVoiceSampleRequest()
+    expected.CopyFrom(request)
+    expected.audio.data = data
+    assert parsed == expected
+
+    top = transcode_pb2.DecodeAudioRequest(max_duration_seconds=120)
+    assert transcode_pb2.DecodeAudioRequest.FromString(wire.with_bytes_field(top, "audio", data)) == (
+        transcode_pb2.DecodeAudioRequest(audio=data, max_duration_seconds=120)
+    )
+
+
+def test_only_a_singular_bytes_field_can_be_appended():
+    with pytest.raises(ValueError):
+        wire.with_bytes_field(library_pb2.CreateVoiceSampleRequest(), "speaker_name", b"x")
