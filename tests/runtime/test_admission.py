@@ -6,6 +6,7 @@ from __future__ import annotations
 import grpc
 import pytest
 from google.api import httpbody_pb2
+from google.protobuf.message import DecodeError
 
 from runtime import wire
 from runtime.admission import MAX_RETRY_SECONDS, UNKNOWN_RETRY_SECONDS, Gate, Throughput, retry_after
@@ -124,3 +125,28 @@ def test_a_bytes_field_appended_on_the_wire_reads_back_as_if_set(size):
 def test_only_a_singular_bytes_field_can_be_appended():
     with pytest.raises(ValueError):
         wire.with_bytes_field(library_pb2.CreateVoiceSampleRequest(), "speaker_name", b"x")
+
+
+@pytest.mark.parametrize("size", [0, 1, 200, 70_000])
+def test_a_lifted_bytes_field_is_a_view_of_the_wire_and_the_rest_parses_as_usual(size):
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    request = library_pb2.CreateVoiceSampleRequest(
+        speaker_name="Ada", is_default=True, audio=httpbody_pb2.HttpBody(content_type="audio/wav", data=data)
+    )
+    serialized = request.SerializeToString()
+    parsed, lifted = wire.lift_bytes_field(serialized, library_pb2.CreateVoiceSampleRequest, "audio.data")
+    assert isinstance(lifted, memoryview) and lifted.obj is serialized and bytes(lifted) == data
+    request.audio.data = b""
+    assert parsed == request
+
+    appended = wire.with_bytes_field(request, "audio.data", data)  # the field after the others
+    parsed, lifted = wire.lift_bytes_field(appended, library_pb2.CreateVoiceSampleRequest, "audio.data")
+    assert (parsed, bytes(lifted)) == (request, data)
+
+
+def test_a_malformed_message_is_refused_as_protobuf_refuses_it():
+    serialized = library_pb2.CreateVoiceSampleRequest(speaker_name="Ada").SerializeToString()
+    with pytest.raises(DecodeError):
+        wire.lift_bytes_field(serialized[:-1], library_pb2.CreateVoiceSampleRequest, "audio.data")
+    parsed, lifted = wire.lift_bytes_field(b"", library_pb2.CreateVoiceSampleRequest, "audio.data")
+    assert parsed == library_pb2.CreateVoiceSampleRequest() and bytes(lifted) == b""
