@@ -8,28 +8,43 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from dataclasses import dataclass
 
 import aiohttp
+import grpc
 import pytest
 
+from runtime.server import channel_options
 from tests.gateway.conftest import Account, assert_error, extra_gateway, make_key, wait_for_models
+from voice.gateway.v1 import generations_pb2, generations_pb2_grpc
 
 GENERATIONS = "/v1/voice/generations"
 PER_SECOND = 0.01  # after the burst, the next generation is allowed 100 s later
 BURST = 2
 
 
+@dataclass
+class Replicas:
+    one: aiohttp.ClientSession  # HTTP clients of the two
+    two: aiohttp.ClientSession
+    one_grpc: generations_pb2_grpc.GenerationServiceStub  # the first over gRPC
+
+
 @pytest.fixture(scope="module")
 async def replicas(mesh):
-    """HTTP clients of two gateway replicas with the same small limits."""
+    """Two gateway replicas with the same small limits."""
     limits = dict(
         GATEWAY_ACCOUNT_GENERATIONS_PER_SECOND=str(PER_SECOND),
         GATEWAY_ACCOUNT_GENERATION_BURST=str(BURST),
         GATEWAY_ACCOUNT_CONCURRENT_GENERATIONS="1",
     )
     async with extra_gateway(mesh, **limits) as first, extra_gateway(mesh, **limits) as second:
-        async with aiohttp.ClientSession(base_url=first.http_url) as one, aiohttp.ClientSession(base_url=second.http_url) as two:
-            yield one, two
+        async with (
+            aiohttp.ClientSession(base_url=first.http_url) as one,
+            aiohttp.ClientSession(base_url=second.http_url) as two,
+            grpc.aio.insecure_channel(first.address("gateway"), options=channel_options()) as channel,
+        ):
+            yield Replicas(one, two, generations_pb2_grpc.GenerationServiceStub(channel))
 
 
 @pytest.fixture
@@ -56,7 +71,7 @@ async def history_ids(http, account: Account) -> list[str]:
 
 
 async def test_past_its_burst_an_account_is_rate_limited_on_every_replica_and_nothing_is_stored(replicas, account):
-    one, two = replicas
+    one, two = replicas.one, replicas.two
     admitted = [await unserved(one, account), await unserved(two, account)]  # the burst, one on each
     for response in admitted:
         await assert_error(response, 404, "no_provider", "model")
@@ -73,11 +88,12 @@ async def test_past_its_burst_an_account_is_rate_limited_on_every_replica_and_no
 
 
 async def test_an_account_with_a_generation_under_way_on_one_replica_waits_on_the_other(replicas, account):
-    one, two = replicas
+    one, two = replicas.one, replicas.two
     await wait_for_models(one, account)
-    # 4096 frames keep the tiny model busy for seconds; the caller hangs up later.
-    long = asyncio.create_task(
-        one.post(GENERATIONS, json={"input": "[S1] A long one.", "max_new_tokens": 4096}, headers=account.headers)
+    # 4096 frames keep the tiny model busy for seconds; its caller (over gRPC) hangs up later.
+    long = replicas.one_grpc.CreateGeneration(
+        generations_pb2.CreateGenerationRequest(input="[S1] A long one.", max_new_tokens=4096),
+        metadata=(("authorization", f"Bearer {account.key}"),),
     )
     deadline = asyncio.get_running_loop().time() + 60
     while not await history_ids(two, account):
@@ -86,7 +102,7 @@ async def test_an_account_with_a_generation_under_way_on_one_replica_waits_on_th
 
     over = await unserved(two, account)
     error = await assert_error(over, 429, "rate_limited")
-    assert "1 generations under way" in error["message"]
+    assert "generations under way as it may have at once (1)" in error["message"]
     assert int(over.headers["Retry-After"]) >= 1
     assert len(await history_ids(two, account)) == 1
 

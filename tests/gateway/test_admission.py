@@ -50,7 +50,7 @@ async def test_no_more_generations_under_way_than_the_limit_whichever_replica_ad
     assert len(admitted) == 3
     assert {(e.reason, e.code.name) for e in refused} == {("RATE_LIMITED", "RESOURCE_EXHAUSTED")}
     assert all(e.retry_after is not None and e.retry_after >= 0 for e in refused)
-    assert "3 generations under way" in refused[0].message
+    assert "under way as it may have at once (3)" in refused[0].message
 
     # One ends (however it ends): there is room for exactly one more.
     await history.mark_failed(replicas[1], admitted[0], "upstream_error", "gone")

@@ -90,7 +90,7 @@ async def admit(pool: asyncpg.Pool, generation: NewGeneration, limits: AccountLi
         )
     if refusal == "concurrency":
         raise rate_limited(
-            f"this account has {limits.concurrent} generations under way, the most it may have at once; "
+            f"this account has as many generations under way as it may have at once ({limits.concurrent}); "
             "try again when one has finished",
             wait_seconds,
         )
