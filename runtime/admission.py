@@ -29,17 +29,18 @@ THROUGHPUT_WINDOW_SECONDS = 60.0
 
 
 class Throughput:
-    """Completions per second over the last THROUGHPUT_WINDOW_SECONDS."""
+    """Requests finished per second lately: those finished within the window, over the time since
+    the earliest of them began (so idle time before that does not count as slowness)."""
 
     def __init__(self, window_seconds: float = THROUGHPUT_WINDOW_SECONDS, clock: Callable[[], float] = time.monotonic):
         self.window_seconds = window_seconds
         self.clock = clock
-        self._started = clock()
-        self._done: collections.deque[float] = collections.deque()
+        self._done: collections.deque[tuple[float, int, float]] = collections.deque()  # (finished, count, began)
 
-    def record(self, count: int = 1) -> None:
+    def record(self, count: int, began: float) -> None:
+        """`count` requests finished now, begun at `began` (the clock's time)."""
         now = self.clock()
-        self._done.extend([now] * count)
+        self._done.append((now, count, began))
         self._forget(now)
 
     def per_second(self) -> float | None:
@@ -48,12 +49,11 @@ class Throughput:
         self._forget(now)
         if not self._done:
             return None
-        # A service up for less than the window has had less time to finish things.
-        span = min(self.window_seconds, max(now - self._started, 1.0))
-        return len(self._done) / span
+        began = min(began for _, _, began in self._done)
+        return sum(count for _, count, _ in self._done) / max(now - began, 1e-3)
 
     def _forget(self, now: float) -> None:
-        while self._done and self._done[0] < now - self.window_seconds:
+        while self._done and self._done[0][0] < now - self.window_seconds:
             self._done.popleft()
 
 
@@ -82,11 +82,12 @@ class Gate:
         if self.inside >= self.limit:
             raise self.refusal(self.inside, retry_after(self.inside, self.throughput))
         self._count(+1)
+        began = self.throughput.clock()
         try:
             yield
         finally:
             self._count(-1)
-            self.throughput.record()
+            self.throughput.record(1, began)
 
     def _count(self, change: int) -> None:
         self.inside += change

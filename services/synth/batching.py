@@ -188,6 +188,7 @@ class Batcher:
                 return self._closing.is_set() or all(job.abandoned.is_set() for job in batch)
 
             self._running = len(batch)
+            began = self.throughput.clock()
             GENERATE_CALLS.inc()
             BATCH_SIZE.observe(len(batch))
             try:
@@ -204,7 +205,7 @@ class Batcher:
                         job.future.set_result(result)
             finally:
                 self._running = 0
-                self.throughput.record(len(batch))
+                self.throughput.record(len(batch), began)
 
     async def close(self) -> None:
         """Stop the scheduler, end a running generation early, and let the thread finish."""

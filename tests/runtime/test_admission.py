@@ -23,35 +23,30 @@ class Clock:
         return self.now
 
 
-def test_throughput_is_what_finished_within_the_window_per_second():
+def test_throughput_is_what_finished_within_the_window_over_the_time_since_it_began():
     clock = Clock()
     throughput = Throughput(window_seconds=10, clock=clock)
     assert throughput.per_second() is None  # nothing finished: no rate to go by
-    clock.now += 20
-    throughput.record(4)
-    clock.now += 1
-    throughput.record(1)
-    assert throughput.per_second() == pytest.approx(5 / 10)
-    clock.now += 9.5  # the first four are now older than the window
-    assert throughput.per_second() == pytest.approx(1 / 10)
-    clock.now += 1
-    assert throughput.per_second() is None
-
-
-def test_a_service_up_for_less_than_the_window_counts_its_own_time():
-    clock = Clock()
-    throughput = Throughput(window_seconds=60, clock=clock)
+    clock.now += 100  # idle for a long time: that is not slowness
+    began = clock.now
     clock.now += 2
-    throughput.record(4)
+    throughput.record(4, began)  # a batch of 4 in 2 s
     assert throughput.per_second() == pytest.approx(4 / 2)
+    clock.now += 2
+    throughput.record(4, began + 2)  # and another
+    assert throughput.per_second() == pytest.approx(8 / 4)
+    clock.now += 8.5  # the first batch finished longer than the window ago
+    assert throughput.per_second() == pytest.approx(4 / 10.5)
+    clock.now += 2
+    assert throughput.per_second() is None
 
 
 def test_retry_after_is_the_work_ahead_at_the_recent_rate_between_1_and_60_seconds():
     clock = Clock()
     throughput = Throughput(window_seconds=10, clock=clock)
     assert retry_after(8, throughput) == UNKNOWN_RETRY_SECONDS
-    clock.now += 20
-    throughput.record(20)  # 2 a second
+    clock.now += 10
+    throughput.record(20, clock.now - 10)  # 2 a second
     assert retry_after(10, throughput) == pytest.approx(5)
     assert retry_after(1, throughput) == 1.0  # never less than a second
     assert retry_after(10_000, throughput) == MAX_RETRY_SECONDS
