@@ -5,9 +5,10 @@ upload a WAV of about 19 MB each (107 s of 44.1 kHz stereo 16-bit, under
 LIBRARY_MAX_UPLOAD_BYTES and LIBRARY_MAX_SAMPLE_SECONDS) to
 POST /v1/voice/samples as multipart forms, all at once. Before each round the
 peak resident memory of the gateway and the library is reset
-(/proc/PID/clear_refs); after it, their peaks (VmHWM) less what they held
+(/proc/PID/clear_refs); after it, each one's peak (VmHWM) less what it held
 idle before the first big upload, divided by the uploads sent at once, is
-printed beside the upload's size: the target is at most 3 times the size.
+printed as a multiple of the upload's size: the target is at most 3 times the
+size in each process.
 
 Two rounds: as many uploads as LIBRARY_MAX_CONCURRENT_UPLOADS (all admitted),
 then twice that (the rest refused at once with 429 uploads_busy and a
@@ -85,15 +86,15 @@ async def one_round(http, headers, audio: bytes, uploads: int, pids: dict[str, i
     total = sum(extra.values())
     size = len(audio)
     print(
-        f"{uploads} uploads at once: {admitted} stored, {len(refused)} refused with 429 "
+        f"{uploads} uploads of {size / MIB:.1f} MiB at once: {admitted} stored, {len(refused)} refused with 429 "
         f"(Retry-After {sorted(set(refused)) if refused else '-'})"
     )
     for name in pids:
-        print(f"  {name:8} peak {peaks[name] / 1024:7.1f} MiB = idle + {extra[name] / MIB:6.1f} MiB")
-    print(
-        f"  together: + {total / MIB:6.1f} MiB = {total / uploads / MIB:5.1f} MiB per upload sent at once "
-        f"= {total / uploads / size:4.2f}x the upload's {size / MIB:.1f} MiB (target: at most 3x)"
-    )
+        print(
+            f"  {name:8} peak {peaks[name] / 1024:7.1f} MiB = idle + {extra[name] / MIB:6.1f} MiB "
+            f"= {extra[name] / uploads / size:4.2f}x the upload per upload sent at once (target: at most 3x)"
+        )
+    print(f"  both     idle + {total / MIB:6.1f} MiB = {total / uploads / size:4.2f}x the upload per upload sent at once")
 
 
 async def run(args) -> None:
