@@ -17,6 +17,7 @@ import pkgutil
 import sys
 
 import runtime
+import services
 from runtime import config
 
 START, END = "<!-- config-table:start -->", "<!-- config-table:end -->"
@@ -27,12 +28,10 @@ def load_all() -> dict[str, config.Setting]:
     for module in pkgutil.iter_modules(runtime.__path__):
         importlib.import_module(f"runtime.{module.name}")
     importlib.import_module("tools.mesh")
-    for name in config.SERVICE_PORTS:
-        try:
-            importlib.import_module(f"services.{name}.config")
-        except ModuleNotFoundError as error:
-            if error.name != f"services.{name}.config":
-                raise
+    # Every config module of every service, parts of services included (the gateway's edge/config.py).
+    for module in pkgutil.walk_packages(services.__path__, "services."):
+        if module.name.rsplit(".", 1)[-1] == "config":
+            importlib.import_module(module.name)
     return config.REGISTRY
 
 
