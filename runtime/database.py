@@ -37,6 +37,10 @@ DATABASE_POOL_SIZE = config.setting(
     "DATABASE_POOL_SIZE", 10, "most PostgreSQL connections one service process holds", int
 )
 
+# Retry-After of DATABASE_UNAVAILABLE: a restarted PostgreSQL or a failover answers within seconds,
+# and the pools reconnect on the next request.
+UNAVAILABLE_RETRY_SECONDS = 2.0
+
 _MIGRATION_NAME = re.compile(r"^(\d+)_[\w-]+\.sql$")
 
 # Errors that mean "the database is not there right now", as opposed to a bug in a query.
@@ -60,6 +64,7 @@ def unavailable() -> ApiError:
         grpc.StatusCode.UNAVAILABLE,
         "DATABASE_UNAVAILABLE",
         "the database is unavailable; nothing was changed, try again shortly",
+        retry_after=UNAVAILABLE_RETRY_SECONDS,
     )
 
 

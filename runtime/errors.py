@@ -5,7 +5,11 @@ trailers (``grpc-status-details-bin``), with one ``google.rpc.ErrorInfo``
 whose ``reason`` is the public error type in UPPER_SNAKE_CASE
 (``AUDIO_DECODE_FAILED``); the HTTP gateway lowercases it into the
 ``error.type`` of its JSON body. When one request field is at fault its name
-travels in ``ErrorInfo.metadata["param"]``.
+travels in ``ErrorInfo.metadata["param"]``. When trying again later can
+succeed (a busy queue, a rate limit, a database that is reconnecting), the
+status also carries a ``google.rpc.RetryInfo`` with the delay to wait; the
+HTTP edge turns it into a ``Retry-After`` header, and a service that passes an
+upstream's error on passes the delay on with it.
 
 Services raise :class:`ApiError`; the server interceptor turns it (and any
 unexpected exception, without its traceback) into that status.
@@ -13,8 +17,10 @@ unexpected exception, without its traceback) into that status.
 
 from __future__ import annotations
 
+import datetime
+
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -31,12 +37,15 @@ class ApiError(Exception):
         message: str,
         *,
         param: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.reason = reason
         self.message = message
         self.param = param
+        # Seconds after which the same request may succeed; None when waiting would not help.
+        self.retry_after = retry_after
 
     def __repr__(self) -> str:
         return f"ApiError({self.code.name}, {self.reason}, {self.message!r})"
@@ -50,6 +59,10 @@ class ApiError(Exception):
         status = status_pb2.Status(
             code=self.code.value[0], message=self.message, details=[detail]
         )
+        if self.retry_after is not None:
+            delay = duration_pb2.Duration()
+            delay.FromTimedelta(datetime.timedelta(seconds=max(0.0, self.retry_after)))
+            status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
         return rpc_status.to_status(status)
 
     @classmethod
@@ -61,7 +74,7 @@ class ApiError(Exception):
         """
         code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
         message = error.details() if hasattr(error, "details") else str(error)
-        reason, param = DEFAULT_REASONS.get(code, "INTERNAL"), None
+        reason, param, retry_after = DEFAULT_REASONS.get(code, "INTERNAL"), None, None
         try:
             status = rpc_status.from_call(error)
         except Exception:  # malformed trailers: keep the defaults
@@ -73,7 +86,11 @@ class ApiError(Exception):
                     detail.Unpack(info)
                     reason = info.reason
                     param = info.metadata.get("param") or None
-        return cls(code, reason, message or code.name, param=param)
+                elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                    retry = error_details_pb2.RetryInfo()
+                    detail.Unpack(retry)
+                    retry_after = retry.retry_delay.ToTimedelta().total_seconds()
+        return cls(code, reason, message or code.name, param=param, retry_after=retry_after)
 
 
 # Reasons for statuses that carry no ErrorInfo (raised by gRPC itself).

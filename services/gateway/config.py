@@ -77,6 +77,29 @@ SPEECH_FRAMES_PER_CHARACTER = setting(
     between(1, 100),
 )
 
+# Per-account limits on generations (POST /v1/voice/generations and /v1/audio/speech), for all of an
+# account's keys together, held in PostgreSQL so that they hold across every gateway replica.
+ACCOUNT_GENERATIONS_PER_SECOND = setting(
+    "GATEWAY_ACCOUNT_GENERATIONS_PER_SECOND",
+    5.0,
+    "generations an account may start per second, on average, whichever gateway replica it calls; past "
+    "it (and its burst), 429 rate_limited with Retry-After until the next is allowed (0 turns the limit off)",
+    between(0, 1_000_000),
+)
+ACCOUNT_GENERATION_BURST = setting(
+    "GATEWAY_ACCOUNT_GENERATION_BURST",
+    20,
+    "generations an account may start at once above its per-second rate, after a quiet spell",
+    between(1, 1_000_000, int),
+)
+ACCOUNT_CONCURRENT_GENERATIONS = setting(
+    "GATEWAY_ACCOUNT_CONCURRENT_GENERATIONS",
+    4,
+    "generations an account may have under way (queued or running) at once, whichever gateway replica "
+    "it calls; one more is 429 rate_limited with Retry-After (0 turns the limit off)",
+    between(0, 1_000_000, int),
+)
+
 
 def _default_public_url() -> str:
     return f"http://127.0.0.1:{config.GATEWAY_HTTP_PORT.value}"

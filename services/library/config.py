@@ -11,6 +11,13 @@ MAX_UPLOAD_BYTES = setting(
     "largest voice-sample upload in bytes; larger ones fail with request_too_large (HTTP 413)",
     positive(int),
 )
+MAX_CONCURRENT_UPLOADS = setting(
+    "LIBRARY_MAX_CONCURRENT_UPLOADS",
+    4,
+    "voice-sample uploads one library process works on at once (each holds a few copies of its audio "
+    "in memory); one more is refused at once with 429 uploads_busy and a Retry-After",
+    positive(int),
+)
 MAX_SAMPLE_SECONDS = setting(
     "LIBRARY_MAX_SAMPLE_SECONDS",
     120.0,

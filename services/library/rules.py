@@ -88,7 +88,7 @@ def recognized_transcript(text: str) -> str:
     return text.strip()[: config.MAX_TRANSCRIPT_CHARS.value].strip()
 
 
-def audio(data: bytes) -> bytes:
+def audio(data: bytes | memoryview) -> bytes | memoryview:
     """The uploaded audio, if there is some and not too much.
 
     Checked before any decoding, so an oversized upload costs nothing more.

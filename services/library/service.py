@@ -3,7 +3,14 @@
 An upload is checked (account, fields, size), normalized to 44.1 kHz mono WAV
 by the transcode service, given a transcript by the STT service when the user
 typed none and one is reachable, and inserted in one transaction; the reply
-goes out only after the commit.
+goes out only after the commit. At most LIBRARY_MAX_CONCURRENT_UPLOADS are
+worked on at once, which bounds the memory uploads take (each holds a few
+copies of its audio); one more is refused at once with UPLOADS_BUSY and a
+Retry-After from how fast uploads have been finishing. Those copies are few:
+the request arrives as an :class:`Upload` (the message without the audio, and
+a view of the audio in what was received), the audio goes to transcode
+appended to its request on the wire (runtime.wire) and into PostgreSQL by a
+streamed COPY (store.insert).
 """
 
 from __future__ import annotations
@@ -11,21 +18,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import pathlib
+from dataclasses import dataclass
 
 import asyncpg
 import grpc
+import prometheus_client
 from google.api import httpbody_pb2
 
-from runtime import clients, pagination
+from runtime import clients, pagination, wire
+from runtime.admission import Gate
 from runtime.database import CONNECTION_ERRORS, is_reachable, open_pool, unavailable
 from runtime.errors import ApiError
 from runtime.server import ServiceSpec, Servicer
 from services.library import config, rules, store
 from voice.library.v1 import library_pb2, library_pb2_grpc
 from voice.stt.v1 import stt_pb2, stt_pb2_grpc
-from voice.transcode.v1 import transcode_pb2, transcode_pb2_grpc
+from voice.transcode.v1 import transcode_pb2
 
 log = logging.getLogger("library")
+
+UPLOADS_IN_PROGRESS = prometheus_client.Gauge(
+    "library_uploads_in_progress", "Voice-sample uploads being worked on (at most LIBRARY_MAX_CONCURRENT_UPLOADS)."
+)
 
 MIGRATIONS = pathlib.Path(__file__).resolve().parent / "migrations"
 SCHEMA = "library"
@@ -52,9 +66,10 @@ def to_proto(row: asyncpg.Record) -> library_pb2.VoiceSample:
 class Library(library_pb2_grpc.LibraryServiceServicer):
     def __init__(self) -> None:
         self._pool: asyncpg.Pool | None = None
-        self._transcode: transcode_pb2_grpc.TranscodeServiceStub | None = None
+        self._decode_audio: grpc.aio.UnaryUnaryMultiCallable | None = None
         self._stt: stt_pb2_grpc.SttServiceStub | None = None
         self._channels: list[grpc.aio.Channel] = []
+        self.uploads = Gate(config.MAX_CONCURRENT_UPLOADS.value, uploads_busy, UPLOADS_IN_PROGRESS)
 
     # --- Life cycle (hooks of the ServiceSpec) ---------------------------
 
@@ -63,7 +78,13 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
         transcode_channel = clients.service_channel("transcode")
         stt_channel = clients.service_channel("stt")
         self._channels = [transcode_channel, stt_channel]
-        self._transcode = transcode_pb2_grpc.TranscodeServiceStub(transcode_channel)
+        # DecodeAudio takes its request serialized by runtime.wire: the upload is copied once into it.
+        decode = transcode_pb2.DESCRIPTOR.services_by_name["TranscodeService"].methods_by_name["DecodeAudio"]
+        self._decode_audio = transcode_channel.unary_unary(
+            f"/{decode.containing_service.full_name}/{decode.name}",
+            request_serializer=None,
+            response_deserializer=transcode_pb2.DecodeAudioResponse.FromString,
+        )
         self._stt = stt_pb2_grpc.SttServiceStub(stt_channel)
         while self._pool is None:
             try:
@@ -92,38 +113,43 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
 
     # --- RPCs ------------------------------------------------------------
 
-    async def CreateVoiceSample(self, request, context):
+    async def CreateVoiceSample(self, upload: Upload, context):
+        request = upload.request
         account = rules.account_id(context.invocation_metadata())
         speaker_name = rules.speaker_name(request.speaker_name)
         transcript = rules.transcript(request.transcript)
         visibility = rules.visibility(request.visibility, empty_means_default=True)
         collection = rules.collection(request.collection)
-        audio = rules.audio(request.audio.data)
+        with self.uploads.admit():
+            audio = rules.audio(upload.audio)
 
-        decoded = await self._decode(audio)
-        transcript_source = "user" if transcript else ""
-        if not transcript:
-            transcript = await self._recognize(decoded.wav)
-            transcript_source = "stt" if transcript else ""
+            decoded = await self._decode(audio)
+            # Reading a bytes field copies it: the WAV is read once, and the reply let go.
+            wav, info = decoded.wav, decoded.info
+            del decoded
+            transcript_source = "user" if transcript else ""
+            if not transcript:
+                transcript = await self._recognize(wav)
+                transcript_source = "stt" if transcript else ""
 
-        row = await store.insert(
-            self.pool,
-            account,
-            store.NewSample(
-                speaker_name=speaker_name,
-                transcript=transcript,
-                transcript_source=transcript_source,
-                is_default=request.is_default,
-                visibility=visibility,
-                collection=collection,
-                original_format=rules.original_format(
-                    decoded.info.source_format, decoded.info.source_codec, request.audio.content_type
+            row = await store.insert(
+                self.pool,
+                account,
+                store.NewSample(
+                    speaker_name=speaker_name,
+                    transcript=transcript,
+                    transcript_source=transcript_source,
+                    is_default=request.is_default,
+                    visibility=visibility,
+                    collection=collection,
+                    original_format=rules.original_format(
+                        info.source_format, info.source_codec, request.audio.content_type
+                    ),
+                    original_audio=audio,
+                    normalized_wav=wav,
+                    duration_seconds=info.duration_seconds,
                 ),
-                original_audio=audio,
-                normalized_wav=decoded.wav,
-                duration_seconds=decoded.info.duration_seconds,
-            ),
-        )
+            )
         log.info("voice sample stored", extra={"sample_id": row["id"], "account_id": account})
         return library_pb2.CreateVoiceSampleResponse(voice_sample=to_proto(row))
 
@@ -181,13 +207,10 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
 
     async def _decode(self, audio: bytes) -> transcode_pb2.DecodeAudioResponse:
         """44.1 kHz mono WAV of the upload; the transcode service's refusals pass through."""
-        assert self._transcode is not None
+        assert self._decode_audio is not None
+        request = transcode_pb2.DecodeAudioRequest(max_duration_seconds=config.MAX_SAMPLE_SECONDS.value)
         try:
-            return await self._transcode.DecodeAudio(
-                transcode_pb2.DecodeAudioRequest(
-                    audio=audio, max_duration_seconds=config.MAX_SAMPLE_SECONDS.value
-                )
-            )
+            return await self._decode_audio(wire.with_bytes_field(request, "audio", audio))
         except grpc.aio.AioRpcError as error:
             raise _transcode_failure(error) from None
 
@@ -203,6 +226,48 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
             log.warning("no transcript from speech recognition", extra={"code": error.code().name})
             return ""
         return rules.recognized_transcript(reply.text)
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A CreateVoiceSampleRequest as received: the message without its audio's bytes, and those
+    bytes as a view of the received message, not copies of them (runtime.wire)."""
+
+    request: library_pb2.CreateVoiceSampleRequest
+    audio: memoryview
+
+    @classmethod
+    def received(cls, serialized: bytes) -> "Upload":
+        return cls(*wire.lift_bytes_field(serialized, library_pb2.CreateVoiceSampleRequest, "audio.data"))
+
+
+class _Handlers:
+    """Stands in for a server to catch the handlers a generated add_*_to_server function makes."""
+
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
+        self.service, self.handlers = service, handlers
+
+
+def add_to_server(library: Library, server) -> None:
+    """The generated registration of the LibraryService, but CreateVoiceSample receives an Upload."""
+    generated = _Handlers()
+    library_pb2_grpc.add_LibraryServiceServicer_to_server(library, generated)
+    handlers = dict(generated.handlers)
+    handlers["CreateVoiceSample"] = handlers["CreateVoiceSample"]._replace(request_deserializer=Upload.received)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(generated.service, handlers),))
+    server.add_registered_method_handlers(generated.service, handlers)
+
+
+def uploads_busy(uploading: int, retry_after: float) -> ApiError:
+    return ApiError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "UPLOADS_BUSY",
+        f"the library is working on {uploading} uploads, the most it takes at once; try again shortly",
+        retry_after=retry_after,
+    )
 
 
 def _transcode_failure(error: grpc.aio.AioRpcError) -> ApiError:
@@ -232,7 +297,7 @@ def build_spec() -> ServiceSpec:
         name="library",
         servicers=[
             Servicer(
-                library_pb2_grpc.add_LibraryServiceServicer_to_server,
+                add_to_server,
                 library,
                 "voice.library.v1.LibraryService",
             )

@@ -8,14 +8,16 @@ run as one statement each; changes of the default flag in a transaction).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import struct
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import asyncpg
 import grpc
 
-from runtime.database import connection, transaction
+from runtime.database import DATABASE_TIMEOUT_SECONDS, connection, transaction
 from runtime.errors import ApiError, not_found
 from services.library.rules import Position
 
@@ -48,7 +50,7 @@ class NewSample:
     visibility: str
     collection: str
     original_format: str
-    original_audio: bytes
+    original_audio: bytes | memoryview
     normalized_wav: bytes
     duration_seconds: float
 
@@ -80,31 +82,66 @@ async def _clear_default(connection: asyncpg.Connection, account: int, keep_id: 
 
 
 async def insert(pool: asyncpg.Pool, account: int, sample: NewSample) -> asyncpg.Record:
-    """Store a sample; it is committed when this returns."""
+    """Store a sample; it is committed when this returns.
+
+    The row goes in by COPY, streamed in chunks (:func:`_copy_row`): as a
+    statement's parameters, asyncpg would copy the audio (megabytes) twice
+    more before sending it, and the socket's buffer a third time.
+    """
 
     async def work(connection: asyncpg.Connection) -> asyncpg.Record:
         if sample.is_default:
             await _clear_default(connection, account, None)
-        return await connection.fetchrow(
-            f"""INSERT INTO samples (account_id, speaker_name, transcript, transcript_source,
-                    is_default, visibility, collection, original_format, original_audio,
-                    normalized_wav, duration_seconds)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-                RETURNING {_SAMPLE_COLUMNS}""",
-            account,
-            sample.speaker_name,
-            sample.transcript,
-            sample.transcript_source,
-            sample.is_default,
-            sample.visibility,
-            sample.collection,
-            sample.original_format,
-            sample.original_audio,
-            sample.normalized_wav,
-            sample.duration_seconds,
+        sample_id = await connection.fetchval("SELECT nextval(pg_get_serial_sequence('samples', 'id'))")
+        copy = connection.copy_to_table(
+            "samples", source=_copy_row(sample_id, account, sample), columns=_COPIED_COLUMNS, format="binary"
         )
+        try:
+            # asyncpg's COPY waits for the socket to drain with no deadline: a server that goes
+            # away mid-COPY would hold the upload forever. The statement timeout holds instead.
+            await asyncio.wait_for(copy, DATABASE_TIMEOUT_SECONDS.value)
+        except asyncpg.PostgresError:  # the server refused the row (a default race): the connection is fine
+            raise
+        except BaseException:
+            # Cut short, the COPY leaves the connection mid-protocol: it must not go back to the pool.
+            connection.terminate()
+            raise
+        return await connection.fetchrow(f"SELECT {_SAMPLE_COLUMNS} FROM samples WHERE id = $1", sample_id)
 
     return await _changing_default(pool, work)
+
+
+_COPIED_COLUMNS = [
+    "id", "account_id", "speaker_name", "transcript", "transcript_source", "is_default", "visibility",
+    "collection", "original_format", "original_audio", "normalized_wav", "duration_seconds",
+]  # fmt: skip
+# PostgreSQL's binary COPY format: signature, flags, header extension length.
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
+_COPY_CHUNK_BYTES = 256 * 1024
+
+
+async def _copy_row(sample_id: int, account: int, sample: NewSample) -> AsyncIterator[bytes | memoryview]:
+    """One row of _COPIED_COLUMNS in binary COPY format; the audio in slices, never copied whole."""
+
+    def text(value: str) -> bytes:
+        encoded = value.encode()
+        return struct.pack("!i", len(encoded)) + encoded
+
+    yield b"".join([
+        _COPY_HEADER,
+        struct.pack("!h", len(_COPIED_COLUMNS)),
+        struct.pack("!iq", 8, sample_id),
+        struct.pack("!iq", 8, account),
+        *(text(value) for value in (sample.speaker_name, sample.transcript, sample.transcript_source)),
+        struct.pack("!i?", 1, sample.is_default),
+        *(text(value) for value in (sample.visibility, sample.collection, sample.original_format)),
+    ])  # fmt: skip
+    for audio in (sample.original_audio, sample.normalized_wav):
+        yield struct.pack("!i", len(audio))
+        view = memoryview(audio)
+        for start in range(0, len(view), _COPY_CHUNK_BYTES):
+            yield view[start : start + _COPY_CHUNK_BYTES]
+    yield struct.pack("!id", 8, sample.duration_seconds) + struct.pack("!h", -1)  # the last field, the end
 
 
 async def list_page(

@@ -3,9 +3,13 @@
 Requests wait in a bounded queue on the event loop. A scheduler task takes
 batches from it and runs each in the generation thread, one at a time:
 
-* the oldest waiting request always goes into the next batch (no request
-  starves), with the later ones that share its settings
-  (`GenerationParams.batch_key`) and prompt-or-not, up to the batch size;
+* accounts take turns (each request says whose it is): the account served
+  least recently leads the next batch with its oldest request, and the
+  requests that share its settings (`GenerationParams.batch_key`) and
+  prompt-or-not fill the batch one account at a time, in the same order, up
+  to the batch size. So one account's backlog delays another account's first
+  request by at most the batch running when it arrives, and within an
+  account requests go in order (no request starves);
 * a request with a seed of its own is generated alone, so that its audio is
   byte-identical whatever else is being served (batch shapes change float
   rounding in the model). Unseeded requests batch, each row sampling with a
@@ -16,7 +20,8 @@ batches from it and runs each in the generation thread, one at a time:
   new requests gather by themselves;
 * once `max_batch_size + max_queue` requests are running or waiting, a new
   one is refused at once (RESOURCE_EXHAUSTED, SYNTH_BUSY) instead of piling
-  up in memory;
+  up in memory, with a RetryInfo: the requests running or waiting over the
+  rate they have been finishing at lately (runtime.admission);
 * a caller that goes away leaves the queue at once, and a running batch
   whose callers are all gone stops early.
 """
@@ -33,6 +38,7 @@ from typing import Callable
 import grpc
 import prometheus_client
 
+from runtime.admission import Throughput, retry_after
 from runtime.errors import ApiError
 from services.synth.engine import Generated, SynthesisInput
 
@@ -53,6 +59,8 @@ GenerateFunction = Callable[[list[SynthesisInput], Callable[[], bool]], list[Gen
 class Job:
     request: SynthesisInput
     future: asyncio.Future
+    # Whose request it is (opaque; "" for callers that name no account): accounts take turns.
+    account: str = ""
     # Set on the event loop when the caller is gone; read by the generation thread.
     abandoned: threading.Event = field(default_factory=threading.Event)
 
@@ -60,29 +68,63 @@ class Job:
         return (self.request.prompt is not None, *self.request.params.batch_key())
 
 
-def take_batch(pending: collections.deque[Job], max_size: int) -> list[Job]:
-    """Remove and return the next batch: the oldest job and the later jobs it may share a call with."""
+class Turns:
+    """Which account goes first: the one served least recently, then the one waiting longest."""
+
+    def __init__(self) -> None:
+        self._batches = 0
+        # account → number of the last batch it had a request in (only accounts still waiting are kept)
+        self._last_served: dict[str, int] = {}
+
+    def order(self, pending: collections.deque[Job]) -> list[str]:
+        """The accounts with waiting jobs, in the order they take their turns."""
+        first_place: dict[str, int] = {}
+        for place, job in enumerate(pending):
+            first_place.setdefault(job.account, place)
+        return sorted(first_place, key=lambda account: (self._last_served.get(account, -1), first_place[account]))
+
+    def served(self, batch: list[Job], pending: collections.deque[Job]) -> None:
+        self._batches += 1
+        for job in batch:
+            self._last_served[job.account] = self._batches
+        # An account with nothing left waiting starts afresh: its next request is a first one again.
+        waiting = {job.account for job in pending}
+        self._last_served = {account: n for account, n in self._last_served.items() if account in waiting}
+
+
+def take_batch(pending: collections.deque[Job], max_size: int, turns: Turns | None = None) -> list[Job]:
+    """Remove and return the next batch: the oldest job of the account whose turn it is, and the
+    jobs it may share a call with, taken one account at a time in turn order."""
     if not pending:
         return []
-    first = pending[0]
-    batch = [first]
-    if not first.request.params.seeded:
-        key = first.batch_key()
-        for job in list(pending)[1:]:
-            if len(batch) == max_size:
-                break
+    turns = turns or Turns()
+    order = turns.order(pending)
+    leader = next(job for job in pending if job.account == order[0])
+    if leader.request.params.seeded:
+        batch = [leader]
+    else:
+        key = leader.batch_key()
+        joining = {account: collections.deque() for account in order}
+        for job in pending:  # each account's in order: the leader heads its own
             if not job.request.params.seeded and job.batch_key() == key:
-                batch.append(job)
+                joining[job.account].append(job)
+        batch = []
+        while len(batch) < max_size and any(joining.values()):
+            for account in order:  # one from each account per round, in turn order
+                if joining[account] and len(batch) < max_size:
+                    batch.append(joining[account].popleft())
     for job in batch:
         pending.remove(job)
+    turns.served(batch, pending)
     return batch
 
 
-def busy(load: int) -> ApiError:
+def busy(load: int, retry_after_seconds: float) -> ApiError:
     return ApiError(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         "SYNTH_BUSY",
         f"the synthesizer is busy ({load} requests running or waiting); try again shortly",
+        retry_after=retry_after_seconds,
     )
 
 
@@ -92,6 +134,8 @@ class Batcher:
         self.window_seconds = window_seconds
         self.max_queue = max_queue
         self._pending: collections.deque[Job] = collections.deque()
+        self._turns = Turns()
+        self.throughput = Throughput()  # requests finished (generated or failed) per second, lately
         self._running = 0
         self._work = asyncio.Event()
         self._closing = threading.Event()
@@ -107,15 +151,15 @@ class Batcher:
     def start(self, generate: GenerateFunction) -> None:
         self._scheduler = asyncio.create_task(self._schedule(generate))
 
-    async def submit(self, request: SynthesisInput) -> Generated:
-        """Queue a request and wait for its audio; SYNTH_BUSY at once when the queue is full."""
+    async def submit(self, request: SynthesisInput, account: str = "") -> Generated:
+        """Queue `account`'s request and wait for its audio; SYNTH_BUSY at once when the queue is full."""
         # Room for a full batch running plus the queue; counting the load rather
         # than the waiting list alone keeps requests that gather during the
         # collection window (not yet running) from using up the queue.
         if self.load >= self.max_batch_size + self.max_queue:
             REJECTED.inc()
-            raise busy(self.load)
-        job = Job(request, asyncio.get_running_loop().create_future())
+            raise busy(self.load, retry_after(self.load, self.throughput))
+        job = Job(request, asyncio.get_running_loop().create_future(), account)
         self._pending.append(job)
         QUEUE_DEPTH.set(len(self._pending))
         self._work.set()
@@ -135,7 +179,7 @@ class Batcher:
                 self._work.clear()
                 await self._work.wait()
                 await asyncio.sleep(self.window_seconds)  # let requests that arrive together batch
-            batch = take_batch(self._pending, self.max_batch_size)
+            batch = take_batch(self._pending, self.max_batch_size, self._turns)
             QUEUE_DEPTH.set(len(self._pending))
             if not batch:
                 continue  # every waiting caller left during the window
@@ -144,6 +188,7 @@ class Batcher:
                 return self._closing.is_set() or all(job.abandoned.is_set() for job in batch)
 
             self._running = len(batch)
+            began = self.throughput.clock()
             GENERATE_CALLS.inc()
             BATCH_SIZE.observe(len(batch))
             try:
@@ -160,6 +205,7 @@ class Batcher:
                         job.future.set_result(result)
             finally:
                 self._running = 0
+                self.throughput.record(len(batch), began)
 
     async def close(self) -> None:
         """Stop the scheduler, end a running generation early, and let the thread finish."""

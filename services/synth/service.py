@@ -94,7 +94,7 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
         if self.engine is None:  # a caller that did not wait for SERVING
             raise model_loading()
         synthesis = self._synthesis_input(request)
-        generated = await self.batcher.submit(synthesis)
+        generated = await self.batcher.submit(synthesis, request.account)
         wav, duration = audio.to_wav(generated.samples), audio.duration_seconds(generated.samples)
         if synthesis.params.speed_factor != 1.0:
             wav, duration = await self._change_speed(wav, synthesis.params.speed_factor)

@@ -99,6 +99,7 @@ async def test_with_the_database_down_a_generation_is_503_and_nothing_is_generat
         calls = synthesize_calls(mesh.env["SYNTH_METRICS_PORT"])
         response = await http.post("/v1/voice/generations", json=body, headers=alice.headers)
         await assert_error(response, 503, "database_unavailable")
+        assert response.headers["Retry-After"] == "2"  # the pools reconnect on the next request
 
     # An internal client over gRPC is refused alike.
     async with grpc.aio.insecure_channel(gateway.address("gateway"), options=channel_options()) as channel:

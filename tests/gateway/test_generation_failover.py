@@ -55,6 +55,8 @@ async def small_mesh(database):
         GATEWAY_PROVIDER_TIMEOUT_SECONDS=str(PROVIDER_TIMEOUT_SECONDS),
         GATEWAY_HEARTBEAT_INTERVAL_SECONDS=str(PROVIDER_TIMEOUT_SECONDS / 10),
         SYNTH_HEARTBEAT_SECONDS=str(PROVIDER_TIMEOUT_SECONDS / 10),
+        # One account sends the whole stream: its limits must not refuse any of it.
+        GATEWAY_ACCOUNT_CONCURRENT_GENERATIONS=str(REQUESTS),
     )
     gateway = RunningMesh(["gateway"], env)
     synths: list[RunningMesh] = []

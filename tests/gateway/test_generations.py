@@ -320,23 +320,26 @@ async def test_input_one_character_over_the_limit_is_413(short_input_gateway, ca
 # --- history ----------------------------------------------------------------------
 
 
-async def test_the_history_lists_every_request_newest_first_with_how_it_ended(http, key_env):
+async def test_the_history_lists_every_admitted_request_newest_first_with_how_it_ended(http, key_env):
     name = f"dave-{uuid.uuid4().hex[:8]}"
     dave = Account(name, make_key(name, key_env))
     made = await generate(http, dave, input="[S1] One.", seed=1)
     await audio_of(made)
     refused = await generate(http, dave, input="[S2] Two.")
     unserved = await generate(http, dave, input="[S1] Three.", model="nobody/serves-this")
-    assert (refused.status, unserved.status) == (400, 404)
-    ids = [response.headers["X-Generation-Id"] for response in (unserved, refused, made)]
+    failed = await generate(http, dave, input="[S1] Four.", model="nobody/serves-this-either")
+    assert (refused.status, unserved.status, failed.status) == (400, 404, 404)
+    # Refused at the door (its script breaks the rules): no id, nothing stored.
+    assert "X-Generation-Id" not in refused.headers
+    ids = [response.headers["X-Generation-Id"] for response in (failed, unserved, made)]
 
     response = await http.get(GENERATIONS, headers=dave.headers)
     listing = await response.json()
     assert response.status == 200, listing
     assert [g["id"] for g in listing["generations"]] == ids
     assert [(g["status"], g["error_type"], g["input"]) for g in listing["generations"]] == [
+        ("failed", "no_provider", "[S1] Four."),
         ("failed", "no_provider", "[S1] Three."),
-        ("failed", "invalid_script", "[S2] Two."),
         ("succeeded", "", "[S1] One."),
     ]
     assert all(g["error_message"] for g in listing["generations"][:2])
@@ -372,8 +375,9 @@ async def test_another_accounts_generation_is_not_found(http, carol, accounts):
 
 
 async def test_a_failed_generation_has_no_audio(http, carol):
-    refused = await generate(http, carol, input="[S2] Me first.")
-    response = await http.get(f"{GENERATIONS}/{refused.headers['X-Generation-Id']}/audio", headers=carol.headers)
+    unserved = await generate(http, carol, input="[S1] Nobody serves me.", model="nobody/serves-this")
+    assert unserved.status == 404
+    response = await http.get(f"{GENERATIONS}/{unserved.headers['X-Generation-Id']}/audio", headers=carol.headers)
     await assert_error(response, 404, "not_found")
 
 

@@ -22,10 +22,12 @@ async def test_only_requests_older_than_any_deadline_are_marked_interrupted(data
             visibility="private",
             collection="",
         )
-        abandoned = await history.insert(pool, request)
+        unlimited = history.AccountLimits(per_second=0, burst=1, concurrent=0)
+        abandoned = await history.admit(pool, request, unlimited)
         await history.mark_running(pool, abandoned, "synth-gone", "tiny-random")
-        recent = await history.insert(pool, request)
-        finished = await history.insert(pool, request, "invalid_script", "bad")
+        recent = await history.admit(pool, request, unlimited)
+        finished = await history.admit(pool, request, unlimited)
+        await history.mark_failed(pool, finished, "upstream_error", "bad")
         async with pool.acquire() as connection:
             await connection.execute(
                 "UPDATE generations SET create_time = now() - interval '1 hour' WHERE id = ANY($1)",
@@ -38,6 +40,6 @@ async def test_only_requests_older_than_any_deadline_are_marked_interrupted(data
         assert (rows[abandoned]["status"], rows[abandoned]["error_type"]) == ("failed", "interrupted")
         assert rows[abandoned]["end_time"] is not None
         assert rows[recent]["status"] == "queued"  # may still be in progress somewhere
-        assert rows[finished]["error_type"] == "invalid_script"  # an ended request keeps its outcome
+        assert rows[finished]["error_type"] == "upstream_error"  # an ended request keeps its outcome
     finally:
         await pool.close()

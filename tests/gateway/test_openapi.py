@@ -89,3 +89,10 @@ def test_errors_and_the_bearer_key_are_described(document):
     assert set(error["properties"]["error"]["properties"]) == {"type", "message", "param"}
     assert document["components"]["securitySchemes"]["bearerAuth"] == {"type": "http", "scheme": "bearer"}
     assert document["security"] == [{"bearerAuth": []}]
+
+
+def test_the_answers_that_mean_not_now_document_retry_after(document):
+    responses = document["paths"]["/v1/things"]["get"]["responses"]
+    for status in ("429", "503"):
+        assert responses[status]["headers"]["Retry-After"]["schema"] == {"type": "integer", "minimum": 1}
+    assert all("Retry-After" not in responses[status]["headers"] for status in ("400", "404", "500", "502"))

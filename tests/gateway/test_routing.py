@@ -105,6 +105,7 @@ class Provider(synth_pb2_grpc.SynthServiceServicer):
     def __init__(self, outcome) -> None:
         self.outcome = outcome
         self.calls = 0
+        self.retry_after: float | None = None  # the RetryInfo of its failure
 
     async def Synthesize(self, request, context):
         self.calls += 1
@@ -112,7 +113,9 @@ class Provider(synth_pb2_grpc.SynthServiceServicer):
             return synth_pb2.SynthesizeResponse(wav=b"RIFF", model=request.model, seed=1)
         if self.outcome == "slow":
             await asyncio.sleep(30)
-        status = ApiError(self.outcome, "INVALID_PARAMETER", "refused", param="script").to_status()
+        status = ApiError(
+            self.outcome, "INVALID_PARAMETER", "refused", param="script", retry_after=self.retry_after
+        ).to_status()
         await context.abort_with_status(status)
 
 
@@ -193,6 +196,14 @@ async def test_when_every_provider_tried_is_busy_the_caller_may_retry(monkeypatc
     rows, _ = await providers(busy, busy)
     error = await failure(monkeypatch, rows)
     assert (error.code, error.reason) == (busy, "SYNTH_BUSY")  # 429, not a provider failure
+
+
+async def test_when_every_provider_is_busy_the_soonest_retry_after_passes_on(monkeypatch, providers):
+    busy = grpc.StatusCode.RESOURCE_EXHAUSTED
+    rows, servicers = await providers(busy, busy)
+    servicers[0].retry_after, servicers[1].retry_after = 7.0, 3.0
+    error = await failure(monkeypatch, rows)
+    assert (error.reason, error.retry_after) == ("SYNTH_BUSY", 3.0)
 
 
 async def test_a_lone_provider_that_is_gone_is_upstream_error(monkeypatch, providers):

@@ -261,16 +261,19 @@ async def test_without_a_key_it_is_unauthorized(http):
 # --- history and gRPC -------------------------------------------------------------------
 
 
-async def test_every_request_is_in_the_history_with_how_it_ended(http, dora, voices):
+async def test_every_admitted_request_is_in_the_history_with_how_it_ended_a_refused_one_is_not(http, dora, voices):
     succeeded = await speak(http, dora, voice="Narrator", response_format="wav")
     await audio_of(succeeded, "audio/wav")
     refused = await speak(http, dora, voice="alloy", input="Refused.")
     await assert_error(refused, 400, "invalid_voice_sample", "voice")
+    assert "X-Generation-Id" not in refused.headers  # refused at the door: never stored
+    unserved = await speak(http, dora, voice="Narrator", model="nobody/serves-this", input="Unserved.")
+    await assert_error(unserved, 404, "no_provider", "model")
     listed = await http.get("/v1/voice/generations", params={"page_size": "2"}, headers=dora.headers)
     newest = (await listed.json())["generations"]
-    assert [g["id"] for g in newest] == [refused.headers["X-Generation-Id"], succeeded.headers["X-Generation-Id"]]
-    assert (newest[0]["status"], newest[0]["error_type"], newest[0]["input"]) == ("failed", "invalid_voice_sample", "Refused.")
-    assert "alloy" in newest[0]["error_message"]
+    assert [g["id"] for g in newest] == [unserved.headers["X-Generation-Id"], succeeded.headers["X-Generation-Id"]]
+    assert (newest[0]["status"], newest[0]["error_type"], newest[0]["input"]) == ("failed", "no_provider", "Unserved.")
+    assert "nobody/serves-this" in newest[0]["error_message"]
     assert (newest[1]["status"], newest[1]["speakers"], newest[1]["provider"] != "") == ("succeeded", {"S1": voices["newer"]}, True)
 
 

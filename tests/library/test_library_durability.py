@@ -91,6 +91,8 @@ async def own_library(mesh, postgres):
         LIBRARY_READINESS_INTERVAL_SECONDS="0.5",
         LIBRARY_DATABASE_RETRY_SECONDS="0.2",
         DATABASE_TIMEOUT_SECONDS="5",
+        # A stream of uploads meets the database going away: none is refused for being one too many.
+        LIBRARY_MAX_CONCURRENT_UPLOADS="1000",
     ) as process:
         yield process
 

@@ -5,6 +5,8 @@ speech recognizer that never answers."""
 from __future__ import annotations
 
 import asyncio
+import re
+import urllib.request
 
 import grpc
 import pytest
@@ -86,3 +88,36 @@ async def test_a_speech_recognizer_that_does_not_answer_in_time_leaves_no_transc
     # (the client's deadline here is far longer), and the sample is kept without a transcript.
     sample = await upload(limited, new_account(), tone_wav(0.5), timeout=20)
     assert (sample.transcript, sample.transcript_source) == ("", "")
+
+
+# --- uploads at once ---------------------------------------------------------------
+
+
+async def uploads_in_progress(metrics_port: str) -> float:
+    def read() -> str:
+        return urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+
+    found = re.search(r"^library_uploads_in_progress (\S+)$", await asyncio.to_thread(read), re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+async def test_past_the_uploads_at_once_one_more_is_refused_at_once_with_a_retry_after(mesh, silent_stt):
+    # One upload at a time; the one without a transcript waits for the silent recognizer.
+    async with library_process(
+        mesh.env, LIBRARY_MAX_CONCURRENT_UPLOADS="1", LIBRARY_STT_TIMEOUT_SECONDS="10", STT_ADDR=silent_stt
+    ) as process:
+        async with library_client(process.address("library")) as channel:
+            stub = library_pb2_grpc.LibraryServiceStub(channel)
+            account = new_account()
+            waiting = asyncio.create_task(upload(stub, account, tone_wav(0.5), timeout=60))
+            deadline = asyncio.get_running_loop().time() + 30
+            while await uploads_in_progress(process.env["LIBRARY_METRICS_PORT"]) != 1:
+                assert asyncio.get_running_loop().time() < deadline, "the first upload never started"
+                await asyncio.sleep(0.05)
+
+            error = await refusal(upload(stub, account, tone_wav(0.5), transcript="typed"))
+            assert (error.code, error.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "UPLOADS_BUSY")
+            assert error.retry_after is not None and error.retry_after >= 1
+
+            assert (await waiting).transcript == ""  # stored once the recognizer's time was up
+            assert (await upload(stub, account, tone_wav(0.5), transcript="typed")).transcript == "typed"

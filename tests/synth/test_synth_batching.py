@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from runtime.errors import ApiError
-from services.synth.batching import Batcher, Job, take_batch
+from services.synth.batching import Batcher, Job, Turns, take_batch
 from services.synth.engine import Generated, SynthesisInput
 from services.synth.params import GenerationParams
 
@@ -29,8 +29,8 @@ def synthesis(seed: int | None = None, prompt: bool = False, **changes) -> Synth
     )
 
 
-def job(name: str, **kwargs) -> Job:
-    made = Job(synthesis(**kwargs), future=None)  # take_batch never touches the future
+def job(name: str, account: str = "", **kwargs) -> Job:
+    made = Job(synthesis(**kwargs), future=None, account=account)  # take_batch never touches the future
     made.name = name
     return made
 
@@ -66,6 +66,80 @@ def test_jobs_with_and_without_a_prompt_are_not_mixed():
 def test_speed_factor_does_not_split_a_batch():
     pending = collections.deque([job("a", speed_factor=0.5), job("b", speed_factor=2.0)])
     assert names(take_batch(pending, 4)) == ["a", "b"]
+
+
+# --- fair turns between accounts ------------------------------------------------
+
+
+def test_one_accounts_backlog_does_not_hold_up_anothers_first_request():
+    turns = Turns()
+    pending = collections.deque(job(f"a{n}", account="a") for n in range(12))
+    assert names(take_batch(pending, 4, turns)) == ["a0", "a1", "a2", "a3"]
+    pending.append(job("b0", account="b"))  # arrives while a's first batch runs
+    # The very next batch: b has not been served yet, so it leads.
+    assert names(take_batch(pending, 4, turns)) == ["b0", "a4", "a5", "a6"]
+    assert names(take_batch(pending, 4, turns)) == ["a7", "a8", "a9", "a10"]
+
+
+def test_a_batch_is_filled_one_account_at_a_time():
+    turns = Turns()
+    pending = collections.deque(
+        [job("a0", account="a"), job("a1", account="a"), job("a2", account="a"), job("b0", account="b"),
+         job("c0", account="c"), job("b1", account="b")]
+    )  # fmt: skip
+    assert names(take_batch(pending, 4, turns)) == ["a0", "b0", "c0", "a1"]
+    # a and b were both served last time: the one waiting longest leads.
+    assert names(take_batch(pending, 4, turns)) == ["a2", "b1"]
+
+
+def test_a_newcomers_request_with_other_settings_leads_the_next_batch_alone():
+    turns = Turns()
+    pending = collections.deque(job(f"a{n}", account="a") for n in range(8))
+    take_batch(pending, 4, turns)
+    pending.append(job("b0", account="b", temperature=0.5))
+    assert names(take_batch(pending, 4, turns)) == ["b0"]
+    assert names(take_batch(pending, 4, turns)) == ["a4", "a5", "a6", "a7"]
+
+
+def test_accounts_that_keep_sending_share_the_batches_equally():
+    turns = Turns()
+    pending = collections.deque()
+    taken = collections.Counter()
+    for round_ in range(20):
+        for account in "abc":  # each always has two waiting, a far more
+            while sum(j.account == account for j in pending) < (10 if account == "a" else 2):
+                pending.append(job(f"{account}{round_}", account=account))
+        taken.update(j.account for j in take_batch(pending, 3, turns))
+    assert taken == {"a": 20, "b": 20, "c": 20}
+
+
+async def test_a_full_queue_says_when_to_try_again_from_how_fast_it_drains(batcher_with):
+    generate = FakeGenerate()
+    batcher = await batcher_with(generate, max_batch_size=2, window_seconds=0, max_queue=0)
+    await asyncio.gather(*(batcher.submit(synthesis()) for _ in range(2)))  # 2 finished: a rate to go by
+    generate.gate.clear()
+    running = [asyncio.create_task(batcher.submit(synthesis(), account="a")) for _ in range(2)]
+    await wait_until(lambda: batcher.load == 2)
+    with pytest.raises(ApiError) as caught:
+        await batcher.submit(synthesis(), account="b")
+    assert caught.value.reason == "SYNTH_BUSY"
+    rate = batcher.throughput.per_second()
+    assert caught.value.retry_after == pytest.approx(min(max(2 / rate, 1), 60))
+    generate.gate.set()
+    await asyncio.gather(*running)
+
+
+async def test_before_anything_finished_a_full_queue_still_says_when_to_try_again(batcher_with):
+    generate = FakeGenerate()
+    generate.gate.clear()
+    batcher = await batcher_with(generate, max_batch_size=1, max_queue=0)
+    running = asyncio.create_task(batcher.submit(synthesis()))
+    await wait_until(lambda: batcher.load == 1)
+    with pytest.raises(ApiError) as caught:
+        await batcher.submit(synthesis())
+    assert caught.value.retry_after == 1.0
+    generate.gate.set()
+    await running
 
 
 class FakeGenerate:

@@ -4,10 +4,14 @@ Every error is a :class:`runtime.errors.ApiError` (an upstream's status is
 rebuilt into one) and becomes the public body
 ``{"error": {"type": <reason, lowercase>, "message": ..., "param": ...}}``
 with the HTTP status grpc-gateway gives its gRPC code, or the one its reason
-overrides that with.
+overrides that with. A 429 or 503 also says when to try again: the
+``Retry-After`` header, in whole seconds, from the ``google.rpc.RetryInfo``
+the service sent, or DEFAULT_RETRY_AFTER_SECONDS when it sent none.
 """
 
 from __future__ import annotations
+
+import math
 
 import grpc
 
@@ -41,9 +45,23 @@ REASON_STATUS = {
     "METHOD_NOT_ALLOWED": 405,
 }
 
+# Answers that mean "not now": they always carry Retry-After.
+RETRY_STATUSES = {429, 503}
+# Retry-After of a 429 or 503 whose service gave no estimate (gRPC's own UNAVAILABLE, say).
+DEFAULT_RETRY_AFTER_SECONDS = 1
+
 
 def http_status(error: ApiError) -> int:
     return REASON_STATUS.get(error.reason) or CODE_STATUS.get(error.code, 500)
+
+
+def retry_after(error: ApiError) -> str | None:
+    """The Retry-After header of an error: whole seconds, at least 1 (0 would invite a retry storm)."""
+    if error.retry_after is not None:
+        return str(max(1, math.ceil(error.retry_after)))
+    if http_status(error) in RETRY_STATUSES:
+        return str(DEFAULT_RETRY_AFTER_SECONDS)
+    return None
 
 
 def error_body(error: ApiError) -> dict:

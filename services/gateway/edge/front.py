@@ -53,6 +53,9 @@ Authenticate = Callable[[str], Awaitable[int]]
 
 def error_response(error: ApiError, headers: dict[str, str] | None = None) -> web.Response:
     response = web.json_response(errors.error_body(error), status=errors.http_status(error), headers=headers)
+    retry_after = errors.retry_after(error)
+    if retry_after is not None:
+        response.headers["Retry-After"] = retry_after
     if response.status == 401:
         response.headers["WWW-Authenticate"] = "Bearer"
     if isinstance(error, errors.MethodNotAllowed):
@@ -78,6 +81,7 @@ class HttpFront:
         # for bodies whose size is not announced up front.
         self.app = web.Application(client_max_size=max_body_bytes, middlewares=[self._middleware])
         self.app.on_response_prepare.append(self._add_request_id)
+        self.app.on_response_prepare.append(self._add_retry_after)
         self.app.router.add_get("/healthz", self.healthz)
         self.app.router.add_get("/readyz", self.readyz)
         self.app.router.add_get("/metrics", self.metrics)
@@ -172,6 +176,11 @@ class HttpFront:
         if "request_id" in request:
             response.headers[REQUEST_ID_RESPONSE_HEADER] = request["request_id"]
 
+    async def _add_retry_after(self, request: web.Request, response: web.StreamResponse) -> None:
+        # Every 429 and 503 says when to try again, also those not made by error_response (/readyz).
+        if response.status in errors.RETRY_STATUSES and "Retry-After" not in response.headers:
+            response.headers["Retry-After"] = str(errors.DEFAULT_RETRY_AFTER_SECONDS)
+
     # --- operational endpoints (no key) --------------------------------------
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -213,8 +222,10 @@ class HttpFront:
         if route.rpc.server_streaming or route.rpc.client_streaming:
             # Streaming RPCs (chunked audio) come with a later issue.
             raise ApiError(grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED", f"{route} does not stream over HTTP yet")
-        grpc_request = transcoding.to_grpc_request(route, await self._http_input(request, route, path_params))
-        reply = await self._call(route, grpc_request, request, account_id)
+        # Serialized at once, the HTTP input let go as it returns: an uploaded file is held twice
+        # at most, while it is copied into the payload and while gRPC sends it.
+        payload = transcoding.to_grpc_payload(route, await self._http_input(request, route, path_params))
+        reply = await self._call(route, payload, request, account_id)
         if reply.error is not None:
             return error_response(reply.error, reply.headers)
         output = transcoding.to_http_response(route, reply.response)
@@ -251,11 +262,11 @@ class HttpFront:
             http.body = await request.read()
         return http
 
-    async def _call(self, route: Route, grpc_request, request: web.Request, account_id: int | None) -> UpstreamReply:
+    async def _call(self, route: Route, payload: bytes, request: web.Request, account_id: int | None) -> UpstreamReply:
         upstream = self.table.upstreams[route.rpc.upstream]
         method = upstream.channel.unary_unary(
             route.rpc.path,
-            request_serializer=type(grpc_request).SerializeToString,
+            request_serializer=None,  # the payload is the serialized request message
             response_deserializer=route.rpc.response_class.FromString,
         )
         metadata = ()
@@ -265,7 +276,7 @@ class HttpFront:
                 ("authorization", request.headers["Authorization"]),
                 *self.trusted_metadata,
             )
-        call = method(grpc_request, metadata=metadata, timeout=route.rpc.deadline_seconds())
+        call = method(payload, metadata=metadata, timeout=route.rpc.deadline_seconds())
         headers = route.rpc.forwarded_headers
         try:
             response = await call

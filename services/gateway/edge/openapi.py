@@ -16,6 +16,7 @@ from google.protobuf import descriptor
 
 from runtime import config, fields
 from services.gateway.edge.discovery import Route, field_at, is_http_body
+from services.gateway.edge.errors import RETRY_STATUSES
 
 FieldType = descriptor.FieldDescriptor
 
@@ -74,13 +75,21 @@ ERROR_STATUSES = {
     "404": "No such resource for this account (`not_found`), or no provider for the model (`no_provider`).",
     "413": "The body or a field is larger than its limit (`request_too_large`).",
     "415": "The body is not of a media type this route takes (`unsupported_media_type`).",
-    "429": "A bounded queue is full (`stt_busy`, `synth_busy`, ...); try again shortly.",
+    "429": "Over a limit (`rate_limited`) or a bounded queue is full (`synth_busy`, `uploads_busy`, ...); "
+    "try again after Retry-After.",
     "500": "An internal error; its message carries the request id.",
     "502": "A provider behind the API failed (`upstream_error`).",
-    "503": "A service or the database is unavailable; nothing was changed.",
+    "503": "A service or the database is unavailable; nothing was changed; try again after Retry-After.",
 }
 REQUEST_ID_HEADER = {
     "X-Request-Id": {"description": "The id of this request in the gateway's logs.", "schema": {"type": "string"}}
+}
+# Sent with the statuses that mean "not now" (errors.RETRY_STATUSES).
+RETRY_AFTER_HEADER = {
+    "Retry-After": {
+        "description": "Whole seconds to wait before trying again, estimated from the queue and its throughput.",
+        "schema": {"type": "integer", "minimum": 1},
+    }
 }
 
 
@@ -242,7 +251,11 @@ def _errors(route: Route) -> dict:
     if not route.body:
         del statuses["413"], statuses["415"]
     responses = {
-        status: {"description": text, "headers": REQUEST_ID_HEADER, "content": {"application/json": {"schema": ERROR_REF}}}
+        status: {
+            "description": text,
+            "headers": {**REQUEST_ID_HEADER, **(RETRY_AFTER_HEADER if int(status) in RETRY_STATUSES else {})},
+            "content": {"application/json": {"schema": ERROR_REF}},
+        }
         for status, text in statuses.items()
     }
     responses["default"] = {"description": "An error", "content": {"application/json": {"schema": ERROR_REF}}}

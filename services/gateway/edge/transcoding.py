@@ -28,6 +28,7 @@ from google.protobuf import descriptor, json_format, message, message_factory
 
 _FieldType = descriptor.FieldDescriptor
 
+from runtime import wire
 from runtime.errors import ApiError, invalid_argument, invalid_parameter
 from services.gateway.edge.discovery import Route, field_at, is_http_body
 from services.gateway.edge.errors import unsupported_media_type
@@ -92,6 +93,28 @@ def to_grpc_request(route: Route, http: HttpInput) -> message.Message:
     for path, value in http.path_params.items():
         _set_param(request, path, [value], source="path")
     return request
+
+
+def to_grpc_payload(route: Route, http: HttpInput) -> bytes:
+    """The request message of to_grpc_request, serialized; an HttpBody body (an uploaded file) is
+    taken out of `http` and copied once, into the result (runtime.wire), not three times."""
+    data = _take_http_body_data(route, http)
+    request = to_grpc_request(route, http)
+    if data is None:
+        return request.SerializeToString()
+    return wire.with_bytes_field(request, f"{route.body}.data", data)
+
+
+def _take_http_body_data(route: Route, http: HttpInput) -> bytes | None:
+    """The bytes of an HttpBody body, removed from `http` (to_grpc_request fills in the rest)."""
+    if route.body in ("", "*") or not is_http_body(route.rpc.request_class.DESCRIPTOR.fields_by_name[route.body]):
+        return None
+    if not http.multipart:
+        data, http.body = http.body, b""
+        return data
+    part = _file_part(route.body, http.files)
+    data, part.data = part.data, b""
+    return data
 
 
 def _json_only(route: Route) -> ApiError:

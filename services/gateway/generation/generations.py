@@ -5,16 +5,21 @@ through the HTTP edge, which checked their key (see accounts.py): an
 internal gRPC client uses the same key as an HTTP one, and a bare
 ``x-account-id`` is never trusted here.
 
-A request is stored as soon as its key is known (history.py): refused ones
-as failed with their error type, the others as queued, then running, then
-succeeded or failed, whatever happens (the caller hanging up included). Its
-id is sent in the ``x-generation-id`` response metadata, which the HTTP front
-passes on as the X-Generation-Id header. With the database down nothing is
-stored, so nothing is generated: 503 DATABASE_UNAVAILABLE.
+A request is first checked at the door: its fields, the voice samples it
+names (one small library call per speaker) and its account's limits (rate
+and generations under way, history.admit). A request refused there (400,
+413, 429, or 503 when the database or library is down) is not stored: it is
+counted in ``gateway_generations_refused_total`` by error type and logged. An
+admitted request is stored as queued, then running, then succeeded or
+failed, whatever happens (no provider, the provider failing, the caller
+hanging up). Its id is sent in the ``x-generation-id`` response metadata,
+which the HTTP front passes on as the X-Generation-Id header. With the
+database down nothing is stored, so nothing is generated: 503
+DATABASE_UNAVAILABLE.
 
-:meth:`GenerationService.generate` is that whole pipeline (check, store,
-voice prompt, provider, store); every endpoint that generates runs it, the
-speech endpoint (speech.py) with a request translated into these terms.
+:meth:`GenerationService.generate` is that whole pipeline (check, admit and
+store, voice prompt, provider, store); every endpoint that generates runs it,
+the speech endpoint (speech.py) with a request translated into these terms.
 """
 
 from __future__ import annotations
@@ -27,12 +32,16 @@ from typing import Awaitable, Callable, Mapping
 
 import asyncpg
 import grpc
+import prometheus_client
 from google.api import httpbody_pb2
 
 from runtime import clients
 from runtime.errors import ApiError
 from services.gateway.accounts import Accounts
 from services.gateway.config import (
+    ACCOUNT_CONCURRENT_GENERATIONS,
+    ACCOUNT_GENERATION_BURST,
+    ACCOUNT_GENERATIONS_PER_SECOND,
     MAX_COLLECTION_CHARS,
     MAX_INPUT_CHARS,
     PROMPT_CACHE_BYTES,
@@ -49,8 +58,12 @@ log = logging.getLogger("gateway.generations")
 
 GENERATION_ID_METADATA = "x-generation-id"
 WAV = "audio/wav"
-# Longest model id kept in the history of a refused request (no provider serves a longer one).
-MAX_STORED_MODEL_CHARS = 200
+
+REFUSED = prometheus_client.Counter(
+    "gateway_generations_refused_total",
+    "Generation requests refused before they were admitted (and so not in the history), by error type.",
+    ["type"],
+)
 
 
 def error_type(error: BaseException) -> tuple[str, str]:
@@ -135,21 +148,24 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
             plan = parameters.plan(request, limits)
             if prepare is not None:
                 plan = await prepare(plan)
+            samples = await prompt.fetch_samples(self.library, account_id, plan.speakers) if plan.speakers else []
+            generation_id = await history.admit(
+                self.pool(),
+                history.NewGeneration(
+                    account_id, request.input, plan.model, plan.speakers, plan.parameters, plan.visibility, plan.collection
+                ),
+                account_limits(),
+            )
         except (ApiError, grpc.aio.AioRpcError) as error:
             refusal = error if isinstance(error, ApiError) else ApiError.from_rpc_error(error)
             in_callers_terms(refusal, names)
-            generation_id = await history.insert(self.pool(), _refused(request, account_id, limits), *error_type(refusal))
-            await context.send_initial_metadata(((GENERATION_ID_METADATA, generation_id),))
+            kind = refusal.reason.lower()
+            REFUSED.labels(kind).inc()
+            log.info("generation refused", extra={"account_id": account_id, "type": kind})
             raise refusal from None
-        generation_id = await history.insert(
-            self.pool(),
-            history.NewGeneration(
-                account_id, request.input, plan.model, plan.speakers, plan.parameters, plan.visibility, plan.collection
-            ),
-        )
         await context.send_initial_metadata(((GENERATION_ID_METADATA, generation_id),))
         try:
-            return await self._generate(generation_id, account_id, plan, context, finish)
+            return await self._generate(generation_id, account_id, plan, samples, context, finish)
         except BaseException as error:
             if isinstance(error, ApiError):
                 in_callers_terms(error, names)
@@ -158,13 +174,21 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
             raise
 
     async def _generate(
-        self, generation_id: str, account_id: int, plan: parameters.Plan, context, finish: Finish
+        self,
+        generation_id: str,
+        account_id: int,
+        plan: parameters.Plan,
+        samples: list[prompt.Sample],
+        context,
+        finish: Finish,
     ) -> Generated:
         synthesis = synth_pb2.SynthesizeRequest(
-            script=plan.script.text, settings=parameters.synth_settings(plan.parameters)
+            script=plan.script.text,
+            settings=parameters.synth_settings(plan.parameters),
+            account=str(account_id),  # the provider's queue takes accounts in turns
         )
-        if plan.speakers:
-            synthesis.audio_prompt.CopyFrom(await self._prompt(account_id, plan))
+        if samples:
+            synthesis.audio_prompt.CopyFrom(await self._prompt(account_id, samples, plan))
 
         async def running_on(candidate: Candidate) -> None:
             await history.mark_running(self.pool(), generation_id, candidate.provider_id, candidate.model)
@@ -183,9 +207,10 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
         )
         return Generated(history.to_proto(row, PUBLIC_URL.value), audio)
 
-    async def _prompt(self, account_id: int, plan: parameters.Plan) -> synth_pb2.AudioPrompt:
-        """The voice-cloning prompt of the plan's speakers, from the cache when their samples are unchanged."""
-        samples = await prompt.fetch_samples(self.library, account_id, plan.speakers)
+    async def _prompt(
+        self, account_id: int, samples: list[prompt.Sample], plan: parameters.Plan
+    ) -> synth_pb2.AudioPrompt:
+        """The voice-cloning prompt of the samples, from the cache when they are unchanged."""
         max_seconds, gap = plan.parameters.max_audio_prompt_seconds, PROMPT_GAP_SECONDS.value
         key = prompt.PromptCache.key(account_id, samples, max_seconds, gap)
         assembled = self.prompts.get(key)
@@ -236,17 +261,8 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
         return generations_pb2.GetSharedGenerationAudioResponse(audio=httpbody_pb2.HttpBody(content_type=WAV, data=audio))
 
 
-def _refused(
-    request: generations_pb2.CreateGenerationRequest, account_id: int, limits: parameters.Limits
-) -> history.NewGeneration:
-    """A refused request as it can be stored: fields past their limits are cut, an unknown visibility is private."""
-    visibility = request.visibility if request.visibility in parameters.VISIBILITIES else parameters.DEFAULT_VISIBILITY
-    return history.NewGeneration(
-        account_id,
-        request.input[: limits.max_input_chars],
-        request.model[:MAX_STORED_MODEL_CHARS],
-        dict(request.speakers),
-        parameters.requested_parameters(request),
-        visibility,
-        request.collection[: limits.max_collection_chars],
+
+def account_limits() -> history.AccountLimits:
+    return history.AccountLimits(
+        ACCOUNT_GENERATIONS_PER_SECOND.value, ACCOUNT_GENERATION_BURST.value, ACCOUNT_CONCURRENT_GENERATIONS.value
     )

@@ -1,10 +1,17 @@
 """The ``generations`` table: every request as it arrives, and how it ended.
 
-A generation goes ``queued`` (stored, its voice prompt being assembled) →
-``running`` (sent to a provider) → ``succeeded`` (with its audio) or
-``failed`` (with the public error type and message). A request refused by
-its checks is stored straight away as ``failed``, so the history holds every
-authenticated request, including the ones that never ran.
+A generation goes ``queued`` (admitted and stored, its voice prompt being
+assembled) → ``running`` (sent to a provider) → ``succeeded`` (with its
+audio) or ``failed`` (with the public error type and message). Only admitted
+requests are stored: a request refused at the door (its checks, its
+account's limits) leaves no record; see generations.py.
+
+Admission is one statement, ``admit_generation`` (migration 004), which
+checks the account's limits and stores the request together, under a lock
+on the account's row, so the limits hold across every gateway replica: a
+token bucket of GATEWAY_ACCOUNT_GENERATIONS_PER_SECOND (burst
+GATEWAY_ACCOUNT_GENERATION_BURST), and at most
+GATEWAY_ACCOUNT_CONCURRENT_GENERATIONS generations queued or running.
 
 Every function turns a lost database into DATABASE_UNAVAILABLE (503).
 """
@@ -19,11 +26,12 @@ import secrets
 from dataclasses import dataclass
 
 import asyncpg
+import grpc
 from google.protobuf import json_format, timestamp_pb2
 
 from runtime import pagination
 from runtime.database import connection
-from runtime.errors import invalid_parameter, not_found
+from runtime.errors import ApiError, invalid_parameter, not_found
 from voice.gateway.v1 import generations_pb2
 
 ID_PREFIX = "gen_"
@@ -48,20 +56,21 @@ class NewGeneration:
     collection: str
 
 
-async def insert(
-    pool: asyncpg.Pool, generation: NewGeneration, error_type: str = "", error_message: str = ""
-) -> str:
-    """Store a request as queued, or as failed when given the error it was refused with; returns its id."""
+@dataclass(frozen=True)
+class AccountLimits:
+    per_second: float  # generations started per second, on average (0: no limit)
+    burst: int  # started at once above that rate
+    concurrent: int  # generations queued or running at once (0: no limit)
+
+
+async def admit(pool: asyncpg.Pool, generation: NewGeneration, limits: AccountLimits) -> str:
+    """Store a request as queued if its account is within its limits, and return its id; RATE_LIMITED if not."""
     generation_id = new_id()
     async with connection(pool) as db:
-        await db.execute(
-            """INSERT INTO generations (id, account_id, status, input, model, speakers, parameters,
-                   visibility, collection, share_token, error_type, error_message, end_time)
-               VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb, $8, $9, $10, $11, $12,
-                   CASE WHEN $3 = 'failed' THEN now() END)""",
+        refusal, wait_seconds = await db.fetchrow(
+            "SELECT refusal, wait_seconds FROM admit_generation($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             generation_id,
             generation.account_id,
-            "failed" if error_type else "queued",
             generation.input,
             generation.model,
             json.dumps(generation.speakers),
@@ -69,10 +78,27 @@ async def insert(
             generation.visibility,
             generation.collection,
             secrets.token_urlsafe(24),
-            error_type,
-            error_message,
+            limits.per_second,
+            limits.burst,
+            limits.concurrent,
+        )
+    if refusal == "rate":
+        raise rate_limited(
+            f"this account may start {limits.per_second:g} generations a second (up to {limits.burst} at once "
+            f"after a pause); try again in {wait_seconds:.1f} s",
+            wait_seconds,
+        )
+    if refusal == "concurrency":
+        raise rate_limited(
+            f"this account has as many generations under way as it may have at once ({limits.concurrent}); "
+            "try again when one has finished",
+            wait_seconds,
         )
     return generation_id
+
+
+def rate_limited(message: str, retry_after: float) -> ApiError:
+    return ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", message, retry_after=retry_after)
 
 
 async def mark_running(pool: asyncpg.Pool, generation_id: str, provider: str, model: str) -> None:

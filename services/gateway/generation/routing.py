@@ -13,7 +13,8 @@ before the registry can tell.
 A provider that fails before producing audio (unreachable, connection reset,
 model still loading: UNAVAILABLE; busy: RESOURCE_EXHAUSTED) is retried once
 on another provider. When every provider tried was busy, the caller gets 429
-synth_busy: nothing failed, and trying again shortly will work. The
+synth_busy: nothing failed, and trying again shortly will work, after the
+soonest Retry-After (RetryInfo) the busy providers estimated. The
 provider's refusal of the request itself (INVALID_ARGUMENT, e.g. a script too
 long for the model) reaches the caller as it is; any other failure is 502
 upstream_error.
@@ -152,6 +153,7 @@ class Router:
         deadline = loop.time() + timeout
         failures = []
         codes = set()
+        retry_after: list[float] = []  # the busy providers' estimates
         for candidate in order[:MAX_ATTEMPTS]:
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -171,11 +173,15 @@ class Router:
                 )
                 failures.append(f"{candidate.provider_id}: {error.details() or error.code().name}")
                 codes.add(error.code())
+                if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    estimate = ApiError.from_rpc_error(error).retry_after
+                    retry_after += [] if estimate is None else [estimate]
         if codes == {grpc.StatusCode.RESOURCE_EXHAUSTED}:
             raise ApiError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "SYNTH_BUSY",
                 "every synth provider is busy; try again in a few seconds",
+                retry_after=min(retry_after, default=None),
             )
         if not failures:
             raise upstream_error(f"no provider finished the generation within {timeout:g} s")
