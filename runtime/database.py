@@ -49,6 +49,9 @@ CONNECTION_ERRORS = (
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
+    # The client's own protocol state, broken by a server that died mid-statement
+    # ("got result for unknown protocol state"): seen while PostgreSQL crashes.
+    asyncpg.exceptions.InternalClientError,
 )
 
 
