@@ -17,22 +17,22 @@ import pkgutil
 import sys
 
 import runtime
+import services
 from runtime import config
 
 START, END = "<!-- config-table:start -->", "<!-- config-table:end -->"
 
 
 def load_all() -> dict[str, config.Setting]:
-    """Import every module that declares settings so the registry is complete."""
+    """Import every module that declares settings so the registry is complete (a test
+    process may have imported more already: each service keeps its settings in config modules)."""
     for module in pkgutil.iter_modules(runtime.__path__):
         importlib.import_module(f"runtime.{module.name}")
     importlib.import_module("tools.mesh")
-    for name in config.SERVICE_PORTS:
-        try:
-            importlib.import_module(f"services.{name}.config")
-        except ModuleNotFoundError as error:
-            if error.name != f"services.{name}.config":
-                raise
+    # Every config module of every service, the gateway's edge/config.py included.
+    for module in pkgutil.walk_packages(services.__path__, "services."):
+        if module.name.rpartition(".")[2] == "config":
+            importlib.import_module(module.name)
     return config.REGISTRY
 
 
