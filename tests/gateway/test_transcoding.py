@@ -358,3 +358,11 @@ def test_the_error_body_has_the_public_shape():
 )
 def test_the_message_says_what_the_field_expects(things_routes, key, http, message):
     assert refused(things_routes, key, **http).message == message
+
+
+def test_64_bit_integers_are_json_numbers_however_large(things_routes):
+    # protobuf's JSON writes those a double cannot hold as strings; /openapi.json says integer.
+    route = things_routes["GET /v1/things/{id}"]
+    response = route.rpc.response_class(thing={"id": 2**63 - 1, "counts": {"a": -(2**63)}, "label": {"size": 2}})
+    document = json.loads(to_http_response(route, response).body)
+    assert (document["id"], document["counts"], document["label"]["size"]) == (2**63 - 1, {"a": -(2**63)}, 2)
