@@ -1,0 +1,117 @@
+"""Fuzzing: schemathesis against a running mesh's /openapi.json, every operation, with a key.
+
+It fails on any 5xx, any status, content type, header or body the document
+does not list for the operation, and any traceback in a body
+(fuzz_checks.py). The two streaming operations are left out: they answer
+501 whatever they are sent, as their documents say.
+
+The mesh is one of its own (every service as a process, a database of its
+own), so that what the fuzzer creates, changes and deletes touches no other
+test, and so that generations are cheap: its synth refuses more than
+MAX_NEW_TOKENS frames (400 from the provider, as one that cannot generate
+that much answers), and the tiny random model generates that many in about
+a second on a CPU.
+
+`make test` runs a short round (FUZZ_EXAMPLES per operation and phase);
+`make fuzz` a long one (FUZZ_EXAMPLES=800: over 10,000 requests, a new seed
+each time), printing its summary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import uuid
+
+import pytest
+
+from services.gateway import accounts as gateway_accounts
+from tests.conftest import ROOT, Database, RunningMesh, mesh_ports_env
+from tools import mesh as mesh_tools
+
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "5"))
+# A fixed seed in `make test`, so a failure there is the same on the next run; `make fuzz` draws one.
+SEED = os.environ.get("FUZZ_SEED", "20261201")
+WORKERS = os.environ.get("FUZZ_WORKERS", "1")
+MAX_NEW_TOKENS = 256
+CHECKS = [
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_headers_conformance",
+    "response_schema_conformance",
+    "no_traceback",
+]
+STREAMING = r":stream$"
+
+
+@pytest.fixture(scope="module")
+async def fuzzed_mesh(database):
+    own_database = Database()
+    own_database.admin_url = database.admin_url  # a new database on the session's server
+    await own_database.create()
+    env = mesh_tools.mesh_environment(own_database.url)
+    env.update(mesh_ports_env())
+    env.update(DIA_MODEL="tiny-random", LOG_FORMAT="json", LOG_LEVEL="WARNING", SYNTH_MAX_NEW_TOKENS=str(MAX_NEW_TOKENS))
+    running = RunningMesh(mesh_tools.existing_services(), env)
+    try:
+        await running.start(timeout=180)
+        pool = await gateway_accounts.open_pool(own_database.url)
+        try:
+            key = (await gateway_accounts.create_key(pool, f"fuzz-{uuid.uuid4().hex[:8]}")).key
+        finally:
+            await pool.close()
+        yield running, key
+    finally:
+        await running.stop()
+        await own_database.drop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(int(os.environ.get("FUZZ_TIMEOUT_SECONDS", "600")))
+async def test_no_input_breaks_the_api_or_its_document(fuzzed_mesh, tmp_path):
+    running, key = fuzzed_mesh
+    report = tmp_path / "report.json"
+    command = [
+        str(ROOT / ".venv" / "bin" / "st"),
+        "run",
+        f"{running.http_url}/openapi.json",
+        "--header",
+        f"Authorization: Bearer {key}",
+        "--checks",
+        ",".join(CHECKS),
+        "--exclude-path-regex",
+        STREAMING,
+        "--max-examples",
+        str(EXAMPLES),
+        "--workers",
+        WORKERS,
+        "--request-timeout",
+        "60",  # a hang is a failure too, but a generation on a busy machine takes seconds
+        "--generation-database",
+        "none",
+        "--no-color",
+        "--report",
+        "json",
+        "--report-json-path",
+        str(report),
+    ]
+    if SEED:
+        command += ["--seed", SEED]
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.gateway.fuzz_checks", "PYTHONPATH": str(ROOT)}
+    process = await asyncio.create_subprocess_exec(
+        *command, cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    output = (await process.communicate())[0].decode(errors="replace")
+    result = json.loads(report.read_text()) if report.exists() else {}
+    cases = result.get("test_cases", {})
+    summary = (
+        f"fuzzing: {cases.get('generated', '?')} requests over {result.get('operations', {}).get('tested', '?')} "
+        f"operations in {result.get('running_time', 0):.0f} s (seed {result.get('seed')}): "
+        f"{cases.get('unique_failures', '?')} failures, {cases.get('errored', '?')} errors"
+    )
+    print(summary, file=sys.stderr)
+    assert process.returncode == 0, f"{summary}\n{output[-20000:]}"
+    assert result["operations"]["tested"] == result["operations"]["selected"] >= 12, result["operations"]
