@@ -310,3 +310,34 @@ async def test_metrics_can_be_kept_off_the_public_port(strict_gateway, http):
         text = await (await session.get(f"http://127.0.0.1:{port}/metrics")).text()
         assert "http_requests_total" in text  # the edge's own metrics, on the metrics port
     assert (await http.get("/metrics")).status == 200  # the default: public, as before
+
+
+async def test_a_key_that_is_not_utf8_is_just_a_wrong_key(mesh):
+    request = b"GET /v1/voice/samples HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer \xff\xfe\r\n\r\n"
+    status, headers, body = await raw_request(mesh.http_url, request)
+    assert (status, json.loads(body)["error"]["type"]) == (401, "unauthorized"), body
+
+
+async def test_a_content_type_that_is_not_utf8_is_a_typed_error(mesh, accounts):
+    alice, _ = accounts
+    key = alice.headers["Authorization"].encode()
+    for path in (b"/v1/voice/samples?speaker_name=Ada", b"/v1/voice/generations"):
+        request = (
+            b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: " + key
+            + b"\r\nContent-Type: audio/\xff\xfe\r\nContent-Length: 4\r\n\r\nRIFF"
+        )
+        status, _, body = await raw_request(mesh.http_url, request)
+        assert 400 <= status < 500 and json.loads(body)["error"]["type"], (path, status, body)
+    # The same in the headers of a form's parts.
+    for part_headers in (
+        b'Content-Disposition: form-data; name="audio"; filename="a"\r\nContent-Type: audio/\xff',
+        b'Content-Disposition: form-data; name="speaker_\xff"',
+    ):
+        form = b"--x\r\n" + part_headers + b"\r\n\r\nRIFF\r\n--x--\r\n"
+        request = (
+            b"POST /v1/voice/samples HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: " + key
+            + b"\r\nContent-Type: multipart/form-data; boundary=x\r\nContent-Length: " + str(len(form)).encode()
+            + b"\r\n\r\n" + form
+        )
+        status, _, body = await raw_request(mesh.http_url, request)
+        assert 400 <= status < 500 and json.loads(body)["error"]["type"], (part_headers, status, body)

@@ -246,13 +246,15 @@ class HttpFront:
             return http  # a body on GET or DELETE means nothing
         if request.content_length is not None and request.content_length > self.max_body_bytes:
             raise errors.request_too_large(self.max_body_bytes)
-        http.content_type = request.headers.get("Content-Type", "")
+        http.content_type = _text(request.headers.get("Content-Type", ""), "the Content-Type header")
         # A JSON route reads its body as it is, to refuse it as a whole if it is not JSON.
         if request.content_type == "multipart/form-data" and not transcoding.takes_json(route):
             http.multipart = True
             for name, value in (await _form(request)).items():
+                name = _text(name, "a part name of the form")
                 if isinstance(value, web.FileField):
-                    http.files.append(transcoding.FilePart(name, value.file.read(), value.content_type))
+                    content_type = _text(value.content_type, f"the Content-Type of the form's part {name!r}")
+                    http.files.append(transcoding.FilePart(name, value.file.read(), content_type))
                 else:
                     http.params.append((name, value))
         else:
@@ -281,6 +283,16 @@ class HttpFront:
             error = _public(ApiError.from_rpc_error(rpc_error), upstream.name)
             return UpstreamReply(error=error, headers=_forwarded(rpc_error.initial_metadata(), headers))
         return UpstreamReply(response=response, headers=_forwarded(await call.initial_metadata(), headers))
+
+
+def _text(value: str, what: str) -> str:
+    """A header's text as it is, if it is UTF-8: aiohttp keeps other bytes as surrogates,
+    which no protobuf string can hold."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise errors.invalid_request(f"{what} is not UTF-8 text") from None
+    return value
 
 
 async def _form(request: web.Request):
