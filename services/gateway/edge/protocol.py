@@ -23,13 +23,15 @@ from services.gateway.edge import errors
 
 log = logging.getLogger("gateway.http")
 
+
 async def drop_banner(request: web.Request, response: web.StreamResponse) -> None:
     """An on_response_prepare hook: no Server header (it runs after aiohttp has set one)."""
     response.headers.popall(hdrs.SERVER, None)
 
 
 class _BannerlessResponse(web.Response):
-    """A response prepared outside the application, where no on_response_prepare hook runs."""
+    """A response prepared outside the application, where no on_response_prepare hook runs
+    (so the Server header goes after aiohttp's own step that sets it; a test checks it)."""
 
     async def _prepare_headers(self) -> None:
         await super()._prepare_headers()
@@ -68,8 +70,10 @@ class _Connection(web_protocol.RequestHandler):
     ) -> web.StreamResponse:
         if request.writer.output_size > 0:  # as aiohttp's: too late to answer
             raise ConnectionError("the response has been sent already")
-        # A malformed request is the client's doing: one line, no traceback.
-        log.info("refused a malformed HTTP request", extra={"status": status, "problem": repr(exc)[:200]})
+        if status < 500:  # the client's doing: one line, no traceback
+            log.info("refused a malformed HTTP request", extra={"status": status, "problem": repr(exc)[:200]})
+        else:
+            log.error("error serving an HTTP request", exc_info=exc)
         limits = self._manager.limits  # type: ignore[union-attr]
         error = protocol_error(status, exc, *limits)
         response = _BannerlessResponse(

@@ -13,9 +13,9 @@ The rules are those of google.api.http (as grpc-gateway applies them):
 * ``response_body: "<field>"`` answers with that field alone; an HttpBody
   answer is sent as its raw data with its content type.
 
-A JSON body must come as ``application/json`` (or another ``+json`` type), or
-without a Content-Type (as curl's ``--json`` and most clients send it, some
-send none): text, XML or a form is 415 unsupported_media_type, not parsed as
+A JSON body must come as ``application/json`` (a charset or another
+``+json`` type will do) or with no Content-Type at all (some clients send
+none): text, XML or a form is 415 unsupported_media_type, never guessed to be
 JSON. A body nested deeper than GATEWAY_MAX_JSON_DEPTH is INVALID_JSON.
 
 JSON uses the proto field names (snake_case); every bad input is an
@@ -143,7 +143,9 @@ def _depth(document, limit: int) -> int:
         if not containers:
             break
         depth += 1
-        level = [item for container in containers for item in (container.values() if isinstance(container, dict) else container)]
+        level = [
+            item for container in containers for item in (container.values() if isinstance(container, dict) else container)
+        ]
     return depth
 
 
