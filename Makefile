@@ -6,13 +6,18 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: run test protos key bench tiny-models clean
+.PHONY: run test fuzz protos key bench tiny-models clean
 
 run: $(VENV)/.installed gen/.stamp
 	$(PY) -m tools.mesh
 
 test: $(VENV)/.installed gen/.stamp var/buf/.installed
 	$(VENV)/bin/pytest
+
+# A long fuzzing run of the HTTP API: over 10,000 requests, a new seed each time
+# (`make test` runs a short one with a fixed seed); see tests/gateway/test_fuzz.py.
+fuzz: $(VENV)/.installed gen/.stamp
+	FUZZ_EXAMPLES=1000 FUZZ_SEED= FUZZ_ECHO=1 FUZZ_TIMEOUT_SECONDS=5400 $(VENV)/bin/pytest tests/gateway/test_fuzz.py -q -s -p no:cacheprovider
 
 protos: $(VENV)/.requirements
 	$(PY) tools/gen_protos.py && touch gen/.stamp

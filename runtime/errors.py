@@ -12,12 +12,17 @@ HTTP edge turns it into a ``Retry-After`` header, and a service that passes an
 upstream's error on passes the delay on with it.
 
 Services raise :class:`ApiError`; the server interceptor turns it (and any
-unexpected exception, without its traceback) into that status.
+unexpected exception, without its traceback) into that status. A status
+that gRPC itself made (a dead connection, a deadline) carries no ErrorInfo,
+and its text names internal addresses ("ipv4:10.0.3.7:50053: Connection
+refused"): :meth:`ApiError.from_rpc_error` logs that text and keeps a plain
+one, so it never reaches a client or the history.
 """
 
 from __future__ import annotations
 
 import datetime
+import logging
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -25,6 +30,8 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 DOMAIN = "voicemesh"
+
+log = logging.getLogger("runtime.errors")
 
 
 class ApiError(Exception):
@@ -70,11 +77,11 @@ class ApiError(Exception):
         """Rebuild the ApiError an upstream service raised, so it can be re-raised as is.
 
         An upstream error without ErrorInfo (a dead connection, a deadline) gets a
-        reason derived from its code.
+        reason derived from its code, and a message of ours instead of gRPC's (logged).
         """
         code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
         message = error.details() if hasattr(error, "details") else str(error)
-        reason, param, retry_after = DEFAULT_REASONS.get(code, "INTERNAL"), None, None
+        reason, param, retry_after, ours = DEFAULT_REASONS.get(code, "INTERNAL"), None, None, False
         try:
             status = rpc_status.from_call(error)
         except Exception:  # malformed trailers: keep the defaults
@@ -86,10 +93,14 @@ class ApiError(Exception):
                     detail.Unpack(info)
                     reason = info.reason
                     param = info.metadata.get("param") or None
+                    ours = True
                 elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
                     retry = error_details_pb2.RetryInfo()
                     detail.Unpack(retry)
                     retry_after = retry.retry_delay.ToTimedelta().total_seconds()
+        if not ours:
+            log.warning("a call between services failed", extra={"code": code.name, "details": message})
+            message = GRPC_STATUS_MESSAGES.get(code, f"an internal call failed ({code.name})")
         return cls(code, reason, message or code.name, param=param, retry_after=retry_after)
 
 
@@ -104,6 +115,14 @@ DEFAULT_REASONS = {
     grpc.StatusCode.DEADLINE_EXCEEDED: "DEADLINE_EXCEEDED",
     grpc.StatusCode.UNIMPLEMENTED: "NOT_IMPLEMENTED",
     grpc.StatusCode.CANCELLED: "CANCELLED",
+}
+
+
+# What a client reads for a status gRPC made itself.
+GRPC_STATUS_MESSAGES = {
+    grpc.StatusCode.UNAVAILABLE: "an internal service is unavailable; try again shortly",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "an internal service did not answer in time",
+    grpc.StatusCode.CANCELLED: "the call was cancelled",
 }
 
 

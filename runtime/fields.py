@@ -11,6 +11,11 @@ the errors and the documentation cannot disagree.
 Every refusal is INVALID_ARGUMENT naming the field, with reason
 INVALID_PARAMETER unless the rule names another (``missing_reason``,
 ``too_long_reason``).
+
+One rule holds for every string field without being declared:
+:func:`refuse_nul`. PostgreSQL's text cannot hold a NUL character, so a
+string carrying one could never be stored or looked up; every server refuses
+it before its handler runs (runtime/server.py).
 """
 
 from __future__ import annotations
@@ -148,6 +153,22 @@ def _check_number(name: str, number: float, declared: FieldRules) -> None:
     else:
         rule = f"between {low:g} and {high:g}"
     raise invalid_parameter(name, f"{name} must be {rule}, got {number:g}")
+
+
+def refuse_nul(request: message.Message, prefix: str = "") -> None:
+    """INVALID_PARAMETER naming the first string (in any field, nested messages, lists and map
+    keys and values included) that holds a NUL character."""
+    for field, current in request.ListFields():
+        name = prefix + field.name
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            items = [item for pair in current.items() for item in pair]
+        else:
+            items = list(current) if field.is_repeated else [current]
+        for item in items:
+            if isinstance(item, str) and "\x00" in item:
+                raise invalid_parameter(name, f"{name} contains a NUL character (\\u0000), which no text can hold")
+            if isinstance(item, message.Message):
+                refuse_nul(item, name + ".")
 
 
 @functools.cache

@@ -14,13 +14,15 @@ start/stop hooks) and calls :func:`main`. This module then:
   besides (the gateway's generations are not ready while no synth provider is
   online), which holds back that service alone, from the start;
 * wraps every RPC in one interceptor that sets the request id for logs,
-  records Prometheus metrics, and turns exceptions into ``google.rpc.Status``
+  records Prometheus metrics, refuses a request with a NUL character in any
+  string (runtime.fields.refuse_nul) before its handler sees it, and turns
+  exceptions into ``google.rpc.Status``
   (an :class:`~runtime.errors.ApiError` as it is, anything else as INTERNAL
   without its traceback, which is logged instead);
 * serves reflection with our protos' comments (gen_protos.py keeps them in
   ``voice/descriptors.binpb``; generated code drops them), so that the
   gateway can publish them in /openapi.json;
-* serves Prometheus metrics over HTTP on ``<NAME>_METRICS_PORT``;
+* serves Prometheus metrics over HTTP on ``<NAME>_METRICS_PORT`` (runtime/metrics.py);
 * listens with mutual TLS when the GRPC_TLS_* settings are set (runtime/tls.py);
   with ``GRPC_HEALTH_PORT`` set it also answers health checks alone in
   plaintext there, for probes that speak no TLS;
@@ -42,11 +44,11 @@ from typing import Any, Awaitable, Callable
 
 import grpc
 import prometheus_client
-from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf import descriptor_pb2, descriptor_pool, message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from runtime import config, logs, tls
+from runtime import config, fields, logs, metrics, tls
 from runtime.errors import ApiError, internal_error
 
 log = logging.getLogger("runtime.server")
@@ -94,7 +96,7 @@ class ServiceSpec:
 
 
 class MeshInterceptor(grpc.aio.ServerInterceptor):
-    """Request id, metrics and error mapping for every RPC."""
+    """Request id, metrics, the NUL rule and error mapping for every RPC."""
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
@@ -109,6 +111,7 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
             async def unary_response(request, context):
                 with _Call(service, method, request_id) as call:
                     try:
+                        _refuse_nul(request)
                         return await inner(request, context)
                     except BaseException as error:  # noqa: BLE001 - mapped, re-raised or aborted below
                         await call.fail(error, context)
@@ -129,6 +132,7 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
         async def streaming_response(request, context):
             with _Call(service, method, request_id) as call:
                 try:
+                    _refuse_nul(request)
                     async for response in inner(request, context):
                         yield response
                 except BaseException as error:  # noqa: BLE001
@@ -139,6 +143,7 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
             # context.write() (grpc's own HealthServicer.Watch does).
             with _Call(service, method, request_id) as call:
                 try:
+                    _refuse_nul(request)
                     await inner(request, context)
                 except BaseException as error:  # noqa: BLE001
                     await call.fail(error, context)
@@ -156,6 +161,12 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+def _refuse_nul(request) -> None:
+    """A request message (not a client stream) with a NUL in a string never reaches a handler."""
+    if isinstance(request, message.Message):
+        fields.refuse_nul(request)
 
 
 class _Call:
@@ -295,7 +306,7 @@ async def serve(spec: ServiceSpec) -> None:
         server.add_secure_port(address, credentials.server())
     await server.start()
     probe_server = await serve_health_probes(health_servicer)
-    prometheus_client.start_http_server(ports.metrics_port.value, addr=config.BIND_HOST.value)
+    metrics.serve(config.BIND_HOST.value, ports.metrics_port.value)
     log.info(
         "listening",
         extra={

@@ -58,7 +58,8 @@ def new_key() -> str:
 
 
 def key_hash(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+    # surrogateescape: a header's bytes that are not UTF-8 (aiohttp keeps them so) make an unknown key, not an error.
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 @dataclass(frozen=True)

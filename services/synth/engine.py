@@ -24,12 +24,16 @@ from transformers import (
     LogitsProcessorList,
     StoppingCriteriaList,
 )
+from transformers.generation.logits_process import (
+    DiaClassifierFreeGuidanceLogitsProcessor,
+    DiaEOSChannelFilterLogitsProcessor,
+)
 
 from services.synth import tiny_models
 from services.synth.audio import SAMPLE_RATE
 from services.synth.config import HUB_DIA_MODEL, TINY_MODEL_NAME
 from services.synth.params import FRAMES_WITHOUT_AUDIO, GenerationParams
-from services.synth.sampling import PerRowSampler, StopWhen
+from services.synth.sampling import GuidanceAmongAllowed, PerRowSampler, StopWhen
 
 log = logging.getLogger("synth.engine")
 
@@ -56,6 +60,13 @@ class _ServedDia(DiaForConditionalGeneration):
 
     def _get_logits_processor(self, generation_config, *args, logits_processor=None, **kwargs):
         processors = super()._get_logits_processor(generation_config, *args, logits_processor=None, **kwargs)
+        # Guidance keeps its top-k among the tokens the end rules allow (see GuidanceAmongAllowed).
+        (rules,) = [p for p in processors if isinstance(p, DiaEOSChannelFilterLogitsProcessor)]
+        for index, processor in enumerate(processors):
+            if type(processor) is DiaClassifierFreeGuidanceLogitsProcessor and processor.guidance_top_k is not None:
+                processors[index] = GuidanceAmongAllowed(
+                    processor.guidance_scale, processor.guidance_top_k, rules.num_channels, rules.eos_id
+                )
         processors.extend(logits_processor or [])
         return processors
 

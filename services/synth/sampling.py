@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria
 from transformers.generation.logits_process import (
+    DiaClassifierFreeGuidanceLogitsProcessor,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
@@ -65,6 +66,36 @@ class PerRowSampler(LogitsProcessor):
         ).view(-1, 1)
         only_drawn = torch.full_like(scores, -float("inf"))
         return only_drawn.scatter_(1, drawn, 0.0)
+
+
+class GuidanceAmongAllowed(DiaClassifierFreeGuidanceLogitsProcessor):
+    """Dia's classifier-free guidance, its top-k taken among the tokens Dia's end rules allow.
+
+    transformers (as Dia's own code) keeps the guidance_top_k best guided
+    tokens first and applies the end rules after (only channel 0 may emit the
+    end marker; no channel emits the tokens after it). With a small
+    cfg_filter_top_k that can leave a channel no token at all, and sampling
+    fails on it (cfg_filter_top_k=1 always did, on the tiny model: found by
+    fuzzing). Ruling those tokens out first keeps k allowed ones; when the k
+    best were allowed anyway, which is the usual case, nothing changes.
+    """
+
+    def __init__(self, guidance_scale: float, guidance_top_k: int, num_channels: int, eos_token_id: int) -> None:
+        super().__init__(guidance_scale, guidance_top_k)
+        self.num_channels = num_channels
+        self.eos_id = eos_token_id
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        cond, uncond = scores.split(scores.shape[0] // 2, dim=0)
+        guided = cond + (cond - uncond) * self.guidance_scale
+        # Rows are (request, channel); what DiaEOSChannelFilterLogitsProcessor rules out next.
+        ruled_out = torch.zeros((self.num_channels, guided.shape[-1]), dtype=torch.bool, device=guided.device)
+        ruled_out[1:, self.eos_id :] = True
+        ruled_out[0, self.eos_id + 1 :] = True
+        allowed = guided.view(-1, self.num_channels, guided.shape[-1]).masked_fill(ruled_out, -float("inf"))
+        _, kept = torch.topk(allowed.view_as(guided), k=self.guidance_top_k, dim=-1)
+        dropped = torch.ones_like(guided, dtype=torch.bool).scatter(dim=-1, index=kept, value=False)
+        return cond.masked_fill(dropped, -float("inf"))  # as Dia's: the conditioned logits of the kept tokens
 
 
 class StopWhen(StoppingCriteria):

@@ -240,3 +240,9 @@ def test_the_migration_job_runs_the_migration_tool(rendering):
     assert job.container["args"] == [MIGRATION_MODULE]
     assert job.pod["restartPolicy"] in ("Never", "OnFailure")
     assert job.obj["spec"].get("activeDeadlineSeconds"), "a stuck migration must not hang the rollout"
+
+
+def test_the_public_http_port_serves_no_metrics(rendering, code):
+    """Metrics are scraped from the metrics port (reached from `monitoring` only), never from the internet."""
+    gateway = rendering.workload("Deployment", "gateway").container
+    assert value_in(rendering, code, gateway, "GATEWAY_PUBLIC_METRICS") == "false", rendering.overlay

@@ -124,6 +124,7 @@ async def test_killing_providers_fails_requests_cleanly_then_takes_them_offline(
         ended = {g["id"]: (g["status"], g["error_type"]) for g in listing["generations"]}
         for status, _, generation_id in outcomes:
             assert ended[generation_id] == (("succeeded", "") if status == 200 else ("failed", "upstream_error"))
+        assert not any("127.0.0.1" in g["error_message"] for g in listing["generations"]), listing
 
         # Its heartbeats stopped: after GATEWAY_PROVIDER_TIMEOUT_SECONDS it is offline.
         deadline = asyncio.get_running_loop().time() + 10 * PROVIDER_TIMEOUT_SECONDS
@@ -133,8 +134,12 @@ async def test_killing_providers_fails_requests_cleanly_then_takes_them_offline(
 
         # The last one dies too; still registered, it is tried and found gone.
         await second.stop_service("synth", signal.SIGKILL)
-        status, body, _ = await generate(http, account, "[S1] Anyone there?")
+        status, body, generation_id = await generate(http, account, "[S1] Anyone there?")
         assert (status, body["error"]["type"]) == (502, "upstream_error"), body
+        # It says which provider failed, not where it lives (gRPC's own text names its address).
+        stored = await (await http.get(f"/v1/voice/generations/{generation_id}", headers=account.headers)).json()
+        for message in (body["error"]["message"], stored["error_message"]):
+            assert "provider-b" in message and "127.0.0.1" not in message and "ipv4" not in message, message
 
         # Once it is offline as well, there is no provider at all.
         await wait_for_models(http, account, present=False, timeout=10 * PROVIDER_TIMEOUT_SECONDS)

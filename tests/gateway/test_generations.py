@@ -298,6 +298,11 @@ async def test_every_parameter_at_its_highest_passes(http, carol, voices):
     assert stored["parameters"]["seed"] == 2**62
 
 
+async def test_the_narrowest_guidance_filter_generates(http, carol):
+    # cfg_filter_top_k=1 with guidance on left a channel no token to sample: 502 (found by fuzzing).
+    await audio_of(await generate(http, carol, cfg_filter_top_k=1, cfg_scale=3))
+
+
 @pytest.fixture(scope="module")
 async def short_input_gateway(mesh):
     async with extra_gateway(mesh, GATEWAY_MAX_INPUT_CHARS="40") as gateway:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import logging
 import random
 
 import grpc
@@ -229,3 +230,16 @@ async def test_a_provider_past_the_deadline_is_upstream_error(monkeypatch, provi
     rows, _ = await providers("slow")
     error = await failure(monkeypatch, rows, timeout=0.5)
     assert error.reason == "UPSTREAM_ERROR" and "0.5 s" in error.message
+
+
+@pytest.mark.parametrize("outcomes", [("dead",), ("dead", "dead"), (grpc.StatusCode.INTERNAL,)], ids=["gone", "both gone", "failed"])
+async def test_the_caller_hears_which_provider_failed_and_how_the_log_hears_why(monkeypatch, providers, caplog, outcomes):
+    rows, _ = await providers(*outcomes)
+    with caplog.at_level(logging.WARNING, logger="gateway.routing"):
+        error = await failure(monkeypatch, rows)
+    assert error.reason == "UPSTREAM_ERROR" and "p0" in error.message
+    for row_ in rows:  # gRPC's text names the provider's address ("ipv4:127.0.0.1:38055: Connection refused")
+        assert row_["address"] not in error.message and row_["address"].split(":")[1] not in error.message
+    assert "ipv4" not in error.message and "refused" not in error.message  # nor the stand-in's own words
+    details = " ".join(str(getattr(record, "details", "")) for record in caplog.records)
+    assert ("127.0.0.1" in details) if "dead" in outcomes else ("refused" in details)

@@ -80,3 +80,32 @@ def test_bounds_are_published_by_kind():
     assert bounds["cfg_filter_top_k"] == (1, 100, 45) and isinstance(bounds["cfg_filter_top_k"][0], int)
     assert bounds["temperature"] == (0.1, 2.0, 1.8)
     assert bounds["seed"] == (-1, math.inf, -1)
+
+
+# --- no NUL in any text: PostgreSQL's text cannot hold one ----------------------
+
+
+def nul_refused(request) -> ApiError:
+    with pytest.raises(ApiError) as caught:
+        fields.refuse_nul(request)
+    assert (caught.value.code, caught.value.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PARAMETER")
+    assert "NUL" in caught.value.message
+    return caught.value
+
+
+def test_a_nul_in_any_string_is_refused_naming_the_field():
+    from google.protobuf import field_mask_pb2
+    from google.rpc import error_details_pb2
+
+    from voice.synth.v1 import synth_pb2
+
+    assert nul_refused(Generation(input="[S1] a\x00b")).param == "input"
+    assert nul_refused(Generation(input="hi", speakers={"S1\x00": 1})).param == "speakers"  # a map key
+    assert nul_refused(error_details_pb2.ErrorInfo(metadata={"k": "v\x00"})).param == "metadata"  # a map value
+    assert nul_refused(field_mask_pb2.FieldMask(paths=["a", "b\x00"])).param == "paths"  # a list
+    prompt = synth_pb2.SynthesizeRequest(script="hi", audio_prompt=synth_pb2.AudioPrompt(transcript="\x00"))
+    assert nul_refused(prompt).param == "audio_prompt.transcript"  # a nested message
+
+
+def test_bytes_may_hold_nul_and_text_everything_else():
+    fields.refuse_nul(library_pb2.CreateVoiceSampleRequest(audio={"data": b"\x00\x00"}, speaker_name="Ada \u2603\x01"))

@@ -97,3 +97,11 @@ def test_the_same_seed_and_temperature_repeat_and_another_temperature_does_not(e
 
     assert torch.equal(codes(0.5), codes(0.5))
     assert not torch.equal(codes(0.5), codes(1.0))
+
+
+def test_a_guidance_filter_of_one_token_leaves_every_channel_a_token(engine):
+    # Guidance keeps its one token among those Dia's end rules allow on each channel;
+    # it used to keep an end marker on a channel that may not end, leaving it nothing to sample.
+    params = GenerationParams(3.0, 1.8, 0.95, 1, 256, 1.0, None)
+    batch = [SynthesisInput("[S1] Hello there, how are you?", None, params, seed) for seed in range(2)]
+    assert all(generated.generated_frames > 0 for generated in engine.generate(batch))

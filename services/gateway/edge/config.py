@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runtime.config import setting
+from runtime.config import between, boolean, positive, setting
 
 UPSTREAMS = setting(
     "GATEWAY_UPSTREAMS",
@@ -20,6 +20,35 @@ READINESS_CHECK_TIMEOUT_SECONDS = setting(
     2.0,
     "how long /readyz waits for each upstream's health check before calling it not ready",
     float,
+)
+
+MAX_URL_BYTES = setting(
+    "GATEWAY_MAX_URL_BYTES",
+    8190,
+    "longest URL (path and query string) of an HTTP request, in bytes; a longer one is refused with 400 "
+    "invalid_request",
+    positive(int),
+)
+MAX_HEADER_BYTES = setting(
+    "GATEWAY_MAX_HEADER_BYTES",
+    8190,
+    "longest value of an HTTP request header, in bytes (its name is held to it too); a longer one is refused "
+    "with 400 invalid_request",
+    positive(int),
+)
+MAX_JSON_DEPTH = setting(
+    "GATEWAY_MAX_JSON_DEPTH",
+    32,
+    "deepest nesting of objects and lists in a JSON request body (the API's own bodies need 2); a deeper one is "
+    "refused with 400 invalid_json",
+    between(1, 200, int),
+)
+PUBLIC_METRICS = setting(
+    "GATEWAY_PUBLIC_METRICS",
+    True,
+    "whether the public HTTP port also serves Prometheus /metrics (every service serves them on its metrics "
+    "port anyway); false answers 404 there",
+    boolean,
 )
 
 

@@ -76,6 +76,11 @@ def request_too_large(limit: int) -> ApiError:
     )
 
 
+def invalid_request(message: str) -> ApiError:
+    """A request that is malformed as a whole (its HTTP, its multipart form), not in one field."""
+    return ApiError(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST", message)
+
+
 def unsupported_media_type(message: str) -> ApiError:
     return ApiError(grpc.StatusCode.INVALID_ARGUMENT, "UNSUPPORTED_MEDIA_TYPE", message)
 

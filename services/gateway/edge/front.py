@@ -22,10 +22,12 @@ from typing import Awaitable, Callable, Sequence
 import grpc
 import prometheus_client
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from runtime import clients, config, logs
 from runtime.errors import DEFAULT_REASONS, ApiError, internal_error, not_found
-from services.gateway.edge import errors, openapi, transcoding
+from services.gateway.edge import errors, openapi, protocol, transcoding
+from services.gateway.edge.config import MAX_HEADER_BYTES, MAX_URL_BYTES, PUBLIC_METRICS
 from services.gateway.edge.discovery import Route
 from services.gateway.edge.upstreams import RouteTable
 
@@ -82,6 +84,7 @@ class HttpFront:
         self.app = web.Application(client_max_size=max_body_bytes, middlewares=[self._middleware])
         self.app.on_response_prepare.append(self._add_request_id)
         self.app.on_response_prepare.append(self._add_retry_after)
+        self.app.on_response_prepare.append(protocol.drop_banner)
         self.app.router.add_get("/healthz", self.healthz)
         self.app.router.add_get("/readyz", self.readyz)
         self.app.router.add_get("/metrics", self.metrics)
@@ -94,8 +97,12 @@ class HttpFront:
         self._idle.set()
 
     async def start(self, host: str, port: int) -> None:
-        self.runner = web.AppRunner(
-            self.app, access_log=None, shutdown_timeout=config.SHUTDOWN_GRACE_SECONDS.value
+        self.runner = protocol.Runner(
+            self.app,
+            access_log=None,
+            shutdown_timeout=config.SHUTDOWN_GRACE_SECONDS.value,
+            max_url_bytes=MAX_URL_BYTES.value,
+            max_header_bytes=MAX_HEADER_BYTES.value,
         )
         await self.runner.setup()
         await web.TCPSite(self.runner, host, port).start()
@@ -138,9 +145,7 @@ class HttpFront:
             except web.HTTPRequestEntityTooLarge:
                 response = error_response(errors.request_too_large(self.max_body_bytes))
             except web.HTTPException as error:  # aiohttp's own (a malformed form, ...)
-                response = error_response(
-                    ApiError(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST", error.text or error.reason)
-                )
+                response = error_response(errors.invalid_request(error.text or error.reason))
                 response.set_status(error.status)
             except (asyncio.CancelledError, ConnectionResetError):
                 status = 499  # as nginx logs it: the client closed the request
@@ -197,6 +202,8 @@ class HttpFront:
         return web.json_response({**body, "upstreams": states}, status=503)
 
     async def metrics(self, request: web.Request) -> web.Response:
+        if not PUBLIC_METRICS.value:
+            raise not_found("no endpoint GET /metrics here: this gateway serves its metrics on its metrics port")
         return web.Response(
             body=prometheus_client.generate_latest(),
             headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST},
@@ -250,12 +257,15 @@ class HttpFront:
             return http  # a body on GET or DELETE means nothing
         if request.content_length is not None and request.content_length > self.max_body_bytes:
             raise errors.request_too_large(self.max_body_bytes)
-        http.content_type = request.headers.get("Content-Type", "")
-        if request.content_type == "multipart/form-data":
+        http.content_type = _text(request.headers.get("Content-Type", ""), "the Content-Type header")
+        # A JSON route reads its body as it is, to refuse it as a whole if it is not JSON.
+        if request.content_type == "multipart/form-data" and not transcoding.takes_json(route):
             http.multipart = True
-            for name, value in (await request.post()).items():
+            for name, value in (await _form(request)).items():
+                name = _text(name, "a part name of the form")
                 if isinstance(value, web.FileField):
-                    http.files.append(transcoding.FilePart(name, value.file.read(), value.content_type))
+                    content_type = _text(value.content_type, f"the Content-Type of the form's part {name!r}")
+                    http.files.append(transcoding.FilePart(name, value.file.read(), content_type))
                 else:
                     http.params.append((name, value))
         else:
@@ -284,6 +294,29 @@ class HttpFront:
             error = _public(ApiError.from_rpc_error(rpc_error), upstream.name)
             return UpstreamReply(error=error, headers=_forwarded(rpc_error.initial_metadata(), headers))
         return UpstreamReply(response=response, headers=_forwarded(await call.initial_metadata(), headers))
+
+
+def _text(value: str, what: str) -> str:
+    """A header's text as it is, if it is UTF-8: aiohttp keeps other bytes as surrogates,
+    which no protobuf string can hold."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise errors.invalid_request(f"{what} is not UTF-8 text") from None
+    return value
+
+
+async def _form(request: web.Request):
+    """The fields of a multipart/form-data body; INVALID_REQUEST for a malformed one."""
+    try:
+        return await request.post()
+    except UnicodeDecodeError:
+        raise errors.invalid_request(
+            "a text field of the form is not UTF-8 text; send binary data as a file part"
+        ) from None
+    except (ValueError, LookupError, HttpProcessingError) as error:
+        # No boundary, none closing the body, a control character in a part's header, an unknown charset...
+        raise errors.invalid_request(f"the multipart/form-data body is malformed: {protocol.problem(error)}") from None
 
 
 @dataclass

@@ -250,6 +250,8 @@ def _errors(route: Route) -> dict:
         del statuses["401"]
     if not route.body:
         del statuses["413"], statuses["415"]
+    if route.rpc.server_streaming or route.rpc.client_streaming:
+        statuses["501"] = "Streaming is not available yet (`not_implemented`)."
     responses = {
         status: {
             "description": text,

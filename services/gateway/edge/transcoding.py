@@ -13,6 +13,11 @@ The rules are those of google.api.http (as grpc-gateway applies them):
 * ``response_body: "<field>"`` answers with that field alone; an HttpBody
   answer is sent as its raw data with its content type.
 
+A JSON body must come as ``application/json`` (a charset or another
+``+json`` type will do) or with no Content-Type at all (some clients send
+none): text, XML or a form is 415 unsupported_media_type, never guessed to be
+JSON. A body nested deeper than GATEWAY_MAX_JSON_DEPTH is INVALID_JSON.
+
 JSON uses the proto field names (snake_case); every bad input is an
 INVALID_PARAMETER error naming the field at fault. A number must be a JSON
 number: protobuf's JSON parser would also take ``"1.0"``, but a client that
@@ -30,6 +35,7 @@ _FieldType = descriptor.FieldDescriptor
 
 from runtime import wire
 from runtime.errors import ApiError, invalid_argument, invalid_parameter
+from services.gateway.edge.config import MAX_JSON_DEPTH
 from services.gateway.edge.discovery import Route, field_at, is_http_body
 from services.gateway.edge.errors import unsupported_media_type
 
@@ -117,22 +123,57 @@ def _take_http_body_data(route: Route, http: HttpInput) -> bytes | None:
     return data
 
 
-def _json_only(route: Route) -> ApiError:
-    return unsupported_media_type(f"{route} takes a JSON body, not multipart/form-data")
+def takes_json(route: Route) -> bool:
+    """Whether the route's body is JSON (the whole request, or a field that is not an HttpBody)."""
+    if route.body in ("", "*"):
+        return route.body == "*"
+    return not is_http_body(route.rpc.request_class.DESCRIPTOR.fields_by_name[route.body])
+
+
+def _json_only(route: Route, media_type: str = "multipart/form-data") -> ApiError:
+    return unsupported_media_type(f"{route} takes a JSON body (Content-Type: application/json), not {media_type}")
+
+
+def _require_json(route: Route, http: HttpInput) -> None:
+    media_type = http.content_type.split(";")[0].strip().lower()
+    if http.multipart or media_type == "multipart/form-data":
+        raise _json_only(route)
+    if media_type and media_type != JSON_CONTENT_TYPE and not media_type.endswith("+json"):
+        raise _json_only(route, media_type[:100])
 
 
 def _parse_json(http: HttpInput):
     if not http.body.strip():
         return {}
+    limit = MAX_JSON_DEPTH.value
+    too_deep = invalid_argument("INVALID_JSON", f"the request body is nested more than {limit} levels deep")
     try:
-        return json.loads(http.body)
+        document = json.loads(http.body)
+    except RecursionError:  # too deep for the parser itself
+        raise too_deep from None
     except (ValueError, UnicodeDecodeError) as error:
         raise invalid_argument("INVALID_JSON", f"the request body is not valid JSON: {error}") from None
+    if _depth(document, limit) > limit:
+        raise too_deep  # before anything recursive (protobuf's parser) walks it
+    return document
+
+
+def _depth(document, limit: int) -> int:
+    """How deep objects and lists nest (a flat object is 1), counted up to limit + 1, without recursion."""
+    level, depth = [document], 0
+    while depth <= limit:
+        containers = [item for item in level if isinstance(item, (dict, list))]
+        if not containers:
+            break
+        depth += 1
+        level = [
+            item for container in containers for item in (container.values() if isinstance(container, dict) else container)
+        ]
+    return depth
 
 
 def _fill_from_json_body(request: message.Message, route: Route, http: HttpInput) -> None:
-    if http.multipart:
-        raise _json_only(route)
+    _require_json(route, http)
     document = _parse_json(http)
     if not isinstance(document, dict):
         raise invalid_argument("INVALID_JSON", "the request body must be a JSON object")
@@ -140,8 +181,7 @@ def _fill_from_json_body(request: message.Message, route: Route, http: HttpInput
 
 
 def _fill_field_from_json(request: message.Message, route: Route, body_field, http: HttpInput) -> None:
-    if http.multipart:
-        raise _json_only(route)
+    _require_json(route, http)
     _parse_dict({body_field.name: _parse_json(http)}, request, prefix="")
 
 
@@ -371,12 +411,44 @@ def _invalid_value(path: str, found: descriptor.FieldDescriptor, value, single: 
 
 
 def to_json(value: message.Message) -> dict:
-    return json_format.MessageToDict(
+    document = json_format.MessageToDict(
         value,
         preserving_proto_field_name=True,
         always_print_fields_with_no_presence=True,
         unquote_int64_if_possible=True,
     )
+    _int64_as_numbers(document, value.DESCRIPTOR)
+    return document
+
+
+_INT64 = {_FieldType.CPPTYPE_INT64, _FieldType.CPPTYPE_UINT64}
+
+
+def _int64_as_numbers(document: dict, message_descriptor: descriptor.Descriptor) -> None:
+    """Every 64-bit integer as a JSON number, as the API takes them and /openapi.json says.
+
+    protobuf's JSON writes one that a double cannot hold exactly (a seed of
+    2**63 - 1) as a string; JSON itself has no such limit, Python's parser
+    none either (a JavaScript client rounds it).
+    """
+    for found in message_descriptor.fields:
+        if found.name not in document:
+            continue
+        value = document[found.name]
+        entry = found.message_type if found.message_type is not None and found.message_type.GetOptions().map_entry else None
+        target = entry.fields_by_name["value"] if entry is not None else found
+        if entry is not None:
+            items, put = list(value.items()), value.__setitem__
+        elif found.is_repeated:
+            items, put = list(enumerate(value)), value.__setitem__
+        else:
+            items, put = [(found.name, value)], document.__setitem__
+        nested = target.message_type
+        for key, item in items:
+            if nested is None and target.cpp_type in _INT64 and isinstance(item, str):
+                put(key, int(item))
+            elif nested is not None and isinstance(item, dict) and not nested.full_name.startswith("google."):
+                _int64_as_numbers(item, nested)  # our own messages (well-known types have JSON forms of their own)
 
 
 def to_http_response(route: Route, response: message.Message) -> HttpOutput:

@@ -17,7 +17,8 @@ synth_busy: nothing failed, and trying again shortly will work, after the
 soonest Retry-After (RetryInfo) the busy providers estimated. The
 provider's refusal of the request itself (INVALID_ARGUMENT, e.g. a script too
 long for the model) reaches the caller as it is; any other failure is 502
-upstream_error.
+upstream_error, saying which provider failed and how, in words: gRPC's own
+text of a failure names internal addresses, so it goes to the log only.
 """
 
 from __future__ import annotations
@@ -49,6 +50,12 @@ RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
 MAX_ATTEMPTS = 2
 # A provider's parameter names that are called otherwise in the public API.
 PUBLIC_PARAMS = {"script": "input", "audio_prompt": "speakers"}
+# How a provider's failure is told to the caller (the details go to the log).
+FAILURES = {
+    grpc.StatusCode.UNAVAILABLE: "could not be reached",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "was busy",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "did not answer in time",
+}
 
 
 @dataclass(frozen=True)
@@ -123,7 +130,15 @@ def public_error(candidate: Candidate, error: grpc.aio.AioRpcError, timeout: flo
         return refusal
     if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
         return upstream_error(f"the provider {candidate.provider_id} did not finish the generation within {timeout:g} s")
-    return upstream_error(f"the provider {candidate.provider_id} failed: {error.details() or error.code().name}")
+    log.warning(
+        "provider failed the generation",
+        extra={"provider": candidate.provider_id, "code": error.code().name, "details": error.details()},
+    )
+    return upstream_error(f"the provider {candidate.provider_id} failed the generation ({_failure(error)})")
+
+
+def _failure(error: grpc.aio.AioRpcError) -> str:
+    return FAILURES.get(error.code(), f"error {error.code().name.lower()}")
 
 
 OnAttempt = Callable[[Candidate], Awaitable[None]]
@@ -171,7 +186,7 @@ class Router:
                     "provider did not take the generation",
                     extra={"provider": candidate.provider_id, "code": error.code().name, "details": error.details()},
                 )
-                failures.append(f"{candidate.provider_id}: {error.details() or error.code().name}")
+                failures.append(f"{candidate.provider_id} {_failure(error)}")
                 codes.add(error.code())
                 if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                     estimate = ApiError.from_rpc_error(error).retry_after

@@ -1,0 +1,109 @@
+"""aiohttp's HTTP server, answering in the API's error shape where aiohttp answers by itself.
+
+aiohttp refuses a request its HTTP parser cannot take (a URL or a header
+over its limit, a control character in a header, a malformed request line)
+before any handler or middleware runs, with a text/plain body; and it names
+itself and its Python version in a ``Server`` header on every response.
+:class:`Runner` is ``web.AppRunner`` with those refusals as
+``{"error": {...}}`` bodies and without the banner; :func:`drop_banner`
+takes it off the responses of the application's handlers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import grpc
+from aiohttp import hdrs, web, web_protocol
+from aiohttp.http_exceptions import LineTooLong
+
+from runtime.errors import ApiError, internal_error
+from services.gateway.edge import errors
+
+log = logging.getLogger("gateway.http")
+
+
+async def drop_banner(request: web.Request, response: web.StreamResponse) -> None:
+    """An on_response_prepare hook: no Server header (it runs after aiohttp has set one)."""
+    response.headers.popall(hdrs.SERVER, None)
+
+
+class _BannerlessResponse(web.Response):
+    """A response prepared outside the application, where no on_response_prepare hook runs
+    (so the Server header goes after aiohttp's own step that sets it; a test checks it)."""
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        self.headers.popall(hdrs.SERVER, None)
+
+
+def protocol_error(status: int, exc: BaseException | None, max_url_bytes: int, max_header_bytes: int) -> ApiError:
+    """The API's error for a request aiohttp answered before routing it (400), or failed to (500, 504)."""
+    if status == 504:
+        return ApiError(grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED", "the request took too long")
+    if status != 400:
+        return internal_error("internal error")
+    if isinstance(exc, LineTooLong):
+        return errors.invalid_request(
+            f"the request's URL is longer than {max_url_bytes} bytes or one of its headers longer than "
+            f"{max_header_bytes} bytes"
+        )
+    return errors.invalid_request(f"the request is not valid HTTP: {problem(exc)}")
+
+
+def problem(error: BaseException | None) -> str:
+    """What aiohttp says is wrong, without the offending bytes it quotes on the lines below."""
+    text = (getattr(error, "message", "") or str(error or "")).strip()
+    return text.splitlines()[0].rstrip(":") if text else type(error).__name__
+
+
+class _Connection(web_protocol.RequestHandler):
+    """One client connection; its own refusals look like the API's."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:  # as aiohttp's: too late to answer
+            raise ConnectionError("the response has been sent already")
+        if status < 500:  # the client's doing: one line, no traceback
+            log.info("refused a malformed HTTP request", extra={"status": status, "problem": repr(exc)[:200]})
+        else:
+            log.error("error serving an HTTP request", exc_info=exc)
+        limits = self._manager.limits  # type: ignore[union-attr]
+        error = protocol_error(status, exc, *limits)
+        response = _BannerlessResponse(
+            text=json.dumps(errors.error_body(error)), status=errors.http_status(error), content_type="application/json"
+        )
+        response.force_close()
+        return response
+
+
+class _Server(web.Server):
+    limits: tuple[int, int]
+
+    def __call__(self) -> _Connection:
+        return _Connection(self, loop=self._loop, **self._kwargs)
+
+
+class Runner(web.AppRunner):
+    """web.AppRunner whose connections answer malformed requests in the API's error shape.
+
+    `max_url_bytes` and `max_header_bytes` are aiohttp's parser limits
+    (``max_line_size``, which its C parser applies to the URL, and ``max_field_size``).
+    """
+
+    def __init__(self, app: web.Application, *, max_url_bytes: int, max_header_bytes: int, **kwargs) -> None:
+        super().__init__(app, max_line_size=max_url_bytes, max_field_size=max_header_bytes, **kwargs)
+        self.limits = (max_url_bytes, max_header_bytes)
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        # The same server, its connections made by _Connection (aiohttp has no option for it).
+        server.__class__ = _Server
+        server.limits = self.limits
+        return server

@@ -1,0 +1,343 @@
+"""What careless clients and attackers send, through the real mesh: every answer
+is a typed error in the documented shape with a 4xx status, never a 500, a
+traceback or text/plain; nothing reveals the software behind it; and what is
+refused is not stored."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+import aiohttp
+import pytest
+from yarl import URL
+
+from tests.gateway.conftest import assert_error, extra_gateway
+
+ERROR_KEYS = {"type", "message", "param"}
+
+
+async def assert_typed_4xx(response: aiohttp.ClientResponse) -> dict:
+    """A 4xx with the documented error body, whatever the type."""
+    text = await response.text()
+    assert 400 <= response.status < 500, (response.status, text)
+    assert response.content_type == "application/json", (response.content_type, text)
+    body = json.loads(text)
+    assert set(body["error"]) <= ERROR_KEYS and body["error"]["type"] and body["error"]["message"], body
+    assert "Traceback" not in text
+    return body["error"]
+
+
+async def operations(http) -> list[tuple[str, str]]:
+    """(method, path) of every operation /openapi.json lists, its path variables filled in;
+    not the streaming ones, 501 over HTTP whatever they are sent (as documented)."""
+    document = await (await http.get("/openapi.json")).json()
+    return [
+        (method.upper(), re.sub(r"\{[^}]+\}", "1", path))
+        for path, item in document["paths"].items()
+        for method in item
+        if "501" not in item[method]["responses"]
+    ]
+
+
+async def history_ids(http, account) -> set[str]:
+    listing = await (await http.get("/v1/voice/generations", params={"page_size": "100"}, headers=account.headers)).json()
+    return {generation["id"] for generation in listing["generations"]}
+
+
+# --- malformed multipart ---------------------------------------------------------
+
+MALFORMED_FORMS = {
+    "no boundary": ("multipart/form-data", b'--x\r\nContent-Disposition: form-data; name="speaker_name"\r\n\r\nAda\r\n--x--\r\n'),
+    "a control character in a part name": (
+        "multipart/form-data; boundary=x",
+        b'--x\r\nContent-Disposition: form-data; name="speaker\x01name"\r\n\r\nAda\r\n--x--\r\n',
+    ),
+    "no closing boundary": (
+        "multipart/form-data; boundary=x",
+        b'--x\r\nContent-Disposition: form-data; name="speaker_name"\r\n\r\nAda\r\n',
+    ),
+    "a part without a name": ("multipart/form-data; boundary=x", b"--x\r\n\r\nAda\r\n--x--\r\n"),
+    "an unknown charset": (
+        "multipart/form-data; boundary=x",
+        b'--x\r\nContent-Disposition: form-data; name="speaker_name"\r\nContent-Type: text/plain; charset=nope\r\n\r\nAda\r\n--x--\r\n',
+    ),
+}
+
+
+@pytest.mark.parametrize("problem", MALFORMED_FORMS)
+async def test_a_malformed_form_is_a_typed_error_on_every_route(http, accounts, problem):
+    alice, _ = accounts
+    content_type, body = MALFORMED_FORMS[problem]
+    for method, path in await operations(http):
+        response = await http.request(method, path, data=body, headers={**alice.headers, "Content-Type": content_type})
+        if response.status < 400:
+            continue  # a route without a body ignores it
+        error = await assert_typed_4xx(response)
+        if (method, path) == ("POST", "/v1/voice/samples"):
+            assert (response.status, error["type"]) == (400, "invalid_request"), (problem, error)
+        elif method in ("POST", "PATCH"):
+            assert (response.status, error["type"]) == (415, "unsupported_media_type"), (method, path, error)
+
+
+async def test_a_form_text_field_that_is_not_utf8_is_400(http, accounts):
+    alice, _ = accounts
+    body = (
+        b'--x\r\nContent-Disposition: form-data; name="audio"; filename="a.wav"\r\nContent-Type: audio/wav\r\n\r\nRIFF\r\n'
+        b'--x\r\nContent-Disposition: form-data; name="speaker_name"\r\n\r\n\xff\xfeAda\r\n--x--\r\n'
+    )
+    headers = {**alice.headers, "Content-Type": "multipart/form-data; boundary=x"}
+    error = await assert_error(await http.post("/v1/voice/samples", data=body, headers=headers), 400, "invalid_request")
+    assert "UTF-8" in error["message"]
+
+
+# --- NUL characters: PostgreSQL's text cannot hold them ----------------------------
+
+
+@pytest.mark.parametrize("field", ["speaker_name", "transcript", "collection"])
+async def test_a_nul_in_a_sample_field_is_refused_naming_it(http, accounts, field):
+    alice, _ = accounts
+    fields = {"speaker_name": "Ada", field: "A\x00da"}
+    form = aiohttp.FormData()
+    form.add_field("audio", b"not audio", filename="a.webm", content_type="audio/webm")
+    for name, value in fields.items():
+        form.add_field(name, value)
+    response = await http.post("/v1/voice/samples", data=form, headers=alice.headers)
+    error = await assert_error(response, 400, "invalid_parameter", field)
+    assert "NUL" in error["message"]
+    # The same as query parameters of a raw upload, and in a PATCH.
+    headers = {**alice.headers, "Content-Type": "audio/webm"}
+    response = await http.post("/v1/voice/samples", data=b"not audio", params=fields, headers=headers)
+    await assert_error(response, 400, "invalid_parameter", field)
+    response = await http.patch("/v1/voice/samples/1", json={field: "A\x00da"}, headers=alice.headers)
+    await assert_error(response, 400, "invalid_parameter", field)
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"input": "[S1] Hello\x00 there."}, "input"),
+        ({"input": "[S1] Hello.", "model": "dia\x00"}, "model"),
+        ({"input": "[S1] Hello.", "collection": "talks\x00"}, "collection"),
+        ({"input": "[S1] Hello.", "speakers": {"S1\x00": 1}}, "speakers"),
+    ],
+)
+async def test_a_nul_in_a_generation_is_refused_and_not_recorded(http, accounts, body, param):
+    alice, _ = accounts
+    before = await history_ids(http, alice)
+    response = await http.post("/v1/voice/generations", json=body, headers=alice.headers)
+    await assert_error(response, 400, "invalid_parameter", param)
+    assert "X-Generation-Id" not in response.headers
+    assert await history_ids(http, alice) == before
+
+
+@pytest.mark.parametrize("field", ["input", "model", "voice"])
+async def test_a_nul_in_a_speech_request_is_refused_and_not_recorded(http, accounts, field):
+    alice, _ = accounts
+    before = await history_ids(http, alice)
+    body = {"input": "Hello.", "voice": "", field: "x\x00y"}
+    await assert_error(await http.post("/v1/audio/speech", json=body, headers=alice.headers), 400, "invalid_parameter", field)
+    assert await history_ids(http, alice) == before
+
+
+@pytest.mark.parametrize(
+    ("path", "param"),
+    [
+        ("/v1/voice/generations/gen_%00", "id"),
+        ("/v1/voice/generations/gen_%00/audio", "id"),
+        ("/v1/shared/generations/abc%00/audio", "share_token"),
+    ],
+)
+async def test_a_nul_in_an_id_is_refused_naming_it(http, accounts, path, param):
+    alice, _ = accounts
+    response = await http.get(URL(path, encoded=True), headers=alice.headers)
+    await assert_error(response, 400, "invalid_parameter", param)
+
+
+# --- JSON bodies ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("depth", [990, 100_000])
+async def test_json_nested_too_deeply_is_invalid_json(http, accounts, depth):
+    alice, _ = accounts
+    body = '{"input": ' + "[" * depth + "]" * depth + "}"
+    response = await http.post(
+        "/v1/voice/generations", data=body, headers={**alice.headers, "Content-Type": "application/json"}
+    )
+    error = await assert_error(response, 400, "invalid_json")
+    assert "nested" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("text/plain", b'{"input": "[S1] Hello."}'),
+        ("application/xml", b"<input>[S1] Hello.</input>"),
+        ("application/x-www-form-urlencoded", b"input=%5BS1%5D+Hello."),
+        ("multipart/form-data; boundary=x", b'--x\r\nContent-Disposition: form-data; name="input"\r\n\r\nHi\r\n--x--\r\n'),
+    ],
+)
+@pytest.mark.parametrize("method, path", [("POST", "/v1/voice/generations"), ("POST", "/v1/audio/speech"), ("PATCH", "/v1/voice/samples/1")])
+async def test_a_json_endpoint_refuses_other_media_types_with_415(http, accounts, content_type, body, method, path):
+    alice, _ = accounts
+    before = await history_ids(http, alice)
+    response = await http.request(method, path, data=body, headers={**alice.headers, "Content-Type": content_type})
+    error = await assert_error(response, 415, "unsupported_media_type")
+    assert "application/json" in error["message"]
+    assert await history_ids(http, alice) == before
+
+
+@pytest.mark.parametrize("content_type", [None, "application/json; charset=utf-8", "application/merge-patch+json"])
+async def test_json_with_or_without_a_json_content_type_is_read(http, accounts, content_type):
+    alice, _ = accounts
+    headers = dict(alice.headers, **({"Content-Type": content_type} if content_type else {}))
+    # Read as JSON: its unknown field is named (an unread body would not get that far).
+    response = await http.patch(
+        "/v1/voice/samples/1", data=b'{"colour": "red"}', headers=headers, skip_auto_headers=["Content-Type"]
+    )
+    await assert_error(response, 400, "invalid_parameter", "colour")
+
+
+# --- what aiohttp answers by itself ----------------------------------------------
+
+
+async def raw_request(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes as they are (a client library would refuse to); the status, headers and body."""
+    address = URL(url)
+    reader, writer = await asyncio.open_connection(address.host, address.port)
+    writer.write(request)
+    await writer.drain()
+    answer = await reader.read()  # the server closes after a refusal
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in header_lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /v1/voice/samples?page_token=" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 9000 + b"\r\n\r\n",
+        b"G\x01T /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Bad: a\x00b\r\n\r\n",
+    ],
+    ids=["URL over the limit", "header over the limit", "control character in the method", "NUL in a header"],
+)
+async def test_a_request_aiohttp_cannot_parse_gets_the_error_shape(mesh, request_bytes):
+    status, headers, body = await raw_request(mesh.http_url, request_bytes)
+    assert status == 400 and headers["content-type"].startswith("application/json"), (status, headers, body)
+    error = json.loads(body)["error"]
+    assert error["type"] == "invalid_request" and set(error) <= ERROR_KEYS, error
+    assert "server" not in headers
+
+
+async def test_no_response_names_the_server_software(http, accounts, mesh):
+    alice, _ = accounts
+    for response in [
+        await http.get("/healthz"),
+        await http.get("/openapi.json"),
+        await http.get("/v1/voice/samples", headers=alice.headers),
+        await http.get("/v1/voice/nothing", headers=alice.headers),
+        await http.get("/v1/voice/samples"),  # 401
+    ]:
+        assert "Server" not in response.headers, (response.url, response.headers["Server"])
+    # Nor do the services' metrics ports.
+    for name in ("gateway", "library", "synth"):
+        port = mesh.env[f"{name.upper()}_METRICS_PORT"]
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+                assert response.status == 200 and "Server" not in response.headers, (name, response.headers)
+
+
+# --- limits of the edge, at their edges, and metrics off the public port -----------
+
+URL_LIMIT = HEADER_LIMIT = 1000
+JSON_DEPTH = 3
+
+
+@pytest.fixture(scope="module")
+async def strict_gateway(mesh):
+    settings = {
+        "GATEWAY_MAX_URL_BYTES": str(URL_LIMIT),
+        "GATEWAY_MAX_HEADER_BYTES": str(HEADER_LIMIT),
+        "GATEWAY_MAX_JSON_DEPTH": str(JSON_DEPTH),
+        "GATEWAY_PUBLIC_METRICS": "false",
+    }
+    async with extra_gateway(mesh, **settings) as gateway:
+        yield gateway
+
+
+def url_of_length(length: int) -> bytes:
+    head = b"/v1/voice/samples?page_token="
+    return head + b"a" * (length - len(head))
+
+
+async def test_a_url_of_the_limit_is_served_and_one_byte_more_refused(strict_gateway, accounts):
+    alice, _ = accounts
+    key = alice.headers["Authorization"].encode()
+    for length, expected in [(URL_LIMIT, "invalid_parameter"), (URL_LIMIT + 1, "invalid_request")]:
+        request = b"GET " + url_of_length(length) + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: " + key + b"\r\n\r\n"
+        status, _, body = await raw_request(strict_gateway.http_url, request)
+        assert (status, json.loads(body)["error"]["type"]) == (400, expected), (length, body)
+
+
+async def test_a_header_value_of_the_limit_is_taken_and_one_byte_more_refused(strict_gateway):
+    for size, expected in [(HEADER_LIMIT, 200), (HEADER_LIMIT + 1, 400)]:
+        request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Pad: " + b"a" * size + b"\r\n\r\n"
+        status, _, body = await raw_request(strict_gateway.http_url, request)
+        assert status == expected, (size, body)
+
+
+async def test_json_of_the_depth_limit_is_read_and_one_level_more_refused(strict_gateway, accounts):
+    alice, _ = accounts
+    headers = {**alice.headers, "Content-Type": "application/json"}
+    async with aiohttp.ClientSession(base_url=strict_gateway.http_url) as http:
+        # Three levels: read, and its wrong type named.
+        response = await http.post("/v1/voice/generations", data=b'{"speakers": {"S1": [1]}}', headers=headers)
+        await assert_error(response, 400, "invalid_parameter", "speakers")
+        response = await http.post("/v1/voice/generations", data=b'{"speakers": {"S1": [[1]]}}', headers=headers)
+        error = await assert_error(response, 400, "invalid_json")
+        assert str(JSON_DEPTH) in error["message"]
+
+
+async def test_metrics_can_be_kept_off_the_public_port(strict_gateway, http):
+    async with aiohttp.ClientSession() as session:
+        await assert_error(await session.get(f"{strict_gateway.http_url}/metrics"), 404, "not_found")
+        port = strict_gateway.env["GATEWAY_METRICS_PORT"]
+        text = await (await session.get(f"http://127.0.0.1:{port}/metrics")).text()
+        assert "http_requests_total" in text  # the edge's own metrics, on the metrics port
+    assert (await http.get("/metrics")).status == 200  # the default: public, as before
+
+
+async def test_a_key_that_is_not_utf8_is_just_a_wrong_key(mesh):
+    request = b"GET /v1/voice/samples HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer \xff\xfe\r\n\r\n"
+    status, headers, body = await raw_request(mesh.http_url, request)
+    assert (status, json.loads(body)["error"]["type"]) == (401, "unauthorized"), body
+
+
+async def test_a_content_type_that_is_not_utf8_is_a_typed_error(mesh, accounts):
+    alice, _ = accounts
+    key = alice.headers["Authorization"].encode()
+    for path in (b"/v1/voice/samples?speaker_name=Ada", b"/v1/voice/generations"):
+        request = (
+            b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: " + key
+            + b"\r\nContent-Type: audio/\xff\xfe\r\nContent-Length: 4\r\n\r\nRIFF"
+        )
+        status, _, body = await raw_request(mesh.http_url, request)
+        assert 400 <= status < 500 and json.loads(body)["error"]["type"], (path, status, body)
+    # The same in the headers of a form's parts.
+    for part_headers in (
+        b'Content-Disposition: form-data; name="audio"; filename="a"\r\nContent-Type: audio/\xff',
+        b'Content-Disposition: form-data; name="speaker_\xff"',
+    ):
+        form = b"--x\r\n" + part_headers + b"\r\n\r\nRIFF\r\n--x--\r\n"
+        request = (
+            b"POST /v1/voice/samples HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: " + key
+            + b"\r\nContent-Type: multipart/form-data; boundary=x\r\nContent-Length: " + str(len(form)).encode()
+            + b"\r\n\r\n" + form
+        )
+        status, _, body = await raw_request(mesh.http_url, request)
+        assert 400 <= status < 500 and json.loads(body)["error"]["type"], (part_headers, status, body)
