@@ -25,7 +25,7 @@ import grpc
 import prometheus_client
 from google.api import httpbody_pb2
 
-from runtime import clients, pagination, wire
+from runtime import clients, fields, pagination, wire
 from runtime.admission import Gate
 from runtime.database import CONNECTION_ERRORS, is_reachable, open_pool, unavailable
 from runtime.errors import ApiError
@@ -115,6 +115,7 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
 
     async def CreateVoiceSample(self, upload: Upload, context):
         request = upload.request
+        fields.refuse_nul(request)  # the server's interceptor checks messages; it sees an Upload here
         account = rules.account_id(context.invocation_metadata())
         speaker_name = rules.speaker_name(request.speaker_name)
         transcript = rules.transcript(request.transcript)
