@@ -5,30 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import pathlib
-import socket
 import statistics
 import sys
 import tempfile
 from typing import AsyncIterator
 
 from tools import mesh as mesh_tools
+from tools.mesh import free_port, free_ports  # noqa: F401 - used by the benchmarks through this module
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct free ports: each stays bound until all are picked, so none comes twice."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
 
 
 def mesh_env(database_url: str | None = None, **settings: str) -> dict[str, str]:

@@ -11,10 +11,8 @@ processes, on free ports, so the suite can run beside a ``make run``.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pathlib
-import socket
 import subprocess
 import tempfile
 import time
@@ -26,23 +24,9 @@ import pytest
 
 from runtime import provider_credentials
 from tools import mesh as mesh_tools
+from tools.mesh import free_port, free_ports  # noqa: F401 - imported from here by the test modules
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct free ports: each stays bound until all are picked, so none comes twice."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
 
 
 class Database:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import os
 import pathlib
@@ -105,6 +106,22 @@ def ports_needed(services: list[str]) -> list[tuple[int, str]]:
         if name == "gateway":
             needed.append((config.GATEWAY_HTTP_PORT.value, f"{config.GATEWAY_HTTP_PORT.name}, HTTP of gateway"))
     return needed
+
+
+# Free ports for a mesh of its own (tests, benchmarks).
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free ports: each stays bound until all are picked, so none comes twice."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
 
 
 def port_problems(services: list[str]) -> list[str]:
