@@ -63,12 +63,17 @@ class _UnaryStream(grpc.aio.UnaryStreamClientInterceptor):
         return await continuation(_with_request_id(details), request)
 
 
+class _StreamUnary(grpc.aio.StreamUnaryClientInterceptor):
+    async def intercept_stream_unary(self, continuation, details, request_iterator):
+        return await continuation(_with_request_id(details), request_iterator)
+
+
 def channel(address: str, extra_options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
     """A channel inside the mesh (mutual TLS when configured), with request id and deadline on every call."""
     return tls.open_channel(
         address,
         options=channel_options() + reconnect_options() + list(extra_options),
-        interceptors=[_UnaryUnary(), _UnaryStream()],
+        interceptors=[_UnaryUnary(), _UnaryStream(), _StreamUnary()],
         credentials=tls.load(),
     )
 

@@ -8,6 +8,9 @@ reading the field copies it once more. The wire format allows better:
 * :func:`with_bytes_field` serializes the rest of a message and appends the
   large field after it (a field may come after the others, and a message field
   that comes twice is merged): one copy, in the joined result;
+* :func:`in_pieces` serializes a message as a client stream of them, the large
+  field cut in pieces (the first message with the other fields): one copy of
+  one piece at a time, for an RPC that takes the field in pieces;
 * :func:`lift_bytes_field` parses a received message without its large field,
   which it returns as a view of the received bytes: no copy.
 """
@@ -57,6 +60,17 @@ def with_bytes_field(request: message.Message, path: str, data: bytes | memoryvi
         headers.append(header)
         length += len(header)
     return b"".join([request.SerializeToString(), *reversed(headers), data])
+
+
+def in_pieces(request: message.Message, path: str, data: bytes | memoryview, piece_bytes: int) -> Iterator[bytes]:
+    """Messages that carry `data` in pieces of at most `piece_bytes` at the dotted `path`: the
+    first is `request` with the first piece (or none, for empty data), each later one only the
+    next piece. Each message is made when it is asked for."""
+    view = memoryview(data)
+    yield with_bytes_field(request, path, view[:piece_bytes])
+    empty = type(request)()
+    for start in range(piece_bytes, len(view), piece_bytes):
+        yield with_bytes_field(empty, path, view[start : start + piece_bytes])
 
 
 def lift_bytes_field(wire: bytes, message_class: type[M], path: str) -> tuple[M, memoryview]:

@@ -8,15 +8,18 @@ worked on at once, which bounds the memory uploads take (each holds a few
 copies of its audio); one more is refused at once with UPLOADS_BUSY and a
 Retry-After from how fast uploads have been finishing. Those copies are few:
 the request arrives as an :class:`Upload` (the message without the audio, and
-a view of the audio in what was received), the audio goes to transcode
-appended to its request on the wire (runtime.wire) and into PostgreSQL by a
-streamed COPY (store.insert).
+a view of the audio in what was received), the audio goes to transcode in
+pieces of AUDIO_PIECE_BYTES (StreamingDecodeAudio, runtime.wire), the WAV
+comes back as a view of the received reply, and both go into PostgreSQL by a
+streamed COPY (store.insert). So an upload holds its audio once, its WAV once,
+and for a moment what gRPC received of either.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import functools
 import pathlib
 from dataclasses import dataclass
 
@@ -24,6 +27,7 @@ import asyncpg
 import grpc
 import prometheus_client
 from google.api import httpbody_pb2
+from google.protobuf import descriptor
 
 from runtime import clients, fields, pagination, wire
 from runtime.admission import Gate
@@ -32,7 +36,7 @@ from runtime.errors import ApiError
 from runtime.server import ServiceSpec, Servicer
 from services.library import config, rules, store
 from voice.library.v1 import library_pb2, library_pb2_grpc
-from voice.stt.v1 import stt_pb2, stt_pb2_grpc
+from voice.stt.v1 import stt_pb2
 from voice.transcode.v1 import transcode_pb2
 
 log = logging.getLogger("library")
@@ -40,6 +44,9 @@ log = logging.getLogger("library")
 UPLOADS_IN_PROGRESS = prometheus_client.Gauge(
     "library_uploads_in_progress", "Voice-sample uploads being worked on (at most LIBRARY_MAX_CONCURRENT_UPLOADS)."
 )
+
+# The audio goes to transcode in pieces of this size: one piece at a time is copied into a message.
+AUDIO_PIECE_BYTES = 1024 * 1024
 
 MIGRATIONS = pathlib.Path(__file__).resolve().parent / "migrations"
 SCHEMA = "library"
@@ -66,8 +73,8 @@ def to_proto(row: asyncpg.Record) -> library_pb2.VoiceSample:
 class Library(library_pb2_grpc.LibraryServiceServicer):
     def __init__(self) -> None:
         self._pool: asyncpg.Pool | None = None
-        self._decode_audio: grpc.aio.UnaryUnaryMultiCallable | None = None
-        self._stt: stt_pb2_grpc.SttServiceStub | None = None
+        self._decode_audio: grpc.aio.StreamUnaryMultiCallable | None = None
+        self._transcribe: grpc.aio.UnaryUnaryMultiCallable | None = None
         self._channels: list[grpc.aio.Channel] = []
         self.uploads = Gate(config.MAX_CONCURRENT_UPLOADS.value, uploads_busy, UPLOADS_IN_PROGRESS)
 
@@ -78,14 +85,19 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
         transcode_channel = clients.service_channel("transcode")
         stt_channel = clients.service_channel("stt")
         self._channels = [transcode_channel, stt_channel]
-        # DecodeAudio takes its request serialized by runtime.wire: the upload is copied once into it.
-        decode = transcode_pb2.DESCRIPTOR.services_by_name["TranscodeService"].methods_by_name["DecodeAudio"]
-        self._decode_audio = transcode_channel.unary_unary(
-            f"/{decode.containing_service.full_name}/{decode.name}",
-            request_serializer=None,
-            response_deserializer=transcode_pb2.DecodeAudioResponse.FromString,
+        # Requests serialized by runtime.wire, and the reply's WAV a view of what was received.
+        self._decode_audio = _sending_serialized(
+            transcode_channel,
+            transcode_pb2.DESCRIPTOR.services_by_name["TranscodeService"].methods_by_name["StreamingDecodeAudio"],
+            functools.partial(
+                wire.lift_bytes_field, message_class=transcode_pb2.StreamingDecodeAudioResponse, path="wav"
+            ),
         )
-        self._stt = stt_pb2_grpc.SttServiceStub(stt_channel)
+        self._transcribe = _sending_serialized(
+            stt_channel,
+            stt_pb2.DESCRIPTOR.services_by_name["SttService"].methods_by_name["Transcribe"],
+            stt_pb2.TranscribeResponse.FromString,
+        )
         while self._pool is None:
             try:
                 self._pool = await open_pool(SCHEMA, MIGRATIONS)
@@ -124,10 +136,7 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
         with self.uploads.admit():
             audio = rules.audio(upload.audio)
 
-            decoded = await self._decode(audio)
-            # Reading a bytes field copies it: the WAV is read once, and the reply let go.
-            wav, info = decoded.wav, decoded.info
-            del decoded
+            info, wav = await self._decode(audio)
             transcript_source = "user" if transcript else ""
             if not transcript:
                 transcript = await self._recognize(wav)
@@ -206,21 +215,24 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
 
     # --- Upstream services -----------------------------------------------
 
-    async def _decode(self, audio: bytes) -> transcode_pb2.DecodeAudioResponse:
-        """44.1 kHz mono WAV of the upload; the transcode service's refusals pass through."""
+    async def _decode(self, audio: bytes | memoryview) -> tuple[transcode_pb2.AudioInfo, memoryview]:
+        """What transcode learnt of the upload, and its 44.1 kHz mono WAV (a view of the reply);
+        the transcode service's refusals pass through."""
         assert self._decode_audio is not None
-        request = transcode_pb2.DecodeAudioRequest(max_duration_seconds=config.MAX_SAMPLE_SECONDS.value)
+        request = transcode_pb2.StreamingDecodeAudioRequest(max_duration_seconds=config.MAX_SAMPLE_SECONDS.value)
         try:
-            return await self._decode_audio(wire.with_bytes_field(request, "audio", audio))
+            reply, wav = await self._decode_audio(wire.in_pieces(request, "audio", audio, AUDIO_PIECE_BYTES))
         except grpc.aio.AioRpcError as error:
             raise _transcode_failure(error) from None
+        return reply.info, wav
 
-    async def _recognize(self, wav: bytes) -> str:
+    async def _recognize(self, wav: memoryview) -> str:
         """The transcript speech recognition hears, or "" when it cannot be had now."""
-        assert self._stt is not None
+        assert self._transcribe is not None
         try:
-            reply = await self._stt.Transcribe(
-                stt_pb2.TranscribeRequest(audio=wav), timeout=config.STT_TIMEOUT_SECONDS.value
+            reply = await self._transcribe(
+                wire.with_bytes_field(stt_pb2.TranscribeRequest(), "audio", wav),
+                timeout=config.STT_TIMEOUT_SECONDS.value,
             )
         except grpc.aio.AioRpcError as error:
             # The sample is worth keeping without one: the user can type it in later.
@@ -240,6 +252,15 @@ class Upload:
     @classmethod
     def received(cls, serialized: bytes) -> "Upload":
         return cls(*wire.lift_bytes_field(serialized, library_pb2.CreateVoiceSampleRequest, "audio.data"))
+
+
+def _sending_serialized(
+    channel: grpc.aio.Channel, method: descriptor.MethodDescriptor, response_deserializer
+) -> grpc.aio.UnaryUnaryMultiCallable | grpc.aio.StreamUnaryMultiCallable:
+    """A call of `method` that takes its request (or, for a client stream, each one) serialized."""
+    path = f"/{method.containing_service.full_name}/{method.name}"
+    make = channel.stream_unary if method.client_streaming else channel.unary_unary
+    return make(path, request_serializer=None, response_deserializer=response_deserializer)
 
 
 class _Handlers:

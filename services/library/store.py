@@ -51,7 +51,7 @@ class NewSample:
     collection: str
     original_format: str
     original_audio: bytes | memoryview
-    normalized_wav: bytes
+    normalized_wav: bytes | memoryview
     duration_seconds: float
 
 

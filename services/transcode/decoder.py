@@ -72,6 +72,13 @@ def decode_failed(message: str) -> ApiError:
     return invalid_argument(DECODE_FAILED, message)
 
 
+def too_large(limit_bytes: int, size: int | None = None) -> ApiError:
+    """Input over the byte limit; `size` None when it is refused before all of it has arrived."""
+    if size is None:
+        return invalid_argument(TOO_LARGE, f"audio is over the limit of {limit_bytes} bytes", "audio")
+    return invalid_argument(TOO_LARGE, f"audio is {size} bytes, over the limit of {limit_bytes} bytes", "audio")
+
+
 def too_long(limit_seconds: float) -> ApiError:
     return invalid_argument(TOO_LONG, f"audio is longer than the limit of {limit_seconds:g} s")
 
@@ -96,9 +103,7 @@ def _decode(data: bytes, limits: Limits, keep_seconds: float | None) -> Decoded:
     if not data:
         raise decode_failed("audio is empty")
     if len(data) > limits.max_input_bytes:
-        raise invalid_argument(
-            TOO_LARGE, f"audio is {len(data)} bytes, over the limit of {limits.max_input_bytes} bytes"
-        )
+        raise too_large(limits.max_input_bytes, len(data))
     try:
         container = av.open(
             io.BytesIO(data), container_options={"format_whitelist": AUDIO_DEMUXERS}, metadata_errors="ignore"

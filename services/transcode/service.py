@@ -11,11 +11,11 @@ import asyncio
 import contextvars
 import functools
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, TypeVar
+from typing import AsyncIterator, Callable, TypeVar
 
 from runtime.errors import invalid_parameter
 from runtime.server import ServiceSpec, Servicer
-from services.transcode import audio, config
+from services.transcode import audio, config, decoder
 from services.transcode.audio import Format, Limits
 from services.transcode.pcm import SAMPLE_RATE
 from voice.transcode.v1 import transcode_pb2 as pb
@@ -51,7 +51,27 @@ class TranscodeService(transcode_pb2_grpc.TranscodeServiceServicer):
         self.pool.shutdown(wait=False, cancel_futures=True)  # in-flight calls have finished by now
 
     async def DecodeAudio(self, request: pb.DecodeAudioRequest, context) -> pb.DecodeAudioResponse:
-        return await self._off_loop(self._decode, request)
+        wav, info = await self._off_loop(self._decode, request.audio, request.max_duration_seconds)
+        return pb.DecodeAudioResponse(wav=wav, info=info)
+
+    async def StreamingDecodeAudio(
+        self, requests: AsyncIterator[pb.StreamingDecodeAudioRequest], context
+    ) -> pb.StreamingDecodeAudioResponse:
+        pieces: list[bytes] = []
+        received = 0
+        max_duration_seconds = None
+        async for request in requests:
+            if max_duration_seconds is None:
+                max_duration_seconds = request.max_duration_seconds
+            piece = request.audio  # reading a bytes field copies it: once
+            received += len(piece)
+            if received > self.limits.max_input_bytes:  # refused now, not after the rest has come
+                raise decoder.too_large(self.limits.max_input_bytes)
+            pieces.append(piece)
+        data = b"".join(pieces)
+        del pieces
+        wav, info = await self._off_loop(self._decode, data, max_duration_seconds or 0.0)
+        return pb.StreamingDecodeAudioResponse(wav=wav, info=info)
 
     async def ConcatenateAudio(
         self, request: pb.ConcatenateAudioRequest, context
@@ -71,8 +91,8 @@ class TranscodeService(transcode_pb2_grpc.TranscodeServiceServicer):
 
     # The blocking halves, run in the pool.
 
-    def _decode(self, request: pb.DecodeAudioRequest) -> pb.DecodeAudioResponse:
-        decoded = audio.decode(request.audio, self.limits, request.max_duration_seconds)
+    def _decode(self, data: bytes, max_duration_seconds: float) -> tuple[bytes, pb.AudioInfo]:
+        decoded = audio.decode(data, self.limits, max_duration_seconds)
         source = decoded.source
         info = pb.AudioInfo(
             duration_seconds=decoded.pcm.duration_seconds,
@@ -82,7 +102,7 @@ class TranscodeService(transcode_pb2_grpc.TranscodeServiceServicer):
             source_sample_rate=source.sample_rate,
             source_channels=source.channels,
         )
-        return pb.DecodeAudioResponse(wav=decoded.pcm.wav(), info=info)
+        return decoded.pcm.wav(), info
 
     def _concatenate(self, request: pb.ConcatenateAudioRequest) -> pb.ConcatenateAudioResponse:
         pcm = audio.concatenate(

@@ -122,6 +122,23 @@ def test_only_a_singular_bytes_field_can_be_appended():
         wire.with_bytes_field(library_pb2.CreateVoiceSampleRequest(), "speaker_name", b"x")
 
 
+@pytest.mark.parametrize(
+    "size, pieces",
+    [(0, 1), (1, 1), (999, 1), (1000, 1), (1001, 2), (2000, 2), (2001, 3), (9_999, 10)],
+)
+def test_a_bytes_field_sent_in_pieces_joins_back_to_the_whole_with_the_other_fields_in_the_first(size, pieces):
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    first = transcode_pb2.StreamingDecodeAudioRequest(max_duration_seconds=120)
+    messages = [
+        transcode_pb2.StreamingDecodeAudioRequest.FromString(serialized)
+        for serialized in wire.in_pieces(first, "audio", memoryview(data), 1000)
+    ]
+    assert len(messages) == pieces
+    assert [len(message.audio) for message in messages[:-1]] == [1000] * (pieces - 1)
+    assert b"".join(message.audio for message in messages) == data
+    assert [message.max_duration_seconds for message in messages] == [120] + [0] * (pieces - 1)
+
+
 @pytest.mark.parametrize("size", [0, 1, 200, 70_000])
 def test_a_lifted_bytes_field_is_a_view_of_the_wire_and_the_rest_parses_as_usual(size):
     data = bytes(range(256)) * (size // 256) + bytes(size % 256)

@@ -195,3 +195,88 @@ def test_encoding_needs_a_format_and_a_sane_bit_rate(transcode):
     expect_error(transcode.EncodeAudio, pb.EncodeAudioRequest(audio=source), "INVALID_PARAMETER", "format")
     request = pb.EncodeAudioRequest(audio=source, format=pb.AUDIO_FORMAT_MP3, bit_rate=5_000_000)
     expect_error(transcode.EncodeAudio, request, "INVALID_PARAMETER", "bit_rate")
+
+
+# --- StreamingDecodeAudio: the input in pieces --------------------------------------
+
+
+def in_pieces(audio: bytes, sizes: list[int], max_duration_seconds: float = 0.0):
+    """Messages of StreamingDecodeAudio: `audio` cut at the given piece sizes (the last piece
+    takes the rest), the first message with `max_duration_seconds`."""
+    messages, start = [], 0
+    for size in sizes:
+        messages.append(pb.StreamingDecodeAudioRequest(audio=audio[start : start + size]))
+        start += size
+    messages.append(pb.StreamingDecodeAudioRequest(audio=audio[start:]))
+    messages[0].max_duration_seconds = max_duration_seconds
+    return iter(messages)
+
+
+@pytest.mark.parametrize("fmt", ["webm", "wav", "mp3"])
+def test_audio_sent_in_pieces_decodes_exactly_as_sent_whole(transcode, fmt):
+    audio = clips.clip(fmt, seconds=2.0)
+    whole = decode_wav(transcode, audio)
+    # Headers cut byte by byte, an empty piece, pieces of odd sizes, the rest in one.
+    cuts = [1] * 40 + [0, 7, 1000, 0, 4093]
+    assert sum(cuts) < len(audio)
+    reply = transcode.StreamingDecodeAudio(in_pieces(audio, cuts), timeout=TIMEOUT)
+    assert (reply.wav, reply.info) == (whole.wav, whole.info)
+    one = transcode.StreamingDecodeAudio(in_pieces(audio, []), timeout=TIMEOUT)  # a single message
+    assert (one.wav, one.info) == (whole.wav, whole.info)
+
+
+def test_the_first_message_sets_the_duration_limit_of_a_stream(transcode):
+    audio = clips.clip("flac", seconds=3.0)
+    message = expect_error(
+        transcode.StreamingDecodeAudio, in_pieces(audio, [100, 100], max_duration_seconds=2.0), "AUDIO_TOO_LONG"
+    )
+    assert "2 s" in message
+    # A later message's value is not read.
+    later = [pb.StreamingDecodeAudioRequest(audio=audio[:100]), pb.StreamingDecodeAudioRequest(
+        audio=audio[100:], max_duration_seconds=2.0
+    )]
+    reply = transcode.StreamingDecodeAudio(iter(later), timeout=TIMEOUT)
+    assert reply.info.duration_seconds == pytest.approx(3.0)
+
+
+def test_a_stream_of_no_audio_is_audio_decode_failed(transcode):
+    for messages in ([], [pb.StreamingDecodeAudioRequest(max_duration_seconds=5)], [pb.StreamingDecodeAudioRequest()] * 3):
+        message = expect_error(transcode.StreamingDecodeAudio, iter(messages), "AUDIO_DECODE_FAILED", "audio")
+        assert "empty" in message
+
+
+def test_a_streamed_bomb_is_refused_quickly_too(transcode):
+    hour = clips.silent_flac(3600)
+    started = time.perf_counter()
+    expect_error(transcode.StreamingDecodeAudio, in_pieces(hour, [1000]), "AUDIO_TOO_LONG")
+    assert time.perf_counter() - started < 5.0
+
+
+def test_a_stream_of_exactly_the_size_limit_passes_and_one_byte_more_fails(transcode, transcode_process):
+    limit = transcode_process.max_input_bytes
+    samples = (limit - 44) // 2
+    at_limit = clips.wav(clips.tone(samples / 44100, 44100), 44100)
+    assert len(at_limit) == limit
+    cuts = [256 * 1024] * (limit // (256 * 1024))
+    reply = transcode.StreamingDecodeAudio(in_pieces(at_limit, cuts), timeout=TIMEOUT)
+    assert reply.info.duration_seconds == pytest.approx(samples / 44100)
+    message = expect_error(
+        transcode.StreamingDecodeAudio, in_pieces(at_limit + b"\0", cuts), "AUDIO_TOO_LARGE", "audio"
+    )
+    assert str(limit) in message
+
+
+def test_a_stream_over_the_size_limit_is_refused_without_waiting_for_the_rest(transcode, transcode_process):
+    piece = b"\0" * (64 * 1024)
+    endless_bytes = 50 * transcode_process.max_input_bytes
+    sent = 0
+
+    def endless():
+        nonlocal sent
+        while sent < endless_bytes:  # a stop, in case the service waited for the end after all
+            sent += len(piece)
+            yield pb.StreamingDecodeAudioRequest(audio=piece)
+
+    expect_error(transcode.StreamingDecodeAudio, endless(), "AUDIO_TOO_LARGE", "audio")
+    # Refused after the limit and what flow control lets through past it, not at the stream's end.
+    assert sent < endless_bytes / 2, sent
