@@ -12,6 +12,7 @@ import grpc
 import pytest
 
 from tests.conftest import free_port
+from tools.mesh import Mesh
 from tests.library.helpers import (
     library_client,
     library_process,
@@ -81,6 +82,33 @@ async def test_a_clip_of_exactly_the_longest_duration_is_accepted(limited):
 async def test_a_clip_longer_than_the_limit_is_audio_too_long(limited):
     error = await refusal(upload(limited, new_account(), tone_wav(MAX_SECONDS + 0.1, rate=DURATION_TEST_RATE)))
     assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "AUDIO_TOO_LONG")
+
+
+async def test_audio_over_the_transcode_byte_limit_is_request_too_large_while_it_streams(mesh):
+    # A transcode service of its own that takes less than the library does: it refuses the
+    # upload part way through the pieces, and the library says so as for its own limit.
+    transcode_limit = 1_500_000
+    env = dict(mesh.env)
+    env.update(
+        TRANSCODE_GRPC_PORT=str(free_port()),
+        TRANSCODE_METRICS_PORT=str(free_port()),
+        TRANSCODE_MAX_INPUT_BYTES=str(transcode_limit),
+    )
+    env["TRANSCODE_ADDR"] = f"127.0.0.1:{env['TRANSCODE_GRPC_PORT']}"
+    transcode = Mesh(["transcode"], env)
+    try:
+        await transcode.start(timeout=60)
+        async with library_process(env) as process, library_client(process.address("library")) as channel:
+            stub = library_pb2_grpc.LibraryServiceStub(channel)
+            error = await refusal(upload(stub, new_account(), b"\0" * 3_000_000, transcript="x"))
+            assert (error.code, error.reason, error.param) == (
+                grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_TOO_LARGE", "audio"
+            )
+            assert str(transcode_limit) in error.message
+            fits = tone_wav(10.0, rate=44100)  # 882 kB
+            assert (await upload(stub, new_account(), fits, transcript="x")).original_size_bytes == len(fits)
+    finally:
+        await transcode.stop()
 
 
 async def test_a_speech_recognizer_that_does_not_answer_in_time_leaves_no_transcript(limited):

@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import numpy as np
 import pytest
 
+from services.library.service import AUDIO_PIECE_BYTES
+from tests.audio import wav_file
 from tests.library.helpers import (
     as_account,
     audio_of,
+    library_client,
     new_account,
     refusal,
     speech_webm,
@@ -19,6 +23,7 @@ from tests.library.helpers import (
     wav_properties,
 )
 from voice.library.v1 import library_pb2
+from voice.transcode.v1 import transcode_pb2, transcode_pb2_grpc
 
 
 async def get(stub, account: int, sample_id: int) -> library_pb2.VoiceSample:
@@ -85,6 +90,22 @@ async def test_other_formats_are_normalized_too(library, account):
         rate, channels, width, duration = wav_properties(await audio_of(library, account, sample.id))
         assert (rate, channels, width) == (44100, 1, 2)
         assert duration == pytest.approx(seconds, abs=0.05)
+
+
+async def test_an_upload_sent_on_to_transcode_in_several_pieces_is_normalized_whole(library, account, mesh):
+    # Noise, so that a piece lost, doubled or out of order would change the result; the
+    # library sends AUDIO_PIECE_BYTES at a time: two whole pieces and a part of one.
+    samples = np.random.default_rng(3).integers(-8000, 8000, (AUDIO_PIECE_BYTES * 5 // 8, 2))  # 4 bytes a frame
+    recording = wav_file(samples, 44100, channels=2)
+    assert 2 * AUDIO_PIECE_BYTES < len(recording) < 3 * AUDIO_PIECE_BYTES
+    sample = await upload(library, account, recording, transcript="noise")
+    assert sample.original_size_bytes == len(recording)
+    async with library_client(mesh.address("transcode")) as channel:
+        whole = await transcode_pb2_grpc.TranscodeServiceStub(channel).DecodeAudio(
+            transcode_pb2.DecodeAudioRequest(audio=recording), timeout=60
+        )
+    assert await audio_of(library, account, sample.id) == whole.wav
+    assert sample.duration_seconds == pytest.approx(whole.info.duration_seconds)
 
 
 async def test_update_changes_only_the_fields_present(library, account):
