@@ -45,8 +45,9 @@ UPLOADS_IN_PROGRESS = prometheus_client.Gauge(
     "library_uploads_in_progress", "Voice-sample uploads being worked on (at most LIBRARY_MAX_CONCURRENT_UPLOADS)."
 )
 
-# The audio goes to transcode in pieces of this size: one piece at a time is copied into a message.
-AUDIO_PIECE_BYTES = 1024 * 1024
+# The audio goes to transcode in pieces of this size: one piece at a time is copied into a message
+# (and into gRPC's buffer). 256 KiB measured leaner than 1 MiB with four uploads at once.
+AUDIO_PIECE_BYTES = 256 * 1024
 
 MIGRATIONS = pathlib.Path(__file__).resolve().parent / "migrations"
 SCHEMA = "library"
