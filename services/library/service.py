@@ -18,8 +18,8 @@ and for a moment what gRPC received of either.
 from __future__ import annotations
 
 import asyncio
-import logging
 import functools
+import logging
 import pathlib
 from dataclasses import dataclass
 

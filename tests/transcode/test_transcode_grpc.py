@@ -232,24 +232,26 @@ def test_the_first_message_sets_the_duration_limit_of_a_stream(transcode):
     )
     assert "2 s" in message
     # A later message's value is not read.
-    later = [pb.StreamingDecodeAudioRequest(audio=audio[:100]), pb.StreamingDecodeAudioRequest(
-        audio=audio[100:], max_duration_seconds=2.0
-    )]
+    later = [
+        pb.StreamingDecodeAudioRequest(audio=audio[:100]),
+        pb.StreamingDecodeAudioRequest(audio=audio[100:], max_duration_seconds=2.0),
+    ]
     reply = transcode.StreamingDecodeAudio(iter(later), timeout=TIMEOUT)
     assert reply.info.duration_seconds == pytest.approx(3.0)
 
 
 def test_a_stream_of_no_audio_is_audio_decode_failed(transcode):
-    for messages in ([], [pb.StreamingDecodeAudioRequest(max_duration_seconds=5)], [pb.StreamingDecodeAudioRequest()] * 3):
+    no_pieces = [pb.StreamingDecodeAudioRequest(max_duration_seconds=5)]
+    empty_pieces = [pb.StreamingDecodeAudioRequest()] * 3
+    for messages in ([], no_pieces, empty_pieces):
         message = expect_error(transcode.StreamingDecodeAudio, iter(messages), "AUDIO_DECODE_FAILED", "audio")
         assert "empty" in message
 
 
-def test_a_streamed_bomb_is_refused_quickly_too(transcode):
+def test_a_streamed_small_file_of_hours_of_audio_is_refused_too(transcode, transcode_process):
     hour = clips.silent_flac(3600)
-    started = time.perf_counter()
-    expect_error(transcode.StreamingDecodeAudio, in_pieces(hour, [1000]), "AUDIO_TOO_LONG")
-    assert time.perf_counter() - started < 5.0
+    message = expect_error(transcode.StreamingDecodeAudio, in_pieces(hour, [1000]), "AUDIO_TOO_LONG")
+    assert f"{transcode_process.max_duration_seconds:g} s" in message
 
 
 def test_a_stream_of_exactly_the_size_limit_passes_and_one_byte_more_fails(transcode, transcode_process):
