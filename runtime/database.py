@@ -24,6 +24,7 @@ from typing import AsyncIterator
 
 import asyncpg
 import grpc
+import prometheus_client
 
 from runtime import config
 from runtime.errors import ApiError
@@ -40,6 +41,17 @@ DATABASE_POOL_SIZE = config.setting(
 # Retry-After of DATABASE_UNAVAILABLE: a restarted PostgreSQL or a failover answers within seconds,
 # and the pools reconnect on the next request.
 UNAVAILABLE_RETRY_SECONDS = 2.0
+
+# The pool of this process (one per service that owns data), read at each scrape.
+POOL_CONNECTIONS = prometheus_client.Gauge(
+    "database_pool_connections", "PostgreSQL connections of the pool, by state (in_use, idle).", ["state"]
+)
+POOL_MAX_CONNECTIONS = prometheus_client.Gauge(
+    "database_pool_max_connections", "Most connections the pool may hold (DATABASE_POOL_SIZE)."
+)
+DATABASE_UP = prometheus_client.Gauge(
+    "database_up", "1 if the last readiness check reached PostgreSQL (every 5 s), 0 if it did not."
+)
 
 _MIGRATION_NAME = re.compile(r"^(\d+)_[\w-]+\.sql$")
 
@@ -136,7 +148,7 @@ async def open_pool(schema: str, migrations_folder: pathlib.Path, url: str | Non
         await migrate(connection, schema, migrations_folder)
     finally:
         await connection.close()
-    return await asyncpg.create_pool(
+    pool = await asyncpg.create_pool(
         url,
         min_size=1,
         max_size=DATABASE_POOL_SIZE.value,
@@ -144,6 +156,11 @@ async def open_pool(schema: str, migrations_folder: pathlib.Path, url: str | Non
         command_timeout=timeout,
         server_settings={"search_path": schema},
     )
+    POOL_CONNECTIONS.labels("in_use").set_function(lambda: pool.get_size() - pool.get_idle_size())
+    POOL_CONNECTIONS.labels("idle").set_function(pool.get_idle_size)
+    POOL_MAX_CONNECTIONS.set(pool.get_max_size())
+    DATABASE_UP.set(1)
+    return pool
 
 
 async def is_reachable(pool: asyncpg.Pool) -> bool:
@@ -151,9 +168,11 @@ async def is_reachable(pool: asyncpg.Pool) -> bool:
     try:
         async with pool.acquire(timeout=DATABASE_TIMEOUT_SECONDS.value) as connection:
             await connection.fetchval("SELECT 1", timeout=DATABASE_TIMEOUT_SECONDS.value)
-        return True
     except CONNECTION_ERRORS:
+        DATABASE_UP.set(0)
         return False
+    DATABASE_UP.set(1)
+    return True
 
 
 @contextlib.asynccontextmanager
