@@ -58,7 +58,7 @@ UNMATCHED = "unmatched"
 PROBES = {"/healthz", "/readyz", "/metrics"}
 REQUEST_ID_RESPONSE_HEADER = "X-Request-Id"
 # Where an error response keeps its type for the metrics (aiohttp responses are mappings).
-ERROR_TYPE = "error_type"
+ERROR_TYPE = web.ResponseKey("error_type", str)
 # Checks an `Authorization` header and returns the caller's account id, or raises UNAUTHORIZED.
 Authenticate = Callable[[str], Awaitable[int]]
 
