@@ -2,7 +2,8 @@
 gateway's HTTP port over TLS on GATEWAY_PUBLIC_URL's host, with the proxy's
 body limit and timeouts above the gateway's own (a long generation is not cut,
 a too-large body gets the gateway's JSON 413), and nothing else of the mesh
-reachable through it: the gRPC port stays for internal clients."""
+reachable through it: the gRPC port stays for internal clients, which opt in
+with a label."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from services.gateway.edge import config as edge_config
 from tests.deploy.manifests import ROOT
 from tests.deploy.netpol import Endpoint, namespace_labels
 from tests.deploy.test_agreement import value_in
-from tests.deploy.test_network_policies import Cluster
+from tests.deploy.test_network_policies import STRANGER, Cluster
 
 NGINX = "nginx.ingress.kubernetes.io/"
 # ingress-nginx's controller pods, as its manifests label them.
@@ -98,3 +99,13 @@ def test_the_controller_reaches_the_http_port_and_not_the_grpc_port(rendering):
     gateway = rendering.workload("Deployment", "gateway")
     assert cluster.allows(INGRESS_CONTROLLER, cluster.endpoint(gateway), gateway.ports()["http"])
     assert not cluster.allows(INGRESS_CONTROLLER, cluster.endpoint(gateway), gateway.ports()["grpc"])
+
+
+def test_internal_grpc_clients_opt_in_and_reach_the_gateway_alone(rendering):
+    cluster = Cluster(rendering)
+    client = Endpoint("billing", namespace_labels("billing"), {"voicemesh.io/grpc-client": "true"})
+    gateway = rendering.workload("Deployment", "gateway")
+    library = rendering.workload("Deployment", "library")
+    assert cluster.allows(client, cluster.endpoint(gateway), gateway.ports()["grpc"])
+    assert not cluster.allows(STRANGER, cluster.endpoint(gateway), gateway.ports()["grpc"])
+    assert not cluster.allows(client, cluster.endpoint(library), library.ports()["grpc"])
