@@ -65,10 +65,13 @@ images:
 
 # promtool (Debian's prometheus package) checks and unit-tests the alert rules
 # (tests/deploy/test_monitoring.py; skipped where it cannot be installed).
+# Waits for a dpkg lock another install holds.
 promtool:
 	@command -v promtool >/dev/null 2>&1 || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  APT="$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 -qq"; \
+	  $$APT install -y --no-install-recommends prometheus >/dev/null 2>&1 || \
+	    { $$APT update && $$APT install -y --no-install-recommends prometheus >/dev/null; }; \
 	} || echo "promtool could not be installed: the alert-rule checks will be skipped"
 
 clean:
