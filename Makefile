@@ -6,12 +6,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: run test fuzz protos key bench tiny-models clean
+.PHONY: run test fuzz protos key bench tiny-models images promtool clean
 
 run: $(VENV)/.installed gen/.stamp
 	$(PY) -m tools.mesh
 
-test: $(VENV)/.installed gen/.stamp var/buf/.installed
+test: $(VENV)/.installed gen/.stamp var/buf/.installed promtool
 	$(VENV)/bin/pytest
 
 # A long fuzzing run of the HTTP API: over 10,000 requests, a new seed each time
@@ -56,6 +56,23 @@ gen/.stamp: $(VENV)/.requirements $(PROTOS) tools/gen_protos.py
 # buf (protobuf linter) for the contract tests; the suite skips that test where npm is missing.
 var/buf/.installed:
 	-mkdir -p var/buf && npm install --silent --no-audit --no-fund --prefix var/buf @bufbuild/buf@1.75.0 && touch $@
+
+# Every container image (deploy/docker/Dockerfile) with docker, podman, buildah or nerdctl:
+# `make images TAG=dev`; REGISTRY=registry.example.com/voicemesh TAG=1.2.0 PUSH=1 make images.
+# deploy/docker/build-images.sh --dry-run prints the builds without running them.
+images:
+	deploy/docker/build-images.sh
+
+# promtool (Debian's prometheus package) checks and unit-tests the alert rules
+# (tests/deploy/test_monitoring.py; skipped where it cannot be installed).
+# Waits for a dpkg lock another install holds.
+promtool:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  APT="$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 -qq"; \
+	  $$APT install -y --no-install-recommends prometheus >/dev/null 2>&1 || \
+	    { $$APT update && $$APT install -y --no-install-recommends prometheus >/dev/null; }; \
+	} || echo "promtool could not be installed: the alert-rule checks will be skipped"
 
 clean:
 	rm -rf gen var .pytest_cache

@@ -24,6 +24,7 @@ from typing import AsyncIterator
 
 import asyncpg
 import grpc
+import prometheus_client
 
 from runtime import config
 from runtime.errors import ApiError
@@ -40,6 +41,20 @@ DATABASE_POOL_SIZE = config.setting(
 # Retry-After of DATABASE_UNAVAILABLE: a restarted PostgreSQL or a failover answers within seconds,
 # and the pools reconnect on the next request.
 UNAVAILABLE_RETRY_SECONDS = 2.0
+
+# Labelled by the pool's schema, so that a service without a pool exposes none of them
+# (an unlabelled gauge would read 0, "database down", wherever this module is imported).
+POOL_CONNECTIONS = prometheus_client.Gauge(
+    "database_pool_connections", "PostgreSQL connections of the pool, by state (in_use, idle).", ["schema", "state"]
+)
+POOL_MAX_CONNECTIONS = prometheus_client.Gauge(
+    "database_pool_max_connections", "Most connections the pool may hold (DATABASE_POOL_SIZE).", ["schema"]
+)
+DATABASE_UP = prometheus_client.Gauge(
+    "database_up", "1 if the last readiness check reached PostgreSQL (every 5 s), 0 if it did not.", ["schema"]
+)
+# The schema of each open pool, by id (asyncpg's Pool takes no attributes of ours).
+_POOL_SCHEMAS: dict[int, str] = {}
 
 _MIGRATION_NAME = re.compile(r"^(\d+)_[\w-]+\.sql$")
 
@@ -136,7 +151,7 @@ async def open_pool(schema: str, migrations_folder: pathlib.Path, url: str | Non
         await migrate(connection, schema, migrations_folder)
     finally:
         await connection.close()
-    return await asyncpg.create_pool(
+    pool = await asyncpg.create_pool(
         url,
         min_size=1,
         max_size=DATABASE_POOL_SIZE.value,
@@ -144,16 +159,25 @@ async def open_pool(schema: str, migrations_folder: pathlib.Path, url: str | Non
         command_timeout=timeout,
         server_settings={"search_path": schema},
     )
+    _POOL_SCHEMAS[id(pool)] = schema
+    POOL_CONNECTIONS.labels(schema, "in_use").set_function(lambda: pool.get_size() - pool.get_idle_size())
+    POOL_CONNECTIONS.labels(schema, "idle").set_function(pool.get_idle_size)
+    POOL_MAX_CONNECTIONS.labels(schema).set(pool.get_max_size())
+    DATABASE_UP.labels(schema).set(1)
+    return pool
 
 
 async def is_reachable(pool: asyncpg.Pool) -> bool:
-    """Readiness probe: one round trip."""
+    """Readiness probe: one round trip (its answer is also the database_up metric)."""
     try:
         async with pool.acquire(timeout=DATABASE_TIMEOUT_SECONDS.value) as connection:
             await connection.fetchval("SELECT 1", timeout=DATABASE_TIMEOUT_SECONDS.value)
-        return True
+        reachable = True
     except CONNECTION_ERRORS:
-        return False
+        reachable = False
+    if id(pool) in _POOL_SCHEMAS:
+        DATABASE_UP.labels(_POOL_SCHEMAS[id(pool)]).set(1 if reachable else 0)
+    return reachable
 
 
 @contextlib.asynccontextmanager

@@ -64,6 +64,11 @@ RPC_SECONDS = prometheus_client.Histogram(
     ["grpc_service", "grpc_method", "grpc_code"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
+SERVING = prometheus_client.Gauge(
+    "grpc_health_serving",
+    "1 while the named service reports SERVING in health (what readiness probes ask), else 0.",
+    ["grpc_service"],
+)
 
 
 @dataclass
@@ -298,6 +303,8 @@ async def serve(spec: ServiceSpec) -> None:
 
     for name in names + [""]:  # "" is the whole server
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    for name in names:
+        SERVING.labels(name).set(0)
     address = f"{config.BIND_HOST.value}:{ports.grpc_port.value}"
     credentials = tls.load()
     if credentials is None:
@@ -342,6 +349,7 @@ async def serve(spec: ServiceSpec) -> None:
                 if servicer.full_name in serving:  # a change, not the first setting
                     changed[ready].append(servicer.full_name)
                 serving[servicer.full_name] = ready
+                SERVING.labels(servicer.full_name).set(1 if ready else 0)
                 await health_servicer.set(
                     servicer.full_name,
                     health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING,

@@ -7,6 +7,7 @@ import logging
 import re
 
 import grpc
+import prometheus_client
 
 from runtime import clients
 from runtime.errors import ApiError, invalid_argument
@@ -18,6 +19,14 @@ from voice.stt.v1 import stt_pb2, stt_pb2_grpc
 from voice.transcode.v1 import transcode_pb2, transcode_pb2_grpc
 
 log = logging.getLogger("stt.service")
+
+# Read from the limiter at each scrape.
+QUEUE_DEPTH = prometheus_client.Gauge(
+    "stt_queue_depth", "Transcriptions admitted and waiting for a slot (at most STT_MAX_QUEUE)."
+)
+RUNNING = prometheus_client.Gauge(
+    "stt_transcriptions_running", "Transcriptions running now (at most STT_MAX_CONCURRENCY)."
+)
 
 # "en", "EN", "en-US", "en_GB": the part before a region is the language.
 _LANGUAGE_TAG = re.compile(r"^([a-z]{2,3})(?:[-_][a-z0-9]+)*$")
@@ -54,6 +63,8 @@ class Stt(stt_pb2_grpc.SttServiceServicer):
             config.STT_MAX_CONCURRENCY.value, config.STT_MAX_QUEUE.value
         )
         self.transcode_channel: grpc.aio.Channel | None = None
+        QUEUE_DEPTH.set_function(lambda: max(self.limiter.admitted - self.limiter.running, 0))
+        RUNNING.set_function(lambda: self.limiter.running)
 
     async def start(self) -> None:
         # Loading takes seconds (longer for a download): off the event loop, so

@@ -50,6 +50,10 @@ BATCH_SIZE = prometheus_client.Histogram(
 )
 QUEUE_DEPTH = prometheus_client.Gauge("synth_queue_depth", "Requests waiting for the generator.")
 REJECTED = prometheus_client.Counter("synth_rejected", "Requests refused because the queue was full.")
+ROWS_ACTIVE = prometheus_client.Gauge("synth_rows_active", "Requests being generated now (rows of the running batch).")
+CAPACITY = prometheus_client.Gauge(
+    "synth_capacity", "Requests this provider takes at once before SYNTH_BUSY: a full batch plus the queue."
+)
 
 # generate(batch, should_stop) -> one result per request, in order
 GenerateFunction = Callable[[list[SynthesisInput], Callable[[], bool]], list[Generated]]
@@ -142,6 +146,7 @@ class Batcher:
         # One thread owns the model: it loads it and runs every generation.
         self.thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="dia")
         self._scheduler: asyncio.Task | None = None
+        CAPACITY.set(max_batch_size + max_queue)
 
     @property
     def load(self) -> int:
@@ -188,6 +193,7 @@ class Batcher:
                 return self._closing.is_set() or all(job.abandoned.is_set() for job in batch)
 
             self._running = len(batch)
+            ROWS_ACTIVE.set(self._running)
             began = self.throughput.clock()
             GENERATE_CALLS.inc()
             BATCH_SIZE.observe(len(batch))
@@ -205,6 +211,7 @@ class Batcher:
                         job.future.set_result(result)
             finally:
                 self._running = 0
+                ROWS_ACTIVE.set(0)
                 self.throughput.record(len(batch), began)
 
     async def close(self) -> None:

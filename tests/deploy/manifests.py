@@ -20,6 +20,18 @@ WORKLOAD_KINDS = {"Deployment", "StatefulSet", "Job"}
 VARIABLE_REFERENCE = re.compile(r"\$\((\w+)\)")
 
 
+def render_with_components(overlay: str, components: tuple[str, ...], workspace: pathlib.Path) -> list[dict[str, Any]]:
+    """An overlay rendered with optional components added to its `components:`, as an operator
+    adds them: deploy/k8s is copied into `workspace` and the copy's overlay edited."""
+    copied = workspace / "k8s"
+    shutil.copytree(K8S, copied)
+    kustomization = copied / "overlays" / overlay / "kustomization.yaml"
+    document = yaml.safe_load(kustomization.read_text())
+    document.setdefault("components", []).extend(f"../../components/{name}" for name in components)
+    kustomization.write_text(yaml.safe_dump(document, sort_keys=False))
+    return render(copied / "overlays" / overlay)
+
+
 def render(folder: pathlib.Path) -> list[dict[str, Any]]:
     """The objects `kubectl kustomize folder` renders; skips the test where kubectl is absent."""
     kubectl = shutil.which("kubectl")

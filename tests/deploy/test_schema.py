@@ -1,23 +1,46 @@
 """Every overlay renders, and what it renders is valid Kubernetes 1.30, strictly:
-an unknown or misspelt field is an error, not something the cluster drops."""
+an unknown or misspelt field is an error, not something the cluster drops.
+Custom resources of the optional components (PodMonitor, PrometheusRule,
+ScaledObject) are held to their CRDs' schemas (crd-schemas/) as strictly."""
 
 from __future__ import annotations
 
 import copy
+import functools
+import json
+import pathlib
 import shutil
 
+import jsonschema
 import kubernetes_validate
 import pytest
 
 from tests.deploy.manifests import K8S, render
 
 KUBERNETES_VERSION = "1.30"
+CRD_SCHEMAS = pathlib.Path(__file__).resolve().parent / "crd-schemas"
+
+
+@functools.cache
+def crd_schema(api_version: str, kind: str) -> dict | None:
+    """The vendored schema of a custom resource (monitoring.coreos.com/v1 PodMonitor), or None."""
+    if "/" not in api_version:
+        return None
+    group, version = api_version.split("/", 1)
+    path = CRD_SCHEMAS / group / f"{kind.lower()}_{version}.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def validation_errors(objects: list[dict]) -> list[str]:
     errors = []
     for obj in objects:
         where = f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
+        schema = crd_schema(obj.get("apiVersion", ""), obj.get("kind", ""))
+        if schema is not None:
+            for error in jsonschema.Draft7Validator(schema).iter_errors(obj):
+                path = ".".join(str(item) for item in error.absolute_path)
+                errors.append(f"{where}: {path}: {error.message}")
+            continue
         try:
             kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
         except kubernetes_validate.ValidationError as error:

@@ -44,17 +44,29 @@ HTTP_SECONDS = prometheus_client.Histogram(
     ["route", "method", "status"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
+HTTP_IN_FLIGHT = prometheus_client.Gauge(
+    "http_requests_in_flight", "HTTP requests being handled now (what the gateway's autoscaler can follow)."
+)
+HTTP_ERRORS = prometheus_client.Counter(
+    "http_errors_total",
+    "HTTP error responses (4xx, 5xx) by route template, status and error type (README: Errors).",
+    ["route", "status", "type"],
+)
 # The metrics label of requests that matched no route (one label, whatever the path).
 UNMATCHED = "unmatched"
 # Probed every few seconds: their access log lines are DEBUG, not INFO.
 PROBES = {"/healthz", "/readyz", "/metrics"}
 REQUEST_ID_RESPONSE_HEADER = "X-Request-Id"
+# Where an error response keeps its type for the metrics (aiohttp responses are mappings).
+ERROR_TYPE = web.ResponseKey("error_type", str)
 # Checks an `Authorization` header and returns the caller's account id, or raises UNAUTHORIZED.
 Authenticate = Callable[[str], Awaitable[int]]
 
 
 def error_response(error: ApiError, headers: dict[str, str] | None = None) -> web.Response:
-    response = web.json_response(errors.error_body(error), status=errors.http_status(error), headers=headers)
+    body = errors.error_body(error)
+    response = web.json_response(body, status=errors.http_status(error), headers=headers)
+    response[ERROR_TYPE] = body["error"]["type"]  # for the metrics (see _middleware)
     retry_after = errors.retry_after(error)
     if retry_after is not None:
         response.headers["Retry-After"] = retry_after
@@ -135,7 +147,9 @@ class HttpFront:
         request["route"] = UNMATCHED if resource in (None, self.api_resource) else resource.canonical
         started = time.perf_counter()
         status = 500
+        error_type = "internal_error"
         self._in_flight += 1
+        HTTP_IN_FLIGHT.inc()
         self._idle.clear()
         try:
             try:
@@ -149,20 +163,25 @@ class HttpFront:
                 response.set_status(error.status)
             except (asyncio.CancelledError, ConnectionResetError):
                 status = 499  # as nginx logs it: the client closed the request
+                error_type = "client_closed_request"
                 raise  # nobody to answer
             except Exception:  # noqa: BLE001 - logged here, never shown to the client
                 log.exception("unhandled error serving %s %s", request.method, request.path)
                 response = error_response(internal_error(f"internal error (request id {request_id})"))
             status = response.status
+            error_type = response.get(ERROR_TYPE, "")
             return response
         finally:
             self._in_flight -= 1
+            HTTP_IN_FLIGHT.dec()
             if not self._in_flight:
                 self._idle.set()
             elapsed = time.perf_counter() - started
             labels = (request["route"], request.method, str(status))
             HTTP_REQUESTS.labels(*labels).inc()
             HTTP_SECONDS.labels(*labels).observe(elapsed)
+            if status >= 400:
+                HTTP_ERRORS.labels(request["route"], str(status), error_type or "unknown").inc()
             log.log(
                 logging.DEBUG if request["route"] in PROBES else logging.INFO,
                 "http request",
@@ -199,7 +218,9 @@ class HttpFront:
         if not down:
             return web.json_response({"status": "ready", "upstreams": states})
         body = errors.error_body(errors.unavailable(f"not serving: {', '.join(down)}"))
-        return web.json_response({**body, "upstreams": states}, status=503)
+        response = web.json_response({**body, "upstreams": states}, status=503)
+        response[ERROR_TYPE] = body["error"]["type"]
+        return response
 
     async def metrics(self, request: web.Request) -> web.Response:
         if not PUBLIC_METRICS.value:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Mapping
 
@@ -63,6 +64,21 @@ REFUSED = prometheus_client.Counter(
     "gateway_generations_refused_total",
     "Generation requests refused before they were admitted (and so not in the history), by error type.",
     ["type"],
+)
+GENERATION_SECONDS = prometheus_client.Histogram(
+    "gateway_generation_seconds",
+    "Time from a generation's admission to its end (audio ready or failed), by outcome (succeeded, failed).",
+    ["outcome"],
+    buckets=(0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600),
+)
+AUDIO_SECONDS = prometheus_client.Counter(
+    "gateway_generated_audio_seconds", "Seconds of audio generated (successful generations)."
+)
+REAL_TIME_FACTOR = prometheus_client.Histogram(
+    "gateway_generation_real_time_factor",
+    "Seconds the synth providers took per second of audio they generated (queueing included); "
+    "below 1 is faster than real time.",
+    buckets=(0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30),
 )
 
 
@@ -164,9 +180,13 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
             log.info("generation refused", extra={"account_id": account_id, "type": kind})
             raise refusal from None
         await context.send_initial_metadata(((GENERATION_ID_METADATA, generation_id),))
+        admitted = time.perf_counter()
         try:
-            return await self._generate(generation_id, account_id, plan, samples, context, finish)
+            generated = await self._generate(generation_id, account_id, plan, samples, context, finish)
+            GENERATION_SECONDS.labels("succeeded").observe(time.perf_counter() - admitted)
+            return generated
         except BaseException as error:
+            GENERATION_SECONDS.labels("failed").observe(time.perf_counter() - admitted)
             if isinstance(error, ApiError):
                 in_callers_terms(error, names)
             # Shielded: a caller who hung up still leaves a finished record behind.
@@ -196,7 +216,11 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
         timeout = SYNTH_TIMEOUT_SECONDS.value
         if context.time_remaining() is not None:
             timeout = min(timeout, context.time_remaining())
+        synthesis_began = time.perf_counter()
         candidate, reply = await self.router.synthesize(synthesis, plan.model, timeout, running_on)
+        if reply.duration_seconds > 0:
+            AUDIO_SECONDS.inc(reply.duration_seconds)
+            REAL_TIME_FACTOR.observe((time.perf_counter() - synthesis_began) / reply.duration_seconds)
         audio = await finish(reply.wav)
         row = await history.mark_succeeded(
             self.pool(), generation_id, reply.wav, reply.duration_seconds, reply.model or candidate.model, reply.seed

@@ -20,6 +20,7 @@ from typing import Callable
 
 import asyncpg
 import grpc
+import prometheus_client
 
 from runtime import database, provider_credentials
 from runtime.errors import ApiError, invalid_parameter
@@ -29,6 +30,12 @@ from voice.gateway.v1 import models_pb2, models_pb2_grpc, providers_pb2, provide
 log = logging.getLogger("gateway.registry")
 
 PoolGetter = Callable[[], asyncpg.Pool]
+
+# Read from the providers table, which every gateway replica shares: each reports the same count.
+PROVIDERS_ONLINE = prometheus_client.Gauge(
+    "gateway_providers_online",
+    "Synth providers heard from within GATEWAY_PROVIDER_TIMEOUT_SECONDS, as last read (every readiness check, 5 s).",
+)
 
 
 def check_credential(context: grpc.aio.ServicerContext, provider_id: str) -> None:
@@ -98,11 +105,13 @@ class ProviderRegistry(providers_pb2_grpc.ProviderRegistryServiceServicer):
 async def online_providers(pool: asyncpg.Pool) -> list[asyncpg.Record]:
     """The providers heard from within GATEWAY_PROVIDER_TIMEOUT_SECONDS (models as JSON text)."""
     with database.database_errors():
-        return await pool.fetch(
+        rows = await pool.fetch(
             """SELECT provider_id, address, models, capacity, load, last_seen FROM providers
                WHERE last_seen > now() - make_interval(secs => $1)""",
             PROVIDER_TIMEOUT_SECONDS.value,
         )
+    PROVIDERS_ONLINE.set(len(rows))
+    return rows
 
 
 async def online_models(pool: asyncpg.Pool) -> list[models_pb2.ModelCard]:
