@@ -11,7 +11,7 @@ PROTOS := $(shell find protos -name '*.proto')
 run: $(VENV)/.installed gen/.stamp
 	$(PY) -m tools.mesh
 
-test: $(VENV)/.installed gen/.stamp var/buf/.installed
+test: $(VENV)/.installed gen/.stamp var/buf/.installed /usr/bin/chromium
 	$(VENV)/bin/pytest
 
 # A long fuzzing run of the HTTP API: over 10,000 requests, a new seed each time
@@ -56,6 +56,12 @@ gen/.stamp: $(VENV)/.requirements $(PROTOS) tools/gen_protos.py
 # buf (protobuf linter) for the contract tests; the suite skips that test where npm is missing.
 var/buf/.installed:
 	-mkdir -p var/buf && npm install --silent --no-audit --no-fund --prefix var/buf @bufbuild/buf@1.75.0 && touch $@
+
+# Debian's Chromium for the dashboard's browser tests (Playwright drives it; its own
+# browser download cannot work offline). Waits for a dpkg lock another install holds.
+/usr/bin/chromium:
+	-apt-get -o DPkg::Lock::Timeout=300 install -y chromium || \
+	  (apt-get update && apt-get -o DPkg::Lock::Timeout=300 install -y chromium)
 
 clean:
 	rm -rf gen var .pytest_cache
