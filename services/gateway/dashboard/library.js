@@ -1,8 +1,7 @@
 // Voice library: the samples, uploading a file or a recording, editing, default, delete.
 
-import { audioUrl, call, getJson, listAll } from "./api.js";
-import { Recorder } from "./audio.js";
-import { drawWaveform } from "./audio.js";
+import { call, getJson, listAll } from "./api.js";
+import { Recorder, drawWaveform } from "./audio.js";
 import { $, clearFieldErrors, element, notify, seconds, showFieldError, when } from "./ui.js";
 
 const UPLOAD_FIELDS = {
@@ -16,7 +15,7 @@ const VISIBILITIES = ["private", "unlisted", "public"];
 let chosen = null; // {blob, name}: the audio the form will upload
 let recorder = null;
 let previewUrl = "";
-const audioUrls = new Map(); // sample id -> blob: URL of its audio (kept while the sample is listed)
+const audios = new Map(); // sample id -> {blob, url} of its audio (kept while the sample is listed)
 
 export function setUp() {
   const form = $("#upload-form");
@@ -141,10 +140,10 @@ export async function refresh() {
   list.replaceChildren(...samples.map(card));
   $("#samples-empty").hidden = samples.length > 0;
   const listed = new Set(samples.map((sample) => String(sample.id)));
-  for (const [id, url] of audioUrls) {
+  for (const [id, audio] of audios) {
     if (!listed.has(id)) {
-      URL.revokeObjectURL(url);
-      audioUrls.delete(id);
+      URL.revokeObjectURL(audio.url);
+      audios.delete(id);
     }
   }
   await Promise.all(samples.map(loadAudio));
@@ -209,13 +208,14 @@ function card(sample) {
 async function loadAudio(sample) {
   const item = document.getElementById(`sample-${sample.id}`);
   try {
-    let url = audioUrls.get(String(sample.id));
-    if (!url) {
-      url = await audioUrl(`/v1/voice/samples/${sample.id}/audio`);
-      audioUrls.set(String(sample.id), url);
+    let audio = audios.get(String(sample.id));
+    if (!audio) {
+      const blob = await (await call(`/v1/voice/samples/${sample.id}/audio`)).blob();
+      audio = { blob, url: URL.createObjectURL(blob) };
+      audios.set(String(sample.id), audio);
     }
-    item.querySelector("audio").src = url;
-    await drawWaveform(item.querySelector("canvas"), await (await fetch(url)).blob());
+    item.querySelector("audio").src = audio.url;
+    await drawWaveform(item.querySelector("canvas"), audio.blob);
   } catch (error) {
     item.querySelector(".error").textContent = `Its audio could not be loaded: ${error.describe ? error.describe() : error}`;
   }
