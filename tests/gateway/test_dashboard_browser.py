@@ -268,8 +268,16 @@ async def test_the_playground_generates_with_the_default_voice_and_the_history_s
         await page.get_by_role("button", name="Reset to defaults").click()
         await page.get_by_label("Max new tokens").fill("256")  # the tiny model makes these in seconds
         await page.locator("#gen-collection").fill("browser")
+        await page.evaluate(
+            """() => { const line = document.querySelector('#gen-progress'); window.progressSeen = [];
+                new MutationObserver(() => window.progressSeen.push(line.textContent))
+                  .observe(line, {childList: true, characterData: true, subtree: true}); }"""
+        )
         await page.get_by_role("button", name="Generate").click()
         await playwright.expect(page.locator("#gen-progress")).to_contain_text(re.compile(r"succeeded · \d+\.\d s"), timeout=SLOW)
+        # Meanwhile the line said where the request was (from the history) and how long it had taken.
+        seen = await page.evaluate("window.progressSeen")
+        assert any(re.fullmatch(r"(queued|running) · \d+\.\d s", line) for line in seen), seen
         await until(page, "(a => a.readyState >= 1 && a.duration > 0)(document.querySelector('#gen-audio'))")
         generation_id = await page.locator("[data-fact=generation]").text_content()
         seed = await page.locator("[data-fact=seed]").text_content()
@@ -304,3 +312,32 @@ async def test_the_playground_generates_with_the_default_voice_and_the_history_s
     async with aiohttp.ClientSession() as anonymous:
         assert (await anonymous.get(share_url)).status == 200
     tab.assert_clean(allowed=("400",))  # the refused scripts' requests are logged by the browser
+
+
+async def test_the_history_shows_a_failed_generation_with_its_error_and_filters_by_status(tab, user, http):
+    failed = await http.post(
+        "/v1/voice/generations",
+        json={"input": "[S1] Nobody serves this.", "model": "no-such-model", "collection": "misc"},
+        headers=user.headers,
+    )
+    assert failed.status == 404
+    generation_id = failed.headers["X-Generation-Id"]
+    page = tab.page
+    async with screenshots_on_failure(tab, "history"):
+        await tab.sign_in(user.key)
+        await tab.open("history")
+        row = page.locator(f'li[data-generation-id="{generation_id}"]')
+        await playwright.expect(row.locator(".badge")).to_have_text("failed")
+        await playwright.expect(row.locator("[data-fact=error]")).to_contain_text("no_provider")
+        await playwright.expect(row.get_by_role("button", name=re.compile("^Play"))).to_have_count(0)
+        await page.locator("#filter-status").select_option("succeeded")
+        await playwright.expect(row).to_have_count(0)
+        await playwright.expect(page.locator("#history-empty")).to_be_visible()
+        await page.locator("#filter-status").select_option("failed")
+        await page.locator("#filter-collection").fill("misc")
+        await page.get_by_role("button", name="Filter").click()
+        await playwright.expect(row).to_be_visible()
+        await page.locator("#filter-collection").fill("elsewhere")
+        await page.locator("#filter-collection").press("Enter")  # the keyboard works as well as the button
+        await playwright.expect(row).to_have_count(0)
+    tab.assert_clean()

@@ -172,7 +172,7 @@ async function generate() {
   const tick = () => (progress.textContent = `${status} · ${((performance.now() - started) / 1000).toFixed(1)} s`);
   const clock = setInterval(tick, 100);
   // The request answers only when the audio is ready; meanwhile the history says where it is.
-  const watcher = setInterval(async () => {
+  let watcher = setTimeout(async function watch() {
     try {
       const page = await getJson("/v1/voice/generations", { query: { page_size: 5 } });
       const mine = page.generations.find((item) => item.input === body.input && item.create_time >= since);
@@ -180,7 +180,8 @@ async function generate() {
     } catch {
       // the progress line is a courtesy; the request itself reports errors
     }
-  }, 700);
+    if (generating) watcher = setTimeout(watch, 600);
+  }, 250);
   tick();
   try {
     const response = await call("/v1/voice/generations", { method: "POST", json: body });
@@ -202,7 +203,7 @@ async function generate() {
   } finally {
     generating = false;
     clearInterval(clock);
-    clearInterval(watcher);
+    clearTimeout(watcher);
     button.disabled = false;
   }
 }
