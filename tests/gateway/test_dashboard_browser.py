@@ -340,4 +340,19 @@ async def test_the_history_shows_a_failed_generation_with_its_error_and_filters_
         await page.locator("#filter-collection").fill("elsewhere")
         await page.locator("#filter-collection").press("Enter")  # the keyboard works as well as the button
         await playwright.expect(row).to_have_count(0)
+
+        # A generation started elsewhere shows up and finishes on the open page, without a reload.
+        await page.locator("#filter-collection").fill("")
+        await page.locator("#filter-status").select_option("")
+        await page.evaluate("window.notReloaded = true")
+        await wait_for_models(http, user)
+        started = asyncio.create_task(http.post(
+            "/v1/voice/generations", json={"input": "[S1] Live.", "max_new_tokens": 256}, headers=user.headers
+        ))
+        response = await started
+        assert response.status == 200, await response.text()
+        live = page.locator(f'li[data-generation-id="{response.headers["X-Generation-Id"]}"]')
+        await playwright.expect(live.locator(".badge")).to_have_text("succeeded", timeout=20_000)
+        await playwright.expect(live.get_by_role("button", name=re.compile("^Play"))).to_be_visible()
+        assert await page.evaluate("window.notReloaded")
     tab.assert_clean()

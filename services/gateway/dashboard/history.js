@@ -6,7 +6,7 @@ import { $, element, notify, seconds, when } from "./ui.js";
 
 const VISIBILITIES = ["private", "unlisted", "public"];
 const LIVE_MS = 1500; // while something is queued or running
-const IDLE_MS = 10000; // otherwise, to notice generations started elsewhere
+const IDLE_MS = 5000; // otherwise, to notice generations started elsewhere
 let timer = null;
 let visible = false;
 let nextToken = "";
@@ -72,8 +72,10 @@ function render() {
     const item = existing.get(generation.id);
     if (item && item.dataset.version === version(generation)) return item;
     const fresh = row(generation);
-    const audio = item?.querySelector("audio[src]");
-    if (audio && generation.status === "succeeded") fresh.querySelector(".player").replaceChildren(audio);
+    // A player already loaded (perhaps playing) is kept as it is.
+    if (item?.querySelector(".player audio") && generation.status === "succeeded") {
+      fresh.querySelector(".player").replaceWith(item.querySelector(".player"));
+    }
     return fresh;
   });
   list.replaceChildren(...items);
