@@ -136,8 +136,14 @@ async def test_a_wrong_key_is_refused_and_a_right_one_signs_in_for_the_session(t
         await playwright.expect(page.locator("#signin-error")).to_contain_text("not accepted")
         await playwright.expect(page.locator("#app")).to_be_hidden()
 
-        await tab.sign_in(user.key)
+        # By keyboard alone: the key field has the focus, Enter signs in.
+        await page.get_by_label("API key").fill("")
+        await page.keyboard.type(user.key)
+        await page.keyboard.press("Enter")
+        await tab.opened("library")
         await playwright.expect(page.get_by_role("heading", name="Voice library")).to_be_visible()
+        await page.keyboard.press("Tab")  # from the page's start to its first control: the file chooser
+        assert await page.evaluate("document.activeElement.id") == "upload-file"
         await page.reload()  # kept for the browser session
         await tab.opened("library")
         await page.get_by_role("button", name="Sign out").click()
@@ -153,6 +159,14 @@ async def test_a_recording_in_the_browser_becomes_a_sample_with_its_words_transc
     page = tab.page
     async with screenshots_on_failure(tab, "record"):
         await tab.sign_in(user.key)
+        # A first take, thrown away.
+        await page.get_by_role("button", name="Record").click()
+        await page.wait_for_timeout(500)
+        await page.get_by_role("button", name="Stop").click()
+        await playwright.expect(page.locator("#upload-chosen")).to_be_visible()
+        await page.get_by_role("button", name=re.compile("^Re-record")).click()
+        await playwright.expect(page.locator("#upload-chosen")).to_be_hidden()
+
         await page.get_by_role("button", name="Record").click()
         await playwright.expect(page.locator("#record-status")).to_contain_text("Recording")
         # The level meter moves with the fake microphone's speech.

@@ -52,6 +52,7 @@ async function enter() {
   await ready;
   if (!location.hash) window.history.replaceState(null, "", "#library");
   await route();
+  $("#main").focus(); // the sign-in form is gone: keyboard users go on from the page's start
 }
 
 async function route() {
