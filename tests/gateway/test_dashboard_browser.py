@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import pathlib
 import re
 import uuid
@@ -86,7 +85,7 @@ class Tab:
 
 
 @pytest.fixture
-async def tab(browser, mesh, request):
+async def tab(browser, mesh):
     context = await browser.new_context(viewport={"width": 1280, "height": 900})
     tab = Tab(await context.new_page(), mesh.http_url)
     yield tab

@@ -27,8 +27,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 from runtime import clients, config, logs
 from runtime.errors import DEFAULT_REASONS, ApiError, internal_error, not_found
 from services.gateway.edge import errors, openapi, protocol, transcoding
-from services.gateway.edge.dashboard import Dashboard
 from services.gateway.edge.config import MAX_HEADER_BYTES, MAX_URL_BYTES, PUBLIC_METRICS
+from services.gateway.edge.dashboard import Dashboard
 from services.gateway.edge.discovery import Route
 from services.gateway.edge.upstreams import RouteTable
 
