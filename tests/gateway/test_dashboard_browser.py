@@ -15,9 +15,10 @@ import pathlib
 import re
 import uuid
 
+import aiohttp
 import pytest
 
-from tests.gateway.conftest import FIXTURES, Account, created, make_key, upload_form, wait_for_models, words
+from tests.gateway.conftest import FIXTURES, Account, created, extra_gateway, make_key, upload_form, wait_for_models, words
 
 playwright = pytest.importorskip("playwright.async_api")
 
@@ -367,3 +368,30 @@ async def test_the_history_shows_a_failed_generation_with_its_error_and_filters_
         await playwright.expect(live.get_by_role("button", name=re.compile("^Play"))).to_be_visible()
         assert await page.evaluate("window.notReloaded")
     tab.assert_clean()
+
+
+async def test_a_refused_generation_says_why_and_when_to_try_again(browser, mesh, user):
+    """A gateway whose accounts may start one generation every 100 s: the second is refused (429)."""
+    limits = {"GATEWAY_ACCOUNT_GENERATIONS_PER_SECOND": "0.01", "GATEWAY_ACCOUNT_GENERATION_BURST": "1"}
+    async with extra_gateway(mesh, **limits) as gateway, aiohttp.ClientSession(base_url=gateway.http_url) as http:
+        # The account's one allowed start, spent at once on a request for a model nobody serves.
+        spent = await http.post(
+            "/v1/voice/generations", json={"input": "[S1] First.", "model": "no-such-model"}, headers=user.headers
+        )
+        assert spent.status == 404
+        context = await browser.new_context()
+        tab = Tab(await context.new_page(), gateway.http_url)
+        try:
+            async with screenshots_on_failure(tab, "refused"):
+                await tab.sign_in(user.key)
+                await tab.open("playground")
+                await tab.page.get_by_role("button", name="Generate").click()
+                error = tab.page.locator("#gen-error")
+                await playwright.expect(error).to_contain_text("over its generation limit", timeout=SLOW)
+                await playwright.expect(error).to_contain_text(re.compile(r"Try again in \d+ s"))
+                await playwright.expect(error).to_contain_text("rate_limited")
+                await playwright.expect(tab.page.locator("#gen-progress")).to_contain_text("failed")
+                await playwright.expect(tab.page.get_by_role("button", name="Generate")).to_be_enabled()
+            tab.assert_clean(allowed=("429",))
+        finally:
+            await context.close()
