@@ -180,7 +180,8 @@ async def test_a_recording_in_the_browser_becomes_a_sample_with_its_words_transc
         card = tab.sample("Mic")
         await playwright.expect(card).to_be_visible(timeout=SLOW)
         transcript = await card.locator("textarea").input_value()
-        assert {"hello", "world"} <= words(transcript), transcript
+        # The tiny Whisper hears espeak-ng's "hello" as "hello", "for low" or "the low"; the rest it gets.
+        assert {"world", "this", "test"} <= words(transcript), transcript
         await playwright.expect(card.locator("canvas.waveform")).to_have_attribute("data-drawn", "true")
         stored = (await samples_of(http, user))["Mic"]
         assert stored["original_format"].startswith("webm") and stored["duration_seconds"] > 1
