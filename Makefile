@@ -11,7 +11,7 @@ PROTOS := $(shell find protos -name '*.proto')
 run: $(VENV)/.installed gen/.stamp
 	$(PY) -m tools.mesh
 
-test: $(VENV)/.installed gen/.stamp var/buf/.installed promtool
+test: $(VENV)/.installed gen/.stamp var/buf/.installed promtool /usr/bin/chromium
 	$(VENV)/bin/pytest
 
 # A long fuzzing run of the HTTP API: over 10,000 requests, a new seed each time
@@ -73,6 +73,12 @@ promtool:
 	  $$APT install -y --no-install-recommends prometheus >/dev/null 2>&1 || \
 	    { $$APT update && $$APT install -y --no-install-recommends prometheus >/dev/null; }; \
 	} || echo "promtool could not be installed: the alert-rule checks will be skipped"
+
+# Debian's Chromium for the dashboard's browser tests (Playwright drives it; its own
+# browser download cannot work offline). Waits for a dpkg lock another install holds.
+/usr/bin/chromium:
+	-apt-get -o DPkg::Lock::Timeout=300 install -y chromium || \
+	  (apt-get update && apt-get -o DPkg::Lock::Timeout=300 install -y chromium)
 
 clean:
 	rm -rf gen var .pytest_cache

@@ -418,6 +418,71 @@ async def test_a_private_generation_is_not_shared_even_by_its_token(http, carol,
         await assert_error(await http.get(url), 404, "not_found")
 
 
+async def test_a_private_generation_made_unlisted_plays_from_its_share_url_until_it_is_private_again(http, carol, mesh):
+    response = await generate(http, carol, input="[S1] Share me later.")
+    audio = await audio_of(response)
+    generation_id = response.headers["X-Generation-Id"]
+    path = f"{GENERATIONS}/{generation_id}"
+
+    unlisted = await created(await http.patch(path, json={"visibility": "unlisted"}, headers=carol.headers))
+    assert unlisted["visibility"] == "unlisted" and unlisted["status"] == "succeeded"
+    assert unlisted["share_url"].startswith(f"{mesh.http_url}/v1/shared/generations/")
+    assert (await generation(http, carol, generation_id))["share_url"] == unlisted["share_url"]
+    async with aiohttp.ClientSession() as anonymous:
+        shared = await anonymous.get(unlisted["share_url"])
+        assert (shared.status, await shared.read()) == (200, audio)
+
+        private = await created(await http.patch(path, json={"visibility": "private"}, headers=carol.headers))
+        assert private["share_url"] == "" and private["collection"] == ""
+        await assert_error(await anonymous.get(unlisted["share_url"]), 404, "not_found")
+
+    # Present fields change, absent ones stay.
+    filed = await created(await http.patch(path, json={"collection": "podcast"}, headers=carol.headers))
+    assert (filed["collection"], filed["visibility"]) == ("podcast", "private")
+
+
+async def test_changing_sharing_names_a_bad_field_and_keeps_anothers_generation_unknown(http, carol, accounts):
+    response = await generate(http, carol, input="[S1] Not yours.")
+    await audio_of(response)
+    path = f"{GENERATIONS}/{response.headers['X-Generation-Id']}"
+    await assert_error(await http.patch(path, json={"visibility": "everyone"}, headers=carol.headers), 400, "invalid_parameter", "visibility")
+    await assert_error(await http.patch(path, json={"collection": "x" * 10_000}, headers=carol.headers), 400, "invalid_parameter", "collection")
+    await assert_error(await http.patch(path, json={"status": "failed"}, headers=carol.headers), 400, "invalid_parameter", "status")
+    await assert_error(await http.patch(path, json={"visibility": "public"}, headers=accounts[1].headers), 404, "not_found")
+    await assert_error(await http.patch(f"{GENERATIONS}/gen_made_up", json={"visibility": "public"}, headers=carol.headers), 404, "not_found")
+    assert (await (await http.get(path, headers=carol.headers)).json())["visibility"] == "private"
+
+
+async def test_the_history_filters_by_status_and_collection(http, key_env):
+    name = f"dora-{uuid.uuid4().hex[:8]}"
+    dora = Account(name, make_key(name, key_env))
+    done = await generate(http, dora, input="[S1] One.", collection="show")
+    await audio_of(done)
+    other = await generate(http, dora, input="[S1] Two.", collection="other")
+    await audio_of(other)
+    failed = await generate(http, dora, input="[S1] Three.", collection="show", model="nobody-serves-this")
+    assert failed.status == 404
+
+    async def listed(**params) -> list[str]:
+        body = await created(await http.get(GENERATIONS, params=params, headers=dora.headers))
+        return [item["id"] for item in body["generations"]]
+
+    ids = {response.headers["X-Generation-Id"] for response in (done, other, failed)}
+    assert set(await listed()) == ids
+    assert await listed(collection="show") == [failed.headers["X-Generation-Id"], done.headers["X-Generation-Id"]]
+    assert await listed(status="failed") == [failed.headers["X-Generation-Id"]]
+    assert await listed(status="succeeded", collection="show") == [done.headers["X-Generation-Id"]]
+    assert await listed(status="running") == []
+    # A filtered page's token leads to the next page of the same filter.
+    first = await created(await http.get(GENERATIONS, params={"collection": "show", "page_size": 1}, headers=dora.headers))
+    second = await created(await http.get(
+        GENERATIONS, params={"collection": "show", "page_size": 1, "page_token": first["next_page_token"]}, headers=dora.headers
+    ))
+    assert [item["id"] for item in first["generations"] + second["generations"]] == await listed(collection="show")
+    assert second["next_page_token"] == ""
+    await assert_error(await http.get(GENERATIONS, params={"status": "done"}, headers=dora.headers), 400, "invalid_parameter", "status")
+
+
 async def test_every_other_endpoint_still_needs_a_key(http):
     await assert_error(await http.get(GENERATIONS), 401, "unauthorized")
     await assert_error(await http.post(GENERATIONS, json={"input": "hi"}), 401, "unauthorized")

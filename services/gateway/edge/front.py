@@ -1,6 +1,6 @@
 """The public HTTP API: every google.api.http route of the upstreams, plus four
 operational endpoints that need no key (/healthz, /readyz, /metrics,
-/openapi.json).
+/openapi.json) and the dashboard's static files (`/`, `/dashboard/...`; see dashboard.py).
 
 There is no handler per endpoint: :meth:`HttpFront.api` finds the route,
 checks the API key, transcodes the request, calls the upstream with a generic
@@ -28,6 +28,7 @@ from runtime import clients, config, logs
 from runtime.errors import DEFAULT_REASONS, ApiError, internal_error, not_found
 from services.gateway.edge import errors, openapi, protocol, transcoding
 from services.gateway.edge.config import MAX_HEADER_BYTES, MAX_URL_BYTES, PUBLIC_METRICS
+from services.gateway.edge.dashboard import Dashboard
 from services.gateway.edge.discovery import Route
 from services.gateway.edge.upstreams import RouteTable
 
@@ -101,6 +102,7 @@ class HttpFront:
         self.app.router.add_get("/readyz", self.readyz)
         self.app.router.add_get("/metrics", self.metrics)
         self.app.router.add_get("/openapi.json", self.openapi)
+        Dashboard().add_routes(self.app.router)  # the web page at `/`, no key (its API calls send one)
         self.api_resource = self.app.router.add_route("*", "/{path:.*}", self.api).resource
         self.runner: web.AppRunner | None = None
         # Requests being handled, so that stopping can wait for them (see stop).

@@ -36,7 +36,7 @@ import grpc
 import prometheus_client
 from google.api import httpbody_pb2
 
-from runtime import clients
+from runtime import clients, fields
 from runtime.errors import ApiError
 from services.gateway.accounts import Accounts
 from services.gateway.config import (
@@ -264,7 +264,10 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
 
     async def ListGenerations(self, request, context):
         account_id = await self.accounts.caller(context)
-        rows, next_token = await history.list_page(self.pool(), account_id, request.page_size, request.page_token)
+        fields.check(request)
+        rows, next_token = await history.list_page(
+            self.pool(), account_id, request.page_size, request.page_token, request.status, request.collection
+        )
         return generations_pb2.ListGenerationsResponse(
             generations=[history.to_proto(row, PUBLIC_URL.value) for row in rows], next_page_token=next_token
         )
@@ -273,6 +276,18 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
         account_id = await self.accounts.caller(context)
         row = await history.get(self.pool(), account_id, request.id)
         return generations_pb2.GetGenerationResponse(generation=history.to_proto(row, PUBLIC_URL.value))
+
+    async def UpdateGeneration(self, request, context):
+        account_id = await self.accounts.caller(context)
+        fields.check(request)
+        row = await history.update_sharing(
+            self.pool(),
+            account_id,
+            request.id,
+            request.visibility if request.HasField("visibility") else None,
+            request.collection if request.HasField("collection") else None,
+        )
+        return generations_pb2.UpdateGenerationResponse(generation=history.to_proto(row, PUBLIC_URL.value))
 
     async def GetGenerationAudio(self, request, context):
         account_id = await self.accounts.caller(context)
