@@ -184,7 +184,7 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
     ) -> Generated:
         synthesis = synth_pb2.SynthesizeRequest(
             script=plan.script.text,
-            settings=parameters.synth_settings(plan.parameters),
+            settings=parameters.synth_settings(plan.parameters, plan.chosen_max_new_tokens),
             account=str(account_id),  # the provider's queue takes accounts in turns
         )
         if samples:
