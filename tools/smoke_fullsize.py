@@ -107,6 +107,7 @@ async def smoke() -> int:
     pid = synth.processes["synth"].pid
     try:
         await synth.wait_serving("synth", timeout=1200)
+        # Weights are memory-mapped: they become resident as the first generation reads them.
         print(f"load: {time.monotonic() - began:.1f} s to SERVING; resident memory {rss_gib(pid):.2f} GiB")
         async with grpc.aio.insecure_channel(synth.address("synth")) as channel:
             stub = synth_pb2_grpc.SynthServiceStub(channel)
@@ -130,7 +131,8 @@ async def smoke() -> int:
                 print(
                     f"{name}: {reply.generated_frames} frames in {seconds:.1f} s "
                     f"({seconds / reply.generated_frames:.2f} s a frame); audio {samples / rate:.2f} s "
-                    f"({samples} samples) at {rate} Hz; resident memory {rss_gib(pid):.2f} GiB"
+                    f"({samples} samples) at {rate} Hz; resident memory {rss_gib(pid):.2f} GiB; "
+                    f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
                 )
                 if rate != 44100 or samples == 0:
                     raise RuntimeError(f"{name}: expected 44.1 kHz audio, got {samples} samples at {rate} Hz")

@@ -303,6 +303,34 @@ async def test_the_narrowest_guidance_filter_generates(http, carol):
     await audio_of(await generate(http, carol, cfg_filter_top_k=1, cfg_scale=3))
 
 
+@pytest.mark.parametrize("top_k", [1, 2])
+async def test_the_narrowest_guidance_filters_generate_for_every_request_of_a_batch(http, carol, top_k):
+    # Requests with the same settings that arrive together are generated in one batch: a
+    # failure of one used to fail them all.
+    responses = await asyncio.gather(
+        *(generate(http, carol, input=f"[S1] Take {n}.", cfg_filter_top_k=top_k) for n in range(3))
+    )
+    for response in responses:
+        assert wav_layout(await audio_of(response))[3] > 0
+
+
+# --- Dia's 3072 decoder positions: the prompt's frames and max_new_tokens share them --------
+
+
+async def test_max_new_tokens_beyond_dias_decoder_positions_is_invalid_parameter(http, carol):
+    # The public range allows 4096; Dia's decoder holds 3072 frames.
+    response = await generate(http, carol, max_new_tokens=3073)
+    error = await assert_error(response, 400, "invalid_parameter", "max_new_tokens")
+    assert "3072" in error["message"]
+
+
+async def test_max_new_tokens_that_does_not_fit_beside_the_voice_prompt_is_invalid_parameter(http, carol, voices):
+    # Two 2.9 s samples and the gap: about 525 prompt frames, so at most about 2547 new ones.
+    response = await generate(http, carol, speakers=voices, max_new_tokens=3000)
+    error = await assert_error(response, 400, "invalid_parameter", "max_new_tokens")
+    assert "voice prompt" in error["message"] and "at most 25" in error["message"], error
+
+
 @pytest.fixture(scope="module")
 async def short_input_gateway(mesh):
     async with extra_gateway(mesh, GATEWAY_MAX_INPUT_CHARS="40") as gateway:

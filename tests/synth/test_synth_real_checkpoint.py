@@ -24,7 +24,7 @@ from transformers.generation.logits_process import (
 
 from runtime.errors import ApiError
 from services.synth import audio, tiny_models
-from services.synth.engine import DiaEngine, Generated, SynthesisInput
+from services.synth.engine import DiaEngine, Generated, ModelLoadError, SynthesisInput
 from services.synth.params import FRAMES_WITHOUT_AUDIO, GenerationParams, fit_positions, frames_of
 from services.synth.sampling import GuidanceAmongAllowed, PerRowSampler
 from tests.synth.helpers import error_of, noise_wav, request
@@ -198,3 +198,16 @@ async def test_the_synth_refuses_what_does_not_fit_and_lowers_a_default_to_fit(s
     unset = request(prompt=prompt)
     unset.settings.ClearField("max_new_tokens")
     assert (await synth.Synthesize(unset)).generated_frames == 40
+
+
+# --- the codec's sampling rate ---------------------------------------------------------------
+
+
+def test_a_codec_that_is_not_at_44_1_khz_is_refused_at_load(tiny_model_dir, tmp_path):
+    codec = tmp_path / "dac-24khz"
+    shutil.copytree(tiny_model_dir / "dac", codec)
+    config = json.loads((codec / "config.json").read_text())
+    assert config["sampling_rate"] == 44100  # what the tiny model writes, as Dia's real codec
+    (codec / "config.json").write_text(json.dumps({**config, "sampling_rate": 24000}))
+    with pytest.raises(ModelLoadError, match="at 24000 Hz; Dia needs 512 at 44100 Hz"):
+        DiaEngine.load(str(tiny_model_dir / "dia"), str(codec), "tiny", "cpu", threads=1)
