@@ -173,7 +173,9 @@ def test_prompt_frames_and_max_new_tokens_share_the_decoders_positions():
 
 def test_prompt_frames_are_counted_as_dias_processor_makes_them(engine):
     for samples in (512, 513, 44100):
-        inputs = engine.processor(text=["[S1] hi"], audio=[np.zeros(samples, np.float32)], return_tensors="pt")
+        inputs = engine.processor(
+            text=["[S1] hi"], audio=[np.zeros(samples, np.float32)], padding="longest", return_tensors="pt"
+        )
         new_audio_starts = engine.processor.get_audio_prompt_len(inputs["decoder_attention_mask"])
         assert new_audio_starts == 1 + frames_of(samples, 512)  # the start frame, then the prompt's
     assert engine.max_frames == 3072
