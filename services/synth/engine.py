@@ -137,7 +137,7 @@ class DiaEngine:
         )
         # Dia's text encoder is trained on at most this many byte tokens.
         self.max_text_tokens = model.config.encoder_config.max_position_embeddings
-        # Its decoder has this many positions (3072): prompt frames plus new frames (see params.fit_frames).
+        # Its decoder has this many positions (3072): prompt frames plus new frames (see params.fit_positions).
         self.max_frames = decoder.max_position_embeddings
         # transformers fills every generation setting we leave unset from the checkpoint's
         # generation_config.json, and Dia's published one sets do_sample, temperature (about 1.2),

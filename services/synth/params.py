@@ -132,7 +132,7 @@ def fit_positions(
     prompt that leaves no room for audio fails, naming max_audio_prompt_seconds.
     """
     room = max_frames - prompt_frames
-    seconds = prompt_frames * 512 / 44100
+    seconds = prompt_frames * 512 / 44100  # a frame is 512 samples at 44.1 kHz
     if room <= FRAMES_WITHOUT_AUDIO:
         raise invalid_parameter(
             "max_audio_prompt_seconds",
