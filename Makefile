@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: run test fuzz protos key bench tiny-models images promtool clean
+.PHONY: run test fuzz protos key bench tiny-models smoke-fullsize images promtool clean
 
 run: $(VENV)/.installed gen/.stamp
 	$(PY) -m tools.mesh
@@ -29,6 +29,11 @@ key: $(VENV)/.installed gen/.stamp
 # A tiny random-weight Dia and codec under var/models/tiny-random: DIA_MODEL=tiny-random make run.
 tiny-models: $(VENV)/.installed
 	$(PY) -m services.synth.tiny_models
+
+# The synth on the full-size Dia architecture with random weights (var/fullsize, built once):
+# load time, memory, seconds a frame, audio length and rate. Minutes and ~8 GB; not in make test.
+smoke-fullsize: $(VENV)/.installed gen/.stamp
+	$(PY) -m tools.smoke_fullsize
 
 bench: $(VENV)/.installed gen/.stamp
 	-$(PY) bench/transcode_bench.py

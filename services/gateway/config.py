@@ -67,6 +67,13 @@ PROMPT_GAP_SECONDS = setting(
     "even a 1 s prompt keeps room for both voices)",
     between(0, 0.5),
 )
+PROMPT_STT_TIMEOUT_SECONDS = setting(
+    "GATEWAY_PROMPT_STT_TIMEOUT_SECONDS",
+    30.0,
+    "how long the speech recognizer may take to time the words of a voice sample that must be cut to "
+    "fit a prompt; past that (or with the recognizer down) the sample is kept whole",
+    between(0.1, 3600),
+)
 
 SPEECH_FRAMES_PER_CHARACTER = setting(
     "GATEWAY_SPEECH_FRAMES_PER_CHARACTER",

@@ -220,8 +220,8 @@ async def test_models_list_the_tiny_model_with_its_features(http, carol):
 async def test_a_generation_past_the_synth_deadline_is_upstream_error(mesh, carol):
     async with extra_gateway(mesh, GATEWAY_SYNTH_TIMEOUT_SECONDS="1") as gateway:
         async with aiohttp.ClientSession(base_url=gateway.http_url) as http:
-            # 4096 frames take the tiny model on a CPU several seconds.
-            response = await generate(http, carol, input="[S1] A long one.", max_new_tokens=4096)
+            # 3072 frames (the most Dia's decoder holds) take the tiny model on a CPU several seconds.
+            response = await generate(http, carol, input="[S1] A long one.", max_new_tokens=3072)
             error = await assert_error(response, 502, "upstream_error")
             assert "within 1 s" in error["message"]
             stored = await generation(http, carol, response.headers["X-Generation-Id"])
@@ -286,7 +286,8 @@ async def test_every_parameter_at_its_lowest_passes(http, carol, voices):
 
 
 async def test_every_parameter_at_its_highest_passes(http, carol, voices):
-    # max_new_tokens at its highest (4096) is a long generation: see test_generation_parameters.py.
+    # max_new_tokens at its highest (4096) is more than Dia's decoder holds: see
+    # test_max_new_tokens_beyond_dias_decoder_positions_is_invalid_parameter.
     highest = dict(
         cfg_scale=5, temperature=2, top_p=1, cfg_filter_top_k=100, speed_factor=2,
         seed=2**62, max_audio_prompt_seconds=120,
@@ -301,6 +302,34 @@ async def test_every_parameter_at_its_highest_passes(http, carol, voices):
 async def test_the_narrowest_guidance_filter_generates(http, carol):
     # cfg_filter_top_k=1 with guidance on left a channel no token to sample: 502 (found by fuzzing).
     await audio_of(await generate(http, carol, cfg_filter_top_k=1, cfg_scale=3))
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+async def test_the_narrowest_guidance_filters_generate_for_every_request_of_a_batch(http, carol, top_k):
+    # Requests with the same settings that arrive together are generated in one batch: a
+    # failure of one used to fail them all.
+    responses = await asyncio.gather(
+        *(generate(http, carol, input=f"[S1] Take {n}.", cfg_filter_top_k=top_k) for n in range(3))
+    )
+    for response in responses:
+        assert wav_layout(await audio_of(response))[3] > 0
+
+
+# --- Dia's 3072 decoder positions: the prompt's frames and max_new_tokens share them --------
+
+
+async def test_max_new_tokens_beyond_dias_decoder_positions_is_invalid_parameter(http, carol):
+    # The public range allows 4096; Dia's decoder holds 3072 frames.
+    response = await generate(http, carol, max_new_tokens=3073)
+    error = await assert_error(response, 400, "invalid_parameter", "max_new_tokens")
+    assert "3072" in error["message"]
+
+
+async def test_max_new_tokens_that_does_not_fit_beside_the_voice_prompt_is_invalid_parameter(http, carol, voices):
+    # Two 2.9 s samples and the gap: about 525 prompt frames, so at most about 2547 new ones.
+    response = await generate(http, carol, speakers=voices, max_new_tokens=3000)
+    error = await assert_error(response, 400, "invalid_parameter", "max_new_tokens")
+    assert "voice prompt" in error["message"] and "at most 25" in error["message"], error
 
 
 @pytest.fixture(scope="module")
@@ -526,7 +555,7 @@ async def status_becomes(http, account: Account, generation_id: str, wanted: str
 
 async def test_a_generation_whose_caller_hangs_up_is_recorded_as_failed(stub, http, carol):
     call = stub.CreateGeneration(
-        generations_pb2.CreateGenerationRequest(input="[S1] Never mind.", max_new_tokens=4096), metadata=bearer(carol)
+        generations_pb2.CreateGenerationRequest(input="[S1] Never mind.", max_new_tokens=3072), metadata=bearer(carol)
     )
     # The response metadata naming it comes with the response: find it in the history.
     deadline = asyncio.get_running_loop().time() + 60

@@ -126,13 +126,15 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
         self.prompts = prompt.PromptCache(PROMPT_CACHE_BYTES.value)
         self.library: grpc.aio.Channel | None = None
         self.transcode: grpc.aio.Channel | None = None
+        self.stt: grpc.aio.Channel | None = None  # times the words of samples cut to fit a prompt
 
     def start(self) -> None:
         self.library = clients.service_channel("library")
         self.transcode = clients.service_channel("transcode")
+        self.stt = clients.service_channel("stt")
 
     async def close(self) -> None:
-        for channel in (self.library, self.transcode):
+        for channel in (self.library, self.transcode, self.stt):
             if channel is not None:
                 await channel.close()
 
@@ -204,7 +206,7 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
     ) -> Generated:
         synthesis = synth_pb2.SynthesizeRequest(
             script=plan.script.text,
-            settings=parameters.synth_settings(plan.parameters),
+            settings=parameters.synth_settings(plan.parameters, plan.chosen_max_new_tokens),
             account=str(account_id),  # the provider's queue takes accounts in turns
         )
         if samples:
@@ -240,8 +242,10 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
         assembled = self.prompts.get(key)
         if assembled is None:
             clips = await prompt.fetch_clips(self.library, account_id, samples)
-            assembled = await prompt.assemble(self.transcode, clips, max_seconds, gap)
-            self.prompts.put(key, assembled)
+            made = await prompt.assemble(self.transcode, clips, max_seconds, gap, self.stt)
+            assembled = made.prompt
+            if made.exact:  # a sample kept whole for want of word timings is cut properly next time
+                self.prompts.put(key, assembled)
         return assembled
 
     async def _record_failure(self, generation_id: str, error: BaseException) -> None:

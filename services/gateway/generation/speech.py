@@ -171,7 +171,10 @@ class SpeechService(speech_pb2_grpc.SpeechServiceServicer):
         async def prepare(plan: parameters.Plan) -> parameters.Plan:
             response_format(request)  # refused before the library is asked
             sample_id = await find_voice(self.generations.library, account_id, request.voice)
-            return dataclasses.replace(plan, speakers={} if sample_id is None else {"S1": sample_id})
+            # max_new_tokens is the frame budget, not the caller's: the provider may lower it to fit the prompt.
+            return dataclasses.replace(
+                plan, speakers={} if sample_id is None else {"S1": sample_id}, chosen_max_new_tokens=False
+            )
 
         async def finish(wav: bytes) -> httpbody_pb2.HttpBody:
             return await encode(self.generations.transcode, wav, response_format(request))
