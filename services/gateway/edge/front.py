@@ -279,9 +279,13 @@ class HttpFront:
             request_serializer=None,  # the payload is the serialized request message
             response_deserializer=route.rpc.response_class.FromString,
         )
-        metadata = ()
+        metadata: tuple = tuple(
+            (key, _text(request.headers[header], f"the {header} header"))
+            for header, key in route.rpc.passed_on_headers.items()
+            if header in request.headers
+        )
         if account_id is not None:
-            metadata = (
+            metadata += (
                 (clients.ACCOUNT_ID_METADATA, str(account_id)),
                 ("authorization", request.headers["Authorization"]),
                 *self.trusted_metadata,

@@ -64,7 +64,10 @@ ERROR_SCHEMA = {
                 "message": {"type": "string", "description": "What went wrong, for people."},
                 "param": {"type": "string", "nullable": True, "description": "The request field at fault, if one is."},
             },
-        }
+        },
+        "title": {"type": "string", "description": "Problem details (RFC 9457): the error type, in words."},
+        "detail": {"type": "string", "description": "Problem details: the message."},
+        "status": {"type": "integer", "description": "Problem details: the HTTP status."},
     },
 }
 ERROR_REF = {"$ref": "#/components/schemas/Error"}
@@ -224,6 +227,10 @@ def _operation(builder: _Builder, route: Route) -> dict:
     operation["parameters"] = [
         {"name": name, "in": "path", "required": True, "schema": builder.described(field_at(request, name))}
         for name in route.template.variables
+    ]
+    operation["parameters"] += [
+        {"name": header.header, "in": "header", "description": header.description, "schema": {"type": "string"}}
+        for header in route.rpc.rules.request_headers
     ]
     query = [] if route.body == "*" else _query_parameters(builder, request, path_fields | {route.body})
     if route.body:
