@@ -199,6 +199,7 @@ def to_file(row) -> predictions_pb2.File:
         checksums={"sha256": row["sha256"]},
         urls=predictions_pb2.FileUrls(get=f"{base}/v1/files/{row['id']}/content"),
     )
+    found.metadata.SetInParent()  # {} when empty: the client requires the member
     found.metadata.update(json.loads(row["metadata"]))
     found.created_at.FromDatetime(row["create_time"])
     return found
