@@ -26,7 +26,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from runtime import clients, config, logs
 from runtime.errors import DEFAULT_REASONS, ApiError, internal_error, not_found
-from services.gateway.edge import errors, openapi, protocol, transcoding
+from services.gateway.edge import cors, errors, openapi, protocol, transcoding
 from services.gateway.edge.config import MAX_HEADER_BYTES, MAX_URL_BYTES, PUBLIC_METRICS
 from services.gateway.edge.discovery import Route
 from services.gateway.edge.upstreams import RouteTable
@@ -81,10 +81,11 @@ class HttpFront:
         self.trusted_metadata = tuple(trusted_metadata)
         # client_max_size makes aiohttp stop reading (and raise) past the limit,
         # for bodies whose size is not announced up front.
-        self.app = web.Application(client_max_size=max_body_bytes, middlewares=[self._middleware])
+        self.app = web.Application(client_max_size=max_body_bytes, middlewares=[self._middleware, cors.preflight])
         self.app.on_response_prepare.append(self._add_request_id)
         self.app.on_response_prepare.append(self._add_retry_after)
         self.app.on_response_prepare.append(protocol.drop_banner)
+        self.app.on_response_prepare.append(cors.add_headers)
         self.app.router.add_get("/healthz", self.healthz)
         self.app.router.add_get("/readyz", self.readyz)
         self.app.router.add_get("/metrics", self.metrics)
