@@ -149,3 +149,9 @@ WEBHOOK_ATTEMPTS = setting(
     "doubling from 1 s)",
     between(1, 20, int),
 )
+PREDICTIONS_PAGE_SIZE = setting(
+    "GATEWAY_PREDICTIONS_PAGE_SIZE",
+    100,
+    "predictions on one page of GET /v1/predictions (the hosted predictor's client follows `next` for more)",
+    between(1, 100, int),
+)

@@ -50,6 +50,9 @@ BATCH_SIZE = prometheus_client.Histogram(
 )
 QUEUE_DEPTH = prometheus_client.Gauge("synth_queue_depth", "Requests waiting for the generator.")
 REJECTED = prometheus_client.Counter("synth_rejected", "Requests refused because the queue was full.")
+STOPPED = prometheus_client.Counter(
+    "synth_generations_stopped", "Batches cut short because every caller had gone (cancelled, timed out)."
+)
 
 # generate(batch, should_stop) -> one result per request, in order
 GenerateFunction = Callable[[list[SynthesisInput], Callable[[], bool]], list[Generated]]
@@ -196,6 +199,8 @@ class Batcher:
                     self.thread, generate, [job.request for job in batch], should_stop
                 )
             except Exception as error:  # noqa: BLE001 - every caller of the batch gets it (and logs it)
+                if should_stop():
+                    STOPPED.inc()
                 for job in batch:
                     if not job.future.done():
                         job.future.set_exception(error)

@@ -47,7 +47,7 @@ async def test_the_openai_client_reads_a_model_and_speaks_with_instructions(mesh
         run_openai,
         mesh,
         erin,
-        f"""
+        """
         import json, openai
         client = openai.OpenAI()
         model = client.models.retrieve("tiny-random")
@@ -59,8 +59,8 @@ async def test_the_openai_client_reads_a_model_and_speaks_with_instructions(mesh
         except openai.NotFoundError as error:
             missing = error.status_code
         voices = client.get("/audio/voices", cast_to=object)
-        print(json.dumps({{"model": [model.id, model.object], "riff": audio.content[:4].decode("latin-1"),
-                          "missing": missing, "voices": voices}}))
+        print(json.dumps({"model": [model.id, model.object], "riff": audio.content[:4].decode("latin-1"),
+                          "missing": missing, "voices": voices}))
         """,
     )
     assert answer["model"] == ["tiny-random", "model"]

@@ -11,16 +11,21 @@ import asyncio
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import uuid
 import wave
 
+import aiohttp
 import pytest
+import replicate
+from aiohttp import web
 
 from services.gateway.generation import predictions
-from tests.conftest import ROOT
-from tests.gateway.conftest import FIXTURES, wait_for_models
+from tests.conftest import ROOT, free_port
+from tests.gateway.conftest import FIXTURES, Account, extra_gateway, make_key, wait_for_models
 
 QUICK = {"text": "[S1] Hello there. [S2] Hi!", "max_new_tokens": 500}
 
@@ -226,3 +231,180 @@ async def test_an_uploaded_audio_prompt_is_cloned_with_its_transcript(online, ac
     # Another account can neither read the file nor use it.
     file_id = answer["files"][0]
     assert (await http.get(f"/v1/files/{file_id}", headers=accounts[0].headers)).status == 404
+
+
+# --- two gateways: shared state, webhooks, paging ------------------------------------------
+
+
+class Receiver:
+    """A local webhook target: answers 500 to the first delivery (to be retried), 200 after."""
+
+    def __init__(self) -> None:
+        self.deliveries: list[tuple[dict, bytes]] = []
+        self.refused = 0
+        self.port = free_port()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        if self.refused == 0:
+            self.refused += 1
+            return web.Response(status=500)
+        self.deliveries.append((dict(request.headers), body))
+        return web.Response(status=204)
+
+
+@pytest.fixture(scope="module")
+async def receiver():
+    found = Receiver()
+    app = web.Application()
+    app.router.add_post("/hook", found.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", found.port).start()
+    yield found
+    await runner.cleanup()
+
+
+@pytest.fixture(scope="module")
+async def second(online, receiver):
+    """A second gateway replica beside the mesh's, on the same database."""
+    async with extra_gateway(
+        online,
+        GATEWAY_PREDICTIONS_PAGE_SIZE="2",
+        GATEWAY_WEBHOOK_ALLOW_LIST=f"http://127.0.0.1:{receiver.port}/",
+    ) as gateway:
+        yield gateway
+
+
+async def synth_stopped(mesh) -> float:
+    async with aiohttp.ClientSession() as session:
+        text = await (await session.get(f"http://127.0.0.1:{mesh.env['SYNTH_METRICS_PORT']}/metrics")).text()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("synth_generations_stopped_total"))
+
+
+async def test_cancel_through_another_replica_stops_the_generation(online, second, accounts):
+    stopped_before = await synth_stopped(online)
+    created = await asyncio.to_thread(
+        run_client,
+        second,
+        accounts[0],
+        """
+        import json, time, replicate
+        prediction = replicate.models.predictions.create(
+            model="nari-labs/dia", input={"text": "[S1] A long one.", "max_new_tokens": 4096})
+        while prediction.status == "starting":
+            time.sleep(0.1)
+            prediction.reload()
+        print(json.dumps({"id": prediction.id, "status": prediction.status}))
+        """,
+    )
+    assert created["status"] == "processing"
+    answer = await asyncio.to_thread(
+        run_client,
+        online,  # the mesh's own gateway, not the one running it
+        accounts[0],
+        f"""
+        import json, replicate
+        print(json.dumps({{"status": replicate.predictions.cancel({created["id"]!r}).status}}))
+        """,
+    )
+    assert answer["status"] == "canceled"
+    for _ in range(100):  # the running replica sees it within a second; the provider stops
+        if await synth_stopped(online) > stopped_before:
+            break
+        await asyncio.sleep(0.1)
+    assert await synth_stopped(online) > stopped_before
+
+
+async def test_webhooks_are_signed_retried_and_filtered(online, second, accounts, receiver):
+    hook = f"http://127.0.0.1:{receiver.port}/hook"
+    answer = await asyncio.to_thread(
+        run_client,
+        second,
+        accounts[0],
+        f"""
+        import json, replicate
+        from replicate.exceptions import ReplicateError
+        prediction = replicate.models.predictions.create(
+            model="nari-labs/dia", input={QUICK!r}, webhook={hook!r}, webhook_events_filter=["completed"])
+        prediction.wait()
+        try:
+            replicate.models.predictions.create(
+                model="nari-labs/dia", input={QUICK!r}, webhook="http://169.254.169.254/latest")
+            refused = None
+        except ReplicateError as error:
+            refused = [error.status, error.detail]
+        print(json.dumps({{"id": prediction.id, "secret": replicate.webhooks.default.secret().key, "refused": refused}}))
+        """,
+    )
+    assert answer["refused"][0] == 400 and "GATEWAY_WEBHOOK_ALLOW_LIST" in answer["refused"][1]
+    for _ in range(100):  # the refused first try is retried after a second
+        if receiver.deliveries:
+            break
+        await asyncio.sleep(0.1)
+    assert receiver.refused == 1 and len(receiver.deliveries) == 1  # "completed" only: no "start"
+    headers, body = receiver.deliveries[0]
+    secret = replicate.webhook.WebhookSigningSecret(key=answer["secret"])
+    assert replicate.webhooks.validate(headers=headers, body=body.decode(), secret=secret, tolerance=300) is None
+    delivered = json.loads(body)
+    assert delivered["id"] == answer["id"] and delivered["status"] == "succeeded" and delivered["output"]
+    with pytest.raises(replicate.webhook.InvalidSignatureError):
+        replicate.webhooks.validate(headers=headers, body=body.decode().replace("succeeded", "failed"), secret=secret)
+
+
+async def test_predictions_are_listed_in_cursor_pages(second, key_env):
+    account = Account("pager", make_key(f"pager-{uuid.uuid4().hex[:8]}", key_env))
+    answer = await asyncio.to_thread(
+        run_client,
+        second,
+        account,
+        """
+        import json, replicate
+        made = []
+        for n in range(3):
+            prediction = replicate.models.predictions.create(
+                model="nari-labs/dia", input={"text": f"[S1] Number {n}.", "max_new_tokens": 4096})
+            made.append(replicate.predictions.cancel(prediction.id).id)
+        first = replicate.predictions.list()
+        second = replicate.predictions.list(first.next)
+        every = [p.id for page in replicate.paginate(replicate.predictions.list) for p in page]
+        print(json.dumps({"made": made, "first": [p.id for p in first], "next": first.next,
+                          "second": [p.id for p in second], "last_next": second.next, "every": every}))
+        """,
+    )
+    newest_first = answer["made"][::-1]
+    assert answer["first"] == newest_first[:2] and answer["second"] == newest_first[2:]
+    assert answer["next"] and answer["last_next"] is None
+    assert answer["every"] == newest_first
+
+
+async def test_a_prediction_outlives_its_gateway(online, accounts):
+    async with extra_gateway(online) as doomed:
+        created = await asyncio.to_thread(
+            run_client,
+            doomed,
+            accounts[1],
+            """
+            import json, time, replicate
+            prediction = replicate.models.predictions.create(
+                model="nari-labs/dia", input={"text": "[S1] Still here.", "max_new_tokens": 1000})
+            while prediction.status == "starting":
+                time.sleep(0.1)
+                prediction.reload()
+            print(json.dumps({"id": prediction.id, "status": prediction.status}))
+            """,
+        )
+        await doomed.stop_service("gateway", signal.SIGKILL)  # no hand-over: its lease runs out
+    answer = await asyncio.to_thread(
+        run_client,
+        online,
+        accounts[1],
+        f"""
+        import json, replicate
+        prediction = replicate.predictions.get({created["id"]!r})
+        prediction.wait()
+        print(json.dumps({{"status": prediction.status, "error": prediction.error, "output": prediction.output}}))
+        """,
+    )
+    assert answer["status"] == "succeeded", answer["error"]
+    assert answer["output"]

@@ -32,20 +32,24 @@ import hashlib
 import json
 import logging
 import re
-import secrets
 import uuid
-from typing import Callable
 
 import asyncpg
 import grpc
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import json_format
 
 from runtime import fields
 from runtime.database import connection
 from runtime.errors import ApiError, invalid_parameter, not_found
 from services.gateway.accounts import Accounts
-from services.gateway.config import MAX_INPUT_CHARS, PREDICTION_MAX_WAIT_SECONDS, PUBLIC_URL, SYNTH_TIMEOUT_SECONDS
-from services.gateway.generation import history, parameters, prompt_audio, webhooks
+from services.gateway.config import (
+    MAX_INPUT_CHARS,
+    PREDICTION_MAX_WAIT_SECONDS,
+    PREDICTIONS_PAGE_SIZE,
+    PUBLIC_URL,
+    SYNTH_TIMEOUT_SECONDS,
+)
+from services.gateway.generation import parameters, prompt_audio, webhooks
 from services.gateway.generation import script as scripts
 from services.gateway.generation.generations import Admitted, GenerationService
 from services.gateway.generation.registry import OWNER_NAME, online_models
@@ -62,7 +66,6 @@ LEASE_RENEW_SECONDS = 1.0
 LEASE_SECONDS = 10.0
 # Times a prediction is generated again after its gateway stopped, before it fails.
 MAX_RESUMES = 2
-PAGE_SIZE = 100
 STATUSES = {"queued": "starting", "running": "processing", "succeeded": "succeeded", "failed": "failed", "canceled": "canceled"}
 # Errors name the input's fields as the client sent them.
 PUBLIC_NAMES = {name: f"input.{name}" for name in predictions_pb2.PredictionInput.DESCRIPTOR.fields_by_name}
@@ -366,6 +369,7 @@ class Predictions(predictions_pb2_grpc.PredictionServiceServicer):
     async def ListPredictions(self, request, context):
         account_id = await self.accounts.caller(context)
         before = _decode_cursor(request.cursor)
+        page_size = PREDICTIONS_PAGE_SIZE.value
         async with connection(self.pool()) as db:
             rows = await db.fetch(
                 f"""SELECT {PREDICTION_COLUMNS} FROM generations
@@ -373,13 +377,13 @@ class Predictions(predictions_pb2_grpc.PredictionServiceServicer):
                     ORDER BY seq DESC LIMIT $3""",
                 account_id,
                 before,
-                PAGE_SIZE + 1,
+                page_size + 1,
             )
         answer = predictions_pb2.ListPredictionsResponse(
-            results=[to_prediction(row, PUBLIC_URL.value) for row in rows[:PAGE_SIZE]]
+            results=[to_prediction(row, PUBLIC_URL.value) for row in rows[:page_size]]
         )
-        if len(rows) > PAGE_SIZE:
-            answer.next = f"{PUBLIC_URL.value.rstrip('/')}/v1/predictions?cursor={_encode_cursor(rows[PAGE_SIZE - 1]['seq'])}"
+        if len(rows) > page_size:
+            answer.next = f"{PUBLIC_URL.value.rstrip('/')}/v1/predictions?cursor={_encode_cursor(rows[page_size - 1]['seq'])}"
         return answer
 
     async def CancelPrediction(self, request, context):
