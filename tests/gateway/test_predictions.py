@@ -8,6 +8,7 @@ The tiny model always generates max_new_tokens frames, so the seed's least
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import os
@@ -106,11 +107,14 @@ async def test_replicate_run_returns_the_wav_url_usable_with_the_same_key(online
         # The client wraps https:// outputs itself; over plain http it hands back the URL, which its
         # FileOutput reads with the same key.
         data = FileOutput(url, replicate.default_client).read()
-        print(json.dumps({{"url": url, "size": len(data), "riff": data[:4].decode("latin-1")}}))
+        # Without Prefer: wait the client polls the prediction until it ends.
+        polled = replicate.run("nari-labs/dia", input={QUICK!r}, wait=False)
+        print(json.dumps({{"url": url, "size": len(data), "riff": data[:4].decode("latin-1"), "polled": str(polled)}}))
         """,
     )
     assert answer["url"].startswith(online.http_url + "/v1/voice/generations/gen_")
     assert answer["riff"] == "RIFF" and answer["size"] > 1000
+    assert answer["polled"].startswith(online.http_url + "/v1/voice/generations/gen_") and answer["polled"] != answer["url"]
 
 
 async def test_create_wait_reload_list_and_the_prediction_object(online, accounts, http):
@@ -244,6 +248,9 @@ class Receiver:
         self.refused = 0
         self.port = free_port()
 
+    async def voice(self, request: web.Request) -> web.Response:
+        return web.Response(body=(FIXTURES / "speech_fox.webm").read_bytes(), content_type="audio/webm")
+
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         if self.refused == 0:
@@ -258,6 +265,7 @@ async def receiver():
     found = Receiver()
     app = web.Application()
     app.router.add_post("/hook", found.handle)
+    app.router.add_get("/voices/fox.webm", found.voice)
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", found.port).start()
@@ -272,6 +280,7 @@ async def second(online, receiver):
         online,
         GATEWAY_PREDICTIONS_PAGE_SIZE="2",
         GATEWAY_WEBHOOK_ALLOW_LIST=f"http://127.0.0.1:{receiver.port}/",
+        GATEWAY_PREDICTION_URL_ALLOW_LIST=f"http://127.0.0.1:{receiver.port}/voices/",
     ) as gateway:
         yield gateway
 
@@ -408,3 +417,42 @@ async def test_a_prediction_outlives_its_gateway(online, accounts):
     )
     assert answer["status"] == "succeeded", answer["error"]
     assert answer["output"]
+
+
+async def test_audio_prompt_as_allowed_url_data_uri_and_sample(online, second, accounts, receiver, http):
+    fox = base64.b64encode((FIXTURES / "speech_fox.webm").read_bytes()).decode()
+    answer = await asyncio.to_thread(
+        run_client,
+        second,
+        accounts[0],
+        f"""
+        import json, replicate
+        from replicate.exceptions import ReplicateError
+        base = {{**{QUICK!r}, "temperature": 0}}  # 0 = greedy, as the seed allows
+        url = replicate.run("nari-labs/dia", use_file_output=False,
+                            input={{**base, "audio_prompt": "http://127.0.0.1:{receiver.port}/voices/fox.webm"}})
+        data = replicate.models.predictions.create(
+            model="nari-labs/dia", input={{**base, "audio_prompt": "data:audio/webm;base64,{fox}"}}, wait=True)
+        refused = {{}}
+        for name, prompt in {{"elsewhere": "http://127.0.0.1:{receiver.port}/hook",
+                             "foreign_sample": "sample:999999999", "bad_data": "data:audio/wav;base64,@@@"}}.items():
+            try:
+                replicate.run("nari-labs/dia", input={{**base, "audio_prompt": prompt}})
+            except ReplicateError as error:
+                refused[name] = [error.status, error.detail]
+        print(json.dumps({{"url": url, "data": [data.status, data.id], "refused": refused}}))
+        """,
+    )
+    assert answer["url"].startswith(second.http_url + "/v1/voice/generations/")
+    assert answer["data"][0] == "succeeded"
+    assert answer["refused"]["elsewhere"][0] == 400  # not under the allow-listed prefix
+    assert answer["refused"]["foreign_sample"][0] == 400
+    assert answer["refused"]["bad_data"][0] == 400 and "base64" in answer["refused"]["bad_data"][1]
+    # The URL and the data URI held the same audio: one sample, transcribed once.
+    url_generation = answer["url"].removeprefix(second.http_url).removesuffix("/audio")
+    first = await (await http.get(url_generation, headers=accounts[0].headers)).json()
+    second_ = await (await http.get(f"/v1/voice/generations/{answer['data'][1]}", headers=accounts[0].headers)).json()
+    assert first["speakers"] == second_["speakers"]
+    assert first["parameters"]["temperature"] == 0
+    sample = await (await http.get(f"/v1/voice/samples/{first['speakers']['S1']}", headers=accounts[0].headers)).json()
+    assert "fox" in sample["transcript"].lower()
