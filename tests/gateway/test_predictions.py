@@ -456,3 +456,34 @@ async def test_audio_prompt_as_allowed_url_data_uri_and_sample(online, second, a
     assert first["parameters"]["temperature"] == 0
     sample = await (await http.get(f"/v1/voice/samples/{first['speakers']['S1']}", headers=accounts[0].headers)).json()
     assert "fox" in sample["transcript"].lower()
+
+
+async def test_a_gateway_stopping_gracefully_hands_its_predictions_over(online, accounts):
+    async with extra_gateway(online) as stopping:
+        created = await asyncio.to_thread(
+            run_client,
+            stopping,
+            accounts[1],
+            """
+            import json, time, replicate
+            prediction = replicate.models.predictions.create(
+                model="nari-labs/dia", input={"text": "[S1] Carry on.", "max_new_tokens": 1000})
+            while prediction.status == "starting":
+                time.sleep(0.1)
+                prediction.reload()
+            print(json.dumps({"id": prediction.id}))
+            """,
+        )
+        await stopping.stop_service("gateway", signal.SIGTERM)  # a rolling update, say
+    answer = await asyncio.to_thread(
+        run_client,
+        online,
+        accounts[1],
+        f"""
+        import json, time, replicate
+        prediction = replicate.predictions.get({created["id"]!r})
+        prediction.wait()
+        print(json.dumps({{"status": prediction.status, "error": prediction.error}}))
+        """,
+    )
+    assert answer == {"status": "succeeded", "error": None}
