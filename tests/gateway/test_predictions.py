@@ -218,15 +218,22 @@ async def test_an_uploaded_audio_prompt_is_cloned_with_its_transcript(online, ac
         online,
         accounts[1],
         f"""
-        import json, replicate
+        import io, json, replicate
         with open({str(FIXTURES / "speech_hello.webm")!r}, "rb") as clip:
             prediction = replicate.models.predictions.create(
                 model="nari-labs/dia", input={{**{QUICK!r}, "audio_prompt": clip, "max_audio_prompt_seconds": 2}}, wait=True)
         files = replicate.files.list()
+        spare = replicate.files.create(io.BytesIO(b"not needed"), metadata={{"purpose": "test"}})
+        fetched = replicate.files.get(spare.id)
+        deleted = replicate.files.delete(spare.id)
         print(json.dumps({{"status": prediction.status, "error": prediction.error, "id": prediction.id,
-                          "audio_prompt": prediction.input["audio_prompt"], "files": [f.id for f in files]}}))
+                          "audio_prompt": prediction.input["audio_prompt"], "files": [f.id for f in files],
+                          "spare": [fetched.size, fetched.metadata, fetched.checksums["sha256"][:8], deleted],
+                          "after": [f.id for f in replicate.files.list()]}}))
         """,
     )
+    assert answer["spare"] == [10, {"purpose": "test"}, "27a11f62", True]  # DELETE answers 204, as the client wants
+    assert answer["after"] == answer["files"]
     assert answer["status"] == "succeeded", answer["error"]
     assert "/v1/files/file_" in answer["audio_prompt"] and answer["files"]
     generation = await (await http.get(f"/v1/voice/generations/{answer['id']}", headers=accounts[1].headers)).json()

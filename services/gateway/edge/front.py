@@ -236,6 +236,8 @@ class HttpFront:
         reply = await self._call(route, payload, request, account_id)
         if reply.error is not None:
             return error_response(reply.error, reply.headers)
+        if route.rpc.rules.success_status == 204:
+            return web.Response(status=204, headers=reply.headers)
         output = transcoding.to_http_response(route, reply.response)
         return web.Response(body=output.body, headers={"Content-Type": output.content_type, **reply.headers})
 

@@ -240,7 +240,11 @@ def _operation(builder: _Builder, route: Route) -> dict:
         # required, and none has a default that a client would send beside the form's.
         query = [_optional(parameter) for parameter in query]
     operation["parameters"] += query
-    operation["responses"] = {"200": _response(builder, route), **_errors(route)}
+    if route.rpc.rules.success_status == 204:
+        success = {"204": {"description": "Done (no body)", "headers": dict(REQUEST_ID_HEADER)}}
+    else:
+        success = {"200": _response(builder, route)}
+    operation["responses"] = {**success, **_errors(route)}
     if not route.rpc.needs_key:
         operation["security"] = []  # no key
     return operation
