@@ -419,11 +419,13 @@ async def test_a_prediction_outlives_its_gateway(online, accounts):
         import json, replicate
         prediction = replicate.predictions.get({created["id"]!r})
         prediction.wait()
-        print(json.dumps({{"status": prediction.status, "error": prediction.error, "output": prediction.output}}))
+        print(json.dumps({{"status": prediction.status, "error": prediction.error, "output": prediction.output,
+                          "logs": prediction.logs}}))
         """,
     )
     assert answer["status"] == "succeeded", answer["error"]
     assert answer["output"]
+    assert "its gateway stopped" in answer["logs"]
 
 
 async def test_audio_prompt_as_allowed_url_data_uri_and_sample(online, second, accounts, receiver, http):

@@ -507,6 +507,9 @@ def to_prediction(row: asyncpg.Record, public_url: str) -> predictions_pb2.Predi
 def logs(row: asyncpg.Record) -> str:
     """Progress lines, from what the row records."""
     lines = ["queued: checking the input and preparing the voice prompt"]
+    resumes = json.loads(row["prediction"]).get("resumes", 0)
+    if resumes:
+        lines.append(f"its gateway stopped: generating it again from its input (take {resumes + 1})")
     if row["start_time"] is not None:
         lines.append(f"generating on provider {row['provider'] or '?'} with model {row['model'] or '?'}")
     if row["status"] == "succeeded":
