@@ -24,7 +24,7 @@ import pytest
 import replicate
 from aiohttp import web
 
-from services.gateway.generation import predictions
+from services.gateway.generation import predictions, webhooks
 from tests.conftest import ROOT, free_port
 from tests.gateway.conftest import FIXTURES, Account, extra_gateway, make_key, wait_for_models
 
@@ -90,6 +90,26 @@ def test_the_models_input_schema_is_the_seeds():
         "text", "audio_prompt", "max_new_tokens", "max_audio_prompt_seconds", "cfg_scale", "temperature", "top_p",
         "cfg_filter_top_k", "speed_factor", "seed",
     ]
+
+
+@pytest.mark.parametrize(
+    "url, allowed",
+    [
+        ("https://files.example.com/voices/a.wav", True),
+        ("https://files.example.com/voices/../admin", False),  # dot segments resolved first
+        ("https://files.example.com.evil.net/voices/a", False),  # a longer host is another host
+        ("https://me@files.example.com/voices/a", False),
+        ("http://files.example.com/voices/a", False),  # another scheme
+        ("https://files.example.com:444/voices/a", False),  # another port
+        ("https://files.example.com/voicesx/a", False),
+        ("ftp://files.example.com/voices/a", False),
+        ("http://127.0.0.1:9000/hook", True),
+        ("http://127.0.0.1:9000/hooks", False),
+    ],
+)
+def test_only_urls_under_an_allowed_prefix_are_fetched_or_posted_to(url, allowed):
+    assert webhooks.is_allowed(url, ["https://files.example.com/voices/", "http://127.0.0.1:9000/hook"]) is allowed
+    assert webhooks.is_allowed(url, []) is False
 
 
 # --- through the client ------------------------------------------------------------------

@@ -35,7 +35,7 @@ from runtime import clients, config
 from runtime.database import connection
 from runtime.errors import ApiError, invalid_parameter, not_found
 from services.gateway.config import MAX_FILE_BYTES, PREDICTION_URL_ALLOW_LIST, PUBLIC_URL
-from services.gateway.generation import prompt
+from services.gateway.generation import prompt, webhooks
 from voice.gateway.v1 import predictions_pb2, predictions_pb2_grpc
 from voice.library.v1 import library_pb2, library_pb2_grpc
 
@@ -84,7 +84,7 @@ async def _audio(pool, account_id: int, reference: str) -> tuple[bytes, str]:
         row = await _file_row(pool, account_id, own.group(1), with_content=True)
         return row["content"], row["content_type"]
     if reference.startswith(("http://", "https://")):
-        if not any(reference.startswith(prefix) for prefix in allow_list()):
+        if not webhooks.is_allowed(reference, allow_list()):
             raise invalid_parameter(
                 PARAM,
                 "audio_prompt is a URL this gateway may not fetch (only prefixes of GATEWAY_PREDICTION_URL_ALLOW_LIST "

@@ -31,6 +31,7 @@ from typing import Callable
 
 import aiohttp
 import asyncpg
+import yarl
 from google.protobuf import json_format
 
 from runtime import config
@@ -60,8 +61,29 @@ def allow_list() -> list[str]:
     return [prefix.strip() for prefix in WEBHOOK_ALLOW_LIST.value.split(",") if prefix.strip()]
 
 
+def is_allowed(url: str, prefixes: list[str]) -> bool:
+    """Whether an http(s) URL is under one of the operator's prefixes, compared as URLs, not as text:
+    the same scheme, host and port, no user part, and a path under the prefix's once dot segments are
+    resolved (so "https://ok.example.com.evil.net/" or ".../voices/../admin" do not slip through)."""
+    try:
+        wanted = yarl.URL(url)
+        if wanted.scheme not in ("http", "https") or not wanted.host or wanted.user or wanted.password:
+            return False
+        for prefix in prefixes:
+            allowed = yarl.URL(prefix)
+            base = allowed.path if allowed.path.endswith("/") else allowed.path + "/"
+            if (
+                (wanted.scheme, wanted.host, wanted.port) == (allowed.scheme, allowed.host, allowed.port)
+                and (wanted.path == allowed.path or wanted.path.startswith(base))
+            ):
+                return True
+    except ValueError:
+        return False
+    return False
+
+
 def check_target(url: str) -> None:
-    if not url.startswith(("http://", "https://")) or not any(url.startswith(prefix) for prefix in allow_list()):
+    if not is_allowed(url, allow_list()):
         raise invalid_parameter(
             "webhook",
             "webhook must be an http(s) URL this gateway may post to (a prefix of GATEWAY_WEBHOOK_ALLOW_LIST)",
