@@ -51,6 +51,7 @@ async def test_the_openai_client_reads_a_model_and_speaks_with_instructions(mesh
         import json, openai
         client = openai.OpenAI()
         model = client.models.retrieve("tiny-random")
+        listed = [m.id for m in client.models.list()]
         audio = client.audio.speech.create(model="tts-1", voice="Erin", input="Hello there.",
                                            instructions="Speak softly.", response_format="wav")
         try:
@@ -60,10 +61,11 @@ async def test_the_openai_client_reads_a_model_and_speaks_with_instructions(mesh
             missing = error.status_code
         voices = client.get("/audio/voices", cast_to=object)
         print(json.dumps({"model": [model.id, model.object], "riff": audio.content[:4].decode("latin-1"),
-                          "missing": missing, "voices": voices}))
+                          "missing": missing, "voices": voices, "listed": listed}))
         """,
     )
     assert answer["model"] == ["tiny-random", "model"]
+    assert "tiny-random" in answer["listed"]  # the same GET /v1/models body also serves the predictor's client
     assert answer["riff"] == "RIFF"  # instructions accepted (and not used: Dia takes none)
     assert answer["missing"] == 404
     assert {"voice_id": str(sample["id"]), "name": "Erin", "is_default": False} in answer["voices"]["voices"]

@@ -145,6 +145,7 @@ async def test_create_wait_reload_list_and_the_prediction_object(online, account
         f"""
         import json, replicate
         model = replicate.models.get("nari-labs/dia")
+        listed_models = [m.owner + "/" + m.name for m in replicate.models.list()]
         version = model.latest_version
         schema = version.openapi_schema["components"]["schemas"]["Input"]["properties"]
         prediction = replicate.predictions.create(version=version.id, input={QUICK!r})
@@ -161,6 +162,7 @@ async def test_create_wait_reload_list_and_the_prediction_object(online, account
             "times": [prediction.created_at, prediction.started_at, prediction.completed_at],
             "again": again.status, "listed": listed, "temperature_default": schema["temperature"]["default"],
             "by_model": [by_model.status, by_model.input.get("seed")], "version_id": version.id,
+            "models": listed_models,
         }}))
         """,
     )
@@ -175,6 +177,7 @@ async def test_create_wait_reload_list_and_the_prediction_object(online, account
     assert answer["id"] in answer["listed"]
     assert answer["temperature_default"] == 1.3
     assert answer["by_model"] == ["succeeded", 5]
+    assert answer["models"] == ["nari-labs/dia"]  # the test model's id, tiny-random, is not owner/name
     audio = await http.get(answer["output"].removeprefix(online.http_url), headers=accounts[0].headers)
     assert audio.status == 200 and is_wav(await audio.read()) > 1
     # The same history as generations.
