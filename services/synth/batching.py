@@ -60,6 +60,9 @@ ROWS_ACTIVE = prometheus_client.Gauge("synth_rows_active", "Requests being gener
 CAPACITY = prometheus_client.Gauge(
     "synth_capacity", "Requests this provider takes at once before SYNTH_BUSY: a full batch plus the queue."
 )
+STOPPED = prometheus_client.Counter(
+    "synth_generations_stopped", "Batches cut short because every caller had gone (cancelled, timed out)."
+)
 
 # generate(batch, should_stop) -> one result per request, in order: its audio, or the error it alone failed with
 GenerateFunction = Callable[[list[SynthesisInput], Callable[[], bool]], list[Generated | BaseException]]
@@ -224,6 +227,8 @@ class Batcher:
             return await loop.run_in_executor(self.thread, generate, requests, should_stop)
         except Exception as error:  # noqa: BLE001 - handed to the callers, who log it
             if len(batch) == 1 or isinstance(error, GenerationStopped) or should_stop():
+                if should_stop():
+                    STOPPED.inc()
                 return [error] * len(batch)
             log.warning("a batch failed; generating its requests one at a time", extra={"error": repr(error)})
         results = []

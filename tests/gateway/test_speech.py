@@ -249,7 +249,7 @@ async def test_input_follows_the_script_rules_of_generations(http, dora):
 
 
 async def test_an_unknown_field_is_named(http, dora):
-    error = await assert_error(await speak(http, dora, instructions="Speak softly."), 400, "invalid_parameter", "instructions")
+    error = await assert_error(await speak(http, dora, stream_format="sse"), 400, "invalid_parameter", "stream_format")
     assert "unknown field" in error["message"]
 
 

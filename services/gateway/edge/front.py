@@ -26,7 +26,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from runtime import clients, config, logs
 from runtime.errors import DEFAULT_REASONS, ApiError, internal_error, not_found
-from services.gateway.edge import errors, openapi, protocol, transcoding
+from services.gateway.edge import cors, errors, openapi, protocol, transcoding
 from services.gateway.edge.config import MAX_HEADER_BYTES, MAX_URL_BYTES, PUBLIC_METRICS
 from services.gateway.edge.dashboard import Dashboard
 from services.gateway.edge.discovery import Route
@@ -94,10 +94,11 @@ class HttpFront:
         self.trusted_metadata = tuple(trusted_metadata)
         # client_max_size makes aiohttp stop reading (and raise) past the limit,
         # for bodies whose size is not announced up front.
-        self.app = web.Application(client_max_size=max_body_bytes, middlewares=[self._middleware])
+        self.app = web.Application(client_max_size=max_body_bytes, middlewares=[self._middleware, cors.preflight])
         self.app.on_response_prepare.append(self._add_request_id)
         self.app.on_response_prepare.append(self._add_retry_after)
         self.app.on_response_prepare.append(protocol.drop_banner)
+        self.app.on_response_prepare.append(cors.add_headers)
         self.app.router.add_get("/healthz", self.healthz)
         self.app.router.add_get("/readyz", self.readyz)
         self.app.router.add_get("/metrics", self.metrics)
@@ -258,6 +259,8 @@ class HttpFront:
         reply = await self._call(route, payload, request, account_id)
         if reply.error is not None:
             return error_response(reply.error, reply.headers)
+        if route.rpc.rules.success_status == 204:
+            return web.Response(status=204, headers=reply.headers)
         output = transcoding.to_http_response(route, reply.response)
         return web.Response(body=output.body, headers={"Content-Type": output.content_type, **reply.headers})
 
@@ -302,9 +305,13 @@ class HttpFront:
             request_serializer=None,  # the payload is the serialized request message
             response_deserializer=route.rpc.response_class.FromString,
         )
-        metadata = ()
+        metadata: tuple = tuple(
+            (key, _text(request.headers[header], f"the {header} header"))
+            for header, key in route.rpc.passed_on_headers.items()
+            if header in request.headers
+        )
         if account_id is not None:
-            metadata = (
+            metadata += (
                 (clients.ACCOUNT_ID_METADATA, str(account_id)),
                 ("authorization", request.headers["Authorization"]),
                 *self.trusted_metadata,

@@ -99,6 +99,16 @@ class Generated:
     audio: httpbody_pb2.HttpBody  # what the caller gets
 
 
+@dataclass(frozen=True)
+class Admitted:
+    """A request admitted and stored as queued, not yet generated."""
+
+    generation_id: str
+    account_id: int
+    plan: parameters.Plan
+    samples: list[prompt.Sample]
+
+
 # Further checks of a request that passed its own, for what only other
 # services can tell (the speech endpoint's voice); returns the plan to generate.
 Prepare = Callable[[parameters.Plan], Awaitable[parameters.Plan]]
@@ -160,10 +170,28 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
         `public_names` maps fields of `request` to the names its caller used,
         so that errors (sent and stored) speak the caller's terms.
         """
+        admitted = await self.admit(account_id, request, prepare=prepare, public_names=public_names)
+        await context.send_initial_metadata(((GENERATION_ID_METADATA, admitted.generation_id),))
+        timeout = SYNTH_TIMEOUT_SECONDS.value
+        if context.time_remaining() is not None:
+            timeout = min(timeout, context.time_remaining())
+        return await self.run(admitted, timeout, finish=finish, public_names=public_names)
+
+    async def admit(
+        self,
+        account_id: int,
+        request: generations_pb2.CreateGenerationRequest,
+        *,
+        prepare: Prepare | None = None,
+        checked: parameters.Plan | None = None,
+        public_names: Mapping[str, str] | None = None,
+    ) -> Admitted:
+        """The pipeline's first half: check the request (or take the `checked` plan of an adapter
+        with rules of its own), fetch its samples, admit and store it as queued."""
         names = public_names or {}
         limits = parameters.Limits(MAX_INPUT_CHARS.value, MAX_COLLECTION_CHARS.value)
         try:
-            plan = parameters.plan(request, limits)
+            plan = checked or parameters.plan(request, limits)
             if prepare is not None:
                 plan = await prepare(plan)
             samples = await prompt.fetch_samples(self.library, account_id, plan.speakers) if plan.speakers else []
@@ -181,29 +209,39 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
             REFUSED.labels(kind).inc()
             log.info("generation refused", extra={"account_id": account_id, "type": kind})
             raise refusal from None
-        await context.send_initial_metadata(((GENERATION_ID_METADATA, generation_id),))
-        admitted = time.perf_counter()
+        return Admitted(generation_id, account_id, plan, samples)
+
+    async def run(
+        self,
+        admitted: Admitted,
+        timeout: float,
+        *,
+        finish: Finish = as_wav,
+        public_names: Mapping[str, str] | None = None,
+        record_cancellation: bool = True,
+    ) -> Generated:
+        """The pipeline's second half: generate an admitted request and store how it ended
+        (failed also when the caller hangs up or the run is cancelled, unless
+        `record_cancellation` is off: the canceller records it then)."""
+        began = time.perf_counter()
         try:
-            generated = await self._generate(generation_id, account_id, plan, samples, context, finish)
-            GENERATION_SECONDS.labels("succeeded").observe(time.perf_counter() - admitted)
+            generated = await self._generate(admitted, timeout, finish)
+            GENERATION_SECONDS.labels("succeeded").observe(time.perf_counter() - began)
             return generated
         except BaseException as error:
-            GENERATION_SECONDS.labels("failed").observe(time.perf_counter() - admitted)
+            GENERATION_SECONDS.labels("failed").observe(time.perf_counter() - began)
+            if isinstance(error, asyncio.CancelledError) and not record_cancellation:
+                raise
             if isinstance(error, ApiError):
-                in_callers_terms(error, names)
+                in_callers_terms(error, public_names or {})
             # Shielded: a caller who hung up still leaves a finished record behind.
-            await asyncio.shield(self._record_failure(generation_id, error))
+            await asyncio.shield(self._record_failure(admitted.generation_id, error))
             raise
 
-    async def _generate(
-        self,
-        generation_id: str,
-        account_id: int,
-        plan: parameters.Plan,
-        samples: list[prompt.Sample],
-        context,
-        finish: Finish,
-    ) -> Generated:
+    async def _generate(self, admitted: Admitted, timeout: float, finish: Finish) -> Generated:
+        generation_id, account_id, plan, samples = (
+            admitted.generation_id, admitted.account_id, admitted.plan, admitted.samples
+        )
         synthesis = synth_pb2.SynthesizeRequest(
             script=plan.script.text,
             settings=parameters.synth_settings(plan.parameters, plan.chosen_max_new_tokens),
@@ -215,9 +253,6 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
         async def running_on(candidate: Candidate) -> None:
             await history.mark_running(self.pool(), generation_id, candidate.provider_id, candidate.model)
 
-        timeout = SYNTH_TIMEOUT_SECONDS.value
-        if context.time_remaining() is not None:
-            timeout = min(timeout, context.time_remaining())
         synthesis_began = time.perf_counter()
         candidate, reply = await self.router.synthesize(synthesis, plan.model, timeout, running_on)
         if reply.duration_seconds > 0:
@@ -227,6 +262,8 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
         row = await history.mark_succeeded(
             self.pool(), generation_id, reply.wav, reply.duration_seconds, reply.model or candidate.model, reply.seed
         )
+        if row is None:  # canceled meanwhile (a prediction)
+            raise asyncio.CancelledError()
         log.info(
             "generated",
             extra={"generation": generation_id, "provider": candidate.provider_id, "seconds": round(reply.duration_seconds, 2)},

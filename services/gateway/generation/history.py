@@ -107,7 +107,7 @@ async def mark_running(pool: asyncpg.Pool, generation_id: str, provider: str, mo
         await db.execute(
             """UPDATE generations SET status = 'running', provider = $2, model = $3,
                    start_time = coalesce(start_time, now())
-               WHERE id = $1""",
+               WHERE id = $1 AND status IN ('queued', 'running')""",
             generation_id,
             provider,
             model,
@@ -116,13 +116,14 @@ async def mark_running(pool: asyncpg.Pool, generation_id: str, provider: str, mo
 
 async def mark_succeeded(
     pool: asyncpg.Pool, generation_id: str, audio: bytes, duration_seconds: float, model: str, seed: int
-) -> asyncpg.Record:
+) -> asyncpg.Record | None:
+    """The stored row; None if it had ended meanwhile (a canceled prediction)."""
     async with connection(pool) as db:
         return await db.fetchrow(
             f"""UPDATE generations SET status = 'succeeded', audio = $2, audio_duration_seconds = $3,
                     model = $4, parameters = jsonb_set(parameters, '{{seed}}', to_jsonb($5::text)),
                     end_time = now()
-                WHERE id = $1
+                WHERE id = $1 AND status IN ('queued', 'running')
                 RETURNING {_COLUMNS}""",
             generation_id,
             audio,
@@ -155,7 +156,8 @@ async def fail_abandoned(pool: asyncpg.Pool, older_than_seconds: float) -> int:
             """UPDATE generations SET status = 'failed', error_type = 'interrupted',
                    error_message = 'the gateway serving this request stopped before it finished',
                    end_time = now()
-               WHERE status IN ('queued', 'running') AND create_time < now() - make_interval(secs => $1)""",
+               WHERE status IN ('queued', 'running') AND create_time < now() - make_interval(secs => $1)
+                   AND prediction IS NULL""",
             older_than_seconds,
         )
     return int(status.split()[-1])

@@ -73,6 +73,8 @@ PUBLIC_NAMES = {"speed_factor": "speed", "speakers.S1": "voice", "speakers": "vo
 SAMPLE_ID = re.compile(r"[0-9]{1,18}")
 # The library's largest page: the fewest calls to look through it.
 LIBRARY_PAGE_SIZE = 100
+# Most voices GET /v1/audio/voices lists (newest first).
+MAX_VOICES = 1000
 # Longest text of the caller's quoted back in an error message.
 MAX_QUOTED_CHARS = 100
 
@@ -188,6 +190,23 @@ class SpeechService(speech_pb2_grpc.SpeechServiceServicer):
             public_names=PUBLIC_NAMES,
         )
         return speech_pb2.CreateSpeechResponse(audio=generated.audio)
+
+    async def ListVoices(self, request, context):
+        account_id = await self.generations.accounts.caller(context)
+        stub = library_pb2_grpc.LibraryServiceStub(self.generations.library)
+        metadata = ((clients.ACCOUNT_ID_METADATA, str(account_id)),)
+        voices, token = [], ""
+        while True:
+            page = await stub.ListVoiceSamples(
+                library_pb2.ListVoiceSamplesRequest(page_size=LIBRARY_PAGE_SIZE, page_token=token), metadata=metadata
+            )
+            voices += [
+                speech_pb2.Voice(voice_id=str(sample.id), name=sample.speaker_name, is_default=sample.is_default)
+                for sample in page.voice_samples
+            ]
+            token = page.next_page_token
+            if not token or len(voices) >= MAX_VOICES:
+                return speech_pb2.ListVoicesResponse(voices=voices[:MAX_VOICES])
 
     async def StreamSpeech(self, request, context):
         await self.generations.accounts.caller(context)
