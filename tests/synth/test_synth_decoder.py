@@ -1,0 +1,133 @@
+"""The continuous-batching decode loop on the tiny Dia: the same codes as transformers' own
+`generate`, alone and beside other rows that join and leave; per-row settings; the position limit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from services.synth import audio
+from services.synth.decoder import DecodeBatch, RowSettings
+from services.synth.engine import SynthesisInput
+from services.synth.params import GenerationParams
+from services.synth.prompts import Preparer, PromptCache
+from tests.synth.helpers import noise_wav
+
+
+def prompt(seconds: float) -> np.ndarray:
+    return audio.read_prompt(noise_wav(seconds, seed=int(seconds * 10)), max_seconds=10)
+
+
+# (text, prompt seconds or None, max_new_tokens, cfg_scale, cfg_filter_top_k): lengths and settings differ.
+CASES = [
+    ("[S1] Hello there.", None, 60, 3.0, 45),
+    ("[S1] A much longer line than the first one. [S2] And a reply to it.", None, 80, 2.0, 10),
+    ("[S1] Prompt words. [S1] New words.", 0.4, 50, 3.0, 45),
+    ("[S1] Longer prompt words here. [S2] New words.", 1.3, 70, 1.0, 3),
+]
+
+
+@pytest.fixture(scope="module")
+def preparer(engine):
+    return Preparer(engine.processor, engine.model.config.delay_pattern, engine.special_tokens, PromptCache(1 << 20))
+
+
+@pytest.fixture(scope="module")
+def references(engine):
+    """Each case's codes from transformers' generate (through the old engine), greedy, alone."""
+    codes = []
+    for text, seconds, frames, scale, top_k in CASES:
+        params = GenerationParams(scale, 0.0, 0.95, top_k, frames, 1.0, None)
+        item = SynthesisInput(text, prompt(seconds) if seconds else None, params, 1)
+        codes.append(engine.generate([item])[0].codes)
+    return codes
+
+
+def settings(case, temperature: float = 0.0, seed: int = 1) -> RowSettings:
+    _, _, frames, scale, top_k = case
+    return RowSettings(scale, temperature, 0.95, top_k, frames, seed)
+
+
+def run(engine, preparer, arrivals: dict[int, list[int]], temperature=0.0, seeds=None):
+    """Step a batch until it is empty; arrivals maps a step to the cases that join at it."""
+    batch = DecodeBatch(engine.model, max_rows=8)
+    finished, step = {}, 0
+    while step <= max(arrivals) or batch.rows:
+        joining = []
+        for index in arrivals.get(step, []):
+            text, seconds, *_ = CASES[index]
+            seed = seeds[index] if seeds else 1
+            joining.append(
+                preparer.prepare(text, prompt(seconds) if seconds else None, settings(CASES[index], temperature, seed), index)
+            )
+        for done in batch.step(joining):
+            finished[done.tag] = engine._decode_row(done.sequence[None], done.prefill_frames)
+        step += 1
+    return finished, batch
+
+
+def test_alone_each_request_gets_the_codes_transformers_generate_gives(engine, preparer, references):
+    for index in range(len(CASES)):
+        finished, _ = run(engine, preparer, {0: [index]})
+        assert torch.equal(finished[index].codes, references[index]), CASES[index]
+
+
+def test_rows_joining_and_leaving_at_other_steps_do_not_change_a_rows_codes(engine, preparer, references):
+    # All at once, then staggered: rows join mid-way (a longer prompt widens the cache) and
+    # leave at different steps with different settings.
+    for arrivals in ({0: [0, 1, 2, 3]}, {0: [1], 5: [3], 9: [0], 30: [2]}, {0: [2], 1: [0], 40: [1, 3]}):
+        finished, batch = run(engine, preparer, arrivals)
+        assert sorted(finished) == [0, 1, 2, 3]
+        for index, generated in finished.items():
+            assert torch.equal(generated.codes, references[index]), (arrivals, CASES[index])
+        assert batch.rows == [] and batch.width == 0  # everything left: nothing held
+
+
+def test_a_row_leaves_the_step_its_last_codebook_ends(engine, preparer):
+    batch = DecodeBatch(engine.model, max_rows=2)
+    short = preparer.prepare("[S1] Hi.", None, RowSettings(3.0, 0.0, 0.95, 45, 20, 1), "short")
+    long = preparer.prepare("[S1] Hi.", None, RowSettings(3.0, 0.0, 0.95, 45, 40, 1), "long")
+    ended_at = {}
+    for step in range(40):
+        for done in batch.step([short, long] if step == 0 else []):
+            ended_at[done.tag] = step
+            assert len(done.sequence) == 1 + (20 if done.tag == "short" else 40)
+    assert ended_at == {"short": 19, "long": 39}
+    assert batch.rows == []
+
+
+def test_sampled_rows_repeat_with_their_seed_and_differ_with_another(engine, preparer):
+    first, _ = run(engine, preparer, {0: [0, 1]}, temperature=1.0, seeds={0: 5, 1: 6})
+    again, _ = run(engine, preparer, {0: [0, 1]}, temperature=1.0, seeds={0: 5, 1: 6})
+    other, _ = run(engine, preparer, {0: [0, 1]}, temperature=1.0, seeds={0: 9, 1: 6})
+    assert torch.equal(first[0].codes, again[0].codes) and torch.equal(first[1].codes, again[1].codes)
+    assert not torch.equal(first[0].codes, other[0].codes)
+
+
+def test_a_guidance_filter_of_one_token_leaves_every_codebook_a_token(engine, preparer):
+    batch = DecodeBatch(engine.model, max_rows=2)
+    rows = [preparer.prepare("[S1] Hi.", None, RowSettings(3.0, t, 0.95, 1, 40, 3), t) for t in (0.0, 1.8)]
+    finished = []
+    for step in range(40):
+        finished += batch.step(rows if step == 0 else [])
+    assert sorted(done.tag for done in finished) == [0.0, 1.8]
+    for done in finished:
+        assert ((done.sequence >= 0) & (done.sequence <= 1026)).all()
+
+
+def test_a_prompt_and_length_beyond_the_models_positions_are_refused(engine, preparer):
+    batch = DecodeBatch(engine.model, max_rows=1)
+    limit = engine.model.config.decoder_config.max_position_embeddings
+    fits = preparer.prepare("[S1] Hi.", prompt(1.0), RowSettings(3.0, 0.0, 0.95, 45, 10, 1))
+    frames = fits.prefill_frames
+    batch.check_fits(preparer.prepare("[S1] Hi.", prompt(1.0), RowSettings(3.0, 0.0, 0.95, 45, limit - frames, 1)))
+    too_long = preparer.prepare("[S1] Hi.", prompt(1.0), RowSettings(3.0, 0.0, 0.95, 45, limit - frames + 1, 1))
+    with pytest.raises(ValueError, match="at most"):
+        batch.check_fits(too_long)
+    # In a running batch it fails alone, with that reason, and the other row goes on.
+    other = preparer.prepare("[S1] Hi.", None, RowSettings(3.0, 0.0, 0.95, 45, 20, 1), "other")
+    too_long.tag = "too long"
+    (refused,) = batch.step([other, too_long])
+    assert refused.tag == "too long" and "at most" in str(refused.error)
+    assert [row.prepared.tag for row in batch.rows] == ["other"]
