@@ -144,14 +144,22 @@ class DecodeBatch:
         """Frames the cache holds for all rows together, padding included (the KV budget's unit)."""
         return self.width * len(self.rows)
 
+    def room_for(self, prefill_frames: int) -> int:
+        """The most frames a row with this prefill may generate within the decoder's positions.
+
+        Positions 0 .. L + max_new_tokens - 2 are fed (the last frame never is), so the
+        prompt's frames (L - 1, bos aside) plus max_new_tokens must be at most the positions.
+        """
+        return self.max_positions - (prefill_frames - 1)
+
     def check_fits(self, prepared: Prepared) -> None:
         """ValueError when the request's prompt and length exceed the model's positions."""
-        needed = prepared.prefill_frames + prepared.settings.max_new_tokens
-        if needed > self.max_positions:
+        room = self.room_for(prepared.prefill_frames)
+        if prepared.settings.max_new_tokens > room:
             raise ValueError(
                 f"the voice prompt ({prepared.prefill_frames - 1} frames) plus max_new_tokens "
-                f"({prepared.settings.max_new_tokens}) is {needed - 1} frames; Dia handles at most "
-                f"{self.max_positions - 1}"
+                f"({prepared.settings.max_new_tokens}) is more than the {self.max_positions} frames "
+                f"Dia's decoder holds; at most {room} new frames fit"
             )
 
     def remove(self, tags: set) -> None:

@@ -31,6 +31,7 @@ it decides who joins and who leaves:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import collections
 import concurrent.futures
 import logging
@@ -291,10 +292,17 @@ class Scheduler:
             request.seed,
         )  # fmt: skip
         prepared = self._preparer.prepare(request.text, request.prompt, settings, tag=job)
-        try:
-            self._shared.check_fits(prepared)
-        except ValueError as error:  # the service checks this first; kept for any other caller
-            raise invalid_parameter("max_new_tokens", str(error)) from None
+        # The decoder's positions hold the prompt and the new frames (3072 for Dia): the service
+        # refuses a max_new_tokens the caller chose that cannot fit; here what is left is lowered.
+        room = self._shared.room_for(prepared.prefill_frames)
+        if room <= FRAMES_WITHOUT_AUDIO:
+            raise invalid_parameter(
+                "max_audio_prompt_seconds",
+                f"the voice prompt ({prepared.prefill_frames - 1} frames) leaves no room for new audio in "
+                f"Dia's {self._shared.max_positions} decoder positions; use a shorter prompt",
+            )
+        if settings.max_new_tokens > room:
+            prepared.settings = dataclasses.replace(settings, max_new_tokens=room)
         return prepared
 
     def _generated(self, job: Job, finished) -> Generated:

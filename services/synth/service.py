@@ -14,7 +14,7 @@ from runtime.server import Servicer, ServiceSpec
 from runtime.text import sanitize
 from services.synth import audio, config, params
 from services.synth.scheduler import Scheduler
-from services.synth.engine import SAMPLES_PER_FRAME, DiaEngine, ModelLoadError, SynthesisInput, resolve_model
+from services.synth.engine import DiaEngine, ModelLoadError, SynthesisInput, resolve_model
 from services.synth.heartbeat import Heartbeats
 from voice.synth.v1 import synth_pb2, synth_pb2_grpc
 from voice.transcode.v1 import transcode_pb2, transcode_pb2_grpc
@@ -153,16 +153,6 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
                 "REQUEST_TOO_LARGE",
                 f"script and prompt transcript are {tokens} bytes; Dia reads at most {self.engine.max_text_tokens}",
                 param="script",
-            )
-        # Dia's decoder has max_position_embeddings positions: the prompt's frames (and bos) plus
-        # the frames to generate must fit in them.
-        positions = self.engine.model.config.decoder_config.max_position_embeddings
-        prompt_frames = 0 if prompt is None else -(-len(prompt) // SAMPLES_PER_FRAME)
-        if 1 + prompt_frames + generation.max_new_tokens > positions:
-            raise invalid_parameter(
-                "max_new_tokens",
-                f"the voice prompt ({prompt_frames} frames) plus max_new_tokens ({generation.max_new_tokens}) "
-                f"is {prompt_frames + generation.max_new_tokens} frames; Dia handles at most {positions - 1}",
             )
         seed = generation.seed if generation.seeded else params.random_seed()
         return SynthesisInput(text=text, prompt=prompt, params=generation, seed=seed)

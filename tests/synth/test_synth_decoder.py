@@ -117,12 +117,13 @@ def test_a_guidance_filter_of_one_token_leaves_every_codebook_a_token(engine, pr
 
 
 def test_a_prompt_and_length_beyond_the_models_positions_are_refused(engine, preparer):
-    batch = DecodeBatch(engine.model, max_rows=1)
+    batch = DecodeBatch(engine.model, max_rows=2)
     limit = engine.model.config.decoder_config.max_position_embeddings
-    fits = preparer.prepare("[S1] Hi.", prompt(1.0), RowSettings(3.0, 0.0, 0.95, 45, 10, 1))
-    frames = fits.prefill_frames
-    batch.check_fits(preparer.prepare("[S1] Hi.", prompt(1.0), RowSettings(3.0, 0.0, 0.95, 45, limit - frames, 1)))
-    too_long = preparer.prepare("[S1] Hi.", prompt(1.0), RowSettings(3.0, 0.0, 0.95, 45, limit - frames + 1, 1))
+    prompt_frames = preparer.prepare("[S1] Hi.", prompt(1.0), RowSettings(3.0, 0.0, 0.95, 45, 10, 1)).prefill_frames - 1
+    assert batch.room_for(prompt_frames + 1) == limit - prompt_frames
+    fits = RowSettings(3.0, 0.0, 0.95, 45, limit - prompt_frames, 1)
+    batch.check_fits(preparer.prepare("[S1] Hi.", prompt(1.0), fits))
+    too_long = preparer.prepare("[S1] Hi.", prompt(1.0), RowSettings(3.0, 0.0, 0.95, 45, limit - prompt_frames + 1, 1))
     with pytest.raises(ValueError, match="at most"):
         batch.check_fits(too_long)
     # In a running batch it fails alone, with that reason, and the other row goes on.
@@ -131,3 +132,14 @@ def test_a_prompt_and_length_beyond_the_models_positions_are_refused(engine, pre
     (refused,) = batch.step([other, too_long])
     assert refused.tag == "too long" and "at most" in str(refused.error)
     assert [row.prepared.tag for row in batch.rows] == ["other"]
+
+
+def test_a_row_generates_up_to_the_last_position(engine, preparer):
+    batch = DecodeBatch(engine.model, max_rows=1)
+    limit = batch.max_positions = 80  # as if the model had 80 positions, to keep the test short
+    row = preparer.prepare("[S1] Hi.", None, RowSettings(3.0, 0.0, 0.95, 45, limit, 1), "whole")
+    finished = []
+    while not finished:
+        finished = batch.step([row] if not batch.rows and row else [])
+        row = None
+    assert len(finished[0].sequence) == 1 + limit
