@@ -357,19 +357,21 @@ class DecodeBatch:
         return tokens
 
     def _sample(self, scores: torch.Tensor, greedy: torch.Tensor, rows: _RowTensors) -> torch.Tensor:
+        """Draw the sampled rows' tokens among their top-k candidates (the rest are -inf anyway)."""
         index = torch.tensor(rows.sampled, device=self.device)
-        warped = scores[index] / rows.temperature[index, None, None]
-        # Top-p as transformers' TopPLogitsWarper: drop the least likely tokens holding 1 - top_p of the mass.
-        ordered, order = warped.sort(dim=-1, descending=False)
-        cumulative = ordered.softmax(dim=-1).cumsum(dim=-1)
-        drop = cumulative <= (1 - rows.top_p[index, None, None])
-        drop[..., -1] = False  # keep at least one
-        warped = warped.masked_fill(drop.scatter(-1, order, drop), NEG_INF)
-        probabilities = warped.softmax(dim=-1)
+        most = int(rows.top_k[index].max())
+        values, candidates = scores[index].topk(most, dim=-1)  # best first
+        warped = values / rows.temperature[index, None, None]
+        # Top-p as transformers' TopPLogitsWarper: drop the least likely tokens that together
+        # hold at most 1 - top_p of the mass, keeping the best one whatever.
+        from_least = warped.softmax(dim=-1).flip(-1).cumsum(dim=-1)
+        drop = (from_least <= (1 - rows.top_p[index, None, None])).flip(-1)
+        drop[..., 0] = False
+        probabilities = warped.masked_fill(drop, NEG_INF).softmax(dim=-1)
         tokens = greedy.clone()
         for place, row_index in enumerate(rows.sampled):
-            generator = self.rows[row_index].generator
-            tokens[row_index] = torch.multinomial(probabilities[place], 1, generator=generator)[:, 0]
+            drawn = torch.multinomial(probabilities[place], 1, generator=self.rows[row_index].generator)
+            tokens[row_index] = candidates[place].gather(-1, drawn)[:, 0]
         return tokens
 
     def _collect_finished(self) -> list[Finished]:

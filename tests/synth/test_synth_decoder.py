@@ -143,3 +143,25 @@ def test_a_row_generates_up_to_the_last_position(engine, preparer):
         finished = batch.step([row] if not batch.rows and row else [])
         row = None
     assert len(finished[0].sequence) == 1 + limit
+
+
+def first_codes(engine, preparer, temperature: float, top_p: float = 1.0, rows: int = 32) -> list[int]:
+    """The first code of codebook 0 for `rows` seeds, all in one batch: the same distribution in every row."""
+    batch = DecodeBatch(engine.model, max_rows=rows)
+    joining = [
+        preparer.prepare("[S1] Hello there, how are you?", None, RowSettings(3.0, temperature, top_p, 45, 17, seed), seed)
+        for seed in range(rows)
+    ]
+    batch.step(joining)
+    return [int(batch.outputs[row.slot, 1, 0]) for row in batch.rows]
+
+
+def test_temperatures_below_one_are_honoured_and_top_p_narrows_the_draws(engine, preparer):
+    greedy = first_codes(engine, preparer, 0.0, rows=1)[0]
+    by_temperature = {t: first_codes(engine, preparer, t) for t in (0.1, 0.5, 1.0, 2.0)}
+    shares = [codes.count(greedy) for codes in by_temperature.values()]
+    distinct = [len(set(codes)) for codes in by_temperature.values()]
+    # Clamped to 1.0, as transformers' Dia does, 0.1 and 0.5 would draw what 1.0 draws.
+    assert shares == sorted(shares, reverse=True) and shares[0] > shares[2], by_temperature
+    assert distinct == sorted(distinct) and distinct[0] < distinct[2], by_temperature
+    assert len(set(first_codes(engine, preparer, 2.0, top_p=0.1))) < distinct[3]
