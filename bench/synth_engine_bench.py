@@ -11,10 +11,11 @@ Three measurements, each printed side by side with its ratio:
 * repeated voices (tiny model): the same two cloned speakers, request after
   request, with the prompt cache on and off.
 * full-size architecture on the CPU (``--fullsize``; heavy: ~8 GB, minutes):
-  the random-weight 1.61 B Dia (``DiaConfig()`` defaults), 8 concurrent
-  requests against one at a time through the same engine, a few dozen steps.
+  the random-weight 1.61 B Dia (``DiaConfig()`` defaults, see fullsize_bench.py),
+  8 concurrent requests against one at a time through the same engine, a few
+  dozen steps.
 
-    .venv/bin/python bench/synth_engine_bench.py [--requests 40] [--rate 6] [--fullsize]
+    .venv/bin/python bench/synth_engine_bench.py [--requests 30] [--rate 3] [--fullsize]
 """
 
 from __future__ import annotations
@@ -131,35 +132,14 @@ async def repeated_voices(engine: DiaEngine, args) -> None:
 
 
 def fullsize(args) -> None:
-    """8 concurrent rows against 1 through the same DecodeBatch, on the 1.61 B random-weight Dia."""
-    from transformers import DiaConfig, DiaForConditionalGeneration
+    """8 concurrent rows against 1 through the same decode loop, on the 1.61 B random-weight Dia."""
+    import fullsize_bench
 
-    from services.synth.decoder import DecodeBatch, RowSettings
-    from services.synth.prompts import Preparer
-
-    torch.manual_seed(0)
-    torch.set_num_threads(args.threads)
-    print(f"\nfull-size architecture (random weights, DiaConfig() defaults), CPU float32, {args.threads} threads, "
-          f"{args.fullsize_steps} steps")  # fmt: skip
-    started = time.perf_counter()
-    model = DiaForConditionalGeneration(DiaConfig()).eval()
-    print(f"  built {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters in "
-          f"{time.perf_counter() - started:.0f} s")  # fmt: skip
-    folder = tiny_models.ensure(config.tiny_model_dir())  # only its tokenizer and delay maths are used
-    engine = DiaEngine.load(str(folder / "dia"), str(folder / "dac"), "tiny", "cpu", args.threads)
-    preparer = Preparer(engine.processor, model.config.delay_pattern, engine.special_tokens, None)
-    rates = {}
-    for concurrent in (1, 8):
-        batch = DecodeBatch(model, concurrent)
-        rows = [preparer.prepare(SCRIPT, None, RowSettings(3.0, 1.8, 0.95, 45, 3072, n), n)
-                for n in range(concurrent)]  # fmt: skip
-        batch.step(rows)  # prefill, not timed
-        began = time.perf_counter()
-        for _ in range(args.fullsize_steps):
-            batch.step()
-        wall = time.perf_counter() - began
-        rates[concurrent] = concurrent * args.fullsize_steps / wall
-        print(f"  {concurrent} concurrent: {rates[concurrent]:6.2f} frames/s ({wall / args.fullsize_steps * 1000:.0f} ms a step)")
+    print(f"\nfull-size architecture on the CPU (float32, {args.threads} threads), {args.fullsize_steps} steps each")
+    model, preparer = fullsize_bench.build("cpu")
+    rates = {n: n * fullsize_bench.measure(model, preparer, n, args.fullsize_steps) for n in (1, 8)}
+    for n, frames in rates.items():
+        print(f"  {n} concurrent: {frames:6.2f} frames/s")
     print(f"  8 concurrent / 1 at a time: {rates[8] / rates[1]:.2f}x frames per second")
 
 
@@ -173,8 +153,8 @@ async def run(args) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=40, help="requests in the mixed trace (default 40)")
-    parser.add_argument("--rate", type=float, default=6.0, help="mean arrivals per second (default 6)")
+    parser.add_argument("--requests", type=int, default=30, help="requests in the mixed trace (default 30)")
+    parser.add_argument("--rate", type=float, default=3.0, help="mean arrivals per second (default 3)")
     parser.add_argument("--batch", type=int, default=8, help="rows per batch for both engines (default 8)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--voice-requests", type=int, default=12, help="requests in the repeated-voices run")

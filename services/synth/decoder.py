@@ -80,6 +80,7 @@ class _Row:
     cached: int  # frames in the key/value cache
     generator: torch.Generator | None
     steps: int = 0
+    eos_at: int | None = None  # where codebook 0 ended, once the host has seen it (a step late)
 
     @property
     def position(self) -> int:
@@ -97,7 +98,10 @@ class _RowTensors:
     top_k: torch.Tensor
     limit: torch.Tensor  # position at which codebook 0 is forced to end
     slots: torch.Tensor
-    sampled: list[int] = field(default_factory=list)
+    positions: torch.Tensor  # the frame each row generates at this step
+    most_k: int  # the largest top_k: how many candidates to keep
+    sampled: list[int] = field(default_factory=list)  # rows with a temperature above 0
+    most_sampled_k: int = 0
 
 
 class DecodeBatch:
@@ -130,6 +134,7 @@ class DecodeBatch:
         self._encoder_mask = torch.zeros((0, 0), dtype=torch.long, device=self.device)
         self._last_tokens = torch.zeros((0, self.channels), dtype=torch.long, device=self.device)
         self._tensors: _RowTensors | None = None
+        self._eos_copy: tuple | None = None  # (rows, their eos_at on the host, copy done event)
 
     # --- what the scheduler asks ------------------------------------------------
 
@@ -195,7 +200,8 @@ class DecodeBatch:
         width = self.width
         columns = torch.arange(width + 1, device=self.device)
         mask = (columns[None, :] >= self._pad_left[:, None]).long().repeat(2, 1)
-        positions = torch.tensor([row.cached for row in self.rows], device=self.device)[:, None].repeat(2, 1)
+        tensors = self._row_tensors()
+        positions = tensors.positions[:, None].repeat(2, 1)
         frames = self._last_tokens.repeat(2, 1)[:, None, :]
         encoder_states = torch.zeros((), dtype=self.dtype, device=self.device).expand(
             2 * rows, self._encoder_mask.shape[1], self.model.config.encoder_config.hidden_size
@@ -211,6 +217,7 @@ class DecodeBatch:
         )
         for row in self.rows:
             row.cached += 1
+        tensors.positions += 1
         return output.logits[:, -1].float().view(2, rows, self.channels, self.vocab)
 
     def _join(self, prepared: Prepared) -> torch.Tensor:
@@ -314,7 +321,10 @@ class DecodeBatch:
                      for row in self.rows], torch.long,
                 ),  # fmt: skip
                 slots=tensor([row.slot for row in self.rows], torch.long),
+                positions=tensor([row.position for row in self.rows], torch.long),
+                most_k=max(s.top_k for s in settings),
                 sampled=[index for index, s in enumerate(settings) if s.temperature > 0],
+                most_sampled_k=max([s.top_k for s in settings if s.temperature > 0], default=0),
             )
         return self._tensors
 
@@ -325,7 +335,7 @@ class DecodeBatch:
         guided = cond + (cond - uncond) * rows.scale[:, None, None]
         guided = guided.masked_fill(self.ruled_out, NEG_INF)
         # Top-k per row (k differs): the k best of the guided logits keep their conditioned logits.
-        most = int(rows.top_k.max()) if len(self.rows) > 1 else self.rows[0].prepared.settings.top_k
+        most = rows.most_k
         best = guided.topk(most, dim=-1).indices
         within = torch.arange(most, device=self.device)[None, None, :] < rows.top_k[:, None, None]
         keep = torch.zeros_like(guided, dtype=torch.bool).scatter_(-1, best, within.expand_as(best))
@@ -339,7 +349,7 @@ class DecodeBatch:
         if rows.sampled:
             tokens = self._sample(scores, tokens, rows)
 
-        positions = torch.tensor([row.position for row in self.rows], device=self.device)
+        positions = rows.positions
         slots = rows.slots
         # Codebook 0 ends at its end marker or when max_new_tokens forces it; codebook c delay[c] later.
         eos_at = self.eos_at[slots]
@@ -359,7 +369,7 @@ class DecodeBatch:
     def _sample(self, scores: torch.Tensor, greedy: torch.Tensor, rows: _RowTensors) -> torch.Tensor:
         """Draw the sampled rows' tokens among their top-k candidates (the rest are -inf anyway)."""
         index = torch.tensor(rows.sampled, device=self.device)
-        most = int(rows.top_k[index].max())
+        most = rows.most_sampled_k
         values, candidates = scores[index].topk(most, dim=-1)  # best first
         warped = values / rows.temperature[index, None, None]
         # Top-p as transformers' TopPLogitsWarper: drop the least likely tokens that together
@@ -375,15 +385,36 @@ class DecodeBatch:
         return tokens
 
     def _collect_finished(self) -> list[Finished]:
-        """Rows whose last codebook emitted its end marker leave now."""
-        eos_at = self.eos_at[self._row_tensors().slots].tolist()
+        """Rows whose last codebook emitted its end marker leave now.
+
+        Where codebook 0 ended is only on the device; reading it back every step
+        would make the host wait for the device each step. So it is copied back
+        without waiting and read one step later: a row ends max_delay (15)
+        frames after codebook 0, so knowing a step late never delays its leaving.
+        """
+        if self._eos_copy is not None:
+            rows, copied, done = self._eos_copy
+            if done is not None:
+                done.synchronize()
+            for row, eos_at in zip(rows, copied.tolist()):
+                if eos_at >= 0 and row.eos_at is None:
+                    row.eos_at = eos_at
+        eos_at = self.eos_at[self._row_tensors().slots]
+        if self.device.type == "cuda":
+            copied = torch.empty(eos_at.shape, dtype=eos_at.dtype, pin_memory=True)
+            copied.copy_(eos_at, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+            self._eos_copy = (list(self.rows), copied, done)
+        else:
+            self._eos_copy = (list(self.rows), eos_at, None)
         finished, keep = [], []
         for index, row in enumerate(self.rows):
-            position = row.position
             row.steps += 1
-            if eos_at[index] >= 0 and position == eos_at[index] + self.max_delay:
-                length = position + 1
-                finished.append(Finished(row.prepared.tag, self.outputs[row.slot, :length].to("cpu", copy=True), row.prepared.prefill_frames))
+            if row.eos_at is not None and row.position == row.eos_at + self.max_delay:
+                length = row.position + 1
+                sequence = self.outputs[row.slot, :length].to("cpu", copy=True)
+                finished.append(Finished(row.prepared.tag, sequence, row.prepared.prefill_frames))
             else:
                 keep.append(index)
         if finished:
