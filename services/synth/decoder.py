@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+from transformers.cache_utils import DynamicLayer, EncoderDecoderCache
 
 # Everything a row needs to generate, prepared before it joins (see Prepared).
 NEG_INF = -float("inf")
@@ -253,7 +253,7 @@ class DecodeBatch:
         """Append a one-request cache (2 rows: cond, uncond) to the batch's."""
         new_length = cache.self_attention_cache.layers[0].keys.shape[-2]
         if self._cache is None:
-            self._cache = cache
+            self._cache = _reserved(cache)
             self._pad_left = torch.zeros(1, dtype=torch.long, device=self.device)
             self._encoder_mask = encoder_mask.repeat(2, 1)
             return
@@ -263,9 +263,13 @@ class DecodeBatch:
         if grow:
             self._pad_left = self._pad_left + grow
         text_length = max(self._encoder_mask.shape[1], encoder_mask.shape[1])
-        for mine, theirs in zip(self._cache.self_attention_cache.layers, cache.self_attention_cache.layers):
-            mine.keys = _insert_row(mine.keys, theirs.keys, rows, left=grow, other_left=width + grow - new_length)
-            mine.values = _insert_row(mine.values, theirs.values, rows, left=grow, other_left=width + grow - new_length)
+        layers = self._cache.self_attention_cache.layers
+        for index, theirs in enumerate(cache.self_attention_cache.layers):
+            mine, other_left = layers[index], width + grow - new_length
+            layers[index] = ReservedLayer(
+                _insert_row(mine.keys, theirs.keys, rows, left=grow, other_left=other_left),
+                _insert_row(mine.values, theirs.values, rows, left=grow, other_left=other_left),
+            )
         for mine, theirs in zip(self._cache.cross_attention_cache.layers, cache.cross_attention_cache.layers):
             mine.keys = _insert_row(mine.keys, theirs.keys, rows, right_to=text_length)
             mine.values = _insert_row(mine.values, theirs.values, rows, right_to=text_length)
@@ -292,9 +296,9 @@ class DecodeBatch:
         self._pad_left = self._pad_left[rows]
         unused = int(self._pad_left.min())  # leading columns no remaining row reads
         self._pad_left -= unused
-        for layer in self._cache.self_attention_cache.layers:
-            layer.keys = layer.keys[both, :, unused:]
-            layer.values = layer.values[both, :, unused:]
+        layers = self._cache.self_attention_cache.layers
+        for index, layer in enumerate(layers):
+            layers[index] = ReservedLayer(layer.keys[both, :, unused:], layer.values[both, :, unused:])
         for layer in self._cache.cross_attention_cache.layers:
             layer.keys, layer.values = layer.keys[both], layer.values[both]
         self._encoder_mask = self._encoder_mask[both]
@@ -420,6 +424,49 @@ class DecodeBatch:
         if finished:
             self._keep(keep)
         return finished
+
+
+class ReservedLayer(DynamicLayer):
+    """A self-attention cache layer whose tensors have room reserved past their end.
+
+    transformers' DynamicLayer concatenates at every step, copying the whole
+    cache each time (its cost grows with the length, on every step). Here the
+    frame a step adds is written into reserved room; only when the room is
+    used up is it copied into a larger buffer (half again as long), so a step
+    costs the same at frame 3000 as at frame 30.
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, room: int = 64) -> None:
+        super().__init__()
+        self.lazy_initialization(keys, values)
+        self._reserve(keys, values, room)
+
+    def _reserve(self, keys: torch.Tensor, values: torch.Tensor, room: int) -> None:
+        length = keys.shape[-2]
+        shape = (*keys.shape[:-2], length + room, keys.shape[-1])
+        self._keys = keys.new_empty(shape)
+        self._values = values.new_empty(shape)
+        self._keys[..., :length, :] = keys
+        self._values[..., :length, :] = values
+        self.keys, self.values = self._keys[..., :length, :], self._values[..., :length, :]
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        length, added = self.keys.shape[-2], key_states.shape[-2]
+        if length + added > self._keys.shape[-2]:
+            self._reserve(self.keys, self.values, room=max(added, length // 2, 64))
+        self._keys[..., length : length + added, :] = key_states
+        self._values[..., length : length + added, :] = value_states
+        self.keys = self._keys[..., : length + added, :]
+        self.values = self._values[..., : length + added, :]
+        return self.keys, self.values
+
+
+def _reserved(cache: EncoderDecoderCache) -> EncoderDecoderCache:
+    """The cache with its self-attention layers replaced by ReservedLayer (same contents)."""
+    layers = cache.self_attention_cache.layers
+    for index, layer in enumerate(layers):
+        layers[index] = ReservedLayer(layer.keys, layer.values)
+    return cache
 
 
 def _insert_row(
