@@ -79,7 +79,6 @@ class _Row:
     slot: int  # index into the batch's output buffers
     cached: int  # frames in the key/value cache
     generator: torch.Generator | None
-    steps: int = 0
     eos_at: int | None = None  # where codebook 0 ended, once the host has seen it (a step late)
 
     @property
@@ -145,10 +144,6 @@ class DecodeBatch:
             return 0
         return self._cache.self_attention_cache.layers[0].keys.shape[-2]
 
-    def frames_held(self) -> int:
-        """Frames the cache holds for all rows together, padding included (the KV budget's unit)."""
-        return self.width * len(self.rows)
-
     def room_for(self, prefill_frames: int) -> int:
         """The most frames a row with this prefill may generate within the decoder's positions.
 
@@ -167,6 +162,7 @@ class DecodeBatch:
                 f"Dia's decoder holds; at most {room} new frames fit"
             )
 
+    @torch.inference_mode()
     def remove(self, tags: set) -> None:
         """Drop the rows of these callers (cancelled): they leave before the next step."""
         keep = [index for index, row in enumerate(self.rows) if row.prepared.tag not in tags]
@@ -414,7 +410,6 @@ class DecodeBatch:
             self._eos_copy = (list(self.rows), eos_at, None)
         finished, keep = [], []
         for index, row in enumerate(self.rows):
-            row.steps += 1
             if row.eos_at is not None and row.position == row.eos_at + self.max_delay:
                 length = row.position + 1
                 sequence = self.outputs[row.slot, :length].to("cpu", copy=True)

@@ -165,3 +165,28 @@ def test_temperatures_below_one_are_honoured_and_top_p_narrows_the_draws(engine,
     assert shares == sorted(shares, reverse=True) and shares[0] > shares[2], by_temperature
     assert distinct == sorted(distinct) and distinct[0] < distinct[2], by_temperature
     assert len(set(first_codes(engine, preparer, 2.0, top_p=0.1))) < distinct[3]
+
+
+def test_a_row_removed_mid_way_frees_its_slot_and_the_others_go_on_unchanged(engine, preparer, references):
+    batch = DecodeBatch(engine.model, max_rows=3)
+    rows = []
+    for index in (0, 1, 2):
+        text, seconds, *_ = CASES[index]
+        rows.append(preparer.prepare(text, prompt(seconds) if seconds else None, settings(CASES[index]), index))
+    finished = {}
+    for done in batch.step(rows):
+        finished[done.tag] = done
+    for _ in range(10):
+        batch.step()
+    batch.remove({1})  # its caller went away
+    assert sorted(row.prepared.tag for row in batch.rows) == [0, 2]
+    late = preparer.prepare(CASES[3][0], prompt(CASES[3][1]), settings(CASES[3]), 3)  # takes the freed slot
+    for done in batch.step([late]):
+        finished[done.tag] = done
+    while batch.rows:
+        for done in batch.step():
+            finished[done.tag] = done
+    assert sorted(finished) == [0, 2, 3]
+    for index, done in finished.items():
+        codes = engine._decode_row(done.sequence[None], done.prefill_frames).codes
+        assert torch.equal(codes, references[index]), CASES[index]

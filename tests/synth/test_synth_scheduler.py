@@ -87,17 +87,19 @@ async def test_a_seeded_request_is_byte_identical_alone_and_under_concurrent_loa
 
 
 async def test_a_caller_that_goes_away_leaves_within_a_step_and_its_slot_is_reused(scheduler_with):
-    scheduler = await scheduler_with(max_rows=1, max_queue=1)
+    scheduler = await scheduler_with(max_rows=2, max_queue=1)
+    bystander = asyncio.create_task(scheduler.submit(synthesis(frames=200)))
     leaving = asyncio.create_task(scheduler.submit(synthesis(frames=3000)))
     await wait_until(lambda: scheduler.steps >= 5)
     waiting = asyncio.create_task(scheduler.submit(synthesis(frames=30)))
-    await wait_until(lambda: scheduler.load == 2)
+    await wait_until(lambda: scheduler.load == 3)
     at_cancel = scheduler.steps
     leaving.cancel()
     result = await waiting  # took the freed slot
     assert result.generated_frames == 30
     # The step under way when it left, then the waiting one's 30: the 3000-frame row ran no further.
     assert scheduler.steps - at_cancel <= 1 + 30 + 1
+    assert (await bystander).generated_frames == 200  # the row beside it went on
     assert scheduler.load == 0
 
 
