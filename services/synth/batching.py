@@ -1,4 +1,4 @@
-"""Dynamic batching in front of the one thread that owns the model.
+"""Static batching, as synth served before scheduler.py: the benchmarks' baseline; Turns serves both.
 
 Requests wait in a bounded queue on the event loop. A scheduler task takes
 batches from it and runs each in the generation thread, one at a time:
