@@ -13,9 +13,9 @@ from runtime.errors import ApiError, invalid_argument, invalid_parameter
 from runtime.server import Servicer, ServiceSpec
 from runtime.text import sanitize
 from services.synth import audio, config, params
-from services.synth.scheduler import Scheduler
 from services.synth.engine import DiaEngine, ModelLoadError, SynthesisInput, resolve_model
 from services.synth.heartbeat import Heartbeats
+from services.synth.scheduler import Scheduler
 from voice.synth.v1 import synth_pb2, synth_pb2_grpc
 from voice.transcode.v1 import transcode_pb2, transcode_pb2_grpc
 
