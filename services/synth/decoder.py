@@ -70,7 +70,11 @@ class Finished:
     tag: object
     sequence: torch.Tensor | None  # (L + generated, C): the delayed frames, prompt included, on the CPU
     prefill_frames: int
-    error: Exception | None = None  # the row could not join (its own fault); the others go on
+    error: Exception | None = None  # the row failed alone (could not join, or no token left); the others go on
+
+
+class NoTokenLeft(Exception):
+    """A row's scores left no token to choose (not numbers, or all ruled out)."""
 
 
 @dataclass(eq=False)
@@ -80,6 +84,7 @@ class _Row:
     cached: int  # frames in the key/value cache
     generator: torch.Generator | None
     eos_at: int | None = None  # where codebook 0 ended, once the host has seen it (a step late)
+    broken: bool = False  # its scores left no token, as the host saw a step late
 
     @property
     def position(self) -> int:
@@ -126,6 +131,7 @@ class DecodeBatch:
         self.outputs = torch.full((max_rows, self.max_positions + 1, self.channels), self.pad, device=self.device)
         self.forced = torch.full_like(self.outputs, self.pad)
         self.eos_at = torch.full((max_rows,), -1, device=self.device)  # codebook 0's end, -1 while none
+        self.broken = torch.zeros((max_rows,), dtype=torch.long, device=self.device)  # 1: no token was left
         self.rows: list[_Row] = []
         self._free_slots = list(range(max_rows - 1, -1, -1))
         self._cache: EncoderDecoderCache | None = None
@@ -235,6 +241,7 @@ class DecodeBatch:
         self.outputs[slot].fill_(self.pad)
         self.outputs[slot, : prepared.prefill_frames] = prepared.delayed[: prepared.prefill_frames].to(self.device)
         self.eos_at[slot] = -1
+        self.broken[slot] = 0
         generator = None
         if prepared.settings.temperature > 0:
             generator = torch.Generator(device=self.device).manual_seed(prepared.settings.seed)
@@ -345,6 +352,10 @@ class DecodeBatch:
         ends = best_token[:, 0] == self.eos
         scores[:, 0, self.eos] = torch.where(ends, scores[:, 0, self.eos], NEG_INF)
         scores[:, 0, : self.eos] = scores[:, 0, : self.eos].masked_fill(ends[:, None], NEG_INF)
+        # A row whose scores are not numbers, or leave a codebook nothing, fails alone (a step later).
+        broken = torch.isnan(scores).any(-1).any(-1) | ~torch.isfinite(scores).any(-1).all(-1)
+        self.broken[rows.slots] |= broken.long()
+        scores = scores.masked_fill(broken[:, None, None], 0.0)  # anything drawable: its tokens are dropped
         tokens = scores.argmax(dim=-1)
         if rows.sampled:
             tokens = self._sample(scores, tokens, rows)
@@ -391,15 +402,18 @@ class DecodeBatch:
         would make the host wait for the device each step. So it is copied back
         without waiting and read one step later: a row ends max_delay (15)
         frames after codebook 0, so knowing a step late never delays its leaving.
+        A row whose scores left no token is known the same way, and fails alone.
         """
         if self._eos_copy is not None:
             rows, copied, done = self._eos_copy
             if done is not None:
                 done.synchronize()
-            for row, eos_at in zip(rows, copied.tolist()):
+            for row, (eos_at, broken) in zip(rows, copied.tolist()):
                 if eos_at >= 0 and row.eos_at is None:
                     row.eos_at = eos_at
-        eos_at = self.eos_at[self._row_tensors().slots]
+                row.broken = row.broken or bool(broken)
+        slots = self._row_tensors().slots
+        eos_at = torch.stack([self.eos_at[slots], self.broken[slots]], dim=1)
         if self.device.type == "cuda":
             copied = torch.empty(eos_at.shape, dtype=eos_at.dtype, pin_memory=True)
             copied.copy_(eos_at, non_blocking=True)
@@ -410,7 +424,9 @@ class DecodeBatch:
             self._eos_copy = (list(self.rows), eos_at, None)
         finished, keep = [], []
         for index, row in enumerate(self.rows):
-            if row.eos_at is not None and row.position == row.eos_at + self.max_delay:
+            if row.broken:
+                finished.append(Finished(row.prepared.tag, None, row.prepared.prefill_frames, NoTokenLeft()))
+            elif row.eos_at is not None and row.position == row.eos_at + self.max_delay:
                 length = row.position + 1
                 sequence = self.outputs[row.slot, :length].to("cpu", copy=True)
                 finished.append(Finished(row.prepared.tag, sequence, row.prepared.prefill_frames))

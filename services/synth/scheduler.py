@@ -39,12 +39,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import grpc
 import prometheus_client
 
 from runtime.admission import Throughput, retry_after
-from runtime.errors import invalid_parameter
+from runtime.errors import ApiError, invalid_parameter
 from services.synth.batching import QUEUE_DEPTH, REJECTED, Turns, busy
-from services.synth.decoder import DecodeBatch, Prepared, RowSettings
+from services.synth.decoder import DecodeBatch, NoTokenLeft, Prepared, RowSettings
 from services.synth.engine import SAMPLES_PER_FRAME, DiaEngine, Generated, SynthesisInput
 from services.synth.params import FRAMES_WITHOUT_AUDIO
 from services.synth.prompts import Preparer, PromptCache
@@ -73,6 +74,14 @@ TIME_TO_FIRST_FRAME = prometheus_client.Histogram(
     "Per request: seconds from arrival to its first generated frame (queueing, prompt encoding, prefill).",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+
+
+def no_token_left() -> ApiError:
+    return ApiError(
+        grpc.StatusCode.INTERNAL,
+        "GENERATION_FAILED",
+        "the model left no audio token to choose for this request (its scores were all ruled out or not numbers)",
+    )
 
 
 @dataclass(eq=False)
@@ -268,7 +277,9 @@ class Scheduler:
                 continue
             for finished in batch.step(prepared):
                 job = finished.tag
-                if finished.error is not None:
+                if isinstance(finished.error, NoTokenLeft):
+                    outcomes.append((job, no_token_left()))
+                elif finished.error is not None:
                     outcomes.append((job, finished.error))
                 else:
                     outcomes.append((job, self._generated(job, finished)))

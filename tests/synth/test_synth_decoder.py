@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from services.synth import audio
-from services.synth.decoder import DecodeBatch, RowSettings
+from services.synth.decoder import DecodeBatch, NoTokenLeft, RowSettings
 from services.synth.engine import SynthesisInput
 from services.synth.params import GenerationParams
 from services.synth.prompts import Preparer, PromptCache
@@ -190,3 +190,26 @@ def test_a_row_removed_mid_way_frees_its_slot_and_the_others_go_on_unchanged(eng
     for index, done in finished.items():
         codes = engine._decode_row(done.sequence[None], done.prefill_frames).codes
         assert torch.equal(codes, references[index]), CASES[index]
+
+
+def test_a_row_whose_scores_leave_no_token_fails_alone(engine, preparer, references):
+    batch = DecodeBatch(engine.model, max_rows=2)
+    choose = batch._choose
+
+    def poisoned(logits):  # the second row's model output turns to NaN at its 10th step
+        if len(batch.rows) == 2 and batch.rows[1].position == 10:
+            logits[:, 1] = float("nan")
+        return choose(logits)
+
+    batch._choose = poisoned
+    good = preparer.prepare(CASES[0][0], None, settings(CASES[0]), "good")
+    bad = preparer.prepare(CASES[1][0], None, settings(CASES[1], temperature=1.0), "bad")
+    finished = {}
+    for done in batch.step([good, bad]):
+        finished[done.tag] = done
+    while batch.rows:
+        for done in batch.step():
+            finished[done.tag] = done
+    assert isinstance(finished["bad"].error, NoTokenLeft)
+    codes = engine._decode_row(finished["good"].sequence[None], finished["good"].prefill_frames).codes
+    assert torch.equal(codes, references[0])
