@@ -104,15 +104,18 @@ async def test_a_caller_that_goes_away_leaves_within_a_step_and_its_slot_is_reus
 
 
 async def test_past_the_frame_budget_a_request_waits_for_room(scheduler_with):
-    scheduler = await scheduler_with(max_rows=4, max_frames=150)
-    first = asyncio.create_task(scheduler.submit(synthesis(frames=100)))
-    await wait_until(lambda: scheduler.steps >= 1)
-    second = asyncio.create_task(scheduler.submit(synthesis(frames=100)))
-    await wait_until(lambda: first.done() or second.done())
-    assert first.done() and not second.done()  # 1 + 100 + 1 + 100 frames would pass 150: it waited
-    assert (await second).generated_frames == 100
+    # Each request reserves bos + its 100 frames: two fit in 202 frames, not in 201.
+    for budget, together in ((202, True), (201, False)):
+        scheduler = await scheduler_with(max_rows=4, max_frames=budget)
+        first = asyncio.create_task(scheduler.submit(synthesis(frames=100)))
+        await wait_until(lambda: scheduler.steps >= 1)
+        second = asyncio.create_task(scheduler.submit(synthesis(frames=100)))
+        assert (await second).generated_frames == 100
+        # Beside the first, it ends about 100 steps in; after it, 200 steps in.
+        assert (scheduler.steps < 150) is together, (budget, scheduler.steps)
+        assert (await first).generated_frames == 100
     # One request alone always runs, even past the budget.
-    assert (await scheduler.submit(synthesis(frames=200))).generated_frames == 200
+    assert (await scheduler.submit(synthesis(frames=300))).generated_frames == 300
 
 
 async def test_another_accounts_request_takes_the_next_free_slot_before_a_backlog(scheduler_with):
