@@ -38,6 +38,8 @@ smoke-fullsize: $(VENV)/.installed gen/.stamp
 bench: $(VENV)/.installed gen/.stamp
 	-$(PY) bench/transcode_bench.py
 	$(PY) bench/synth_batching_bench.py
+	$(PY) bench/synth_engine_bench.py
+	bench/gpu.sh
 	$(PY) bench/mesh_overhead_bench.py
 	$(PY) bench/upload_memory_bench.py
 	$(PY) bench/load_bench.py

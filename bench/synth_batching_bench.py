@@ -1,4 +1,4 @@
-"""Benchmark: what dynamic batching buys a synth provider.
+"""Benchmark: what batching buys a synth provider (continuous batching since issue 13).
 
 Eight generations arrive at once at a synth process, over gRPC, as they
 would from the gateway. Throughput is audio-seconds generated per

@@ -1,4 +1,4 @@
-"""Dynamic batching in front of the one thread that owns the model.
+"""Static batching, as synth served before scheduler.py: the benchmarks' baseline; Turns serves both.
 
 Requests wait in a bounded queue on the event loop. A scheduler task takes
 batches from it and runs each in the generation thread, one at a time:
@@ -52,7 +52,7 @@ GENERATE_CALLS = prometheus_client.Counter(
     "synth_generate_calls", "Calls of Dia's generate (one per batch)."
 )
 BATCH_SIZE = prometheus_client.Histogram(
-    "synth_batch_size", "Requests generated together in one call.", buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32)
+    "synth_batch_size", "Requests generated together: the rows of each decode step (the static batcher: of each generate call).", buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32)
 )
 QUEUE_DEPTH = prometheus_client.Gauge("synth_queue_depth", "Requests waiting for the generator.")
 REJECTED = prometheus_client.Counter("synth_rejected", "Requests refused because the queue was full.")
@@ -61,7 +61,7 @@ CAPACITY = prometheus_client.Gauge(
     "synth_capacity", "Requests this provider takes at once before SYNTH_BUSY: a full batch plus the queue."
 )
 STOPPED = prometheus_client.Counter(
-    "synth_generations_stopped", "Batches cut short because every caller had gone (cancelled, timed out)."
+    "synth_generations_stopped", "Generations cut short because their callers had gone (cancelled, timed out)."
 )
 
 # generate(batch, should_stop) -> one result per request, in order: its audio, or the error it alone failed with

@@ -68,13 +68,29 @@ SYNTH_TORCH_THREADS = setting(
 SYNTH_MAX_BATCH_SIZE = setting(
     "SYNTH_MAX_BATCH_SIZE",
     4,
-    "most requests generated together in one batch; also the capacity the provider advertises",
+    "most requests generated at once (rows of the running batch, seeded requests' own lanes included); "
+    "also the capacity the provider advertises",
     at_least(1),
+)
+SYNTH_MAX_BATCH_FRAMES = setting(
+    "SYNTH_MAX_BATCH_FRAMES",
+    32768,
+    "key/value-cache budget: the frames all running requests may hold together, each counting its voice "
+    "prompt plus its max_new_tokens; a request that would pass it waits for room (one alone always runs)",
+    at_least(1),
+)
+SYNTH_PROMPT_CACHE_BYTES = setting(
+    "SYNTH_PROMPT_CACHE_BYTES",
+    64 * 1024 * 1024,
+    "bytes of voice-prompt codec codes kept by the audio's content hash (least recently used dropped "
+    "first), so the same voices are encoded once; 0 turns the cache off",
+    at_least(0),
 )
 SYNTH_BATCH_WINDOW_MS = setting(
     "SYNTH_BATCH_WINDOW_MS",
     20.0,
-    "how long an idle generator waits for more requests to batch with the first, in milliseconds",
+    "how long an idle generator waits for more requests to start with the first, in milliseconds "
+    "(later ones join the running batch at its next step)",
     at_least(0.0, float),
 )
 SYNTH_MAX_QUEUE = setting(

@@ -13,9 +13,9 @@ from runtime.errors import ApiError, invalid_argument, invalid_parameter
 from runtime.server import Servicer, ServiceSpec
 from runtime.text import sanitize
 from services.synth import audio, config, params
-from services.synth.batching import Batcher
 from services.synth.engine import SAMPLES_PER_FRAME, DiaEngine, ModelLoadError, SynthesisInput, resolve_model
 from services.synth.heartbeat import Heartbeats
+from services.synth.scheduler import Scheduler
 from voice.synth.v1 import synth_pb2, synth_pb2_grpc
 from voice.transcode.v1 import transcode_pb2, transcode_pb2_grpc
 
@@ -33,10 +33,12 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
         self.model_id = config.DIA_MODEL.value
         self.max_new_tokens = config.SYNTH_MAX_NEW_TOKENS.value
         self.max_prompt_seconds = config.SYNTH_MAX_AUDIO_PROMPT_SECONDS.value
-        self.batcher = Batcher(
-            max_batch_size=config.SYNTH_MAX_BATCH_SIZE.value,
+        self.scheduler = Scheduler(
+            max_rows=config.SYNTH_MAX_BATCH_SIZE.value,
             window_seconds=config.SYNTH_BATCH_WINDOW_MS.value / 1000,
             max_queue=config.SYNTH_MAX_QUEUE.value,
+            max_frames=config.SYNTH_MAX_BATCH_FRAMES.value,
+            prompt_cache_bytes=config.SYNTH_PROMPT_CACHE_BYTES.value,
         )
         self.engine: DiaEngine | None = None  # loaded in start()
         self.transcode_channel: grpc.aio.Channel | None = None
@@ -47,11 +49,11 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
         # thread, which owns the model, while health says NOT_SERVING.
         loop = asyncio.get_running_loop()
         try:
-            self.engine = await loop.run_in_executor(self.batcher.thread, self._load_engine)
+            self.engine = await loop.run_in_executor(self.scheduler.thread, self._load_engine)
         except ModelLoadError as error:
             log.error(str(error))  # the one line an operator needs; start-up then fails
             raise
-        self.batcher.start(self.engine.generate)
+        self.scheduler.start(self.engine)
         self.transcode_channel = clients.service_channel("transcode")
         self.heartbeats = Heartbeats(
             runtime_config.SERVICES["gateway"].address.value,
@@ -74,7 +76,7 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
             await self.heartbeats.stop()
 
     async def stop(self) -> None:
-        await self.batcher.close()
+        await self.scheduler.close()
         if self.transcode_channel is not None:
             await self.transcode_channel.close()
 
@@ -83,8 +85,8 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
             provider_id=config.SYNTH_PROVIDER_ID.value,
             address=config.SYNTH_ADVERTISE_ADDRESS.value,
             models=[synth_pb2.Model(id=self.model_id, features=FEATURES)],
-            capacity=self.batcher.max_batch_size,
-            load=self.batcher.load,
+            capacity=self.scheduler.max_rows,
+            load=self.scheduler.load,
         )
 
     async def GetProviderInfo(self, request, context):
@@ -94,7 +96,7 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
         if self.engine is None:  # a caller that did not wait for SERVING
             raise model_loading()
         synthesis = self._synthesis_input(request)
-        generated = await self.batcher.submit(synthesis, request.account)
+        generated = await self.scheduler.submit(synthesis, request.account)
         wav, duration = audio.to_wav(generated.samples), audio.duration_seconds(generated.samples)
         if synthesis.params.speed_factor != 1.0:
             wav, duration = await self._change_speed(wav, synthesis.params.speed_factor)

@@ -17,6 +17,7 @@ import pytest
 from runtime.errors import ApiError
 from runtime.server import channel_options
 from tests.conftest import provider_metadata
+from tests.synth.helpers import metric
 from tests.gateway.conftest import FOX, HELLO, Account, assert_error, created, extra_gateway, make_key, upload_form, wait_for_models
 from voice.gateway.v1 import generations_pb2, generations_pb2_grpc, providers_pb2, providers_pb2_grpc
 from voice.synth.v1 import synth_pb2
@@ -553,7 +554,7 @@ async def status_becomes(http, account: Account, generation_id: str, wanted: str
     return stored
 
 
-async def test_a_generation_whose_caller_hangs_up_is_recorded_as_failed(stub, http, carol):
+async def test_a_generation_whose_caller_hangs_up_is_recorded_as_failed_and_leaves_the_synth(stub, http, carol, mesh):
     call = stub.CreateGeneration(
         generations_pb2.CreateGenerationRequest(input="[S1] Never mind.", max_new_tokens=3072), metadata=bearer(carol)
     )
@@ -566,9 +567,22 @@ async def test_a_generation_whose_caller_hangs_up_is_recorded_as_failed(stub, ht
         assert asyncio.get_running_loop().time() < deadline, f"never running: {newest}"
         await asyncio.sleep(0.1)
     generation_id = newest[0]["id"]
+    synth_metrics = mesh.env["SYNTH_METRICS_PORT"]
+    steps_at_hang_up = metric(synth_metrics, "synth_decode_steps_total")
     call.cancel()
     stored = await status_becomes(http, carol, generation_id, "failed")
     assert stored["error_type"] == "cancelled" and stored["end_time"]
+    # The synth let its row go at its next step, far from the thousands of frames it asked for ...
+    deadline = asyncio.get_running_loop().time() + 60
+    while metric(synth_metrics, "synth_rows_active") != 0:
+        assert asyncio.get_running_loop().time() < deadline, "the synth kept generating for a caller who left"
+        await asyncio.sleep(0.05)
+    assert metric(synth_metrics, "synth_decode_steps_total") - steps_at_hang_up < 500
+    # ... and its place serves the next request.
+    reply = await stub.CreateGeneration(
+        generations_pb2.CreateGenerationRequest(input="[S1] Next one.", max_new_tokens=FRAMES), metadata=bearer(carol)
+    )
+    assert reply.generation.status == "succeeded"
 
 
 async def account_id_of(mesh, account: Account) -> int:

@@ -128,13 +128,22 @@ async def test_speed_factor_changes_the_duration_through_transcode(synth, mesh):
         assert reply.generated_frames == 100 and reply.seed == 9
 
 
-async def test_concurrent_requests_are_generated_in_fewer_calls_and_each_is_whole(synth, mesh):
+async def test_concurrent_requests_share_decode_steps_and_each_is_whole(synth, mesh):
     port = mesh.env["SYNTH_METRICS_PORT"]
-    calls_before = metric(port, "synth_generate_calls_total")
-    rows_before = metric(port, "synth_batch_size_sum")
+    steps_before = metric(port, "synth_decode_steps_total")
+    frames_before = metric(port, "synth_frames_generated_total")
+    audio_before = metric(port, "synth_audio_seconds_generated_total")
+    timed_before = metric(port, "synth_real_time_factor_count")
+    first_frames_before = metric(port, "synth_time_to_first_frame_seconds_count")
     replies = await asyncio.gather(*(synth.Synthesize(request(script=f"[S1] Line {n}.")) for n in range(4)))
-    assert metric(port, "synth_batch_size_sum") - rows_before == 4
-    assert metric(port, "synth_generate_calls_total") - calls_before < 4
+    assert metric(port, "synth_frames_generated_total") - frames_before == 4 * FRAMES
+    # One after another they would take 4 * FRAMES steps; together, about FRAMES.
+    assert metric(port, "synth_decode_steps_total") - steps_before < 2 * FRAMES
+    # What the operator sees: the audio made, and each request's real-time factor and time to first frame.
+    made = sum(reply.duration_seconds for reply in replies)
+    assert metric(port, "synth_audio_seconds_generated_total") - audio_before == pytest.approx(made, rel=1e-3)
+    assert metric(port, "synth_real_time_factor_count") - timed_before == 4
+    assert metric(port, "synth_time_to_first_frame_seconds_count") - first_frames_before == 4
     for reply in replies:
         assert_valid_audio(reply)
     assert len({reply.seed for reply in replies}) == 4

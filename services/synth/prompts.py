@@ -1,0 +1,117 @@
+"""What a request is turned into before it joins the decode loop, and the voice-prompt cache.
+
+A voice prompt's codec encoding (DAC, the slow part of preparing a request)
+depends only on its samples, so it is cached by their SHA-256: the same
+voices, cloned again and again, cost the encoder once. The cache is an LRU
+bounded in bytes (SYNTH_PROMPT_CACHE_BYTES); its hits and misses are metrics.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import math
+import threading
+
+import numpy as np
+import prometheus_client
+import torch
+
+from services.synth.decoder import Prepared, RowSettings
+
+CACHE_HITS = prometheus_client.Counter("synth_prompt_cache_hits", "Voice prompts whose codec encoding was cached.")
+CACHE_MISSES = prometheus_client.Counter("synth_prompt_cache_misses", "Voice prompts encoded by the codec.")
+CACHE_BYTES = prometheus_client.Gauge("synth_prompt_cache_bytes", "Bytes of codec codes the prompt cache holds.")
+
+
+class PromptCache:
+    """Codec codes of voice prompts by content hash; least recently used dropped past `max_bytes`."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: collections.OrderedDict[bytes, torch.Tensor] = collections.OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    def get(self, key: bytes) -> torch.Tensor | None:
+        with self._lock:
+            codes = self._entries.get(key)
+            if codes is None:
+                self.misses += 1
+                CACHE_MISSES.inc()
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            CACHE_HITS.inc()
+            return codes
+
+    def put(self, key: bytes, codes: torch.Tensor) -> None:
+        size = codes.numel() * codes.element_size()
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            if key in self._entries:
+                return
+            self._entries[key] = codes
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, dropped = self._entries.popitem(last=False)
+                self._bytes -= dropped.numel() * dropped.element_size()
+            CACHE_BYTES.set(self._bytes)
+
+
+def prompt_key(samples: np.ndarray) -> bytes:
+    return hashlib.sha256(np.ascontiguousarray(samples, dtype=np.float32).tobytes()).digest()
+
+
+class Preparer:
+    """Turns (text, prompt samples, settings) into a :class:`Prepared` row, as Dia's processor would."""
+
+    def __init__(self, processor, delay_pattern: list[int], special_tokens: dict, cache: PromptCache | None) -> None:
+        self.processor = processor
+        self.delay_pattern = delay_pattern
+        self.bos = special_tokens["bos_token_id"]
+        self.pad = special_tokens["pad_token_id"]
+        self.cache = cache
+
+    def prompt_codes(self, samples: np.ndarray) -> torch.Tensor:
+        """(frames, codebooks) codec codes of a 44.1 kHz prompt, from the cache when it has them."""
+        key = prompt_key(samples) if self.cache is not None else b""
+        if self.cache is not None and (cached := self.cache.get(key)) is not None:
+            return cached
+        codec = self.processor.audio_tokenizer
+        hop = self.processor.feature_extractor.hop_length
+        # As DiaProcessor: the samples padded to a whole number of frames, encoded alone.
+        length = math.ceil(len(samples) / hop) * hop
+        audio = torch.zeros(length, dtype=torch.float32)
+        audio[: len(samples)] = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
+        with torch.inference_mode():
+            codes = codec.encode(audio[None, None].to(codec.device)).audio_codes[0].T.cpu()
+        codes = codes.to(torch.int16).clone()  # codes are < 1024: a quarter of the memory in the cache
+        if self.cache is not None:
+            self.cache.put(key, codes)
+        return codes
+
+    def prepare(self, text: str, prompt: np.ndarray | None, settings: RowSettings, tag=None) -> Prepared:
+        text_ids = torch.tensor(self.processor.tokenizer(text)["input_ids"], dtype=torch.long)
+        channels = len(self.delay_pattern)
+        codes = torch.zeros((0, channels), dtype=torch.long) if prompt is None else self.prompt_codes(prompt).long()
+        max_delay = max(self.delay_pattern)
+        # bos, the prompt codes, then max_delay free frames; delayed as DiaProcessor delays them.
+        undelayed = torch.cat(
+            [
+                torch.full((1, channels), self.bos),
+                codes,
+                torch.full((max_delay, channels), self.pad),
+            ]
+        )
+        indices = self.processor.build_indices(
+            bsz=1, seq_len=len(undelayed), num_channels=channels, delay_pattern=self.delay_pattern
+        )
+        delayed = self.processor.apply_audio_delay(undelayed[None], self.pad, self.bos, indices)[0]
+        return Prepared(text_ids, delayed.long(), prefill_frames=1 + len(codes), settings=settings, tag=tag)

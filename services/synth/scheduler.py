@@ -1,0 +1,342 @@
+"""Iteration-level (continuous) batching in front of the one thread that owns the model.
+
+Requests wait in a bounded queue on the event loop. A scheduler task runs
+the decode loop one step at a time in the generation thread; between steps
+it decides who joins and who leaves:
+
+* a request joins at the next step when there is room: fewer than
+  `max_rows` rows in all, and the frames every row may hold (its prompt plus
+  its max_new_tokens: the key/value budget, `max_frames`) within the limit
+  (a request alone always fits). It leaves the step its last codebook ends,
+  and its slot is taken at the next step;
+* requests of any settings, with or without a voice prompt, share the batch:
+  each row has its own cfg_scale, temperature, top_p, cfg_filter_top_k and
+  max_new_tokens (decoder.py);
+* accounts take turns for free slots (batching.Turns): the account served
+  least recently goes first with its oldest request, then the next account,
+  one request each per round; within an account requests go in order;
+* a request with a seed of its own is generated in a lane of its own (a
+  batch of one, stepped beside the shared one): a row's logits differ in the
+  last bits with the rows beside it (measured on the tiny model in float32
+  on the CPU: up to 4e-6), which can change a sampled token, so only alone
+  is its audio byte-identical run after run. Unseeded rows share the batch,
+  each sampling from a generator seeded by the seed its response reports;
+* once `max_rows + max_queue` requests are running or waiting, a new one is
+  refused at once (RESOURCE_EXHAUSTED, SYNTH_BUSY) with a RetryInfo: the
+  requests running or waiting over the rate they have been finishing at;
+* a caller that goes away (deadline, cancelled RPC, closed connection)
+  leaves the queue at once, or the batch before the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import collections
+import concurrent.futures
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import grpc
+import prometheus_client
+
+from runtime.admission import Throughput, retry_after
+from runtime.errors import ApiError, invalid_parameter
+# The queue's metrics are the static batcher's (dashboards and alerts read them whichever runs).
+from services.synth.batching import BATCH_SIZE, CAPACITY, QUEUE_DEPTH, REJECTED, ROWS_ACTIVE, STOPPED, Turns, busy
+from services.synth.decoder import DecodeBatch, NoTokenLeft, Prepared, RowSettings
+from services.synth.engine import SAMPLES_PER_FRAME, DiaEngine, Generated, SynthesisInput
+from services.synth.params import FRAMES_WITHOUT_AUDIO
+from services.synth.prompts import Preparer, PromptCache
+
+log = logging.getLogger("synth.scheduler")
+
+FRAMES_PER_SECOND_OF_AUDIO = 44100 / SAMPLES_PER_FRAME
+
+FRAMES_HELD = prometheus_client.Gauge(
+    "synth_frames_reserved", "Frames the running rows may hold in the key/value cache (prompt + max_new_tokens)."
+)
+STEPS = prometheus_client.Counter("synth_decode_steps", "Steps of the decode loop (each advances every row a frame).")
+FRAMES = prometheus_client.Counter("synth_frames_generated", "Audio frames generated (about 86 per second of audio).")
+AUDIO_SECONDS = prometheus_client.Counter("synth_audio_seconds_generated", "Seconds of audio generated.")
+FRAMES_PER_SECOND = prometheus_client.Gauge(
+    "synth_frames_per_second", "Frames generated per second over the last 10 seconds of decoding."
+)
+REAL_TIME_FACTOR = prometheus_client.Histogram(
+    "synth_real_time_factor",
+    "Per request: seconds from joining the batch to its end, over the seconds of audio it made (below 1: faster than real time).",
+    buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30),
+)
+TIME_TO_FIRST_FRAME = prometheus_client.Histogram(
+    "synth_time_to_first_frame_seconds",
+    "Per request: seconds from arrival to its first generated frame (queueing, prompt encoding, prefill).",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+
+
+def no_token_left() -> ApiError:
+    return ApiError(
+        grpc.StatusCode.INTERNAL,
+        "GENERATION_FAILED",
+        "the model left no audio token to choose for this request (its scores were all ruled out or not numbers)",
+    )
+
+
+@dataclass(eq=False)
+class Job:
+    request: SynthesisInput
+    future: asyncio.Future
+    account: str = ""
+    arrived: float = field(default_factory=time.monotonic)
+    reserved_frames: int = 0  # prompt frames + max_new_tokens: what it may hold in the cache
+    canceled: bool = False
+    lane: DecodeBatch | None = None  # set in the generation thread when it joins
+    joined_at: float = 0.0
+
+
+@dataclass
+class _FrameRate:
+    """Frames per second over a sliding window of steps."""
+
+    window_seconds: float = 10.0
+    steps: collections.deque = field(default_factory=collections.deque)  # (time, frames)
+
+    def record(self, frames: int) -> float:
+        now = time.monotonic()
+        self.steps.append((now, frames))
+        while self.steps and self.steps[0][0] < now - self.window_seconds:
+            self.steps.popleft()
+        span = max(now - self.steps[0][0], 1e-3) if len(self.steps) > 1 else None
+        return sum(f for _, f in list(self.steps)[1:]) / span if span else 0.0
+
+
+class Scheduler:
+    def __init__(
+        self, max_rows: int, window_seconds: float, max_queue: int, max_frames: int, prompt_cache_bytes: int
+    ) -> None:
+        self.max_rows = max_rows
+        self.window_seconds = window_seconds
+        self.max_queue = max_queue
+        self.max_frames = max_frames
+        self.prompt_cache = PromptCache(prompt_cache_bytes)
+        self._pending: collections.deque[Job] = collections.deque()
+        self._running: list[Job] = []
+        self._turns = Turns()
+        self.throughput = Throughput()  # requests finished (generated or failed) per second, lately
+        self._work = asyncio.Event()
+        self._closing = threading.Event()
+        # One thread owns the model: it loads it and runs every step.
+        self.thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="dia")
+        self._task: asyncio.Task | None = None
+        self._engine: DiaEngine | None = None
+        self._preparer: Preparer | None = None
+        self._shared: DecodeBatch | None = None
+        self._lanes: list[DecodeBatch] = []  # seeded requests, one each
+        self._frame_rate = _FrameRate()
+        self.steps = 0
+        CAPACITY.set(max_rows + max_queue)
+
+    @property
+    def load(self) -> int:
+        """Requests running or waiting."""
+        return len(self._running) + len(self._pending)
+
+    def start(self, engine: DiaEngine) -> None:
+        self._engine = engine
+        self._preparer = Preparer(
+            engine.processor, engine.model.config.delay_pattern, engine.special_tokens, self.prompt_cache
+        )
+        self._shared = DecodeBatch(engine.model, self.max_rows)
+        self._task = asyncio.create_task(self._run())
+
+    async def submit(self, request: SynthesisInput, account: str = "") -> Generated:
+        """Queue `account`'s request and wait for its audio; SYNTH_BUSY at once when the queue is full."""
+        if self.load >= self.max_rows + self.max_queue:
+            REJECTED.inc()
+            raise busy(self.load, retry_after(self.load, self.throughput))
+        job = Job(request, asyncio.get_running_loop().create_future(), account)
+        prompt_frames = 0 if request.prompt is None else -(-len(request.prompt) // SAMPLES_PER_FRAME)
+        job.reserved_frames = 1 + prompt_frames + request.params.max_new_tokens
+        self._pending.append(job)
+        QUEUE_DEPTH.set(len(self._pending))
+        self._work.set()
+        try:
+            return await job.future
+        except asyncio.CancelledError:  # the caller went away (cancelled, deadline, closed connection)
+            job.canceled = True
+            if job in self._pending:
+                self._pending.remove(job)
+                QUEUE_DEPTH.set(len(self._pending))
+            self._work.set()
+            raise
+
+    # --- the loop, on the event loop --------------------------------------------------------------
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._running and not self._pending:
+                self._work.clear()
+                await self._work.wait()
+                await asyncio.sleep(self.window_seconds)  # let requests that arrive together start together
+            leaving = [job for job in self._running if job.canceled]
+            for job in leaving:
+                self._running.remove(job)
+                STOPPED.inc()
+            joining = self._take_joining()
+            ROWS_ACTIVE.set(len(self._running))
+            if not (self._running or joining or leaving):
+                continue
+            began = self.throughput.clock()
+            BATCH_SIZE.observe(len(self._running) + len(joining))
+            try:
+                outcomes = await loop.run_in_executor(self.thread, self._step, joining, leaving)
+            except Exception as error:  # noqa: BLE001 - the step failed as a whole: every row gets the error
+                log.exception("decode step failed")
+                outcomes = [(job, error) for job in self._running]
+                self._reset()
+            for job, outcome in outcomes:
+                if job in self._running:
+                    self._running.remove(job)
+                self.throughput.record(1, min(began, job.joined_at or began))
+                if job.future.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    job.future.set_exception(outcome)
+                else:
+                    job.future.set_result(outcome)
+            ROWS_ACTIVE.set(len(self._running))
+            FRAMES_HELD.set(sum(job.reserved_frames for job in self._running))
+
+    def _take_joining(self) -> list[Job]:
+        """The waiting requests that join at the next step: in account turns, while there is room."""
+        free = self.max_rows - len(self._running)
+        if free <= 0 or not self._pending:
+            return []
+        reserved = sum(job.reserved_frames for job in self._running)
+        order = self._turns.order(self._pending)
+        queues = {account: collections.deque(j for j in self._pending if j.account == account) for account in order}
+        joining: list[Job] = []
+        full = False
+        while not full and len(joining) < free and any(queues.values()):
+            for account in order:  # one from each account per round, in turn order
+                if not queues[account] or len(joining) >= free:
+                    continue
+                job = queues[account][0]
+                alone = not self._running and not joining
+                if not alone and reserved + job.reserved_frames > self.max_frames:
+                    full = True  # no overtaking: the next turn's request waits for room
+                    break
+                queues[account].popleft()
+                joining.append(job)
+                reserved += job.reserved_frames
+        for job in joining:
+            self._pending.remove(job)
+            self._running.append(job)
+        if joining:
+            self._turns.served(joining, self._pending)
+        QUEUE_DEPTH.set(len(self._pending))
+        return joining
+
+    def _reset(self) -> None:
+        self._running.clear()
+        if self._engine is not None:
+            self._shared = DecodeBatch(self._engine.model, self.max_rows)
+        self._lanes.clear()
+
+    # --- one step, in the generation thread ----------------------------------------------------------
+
+    def _step(self, joining: list[Job], leaving: list[Job]) -> list[tuple[Job, Generated | BaseException]]:
+        assert self._engine is not None and self._preparer is not None and self._shared is not None
+        outcomes: list[tuple[Job, Generated | BaseException]] = []
+        for job in leaving:
+            if job.lane is not None:
+                job.lane.remove({job})
+        self._lanes = [lane for lane in self._lanes if lane.rows]
+
+        batches: dict[int, tuple[DecodeBatch, list[Prepared]]] = {id(self._shared): (self._shared, [])}
+        for lane in self._lanes:
+            batches[id(lane)] = (lane, [])
+        for job in joining:
+            try:
+                prepared = self._prepare(job)
+            except Exception as error:  # noqa: BLE001 - its own fault (a prompt the codec refuses, ...)
+                outcomes.append((job, error))
+                continue
+            lane = self._shared
+            if job.request.params.seeded:
+                lane = DecodeBatch(self._engine.model, 1)
+                self._lanes.append(lane)
+                batches[id(lane)] = (lane, [])
+            job.lane = lane
+            job.joined_at = time.monotonic()
+            batches[id(lane)][1].append(prepared)
+
+        frames = 0
+        for batch, prepared in batches.values():
+            if not (batch.rows or prepared):
+                continue
+            for finished in batch.step(prepared):
+                job = finished.tag
+                if isinstance(finished.error, NoTokenLeft):
+                    outcomes.append((job, no_token_left()))
+                elif finished.error is not None:
+                    outcomes.append((job, finished.error))
+                else:
+                    outcomes.append((job, self._generated(job, finished)))
+            frames += len(batch.rows)
+        for job in joining:
+            if job.joined_at:
+                TIME_TO_FIRST_FRAME.observe(time.monotonic() - job.arrived)
+        self._lanes = [lane for lane in self._lanes if lane.rows]
+        self.steps += 1
+        STEPS.inc()
+        frames += sum(1 for _, outcome in outcomes if isinstance(outcome, Generated))
+        FRAMES.inc(frames)
+        FRAMES_PER_SECOND.set(self._frame_rate.record(frames))
+        return outcomes
+
+    def _prepare(self, job: Job) -> Prepared:
+        request = job.request
+        params = request.params
+        settings = RowSettings(
+            params.cfg_scale, params.temperature, params.top_p, params.cfg_filter_top_k, params.max_new_tokens,
+            request.seed,
+        )  # fmt: skip
+        prepared = self._preparer.prepare(request.text, request.prompt, settings, tag=job)
+        # The decoder's positions hold the prompt and the new frames (3072 for Dia): the service
+        # refuses a max_new_tokens the caller chose that cannot fit; here what is left is lowered.
+        room = self._shared.room_for(prepared.prefill_frames)
+        if room <= FRAMES_WITHOUT_AUDIO:
+            raise invalid_parameter(
+                "max_audio_prompt_seconds",
+                f"the voice prompt ({prepared.prefill_frames - 1} frames) leaves no room for new audio in "
+                f"Dia's {self._shared.max_positions} decoder positions; use a shorter prompt",
+            )
+        if settings.max_new_tokens > room:
+            prepared.settings = dataclasses.replace(settings, max_new_tokens=room)
+        return prepared
+
+    def _generated(self, job: Job, finished) -> Generated:
+        generated = self._engine._decode_row(finished.sequence[None], finished.prefill_frames)
+        audio_seconds = (generated.generated_frames - FRAMES_WITHOUT_AUDIO) / FRAMES_PER_SECOND_OF_AUDIO
+        AUDIO_SECONDS.inc(max(audio_seconds, 0.0))
+        if audio_seconds > 0:
+            REAL_TIME_FACTOR.observe((time.monotonic() - job.joined_at) / audio_seconds)
+        return generated
+
+    async def close(self) -> None:
+        """Stop the loop (rows still running are dropped) and let the thread finish."""
+        self._closing.set()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        for job in [*self._running, *self._pending]:
+            if not job.future.done():
+                job.future.cancel()
+        await asyncio.to_thread(self.thread.shutdown, wait=True, cancel_futures=True)

@@ -1,0 +1,215 @@
+"""The continuous-batching decode loop on the tiny Dia: the same codes as transformers' own
+`generate`, alone and beside other rows that join and leave; per-row settings; the position limit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from services.synth import audio
+from services.synth.decoder import DecodeBatch, NoTokenLeft, RowSettings
+from services.synth.engine import SynthesisInput
+from services.synth.params import GenerationParams
+from services.synth.prompts import Preparer, PromptCache
+from tests.synth.helpers import noise_wav
+
+
+def prompt(seconds: float) -> np.ndarray:
+    return audio.read_prompt(noise_wav(seconds, seed=int(seconds * 10)), max_seconds=10)
+
+
+# (text, prompt seconds or None, max_new_tokens, cfg_scale, cfg_filter_top_k): lengths and settings differ.
+CASES = [
+    ("[S1] Hello there.", None, 60, 3.0, 45),
+    ("[S1] A much longer line than the first one. [S2] And a reply to it.", None, 80, 2.0, 10),
+    ("[S1] Prompt words. [S1] New words.", 0.4, 50, 3.0, 45),
+    ("[S1] Longer prompt words here. [S2] New words.", 1.3, 70, 1.0, 3),
+]
+
+
+@pytest.fixture(scope="module")
+def preparer(engine):
+    return Preparer(engine.processor, engine.model.config.delay_pattern, engine.special_tokens, PromptCache(1 << 20))
+
+
+@pytest.fixture(scope="module")
+def references(engine):
+    """Each case's codes from transformers' generate (through the old engine), greedy, alone."""
+    codes = []
+    for text, seconds, frames, scale, top_k in CASES:
+        params = GenerationParams(scale, 0.0, 0.95, top_k, frames, 1.0, None)
+        item = SynthesisInput(text, prompt(seconds) if seconds else None, params, 1)
+        codes.append(engine.generate([item])[0].codes)
+    return codes
+
+
+def settings(case, temperature: float = 0.0, seed: int = 1) -> RowSettings:
+    _, _, frames, scale, top_k = case
+    return RowSettings(scale, temperature, 0.95, top_k, frames, seed)
+
+
+def run(engine, preparer, arrivals: dict[int, list[int]], temperature=0.0, seeds=None):
+    """Step a batch until it is empty; arrivals maps a step to the cases that join at it."""
+    batch = DecodeBatch(engine.model, max_rows=8)
+    finished, step = {}, 0
+    while step <= max(arrivals) or batch.rows:
+        joining = []
+        for index in arrivals.get(step, []):
+            text, seconds, *_ = CASES[index]
+            seed = seeds[index] if seeds else 1
+            joining.append(
+                preparer.prepare(text, prompt(seconds) if seconds else None, settings(CASES[index], temperature, seed), index)
+            )
+        for done in batch.step(joining):
+            finished[done.tag] = engine._decode_row(done.sequence[None], done.prefill_frames)
+        step += 1
+    return finished, batch
+
+
+def test_alone_each_request_gets_the_codes_transformers_generate_gives(engine, preparer, references):
+    for index in range(len(CASES)):
+        finished, _ = run(engine, preparer, {0: [index]})
+        assert torch.equal(finished[index].codes, references[index]), CASES[index]
+
+
+def test_rows_joining_and_leaving_at_other_steps_do_not_change_a_rows_codes(engine, preparer, references):
+    # All at once, then staggered: rows join mid-way (a longer prompt widens the cache) and
+    # leave at different steps with different settings.
+    for arrivals in ({0: [0, 1, 2, 3]}, {0: [1], 5: [3], 9: [0], 30: [2]}, {0: [2], 1: [0], 40: [1, 3]}):
+        finished, batch = run(engine, preparer, arrivals)
+        assert sorted(finished) == [0, 1, 2, 3]
+        for index, generated in finished.items():
+            assert torch.equal(generated.codes, references[index]), (arrivals, CASES[index])
+        assert batch.rows == [] and batch.width == 0  # everything left: nothing held
+
+
+def test_a_row_leaves_the_step_its_last_codebook_ends(engine, preparer):
+    batch = DecodeBatch(engine.model, max_rows=2)
+    short = preparer.prepare("[S1] Hi.", None, RowSettings(3.0, 0.0, 0.95, 45, 20, 1), "short")
+    long = preparer.prepare("[S1] Hi.", None, RowSettings(3.0, 0.0, 0.95, 45, 40, 1), "long")
+    ended_at = {}
+    for step in range(40):
+        for done in batch.step([short, long] if step == 0 else []):
+            ended_at[done.tag] = step
+            assert len(done.sequence) == 1 + (20 if done.tag == "short" else 40)
+    assert ended_at == {"short": 19, "long": 39}
+    assert batch.rows == []
+
+
+def test_sampled_rows_repeat_with_their_seed_and_differ_with_another(engine, preparer):
+    first, _ = run(engine, preparer, {0: [0, 1]}, temperature=1.0, seeds={0: 5, 1: 6})
+    again, _ = run(engine, preparer, {0: [0, 1]}, temperature=1.0, seeds={0: 5, 1: 6})
+    other, _ = run(engine, preparer, {0: [0, 1]}, temperature=1.0, seeds={0: 9, 1: 6})
+    assert torch.equal(first[0].codes, again[0].codes) and torch.equal(first[1].codes, again[1].codes)
+    assert not torch.equal(first[0].codes, other[0].codes)
+
+
+def test_a_guidance_filter_of_one_token_leaves_every_codebook_a_token(engine, preparer):
+    batch = DecodeBatch(engine.model, max_rows=2)
+    rows = [preparer.prepare("[S1] Hi.", None, RowSettings(3.0, t, 0.95, 1, 40, 3), t) for t in (0.0, 1.8)]
+    finished = []
+    for step in range(40):
+        finished += batch.step(rows if step == 0 else [])
+    assert sorted(done.tag for done in finished) == [0.0, 1.8]
+    for done in finished:
+        assert ((done.sequence >= 0) & (done.sequence <= 1026)).all()
+
+
+def test_a_prompt_and_length_beyond_the_models_positions_are_refused(engine, preparer):
+    batch = DecodeBatch(engine.model, max_rows=2)
+    limit = engine.model.config.decoder_config.max_position_embeddings
+    prompt_frames = preparer.prepare("[S1] Hi.", prompt(1.0), RowSettings(3.0, 0.0, 0.95, 45, 10, 1)).prefill_frames - 1
+    assert batch.room_for(prompt_frames + 1) == limit - prompt_frames
+    fits = RowSettings(3.0, 0.0, 0.95, 45, limit - prompt_frames, 1)
+    batch.check_fits(preparer.prepare("[S1] Hi.", prompt(1.0), fits))
+    too_long = preparer.prepare("[S1] Hi.", prompt(1.0), RowSettings(3.0, 0.0, 0.95, 45, limit - prompt_frames + 1, 1))
+    with pytest.raises(ValueError, match="at most"):
+        batch.check_fits(too_long)
+    # In a running batch it fails alone, with that reason, and the other row goes on.
+    other = preparer.prepare("[S1] Hi.", None, RowSettings(3.0, 0.0, 0.95, 45, 20, 1), "other")
+    too_long.tag = "too long"
+    (refused,) = batch.step([other, too_long])
+    assert refused.tag == "too long" and "at most" in str(refused.error)
+    assert [row.prepared.tag for row in batch.rows] == ["other"]
+
+
+def test_a_row_generates_up_to_the_last_position(engine, preparer):
+    batch = DecodeBatch(engine.model, max_rows=1)
+    limit = batch.max_positions = 80  # as if the model had 80 positions, to keep the test short
+    row = preparer.prepare("[S1] Hi.", None, RowSettings(3.0, 0.0, 0.95, 45, limit, 1), "whole")
+    finished = []
+    while not finished:
+        finished = batch.step([row] if not batch.rows and row else [])
+        row = None
+    assert len(finished[0].sequence) == 1 + limit
+
+
+def first_codes(engine, preparer, temperature: float, top_p: float = 1.0, rows: int = 32) -> list[int]:
+    """The first code of codebook 0 for `rows` seeds, all in one batch: the same distribution in every row."""
+    batch = DecodeBatch(engine.model, max_rows=rows)
+    joining = [
+        preparer.prepare("[S1] Hello there, how are you?", None, RowSettings(3.0, temperature, top_p, 45, 17, seed), seed)
+        for seed in range(rows)
+    ]
+    batch.step(joining)
+    return [int(batch.outputs[row.slot, 1, 0]) for row in batch.rows]
+
+
+def test_temperatures_below_one_are_honoured_and_top_p_narrows_the_draws(engine, preparer):
+    greedy = first_codes(engine, preparer, 0.0, rows=1)[0]
+    by_temperature = {t: first_codes(engine, preparer, t) for t in (0.1, 0.5, 1.0, 2.0)}
+    shares = [codes.count(greedy) for codes in by_temperature.values()]
+    distinct = [len(set(codes)) for codes in by_temperature.values()]
+    # Clamped to 1.0, as transformers' Dia does, 0.1 and 0.5 would draw what 1.0 draws.
+    assert shares == sorted(shares, reverse=True) and shares[0] > shares[2], by_temperature
+    assert distinct == sorted(distinct) and distinct[0] < distinct[2], by_temperature
+    assert len(set(first_codes(engine, preparer, 2.0, top_p=0.1))) < distinct[3]
+
+
+def test_a_row_removed_mid_way_frees_its_slot_and_the_others_go_on_unchanged(engine, preparer, references):
+    batch = DecodeBatch(engine.model, max_rows=3)
+    rows = []
+    for index in (0, 1, 2):
+        text, seconds, *_ = CASES[index]
+        rows.append(preparer.prepare(text, prompt(seconds) if seconds else None, settings(CASES[index]), index))
+    finished = {}
+    for done in batch.step(rows):
+        finished[done.tag] = done
+    for _ in range(10):
+        batch.step()
+    batch.remove({1})  # its caller went away
+    assert sorted(row.prepared.tag for row in batch.rows) == [0, 2]
+    late = preparer.prepare(CASES[3][0], prompt(CASES[3][1]), settings(CASES[3]), 3)  # takes the freed slot
+    for done in batch.step([late]):
+        finished[done.tag] = done
+    while batch.rows:
+        for done in batch.step():
+            finished[done.tag] = done
+    assert sorted(finished) == [0, 2, 3]
+    for index, done in finished.items():
+        codes = engine._decode_row(done.sequence[None], done.prefill_frames).codes
+        assert torch.equal(codes, references[index]), CASES[index]
+
+
+def test_a_row_whose_scores_leave_no_token_fails_alone(engine, preparer, references):
+    batch = DecodeBatch(engine.model, max_rows=2)
+    choose = batch._choose
+
+    def poisoned(logits):  # the second row's model output turns to NaN at its 10th step
+        if len(batch.rows) == 2 and batch.rows[1].position == 10:
+            logits[:, 1] = float("nan")
+        return choose(logits)
+
+    batch._choose = poisoned
+    good = preparer.prepare(CASES[0][0], None, settings(CASES[0]), "good")
+    bad = preparer.prepare(CASES[1][0], None, settings(CASES[1], temperature=1.0), "bad")
+    finished = {}
+    for done in batch.step([good, bad]):
+        finished[done.tag] = done
+    while batch.rows:
+        for done in batch.step():
+            finished[done.tag] = done
+    assert isinstance(finished["bad"].error, NoTokenLeft)
+    codes = engine._decode_row(finished["good"].sequence[None], finished["good"].prefill_frames).codes
+    assert torch.equal(codes, references[0])
