@@ -25,14 +25,17 @@ the speech endpoint (speech.py) with a request translated into these terms.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
+import struct
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Mapping
+from typing import AsyncIterator, Awaitable, Callable, Mapping
 
 import asyncpg
 import grpc
+import numpy as np
 import prometheus_client
 from google.api import httpbody_pb2
 
@@ -48,10 +51,11 @@ from services.gateway.config import (
     PROMPT_CACHE_BYTES,
     PROMPT_GAP_SECONDS,
     PUBLIC_URL,
+    SCRIPT_CHUNK_BYTES,
     SYNTH_TIMEOUT_SECONDS,
 )
-from services.gateway.generation import history, parameters, prompt
-from services.gateway.generation.routing import Candidate, Router
+from services.gateway.generation import history, long_scripts, parameters, prompt
+from services.gateway.generation.routing import Candidate, Router, upstream_error
 from voice.gateway.v1 import generations_pb2, generations_pb2_grpc
 from voice.synth.v1 import synth_pb2
 
@@ -59,6 +63,10 @@ log = logging.getLogger("gateway.generations")
 
 GENERATION_ID_METADATA = "x-generation-id"
 WAV = "audio/wav"
+# A long script's chunks leave at least this much of Dia's window to the script.
+MIN_CHUNK_BYTES = 128
+# A WAV header's sizes while the length is not known (a stream).
+UNKNOWN_LENGTH = 0xFFFFFFFF
 
 REFUSED = prometheus_client.Counter(
     "gateway_generations_refused_total",
@@ -88,8 +96,8 @@ def error_type(error: BaseException) -> tuple[str, str]:
         error = ApiError.from_rpc_error(error)
     if isinstance(error, ApiError):
         return error.reason.lower(), error.message
-    if isinstance(error, asyncio.CancelledError):
-        return "cancelled", "the caller went away before the generation finished"
+    if isinstance(error, (asyncio.CancelledError, GeneratorExit)):
+        return "canceled", "the caller went away before the generation finished; it was stopped"
     return "internal", "internal error"
 
 
@@ -159,6 +167,132 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
         so that errors (sent and stored) speak the caller's terms.
         """
         names = public_names or {}
+        generation_id, plan, samples = await self._admit(account_id, request, context, prepare, names)
+        admitted = time.perf_counter()
+        try:
+            generated = await self._generate(generation_id, account_id, plan, samples, context, finish)
+            GENERATION_SECONDS.labels("succeeded").observe(time.perf_counter() - admitted)
+            return generated
+        except BaseException as error:
+            await self._failed(generation_id, error, admitted, names)
+            raise
+
+    async def stream(
+        self,
+        account_id: int,
+        request: generations_pb2.CreateGenerationRequest,
+        context: grpc.aio.ServicerContext,
+        *,
+        prepare: Prepare | None = None,
+        public_names: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[synth_pb2.StreamSynthesizeResponse]:
+        """The same pipeline, streamed: the provider's messages (16-bit mono PCM at their
+        sample_rate) as they come. Once the last has come the whole is stored as one WAV and
+        the generation has succeeded; a caller who goes away stops it, and it is canceled."""
+        names = public_names or {}
+        generation_id, plan, samples = await self._admit(account_id, request, context, prepare, names)
+        admitted = time.perf_counter()
+        try:
+            pcm = bytearray()
+            last = None
+            began = time.perf_counter()
+            chunks = self._chunked(generation_id, account_id, plan, samples, context)
+            async with contextlib.aclosing(chunks):  # closed now, not when collected: it stops the provider
+                async for candidate, number, message in chunks:
+                    pcm += message.pcm
+                    if message.last:
+                        last = message
+                    yield message
+            assert last is not None
+            self._count_audio(last.duration_seconds, began)
+            await history.mark_succeeded(
+                self.pool(), generation_id, wav_of(bytes(pcm), last.sample_rate), last.duration_seconds,
+                last.model or candidate.model, last.seed, number + 1,
+            )  # fmt: skip
+            GENERATION_SECONDS.labels("succeeded").observe(time.perf_counter() - admitted)
+            log.info("generated", extra={"generation": generation_id, "provider": candidate.provider_id, "streamed": True})
+        except BaseException as error:
+            await self._failed(generation_id, error, admitted, names)
+            raise
+
+    async def _chunked(
+        self, generation_id: str, account_id: int, plan: parameters.Plan, samples: list[prompt.Sample], context
+    ) -> AsyncIterator[tuple[Candidate, int, synth_pb2.StreamSynthesizeResponse]]:
+        """The script's chunks generated in order (one for a script that fits Dia's window;
+        long_scripts.py), streamed: (provider, chunk number, message). Only the final chunk's
+        last message is `last`, and it counts the whole (duration, frames)."""
+        assembled = await self._prompt(account_id, samples, plan) if samples else None
+        chunks = self._split(plan.script.text, assembled)
+        previous: tuple[long_scripts.Chunk, bytes, int] | None = None  # chunk, its PCM, sample rate
+        seconds = frames = 0.0
+        for number, chunk in enumerate(chunks):
+            synthesis = synth_pb2.StreamSynthesizeRequest(
+                script=chunk.text,
+                settings=parameters.synth_settings(plan.parameters),
+                account=str(account_id),  # the provider's queue takes accounts in turns
+            )
+            if assembled is not None:
+                synthesis.audio_prompt.CopyFrom(assembled)  # cloned voices: their samples again
+            elif previous is not None:
+                tail = self._tail_prompt(*previous, plan.parameters.max_audio_prompt_seconds)
+                if tail is not None:
+                    synthesis.audio_prompt.CopyFrom(tail)
+            pcm = bytearray()
+            messages = self.router.stream_synthesize(
+                synthesis, plan.model, self._synth_timeout(context), self._running(generation_id)
+            )
+            async with contextlib.aclosing(messages):
+                async for candidate, message in messages:
+                    pcm += message.pcm
+                    if message.last:
+                        seconds += message.duration_seconds
+                        frames += message.generated_frames
+                        if number < len(chunks) - 1:
+                            message = synth_pb2.StreamSynthesizeResponse(pcm=message.pcm, sample_rate=message.sample_rate)
+                        else:
+                            message.duration_seconds, message.generated_frames = seconds, int(frames)
+                    yield candidate, number, message
+            previous = (chunk, bytes(pcm), message.sample_rate or 44100)
+        if previous is None:  # pragma: no cover - a script has a chunk
+            raise upstream_error("nothing was generated")
+
+    def _split(self, script: str, assembled: synth_pb2.AudioPrompt | None) -> list[long_scripts.Chunk]:
+        """The chunks of `script` that fit Dia's window with their prompts (one when it all fits)."""
+        window = SCRIPT_CHUNK_BYTES.value
+        transcript = long_scripts.size(assembled.transcript) + 1 if assembled is not None else 0
+        if transcript + long_scripts.size(script) <= window:
+            return [long_scripts.Chunk((long_scripts.Piece("", script),), whole=script)]
+        reserved = transcript if assembled is not None else long_scripts.TAIL_TEXT_BYTES + 1
+        budget = window - reserved
+        if budget < MIN_CHUNK_BYTES:
+            raise ApiError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "REQUEST_TOO_LARGE",
+                f"the voice samples' transcripts take {reserved} of the {window} bytes Dia reads at once, which leaves "
+                f"too little for the script; shorten them (PATCH /v1/voice/samples/{{id}})",
+                param="speakers",
+            )
+        return long_scripts.split(script, budget)
+
+    @staticmethod
+    def _tail_prompt(chunk: long_scripts.Chunk, pcm: bytes, rate: int, max_seconds: float) -> synth_pb2.AudioPrompt | None:
+        """The end of the previous chunk, to continue its voices from (uncloned speakers)."""
+        text, share = long_scripts.tail(chunk)
+        samples = len(pcm) // 2
+        count = min(int(samples * share), int(max_seconds * rate))
+        if not text or count <= 0:
+            return None
+        return synth_pb2.AudioPrompt(wav=wav_of(pcm[(samples - count) * 2 :], rate), transcript=text)
+
+    async def _admit(
+        self,
+        account_id: int,
+        request: generations_pb2.CreateGenerationRequest,
+        context: grpc.aio.ServicerContext,
+        prepare: Prepare | None,
+        names: Mapping[str, str],
+    ) -> tuple[str, parameters.Plan, list[prompt.Sample]]:
+        """Check the request at the door, store it as queued and send its id; refusals are counted."""
         limits = parameters.Limits(MAX_INPUT_CHARS.value, MAX_COLLECTION_CHARS.value)
         try:
             plan = parameters.plan(request, limits)
@@ -180,18 +314,33 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
             log.info("generation refused", extra={"account_id": account_id, "type": kind})
             raise refusal from None
         await context.send_initial_metadata(((GENERATION_ID_METADATA, generation_id),))
-        admitted = time.perf_counter()
-        try:
-            generated = await self._generate(generation_id, account_id, plan, samples, context, finish)
-            GENERATION_SECONDS.labels("succeeded").observe(time.perf_counter() - admitted)
-            return generated
-        except BaseException as error:
-            GENERATION_SECONDS.labels("failed").observe(time.perf_counter() - admitted)
-            if isinstance(error, ApiError):
-                in_callers_terms(error, names)
-            # Shielded: a caller who hung up still leaves a finished record behind.
-            await asyncio.shield(self._record_failure(generation_id, error))
-            raise
+        return generation_id, plan, samples
+
+    async def _failed(self, generation_id: str, error: BaseException, admitted: float, names: Mapping[str, str]) -> None:
+        GENERATION_SECONDS.labels("failed").observe(time.perf_counter() - admitted)
+        if isinstance(error, ApiError):
+            in_callers_terms(error, names)
+        # Shielded: a caller who hung up still leaves a finished record behind.
+        await asyncio.shield(self._record_failure(generation_id, error))
+
+    def _running(self, generation_id: str):
+        async def running_on(candidate: Candidate) -> None:
+            await history.mark_running(self.pool(), generation_id, candidate.provider_id, candidate.model)
+
+        return running_on
+
+    @staticmethod
+    def _synth_timeout(context) -> float:
+        timeout = SYNTH_TIMEOUT_SECONDS.value
+        if context.time_remaining() is not None:
+            timeout = min(timeout, context.time_remaining())
+        return timeout
+
+    @staticmethod
+    def _count_audio(duration_seconds: float, began: float) -> None:
+        if duration_seconds > 0:
+            AUDIO_SECONDS.inc(duration_seconds)
+            REAL_TIME_FACTOR.observe((time.perf_counter() - began) / duration_seconds)
 
     async def _generate(
         self,
@@ -202,25 +351,22 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
         context,
         finish: Finish,
     ) -> Generated:
+        assembled = await self._prompt(account_id, samples, plan) if samples else None
+        if len(self._split(plan.script.text, assembled)) > 1:
+            return await self._generate_chunks(generation_id, account_id, plan, samples, context, finish)
         synthesis = synth_pb2.SynthesizeRequest(
             script=plan.script.text,
             settings=parameters.synth_settings(plan.parameters),
             account=str(account_id),  # the provider's queue takes accounts in turns
         )
-        if samples:
-            synthesis.audio_prompt.CopyFrom(await self._prompt(account_id, samples, plan))
+        if assembled is not None:
+            synthesis.audio_prompt.CopyFrom(assembled)
 
-        async def running_on(candidate: Candidate) -> None:
-            await history.mark_running(self.pool(), generation_id, candidate.provider_id, candidate.model)
-
-        timeout = SYNTH_TIMEOUT_SECONDS.value
-        if context.time_remaining() is not None:
-            timeout = min(timeout, context.time_remaining())
         synthesis_began = time.perf_counter()
-        candidate, reply = await self.router.synthesize(synthesis, plan.model, timeout, running_on)
-        if reply.duration_seconds > 0:
-            AUDIO_SECONDS.inc(reply.duration_seconds)
-            REAL_TIME_FACTOR.observe((time.perf_counter() - synthesis_began) / reply.duration_seconds)
+        candidate, reply = await self.router.synthesize(
+            synthesis, plan.model, self._synth_timeout(context), self._running(generation_id)
+        )
+        self._count_audio(reply.duration_seconds, synthesis_began)
         audio = await finish(reply.wav)
         row = await history.mark_succeeded(
             self.pool(), generation_id, reply.wav, reply.duration_seconds, reply.model or candidate.model, reply.seed
@@ -229,6 +375,30 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
             "generated",
             extra={"generation": generation_id, "provider": candidate.provider_id, "seconds": round(reply.duration_seconds, 2)},
         )
+        return Generated(history.to_proto(row, PUBLIC_URL.value), audio)
+
+    async def _generate_chunks(
+        self, generation_id: str, account_id: int, plan: parameters.Plan, samples: list[prompt.Sample], context, finish: Finish
+    ) -> Generated:
+        """A long script, its chunks joined with a short crossfade (long_scripts.py)."""
+        parts: list[bytearray] = []
+        began = time.perf_counter()
+        chunks = self._chunked(generation_id, account_id, plan, samples, context)
+        async with contextlib.aclosing(chunks):
+            async for candidate, number, message in chunks:
+                if number == len(parts):
+                    parts.append(bytearray())
+                parts[number] += message.pcm
+                last = message
+        rate = last.sample_rate or 44100
+        joined = long_scripts.crossfaded([np.frombuffer(bytes(part), dtype="<i2") for part in parts], rate)
+        wav, duration = wav_of(joined.astype("<i2").tobytes(), rate), joined.size / rate
+        self._count_audio(duration, began)
+        audio = await finish(wav)
+        row = await history.mark_succeeded(
+            self.pool(), generation_id, wav, duration, last.model or candidate.model, last.seed, len(parts)
+        )
+        log.info("generated", extra={"generation": generation_id, "chunks": len(parts), "seconds": round(duration, 2)})
         return Generated(history.to_proto(row, PUBLIC_URL.value), audio)
 
     async def _prompt(
@@ -247,18 +417,17 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
     async def _record_failure(self, generation_id: str, error: BaseException) -> None:
         kind, message = error_type(error)
         try:
-            await history.mark_failed(self.pool(), generation_id, kind, message)
+            status = "canceled" if kind == "canceled" else "failed"
+            await history.mark_failed(self.pool(), generation_id, kind, message, status)
         except ApiError:  # the database went away meanwhile: the caller gets the original error
             log.warning("could not record the failure of a generation", extra={"generation": generation_id})
 
     async def StreamGeneration(self, request, context):
-        await self.accounts.caller(context)
-        raise ApiError(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "NOT_IMPLEMENTED",
-            "streaming generation is not available yet; use CreateGeneration (POST /v1/voice/generations)",
-        )
-        yield  # a generator, as a server-streaming handler must be
+        account_id = await self.accounts.caller(context)
+        unary = generations_pb2.CreateGenerationRequest.FromString(request.SerializeToString())  # the same fields
+        async with contextlib.aclosing(self.stream(account_id, unary, context)) as messages:
+            async for body in streamed_wav(messages):
+                yield generations_pb2.StreamGenerationResponse(audio=body)
 
     # --- history ---------------------------------------------------------------
 
@@ -284,6 +453,29 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
         audio = await history.shared_audio(self.pool(), request.share_token)
         return generations_pb2.GetSharedGenerationAudioResponse(audio=httpbody_pb2.HttpBody(content_type=WAV, data=audio))
 
+
+
+async def streamed_wav(messages: AsyncIterator[synth_pb2.StreamSynthesizeResponse]) -> AsyncIterator[httpbody_pb2.HttpBody]:
+    """A streamed generation as audio/wav: a header of unknown length first, then the samples as they come."""
+    first = True
+    async for message in messages:
+        data = message.pcm
+        if first:
+            data, first = wav_header(message.sample_rate) + data, False
+        if data:
+            yield httpbody_pb2.HttpBody(content_type=WAV, data=data)
+
+
+def wav_header(sample_rate: int, data_bytes: int = UNKNOWN_LENGTH) -> bytes:
+    """The 44-byte header of 16-bit mono WAV; streams, whose length is not known yet, say 0xFFFFFFFF."""
+    riff = UNKNOWN_LENGTH if data_bytes == UNKNOWN_LENGTH else 36 + data_bytes
+    return struct.pack(
+        "<4sI4s4sIHHIIHH4sI", b"RIFF", riff, b"WAVE", b"fmt ", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16, b"data", data_bytes
+    )
+
+
+def wav_of(pcm: bytes, sample_rate: int) -> bytes:
+    return wav_header(sample_rate, len(pcm)) + pcm
 
 
 def account_limits() -> history.AccountLimits:
