@@ -55,7 +55,7 @@ from services.gateway.config import (
     SYNTH_TIMEOUT_SECONDS,
 )
 from services.gateway.generation import history, long_scripts, parameters, prompt
-from services.gateway.generation.routing import Candidate, Router, upstream_error
+from services.gateway.generation.routing import Candidate, Router
 from voice.gateway.v1 import generations_pb2, generations_pb2_grpc
 from voice.synth.v1 import synth_pb2
 
@@ -196,7 +196,8 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
             pcm = bytearray()
             last = None
             began = time.perf_counter()
-            chunks = self._chunked(generation_id, account_id, plan, samples, context)
+            assembled = await self._prompt(account_id, samples, plan) if samples else None
+            chunks = self._chunked(generation_id, account_id, plan, assembled, context)
             async with contextlib.aclosing(chunks):  # closed now, not when collected: it stops the provider
                 async for candidate, number, message in chunks:
                     pcm += message.pcm
@@ -216,12 +217,17 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
             raise
 
     async def _chunked(
-        self, generation_id: str, account_id: int, plan: parameters.Plan, samples: list[prompt.Sample], context
+        self,
+        generation_id: str,
+        account_id: int,
+        plan: parameters.Plan,
+        assembled: synth_pb2.AudioPrompt | None,
+        context,
     ) -> AsyncIterator[tuple[Candidate, int, synth_pb2.StreamSynthesizeResponse]]:
         """The script's chunks generated in order (one for a script that fits Dia's window;
         long_scripts.py), streamed: (provider, chunk number, message). Only the final chunk's
-        last message is `last`, and it counts the whole (duration, frames)."""
-        assembled = await self._prompt(account_id, samples, plan) if samples else None
+        last message is `last`, and it counts the whole (duration, frames). `assembled`: the
+        cloned voices' prompt, or None."""
         chunks = self._split(plan.script.text, assembled)
         previous: tuple[long_scripts.Chunk, bytes, int] | None = None  # chunk, its PCM, sample rate
         seconds = frames = 0.0
@@ -253,8 +259,6 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
                             message.duration_seconds, message.generated_frames = seconds, int(frames)
                     yield candidate, number, message
             previous = (chunk, bytes(pcm), message.sample_rate or 44100)
-        if previous is None:  # pragma: no cover - a script has a chunk
-            raise upstream_error("nothing was generated")
 
     def _split(self, script: str, assembled: synth_pb2.AudioPrompt | None) -> list[long_scripts.Chunk]:
         """The chunks of `script` that fit Dia's window with their prompts (one when it all fits)."""
@@ -353,7 +357,7 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
     ) -> Generated:
         assembled = await self._prompt(account_id, samples, plan) if samples else None
         if len(self._split(plan.script.text, assembled)) > 1:
-            return await self._generate_chunks(generation_id, account_id, plan, samples, context, finish)
+            return await self._generate_chunks(generation_id, account_id, plan, assembled, context, finish)
         synthesis = synth_pb2.SynthesizeRequest(
             script=plan.script.text,
             settings=parameters.synth_settings(plan.parameters),
@@ -378,12 +382,18 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
         return Generated(history.to_proto(row, PUBLIC_URL.value), audio)
 
     async def _generate_chunks(
-        self, generation_id: str, account_id: int, plan: parameters.Plan, samples: list[prompt.Sample], context, finish: Finish
+        self,
+        generation_id: str,
+        account_id: int,
+        plan: parameters.Plan,
+        assembled: synth_pb2.AudioPrompt | None,
+        context,
+        finish: Finish,
     ) -> Generated:
         """A long script, its chunks joined with a short crossfade (long_scripts.py)."""
         parts: list[bytearray] = []
         began = time.perf_counter()
-        chunks = self._chunked(generation_id, account_id, plan, samples, context)
+        chunks = self._chunked(generation_id, account_id, plan, assembled, context)
         async with contextlib.aclosing(chunks):
             async for candidate, number, message in chunks:
                 if number == len(parts):

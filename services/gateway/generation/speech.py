@@ -47,7 +47,7 @@ import grpc
 from google.api import httpbody_pb2
 
 from runtime import clients, fields
-from runtime.errors import ApiError, invalid_argument
+from runtime.errors import invalid_argument
 from runtime.text import sanitize
 from services.gateway.config import SPEECH_FRAMES_PER_CHARACTER
 from services.gateway.generation import parameters
