@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from services.gateway.generation import long_scripts
+from services.gateway.generation.generations import GenerationService, wav_of
 from services.gateway.generation.script import parse_script
-from tests.gateway.conftest import Account, assert_error, make_key, wait_for_models
+from tests.gateway.conftest import FOX, HELLO, Account, assert_error, created, make_key, upload_form, wait_for_models
 
 GENERATIONS = "/v1/voice/generations"
 
@@ -64,6 +65,16 @@ def test_crossfade_joins_with_a_short_overlap():
     assert joined[899] == 1000 and joined[1000] == -1000 and -1000 < joined[950] < 1000
 
 
+def test_an_uncloned_chunk_is_prompted_with_the_end_of_the_one_before():
+    chunk = long_scripts.split("[S1] One two three four. [S2] Five six seven eight.", 1000)[0]
+    pcm = np.arange(10_000, dtype="<i2").tobytes()
+    tail = GenerationService._tail_prompt(chunk, pcm, 44100, max_seconds=10)
+    assert tail.transcript == "[S1] One two three four. [S2] Five six seven eight."  # all of it fits 256 bytes
+    assert tail.wav == wav_of(pcm, 44100)
+    shorter = GenerationService._tail_prompt(chunk, pcm, 1000, max_seconds=2)  # 2 s at 1 kHz: the last 2000
+    assert shorter.wav == wav_of(pcm[-4000:], 1000)
+
+
 # --- end to end ------------------------------------------------------------------------------
 
 
@@ -104,3 +115,15 @@ async def test_a_long_script_streams_chunk_after_chunk(http, hal):
 async def test_over_the_input_limit_is_still_413(http, hal):
     response = await http.post(GENERATIONS, json={"input": "a" * 8193}, headers=hal.headers)
     await assert_error(response, 413, "request_too_large", "input")
+
+
+async def test_cloned_voices_whose_transcripts_overflow_the_window_get_their_samples_in_every_chunk(http, hal):
+    transcript = "Hello world, this is a voice sample for testing. " * 4  # ~200 bytes each
+    s1 = await created(await upload_form(http, hal, HELLO, "Host", transcript=transcript))
+    s2 = await created(await upload_form(http, hal, FOX, "Guest", transcript=transcript))
+    script = dialogue(800)  # fits alone; not with the two transcripts before it
+    body = {"input": script, "max_new_tokens": 256, "speakers": {"S1": s1["id"], "S2": s2["id"]}}
+    response = await http.post(GENERATIONS, json=body, headers=hal.headers)
+    assert response.status == 200, await response.text()
+    row = await (await http.get(f"{GENERATIONS}/{response.headers['X-Generation-Id']}", headers=hal.headers)).json()
+    assert row["status"] == "succeeded" and row["chunks"] == 2

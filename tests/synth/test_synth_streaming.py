@@ -171,3 +171,14 @@ async def test_speed_factor_is_applied_as_the_stream_flows(synth, speed):
 async def test_a_stream_refuses_what_synthesize_refuses(synth):
     error = await error_of(collect(synth.StreamSynthesize(stream_request(script="", seed=1))))
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT and error.param == "script"
+
+
+async def test_a_cancelled_stream_stops_its_generation(synth):
+    """4096 frames keep the tiny model busy for many seconds; cancelled, the provider is idle at once."""
+    call = synth.StreamSynthesize(stream_request(seed=23, max_new_tokens=4096))
+    await call.read()
+    call.cancel()
+    deadline = asyncio.get_running_loop().time() + 5
+    while (await synth.GetProviderInfo(synth_pb2.GetProviderInfoRequest())).provider.load:
+        assert asyncio.get_running_loop().time() < deadline, "the generation ran on after its caller left"
+        await asyncio.sleep(0.05)
