@@ -7,7 +7,9 @@ checks the API key, transcodes the request, calls the upstream with a generic
 gRPC call, and transcodes the answer back. What differs between methods is
 declared in their protos and read over reflection with the routes (see
 discovery.py): whether a key is needed, which deadline applies, which
-response metadata become headers. The edge knows no method by name.
+response metadata become headers, and which server-streaming method answers
+instead when the request asks for a stream (its answers sent on chunked, as
+they come). The edge knows no method by name.
 """
 
 from __future__ import annotations
@@ -250,8 +252,8 @@ class HttpFront:
             account_id = await self.authenticate(authorization)
             request["account_id"] = account_id
         if route.rpc.server_streaming or route.rpc.client_streaming:
-            # Streaming RPCs (chunked audio) come with a later issue.
-            raise ApiError(grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED", f"{route} does not stream over HTTP yet")
+            # HTTP reaches a streaming RPC through a unary route's stream_method (see _stream), not a rule of its own.
+            raise ApiError(grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED", f"{route} is not served over HTTP")
         # Serialized at once, the HTTP input let go as it returns: an uploaded file is held twice
         # at most, while it is copied into the payload and while gRPC sends it.
         payload = transcoding.to_grpc_payload(route, await self._http_input(request, route, path_params))
