@@ -6,12 +6,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: run test fuzz protos key bench tiny-models images promtool clean
+.PHONY: run test fuzz protos key bench tiny-models smoke-fullsize images promtool clean
 
 run: $(VENV)/.installed gen/.stamp
 	$(PY) -m tools.mesh
 
-test: $(VENV)/.installed gen/.stamp var/buf/.installed promtool
+test: $(VENV)/.installed gen/.stamp var/buf/.installed promtool /usr/bin/chromium
 	$(VENV)/bin/pytest
 
 # A long fuzzing run of the HTTP API: over 10,000 requests, a new seed each time
@@ -29,6 +29,11 @@ key: $(VENV)/.installed gen/.stamp
 # A tiny random-weight Dia and codec under var/models/tiny-random: DIA_MODEL=tiny-random make run.
 tiny-models: $(VENV)/.installed
 	$(PY) -m services.synth.tiny_models
+
+# The synth on the full-size Dia architecture with random weights (var/fullsize, built once):
+# load time, memory, seconds a frame, audio length and rate. Minutes and ~8 GB; not in make test.
+smoke-fullsize: $(VENV)/.installed gen/.stamp
+	$(PY) -m tools.smoke_fullsize
 
 bench: $(VENV)/.installed gen/.stamp
 	-$(PY) bench/transcode_bench.py
@@ -74,6 +79,12 @@ promtool:
 	  $$APT install -y --no-install-recommends prometheus >/dev/null 2>&1 || \
 	    { $$APT update && $$APT install -y --no-install-recommends prometheus >/dev/null; }; \
 	} || echo "promtool could not be installed: the alert-rule checks will be skipped"
+
+# Debian's Chromium for the dashboard's browser tests (Playwright drives it; its own
+# browser download cannot work offline). Waits for a dpkg lock another install holds.
+/usr/bin/chromium:
+	-apt-get -o DPkg::Lock::Timeout=300 install -y chromium || \
+	  (apt-get update && apt-get -o DPkg::Lock::Timeout=300 install -y chromium)
 
 clean:
 	rm -rf gen var .pytest_cache

@@ -51,9 +51,9 @@ async def test_synth_killed_under_load_fails_its_requests_cleanly_and_the_launch
     killed = run.pid("synth")
     try:
         async with aiohttp.ClientSession(base_url=run.http_url) as http:
-            # A full batch of long generations (4096 frames take the tiny model seconds).
+            # A full batch of long generations (3072 frames, the most Dia holds, take the tiny model seconds).
             load = [
-                asyncio.create_task(generate(http, account, f"[S1] Request {index}.", 4096)) for index in range(4)
+                asyncio.create_task(generate(http, account, f"[S1] Request {index}.", 3072)) for index in range(4)
             ]
             async with asyncio.timeout(REQUEST_BOUND_SECONDS):
                 while not any(g["status"] == "running" for g in (await history(http, account)).values()):

@@ -471,7 +471,9 @@ async def run(services: list[str]) -> int:
     done, _ = await asyncio.wait({starting, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
     if starting in done:
         running = [name for name in services if name not in failed]
-        where = f"http://127.0.0.1:{config.GATEWAY_HTTP_PORT.value}" if "gateway" in running else "gRPC only"
+        where = (
+            f"API and dashboard at http://127.0.0.1:{config.GATEWAY_HTTP_PORT.value}/" if "gateway" in running else "gRPC only"
+        )
         note = f"; NOT running: {', '.join(failed)} (see above)" if failed else ""
         why_not = starting.result()
         if why_not:

@@ -4,7 +4,7 @@ the public HTTP port, GATEWAY_HTTP_PORT, is in runtime.config)."""
 from __future__ import annotations
 
 from runtime import config
-from runtime.config import between, setting
+from runtime.config import at_least, between, setting
 
 
 KEY_CACHE_SECONDS = setting(
@@ -76,6 +76,13 @@ PROMPT_GAP_SECONDS = setting(
     "even a 1 s prompt keeps room for both voices)",
     between(0, 0.5),
 )
+PROMPT_STT_TIMEOUT_SECONDS = setting(
+    "GATEWAY_PROMPT_STT_TIMEOUT_SECONDS",
+    30.0,
+    "how long the speech recognizer may take to time the words of a voice sample that must be cut to "
+    "fit a prompt; past that (or with the recognizer down) the sample is kept whole",
+    between(0.1, 3600),
+)
 
 SPEECH_FRAMES_PER_CHARACTER = setting(
     "GATEWAY_SPEECH_FRAMES_PER_CHARACTER",
@@ -120,4 +127,47 @@ PUBLIC_URL = setting(
     "GATEWAY_PUBLIC_URL",
     _default_public_url,
     "the gateway's address as users reach it, without a trailing slash: the start of share URLs",
+)
+
+PREDICTION_MAX_WAIT_SECONDS = setting(
+    "GATEWAY_PREDICTION_MAX_WAIT_SECONDS",
+    60.0,
+    "longest a prediction request with `Prefer: wait` is held open for the prediction to end (the hosted "
+    "predictor's client waits 60 s); past it the prediction is answered as it is and goes on in the background",
+    between(1, 600),
+)
+MAX_FILE_BYTES = setting(
+    "GATEWAY_MAX_FILE_BYTES",
+    20 * 1024 * 1024,
+    "largest file uploaded to /v1/files (a prediction's audio_prompt), also of a data: URI or allowed URL "
+    "given as audio_prompt; larger is refused with 413 request_too_large",
+    at_least(1),
+)
+PREDICTION_URL_ALLOW_LIST = setting(
+    "GATEWAY_PREDICTION_URL_ALLOW_LIST",
+    "",
+    "comma-separated URL prefixes (`https://files.example.com/voices/`) a prediction's audio_prompt may be "
+    "fetched from; empty: the gateway fetches no URL a user supplies (only its own /v1/files URLs, data: URIs "
+    "and sample:<id>)",
+    str,
+)
+WEBHOOK_ALLOW_LIST = setting(
+    "GATEWAY_WEBHOOK_ALLOW_LIST",
+    "",
+    "comma-separated URL prefixes (`https://hooks.example.com/`) a prediction's webhook may point at; "
+    "empty: no webhooks (a prediction asking for one is refused with 400 invalid_parameter)",
+    str,
+)
+WEBHOOK_ATTEMPTS = setting(
+    "GATEWAY_WEBHOOK_ATTEMPTS",
+    5,
+    "tries of one webhook delivery (a connection error, a timeout or a non-2xx answer is retried, the pauses "
+    "doubling from 1 s)",
+    between(1, 20, int),
+)
+PREDICTIONS_PAGE_SIZE = setting(
+    "GATEWAY_PREDICTIONS_PAGE_SIZE",
+    100,
+    "predictions on one page of GET /v1/predictions (the hosted predictor's client follows `next` for more)",
+    between(1, 100, int),
 )

@@ -24,10 +24,19 @@ from services.gateway.edge.front import HttpFront
 from services.gateway.edge.upstreams import RouteTable
 from services.gateway.generation import history
 from services.gateway.generation.generations import GenerationService
+from services.gateway.generation.predictions import Predictions
+from services.gateway.generation.prompt_audio import Files
 from services.gateway.generation.registry import ModelService, ProviderRegistry, online_models
 from services.gateway.generation.routing import VOICE_CLONING, Router
 from services.gateway.generation.speech import SpeechService
-from voice.gateway.v1 import generations_pb2_grpc, models_pb2_grpc, providers_pb2_grpc, speech_pb2_grpc
+from services.gateway.generation.webhooks import Webhooks
+from voice.gateway.v1 import (
+    generations_pb2_grpc,
+    models_pb2_grpc,
+    predictions_pb2_grpc,
+    providers_pb2_grpc,
+    speech_pb2_grpc,
+)
 
 log = logging.getLogger("gateway")
 
@@ -45,6 +54,7 @@ class Gateway:
         self.router = Router(self.pool)
         self.generations = GenerationService(self.pool, self.accounts, self.router)
         self.registry = ProviderRegistry(self.pool)
+        self.predictions = Predictions(self.generations)
 
     def pool(self) -> asyncpg.Pool:
         assert self._pool is not None, "the gateway has not started"
@@ -54,6 +64,7 @@ class Gateway:
         self.registry.check_settings()
         self._pool = await accounts.open_pool()
         self.generations.start()
+        self.predictions.start()
         self._sweeper = asyncio.create_task(self._fail_abandoned_generations())
         # The gRPC server is already listening, so the gateway can reflect on itself too.
         self.table = RouteTable(upstream_names())
@@ -89,6 +100,7 @@ class Gateway:
                 pass
         if self.front is not None:
             await self.front.stop()
+        await self.predictions.close()
         if self.table is not None:
             await self.table.close()
         await self.generations.close()
@@ -130,6 +142,22 @@ def build_spec() -> ServiceSpec:
                 SpeechService(gateway.generations),
                 "voice.gateway.v1.SpeechService",
                 readiness=gateway.generations_ready,
+            ),
+            Servicer(
+                predictions_pb2_grpc.add_PredictionServiceServicer_to_server,
+                gateway.predictions,
+                "voice.gateway.v1.PredictionService",
+                readiness=gateway.generations_ready,
+            ),
+            Servicer(
+                predictions_pb2_grpc.add_FileServiceServicer_to_server,
+                Files(gateway.generations),
+                "voice.gateway.v1.FileService",
+            ),
+            Servicer(
+                predictions_pb2_grpc.add_WebhookServiceServicer_to_server,
+                Webhooks(gateway.generations),
+                "voice.gateway.v1.WebhookService",
             ),
             Servicer(
                 models_pb2_grpc.add_ModelServiceServicer_to_server,

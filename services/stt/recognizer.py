@@ -15,10 +15,18 @@ WHISPER_SAMPLE_RATE = 16_000
 
 
 @dataclass(frozen=True)
+class Word:
+    start_seconds: float
+    end_seconds: float
+    text: str
+
+
+@dataclass(frozen=True)
 class Segment:
     start_seconds: float
     end_seconds: float
     text: str
+    words: tuple[Word, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -50,13 +58,19 @@ class Recognizer:
         """ISO 639-1 codes the model transcribes (["en"] for an English-only model)."""
         return self.model.supported_languages
 
-    def transcribe(self, wav: bytes, language: str | None) -> Transcript:
-        """Transcribe a WAV clip; `language` None detects it."""
+    def transcribe(self, wav: bytes, language: str | None, word_timestamps: bool = False) -> Transcript:
+        """Transcribe a WAV clip; `language` None detects it; `word_timestamps` times each word."""
         samples = faster_whisper.decode_audio(io.BytesIO(wav), sampling_rate=WHISPER_SAMPLE_RATE)
-        pieces, info = self.model.transcribe(samples, language=language)
+        pieces, info = self.model.transcribe(samples, language=language, word_timestamps=word_timestamps)
         # The segments come from a generator: decoding happens while we iterate.
         segments = [
-            Segment(piece.start, piece.end, piece.text.strip()) for piece in pieces
+            Segment(
+                piece.start,
+                piece.end,
+                piece.text.strip(),
+                tuple(Word(word.start, word.end, word.word.strip()) for word in piece.words or ()),
+            )
+            for piece in pieces
         ]
         return Transcript(
             text=" ".join(segment.text for segment in segments if segment.text),

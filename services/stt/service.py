@@ -102,7 +102,7 @@ class Stt(stt_pb2_grpc.SttServiceServicer):
                     )
                 )
                 transcript = await self.limiter.run(
-                    self.recognizer.transcribe, decoded.wav, language
+                    self.recognizer.transcribe, decoded.wav, language, request.word_timestamps
                 )
         except LimiterFull:
             raise busy(self.limiter) from None
@@ -117,7 +117,15 @@ class Stt(stt_pb2_grpc.SttServiceServicer):
             language_probability=transcript.language_probability,
             duration_seconds=transcript.duration_seconds,
             segments=[
-                stt_pb2.Segment(start_seconds=s.start_seconds, end_seconds=s.end_seconds, text=s.text)
+                stt_pb2.Segment(
+                    start_seconds=s.start_seconds,
+                    end_seconds=s.end_seconds,
+                    text=s.text,
+                    words=[
+                        stt_pb2.Word(start_seconds=w.start_seconds, end_seconds=w.end_seconds, text=w.text)
+                        for w in s.words
+                    ],
+                )
                 for s in transcript.segments
             ],
         )

@@ -23,7 +23,10 @@ batches from it and runs each in the generation thread, one at a time:
   up in memory, with a RetryInfo: the requests running or waiting over the
   rate they have been finishing at lately (runtime.admission);
 * a caller that goes away leaves the queue at once, and a running batch
-  whose callers are all gone stops early.
+  whose callers are all gone stops early;
+* one request never fails its batch-mates: the engine answers an error for
+  a row it could not generate and audio for the others, and a batch that
+  fails as a whole is generated again one request at a time.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Callable
@@ -40,7 +44,9 @@ import prometheus_client
 
 from runtime.admission import Throughput, retry_after
 from runtime.errors import ApiError
-from services.synth.engine import Generated, SynthesisInput
+from services.synth.engine import Generated, GenerationStopped, SynthesisInput
+
+log = logging.getLogger("synth.batching")
 
 GENERATE_CALLS = prometheus_client.Counter(
     "synth_generate_calls", "Calls of Dia's generate (one per batch)."
@@ -54,9 +60,12 @@ ROWS_ACTIVE = prometheus_client.Gauge("synth_rows_active", "Requests being gener
 CAPACITY = prometheus_client.Gauge(
     "synth_capacity", "Requests this provider takes at once before SYNTH_BUSY: a full batch plus the queue."
 )
+STOPPED = prometheus_client.Counter(
+    "synth_generations_stopped", "Batches cut short because every caller had gone (cancelled, timed out)."
+)
 
-# generate(batch, should_stop) -> one result per request, in order
-GenerateFunction = Callable[[list[SynthesisInput], Callable[[], bool]], list[Generated]]
+# generate(batch, should_stop) -> one result per request, in order: its audio, or the error it alone failed with
+GenerateFunction = Callable[[list[SynthesisInput], Callable[[], bool]], list[Generated | BaseException]]
 
 
 @dataclass(eq=False)
@@ -198,21 +207,42 @@ class Batcher:
             GENERATE_CALLS.inc()
             BATCH_SIZE.observe(len(batch))
             try:
-                results = await loop.run_in_executor(
-                    self.thread, generate, [job.request for job in batch], should_stop
-                )
-            except Exception as error:  # noqa: BLE001 - every caller of the batch gets it (and logs it)
-                for job in batch:
-                    if not job.future.done():
-                        job.future.set_exception(error)
-            else:
+                results = await self._generate(loop, generate, batch, should_stop)
                 for job, result in zip(batch, results):
                     if not job.future.done():
-                        job.future.set_result(result)
+                        if isinstance(result, BaseException):
+                            job.future.set_exception(result)
+                        else:
+                            job.future.set_result(result)
             finally:
                 self._running = 0
                 ROWS_ACTIVE.set(0)
                 self.throughput.record(len(batch), began)
+
+    async def _generate(self, loop, generate: GenerateFunction, batch: list[Job], should_stop) -> list:
+        """One result (or error) per job. When a batch fails as a whole, its requests are
+        generated again one at a time, so that the request at fault fails alone."""
+        requests = [job.request for job in batch]
+        try:
+            return await loop.run_in_executor(self.thread, generate, requests, should_stop)
+        except Exception as error:  # noqa: BLE001 - handed to the callers, who log it
+            if len(batch) == 1 or isinstance(error, GenerationStopped) or should_stop():
+                if should_stop():
+                    STOPPED.inc()
+                return [error] * len(batch)
+            log.warning("a batch failed; generating its requests one at a time", extra={"error": repr(error)})
+        results = []
+        for job in batch:
+
+            def alone_should_stop(job=job) -> bool:
+                return self._closing.is_set() or job.abandoned.is_set()
+
+            try:
+                (result,) = await loop.run_in_executor(self.thread, generate, [job.request], alone_should_stop)
+            except Exception as error:  # noqa: BLE001
+                result = error
+            results.append(result)
+        return results
 
     async def close(self) -> None:
         """Stop the scheduler, end a running generation early, and let the thread finish."""

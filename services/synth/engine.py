@@ -11,6 +11,7 @@ import pathlib
 from dataclasses import dataclass, field
 from typing import Callable
 
+import grpc
 import numpy as np
 import torch
 import transformers
@@ -27,8 +28,10 @@ from transformers import (
 from transformers.generation.logits_process import (
     DiaClassifierFreeGuidanceLogitsProcessor,
     DiaEOSChannelFilterLogitsProcessor,
+    DiaEOSDelayPatternLogitsProcessor,
 )
 
+from runtime.errors import ApiError
 from services.synth import tiny_models
 from services.synth.audio import SAMPLE_RATE
 from services.synth.config import HUB_DIA_MODEL, TINY_MODEL_NAME
@@ -39,6 +42,12 @@ log = logging.getLogger("synth.engine")
 
 # Dia's codec turns one frame of codes into this many samples (DAC hop length).
 SAMPLES_PER_FRAME = 512
+# The logits processors of transformers' Dia that make its output valid (guidance, end rules).
+DIA_OWN_PROCESSORS = (
+    DiaClassifierFreeGuidanceLogitsProcessor,
+    DiaEOSChannelFilterLogitsProcessor,
+    DiaEOSDelayPatternLogitsProcessor,
+)
 
 
 class ModelLoadError(Exception):
@@ -60,6 +69,10 @@ class _ServedDia(DiaForConditionalGeneration):
 
     def _get_logits_processor(self, generation_config, *args, logits_processor=None, **kwargs):
         processors = super()._get_logits_processor(generation_config, *args, logits_processor=None, **kwargs)
+        # Only Dia's own rules stay: anything else (a TemperatureLogitsWarper Dia adds for a
+        # temperature a checkpoint's generation_config.json sets, a repetition penalty...) would
+        # shape sampling beside the request's parameters, which our sampler alone applies.
+        processors = LogitsProcessorList(p for p in processors if isinstance(p, DIA_OWN_PROCESSORS))
         # Guidance keeps its top-k among the tokens the end rules allow (see GuidanceAmongAllowed).
         (rules,) = [p for p in processors if isinstance(p, DiaEOSChannelFilterLogitsProcessor)]
         for index, processor in enumerate(processors):
@@ -88,6 +101,14 @@ class Generated:
     samples: np.ndarray  # float32, 44.1 kHz, the new speech only
     generated_frames: int  # frames generated, end marker and delay tail included
     codes: torch.Tensor  # (frames, codebooks): the audio codes the samples decode from
+
+
+def no_token_left() -> ApiError:
+    return ApiError(
+        grpc.StatusCode.INTERNAL,
+        "GENERATION_FAILED",
+        "the model left no audio token to sample for this request (its scores were all ruled out or not numbers)",
+    )
 
 
 def choose_device(requested: str) -> tuple[torch.device, torch.dtype]:
@@ -120,6 +141,14 @@ class DiaEngine:
         )
         # Dia's text encoder is trained on at most this many byte tokens.
         self.max_text_tokens = model.config.encoder_config.max_position_embeddings
+        # Its decoder has this many positions (3072): prompt frames plus new frames (see params.fit_positions).
+        self.max_frames = decoder.max_position_embeddings
+        # transformers fills every generation setting we leave unset from the checkpoint's
+        # generation_config.json, and Dia's published one sets do_sample, temperature (about 1.2),
+        # top_k and top_p: Dia would then scale our temperature by its own. Only the token ids are kept.
+        model.generation_config = GenerationConfig(
+            decoder_start_token_id=model.generation_config.decoder_start_token_id, **self.special_tokens
+        )
 
     @classmethod
     def load(cls, dia: str, dac: str, model_id: str, device: str = "auto", threads: int = 2) -> "DiaEngine":
@@ -159,12 +188,14 @@ class DiaEngine:
     @torch.inference_mode()
     def generate(
         self, batch: list[SynthesisInput], should_stop: Callable[[], bool] = lambda: False
-    ) -> list[Generated]:
+    ) -> list[Generated | ApiError]:
         """Generate every request of `batch` in one `generate` call.
 
         The requests must share `params.batch_key()` and either all have a
         prompt or none. Rows are padded by Dia's processor (text on the right,
         prompt codes on the left) and each row is cut back to its own audio.
+        A request the sampler could not sample for gets an error in its place;
+        the others their audio.
         """
         params = batch[0].params
         with_prompt = batch[0].prompt is not None
@@ -197,7 +228,10 @@ class DiaEngine:
         )
         if should_stop():
             raise GenerationStopped  # cut short: rows lack their end, and nobody waits for them
-        return [self._decode_row(output[row : row + 1], start) for row in range(len(batch))]
+        return [
+            no_token_left() if row in sampler.failed else self._decode_row(output[row : row + 1], start)
+            for row in range(len(batch))
+        ]
 
     def _frames_hook(self, batch: list[SynthesisInput], start: int) -> Callable[[torch.Tensor], None] | None:
         """Each streamed row's codes so far, handed to its on_frames at every step."""

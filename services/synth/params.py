@@ -8,6 +8,7 @@ INVALID_ARGUMENT with reason INVALID_PARAMETER naming the field.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from dataclasses import dataclass
 
@@ -112,6 +113,49 @@ def from_proto(settings, max_new_tokens_limit: int) -> GenerationParams:
         speed_factor=_checked("speed_factor", field("speed_factor")),
         seed=_seed(field("seed")),
     )
+
+
+def frames_of(samples: int, samples_per_frame: int) -> int:
+    """The frames of codes Dia's codec makes of a prompt of `samples` samples."""
+    return -(-samples // samples_per_frame)
+
+
+def fit_positions(
+    generation: GenerationParams, prompt_frames: int, max_frames: int, lower_to_fit: bool
+) -> GenerationParams:
+    """Keep a generation within Dia's decoder positions (`max_frames`, 3072 for Dia).
+
+    The decoder sees the prompt's frames, then the new ones: prompt frames +
+    max_new_tokens must be at most max_frames. A max_new_tokens the caller
+    chose and that does not fit fails with INVALID_PARAMETER naming it; one
+    the caller did not choose (`lower_to_fit`) is lowered to what fits. A
+    prompt that leaves no room for audio fails, naming max_audio_prompt_seconds.
+    """
+    room = max_frames - prompt_frames
+    seconds = prompt_frames * 512 / 44100  # a frame is 512 samples at 44.1 kHz
+    if room <= FRAMES_WITHOUT_AUDIO:
+        raise invalid_parameter(
+            "max_audio_prompt_seconds",
+            f"the voice prompt is {seconds:.1f} s ({prompt_frames} frames) and Dia's decoder holds "
+            f"{max_frames} frames in all, which leaves no room for new audio; use a shorter prompt "
+            "(max_audio_prompt_seconds)",
+        )
+    if generation.max_new_tokens <= room:
+        return generation
+    if lower_to_fit:
+        return dataclasses.replace(generation, max_new_tokens=room)
+    if prompt_frames == 0:
+        message = (
+            f"max_new_tokens must be at most {max_frames}, the frames Dia's decoder holds; "
+            f"got {generation.max_new_tokens}"
+        )
+    else:
+        message = (
+            f"max_new_tokens can be at most {room} with this {seconds:.1f} s voice prompt: Dia's decoder "
+            f"holds {max_frames} frames, prompt ({prompt_frames}) and new ones together; got "
+            f"{generation.max_new_tokens}. Ask for fewer, or shorten the prompt (max_audio_prompt_seconds)"
+        )
+    raise invalid_parameter("max_new_tokens", message)
 
 
 def random_seed() -> int:

@@ -41,6 +41,8 @@ class PerRowSampler(LogitsProcessor):
     ) -> None:
         self.generators = generators
         self.num_channels = num_channels
+        # Requests (by batch index) that were left nothing to sample from: their output is void.
+        self.failed: set[int] = set()
         self.greedy = temperature == 0
         warpers = LogitsProcessorList()
         if not self.greedy:
@@ -53,11 +55,29 @@ class PerRowSampler(LogitsProcessor):
         self.warpers = warpers
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self.greedy:
-            return scores
         # scores: one row per (request, codebook), requests in batch order.
-        probabilities = torch.softmax(self.warpers(input_ids, scores), dim=-1)
+        if self.greedy:
+            probabilities = torch.softmax(scores, dim=-1)  # only to find rows with nothing to choose
+        else:
+            probabilities = torch.softmax(self.warpers(input_ids, scores), dim=-1)
         per_request = probabilities.view(len(self.generators), self.num_channels, -1)
+        # A request left no token to choose on some codebook (every score -inf, or NaN) fails
+        # alone: its rows get a harmless token from here on, and the others carry on. Drawing
+        # from such a row would fail the whole batch (on CUDA, a device-side assert that breaks
+        # the process's CUDA context).
+        usable = (torch.isfinite(per_request) & (per_request >= 0)).all(dim=-1) & (per_request.sum(dim=-1) > 0)
+        broken = ~usable.all(dim=-1)
+        if broken.any():
+            self.failed.update(int(index) for index in broken.nonzero().flatten())
+            stand_in = torch.zeros_like(per_request[0])
+            stand_in[:, 0] = 1.0
+            per_request = torch.where(broken[:, None, None], stand_in, per_request)
+        if self.greedy:
+            if not broken.any():
+                return scores
+            stand_in_scores = torch.full_like(scores, -float("inf")).view_as(per_request)
+            stand_in_scores[:, :, 0] = 0.0
+            return torch.where(broken[:, None, None], stand_in_scores, scores.view_as(per_request)).view_as(scores)
         drawn = torch.stack(
             [
                 torch.multinomial(rows, num_samples=1, generator=generator)

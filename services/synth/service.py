@@ -16,7 +16,7 @@ from runtime.server import Servicer, ServiceSpec
 from runtime.text import sanitize
 from services.synth import audio, config, params
 from services.synth.batching import Batcher
-from services.synth.engine import DiaEngine, ModelLoadError, SynthesisInput, resolve_model
+from services.synth.engine import SAMPLES_PER_FRAME, DiaEngine, ModelLoadError, SynthesisInput, resolve_model
 from services.synth.heartbeat import Heartbeats
 from services.synth.streaming import FrameFeed, StreamingDecoder
 from services.synth.tempo import StreamingTempo, to_int16
@@ -199,6 +199,10 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
             text = f"{transcript} {script}"
 
         assert self.engine is not None
+        # Dia's decoder positions hold the prompt's frames and the new ones (params.fit_positions).
+        prompt_frames = 0 if prompt is None else params.frames_of(prompt.size, SAMPLES_PER_FRAME)
+        lower_to_fit = request.settings.lower_max_new_tokens_to_fit or not request.settings.HasField("max_new_tokens")
+        generation = params.fit_positions(generation, prompt_frames, self.engine.max_frames, lower_to_fit)
         tokens = self.engine.count_text_tokens(text)
         if tokens > self.engine.max_text_tokens:
             raise ApiError(

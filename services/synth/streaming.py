@@ -147,14 +147,27 @@ class FrameFeed:
 
     Called once per decoder step with the row's codes so far; copies only the
     frames it has not sent yet (to the CPU), so a step costs one small copy.
+
+    A batch that fails as a whole is generated again request by request
+    (batching.py), so the codes may start over. Before any audio frame was
+    handed out that is harmless; after, the new attempt's frames would not
+    continue the ones already sent, so the request fails instead
+    (:class:`StreamRestarted`) rather than splice two different takes.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.queue: asyncio.Queue[torch.Tensor] = asyncio.Queue()
         self._sent: int | None = None
+        self._seen = 0  # frames in the previous call's codes: one more at every step of one generation
 
     def __call__(self, codes: torch.Tensor, audio_start: int) -> None:
+        restarted = codes.shape[0] <= self._seen
+        self._seen = codes.shape[0]
+        if restarted:
+            if self._sent is not None and self._sent > audio_start:
+                raise StreamRestarted("the generation started over after part of its audio was streamed")
+            self._sent = None
         if self._sent is None:
             self._sent = audio_start  # frames before it are the prompt's
         if codes.shape[0] <= self._sent:
@@ -163,3 +176,6 @@ class FrameFeed:
         self._sent = codes.shape[0]
         self.loop.call_soon_threadsafe(self.queue.put_nowait, new)
 
+
+class StreamRestarted(RuntimeError):
+    """A streamed request's generation started over once its first audio had been sent."""

@@ -10,9 +10,11 @@ serving code, not to speak.
 Only widths and depths are shrunk. What Dia's processor hard-codes stays as
 in the real checkpoints: 9 codebooks (num_channels), the 1028-entry audio
 vocabulary with eos/pad/bos 1024/1025/1026, the delay pattern
-[0, 8, 9, ..., 15], and a 44.1 kHz codec with hop length 512 (DAC
-downsampling 2·4·8·8) and 1024-entry codebooks. Two deliberate departures
-from plain random weights are explained in build().
+[0, 8, 9, ..., 15], the decoder's 3072 positions, a 44.1 kHz codec with
+hop length 512 (DAC downsampling 2·4·8·8) and 1024-entry codebooks, and
+the sampling settings of the published checkpoint's generation_config.json
+(which the engine must ignore). Two deliberate departures from plain random
+weights are explained in build().
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ import tempfile
 SEED = 1234
 AUDIO_EOS_TOKEN = 1024
 OUTPUT_WEIGHT_STD = 0.5
+# Sampling settings as in Dia's published generation_config.json (do_sample, temperature
+# about 1.2, top_k 45, top_p 0.95), plus its guidance scale and length.
+CHECKPOINT_SAMPLING = dict(do_sample=True, temperature=1.2, top_k=45, top_p=0.95, guidance_scale=3.0, max_length=3072)
+# Bumped when what build() writes changes, so that older copies are rebuilt.
+VERSION = "2"
+VERSION_FILE = "tiny-models-version"
 
 
 def build(folder: pathlib.Path, replace: bool = True) -> None:
@@ -44,6 +52,7 @@ def build(folder: pathlib.Path, replace: bool = True) -> None:
         DiaDecoderConfig,
         DiaEncoderConfig,
         DiaForConditionalGeneration,
+        GenerationConfig,
     )
 
     transformers.utils.logging.disable_progress_bar()
@@ -69,6 +78,16 @@ def build(folder: pathlib.Path, replace: bool = True) -> None:
         # of the other 1023 random logits, so the tiny model always generates
         # exactly max_new_tokens frames: predictable lengths for tests.
         dia.logits_dense.weight[AUDIO_EOS_TOKEN].zero_()
+    # The sampling settings Dia's published generation_config.json carries: the engine must
+    # not let them shape sampling (only a request's parameters may), so the tiny model has them too.
+    dia.generation_config = GenerationConfig(
+        bos_token_id=decoder.bos_token_id,
+        eos_token_id=decoder.eos_token_id,
+        pad_token_id=decoder.pad_token_id,
+        decoder_start_token_id=decoder.bos_token_id,
+        **CHECKPOINT_SAMPLING,
+    )
+    # 44.1 kHz, as Dia's real codec (descript/dac_44khz): the engine refuses any other rate.
     codec = DacModel(DacConfig(encoder_hidden_size=4, decoder_hidden_size=32, sampling_rate=44100))
 
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -76,6 +95,7 @@ def build(folder: pathlib.Path, replace: bool = True) -> None:
     try:
         dia.save_pretrained(staging / "dia")
         codec.save_pretrained(staging / "dac")
+        (staging / VERSION_FILE).write_text(VERSION)
         staging.chmod(0o755)  # mkdtemp makes it private; the models are not secret
         if replace:
             shutil.rmtree(folder, ignore_errors=True)
@@ -86,14 +106,20 @@ def build(folder: pathlib.Path, replace: bool = True) -> None:
 
 
 def is_built(folder: pathlib.Path) -> bool:
-    return (folder / "dia" / "model.safetensors").exists() and (folder / "dac" / "model.safetensors").exists()
+    stamp = folder / VERSION_FILE
+    return (
+        (folder / "dia" / "model.safetensors").exists()
+        and (folder / "dac" / "model.safetensors").exists()
+        and stamp.exists()
+        and stamp.read_text() == VERSION
+    )
 
 
 def ensure(folder: pathlib.Path) -> pathlib.Path:
-    """Build the tiny models into folder unless they are there; returns folder."""
+    """Build the tiny models into folder unless they are there (and current); returns folder."""
     if not is_built(folder):
         try:
-            build(folder, replace=False)
+            build(folder, replace=folder.exists())  # an older copy is replaced
         except OSError:
             if not is_built(folder):  # not a rival build that finished first
                 raise

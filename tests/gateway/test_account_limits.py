@@ -90,9 +90,9 @@ async def test_past_its_burst_an_account_is_rate_limited_on_every_replica_and_no
 async def test_an_account_with_a_generation_under_way_on_one_replica_waits_on_the_other(replicas, account):
     one, two = replicas.one, replicas.two
     await wait_for_models(one, account)
-    # 4096 frames keep the tiny model busy for seconds; its caller (over gRPC) hangs up later.
+    # 3072 frames (the most Dia holds) keep the tiny model busy for seconds; its caller (over gRPC) hangs up later.
     long = replicas.one_grpc.CreateGeneration(
-        generations_pb2.CreateGenerationRequest(input="[S1] A long one.", max_new_tokens=4096),
+        generations_pb2.CreateGenerationRequest(input="[S1] A long one.", max_new_tokens=3072),
         metadata=(("authorization", f"Bearer {account.key}"),),
     )
     deadline = asyncio.get_running_loop().time() + 60

@@ -108,7 +108,7 @@ async def test_routes_follow_an_upstream_that_starts_late_and_restarts_changed(l
         assert table.undiscovered() == ["library"]
 
         first = await reflecting_server(library_port, ["voice.gateway.v1.ModelService"])
-        await eventually(lambda: {str(route) for route in table.routes} == {"GET /v1/models"})
+        await eventually(lambda: {str(route) for route in table.routes} == {"GET /v1/models", "GET /v1/models/{id}"})
         await first.stop(0)
 
         # Same address, other services: the health watch reconnects and reflection runs again.

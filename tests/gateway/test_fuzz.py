@@ -10,7 +10,7 @@ own), so that what the fuzzer creates, changes and deletes touches no other
 test, and so that generations stay cheap: its synth refuses more than
 MAX_NEW_TOKENS frames (400 from the provider, as one that cannot generate
 that much answers; the tiny random model generates that many in a second or
-so on a CPU, several on a busy one), and the two operations that generate
+so on a CPU, several on a busy one), and the operations that generate
 get at most GENERATION_EXAMPLES cases per phase, the others FUZZ_EXAMPLES.
 
 `make test` runs a short round (5 cases per operation and phase, besides
@@ -35,7 +35,10 @@ from tools import mesh as mesh_tools
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "5"))
 GENERATION_EXAMPLES = 50
-GENERATING = r"^(GenerationService_CreateGeneration|SpeechService_CreateSpeech)$"
+GENERATING = (
+    r"^(GenerationService_CreateGeneration|SpeechService_CreateSpeech"
+    r"|PredictionService_CreatePrediction|PredictionService_CreateModelPrediction)$"
+)
 # A fixed seed in `make test`, so a failure there is the same on the next run; `make fuzz` draws one.
 SEED = os.environ.get("FUZZ_SEED", "20261201")
 WORKERS = os.environ.get("FUZZ_WORKERS", "1")

@@ -1,6 +1,6 @@
 """The checks of a generation request, as units: every range of the public
 spec at both edges (the HTTP tests cover the same edges end to end, all but
-max_new_tokens at 4096, a long generation)."""
+max_new_tokens at 4096, which the provider refuses: Dia's decoder holds 3072 frames)."""
 
 from __future__ import annotations
 
@@ -84,3 +84,13 @@ def test_speakers_are_s1_then_s2_and_nothing_else():
 def test_the_script_is_checked_first():
     assert refusal(input="", cfg_scale=99).reason == "MISSING_INPUT"
     assert refusal(input="[S2] Hi", cfg_scale=99).reason == "INVALID_SCRIPT"
+
+
+def test_a_left_out_max_new_tokens_may_be_lowered_to_fit_dias_decoder_and_a_chosen_one_may_not():
+    left_out = plan(request(), LIMITS)
+    assert not left_out.chosen_max_new_tokens
+    settings = synth_settings(left_out.parameters, left_out.chosen_max_new_tokens)
+    assert settings.max_new_tokens == 3072 and settings.lower_max_new_tokens_to_fit
+    chosen = plan(request(max_new_tokens=3072), LIMITS)
+    assert chosen.chosen_max_new_tokens
+    assert not synth_settings(chosen.parameters, chosen.chosen_max_new_tokens).lower_max_new_tokens_to_fit

@@ -222,8 +222,8 @@ async def test_models_list_the_tiny_model_with_its_features(http, carol):
 async def test_a_generation_past_the_synth_deadline_is_upstream_error(mesh, carol):
     async with extra_gateway(mesh, GATEWAY_SYNTH_TIMEOUT_SECONDS="1") as gateway:
         async with aiohttp.ClientSession(base_url=gateway.http_url) as http:
-            # 4096 frames take the tiny model on a CPU several seconds.
-            response = await generate(http, carol, input="[S1] A long one.", max_new_tokens=4096)
+            # 3072 frames (the most Dia's decoder holds) take the tiny model on a CPU several seconds.
+            response = await generate(http, carol, input="[S1] A long one.", max_new_tokens=3072)
             error = await assert_error(response, 502, "upstream_error")
             assert "within 1 s" in error["message"]
             stored = await generation(http, carol, response.headers["X-Generation-Id"])
@@ -288,7 +288,8 @@ async def test_every_parameter_at_its_lowest_passes(http, carol, voices):
 
 
 async def test_every_parameter_at_its_highest_passes(http, carol, voices):
-    # max_new_tokens at its highest (4096) is a long generation: see test_generation_parameters.py.
+    # max_new_tokens at its highest (4096) is more than Dia's decoder holds: see
+    # test_max_new_tokens_beyond_dias_decoder_positions_is_invalid_parameter.
     highest = dict(
         cfg_scale=5, temperature=2, top_p=1, cfg_filter_top_k=100, speed_factor=2,
         seed=2**62, max_audio_prompt_seconds=120,
@@ -303,6 +304,34 @@ async def test_every_parameter_at_its_highest_passes(http, carol, voices):
 async def test_the_narrowest_guidance_filter_generates(http, carol):
     # cfg_filter_top_k=1 with guidance on left a channel no token to sample: 502 (found by fuzzing).
     await audio_of(await generate(http, carol, cfg_filter_top_k=1, cfg_scale=3))
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+async def test_the_narrowest_guidance_filters_generate_for_every_request_of_a_batch(http, carol, top_k):
+    # Requests with the same settings that arrive together are generated in one batch: a
+    # failure of one used to fail them all.
+    responses = await asyncio.gather(
+        *(generate(http, carol, input=f"[S1] Take {n}.", cfg_filter_top_k=top_k) for n in range(3))
+    )
+    for response in responses:
+        assert wav_layout(await audio_of(response))[3] > 0
+
+
+# --- Dia's 3072 decoder positions: the prompt's frames and max_new_tokens share them --------
+
+
+async def test_max_new_tokens_beyond_dias_decoder_positions_is_invalid_parameter(http, carol):
+    # The public range allows 4096; Dia's decoder holds 3072 frames.
+    response = await generate(http, carol, max_new_tokens=3073)
+    error = await assert_error(response, 400, "invalid_parameter", "max_new_tokens")
+    assert "3072" in error["message"]
+
+
+async def test_max_new_tokens_that_does_not_fit_beside_the_voice_prompt_is_invalid_parameter(http, carol, voices):
+    # Two 2.9 s samples and the gap: about 525 prompt frames, so at most about 2547 new ones.
+    response = await generate(http, carol, speakers=voices, max_new_tokens=3000)
+    error = await assert_error(response, 400, "invalid_parameter", "max_new_tokens")
+    assert "voice prompt" in error["message"] and "at most 25" in error["message"], error
 
 
 @pytest.fixture(scope="module")
@@ -420,6 +449,71 @@ async def test_a_private_generation_is_not_shared_even_by_its_token(http, carol,
         await assert_error(await http.get(url), 404, "not_found")
 
 
+async def test_a_private_generation_made_unlisted_plays_from_its_share_url_until_it_is_private_again(http, carol, mesh):
+    response = await generate(http, carol, input="[S1] Share me later.")
+    audio = await audio_of(response)
+    generation_id = response.headers["X-Generation-Id"]
+    path = f"{GENERATIONS}/{generation_id}"
+
+    unlisted = await created(await http.patch(path, json={"visibility": "unlisted"}, headers=carol.headers))
+    assert unlisted["visibility"] == "unlisted" and unlisted["status"] == "succeeded"
+    assert unlisted["share_url"].startswith(f"{mesh.http_url}/v1/shared/generations/")
+    assert (await generation(http, carol, generation_id))["share_url"] == unlisted["share_url"]
+    async with aiohttp.ClientSession() as anonymous:
+        shared = await anonymous.get(unlisted["share_url"])
+        assert (shared.status, await shared.read()) == (200, audio)
+
+        private = await created(await http.patch(path, json={"visibility": "private"}, headers=carol.headers))
+        assert private["share_url"] == "" and private["collection"] == ""
+        await assert_error(await anonymous.get(unlisted["share_url"]), 404, "not_found")
+
+    # Present fields change, absent ones stay.
+    filed = await created(await http.patch(path, json={"collection": "podcast"}, headers=carol.headers))
+    assert (filed["collection"], filed["visibility"]) == ("podcast", "private")
+
+
+async def test_changing_sharing_names_a_bad_field_and_keeps_anothers_generation_unknown(http, carol, accounts):
+    response = await generate(http, carol, input="[S1] Not yours.")
+    await audio_of(response)
+    path = f"{GENERATIONS}/{response.headers['X-Generation-Id']}"
+    await assert_error(await http.patch(path, json={"visibility": "everyone"}, headers=carol.headers), 400, "invalid_parameter", "visibility")
+    await assert_error(await http.patch(path, json={"collection": "x" * 10_000}, headers=carol.headers), 400, "invalid_parameter", "collection")
+    await assert_error(await http.patch(path, json={"status": "failed"}, headers=carol.headers), 400, "invalid_parameter", "status")
+    await assert_error(await http.patch(path, json={"visibility": "public"}, headers=accounts[1].headers), 404, "not_found")
+    await assert_error(await http.patch(f"{GENERATIONS}/gen_made_up", json={"visibility": "public"}, headers=carol.headers), 404, "not_found")
+    assert (await (await http.get(path, headers=carol.headers)).json())["visibility"] == "private"
+
+
+async def test_the_history_filters_by_status_and_collection(http, key_env):
+    name = f"dora-{uuid.uuid4().hex[:8]}"
+    dora = Account(name, make_key(name, key_env))
+    done = await generate(http, dora, input="[S1] One.", collection="show")
+    await audio_of(done)
+    other = await generate(http, dora, input="[S1] Two.", collection="other")
+    await audio_of(other)
+    failed = await generate(http, dora, input="[S1] Three.", collection="show", model="nobody-serves-this")
+    assert failed.status == 404
+
+    async def listed(**params) -> list[str]:
+        body = await created(await http.get(GENERATIONS, params=params, headers=dora.headers))
+        return [item["id"] for item in body["generations"]]
+
+    ids = {response.headers["X-Generation-Id"] for response in (done, other, failed)}
+    assert set(await listed()) == ids
+    assert await listed(collection="show") == [failed.headers["X-Generation-Id"], done.headers["X-Generation-Id"]]
+    assert await listed(status="failed") == [failed.headers["X-Generation-Id"]]
+    assert await listed(status="succeeded", collection="show") == [done.headers["X-Generation-Id"]]
+    assert await listed(status="running") == []
+    # A filtered page's token leads to the next page of the same filter.
+    first = await created(await http.get(GENERATIONS, params={"collection": "show", "page_size": 1}, headers=dora.headers))
+    second = await created(await http.get(
+        GENERATIONS, params={"collection": "show", "page_size": 1, "page_token": first["next_page_token"]}, headers=dora.headers
+    ))
+    assert [item["id"] for item in first["generations"] + second["generations"]] == await listed(collection="show")
+    assert second["next_page_token"] == ""
+    await assert_error(await http.get(GENERATIONS, params={"status": "done"}, headers=dora.headers), 400, "invalid_parameter", "status")
+
+
 async def test_every_other_endpoint_still_needs_a_key(http):
     await assert_error(await http.get(GENERATIONS), 401, "unauthorized")
     await assert_error(await http.post(GENERATIONS, json={"input": "hi"}), 401, "unauthorized")
@@ -463,7 +557,7 @@ async def status_becomes(http, account: Account, generation_id: str, wanted: str
 
 async def test_a_generation_whose_caller_hangs_up_is_recorded_as_canceled(stub, http, carol):
     call = stub.CreateGeneration(
-        generations_pb2.CreateGenerationRequest(input="[S1] Never mind.", max_new_tokens=4096), metadata=bearer(carol)
+        generations_pb2.CreateGenerationRequest(input="[S1] Never mind.", max_new_tokens=3072), metadata=bearer(carol)
     )
     # The response metadata naming it comes with the response: find it in the history.
     deadline = asyncio.get_running_loop().time() + 60

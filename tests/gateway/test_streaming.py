@@ -93,13 +93,15 @@ async def test_a_streamed_request_is_checked_before_any_audio(http, gus):
 
 
 async def test_a_client_that_closes_the_connection_cancels_its_generation(http, gus):
-    body = {"input": DIALOGUE, "max_new_tokens": 4096, "stream": True}
+    body = {"input": DIALOGUE, "max_new_tokens": 3072, "stream": True}
     response = await http.post(GENERATIONS, json=body, headers=gus.headers)
     generation_id = response.headers["X-Generation-Id"]
     await response.content.readany()
     response.close()  # hangs up mid-stream
     row = await status_becomes(http, gus, generation_id, "canceled")
     assert row["error_type"] == "canceled" and row["end_time"]
+    listed = await (await http.get(GENERATIONS, params={"status": "canceled"}, headers=gus.headers)).json()
+    assert generation_id in [generation["id"] for generation in listed["generations"]]  # the history's filter knows it
 
 
 # --- over gRPC ------------------------------------------------------------------------------
@@ -131,7 +133,7 @@ async def test_stream_generation_over_grpc_sends_wav_chunks_and_its_id(channel, 
 async def test_a_cancelled_rpc_stops_its_generation_and_is_recorded_canceled(channel, http, gus):
     stub = generations_pb2_grpc.GenerationServiceStub(channel)
     call = stub.StreamGeneration(
-        generations_pb2.StreamGenerationRequest(input=DIALOGUE, max_new_tokens=4096), metadata=bearer(gus)
+        generations_pb2.StreamGenerationRequest(input=DIALOGUE, max_new_tokens=3072), metadata=bearer(gus)
     )
     await call.read()
     generation_id = dict(await call.initial_metadata())["x-generation-id"]
@@ -191,7 +193,7 @@ async def test_the_openai_sdk_gets_its_first_bytes_while_the_generation_runs(mes
     client = openai.AsyncOpenAI(base_url=f"{mesh.http_url}/v1", api_key=gus.key)
     text = "Streaming makes the first words audible at once. " * 3  # 12 frames a character: about 1800 frames
     async with client.audio.speech.with_streaming_response.create(
-        model="tts-1", voice="", input=text, response_format="pcm", stream_format="audio"
+        model="tts-1", voice="", input=text, response_format="pcm", stream_format="audio", instructions="Speak softly."
     ) as response:
         generation_id = response.headers["x-generation-id"]
         chunks = response.iter_bytes()
@@ -204,7 +206,9 @@ async def test_the_openai_sdk_gets_its_first_bytes_while_the_generation_runs(mes
 
 async def test_stream_speech_over_grpc(channel, gus):
     stub = speech_pb2_grpc.SpeechServiceStub(channel)
-    request = speech_pb2.StreamSpeechRequest(input="Hello there.", response_format="mp3", stream_format="audio")
+    request = speech_pb2.StreamSpeechRequest(
+        input="Hello there.", response_format="mp3", stream_format="audio", instructions="Speak softly."
+    )
     chunks = [message.audio async for message in stub.StreamSpeech(request, metadata=bearer(gus))]
     assert {chunk.content_type for chunk in chunks} == {"audio/mpeg"}
     assert probe(b"".join(chunk.data for chunk in chunks))[0] == "mp3"

@@ -332,7 +332,11 @@ def test_grpc_errors_become_http_statuses(code, reason, status):
 def test_the_error_body_has_the_public_shape():
     error = ApiError(grpc.StatusCode.INVALID_ARGUMENT, "AUDIO_DECODE_FAILED", "not audio", param="audio")
     assert errors.error_body(error) == {
-        "error": {"type": "audio_decode_failed", "message": "not audio", "param": "audio"}
+        "error": {"type": "audio_decode_failed", "message": "not audio", "param": "audio"},
+        # The members of problem details (RFC 9457), for the hosted predictor's client.
+        "title": "Audio decode failed",
+        "detail": "not audio",
+        "status": 400,
     }
 
 

@@ -107,6 +107,30 @@ async def test_transcript_has_timed_segments_and_the_clip_duration(mesh):
         previous_end = segment.end_seconds
 
 
+async def test_words_are_timed_when_asked_for_and_only_then(mesh):
+    audio = fixture("speech_fox.wav")
+    async with grpc.aio.insecure_channel(mesh.address("stt")) as channel:
+        stub = stt_pb2_grpc.SttServiceStub(channel)
+        timed = await stub.Transcribe(stt_pb2.TranscribeRequest(audio=audio, word_timestamps=True), timeout=60)
+        plain = await stub.Transcribe(stt_pb2.TranscribeRequest(audio=audio), timeout=60)
+    assert not any(segment.words for segment in plain.segments)
+    timed_words = [word for segment in timed.segments for word in segment.words]
+    assert FOX_WORDS <= words(" ".join(word.text for word in timed_words))
+    assert " ".join(word.text for word in timed_words) == timed.text
+    previous_end = 0.0
+    for word in timed_words:
+        assert previous_end <= word.start_seconds + 0.01 and word.start_seconds <= word.end_seconds
+        previous_end = word.end_seconds
+    assert previous_end <= wav_seconds(audio) + 0.1
+    # "fox", the fourth of nine words, is said within the first half of the clip.
+    fox_ends = next(word.end_seconds for word in timed_words if _plain(word.text) == "fox")
+    assert 0.5 < fox_ends < wav_seconds(audio) / 2
+
+
+def _plain(word: str) -> str:
+    return re.sub(r"[^a-z']", "", word.lower())
+
+
 async def test_a_requested_language_is_used(mesh):
     reply = await transcribe(mesh.address("stt"), fixture("speech_hello.webm"), language="EN")
     assert reply.language == "en"

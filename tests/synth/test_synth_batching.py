@@ -273,3 +273,34 @@ async def test_requests_gathering_for_a_batch_do_not_use_up_the_queue(batcher_wi
     assert [type(r).__name__ for r in results] == ["Generated", "Generated", "ApiError"]
     assert results[2].reason == "SYNTH_BUSY"
     assert generate.calls == [2]
+
+
+async def test_a_row_the_engine_could_not_generate_fails_alone(batcher_with):
+    refused = ApiError(grpc.StatusCode.INTERNAL, "GENERATION_FAILED", "no token left")
+
+    def generate(batch, should_stop):
+        return [refused if item.seed == 2 else Generated(np.zeros(512, np.float32), 17, None) for item in batch]
+
+    batcher = await batcher_with(generate)
+    results = await asyncio.gather(*(batcher.submit(_unseeded(n)) for n in (1, 2, 3)), return_exceptions=True)
+    assert [type(r) for r in results] == [Generated, ApiError, Generated]
+
+
+async def test_a_batch_that_fails_as_a_whole_is_retried_one_request_at_a_time(batcher_with):
+    calls = []
+
+    def generate(batch, should_stop):
+        calls.append([item.seed for item in batch])
+        if any(item.seed == 2 for item in batch):
+            raise RuntimeError("the request with seed 2 breaks any batch it is in")
+        return [Generated(np.zeros(512, np.float32), 17, None) for _ in batch]
+
+    batcher = await batcher_with(generate)
+    results = await asyncio.gather(*(batcher.submit(_unseeded(n)) for n in (1, 2, 3)), return_exceptions=True)
+    assert [type(r) for r in results] == [Generated, RuntimeError, Generated]
+    assert calls == [[1, 2, 3], [1], [2], [3]]
+
+
+def _unseeded(seed: int) -> SynthesisInput:
+    """An unseeded request (so it batches) whose sampling seed is `seed`."""
+    return SynthesisInput(text="[S1] hi", prompt=None, params=PARAMS, seed=seed)

@@ -11,7 +11,7 @@ import torch
 
 from services.synth.engine import SynthesisInput
 from services.synth.params import GenerationParams
-from services.synth.streaming import SAMPLES_PER_FRAME, StreamingDecoder
+from services.synth.streaming import SAMPLES_PER_FRAME, FrameFeed, StreamingDecoder, StreamRestarted
 from services.synth.tempo import StreamingTempo, to_int16
 from services.transcode.audio import atempo
 from services.transcode.pcm import Pcm
@@ -112,6 +112,23 @@ def test_the_first_chunk_leaves_once_its_frames_are_complete(engine, generated):
         pytest.fail("no chunk before the end")
 
 
+async def test_a_generation_started_over_is_streamed_from_its_start_or_fails():
+    """A batch failing as a whole is generated again request by request: a stream that has
+    sent no audio yet follows the new attempt; one that has fails, never splicing two takes."""
+    feed = FrameFeed(asyncio.get_running_loop())
+    prompt_frames, codebooks = 5, 9
+    attempt = torch.arange(20 * codebooks).reshape(20, codebooks)
+    feed(attempt[:prompt_frames], prompt_frames)  # the first step: prompt only, no audio yet
+    feed(attempt[:4], prompt_frames)  # started over before any audio
+    for length in range(prompt_frames + 1, 9):
+        feed(attempt[:length], prompt_frames)
+    await asyncio.sleep(0)  # the queue is filled from the loop
+    sent = torch.cat([feed.queue.get_nowait() for _ in range(feed.queue.qsize())])
+    assert torch.equal(sent, attempt[prompt_frames:8])
+    with pytest.raises(StreamRestarted):
+        feed(attempt[: prompt_frames + 1], prompt_frames)
+
+
 @pytest.mark.parametrize("factor", [0.5, 0.8, 1.5, 2.0])
 def test_tempo_as_it_flows_matches_the_transcode_services_change_of_speed(factor):
     rng = np.random.default_rng(3)
@@ -174,8 +191,9 @@ async def test_a_stream_refuses_what_synthesize_refuses(synth):
 
 
 async def test_a_cancelled_stream_stops_its_generation(synth):
-    """4096 frames keep the tiny model busy for many seconds; cancelled, the provider is idle at once."""
-    call = synth.StreamSynthesize(stream_request(seed=23, max_new_tokens=4096))
+    """3072 frames (the most Dia's decoder holds) keep the tiny model busy for many seconds;
+    cancelled, the provider is idle at once."""
+    call = synth.StreamSynthesize(stream_request(seed=23, max_new_tokens=3072))
     await call.read()
     call.cancel()
     deadline = asyncio.get_running_loop().time() + 5

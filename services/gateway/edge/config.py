@@ -51,6 +51,18 @@ PUBLIC_METRICS = setting(
     boolean,
 )
 
+CORS_ORIGINS = setting(
+    "GATEWAY_CORS_ORIGINS",
+    "",
+    "comma-separated origins (`https://chat.example.com`) whose browser pages may call the API (CORS; "
+    "`*` for any); empty: none",
+    str,
+)
+
 
 def upstream_names() -> list[str]:
     return [name.strip() for name in UPSTREAMS.value.split(",") if name.strip()]
+
+
+def cors_origins() -> set[str]:
+    return {origin.strip().rstrip("/") for origin in CORS_ORIGINS.value.split(",") if origin.strip()}

@@ -67,6 +67,11 @@ class Rpc:
         return {header.metadata: header.header for header in self.rules.response_headers}
 
     @property
+    def passed_on_headers(self) -> dict[str, str]:
+        """HTTP request header → the metadata key the method receives it as."""
+        return {header.header: header.metadata for header in self.rules.request_headers}
+
+    @property
     def server_streaming(self) -> bool:
         return self.method.server_streaming
 

@@ -65,7 +65,15 @@ def retry_after(error: ApiError) -> str | None:
 
 
 def error_body(error: ApiError) -> dict:
-    return {"error": {"type": error.reason.lower(), "message": error.message, "param": error.param}}
+    """The error, with the members of an RFC 9457 problem details object beside it (title,
+    detail, status), which the hosted predictor's client (`replicate`) reads."""
+    kind = error.reason.lower()
+    return {
+        "error": {"type": kind, "message": error.message, "param": error.param},
+        "title": kind.replace("_", " ").capitalize(),
+        "detail": error.message,
+        "status": http_status(error),
+    }
 
 
 def request_too_large(limit: int) -> ApiError:

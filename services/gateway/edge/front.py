@@ -1,6 +1,6 @@
 """The public HTTP API: every google.api.http route of the upstreams, plus four
 operational endpoints that need no key (/healthz, /readyz, /metrics,
-/openapi.json).
+/openapi.json) and the dashboard's static files (`/`, `/dashboard/...`; see dashboard.py).
 
 There is no handler per endpoint: :meth:`HttpFront.api` finds the route,
 checks the API key, transcodes the request, calls the upstream with a generic
@@ -28,8 +28,9 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from runtime import clients, config, logs
 from runtime.errors import DEFAULT_REASONS, ApiError, internal_error, not_found
-from services.gateway.edge import errors, openapi, protocol, transcoding
+from services.gateway.edge import cors, errors, openapi, protocol, transcoding
 from services.gateway.edge.config import MAX_HEADER_BYTES, MAX_URL_BYTES, PUBLIC_METRICS
+from services.gateway.edge.dashboard import Dashboard
 from services.gateway.edge.discovery import Route
 from services.gateway.edge.upstreams import RouteTable
 
@@ -97,14 +98,16 @@ class HttpFront:
         self.trusted_metadata = tuple(trusted_metadata)
         # client_max_size makes aiohttp stop reading (and raise) past the limit,
         # for bodies whose size is not announced up front.
-        self.app = web.Application(client_max_size=max_body_bytes, middlewares=[self._middleware])
+        self.app = web.Application(client_max_size=max_body_bytes, middlewares=[self._middleware, cors.preflight])
         self.app.on_response_prepare.append(self._add_request_id)
         self.app.on_response_prepare.append(self._add_retry_after)
         self.app.on_response_prepare.append(protocol.drop_banner)
+        self.app.on_response_prepare.append(cors.add_headers)
         self.app.router.add_get("/healthz", self.healthz)
         self.app.router.add_get("/readyz", self.readyz)
         self.app.router.add_get("/metrics", self.metrics)
         self.app.router.add_get("/openapi.json", self.openapi)
+        Dashboard().add_routes(self.app.router)  # the web page at `/`, no key (its API calls send one)
         self.api_resource = self.app.router.add_route("*", "/{path:.*}", self.api).resource
         self.runner: web.AppRunner | None = None
         # Requests being handled, so that stopping can wait for them (see stop).
@@ -262,6 +265,8 @@ class HttpFront:
         reply = await self._call(route, payload, request, account_id)
         if reply.error is not None:
             return error_response(reply.error, reply.headers)
+        if route.rpc.rules.success_status == 204:
+            return web.Response(status=204, headers=reply.headers)
         output = transcoding.to_http_response(route, reply.response)
         return web.Response(body=output.body, headers={"Content-Type": output.content_type, **reply.headers})
 
@@ -299,14 +304,20 @@ class HttpFront:
             http.body = await request.read()
         return http
 
-    def _metadata(self, request: web.Request, account_id: int | None) -> tuple:
-        if account_id is None:
-            return ()
-        return (
-            (clients.ACCOUNT_ID_METADATA, str(account_id)),
-            ("authorization", request.headers["Authorization"]),
-            *self.trusted_metadata,
+    def _metadata(self, request: web.Request, account_id: int | None, route: Route) -> tuple:
+        """The route's passed-on request headers, then the caller's identity when signed in."""
+        metadata: tuple = tuple(
+            (key, _text(request.headers[header], f"the {header} header"))
+            for header, key in route.rpc.passed_on_headers.items()
+            if header in request.headers
         )
+        if account_id is not None:
+            metadata += (
+                (clients.ACCOUNT_ID_METADATA, str(account_id)),
+                ("authorization", request.headers["Authorization"]),
+                *self.trusted_metadata,
+            )
+        return metadata
 
     async def _stream(
         self, route: Route, payload: bytes, request: web.Request, account_id: int | None
@@ -324,7 +335,7 @@ class HttpFront:
         method = upstream.channel.unary_stream(
             rpc.path, request_serializer=None, response_deserializer=rpc.response_class.FromString
         )
-        call = method(payload, metadata=self._metadata(request, account_id), timeout=rpc.deadline_seconds())
+        call = method(payload, metadata=self._metadata(request, account_id, route), timeout=rpc.deadline_seconds())
         forwarded = rpc.forwarded_headers
         try:
             try:
@@ -362,7 +373,7 @@ class HttpFront:
             request_serializer=None,  # the payload is the serialized request message
             response_deserializer=route.rpc.response_class.FromString,
         )
-        call = method(payload, metadata=self._metadata(request, account_id), timeout=route.rpc.deadline_seconds())
+        call = method(payload, metadata=self._metadata(request, account_id, route), timeout=route.rpc.deadline_seconds())
         headers = route.rpc.forwarded_headers
         try:
             response = await call

@@ -64,7 +64,10 @@ ERROR_SCHEMA = {
                 "message": {"type": "string", "description": "What went wrong, for people."},
                 "param": {"type": "string", "nullable": True, "description": "The request field at fault, if one is."},
             },
-        }
+        },
+        "title": {"type": "string", "description": "Problem details (RFC 9457): the error type, in words."},
+        "detail": {"type": "string", "description": "Problem details: the message."},
+        "status": {"type": "integer", "description": "Problem details: the HTTP status."},
     },
 }
 ERROR_REF = {"$ref": "#/components/schemas/Error"}
@@ -225,6 +228,10 @@ def _operation(builder: _Builder, route: Route) -> dict:
         {"name": name, "in": "path", "required": True, "schema": builder.described(field_at(request, name))}
         for name in route.template.variables
     ]
+    operation["parameters"] += [
+        {"name": header.header, "in": "header", "description": header.description, "schema": {"type": "string"}}
+        for header in route.rpc.rules.request_headers
+    ]
     query = [] if route.body == "*" else _query_parameters(builder, request, path_fields | {route.body})
     if route.body:
         operation["requestBody"] = _request_body(builder, route, request, path_fields, query)
@@ -233,7 +240,11 @@ def _operation(builder: _Builder, route: Route) -> dict:
         # required, and none has a default that a client would send beside the form's.
         query = [_optional(parameter) for parameter in query]
     operation["parameters"] += query
-    operation["responses"] = {"200": _response(builder, route), **_errors(route)}
+    if route.rpc.rules.success_status == 204:
+        success = {"204": {"description": "Done (no body)", "headers": dict(REQUEST_ID_HEADER)}}
+    else:
+        success = {"200": _response(builder, route)}
+    operation["responses"] = {**success, **_errors(route)}
     if not route.rpc.needs_key:
         operation["security"] = []  # no key
     return operation

@@ -10,16 +10,21 @@ names (one small library call per speaker) and its account's limits (rate
 and generations under way, history.admit). A request refused there (400,
 413, 429, or 503 when the database or library is down) is not stored: it is
 counted in ``gateway_generations_refused_total`` by error type and logged. An
-admitted request is stored as queued, then running, then succeeded or
-failed, whatever happens (no provider, the provider failing, the caller
-hanging up). Its id is sent in the ``x-generation-id`` response metadata,
+admitted request is stored as queued, then running, then succeeded,
+failed (no provider, the provider failing) or canceled (the caller hanging
+up, which stops the generation), whatever happens. Its id is sent in the ``x-generation-id`` response metadata,
 which the HTTP front passes on as the X-Generation-Id header. With the
 database down nothing is stored, so nothing is generated: 503
 DATABASE_UNAVAILABLE.
 
 :meth:`GenerationService.generate` is that whole pipeline (check, admit and
-store, voice prompt, provider, store); every endpoint that generates runs it,
-the speech endpoint (speech.py) with a request translated into these terms.
+store, voice prompt, provider, store) and :meth:`GenerationService.stream`
+the same streamed; every endpoint that generates runs one of them, the speech
+endpoint (speech.py) with a request translated into these terms. Both are
+:meth:`~GenerationService.admit` then :meth:`~GenerationService.run` (or
+``run_streamed``), the two halves predictions (predictions.py) call apart.
+A script longer than Dia's window is generated in chunks (long_scripts.py)
+by either half the same way.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ import numpy as np
 import prometheus_client
 from google.api import httpbody_pb2
 
-from runtime import clients
+from runtime import clients, fields
 from runtime.errors import ApiError
 from services.gateway.accounts import Accounts
 from services.gateway.config import (
@@ -75,7 +80,8 @@ REFUSED = prometheus_client.Counter(
 )
 GENERATION_SECONDS = prometheus_client.Histogram(
     "gateway_generation_seconds",
-    "Time from a generation's admission to its end (audio ready or failed), by outcome (succeeded, failed).",
+    "Time from a generation's admission to its end (all its audio ready or sent, failed, or its caller gone), "
+    "by outcome (succeeded, failed, canceled).",
     ["outcome"],
     buckets=(0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600),
 )
@@ -107,6 +113,16 @@ class Generated:
     audio: httpbody_pb2.HttpBody  # what the caller gets
 
 
+@dataclass(frozen=True)
+class Admitted:
+    """A request admitted and stored as queued, not yet generated."""
+
+    generation_id: str
+    account_id: int
+    plan: parameters.Plan
+    samples: list[prompt.Sample]
+
+
 # Further checks of a request that passed its own, for what only other
 # services can tell (the speech endpoint's voice); returns the plan to generate.
 Prepare = Callable[[parameters.Plan], Awaitable[parameters.Plan]]
@@ -134,13 +150,15 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
         self.prompts = prompt.PromptCache(PROMPT_CACHE_BYTES.value)
         self.library: grpc.aio.Channel | None = None
         self.transcode: grpc.aio.Channel | None = None
+        self.stt: grpc.aio.Channel | None = None  # times the words of samples cut to fit a prompt
 
     def start(self) -> None:
         self.library = clients.service_channel("library")
         self.transcode = clients.service_channel("transcode")
+        self.stt = clients.service_channel("stt")
 
     async def close(self) -> None:
-        for channel in (self.library, self.transcode):
+        for channel in (self.library, self.transcode, self.stt):
             if channel is not None:
                 await channel.close()
 
@@ -150,6 +168,13 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
         account_id = await self.accounts.caller(context)
         generated = await self.generate(account_id, request, context)
         return generations_pb2.CreateGenerationResponse(generation=generated.generation, audio=generated.audio)
+
+    async def StreamGeneration(self, request, context):
+        account_id = await self.accounts.caller(context)
+        unary = generations_pb2.CreateGenerationRequest.FromString(request.SerializeToString())  # the same fields
+        async with contextlib.aclosing(self.stream(account_id, unary, context)) as messages:
+            async for body in streamed_wav(messages):
+                yield generations_pb2.StreamGenerationResponse(audio=body)
 
     async def generate(
         self,
@@ -166,16 +191,9 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
         `public_names` maps fields of `request` to the names its caller used,
         so that errors (sent and stored) speak the caller's terms.
         """
-        names = public_names or {}
-        generation_id, plan, samples = await self._admit(account_id, request, context, prepare, names)
-        admitted = time.perf_counter()
-        try:
-            generated = await self._generate(generation_id, account_id, plan, samples, context, finish)
-            GENERATION_SECONDS.labels("succeeded").observe(time.perf_counter() - admitted)
-            return generated
-        except BaseException as error:
-            await self._failed(generation_id, error, admitted, names)
-            raise
+        admitted = await self.admit(account_id, request, prepare=prepare, public_names=public_names)
+        await context.send_initial_metadata(((GENERATION_ID_METADATA, admitted.generation_id),))
+        return await self.run(admitted, _synth_timeout(context), finish=finish, public_names=public_names)
 
     async def stream(
         self,
@@ -186,66 +204,217 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
         prepare: Prepare | None = None,
         public_names: Mapping[str, str] | None = None,
     ) -> AsyncIterator[synth_pb2.StreamSynthesizeResponse]:
-        """The same pipeline, streamed: the provider's messages (16-bit mono PCM at their
-        sample_rate) as they come. Once the last has come the whole is stored as one WAV and
-        the generation has succeeded; a caller who goes away stops it, and it is canceled."""
+        """The same pipeline, streamed (see run_streamed)."""
+        admitted = await self.admit(account_id, request, prepare=prepare, public_names=public_names)
+        await context.send_initial_metadata(((GENERATION_ID_METADATA, admitted.generation_id),))
+        messages = self.run_streamed(admitted, _synth_timeout(context), public_names=public_names)
+        async with contextlib.aclosing(messages):  # closed now, not when collected: it stops the provider
+            async for message in messages:
+                yield message
+
+    async def admit(
+        self,
+        account_id: int,
+        request: generations_pb2.CreateGenerationRequest,
+        *,
+        prepare: Prepare | None = None,
+        checked: parameters.Plan | None = None,
+        public_names: Mapping[str, str] | None = None,
+    ) -> Admitted:
+        """The pipeline's first half: check the request (or take the `checked` plan of an adapter
+        with rules of its own), fetch its samples, admit and store it as queued."""
         names = public_names or {}
-        generation_id, plan, samples = await self._admit(account_id, request, context, prepare, names)
-        admitted = time.perf_counter()
+        limits = parameters.Limits(MAX_INPUT_CHARS.value, MAX_COLLECTION_CHARS.value)
+        try:
+            plan = checked or parameters.plan(request, limits)
+            if prepare is not None:
+                plan = await prepare(plan)
+            samples = await prompt.fetch_samples(self.library, account_id, plan.speakers) if plan.speakers else []
+            generation_id = await history.admit(
+                self.pool(),
+                history.NewGeneration(
+                    account_id, request.input, plan.model, plan.speakers, plan.parameters, plan.visibility, plan.collection
+                ),
+                account_limits(),
+            )
+        except (ApiError, grpc.aio.AioRpcError) as error:
+            refusal = error if isinstance(error, ApiError) else ApiError.from_rpc_error(error)
+            in_callers_terms(refusal, names)
+            kind = refusal.reason.lower()
+            REFUSED.labels(kind).inc()
+            log.info("generation refused", extra={"account_id": account_id, "type": kind})
+            raise refusal from None
+        return Admitted(generation_id, account_id, plan, samples)
+
+    async def run(
+        self,
+        admitted: Admitted,
+        timeout: float,
+        *,
+        finish: Finish = as_wav,
+        public_names: Mapping[str, str] | None = None,
+        record_cancellation: bool = True,
+    ) -> Generated:
+        """The pipeline's second half: generate an admitted request within `timeout` seconds
+        (all its chunks, for a long script) and store how it ended: canceled when the caller
+        hangs up or the run is cancelled, unless `record_cancellation` is off (the canceller
+        records it then)."""
+        began = time.perf_counter()
+        try:
+            generated = await self._generate(admitted, time.monotonic() + timeout, finish)
+        except BaseException as error:
+            await self._ended_badly(admitted, error, began, public_names, record_cancellation)
+            raise
+        GENERATION_SECONDS.labels("succeeded").observe(time.perf_counter() - began)
+        return generated
+
+    async def run_streamed(
+        self,
+        admitted: Admitted,
+        timeout: float,
+        *,
+        public_names: Mapping[str, str] | None = None,
+        record_cancellation: bool = True,
+    ) -> AsyncIterator[synth_pb2.StreamSynthesizeResponse]:
+        """`run`, streamed: the provider's messages (16-bit mono PCM at their sample_rate) as they
+        come. Once the last has come the whole is stored as one WAV and the generation has
+        succeeded; a caller who goes away (closes this generator) stops it, and it is canceled."""
+        began = time.perf_counter()
         try:
             pcm = bytearray()
             last = None
-            began = time.perf_counter()
-            assembled = await self._prompt(account_id, samples, plan) if samples else None
-            chunks = self._chunked(generation_id, account_id, plan, assembled, context)
-            async with contextlib.aclosing(chunks):  # closed now, not when collected: it stops the provider
+            assembled = await self._prompt(admitted) if admitted.samples else None
+            synthesis_began = time.perf_counter()
+            chunks = self._chunked(admitted, assembled, time.monotonic() + timeout)
+            async with contextlib.aclosing(chunks):
                 async for candidate, number, message in chunks:
                     pcm += message.pcm
                     if message.last:
                         last = message
                     yield message
             assert last is not None
-            self._count_audio(last.duration_seconds, began)
-            await history.mark_succeeded(
-                self.pool(), generation_id, wav_of(bytes(pcm), last.sample_rate), last.duration_seconds,
+            _count_audio(last.duration_seconds, synthesis_began)
+            row = await history.mark_succeeded(
+                self.pool(), admitted.generation_id, wav_of(bytes(pcm), last.sample_rate), last.duration_seconds,
                 last.model or candidate.model, last.seed, number + 1,
             )  # fmt: skip
-            GENERATION_SECONDS.labels("succeeded").observe(time.perf_counter() - admitted)
-            log.info("generated", extra={"generation": generation_id, "provider": candidate.provider_id, "streamed": True})
+            if row is None:  # canceled meanwhile (a prediction)
+                raise asyncio.CancelledError()
+            log.info(
+                "generated",
+                extra={"generation": admitted.generation_id, "provider": candidate.provider_id, "streamed": True},
+            )
         except BaseException as error:
-            await self._failed(generation_id, error, admitted, names)
+            await self._ended_badly(admitted, error, began, public_names, record_cancellation)
             raise
+        GENERATION_SECONDS.labels("succeeded").observe(time.perf_counter() - began)
+
+    async def _ended_badly(
+        self,
+        admitted: Admitted,
+        error: BaseException,
+        began: float,
+        public_names: Mapping[str, str] | None,
+        record_cancellation: bool,
+    ) -> None:
+        """Count and store a run that did not succeed (the error is raised on by the caller)."""
+        canceled = isinstance(error, (asyncio.CancelledError, GeneratorExit))
+        GENERATION_SECONDS.labels("canceled" if canceled else "failed").observe(time.perf_counter() - began)
+        if canceled and not record_cancellation:
+            return
+        if isinstance(error, ApiError):
+            in_callers_terms(error, public_names or {})
+        # Shielded: a caller who hung up still leaves a finished record behind.
+        await asyncio.shield(self._record_failure(admitted.generation_id, error))
+
+    async def _generate(self, admitted: Admitted, deadline: float, finish: Finish) -> Generated:
+        generation_id, account_id, plan = admitted.generation_id, admitted.account_id, admitted.plan
+        assembled = await self._prompt(admitted) if admitted.samples else None
+        if len(self._split(plan.script.text, assembled)) > 1:
+            return await self._generate_chunks(admitted, assembled, deadline, finish)
+        synthesis = synth_pb2.SynthesizeRequest(
+            script=plan.script.text,
+            settings=parameters.synth_settings(plan.parameters, plan.chosen_max_new_tokens),
+            account=str(account_id),  # the provider's queue takes accounts in turns
+        )
+        if assembled is not None:
+            synthesis.audio_prompt.CopyFrom(assembled)
+
+        synthesis_began = time.perf_counter()
+        candidate, reply = await self.router.synthesize(
+            synthesis, plan.model, _left(deadline), self._running(generation_id)
+        )
+        _count_audio(reply.duration_seconds, synthesis_began)
+        audio = await finish(reply.wav)
+        row = await history.mark_succeeded(
+            self.pool(), generation_id, reply.wav, reply.duration_seconds, reply.model or candidate.model, reply.seed
+        )
+        if row is None:  # canceled meanwhile (a prediction)
+            raise asyncio.CancelledError()
+        log.info(
+            "generated",
+            extra={"generation": generation_id, "provider": candidate.provider_id, "seconds": round(reply.duration_seconds, 2)},
+        )
+        return Generated(history.to_proto(row, PUBLIC_URL.value), audio)
+
+    async def _generate_chunks(
+        self, admitted: Admitted, assembled: synth_pb2.AudioPrompt | None, deadline: float, finish: Finish
+    ) -> Generated:
+        """A long script, its chunks joined with a short crossfade (long_scripts.py)."""
+        parts: list[bytearray] = []
+        began = time.perf_counter()
+        chunks = self._chunked(admitted, assembled, deadline)
+        async with contextlib.aclosing(chunks):
+            async for candidate, number, message in chunks:
+                if number == len(parts):
+                    parts.append(bytearray())
+                parts[number] += message.pcm
+                last = message
+        rate = last.sample_rate or 44100
+        joined = long_scripts.crossfaded([np.frombuffer(bytes(part), dtype="<i2") for part in parts], rate)
+        wav, duration = wav_of(joined.astype("<i2").tobytes(), rate), joined.size / rate
+        _count_audio(duration, began)
+        audio = await finish(wav)
+        row = await history.mark_succeeded(
+            self.pool(), admitted.generation_id, wav, duration, last.model or candidate.model, last.seed, len(parts)
+        )
+        if row is None:  # canceled meanwhile (a prediction)
+            raise asyncio.CancelledError()
+        log.info(
+            "generated", extra={"generation": admitted.generation_id, "chunks": len(parts), "seconds": round(duration, 2)}
+        )
+        return Generated(history.to_proto(row, PUBLIC_URL.value), audio)
 
     async def _chunked(
-        self,
-        generation_id: str,
-        account_id: int,
-        plan: parameters.Plan,
-        assembled: synth_pb2.AudioPrompt | None,
-        context,
+        self, admitted: Admitted, assembled: synth_pb2.AudioPrompt | None, deadline: float
     ) -> AsyncIterator[tuple[Candidate, int, synth_pb2.StreamSynthesizeResponse]]:
         """The script's chunks generated in order (one for a script that fits Dia's window;
         long_scripts.py), streamed: (provider, chunk number, message). Only the final chunk's
         last message is `last`, and it counts the whole (duration, frames). `assembled`: the
         cloned voices' prompt, or None."""
+        plan = admitted.plan
         chunks = self._split(plan.script.text, assembled)
         previous: tuple[long_scripts.Chunk, bytes, int] | None = None  # chunk, its PCM, sample rate
         seconds = frames = 0.0
         for number, chunk in enumerate(chunks):
+            tail = None
+            if assembled is None and previous is not None:
+                tail = self._tail_prompt(*previous, plan.parameters.max_audio_prompt_seconds)
+            # The tail prompt is the gateway's, not the caller's: their max_new_tokens, which fits
+            # without it, is lowered to make room for it rather than refused.
+            chosen = plan.chosen_max_new_tokens and tail is None
             synthesis = synth_pb2.StreamSynthesizeRequest(
                 script=chunk.text,
-                settings=parameters.synth_settings(plan.parameters),
-                account=str(account_id),  # the provider's queue takes accounts in turns
+                settings=parameters.synth_settings(plan.parameters, chosen),
+                account=str(admitted.account_id),  # the provider's queue takes accounts in turns
             )
             if assembled is not None:
                 synthesis.audio_prompt.CopyFrom(assembled)  # cloned voices: their samples again
-            elif previous is not None:
-                tail = self._tail_prompt(*previous, plan.parameters.max_audio_prompt_seconds)
-                if tail is not None:
-                    synthesis.audio_prompt.CopyFrom(tail)
+            elif tail is not None:
+                synthesis.audio_prompt.CopyFrom(tail)
             pcm = bytearray()
             messages = self.router.stream_synthesize(
-                synthesis, plan.model, self._synth_timeout(context), self._running(generation_id)
+                synthesis, plan.model, _left(deadline), self._running(admitted.generation_id)
             )
             async with contextlib.aclosing(messages):
                 async for candidate, message in messages:
@@ -288,140 +457,24 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
             return None
         return synth_pb2.AudioPrompt(wav=wav_of(pcm[(samples - count) * 2 :], rate), transcript=text)
 
-    async def _admit(
-        self,
-        account_id: int,
-        request: generations_pb2.CreateGenerationRequest,
-        context: grpc.aio.ServicerContext,
-        prepare: Prepare | None,
-        names: Mapping[str, str],
-    ) -> tuple[str, parameters.Plan, list[prompt.Sample]]:
-        """Check the request at the door, store it as queued and send its id; refusals are counted."""
-        limits = parameters.Limits(MAX_INPUT_CHARS.value, MAX_COLLECTION_CHARS.value)
-        try:
-            plan = parameters.plan(request, limits)
-            if prepare is not None:
-                plan = await prepare(plan)
-            samples = await prompt.fetch_samples(self.library, account_id, plan.speakers) if plan.speakers else []
-            generation_id = await history.admit(
-                self.pool(),
-                history.NewGeneration(
-                    account_id, request.input, plan.model, plan.speakers, plan.parameters, plan.visibility, plan.collection
-                ),
-                account_limits(),
-            )
-        except (ApiError, grpc.aio.AioRpcError) as error:
-            refusal = error if isinstance(error, ApiError) else ApiError.from_rpc_error(error)
-            in_callers_terms(refusal, names)
-            kind = refusal.reason.lower()
-            REFUSED.labels(kind).inc()
-            log.info("generation refused", extra={"account_id": account_id, "type": kind})
-            raise refusal from None
-        await context.send_initial_metadata(((GENERATION_ID_METADATA, generation_id),))
-        return generation_id, plan, samples
-
-    async def _failed(self, generation_id: str, error: BaseException, admitted: float, names: Mapping[str, str]) -> None:
-        GENERATION_SECONDS.labels("failed").observe(time.perf_counter() - admitted)
-        if isinstance(error, ApiError):
-            in_callers_terms(error, names)
-        # Shielded: a caller who hung up still leaves a finished record behind.
-        await asyncio.shield(self._record_failure(generation_id, error))
-
     def _running(self, generation_id: str):
         async def running_on(candidate: Candidate) -> None:
             await history.mark_running(self.pool(), generation_id, candidate.provider_id, candidate.model)
 
         return running_on
 
-    @staticmethod
-    def _synth_timeout(context) -> float:
-        timeout = SYNTH_TIMEOUT_SECONDS.value
-        if context.time_remaining() is not None:
-            timeout = min(timeout, context.time_remaining())
-        return timeout
-
-    @staticmethod
-    def _count_audio(duration_seconds: float, began: float) -> None:
-        if duration_seconds > 0:
-            AUDIO_SECONDS.inc(duration_seconds)
-            REAL_TIME_FACTOR.observe((time.perf_counter() - began) / duration_seconds)
-
-    async def _generate(
-        self,
-        generation_id: str,
-        account_id: int,
-        plan: parameters.Plan,
-        samples: list[prompt.Sample],
-        context,
-        finish: Finish,
-    ) -> Generated:
-        assembled = await self._prompt(account_id, samples, plan) if samples else None
-        if len(self._split(plan.script.text, assembled)) > 1:
-            return await self._generate_chunks(generation_id, account_id, plan, assembled, context, finish)
-        synthesis = synth_pb2.SynthesizeRequest(
-            script=plan.script.text,
-            settings=parameters.synth_settings(plan.parameters),
-            account=str(account_id),  # the provider's queue takes accounts in turns
-        )
-        if assembled is not None:
-            synthesis.audio_prompt.CopyFrom(assembled)
-
-        synthesis_began = time.perf_counter()
-        candidate, reply = await self.router.synthesize(
-            synthesis, plan.model, self._synth_timeout(context), self._running(generation_id)
-        )
-        self._count_audio(reply.duration_seconds, synthesis_began)
-        audio = await finish(reply.wav)
-        row = await history.mark_succeeded(
-            self.pool(), generation_id, reply.wav, reply.duration_seconds, reply.model or candidate.model, reply.seed
-        )
-        log.info(
-            "generated",
-            extra={"generation": generation_id, "provider": candidate.provider_id, "seconds": round(reply.duration_seconds, 2)},
-        )
-        return Generated(history.to_proto(row, PUBLIC_URL.value), audio)
-
-    async def _generate_chunks(
-        self,
-        generation_id: str,
-        account_id: int,
-        plan: parameters.Plan,
-        assembled: synth_pb2.AudioPrompt | None,
-        context,
-        finish: Finish,
-    ) -> Generated:
-        """A long script, its chunks joined with a short crossfade (long_scripts.py)."""
-        parts: list[bytearray] = []
-        began = time.perf_counter()
-        chunks = self._chunked(generation_id, account_id, plan, assembled, context)
-        async with contextlib.aclosing(chunks):
-            async for candidate, number, message in chunks:
-                if number == len(parts):
-                    parts.append(bytearray())
-                parts[number] += message.pcm
-                last = message
-        rate = last.sample_rate or 44100
-        joined = long_scripts.crossfaded([np.frombuffer(bytes(part), dtype="<i2") for part in parts], rate)
-        wav, duration = wav_of(joined.astype("<i2").tobytes(), rate), joined.size / rate
-        self._count_audio(duration, began)
-        audio = await finish(wav)
-        row = await history.mark_succeeded(
-            self.pool(), generation_id, wav, duration, last.model or candidate.model, last.seed, len(parts)
-        )
-        log.info("generated", extra={"generation": generation_id, "chunks": len(parts), "seconds": round(duration, 2)})
-        return Generated(history.to_proto(row, PUBLIC_URL.value), audio)
-
-    async def _prompt(
-        self, account_id: int, samples: list[prompt.Sample], plan: parameters.Plan
-    ) -> synth_pb2.AudioPrompt:
+    async def _prompt(self, admitted: Admitted) -> synth_pb2.AudioPrompt:
         """The voice-cloning prompt of the samples, from the cache when they are unchanged."""
-        max_seconds, gap = plan.parameters.max_audio_prompt_seconds, PROMPT_GAP_SECONDS.value
+        account_id, samples = admitted.account_id, admitted.samples
+        max_seconds, gap = admitted.plan.parameters.max_audio_prompt_seconds, PROMPT_GAP_SECONDS.value
         key = prompt.PromptCache.key(account_id, samples, max_seconds, gap)
         assembled = self.prompts.get(key)
         if assembled is None:
             clips = await prompt.fetch_clips(self.library, account_id, samples)
-            assembled = await prompt.assemble(self.transcode, clips, max_seconds, gap)
-            self.prompts.put(key, assembled)
+            made = await prompt.assemble(self.transcode, clips, max_seconds, gap, self.stt)
+            assembled = made.prompt
+            if made.exact:  # a sample kept whole for want of word timings is cut properly next time
+                self.prompts.put(key, assembled)
         return assembled
 
     async def _record_failure(self, generation_id: str, error: BaseException) -> None:
@@ -432,18 +485,14 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
         except ApiError:  # the database went away meanwhile: the caller gets the original error
             log.warning("could not record the failure of a generation", extra={"generation": generation_id})
 
-    async def StreamGeneration(self, request, context):
-        account_id = await self.accounts.caller(context)
-        unary = generations_pb2.CreateGenerationRequest.FromString(request.SerializeToString())  # the same fields
-        async with contextlib.aclosing(self.stream(account_id, unary, context)) as messages:
-            async for body in streamed_wav(messages):
-                yield generations_pb2.StreamGenerationResponse(audio=body)
-
     # --- history ---------------------------------------------------------------
 
     async def ListGenerations(self, request, context):
         account_id = await self.accounts.caller(context)
-        rows, next_token = await history.list_page(self.pool(), account_id, request.page_size, request.page_token)
+        fields.check(request)
+        rows, next_token = await history.list_page(
+            self.pool(), account_id, request.page_size, request.page_token, request.status, request.collection
+        )
         return generations_pb2.ListGenerationsResponse(
             generations=[history.to_proto(row, PUBLIC_URL.value) for row in rows], next_page_token=next_token
         )
@@ -452,6 +501,18 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
         account_id = await self.accounts.caller(context)
         row = await history.get(self.pool(), account_id, request.id)
         return generations_pb2.GetGenerationResponse(generation=history.to_proto(row, PUBLIC_URL.value))
+
+    async def UpdateGeneration(self, request, context):
+        account_id = await self.accounts.caller(context)
+        fields.check(request)
+        row = await history.update_sharing(
+            self.pool(),
+            account_id,
+            request.id,
+            request.visibility if request.HasField("visibility") else None,
+            request.collection if request.HasField("collection") else None,
+        )
+        return generations_pb2.UpdateGenerationResponse(generation=history.to_proto(row, PUBLIC_URL.value))
 
     async def GetGenerationAudio(self, request, context):
         account_id = await self.accounts.caller(context)
@@ -463,6 +524,26 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
         audio = await history.shared_audio(self.pool(), request.share_token)
         return generations_pb2.GetSharedGenerationAudioResponse(audio=httpbody_pb2.HttpBody(content_type=WAV, data=audio))
 
+
+
+def _synth_timeout(context: grpc.aio.ServicerContext) -> float:
+    """The seconds a generation may take: GATEWAY_SYNTH_TIMEOUT_SECONDS, or less if the caller waits less."""
+    timeout = SYNTH_TIMEOUT_SECONDS.value
+    if context.time_remaining() is not None:
+        timeout = min(timeout, context.time_remaining())
+    return timeout
+
+
+def _left(deadline: float) -> float:
+    """The seconds a provider call may take: what is left of the generation's (a long script's chunks share it)."""
+    return max(deadline - time.monotonic(), 0.001)
+
+
+def _count_audio(duration_seconds: float, began: float) -> None:
+    """Audio seconds made, and the providers' seconds per audio second since `began`."""
+    if duration_seconds > 0:
+        AUDIO_SECONDS.inc(duration_seconds)
+        REAL_TIME_FACTOR.observe((time.perf_counter() - began) / duration_seconds)
 
 
 async def streamed_wav(messages: AsyncIterator[synth_pb2.StreamSynthesizeResponse]) -> AsyncIterator[httpbody_pb2.HttpBody]:

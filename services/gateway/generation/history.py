@@ -107,7 +107,7 @@ async def mark_running(pool: asyncpg.Pool, generation_id: str, provider: str, mo
         await db.execute(
             """UPDATE generations SET status = 'running', provider = $2, model = $3,
                    start_time = coalesce(start_time, now())
-               WHERE id = $1""",
+               WHERE id = $1 AND status IN ('queued', 'running')""",
             generation_id,
             provider,
             model,
@@ -122,13 +122,14 @@ async def mark_succeeded(
     model: str,
     seed: int,
     chunks: int = 1,
-) -> asyncpg.Record:
+) -> asyncpg.Record | None:
+    """The stored row; None if it had ended meanwhile (a canceled prediction)."""
     async with connection(pool) as db:
         return await db.fetchrow(
             f"""UPDATE generations SET status = 'succeeded', audio = $2, audio_duration_seconds = $3,
                     model = $4, parameters = jsonb_set(parameters, '{{seed}}', to_jsonb($5::text)),
                     end_time = now(), chunks = $6
-                WHERE id = $1
+                WHERE id = $1 AND status IN ('queued', 'running')
                 RETURNING {_COLUMNS}""",
             generation_id,
             audio,
@@ -166,7 +167,8 @@ async def fail_abandoned(pool: asyncpg.Pool, older_than_seconds: float) -> int:
             """UPDATE generations SET status = 'failed', error_type = 'interrupted',
                    error_message = 'the gateway serving this request stopped before it finished',
                    end_time = now()
-               WHERE status IN ('queued', 'running') AND create_time < now() - make_interval(secs => $1)""",
+               WHERE status IN ('queued', 'running') AND create_time < now() - make_interval(secs => $1)
+                   AND prediction IS NULL""",
             older_than_seconds,
         )
     return int(status.split()[-1])
@@ -204,22 +206,45 @@ async def shared_audio(pool: asyncpg.Pool, share_token: str) -> bytes:
     return audio
 
 
-async def list_page(pool: asyncpg.Pool, account_id: int, page_size: int, page_token: str) -> tuple[list[asyncpg.Record], str]:
-    """One page, newest first, and the token of the next ("" after the last)."""
+async def list_page(
+    pool: asyncpg.Pool, account_id: int, page_size: int, page_token: str, status: str = "", collection: str = ""
+) -> tuple[list[asyncpg.Record], str]:
+    """One page, newest first, of those with this status and in this collection (empty: any),
+    and the token of the next ("" after the last)."""
     limit = pagination.page_size(page_size)
     before = _decode_page_token(page_token)
     async with connection(pool) as db:
         rows = await db.fetch(
             f"""SELECT {_COLUMNS} FROM generations
                 WHERE account_id = $1 AND ($2::bigint IS NULL OR seq < $2)
+                  AND ($4 = '' OR status = $4) AND ($5 = '' OR collection = $5)
                 ORDER BY seq DESC LIMIT $3""",
             account_id,
             before,
             limit + 1,  # one more tells whether there is a next page
+            status,
+            collection,
         )
     more = len(rows) > limit
     rows = rows[:limit]
     return rows, _encode_page_token(rows[-1]["seq"]) if more else ""
+
+
+async def update_sharing(
+    pool: asyncpg.Pool, account_id: int, generation_id: str, visibility: str | None, collection: str | None
+) -> asyncpg.Record:
+    """Change the visibility and/or collection (None: unchanged); the share token stays, so
+    a generation made unlisted again gets the URL it had."""
+    async with connection(pool) as db:
+        row = await db.fetchrow(
+            f"""UPDATE generations SET visibility = COALESCE($3, visibility), collection = COALESCE($4, collection)
+                WHERE id = $1 AND account_id = $2 RETURNING {_COLUMNS}""",
+            generation_id,
+            account_id,
+            visibility,
+            collection,
+        )
+    return _found(row, generation_id)
 
 
 def to_proto(row: asyncpg.Record, public_url: str) -> generations_pb2.Generation:

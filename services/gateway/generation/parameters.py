@@ -62,6 +62,7 @@ class Plan:
     model: str  # "" to auto-select
     speakers: dict[str, int]  # "S1"/"S2" → voice-sample id, S1 first
     parameters: generations_pb2.GenerationParameters  # defaults filled; seed -1 = random
+    chosen_max_new_tokens: bool  # the caller set max_new_tokens (else a default the provider may lower)
     visibility: str
     collection: str
 
@@ -75,7 +76,13 @@ def plan(request: generations_pb2.CreateGenerationRequest, limits: Limits) -> Pl
     speakers = _speakers(request.speakers)
     fields.check(request, settings)
     return Plan(
-        script, request.model, speakers, requested_parameters(request), fields.value(request, "visibility"), request.collection
+        script,
+        request.model,
+        speakers,
+        requested_parameters(request),
+        request.HasField("max_new_tokens"),
+        fields.value(request, "visibility"),
+        request.collection,
     )
 
 
@@ -89,9 +96,17 @@ def requested_parameters(request: generations_pb2.CreateGenerationRequest) -> ge
     return generations_pb2.GenerationParameters(**{name: fields.value(request, name) for name in names})
 
 
-def synth_settings(parameters: generations_pb2.GenerationParameters) -> synth_pb2.GenerationSettings:
-    """What the provider needs of them (the prompt length is the gateway's business)."""
+def synth_settings(
+    parameters: generations_pb2.GenerationParameters, chosen_max_new_tokens: bool = True
+) -> synth_pb2.GenerationSettings:
+    """What the provider needs of them (the prompt length is the gateway's business).
+
+    A max_new_tokens the caller did not choose (the default, or the speech
+    endpoint's budget) may be lowered by the provider to what Dia's decoder
+    has room for beside the prompt; one they chose is refused if it does not fit.
+    """
     settings = synth_pb2.GenerationSettings(
+        lower_max_new_tokens_to_fit=not chosen_max_new_tokens,
         cfg_scale=parameters.cfg_scale,
         temperature=parameters.temperature,
         top_p=parameters.top_p,

@@ -7,9 +7,19 @@ transcode service with GATEWAY_PROMPT_GAP_SECONDS of silence between them.
 The prompt is at most ``max_audio_prompt_seconds`` long, gap included. When
 both speakers are cloned they share that time equally, so that both voices
 stay in the prompt however long either sample is; a clip shorter than its
-share leaves the rest to the other. A clip longer than its share is cut at
-its end. Its transcript stays whole: the library holds no word timings to cut
-it by, and the spec's own "truncated to this length" has the same effect.
+share leaves the rest to the other.
+
+A clip longer than its share is cut between two words, and its transcript
+with it: Dia speaks whatever words of the transcript the audio lacks at the
+start of its output. The STT service times the words of the clip's start
+(:func:`cut_between_words`); the clip is cut after the last word that ends
+within its share, and the stored transcript is aligned word by word with the
+words heard (:func:`said_before`) to keep the words said before the cut.
+When no whole word fits in the share, the request is refused
+(``invalid_parameter`` naming max_audio_prompt_seconds). When the recognizer
+is down, too slow (GATEWAY_PROMPT_STT_TIMEOUT_SECONDS) or hears no words, the
+clip is kept whole with its whole transcript (the prompt is then longer than
+asked, but says what its transcript says), and that prompt is not cached.
 
 Assembled prompts are kept in a :class:`PromptCache` by the samples'
 identity and content (id, transcript, length, update time, as the library
@@ -23,6 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import difflib
+import logging
+import re
 from dataclasses import dataclass
 from typing import Awaitable, TypeVar
 
@@ -30,12 +43,15 @@ import grpc
 import prometheus_client
 
 from runtime import clients
-from runtime.errors import ApiError, invalid_argument
+from runtime.errors import ApiError, invalid_argument, invalid_parameter
+from services.gateway.config import PROMPT_STT_TIMEOUT_SECONDS
 from services.gateway.generation import script
 from voice.library.v1 import library_pb2, library_pb2_grpc
+from voice.stt.v1 import stt_pb2, stt_pb2_grpc
 from voice.synth.v1 import synth_pb2
 from voice.transcode.v1 import transcode_pb2, transcode_pb2_grpc
 
+log = logging.getLogger("gateway.prompt")
 
 PROMPT_CACHE = prometheus_client.Counter(
     "gateway_prompt_cache_total", "Voice-cloning prompts asked of the cache, by result (hit, miss).", ["result"]
@@ -169,10 +185,105 @@ class PromptCache:
             self.bytes -= dropped.ByteSize()
 
 
+@dataclass(frozen=True)
+class Word:
+    """A word the recognizer heard, and when (seconds from the clip's start)."""
+
+    start: float
+    end: float
+    text: str
+
+
+@dataclass(frozen=True)
+class Cut:
+    seconds: float  # where the clip is cut
+    transcript: str  # the words of its transcript said before that
+
+
+# Seconds of audio past a clip's share that the recognizer hears too, so that
+# the word running over the end of the share is heard whole (and left out).
+LISTEN_PAST_SHARE_SECONDS = 2.0
+# Below this share of words in common, a stored transcript is taken to say
+# something else than the audio, and the recognizer's words are used instead.
+MIN_AGREEMENT = 0.5
+
+
+def _plain(word: str) -> str:
+    return re.sub(r"[^\w']+", "", word.lower())
+
+
+def said_before(heard: list[str], kept: int, transcript: str) -> str:
+    """The words of `transcript` that the first `kept` of the `heard` words stand for.
+
+    The two are aligned word by word, ignoring case and punctuation; where
+    they differ ("25" heard, "twenty five" written) the written words are
+    shared out in proportion. When they have too little in common the
+    recognizer's own first `kept` words are returned: they are what the audio says.
+    """
+    written = transcript.split()
+    matcher = difflib.SequenceMatcher(a=[_plain(w) for w in heard], b=[_plain(w) for w in written], autojunk=False)
+    if matcher.ratio() < MIN_AGREEMENT:
+        return " ".join(heard[:kept])
+    count = 0
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if i1 >= kept:  # from here on, words said after the cut (and written words between: not heard before it)
+            break
+        if tag == "equal":
+            count = j1 + min(kept, i2) - i1
+        elif tag == "replace":
+            count = j1 + round((min(kept, i2) - i1) * (j2 - j1) / (i2 - i1))
+        elif tag == "insert":  # written, not heard, before the cut
+            count = j2
+        else:  # "delete": heard, not written
+            count = j1
+    return " ".join(written[:count])
+
+
+def cut_between_words(words: list[Word], transcript: str, seconds: float) -> Cut | None:
+    """Where to cut a clip to keep at most `seconds` of it without splitting a word, and the
+    words of its `transcript` said before that point; None if not even its first word fits."""
+    kept = 0
+    while kept < len(words) and words[kept].end <= seconds:
+        kept += 1
+    if kept == 0:
+        return None
+    # After the last whole word, up to the next one's start (its timing is rough) within the share.
+    following = words[kept].start if kept < len(words) else seconds
+    cut = max(words[kept - 1].end, min(seconds, following))
+    return Cut(cut, said_before([word.text for word in words], kept, transcript))
+
+
+async def heard_words(stt: grpc.aio.Channel, wav: bytes, param: str) -> list[Word]:
+    """The words the recognizer hears in `wav` with their times; none when it cannot say."""
+    try:
+        reply = await stt_pb2_grpc.SttServiceStub(stt).Transcribe(
+            stt_pb2.TranscribeRequest(audio=wav, word_timestamps=True), timeout=PROMPT_STT_TIMEOUT_SECONDS.value
+        )
+    except grpc.aio.AioRpcError as error:
+        log.warning(
+            "could not time the words of a voice sample; it is kept whole",
+            extra={"param": param, "status": error.code().name},
+        )
+        return []
+    return [Word(w.start_seconds, w.end_seconds, w.text) for segment in reply.segments for w in segment.words]
+
+
+@dataclass(frozen=True)
+class Assembled:
+    prompt: synth_pb2.AudioPrompt
+    # Every clip was kept whole or cut between words: not a stand-in for want of word timings.
+    exact: bool
+
+
 async def assemble(
-    transcode: grpc.aio.Channel, clips: list[Clip], max_seconds: float, gap_seconds: float
-) -> synth_pb2.AudioPrompt:
-    """One 44.1 kHz mono WAV of the clips, cut to their shares, with its tagged transcript."""
+    transcode: grpc.aio.Channel,
+    clips: list[Clip],
+    max_seconds: float,
+    gap_seconds: float,
+    stt: grpc.aio.Channel | None = None,
+) -> Assembled:
+    """One 44.1 kHz mono WAV of the clips, each cut between words to its share, with its tagged
+    transcript cut to match (see the module's docstring). Without `stt` a clip to cut is kept whole."""
     stub = transcode_pb2_grpc.TranscodeServiceStub(transcode)
     kept = shares([clip.duration_seconds for clip in clips], max_seconds, gap_seconds)
 
@@ -186,21 +297,46 @@ async def assemble(
             raise _said_of(clip, error) from None
         return reply.wav
 
+    async def part(clip: Clip, seconds: float) -> tuple[bytes, str, bool]:
+        """The clip's audio and transcript within `seconds`, and whether it is within them."""
+        transcript = script.untagged(clip.transcript)
+        if seconds >= clip.duration_seconds:
+            return clip.wav, transcript, True
+        start = await alone(clip, min(clip.duration_seconds, seconds + LISTEN_PAST_SHARE_SECONDS))
+        words = await heard_words(stt, start, clip.param) if stt is not None else []
+        if not words:
+            return clip.wav, transcript, False
+        cut = cut_between_words(words, transcript, seconds)
+        if cut is None:
+            raise invalid_parameter(
+                "max_audio_prompt_seconds",
+                f"{clip.param}: voice sample {clip.sample_id} has no whole word in the {seconds:.2f} s of "
+                f"the prompt it gets (its first word ends at {words[0].end:.2f} s); allow a longer prompt "
+                "with max_audio_prompt_seconds",
+            )
+        return await alone(clip, cut.seconds), cut.transcript, True
+
     if all(seconds >= clip.duration_seconds for clip, seconds in zip(clips, kept)):
-        parts = [clip.wav for clip in clips]  # nothing to cut: the joining call alone will do
+        parts = [(clip.wav, script.untagged(clip.transcript), True) for clip in clips]  # the joining call alone will do
     else:
-        parts = await in_order([alone(clip, seconds) for clip, seconds in zip(clips, kept)])
+        parts = await in_order([part(clip, seconds) for clip, seconds in zip(clips, kept)])
+    exact = all(within for _, _, within in parts)
     try:
         joined = await stub.ConcatenateAudio(
-            # The overall cap catches rounding: the prompt never exceeds the request's limit.
-            transcode_pb2.ConcatenateAudioRequest(clips=parts, gap_seconds=gap_seconds, max_duration_seconds=max_seconds)
+            transcode_pb2.ConcatenateAudioRequest(
+                clips=[wav for wav, _, _ in parts],
+                gap_seconds=gap_seconds,
+                # The overall cap catches rounding: the prompt never exceeds the request's limit
+                # (unless a clip had to be kept whole).
+                max_duration_seconds=max_seconds if exact else 0.0,
+            )
         )
     except grpc.aio.AioRpcError as error:
         if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
             await in_order([alone(clip, 0.0) for clip in clips])  # raises for the speaker whose sample is at fault
         raise
-    transcript = script.prompt_transcript({clip.speaker: clip.transcript for clip in clips})
-    return synth_pb2.AudioPrompt(wav=joined.wav, transcript=transcript)
+    transcript = script.prompt_transcript({clip.speaker: said for clip, (_, said, _) in zip(clips, parts)})
+    return Assembled(synth_pb2.AudioPrompt(wav=joined.wav, transcript=transcript), exact)
 
 
 def _said_of(clip: Clip, error: grpc.aio.AioRpcError) -> ApiError:

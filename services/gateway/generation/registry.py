@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Callable
 
 import asyncpg
@@ -23,8 +24,8 @@ import grpc
 import prometheus_client
 
 from runtime import database, provider_credentials
-from runtime.errors import ApiError, invalid_parameter
-from services.gateway.config import HEARTBEAT_INTERVAL_SECONDS, PROVIDER_TIMEOUT_SECONDS
+from runtime.errors import ApiError, invalid_parameter, not_found
+from services.gateway.config import HEARTBEAT_INTERVAL_SECONDS, PROVIDER_TIMEOUT_SECONDS, PUBLIC_URL
 from voice.gateway.v1 import models_pb2, models_pb2_grpc, providers_pb2, providers_pb2_grpc
 
 log = logging.getLogger("gateway.registry")
@@ -145,4 +146,32 @@ class ModelService(models_pb2_grpc.ModelServiceServicer):
         self.pool = pool
 
     async def ListModels(self, request, context):
-        return models_pb2.ListModelsResponse(object="list", data=await online_models(self.pool()))
+        models = await online_models(self.pool())
+        # The hosted predictor's client reads "results": Dia (auto-select) and the owner/name ids.
+        predictor = ["nari-labs/dia", *(model.id for model in models if OWNER_NAME.fullmatch(model.id))]
+        return models_pb2.ListModelsResponse(
+            object="list",
+            data=models,
+            results=[predictor_model(name, PUBLIC_URL.value) for name in predictor],
+        )
+
+    async def GetModel(self, request, context):
+        for model in await online_models(self.pool()):
+            if model.id == request.id:
+                return models_pb2.GetModelResponse(model=model)
+        raise not_found(f"there is no model {request.id[:100]!r} online: GET /v1/models lists them")
+
+
+# A model id the hosted predictor's client can name (owner/name).
+OWNER_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def predictor_model(model: str, public_url: str) -> models_pb2.PredictorModel:
+    owner, name = model.split("/", 1)
+    return models_pb2.PredictorModel(
+        url=f"{public_url.rstrip('/')}/v1/models/{model}",
+        owner=owner,
+        name=name,
+        description="Dia text-to-dialogue with voice cloning" + (", on any online provider" if model == "nari-labs/dia" else ""),
+        visibility="public",
+    )

@@ -82,6 +82,11 @@ def parse_script(raw: str, max_chars: int) -> Script:
     return Script(text=" ".join(parts), speakers=speakers)
 
 
+def untagged(transcript: str) -> str:
+    """A stored transcript's words, sanitized, without speaker tags, single-spaced."""
+    return _SPACES.sub(" ", _TAG.sub(" ", sanitize(transcript))).strip()
+
+
 def prompt_transcript(transcripts: dict[str, str]) -> str:
     """The transcript of the cloning prompt, tagged with its speakers in prompt order.
 
@@ -89,8 +94,4 @@ def prompt_transcript(transcripts: dict[str, str]) -> str:
     clips are joined. Tags inside a stored transcript are dropped: the speaker
     is the one the caller assigned.
     """
-    parts = []
-    for speaker, transcript in transcripts.items():
-        words = _TAG.sub(" ", sanitize(transcript))
-        parts.append(f"[{speaker}] {_SPACES.sub(' ', words).strip()}")
-    return " ".join(parts)
+    return " ".join(f"[{speaker}] {untagged(transcript)}" for speaker, transcript in transcripts.items())

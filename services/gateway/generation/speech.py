@@ -85,6 +85,8 @@ PUBLIC_NAMES = {"speed_factor": "speed", "speakers.S1": "voice", "speakers": "vo
 SAMPLE_ID = re.compile(r"[0-9]{1,18}")
 # The library's largest page: the fewest calls to look through it.
 LIBRARY_PAGE_SIZE = 100
+# Most voices GET /v1/audio/voices lists (newest first).
+MAX_VOICES = 1000
 # Longest text of the caller's quoted back in an error message.
 MAX_QUOTED_CHARS = 100
 
@@ -233,6 +235,23 @@ class SpeechService(speech_pb2_grpc.SpeechServiceServicer):
         )
         return speech_pb2.CreateSpeechResponse(audio=generated.audio)
 
+    async def ListVoices(self, request, context):
+        account_id = await self.generations.accounts.caller(context)
+        stub = library_pb2_grpc.LibraryServiceStub(self.generations.library)
+        metadata = ((clients.ACCOUNT_ID_METADATA, str(account_id)),)
+        voices, token = [], ""
+        while True:
+            page = await stub.ListVoiceSamples(
+                library_pb2.ListVoiceSamplesRequest(page_size=LIBRARY_PAGE_SIZE, page_token=token), metadata=metadata
+            )
+            voices += [
+                speech_pb2.Voice(voice_id=str(sample.id), name=sample.speaker_name, is_default=sample.is_default)
+                for sample in page.voice_samples
+            ]
+            token = page.next_page_token
+            if not token or len(voices) >= MAX_VOICES:
+                return speech_pb2.ListVoicesResponse(voices=voices[:MAX_VOICES])
+
     async def StreamSpeech(self, request, context):
         account_id = await self.generations.accounts.caller(context)
         unary = speech_pb2.CreateSpeechRequest.FromString(request.SerializeToString())  # the same fields
@@ -269,6 +288,9 @@ class SpeechService(speech_pb2_grpc.SpeechServiceServicer):
         async def prepare(plan: parameters.Plan) -> parameters.Plan:
             response_format(request)  # refused before the library is asked
             sample_id = await find_voice(self.generations.library, account_id, request.voice)
-            return dataclasses.replace(plan, speakers={} if sample_id is None else {"S1": sample_id})
+            # max_new_tokens is the frame budget, not the caller's: the provider may lower it to fit the prompt.
+            return dataclasses.replace(
+                plan, speakers={} if sample_id is None else {"S1": sample_id}, chosen_max_new_tokens=False
+            )
 
         return prepare

@@ -1,0 +1,193 @@
+// Queue and history: every generation, filtered by status and collection, live while
+// something is queued or running; play, download, share.
+
+import { audioUrl, call, getJson } from "./api.js";
+import { $, element, notify, seconds, when } from "./ui.js";
+
+const VISIBILITIES = ["private", "unlisted", "public"];
+const LIVE_MS = 1500; // while something is queued or running
+const IDLE_MS = 5000; // otherwise, to notice generations started elsewhere
+let timer = null;
+let visible = false;
+let nextToken = "";
+let shown = []; // the generations listed, newest first
+
+export function setUp() {
+  $("#history-filter").addEventListener("submit", (event) => {
+    event.preventDefault();
+    refresh();
+  });
+  $("#filter-status").addEventListener("change", () => refresh());
+  $("#history-more").addEventListener("click", () => refresh({ more: true }));
+}
+
+export async function show() {
+  visible = true;
+  await refresh();
+}
+
+export function hide() {
+  visible = false;
+  clearTimeout(timer);
+}
+
+function filters() {
+  return { status: $("#filter-status").value, collection: $("#filter-collection").value };
+}
+
+async function refresh({ more = false } = {}) {
+  clearTimeout(timer);
+  try {
+    if (more) {
+      const page = await getJson("/v1/voice/generations", { query: { ...filters(), page_size: 20, page_token: nextToken } });
+      shown = shown.concat(page.generations);
+      nextToken = page.next_page_token;
+    } else {
+      // The pages loaded so far, again: statuses change, new ones come first.
+      const page = await getJson("/v1/voice/generations", { query: { ...filters(), page_size: Math.max(20, Math.min(100, shown.length)) } });
+      shown = page.generations;
+      nextToken = page.next_page_token;
+    }
+  } catch (error) {
+    notify(`The history could not be loaded. ${error.describe()}`);
+    schedule(IDLE_MS);
+    return;
+  }
+  render();
+  const busy = shown.some((generation) => generation.status === "queued" || generation.status === "running");
+  $("#history-live").textContent = busy ? "Updating live while generations are queued or running…" : "";
+  schedule(busy ? LIVE_MS : IDLE_MS);
+}
+
+function schedule(delay) {
+  clearTimeout(timer);
+  if (visible) timer = setTimeout(() => refresh(), delay);
+}
+
+function render() {
+  const list = $("#generations");
+  // Rows are kept (by id) so a playing audio element or a focused control survives an update.
+  const existing = new Map([...list.children].map((item) => [item.dataset.generationId, item]));
+  const items = shown.map((generation) => {
+    const item = existing.get(generation.id);
+    if (item && item.dataset.version === version(generation)) return item;
+    const fresh = row(generation);
+    // A player already loaded (perhaps playing) is kept as it is.
+    if (item?.querySelector(".player audio") && generation.status === "succeeded") {
+      fresh.querySelector(".player").replaceWith(item.querySelector(".player"));
+    }
+    return fresh;
+  });
+  list.replaceChildren(...items);
+  $("#history-empty").hidden = shown.length > 0;
+  $("#history-more").hidden = !nextToken;
+}
+
+function version(generation) {
+  return [generation.status, generation.visibility, generation.collection, generation.share_url].join("|");
+}
+
+function row(generation) {
+  const id = `generation-${generation.id}`;
+  const parameters = generation.parameters || {};
+  const errorPlace = element("p", { class: "error", role: "alert" });
+  const took =
+    generation.start_time && generation.end_time
+      ? `${seconds((new Date(generation.end_time) - new Date(generation.start_time)) / 1000)} to generate`
+      : "";
+  const speakers = Object.entries(generation.speakers || {})
+    .map(([tag, sample]) => `${tag}: sample ${sample}`)
+    .join(", ");
+  const player = element("div", { class: "player" });
+  if (generation.status === "succeeded") {
+    player.append(
+      element("button", { type: "button", "aria-label": `Play ${generation.id}`, onclick: () => play(generation, player, errorPlace) }, "Play"),
+      element("button", { type: "button", class: "secondary", "aria-label": `Download ${generation.id}`,
+        onclick: () => download(generation, errorPlace) }, "Download"),
+    );
+  }
+  const visibility = element(
+    "select",
+    { id: `${id}-visibility`, onchange: (event) => update(generation, { visibility: event.target.value }, errorPlace) },
+    VISIBILITIES.map((value) => element("option", { value, selected: value === generation.visibility }, value)),
+  );
+  const share = generation.share_url
+    ? element("div", { class: "share" },
+        element("label", { for: `${id}-share` }, "Share link"),
+        element("input", { id: `${id}-share`, class: "share-url", readonly: true, value: generation.share_url }),
+        element("button", { type: "button", class: "secondary", onclick: (event) => copy(generation.share_url, event.target) }, "Copy link"))
+    : null;
+  return element(
+    "li",
+    { class: `generation card status-${generation.status}`, id, dataset: { generationId: generation.id, version: version(generation) } },
+    element("div", { class: "sample-head" },
+      element("span", { class: `badge status` }, generation.status),
+      element("code", {}, generation.id),
+      element("span", { class: "meta" }, `created ${when(generation.create_time)}`)),
+    element("p", { class: "script" }, generation.input),
+    element("dl", { class: "facts" },
+      fact("Audio", generation.status === "succeeded" ? seconds(generation.audio_duration_seconds) : "—"),
+      fact("Time", took || "—"),
+      fact("Model", generation.model || "—"),
+      fact("Provider", generation.provider || "—"),
+      fact("Voices", speakers || "no cloning"),
+      fact("Collection", generation.collection || "—"),
+      fact("Parameters", Object.entries(parameters).map(([name, value]) => `${name} ${value}`).join(", ")),
+      ["failed", "canceled"].includes(generation.status) ? fact("Error", `${generation.error_type}: ${generation.error_message}`) : null),
+    player,
+    element("div", { class: "row" }, element("label", { for: `${id}-visibility` }, "Visibility"), visibility),
+    share,
+    errorPlace,
+  );
+}
+
+function fact(term, value) {
+  return [element("dt", {}, term), element("dd", { dataset: { fact: term.toLowerCase() } }, value)];
+}
+
+async function play(generation, player, errorPlace) {
+  try {
+    const audio = element("audio", { controls: true, "aria-label": `Audio of ${generation.id}` });
+    audio.src = await audioUrl(`/v1/voice/generations/${generation.id}/audio`);
+    player.replaceChildren(audio, player.querySelector("button.secondary") || "");
+    await audio.play().catch(() => {}); // autoplay may be refused; the controls are there
+    audio.focus();
+  } catch (error) {
+    errorPlace.textContent = error.describe();
+  }
+}
+
+async function download(generation, errorPlace) {
+  try {
+    const url = await audioUrl(`/v1/voice/generations/${generation.id}/audio`);
+    const link = element("a", { href: url, download: `${generation.id}.wav`, hidden: true });
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
+  } catch (error) {
+    errorPlace.textContent = error.describe();
+  }
+}
+
+async function update(generation, changes, errorPlace) {
+  try {
+    await call(`/v1/voice/generations/${generation.id}`, { method: "PATCH", json: changes });
+    notify(`${generation.id} is now ${changes.visibility || "updated"}.`, "ok");
+    await refresh();
+  } catch (error) {
+    errorPlace.textContent = error.describe();
+  }
+}
+
+async function copy(text, button) {
+  try {
+    await navigator.clipboard.writeText(text);
+    button.textContent = "Copied";
+  } catch {
+    // no clipboard permission: select the text so the user can copy it
+    button.previousElementSibling.select();
+    button.textContent = "Press Ctrl+C";
+  }
+  setTimeout(() => (button.textContent = "Copy link"), 2000);
+}

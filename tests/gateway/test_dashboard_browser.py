@@ -1,0 +1,398 @@
+"""The dashboard in a real browser: Debian's Chromium driven by Playwright, against
+the running mesh (speech recognition with the small Whisper, synthesis with the tiny
+random Dia). Chromium's fake microphone plays tests/fixtures/speech_mic.wav
+("hello world, this is a test.", espeak-ng), so the recorder makes a real
+MediaRecorder WebM/Opus recording of speech.
+
+When a check fails, a screenshot of each page is kept under var/test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import pathlib
+import re
+import uuid
+
+import aiohttp
+import pytest
+
+from tests.gateway.conftest import FIXTURES, Account, created, extra_gateway, make_key, upload_form, wait_for_models, words
+
+playwright = pytest.importorskip("playwright.async_api")
+
+CHROMIUM = pathlib.Path("/usr/bin/chromium")
+MICROPHONE = FIXTURES / "speech_mic.wav"
+ARTIFACTS = pathlib.Path(__file__).resolve().parents[2] / "var" / "test-artifacts"
+PAGES = ("library", "playground", "history")
+SLOW = 90_000  # ms: speech recognition and generation on a busy CPU
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's Chromium (make test installs it)")
+
+
+@pytest.fixture(scope="module")
+async def browser():
+    async with playwright.async_playwright() as driver:
+        browser = await driver.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=[
+                "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-audio-capture={MICROPHONE}",
+                "--autoplay-policy=no-user-gesture-required",
+            ],
+        )
+        yield browser
+        await browser.close()
+
+
+@pytest.fixture
+async def user(key_env) -> Account:
+    name = f"dash-{uuid.uuid4().hex[:8]}"
+    return Account(name, make_key(name, key_env))
+
+
+class Tab:
+    """A browser context on the dashboard, with what the page reported (script errors, CSP violations)."""
+
+    def __init__(self, page, base_url: str) -> None:
+        self.page = page
+        self.base_url = base_url
+        self.problems: list[str] = []
+        page.on("pageerror", lambda error: self.problems.append(f"page error: {error}"))
+        page.on("console", lambda message: message.type == "error" and self.problems.append(f"console: {message.text}"))
+
+    async def sign_in(self, key: str) -> None:
+        await self.page.goto(self.base_url + "/")
+        await self.page.get_by_label("API key").fill(key)
+        await self.page.get_by_role("button", name="Sign in").click()
+        await self.opened("library")
+
+    async def open(self, name: str) -> None:
+        await self.page.goto(f"{self.base_url}/#{name}")
+        await self.opened(name)
+
+    async def opened(self, name: str) -> None:
+        await self.page.wait_for_selector(f"body[data-page={name}]", timeout=SLOW)
+
+    def sample(self, speaker: str):
+        return self.page.locator("li.sample", has=self.page.get_by_role("heading", name=speaker, exact=True))
+
+    def assert_clean(self, allowed: tuple[str, ...] = ()) -> None:
+        problems = [problem for problem in self.problems if not any(text in problem for text in allowed)]
+        assert problems == [], problems
+
+
+@pytest.fixture
+async def tab(browser, mesh):
+    context = await browser.new_context(viewport={"width": 1280, "height": 900})
+    tab = Tab(await context.new_page(), mesh.http_url)
+    yield tab
+    await context.close()
+
+
+@contextlib.asynccontextmanager
+async def screenshots_on_failure(tab: Tab, test: str):
+    """Keep a screenshot of every page when a check inside fails."""
+    try:
+        yield
+    except BaseException:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(Exception):
+            await tab.page.screenshot(path=ARTIFACTS / f"{test}-at-failure.png", full_page=True)
+            for name in PAGES:
+                await tab.page.goto(f"{tab.base_url}/#{name}")
+                await tab.page.wait_for_timeout(1500)
+                await tab.page.screenshot(path=ARTIFACTS / f"{test}-{name}.png", full_page=True)
+        raise
+
+
+async def until(page, expression: str, timeout: float = 10):
+    """The expression's value once it is truthy. (Playwright's wait_for_function compiles its
+    predicate in the page, which the dashboard's CSP forbids; evaluate() is not affected.)"""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not (value := await page.evaluate(expression)):
+        assert asyncio.get_running_loop().time() < deadline, f"still false after {timeout} s: {expression}"
+        await asyncio.sleep(0.1)
+    return value
+
+
+async def samples_of(http, account: Account) -> dict[str, dict]:
+    body = await created(await http.get("/v1/voice/samples", params={"page_size": 100}, headers=account.headers))
+    return {sample["speaker_name"]: sample for sample in body["voice_samples"]}
+
+
+# --- signing in -----------------------------------------------------------------------
+
+
+async def test_a_wrong_key_is_refused_and_a_right_one_signs_in_for_the_session(tab, user):
+    page = tab.page
+    async with screenshots_on_failure(tab, "sign-in"):
+        await page.goto(tab.base_url + "/")
+        await page.get_by_label("API key").fill("vm_not_a_real_key")
+        await page.get_by_role("button", name="Sign in").click()
+        await playwright.expect(page.locator("#signin-error")).to_contain_text("not accepted")
+        await playwright.expect(page.locator("#app")).to_be_hidden()
+
+        # By keyboard alone: the key field has the focus, Enter signs in.
+        await page.get_by_label("API key").fill("")
+        await page.keyboard.type(user.key)
+        await page.keyboard.press("Enter")
+        await tab.opened("library")
+        await playwright.expect(page.get_by_role("heading", name="Voice library")).to_be_visible()
+        await page.keyboard.press("Tab")  # from the page's start to its first control: the file chooser
+        assert await page.evaluate("document.activeElement.id") == "upload-file"
+        await page.reload()  # kept for the browser session
+        await tab.opened("library")
+        await page.get_by_role("button", name="Sign out").click()
+        await playwright.expect(page.get_by_label("API key")).to_be_visible()
+        assert await page.evaluate("sessionStorage.length") == 0
+    tab.assert_clean(allowed=("401",))  # the refused key's request is logged by the browser
+
+
+# --- voice library ----------------------------------------------------------------------
+
+
+async def test_a_recording_in_the_browser_becomes_a_sample_with_its_words_transcribed(tab, user, http):
+    page = tab.page
+    async with screenshots_on_failure(tab, "record"):
+        await tab.sign_in(user.key)
+        # A first take, thrown away.
+        await page.get_by_role("button", name="Record").click()
+        await page.wait_for_timeout(500)
+        await page.get_by_role("button", name="Stop").click()
+        await playwright.expect(page.locator("#upload-chosen")).to_be_visible()
+        await page.get_by_role("button", name=re.compile("^Re-record")).click()
+        await playwright.expect(page.locator("#upload-chosen")).to_be_hidden()
+
+        await page.get_by_role("button", name="Record").click()
+        await playwright.expect(page.locator("#record-status")).to_contain_text("Recording")
+        # The level meter moves with the fake microphone's speech.
+        await until(page, "document.querySelector('#record-level').value > 0.01")
+        await page.wait_for_timeout(3300)  # the clip is 3.5 s long, silence around the speech
+        await page.get_by_role("button", name="Stop").click()
+        preview = page.locator("#upload-preview")
+        await playwright.expect(preview).to_have_attribute("src", re.compile("^blob:"))
+        await page.locator("#upload-speaker").fill("Mic")
+        await page.get_by_role("button", name="Upload sample").click()
+
+        card = tab.sample("Mic")
+        await playwright.expect(card).to_be_visible(timeout=SLOW)
+        transcript = await card.locator("textarea").input_value()
+        # The tiny Whisper hears espeak-ng's "hello" as "hello", "for low" or "the low"; the rest it gets.
+        assert {"world", "this", "test"} <= words(transcript), transcript
+        await playwright.expect(card.locator("canvas.waveform")).to_have_attribute("data-drawn", "true")
+        stored = (await samples_of(http, user))["Mic"]
+        assert stored["original_format"].startswith("webm") and stored["duration_seconds"] > 1
+        assert stored["transcript_source"] == "stt"
+    tab.assert_clean()
+
+
+async def test_upload_by_picker_and_by_drop_then_default_edit_and_delete(tab, user, http):
+    page = tab.page
+    async with screenshots_on_failure(tab, "library"):
+        await tab.sign_in(user.key)
+        # By the file picker, with the transcript left to speech recognition.
+        await page.locator("#upload-file").set_input_files(FIXTURES / "speech_fox.wav")
+        await page.locator("#upload-speaker").fill("Fox")
+        await page.get_by_role("button", name="Upload sample").click()
+        fox = tab.sample("Fox")
+        await playwright.expect(fox).to_be_visible(timeout=SLOW)
+        assert {"quick", "brown"} & words(await fox.locator("textarea").input_value())
+
+        # By drag and drop, with a typed transcript.
+        data = list((FIXTURES / "speech_hello.wav").read_bytes())
+        transfer = await page.evaluate_handle(
+            """bytes => { const t = new DataTransfer();
+                t.items.add(new File([new Uint8Array(bytes)], "hello.wav", {type: "audio/wav"})); return t; }""",
+            data,
+        )
+        await page.locator("#dropzone").dispatch_event("drop", {"dataTransfer": transfer})
+        await playwright.expect(page.locator("#upload-chosen-name")).to_contain_text("hello.wav")
+        await page.locator("#upload-speaker").fill("Hello")
+        await page.locator("#upload-transcript").fill("Hello world, this is a voice sample for testing.")
+        await page.get_by_role("button", name="Upload sample").click()
+        hello = tab.sample("Hello")
+        await playwright.expect(hello).to_be_visible(timeout=SLOW)
+
+        # Make Fox the default.
+        await fox.get_by_role("button", name="Make Fox the default").click()
+        await playwright.expect(fox.locator(".badge")).to_have_text("Default")
+        await playwright.expect(hello.locator(".badge")).to_have_count(0)
+
+        # Edit Fox's transcript.
+        await fox.locator("textarea").fill("The quick brown fox jumps over the lazy dog.")
+        await fox.get_by_role("button", name="Save changes to Fox").click()
+        await playwright.expect(page.locator("#notice")).to_contain_text("Saved Fox")
+        stored = await samples_of(http, user)
+        assert stored["Fox"]["is_default"] and not stored["Hello"]["is_default"]
+        assert stored["Fox"]["transcript"] == "The quick brown fox jumps over the lazy dog."
+        assert stored["Fox"]["transcript_source"] == "user"
+
+        # Delete Hello, after saying yes to the confirmation.
+        page.once("dialog", lambda dialog: dialog.accept())
+        await hello.get_by_role("button", name="Delete Hello").click()
+        await playwright.expect(hello).to_have_count(0)
+        assert set(await samples_of(http, user)) == {"Fox"}
+
+        # Readable on a phone: nothing wider than the screen, every control labelled.
+        await page.set_viewport_size({"width": 375, "height": 800})
+        assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        unlabelled = await page.evaluate(
+            """[...document.querySelectorAll('#app input, #app select, #app textarea, #app button')]
+                .filter(el => !(el.labels && el.labels.length) && !el.getAttribute('aria-label') && !el.textContent.trim())
+                .map(el => el.outerHTML)"""
+        )
+        assert unlabelled == []
+    tab.assert_clean()
+
+
+# --- playground and history ---------------------------------------------------------------
+
+
+async def test_the_playground_generates_with_the_default_voice_and_the_history_shares_it(tab, user, http, browser, mesh):
+    page = tab.page
+    await wait_for_models(http, user)
+    fox = await created(await upload_form(
+        http, user, (FIXTURES / "speech_fox.webm").read_bytes(), "Fox",
+        transcript="The quick brown fox jumps over the lazy dog.", is_default="true",
+    ))
+    await created(await upload_form(http, user, (FIXTURES / "speech_hello.webm").read_bytes(), "Other", transcript="Hello world."))
+    async with screenshots_on_failure(tab, "playground"):
+        await tab.sign_in(user.key)
+        await tab.open("playground")
+        assert await page.locator("#gen-s1").input_value() == str(fox["id"])  # the default, pre-selected
+        assert await page.locator("#gen-s2").input_value() == ""
+        # The documented bounds and defaults come from the API.
+        temperature = page.get_by_label("Temperature")
+        assert (await temperature.get_attribute("min"), await temperature.get_attribute("max")) == ("0.1", "2")
+        assert await temperature.input_value() == "1.8"
+
+        # The API's validation messages appear at their field.
+        await page.locator("#gen-input").fill("[S2] I cannot open.")
+        await page.get_by_role("button", name="Generate").click()
+        await playwright.expect(page.locator("#gen-input-error")).to_contain_text("invalid_script")
+        await page.locator("#gen-input").fill("[S1] Hello from the playground.")
+        await temperature.fill("5")
+        await page.get_by_role("button", name="Generate").click()
+        await playwright.expect(page.locator("#gen-temperature-error")).to_contain_text("temperature")
+        await playwright.expect(page.locator("#gen-input-error")).to_be_empty()
+
+        await page.get_by_role("button", name="Reset to defaults").click()
+        await page.get_by_label("Max new tokens").fill("256")  # the tiny model makes these in seconds
+        await page.locator("#gen-collection").fill("browser")
+        await page.evaluate(
+            """() => { const line = document.querySelector('#gen-progress'); window.progressSeen = [];
+                new MutationObserver(() => window.progressSeen.push(line.textContent))
+                  .observe(line, {childList: true, characterData: true, subtree: true}); }"""
+        )
+        await page.get_by_role("button", name="Generate").click()
+        await playwright.expect(page.locator("#gen-progress")).to_contain_text(re.compile(r"succeeded · \d+\.\d s"), timeout=SLOW)
+        # Meanwhile the line said where the request was (from the history) and how long it had taken.
+        seen = await page.evaluate("window.progressSeen")
+        assert any(re.fullmatch(r"(queued|running) · \d+\.\d s", line) for line in seen), seen
+        await until(page, "(a => a.readyState >= 1 && a.duration > 0)(document.querySelector('#gen-audio'))")
+        generation_id = await page.locator("[data-fact=generation]").text_content()
+        seed = await page.locator("[data-fact=seed]").text_content()
+        assert generation_id.startswith("gen_") and int(seed) >= 0
+
+        # Listed in the history with its parameters; made unlisted, its link plays without a key.
+        await tab.open("history")
+        row = page.locator(f'li[data-generation-id="{generation_id}"]')
+        await playwright.expect(row.locator(".badge")).to_have_text("succeeded")
+        await playwright.expect(row.locator("[data-fact=parameters]")).to_contain_text("max_new_tokens 256")
+        await playwright.expect(row.locator("[data-fact=parameters]")).to_contain_text(f"seed {seed}")
+        await playwright.expect(row.locator("[data-fact=voices]")).to_contain_text(f"S1: sample {fox['id']}")
+        await page.locator("#filter-status").select_option("failed")
+        await playwright.expect(row).to_have_count(0)
+        await page.locator("#filter-status").select_option("")
+        await row.get_by_label("Visibility").select_option("unlisted")
+        share = row.locator("input.share-url")
+        await playwright.expect(share).to_have_value(re.compile(r"/v1/shared/generations/"))
+        await playwright.expect(row.get_by_role("button", name="Copy link")).to_be_visible()
+        share_url = await share.input_value()
+
+        # A fresh browser, without the key, plays it.
+        stranger = await browser.new_context()
+        try:
+            other = await stranger.new_page()
+            await other.goto(share_url)
+            played = await until(
+                other, "(m => m && m.readyState >= 1 && m.duration > 0 && m.duration)(document.querySelector('video, audio'))"
+            )
+            assert played > 0
+        finally:
+            await stranger.close()
+    tab.assert_clean(allowed=("400",))  # the refused scripts' requests are logged by the browser
+
+
+async def test_the_history_shows_a_failed_generation_with_its_error_and_filters_by_status(tab, user, http):
+    failed = await http.post(
+        "/v1/voice/generations",
+        json={"input": "[S1] Nobody serves this.", "model": "no-such-model", "collection": "misc"},
+        headers=user.headers,
+    )
+    assert failed.status == 404
+    generation_id = failed.headers["X-Generation-Id"]
+    page = tab.page
+    async with screenshots_on_failure(tab, "history"):
+        await tab.sign_in(user.key)
+        await tab.open("history")
+        row = page.locator(f'li[data-generation-id="{generation_id}"]')
+        await playwright.expect(row.locator(".badge")).to_have_text("failed")
+        await playwright.expect(row.locator("[data-fact=error]")).to_contain_text("no_provider")
+        await playwright.expect(row.get_by_role("button", name=re.compile("^Play"))).to_have_count(0)
+        await page.locator("#filter-status").select_option("succeeded")
+        await playwright.expect(row).to_have_count(0)
+        await playwright.expect(page.locator("#history-empty")).to_be_visible()
+        await page.locator("#filter-status").select_option("failed")
+        await page.locator("#filter-collection").fill("misc")
+        await page.get_by_role("button", name="Filter").click()
+        await playwright.expect(row).to_be_visible()
+        await page.locator("#filter-collection").fill("elsewhere")
+        await page.locator("#filter-collection").press("Enter")  # the keyboard works as well as the button
+        await playwright.expect(row).to_have_count(0)
+
+        # A generation started elsewhere shows up and finishes on the open page, without a reload.
+        await page.locator("#filter-collection").fill("")
+        await page.locator("#filter-status").select_option("")
+        await page.evaluate("window.notReloaded = true")
+        await wait_for_models(http, user)
+        started = asyncio.create_task(http.post(
+            "/v1/voice/generations", json={"input": "[S1] Live.", "max_new_tokens": 256}, headers=user.headers
+        ))
+        response = await started
+        assert response.status == 200, await response.text()
+        live = page.locator(f'li[data-generation-id="{response.headers["X-Generation-Id"]}"]')
+        await playwright.expect(live.locator(".badge")).to_have_text("succeeded", timeout=20_000)
+        await playwright.expect(live.get_by_role("button", name=re.compile("^Play"))).to_be_visible()
+        assert await page.evaluate("window.notReloaded")
+    tab.assert_clean()
+
+
+async def test_a_refused_generation_says_why_and_when_to_try_again(browser, mesh, user):
+    """A gateway whose accounts may start one generation every 100 s: the second is refused (429)."""
+    limits = {"GATEWAY_ACCOUNT_GENERATIONS_PER_SECOND": "0.01", "GATEWAY_ACCOUNT_GENERATION_BURST": "1"}
+    async with extra_gateway(mesh, **limits) as gateway, aiohttp.ClientSession(base_url=gateway.http_url) as http:
+        # The account's one allowed start, spent at once on a request for a model nobody serves.
+        spent = await http.post(
+            "/v1/voice/generations", json={"input": "[S1] First.", "model": "no-such-model"}, headers=user.headers
+        )
+        assert spent.status == 404
+        context = await browser.new_context()
+        tab = Tab(await context.new_page(), gateway.http_url)
+        try:
+            async with screenshots_on_failure(tab, "refused"):
+                await tab.sign_in(user.key)
+                await tab.open("playground")
+                await tab.page.get_by_role("button", name="Generate").click()
+                error = tab.page.locator("#gen-error")
+                await playwright.expect(error).to_contain_text("over its generation limit", timeout=SLOW)
+                await playwright.expect(error).to_contain_text(re.compile(r"Try again in \d+ s"))
+                await playwright.expect(error).to_contain_text("rate_limited")
+                await playwright.expect(tab.page.locator("#gen-progress")).to_contain_text("failed")
+                await playwright.expect(tab.page.get_by_role("button", name="Generate")).to_be_enabled()
+            tab.assert_clean(allowed=("429",))
+        finally:
+            await context.close()
