@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import uuid
 import wave
@@ -110,6 +111,23 @@ async def test_a_long_script_streams_chunk_after_chunk(http, hal):
     row = await (await http.get(f"{GENERATIONS}/{response.headers['X-Generation-Id']}", headers=hal.headers)).json()
     assert row["chunks"] >= 3
     assert (len(data) - 44) // 2 == row["chunks"] * (256 - 16) * 512  # streamed as made: no crossfade
+
+
+async def test_a_long_prediction_is_generated_in_chunks_too(http, hal):
+    """Predictions run the same pipeline (admit, then run in the background)."""
+    body = {"input": {"text": dialogue(2500), "max_new_tokens": 500}}
+    response = await http.post("/v1/models/nari-labs/dia/predictions", json=body, headers=hal.headers)
+    assert response.status in (200, 201), await response.text()
+    generation_id = (await response.json())["id"]
+    deadline = asyncio.get_running_loop().time() + 120
+    while (row := await (await http.get(f"{GENERATIONS}/{generation_id}", headers=hal.headers)).json())["status"] in (
+        "queued",
+        "running",
+    ):
+        assert asyncio.get_running_loop().time() < deadline, "the prediction never ended"
+        await asyncio.sleep(0.2)
+    assert row["status"] == "succeeded", row
+    assert row["chunks"] >= 3
 
 
 async def test_over_the_input_limit_is_still_413(http, hal):

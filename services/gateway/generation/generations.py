@@ -255,13 +255,13 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
         public_names: Mapping[str, str] | None = None,
         record_cancellation: bool = True,
     ) -> Generated:
-        """The pipeline's second half: generate an admitted request within `timeout` seconds
-        (all its chunks, for a long script) and store how it ended: canceled when the caller
+        """The pipeline's second half: generate an admitted request, its provider calls within
+        `timeout` seconds (all its chunks together, for a long script), and store how it ended: canceled when the caller
         hangs up or the run is cancelled, unless `record_cancellation` is off (the canceller
         records it then)."""
         began = time.perf_counter()
         try:
-            generated = await self._generate(admitted, time.monotonic() + timeout, finish)
+            generated = await self._generate(admitted, timeout, finish)
         except BaseException as error:
             await self._ended_badly(admitted, error, began, public_names, record_cancellation)
             raise
@@ -285,7 +285,7 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
             last = None
             assembled = await self._prompt(admitted) if admitted.samples else None
             synthesis_began = time.perf_counter()
-            chunks = self._chunked(admitted, assembled, time.monotonic() + timeout)
+            chunks = self._chunked(admitted, assembled, timeout)
             async with contextlib.aclosing(chunks):
                 async for candidate, number, message in chunks:
                     pcm += message.pcm
@@ -327,11 +327,11 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
         # Shielded: a caller who hung up still leaves a finished record behind.
         await asyncio.shield(self._record_failure(admitted.generation_id, error))
 
-    async def _generate(self, admitted: Admitted, deadline: float, finish: Finish) -> Generated:
+    async def _generate(self, admitted: Admitted, timeout: float, finish: Finish) -> Generated:
         generation_id, account_id, plan = admitted.generation_id, admitted.account_id, admitted.plan
         assembled = await self._prompt(admitted) if admitted.samples else None
         if len(self._split(plan.script.text, assembled)) > 1:
-            return await self._generate_chunks(admitted, assembled, deadline, finish)
+            return await self._generate_chunks(admitted, assembled, timeout, finish)
         synthesis = synth_pb2.SynthesizeRequest(
             script=plan.script.text,
             settings=parameters.synth_settings(plan.parameters, plan.chosen_max_new_tokens),
@@ -342,7 +342,7 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
 
         synthesis_began = time.perf_counter()
         candidate, reply = await self.router.synthesize(
-            synthesis, plan.model, _left(deadline), self._running(generation_id)
+            synthesis, plan.model, timeout, self._running(generation_id)
         )
         _count_audio(reply.duration_seconds, synthesis_began)
         audio = await finish(reply.wav)
@@ -358,12 +358,12 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
         return Generated(history.to_proto(row, PUBLIC_URL.value), audio)
 
     async def _generate_chunks(
-        self, admitted: Admitted, assembled: synth_pb2.AudioPrompt | None, deadline: float, finish: Finish
+        self, admitted: Admitted, assembled: synth_pb2.AudioPrompt | None, timeout: float, finish: Finish
     ) -> Generated:
         """A long script, its chunks joined with a short crossfade (long_scripts.py)."""
         parts: list[bytearray] = []
         began = time.perf_counter()
-        chunks = self._chunked(admitted, assembled, deadline)
+        chunks = self._chunked(admitted, assembled, timeout)
         async with contextlib.aclosing(chunks):
             async for candidate, number, message in chunks:
                 if number == len(parts):
@@ -386,13 +386,14 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
         return Generated(history.to_proto(row, PUBLIC_URL.value), audio)
 
     async def _chunked(
-        self, admitted: Admitted, assembled: synth_pb2.AudioPrompt | None, deadline: float
+        self, admitted: Admitted, assembled: synth_pb2.AudioPrompt | None, timeout: float
     ) -> AsyncIterator[tuple[Candidate, int, synth_pb2.StreamSynthesizeResponse]]:
         """The script's chunks generated in order (one for a script that fits Dia's window;
         long_scripts.py), streamed: (provider, chunk number, message). Only the final chunk's
         last message is `last`, and it counts the whole (duration, frames). `assembled`: the
-        cloned voices' prompt, or None."""
+        cloned voices' prompt, or None. All chunks share the `timeout` seconds."""
         plan = admitted.plan
+        deadline = time.monotonic() + timeout
         chunks = self._split(plan.script.text, assembled)
         previous: tuple[long_scripts.Chunk, bytes, int] | None = None  # chunk, its PCM, sample rate
         seconds = frames = 0.0

@@ -129,7 +129,7 @@ def public_error(candidate: Candidate, error: grpc.aio.AioRpcError, timeout: flo
             refusal.param = PUBLIC_PARAMS.get(head, refusal.param)
         return refusal
     if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return upstream_error(f"the provider {candidate.provider_id} did not finish the generation within {timeout:g} s")
+        return upstream_error(f"the provider {candidate.provider_id} did not finish the generation within {round(timeout, 2):g} s")
     log.warning(
         "provider failed the generation",
         extra={"provider": candidate.provider_id, "code": error.code().name, "details": error.details()},
@@ -235,7 +235,7 @@ class Router:
                 retry_after=min(retry_after, default=None),
             )
         if not failures:
-            raise upstream_error(f"no provider finished the generation within {timeout:g} s")
+            raise upstream_error(f"no provider finished the generation within {round(timeout, 2):g} s")
         raise upstream_error("no provider could take the generation (" + "; ".join(failures) + ")")
 
     async def _call(
