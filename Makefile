@@ -43,6 +43,7 @@ bench: $(VENV)/.installed gen/.stamp
 	$(PY) bench/mesh_overhead_bench.py
 	$(PY) bench/upload_memory_bench.py
 	$(PY) bench/load_bench.py
+	$(PY) bench/streaming_bench.py
 
 # The pinned dependencies (requirements.txt), then gen/, then the project itself,
 # editable (pyproject.toml): runtime, services, tools and the generated voice

@@ -33,6 +33,7 @@ start/stop hooks) and calls :func:`main`. This module then:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.resources
 import inspect
 import logging
@@ -138,8 +139,10 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
             with _Call(service, method, request_id) as call:
                 try:
                     _refuse_nul(request)
-                    async for response in inner(request, context):
-                        yield response
+                    # Closed at once when the caller goes away, so the handler's clean-up runs now.
+                    async with contextlib.aclosing(inner(request, context)) as responses:
+                        async for response in responses:
+                            yield response
                 except BaseException as error:  # noqa: BLE001
                     await call.fail(error, context)
 
@@ -190,11 +193,14 @@ class _Call:
         labels = (self.service, self.method, self.code.name)
         RPC_HANDLED.labels(*labels).inc()
         RPC_SECONDS.labels(*labels).observe(time.perf_counter() - self.started)
-        logs.REQUEST_ID.reset(self.token)
+        try:
+            logs.REQUEST_ID.reset(self.token)
+        except ValueError:  # a stream whose caller went away is closed from another context
+            pass
 
     async def fail(self, error: BaseException, context: grpc.aio.ServicerContext) -> None:
         """Record the error and end the call with the matching status. Always raises."""
-        if isinstance(error, asyncio.CancelledError):
+        if isinstance(error, (asyncio.CancelledError, GeneratorExit)):  # the caller went away
             self.code = grpc.StatusCode.CANCELLED
             raise error
         if isinstance(error, grpc.aio.AbortError):  # the handler aborted on its own

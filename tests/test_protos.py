@@ -10,6 +10,7 @@ from tests.conftest import ROOT
 from tools import buf_lint
 
 # Importing the generated modules registers their descriptors in the default pool.
+from voice.api.v1 import annotations_pb2 as voice_annotations
 from voice.gateway.v1 import generations_pb2, models_pb2, predictions_pb2, speech_pb2  # noqa: F401
 from voice.library.v1 import library_pb2  # noqa: F401
 
@@ -31,10 +32,12 @@ def test_protos_follow_buf_standard_lint():
 
 @pytest.mark.parametrize("service_name", PUBLIC_SERVICES)
 def test_every_public_rpc_has_an_http_rule(service_name):
+    """Its own, or that of the method it streams for (voice.api.v1.method's stream_method)."""
     service = descriptor_pool.Default().FindServiceByName(service_name)
+    streamed = {method.GetOptions().Extensions[voice_annotations.method].stream_method for method in service.methods}
     for method in service.methods:
         rule = method.GetOptions().Extensions[annotations_pb2.http]
-        assert rule.WhichOneof("pattern"), f"{method.full_name} has no google.api.http rule"
+        assert rule.WhichOneof("pattern") or method.name in streamed, f"{method.full_name} has no google.api.http rule"
 
 
 def test_raw_audio_travels_as_http_body():

@@ -48,7 +48,12 @@ def read_prompt(data: bytes, max_seconds: float) -> np.ndarray:
 
 def to_wav(samples: np.ndarray) -> bytes:
     """16-bit WAV of float samples; values beyond [-1, 1] are clipped, not wrapped."""
-    pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype("<i2")
+    return int16_wav((np.clip(samples, -1.0, 1.0) * 32767.0).round().astype("<i2"))
+
+
+def int16_wav(pcm: np.ndarray) -> bytes:
+    """WAV of 16-bit samples."""
+    pcm = pcm.astype("<i2")
     buffer = io.BytesIO()
     with wave.open(buffer, "wb") as writer:
         writer.setnchannels(1)

@@ -106,6 +106,26 @@ SYNTH_MAX_NEW_TOKENS = setting(
     "largest max_new_tokens (audio frames, about 86 a second) a request may ask for",
     at_least(17),
 )
+SYNTH_STREAM_FIRST_CHUNK_FRAMES = setting(
+    "SYNTH_STREAM_FIRST_CHUNK_FRAMES",
+    43,
+    "streamed synthesis: audio frames (512 samples, about 11.6 ms each) in the first chunk sent; "
+    "43 is 0.5 s. Fewer: earlier first audio, more small chunks",
+    at_least(1),
+)
+SYNTH_STREAM_CHUNK_FRAMES = setting(
+    "SYNTH_STREAM_CHUNK_FRAMES",
+    43,
+    "streamed synthesis: audio frames in each later chunk (43 is 0.5 s)",
+    at_least(1),
+)
+SYNTH_STREAM_CONTEXT_FRAMES = setting(
+    "SYNTH_STREAM_CONTEXT_FRAMES",
+    16,
+    "streamed synthesis: frames of codes decoded on each side of a chunk so that its edges match the "
+    "whole decoded at once (the codec's receptive field); each chunk waits for this many frames after it",
+    at_least(0),
+)
 SYNTH_MAX_AUDIO_PROMPT_SECONDS = setting(
     "SYNTH_MAX_AUDIO_PROMPT_SECONDS",
     120.0,

@@ -196,6 +196,11 @@ class DecodeBatch:
         self._last_tokens = tokens
         return refused + self._collect_finished()
 
+    def codes_so_far(self) -> list[tuple[object, torch.Tensor, int]]:
+        """(tag, delayed frames so far with bos and prompt, prefill_frames) of every running row:
+        what a streamed request hands its on_frames after each step (streaming.py)."""
+        return [(row.prepared.tag, self.outputs[row.slot, : row.position + 1], row.prepared.prefill_frames) for row in self.rows]
+
     def _forward(self) -> torch.Tensor:
         """Feed each row its last frame; returns (2, rows, C, V) logits for the next."""
         rows = len(self.rows)

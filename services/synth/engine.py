@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import pathlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import grpc
@@ -90,6 +90,10 @@ class SynthesisInput:
     prompt: np.ndarray | None  # 44.1 kHz float32 samples of the voice-cloning prompt
     params: GenerationParams
     seed: int  # the seed actually used (chosen at random when the caller gave none)
+    # Streaming hook (see streaming.py), called in the generation thread at every decoder step with
+    # this row's codes so far (frames × codebooks, delayed, prompt included) and the frame where its
+    # new audio starts. Any engine that serves streams must offer it. None: not streamed.
+    on_frames: Callable[[torch.Tensor, int], None] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -220,7 +224,7 @@ class DiaEngine:
             **inputs,
             generation_config=config,
             logits_processor=LogitsProcessorList([sampler]),
-            stopping_criteria=StoppingCriteriaList([StopWhen(should_stop)]),
+            stopping_criteria=StoppingCriteriaList([StopWhen(should_stop, self._frames_hook(batch, start))]),
         )
         if should_stop():
             raise GenerationStopped  # cut short: rows lack their end, and nobody waits for them
@@ -228,6 +232,19 @@ class DiaEngine:
             no_token_left() if row in sampler.failed else self._decode_row(output[row : row + 1], start)
             for row in range(len(batch))
         ]
+
+    def _frames_hook(self, batch: list[SynthesisInput], start: int) -> Callable[[torch.Tensor], None] | None:
+        """Each streamed row's codes so far, handed to its on_frames at every step."""
+        if not any(item.on_frames for item in batch):
+            return None
+
+        def each_row(input_ids: torch.Tensor) -> None:  # (rows × codebooks, frames so far)
+            rows = input_ids.reshape(len(batch), self.num_channels, -1)
+            for item, row in zip(batch, rows):
+                if item.on_frames is not None:
+                    item.on_frames(row.T, start)
+
+        return each_row
 
     @torch.inference_mode()
     def _decode_row(self, row: torch.Tensor, start: int) -> Generated:

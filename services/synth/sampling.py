@@ -119,11 +119,20 @@ class GuidanceAmongAllowed(DiaClassifierFreeGuidanceLogitsProcessor):
 
 
 class StopWhen(StoppingCriteria):
-    """Ends a generation early when `should_stop()` says so (every caller gone, or shutdown)."""
+    """Ends a generation early when `should_stop()` says so (every caller gone, or shutdown).
 
-    def __init__(self, should_stop: Callable[[], bool]) -> None:
+    Called once per decoder step, it also shows the codes so far to `on_step`
+    (streamed synthesis: see streaming.py).
+    """
+
+    def __init__(
+        self, should_stop: Callable[[], bool], on_step: Callable[[torch.LongTensor], None] | None = None
+    ) -> None:
         self.should_stop = should_stop
+        self.on_step = on_step
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        if self.on_step is not None:
+            self.on_step(input_ids)
         stop = self.should_stop()
         return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)

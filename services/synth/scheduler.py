@@ -280,6 +280,8 @@ class Scheduler:
                 continue
             for finished in batch.step(prepared):
                 job = finished.tag
+                if finished.sequence is not None and job.request.on_frames is not None:
+                    job.request.on_frames(finished.sequence, finished.prefill_frames)  # its last frames
                 if isinstance(finished.error, NoTokenLeft):
                     outcomes.append((job, no_token_left()))
                 elif finished.error is not None:
@@ -287,6 +289,9 @@ class Scheduler:
                 else:
                     outcomes.append((job, self._generated(job, finished)))
             frames += len(batch.rows)
+            for job, codes, prefill_frames in batch.codes_so_far():
+                if job.request.on_frames is not None:  # a streamed request (streaming.FrameFeed)
+                    job.request.on_frames(codes, prefill_frames)
         for job in joining:
             if job.joined_at:
                 TIME_TO_FIRST_FRAME.observe(time.monotonic() - job.arrived)

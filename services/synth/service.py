@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 
 import grpc
+import numpy as np
+import torch
 
-from runtime import clients
 from runtime import config as runtime_config
 from runtime.errors import ApiError, invalid_argument, invalid_parameter
 from runtime.server import Servicer, ServiceSpec
@@ -16,8 +18,9 @@ from services.synth import audio, config, params
 from services.synth.engine import SAMPLES_PER_FRAME, DiaEngine, ModelLoadError, SynthesisInput, resolve_model
 from services.synth.heartbeat import Heartbeats
 from services.synth.scheduler import Scheduler
+from services.synth.streaming import FrameFeed, StreamingDecoder
+from services.synth.tempo import StreamingTempo, to_int16
 from voice.synth.v1 import synth_pb2, synth_pb2_grpc
-from voice.transcode.v1 import transcode_pb2, transcode_pb2_grpc
 
 log = logging.getLogger("synth.service")
 
@@ -41,7 +44,6 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
             prompt_cache_bytes=config.SYNTH_PROMPT_CACHE_BYTES.value,
         )
         self.engine: DiaEngine | None = None  # loaded in start()
-        self.transcode_channel: grpc.aio.Channel | None = None
         self.heartbeats: Heartbeats | None = None
 
     async def start(self) -> None:
@@ -54,7 +56,6 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
             log.error(str(error))  # the one line an operator needs; start-up then fails
             raise
         self.scheduler.start(self.engine)
-        self.transcode_channel = clients.service_channel("transcode")
         self.heartbeats = Heartbeats(
             runtime_config.SERVICES["gateway"].address.value,
             self.provider_info,
@@ -77,8 +78,6 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
 
     async def stop(self) -> None:
         await self.scheduler.close()
-        if self.transcode_channel is not None:
-            await self.transcode_channel.close()
 
     def provider_info(self) -> synth_pb2.ProviderInfo:
         return synth_pb2.ProviderInfo(
@@ -97,9 +96,10 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
             raise model_loading()
         synthesis = self._synthesis_input(request)
         generated = await self.scheduler.submit(synthesis, request.account)
-        wav, duration = audio.to_wav(generated.samples), audio.duration_seconds(generated.samples)
+        samples = to_int16(generated.samples)
         if synthesis.params.speed_factor != 1.0:
-            wav, duration = await self._change_speed(wav, synthesis.params.speed_factor)
+            samples = await asyncio.to_thread(_change_speed, samples, synthesis.params.speed_factor)
+        wav, duration = audio.int16_wav(samples), samples.size / audio.SAMPLE_RATE
         log.info(
             "synthesized",
             extra={"frames": generated.generated_frames, "seconds": round(duration, 2), "seed": synthesis.seed},
@@ -113,12 +113,67 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
         )
 
     async def StreamSynthesize(self, request, context):
-        raise ApiError(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "NOT_IMPLEMENTED",
-            "streaming synthesis is not available yet; use Synthesize for the whole WAV",
+        """Synthesize, sending audio as frames are generated (see streaming.py); cancel stops it."""
+        if self.engine is None:
+            raise model_loading()
+        feed = FrameFeed(asyncio.get_running_loop())
+        unary = synth_pb2.SynthesizeRequest.FromString(request.SerializeToString())  # the same fields
+        synthesis = dataclasses.replace(self._synthesis_input(unary), on_frames=feed)
+        decoder = StreamingDecoder(
+            self.engine.model.config.delay_pattern,
+            self.engine.special_tokens["eos_token_id"],
+            config.SYNTH_STREAM_FIRST_CHUNK_FRAMES.value,
+            config.SYNTH_STREAM_CHUNK_FRAMES.value,
+            config.SYNTH_STREAM_CONTEXT_FRAMES.value,
         )
-        yield  # a generator, as the streaming handler must be
+        tempo = StreamingTempo(synthesis.params.speed_factor)
+        generation = asyncio.ensure_future(self.scheduler.submit(synthesis, request.account))
+        sent = index = 0
+        try:
+            while not generation.done() or not feed.queue.empty():
+                next_frames = asyncio.ensure_future(feed.queue.get())
+                await asyncio.wait({next_frames, generation}, return_when=asyncio.FIRST_COMPLETED)
+                if not next_frames.done():
+                    next_frames.cancel()
+                    continue  # generation ended: what it queued before is taken next
+                for chunk in decoder.push(next_frames.result()):
+                    pcm = await self._stretched(chunk, tempo)
+                    if pcm.size:
+                        yield synth_pb2.StreamSynthesizeResponse(
+                            pcm=pcm.tobytes(), sample_rate=audio.SAMPLE_RATE, chunk_index=index
+                        )
+                        index, sent = index + 1, sent + pcm.size
+            generated = generation.result()  # its error, if it failed, ends the stream
+            rest = [await self._stretched(chunk, tempo) for chunk in decoder.finish()]
+            rest.append(await asyncio.to_thread(tempo.finish))
+            pcm = np.concatenate(rest)
+            sent += pcm.size
+            log.info(
+                "synthesized",
+                extra={"frames": generated.generated_frames, "chunks": index + 1, "seed": synthesis.seed, "streamed": True},
+            )
+            yield synth_pb2.StreamSynthesizeResponse(
+                pcm=pcm.astype("<i2").tobytes(),
+                sample_rate=audio.SAMPLE_RATE,
+                chunk_index=index,
+                last=True,
+                duration_seconds=sent / audio.SAMPLE_RATE,
+                model=self.model_id,
+                seed=synthesis.seed,
+                generated_frames=generated.generated_frames,
+            )
+        finally:
+            generation.cancel()  # the caller went away: its row leaves the batch (scheduler.py)
+
+    async def _stretched(self, chunk, tempo: StreamingTempo) -> np.ndarray:
+        """A chunk's samples, decoded off the event loop, at the request's speed, as 16-bit."""
+        assert self.engine is not None
+        codec = self.engine.processor.audio_tokenizer
+
+        def decode_and_stretch() -> np.ndarray:
+            return tempo.push(to_int16(chunk.samples(lambda codes: _decode(codec, codes))))
+
+        return (await asyncio.to_thread(decode_and_stretch)).astype("<i2")
 
     def _synthesis_input(self, request: synth_pb2.SynthesizeRequest) -> SynthesisInput:
         """Validate a request into what the engine generates from; raises INVALID_ARGUMENT."""
@@ -161,12 +216,18 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
         seed = generation.seed if generation.seeded else params.random_seed()
         return SynthesisInput(text=text, prompt=prompt, params=generation, seed=seed)
 
-    async def _change_speed(self, wav: bytes, speed_factor: float) -> tuple[bytes, float]:
-        # Pitch-preserving tempo change by the transcode service; its errors pass on as they are.
-        reply = await transcode_pb2_grpc.TranscodeServiceStub(self.transcode_channel).ChangeSpeed(
-            transcode_pb2.ChangeSpeedRequest(audio=wav, speed_factor=speed_factor)
-        )
-        return reply.wav, reply.duration_seconds
+
+@torch.inference_mode()
+def _decode(codec, codes: torch.Tensor) -> np.ndarray:
+    """Dia's codec on (frames, codebooks) undelayed codes: float samples."""
+    decoded = codec.decode(audio_codes=codes.T[None].to(codec.device)).audio_values
+    return decoded.float().cpu().numpy().reshape(-1)
+
+
+def _change_speed(samples: np.ndarray, factor: float) -> np.ndarray:
+    """The whole audio through the same tempo filter streams use (the transcode service's atempo)."""
+    tempo = StreamingTempo(factor)
+    return np.concatenate([tempo.push(samples), tempo.finish()])
 
 
 def build_spec() -> ServiceSpec:

@@ -22,7 +22,7 @@ from services.transcode.pcm import SAMPLE_RATE, Pcm, join, silence
 
 __all__ = [
     "DECODE_FAILED", "TOO_LARGE", "TOO_LONG", "Decoded", "Encoded", "Format", "Limits", "Pcm",
-    "SourceInfo", "change_speed", "concatenate", "decode", "encode", "atempo",
+    "SourceInfo", "change_speed", "check_encoding", "concatenate", "decode", "encode", "atempo",
 ]  # fmt: skip
 
 MIN_SPEED, MAX_SPEED = 0.5, 2.0
@@ -88,6 +88,14 @@ def change_speed(data: bytes, speed_factor: float, limits: Limits) -> Pcm:
 def encode(data: bytes, fmt: Format, bit_rate: int, limits: Limits, sample_rate: int = 0) -> Encoded:
     """EncodeAudio: any decodable audio in ``fmt``; ``bit_rate`` 0 is the format's default,
     ``sample_rate`` 0 keeps 44.1 kHz."""
+    check_encoding(fmt, bit_rate, sample_rate)
+    pcm = decoder.decode(data, limits).pcm
+    encoded = encoder.encode(pcm, fmt, bit_rate, sample_rate or SAMPLE_RATE)
+    return Encoded(encoded, CONTENT_TYPES[fmt], pcm.duration_seconds)
+
+
+def check_encoding(fmt: Format, bit_rate: int, sample_rate: int) -> None:
+    """INVALID_PARAMETER for a bit rate or sample rate the format does not take."""
     allowed = encoder.bit_rate_range(fmt)
     if bit_rate and allowed is not None:
         _check_range("bit_rate", bit_rate, *allowed)
@@ -96,9 +104,6 @@ def encode(data: bytes, fmt: Format, bit_rate: int, limits: Limits, sample_rate:
     if sample_rate and sample_rate not in encoder.SAMPLE_RATES:
         rates = ", ".join(map(str, encoder.SAMPLE_RATES))
         raise invalid_parameter("sample_rate", f"sample_rate must be 0 (44100) or one of {rates}; got {sample_rate}")
-    pcm = decoder.decode(data, limits).pcm
-    encoded = encoder.encode(pcm, fmt, bit_rate, sample_rate or SAMPLE_RATE)
-    return Encoded(encoded, CONTENT_TYPES[fmt], pcm.duration_seconds)
 
 
 def atempo(pcm: Pcm, factor: float) -> Pcm:

@@ -13,9 +13,11 @@ import functools
 from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator, Callable, TypeVar
 
+import numpy as np
+
 from runtime.errors import invalid_parameter
 from runtime.server import ServiceSpec, Servicer
-from services.transcode import audio, config, decoder
+from services.transcode import audio, config, decoder, encoder
 from services.transcode.audio import Format, Limits
 from services.transcode.pcm import SAMPLE_RATE
 from voice.transcode.v1 import transcode_pb2 as pb
@@ -84,6 +86,25 @@ class TranscodeService(transcode_pb2_grpc.TranscodeServiceServicer):
     async def EncodeAudio(self, request: pb.EncodeAudioRequest, context) -> pb.EncodeAudioResponse:
         return await self._off_loop(self._encode, request)
 
+    async def StreamEncodeAudio(self, requests: AsyncIterator[pb.StreamEncodeAudioRequest], context):
+        streaming = None
+        async for request in requests:
+            if streaming is None:
+                streaming = self._streaming_encoder(request)
+            pcm = np.frombuffer(request.pcm[: len(request.pcm) // 2 * 2], dtype="<i2")
+            yield pb.StreamEncodeAudioResponse(
+                audio=await self._off_loop(streaming.push, pcm), content_type=encoder.CONTENT_TYPES[streaming.fmt]
+            )
+        if streaming is not None:
+            yield pb.StreamEncodeAudioResponse(
+                audio=await self._off_loop(streaming.finish), content_type=encoder.CONTENT_TYPES[streaming.fmt]
+            )
+
+    def _streaming_encoder(self, request: pb.StreamEncodeAudioRequest) -> encoder.StreamingEncoder:
+        fmt = _format(request.format)
+        audio.check_encoding(fmt, request.bit_rate, request.sample_rate)
+        return encoder.StreamingEncoder(fmt, request.bit_rate, request.sample_rate or SAMPLE_RATE)
+
     async def _off_loop(self, work: Callable[..., T], *args) -> T:
         # Copy the context so log lines from the worker keep the call's request id.
         call = functools.partial(contextvars.copy_context().run, work, *args)
@@ -115,14 +136,19 @@ class TranscodeService(transcode_pb2_grpc.TranscodeServiceServicer):
         return pb.ChangeSpeedResponse(wav=pcm.wav(), duration_seconds=pcm.duration_seconds)
 
     def _encode(self, request: pb.EncodeAudioRequest) -> pb.EncodeAudioResponse:
-        fmt = FORMATS.get(request.format)
-        if fmt is None:
-            names = ", ".join(pb.AudioFormat.Name(value) for value in FORMATS)
-            raise invalid_parameter("format", f"format must be one of {names}")
+        fmt = _format(request.format)
         encoded = audio.encode(request.audio, fmt, request.bit_rate, self.limits, request.sample_rate)
         return pb.EncodeAudioResponse(
             audio=encoded.audio, content_type=encoded.content_type, duration_seconds=encoded.duration_seconds
         )
+
+
+def _format(value: int) -> Format:
+    fmt = FORMATS.get(value)
+    if fmt is None:
+        names = ", ".join(pb.AudioFormat.Name(value) for value in FORMATS)
+        raise invalid_parameter("format", f"format must be one of {names}")
+    return fmt
 
 
 def build_spec() -> ServiceSpec:

@@ -31,7 +31,8 @@ async def assert_typed_4xx(response: aiohttp.ClientResponse) -> dict:
 
 async def operations(http) -> list[tuple[str, str]]:
     """(method, path) of every operation /openapi.json lists, its path variables filled in;
-    not the streaming ones, 501 over HTTP whatever they are sent (as documented)."""
+    not one documented as 501 whatever it is sent (none today: streams are reached through
+    their unary routes)."""
     document = await (await http.get("/openapi.json")).json()
     return [
         (method.upper(), re.sub(r"\{[^}]+\}", "1", path))

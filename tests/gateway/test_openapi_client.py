@@ -115,7 +115,7 @@ async def test_the_document_says_what_the_protos_declare(http):
         "type": "number", "format": "double", "minimum": 0.1, "maximum": 2, "default": 1.8, "description": "",
     }  # fmt: skip
     assert request["properties"]["visibility"]["enum"] == ["private", "unlisted", "public"]
-    assert request["properties"]["input"]["maxLength"] == 3000  # GATEWAY_MAX_INPUT_CHARS of the running gateway
+    assert request["properties"]["input"]["maxLength"] == 8192  # GATEWAY_MAX_INPUT_CHARS of the running gateway
     assert "[S1]" in request["properties"]["input"]["description"]  # the proto's comment
     assert create["summary"] and create["description"]
 
@@ -125,7 +125,7 @@ async def test_the_document_says_what_the_protos_declare(http):
     for status in ("400", "401", "404", "413", "429", "502", "503"):
         assert create["responses"][status]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
     speech = document["paths"]["/v1/audio/speech"]["post"]["responses"]["200"]["content"]
-    assert set(speech) == {"audio/mpeg", "audio/ogg", "audio/aac", "audio/flac", "audio/wav", "audio/pcm"}
+    assert set(speech) == {"audio/mpeg", "audio/ogg", "audio/aac", "audio/flac", "audio/wav", "audio/pcm", "text/event-stream"}
     shared = document["paths"]["/v1/shared/generations/{share_token}/audio"]["get"]
     assert "401" not in shared["responses"] and shared["security"] == []
     upload = document["paths"]["/v1/voice/samples"]["post"]

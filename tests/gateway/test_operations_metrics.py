@@ -6,6 +6,8 @@ request without a key counts as an unauthorized error)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -92,6 +94,41 @@ async def test_a_generation_moves_the_generation_metrics(mesh, http, accounts):
     assert value(after, "gateway_providers_online") >= 1
     # Only the scrape is in flight, and it does not go through the HTTP front.
     assert value(after, "http_requests_in_flight") == 0
+
+
+async def test_a_streamed_generation_moves_them_too_and_a_caller_gone_counts_as_canceled(mesh, http, accounts):
+    alice, _ = accounts
+    await wait_for_models(http, alice)
+    before = await scrape(mesh, "gateway")
+    body = {"input": "[S1] Streamed metrics.", "max_new_tokens": 256, "stream": True}
+    async with http.post(GENERATIONS, json=body, headers=alice.headers) as response:
+        assert response.status == 200, await response.text()
+        generation_id = response.headers["X-Generation-Id"]
+        await response.read()
+    stored = await (await http.get(f"{GENERATIONS}/{generation_id}", headers=alice.headers)).json()
+    after = await scrape(mesh, "gateway")
+
+    def grew(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    # Counted once, as a whole: the audio the history keeps.
+    assert grew("gateway_generated_audio_seconds_total") == pytest.approx(stored["audio_duration_seconds"])
+    assert grew("gateway_generation_real_time_factor_count") == 1
+    assert grew("gateway_generation_seconds_count", outcome="succeeded") == 1
+
+    response = await http.post(GENERATIONS, json={**body, "max_new_tokens": 3072}, headers=alice.headers)
+    await response.content.readany()
+    response.close()  # hangs up mid-stream
+    deadline = asyncio.get_running_loop().time() + 60
+    while value(await scrape(mesh, "gateway"), "gateway_generation_seconds_count", outcome="canceled") == value(
+        after, "gateway_generation_seconds_count", outcome="canceled"
+    ):
+        assert asyncio.get_running_loop().time() < deadline, "a caller gone never counted as canceled"
+        await asyncio.sleep(0.1)
+    final = await scrape(mesh, "gateway")
+    assert value(final, "gateway_generation_seconds_count", outcome="failed") == value(
+        after, "gateway_generation_seconds_count", outcome="failed"
+    )
 
 
 async def test_readiness_database_and_queues_are_reported(mesh):

@@ -1,4 +1,4 @@
-"""End to end: the mesh's synth (tiny Dia) over gRPC, with the real transcode for speed changes."""
+"""End to end: the mesh's synth (tiny Dia) over gRPC."""
 
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ async def test_parameters_at_the_edges_of_their_ranges_are_served(synth):
         assert_valid_audio(await synth.Synthesize(request(**settings)))
 
 
-async def test_speed_factor_changes_the_duration_through_transcode(synth, mesh):
+async def test_speed_factor_changes_the_duration_at_the_same_pitch(synth, mesh):
     normal, faster, slower = await asyncio.gather(
         synth.Synthesize(request(seed=9, max_new_tokens=100)),
         synth.Synthesize(request(seed=9, max_new_tokens=100, speed_factor=2.0)),
@@ -163,14 +163,6 @@ async def test_provider_info_names_the_model_features_capacity_and_load(synth):
     assert_valid_audio(await running, frames=600)
     assert max(loads) == 1
     assert (await synth.GetProviderInfo(synth_pb2.GetProviderInfoRequest())).provider.load == 0
-
-
-async def test_streaming_is_refused_as_not_implemented_yet(synth):
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        async for _ in synth.StreamSynthesize(synth_pb2.StreamSynthesizeRequest(script="[S1] Hi.")):
-            pass
-    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "not available yet" in caught.value.details()
 
 
 @pytest.mark.parametrize(

@@ -133,7 +133,7 @@ function row(generation) {
       fact("Voices", speakers || "no cloning"),
       fact("Collection", generation.collection || "—"),
       fact("Parameters", Object.entries(parameters).map(([name, value]) => `${name} ${value}`).join(", ")),
-      generation.status === "failed" ? fact("Error", `${generation.error_type}: ${generation.error_message}`) : null),
+      ["failed", "canceled"].includes(generation.status) ? fact("Error", `${generation.error_type}: ${generation.error_message}`) : null),
     player,
     element("div", { class: "row" }, element("label", { for: `${id}-visibility` }, "Visibility"), visibility),
     share,

@@ -41,6 +41,15 @@ class Rpc:
     request_class: type
     response_class: type
     rules: voice_annotations.MethodRules  # the method's (voice.api.v1.method) option
+    # The server-streaming method that answers instead when the request asks for a stream
+    # (MethodRules.stream_method and stream_field); None: this one always answers.
+    stream: Rpc | None = None
+
+    def streams(self, payload: bytes) -> bool:
+        """Whether the serialized request asks for the stream: its stream_field is true or not empty."""
+        if self.stream is None:
+            return False
+        return bool(getattr(self.request_class.FromString(payload), self.rules.stream_field))
 
     @property
     def needs_key(self) -> bool:
@@ -193,20 +202,38 @@ def routes_of(upstream: str, pool: descriptor_pool.DescriptorPool, services: lis
             if not options.HasExtension(annotations_pb2.http):
                 continue  # internal RPC: no HTTP route
             rule = options.Extensions[annotations_pb2.http]
-            rpc = Rpc(
-                upstream=upstream,
-                path=f"/{service.full_name}/{method.name}",
-                method=method,
-                request_class=message_factory.GetMessageClass(method.input_type),
-                response_class=message_factory.GetMessageClass(method.output_type),
-                rules=options.Extensions[voice_annotations.method],
-            )
+            try:
+                rpc = _rpc(upstream, service, method)
+            except ValueError as error:
+                log.warning("skipping HTTP rule of %s: %s", method.full_name, error)
+                continue
             for binding in [rule, *rule.additional_bindings]:
                 try:
                     found.append(_route(binding, rpc))
                 except (templates.TemplateError, ValueError) as error:
                     log.warning("skipping HTTP rule of %s: %s", rpc.path, error)
     return found
+
+
+def _rpc(upstream: str, service: descriptor.ServiceDescriptor, method: descriptor.MethodDescriptor) -> Rpc:
+    rules = method.GetOptions().Extensions[voice_annotations.method]
+    stream = None
+    if rules.stream_method:
+        streaming = service.methods_by_name.get(rules.stream_method)
+        if streaming is None or not streaming.server_streaming or streaming.client_streaming:
+            raise ValueError(f"stream_method {rules.stream_method!r} is no server-streaming method of {service.full_name}")
+        if rules.stream_field not in method.input_type.fields_by_name:
+            raise ValueError(f"stream_field {rules.stream_field!r} is not a field of {method.input_type.full_name}")
+        stream = _rpc(upstream, service, streaming)
+    return Rpc(
+        upstream=upstream,
+        path=f"/{service.full_name}/{method.name}",
+        method=method,
+        request_class=message_factory.GetMessageClass(method.input_type),
+        response_class=message_factory.GetMessageClass(method.output_type),
+        rules=rules,
+        stream=stream,
+    )
 
 
 def _route(rule: http_pb2.HttpRule, rpc: Rpc) -> Route:

@@ -7,7 +7,9 @@ checks the API key, transcodes the request, calls the upstream with a generic
 gRPC call, and transcodes the answer back. What differs between methods is
 declared in their protos and read over reflection with the routes (see
 discovery.py): whether a key is needed, which deadline applies, which
-response metadata become headers. The edge knows no method by name.
+response metadata become headers, and which server-streaming method answers
+instead when the request asks for a stream (its answers sent on chunked, as
+they come). The edge knows no method by name.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ PROBES = {"/healthz", "/readyz", "/metrics"}
 REQUEST_ID_RESPONSE_HEADER = "X-Request-Id"
 # Where an error response keeps its type for the metrics (aiohttp responses are mappings).
 ERROR_TYPE = web.ResponseKey("error_type", str)
+# A stream that ended before its first answer has no content type to send.
+DEFAULT_STREAM_TYPE = "application/octet-stream"
 # Checks an `Authorization` header and returns the caller's account id, or raises UNAUTHORIZED.
 Authenticate = Callable[[str], Awaitable[int]]
 
@@ -251,11 +255,13 @@ class HttpFront:
             account_id = await self.authenticate(authorization)
             request["account_id"] = account_id
         if route.rpc.server_streaming or route.rpc.client_streaming:
-            # Streaming RPCs (chunked audio) come with a later issue.
-            raise ApiError(grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED", f"{route} does not stream over HTTP yet")
+            # HTTP reaches a streaming RPC through a unary route's stream_method (see _stream), not a rule of its own.
+            raise ApiError(grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED", f"{route} is not served over HTTP")
         # Serialized at once, the HTTP input let go as it returns: an uploaded file is held twice
         # at most, while it is copied into the payload and while gRPC sends it.
         payload = transcoding.to_grpc_payload(route, await self._http_input(request, route, path_params))
+        if route.rpc.streams(payload):
+            return await self._stream(route, payload, request, account_id)
         reply = await self._call(route, payload, request, account_id)
         if reply.error is not None:
             return error_response(reply.error, reply.headers)
@@ -298,13 +304,8 @@ class HttpFront:
             http.body = await request.read()
         return http
 
-    async def _call(self, route: Route, payload: bytes, request: web.Request, account_id: int | None) -> UpstreamReply:
-        upstream = self.table.upstreams[route.rpc.upstream]
-        method = upstream.channel.unary_unary(
-            route.rpc.path,
-            request_serializer=None,  # the payload is the serialized request message
-            response_deserializer=route.rpc.response_class.FromString,
-        )
+    def _metadata(self, request: web.Request, account_id: int | None, route: Route) -> tuple:
+        """The route's passed-on request headers, then the caller's identity when signed in."""
         metadata: tuple = tuple(
             (key, _text(request.headers[header], f"the {header} header"))
             for header, key in route.rpc.passed_on_headers.items()
@@ -316,7 +317,63 @@ class HttpFront:
                 ("authorization", request.headers["Authorization"]),
                 *self.trusted_metadata,
             )
-        call = method(payload, metadata=metadata, timeout=route.rpc.deadline_seconds())
+        return metadata
+
+    async def _stream(
+        self, route: Route, payload: bytes, request: web.Request, account_id: int | None
+    ) -> web.StreamResponse:
+        """The route's streaming method: its HttpBody answers sent on as they come, chunked.
+
+        The status waits for the first answer, so that an error before any audio (the
+        request's checks, no provider) is an ordinary error answer. An error after it
+        cannot change the status: the connection is closed before the final chunk, which
+        HTTP clients report as an incomplete body. A client that goes away cancels the call,
+        which stops the generation."""
+        rpc = route.rpc.stream
+        assert rpc is not None
+        upstream = self.table.upstreams[rpc.upstream]
+        method = upstream.channel.unary_stream(
+            rpc.path, request_serializer=None, response_deserializer=rpc.response_class.FromString
+        )
+        call = method(payload, metadata=self._metadata(request, account_id, route), timeout=rpc.deadline_seconds())
+        forwarded = rpc.forwarded_headers
+        try:
+            try:
+                first = await call.read()
+            except grpc.aio.AioRpcError as rpc_error:
+                error = _public(ApiError.from_rpc_error(rpc_error), upstream.name)
+                return error_response(error, _forwarded(rpc_error.initial_metadata(), forwarded))
+            headers = _forwarded(await call.initial_metadata(), forwarded)
+            body = _http_body(first, route.response_body) if first is not grpc.aio.EOF else None
+            response = web.StreamResponse(
+                headers={"Content-Type": body.content_type if body else DEFAULT_STREAM_TYPE, **headers}
+            )
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            while body is not None:
+                if body.data:
+                    await response.write(body.data)  # ConnectionResetError once the client is gone
+                try:
+                    message = await call.read()
+                except grpc.aio.AioRpcError as rpc_error:
+                    log.warning("stream failed after its first chunk", extra={"code": rpc_error.code().name})
+                    if request.transport is not None:
+                        request.transport.close()  # no final chunk: the client sees the body cut short
+                    return response
+                body = _http_body(message, route.response_body) if message is not grpc.aio.EOF else None
+            await response.write_eof()
+            return response
+        finally:
+            call.cancel()  # a no-op once the stream has ended; stops the generation of a client gone
+
+    async def _call(self, route: Route, payload: bytes, request: web.Request, account_id: int | None) -> UpstreamReply:
+        upstream = self.table.upstreams[route.rpc.upstream]
+        method = upstream.channel.unary_unary(
+            route.rpc.path,
+            request_serializer=None,  # the payload is the serialized request message
+            response_deserializer=route.rpc.response_class.FromString,
+        )
+        call = method(payload, metadata=self._metadata(request, account_id, route), timeout=route.rpc.deadline_seconds())
         headers = route.rpc.forwarded_headers
         try:
             response = await call
@@ -324,6 +381,11 @@ class HttpFront:
             error = _public(ApiError.from_rpc_error(rpc_error), upstream.name)
             return UpstreamReply(error=error, headers=_forwarded(rpc_error.initial_metadata(), headers))
         return UpstreamReply(response=response, headers=_forwarded(await call.initial_metadata(), headers))
+
+
+def _http_body(message, field: str):
+    """The google.api.HttpBody of a streamed answer (in the route's response_body field)."""
+    return getattr(message, field) if field else message
 
 
 def _text(value: str, what: str) -> str:

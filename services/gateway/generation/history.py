@@ -38,7 +38,7 @@ ID_PREFIX = "gen_"
 SHARED_VISIBILITIES = ("unlisted", "public")
 # Columns of a Generation message: everything but the audio itself.
 _COLUMNS = """seq, id, status, input, model, provider, speakers, parameters, error_type, error_message,
-    audio_duration_seconds, visibility, collection, share_token, create_time, start_time, end_time"""
+    audio_duration_seconds, visibility, collection, share_token, create_time, start_time, end_time, chunks"""
 
 
 def new_id() -> str:
@@ -115,14 +115,20 @@ async def mark_running(pool: asyncpg.Pool, generation_id: str, provider: str, mo
 
 
 async def mark_succeeded(
-    pool: asyncpg.Pool, generation_id: str, audio: bytes, duration_seconds: float, model: str, seed: int
+    pool: asyncpg.Pool,
+    generation_id: str,
+    audio: bytes,
+    duration_seconds: float,
+    model: str,
+    seed: int,
+    chunks: int = 1,
 ) -> asyncpg.Record | None:
     """The stored row; None if it had ended meanwhile (a canceled prediction)."""
     async with connection(pool) as db:
         return await db.fetchrow(
             f"""UPDATE generations SET status = 'succeeded', audio = $2, audio_duration_seconds = $3,
                     model = $4, parameters = jsonb_set(parameters, '{{seed}}', to_jsonb($5::text)),
-                    end_time = now()
+                    end_time = now(), chunks = $6
                 WHERE id = $1 AND status IN ('queued', 'running')
                 RETURNING {_COLUMNS}""",
             generation_id,
@@ -130,17 +136,22 @@ async def mark_succeeded(
             duration_seconds,
             model,
             str(seed),  # proto JSON writes int64 as a string
+            chunks,
         )
 
 
-async def mark_failed(pool: asyncpg.Pool, generation_id: str, error_type: str, error_message: str) -> None:
+async def mark_failed(
+    pool: asyncpg.Pool, generation_id: str, error_type: str, error_message: str, status: str = "failed"
+) -> None:
+    """End a generation without audio: `failed`, or `canceled` when its caller went away."""
     async with connection(pool) as db:
         await db.execute(
-            """UPDATE generations SET status = 'failed', error_type = $2, error_message = $3, end_time = now()
+            """UPDATE generations SET status = $4, error_type = $2, error_message = $3, end_time = now()
                WHERE id = $1 AND status IN ('queued', 'running')""",
             generation_id,
             error_type,
             error_message,
+            status,
         )
 
 
@@ -250,6 +261,7 @@ def to_proto(row: asyncpg.Record, public_url: str) -> generations_pb2.Generation
         audio_duration_seconds=row["audio_duration_seconds"],
         visibility=row["visibility"],
         collection=row["collection"],
+        chunks=row["chunks"],
     )
     if row["visibility"] in SHARED_VISIBILITIES:
         generation.share_url = f"{public_url.rstrip('/')}/v1/shared/generations/{row['share_token']}/audio"

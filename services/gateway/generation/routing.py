@@ -31,7 +31,7 @@ import logging
 import math
 import random
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Iterable, Mapping
+from typing import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 
 import asyncpg
 import grpc
@@ -129,7 +129,7 @@ def public_error(candidate: Candidate, error: grpc.aio.AioRpcError, timeout: flo
             refusal.param = PUBLIC_PARAMS.get(head, refusal.param)
         return refusal
     if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return upstream_error(f"the provider {candidate.provider_id} did not finish the generation within {timeout:g} s")
+        return upstream_error(f"the provider {candidate.provider_id} did not finish the generation within {round(timeout, 2):g} s")
     log.warning(
         "provider failed the generation",
         extra={"provider": candidate.provider_id, "code": error.code().name, "details": error.details()},
@@ -162,6 +162,41 @@ class Router:
 
         `timeout` bounds every attempt together; `on_attempt` runs before each.
         """
+        return await self._attempts(model, timeout, on_attempt, lambda c, remaining: self._call(c, request, remaining))
+
+    async def stream_synthesize(
+        self, request: synth_pb2.StreamSynthesizeRequest, model: str, timeout: float, on_attempt: OnAttempt
+    ) -> AsyncIterator[tuple[Candidate, synth_pb2.StreamSynthesizeResponse]]:
+        """As synthesize, streamed: the provider's messages as they come. A provider that fails before
+        its first message is retried on another as synthesize does; after it, its error ends the stream."""
+
+        async def first_of(candidate: Candidate, remaining: float):
+            stub = synth_pb2_grpc.SynthServiceStub(self._channel(candidate.address))
+            request.model = candidate.model
+            call = stub.StreamSynthesize(request, timeout=remaining)
+            try:
+                first = await call.read()
+            except BaseException:
+                call.cancel()
+                raise
+            return call, first
+
+        candidate, (call, first) = await self._attempts(model, timeout, on_attempt, first_of)
+        self.in_flight[candidate.provider_id] += 1
+        try:
+            message = first
+            while message is not grpc.aio.EOF:
+                yield candidate, message
+                message = await call.read()
+        except grpc.aio.AioRpcError as error:
+            raise public_error(candidate, error, timeout) from None
+        finally:
+            self.in_flight[candidate.provider_id] -= 1
+            call.cancel()  # the caller went away (or the stream ended): stop the provider's generation
+
+    async def _attempts(self, model: str, timeout: float, on_attempt: OnAttempt, attempt) -> tuple[Candidate, object]:
+        """The first (candidate, answer) of `attempt(candidate, remaining seconds)` that succeeds, trying
+        the best provider and one more; raises what the caller should see when none does."""
         found = candidates(await registry.online_providers(self.pool()), model)
         order = ranked(found, self.in_flight, self.unreachable_since, self.rng)
         loop = asyncio.get_running_loop()
@@ -174,9 +209,8 @@ class Router:
             if remaining <= 0:
                 break
             await on_attempt(candidate)
-            request.model = candidate.model
             try:
-                return candidate, await self._call(candidate, request, remaining)
+                answer = await attempt(candidate, remaining)
             except grpc.aio.AioRpcError as error:
                 if error.code() not in RETRYABLE:
                     raise public_error(candidate, error, timeout) from None
@@ -191,6 +225,8 @@ class Router:
                 if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                     estimate = ApiError.from_rpc_error(error).retry_after
                     retry_after += [] if estimate is None else [estimate]
+                continue
+            return candidate, answer
         if codes == {grpc.StatusCode.RESOURCE_EXHAUSTED}:
             raise ApiError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -199,12 +235,13 @@ class Router:
                 retry_after=min(retry_after, default=None),
             )
         if not failures:
-            raise upstream_error(f"no provider finished the generation within {timeout:g} s")
+            raise upstream_error(f"no provider finished the generation within {round(timeout, 2):g} s")
         raise upstream_error("no provider could take the generation (" + "; ".join(failures) + ")")
 
     async def _call(
         self, candidate: Candidate, request: synth_pb2.SynthesizeRequest, timeout: float
     ) -> synth_pb2.SynthesizeResponse:
+        request.model = candidate.model
         stub = synth_pb2_grpc.SynthServiceStub(self._channel(candidate.address))
         self.in_flight[candidate.provider_id] += 1
         try:

@@ -20,29 +20,41 @@ limits, routing and history, with errors naming the speech request's fields.
   length (:func:`frame_budget`), so that a short sentence is quick even on a
   model that does not stop by itself. Everything else is the public default.
 
-The generation counts as succeeded once its audio is encoded; the history
-keeps the WAV (GET /v1/voice/generations/{id}/audio).
+* ``stream_format`` (StreamSpeech; over HTTP, CreateSpeech with a stream_format):
+  ``audio`` sends the bytes of ``response_format`` as they are encoded, chunk by
+  chunk of generated audio (the transcode service's StreamEncodeAudio); ``sse``
+  sends them as OpenAI's server-sent events: ``speech.audio.delta`` events, each
+  with base64 ``audio``, then one ``speech.audio.done`` with the ``usage``
+  (input tokens: Dia's text bytes; output tokens: the audio frames generated).
+
+The generation counts as succeeded once its audio is encoded (streamed: once
+the last of it is generated); the history keeps the WAV
+(GET /v1/voice/generations/{id}/audio).
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import dataclasses
+import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Callable
+from typing import AsyncIterator, Callable
 
 import grpc
 from google.api import httpbody_pb2
 
 from runtime import clients, fields
-from runtime.errors import ApiError, invalid_argument
+from runtime.errors import invalid_argument
 from runtime.text import sanitize
 from services.gateway.config import SPEECH_FRAMES_PER_CHARACTER
 from services.gateway.generation import parameters
 from services.gateway.generation.generations import GenerationService
 from voice.gateway.v1 import generations_pb2, speech_pb2, speech_pb2_grpc
 from voice.library.v1 import library_pb2, library_pb2_grpc
+from voice.synth.v1 import synth_pb2
 from voice.transcode.v1 import transcode_pb2, transcode_pb2_grpc
 
 # OpenAI's speech models: here they mean "any model with voice cloning".
@@ -157,6 +169,46 @@ async def encode(transcode: grpc.aio.Channel, wav: bytes, chosen: ResponseFormat
     return httpbody_pb2.HttpBody(content_type=reply.content_type, data=reply.audio)
 
 
+async def encode_stream(
+    transcode: grpc.aio.Channel,
+    messages: AsyncIterator[synth_pb2.StreamSynthesizeResponse],
+    chosen: ResponseFormat,
+) -> AsyncIterator[tuple[str, bytes]]:
+    """A streamed generation's PCM encoded as it comes: (content type, next bytes) per chunk."""
+    call = transcode_pb2_grpc.TranscodeServiceStub(transcode).StreamEncodeAudio()
+    try:
+        first = True
+        async for message in messages:
+            request = transcode_pb2.StreamEncodeAudioRequest(pcm=message.pcm)
+            if first:
+                request.format, request.sample_rate, first = chosen.encoding, chosen.sample_rate, False
+            await call.write(request)
+            reply = await call.read()  # one answer per piece
+            yield reply.content_type, reply.audio
+        await call.done_writing()
+        while (reply := await call.read()) is not grpc.aio.EOF:  # the encoder's tail
+            yield reply.content_type, reply.audio
+    finally:
+        call.cancel()
+
+
+SSE = "text/event-stream"
+
+
+def sse_event(event: dict) -> bytes:
+    return f"data: {json.dumps(event)}\n\n".encode()
+
+
+async def as_sse(encoded: AsyncIterator[tuple[str, bytes]], input_tokens: int, output_frames) -> AsyncIterator[bytes]:
+    """OpenAI's speech events: a delta per encoded chunk, then done with the usage."""
+    async for _, audio in encoded:
+        if audio:
+            yield sse_event({"type": "speech.audio.delta", "audio": base64.b64encode(audio).decode()})
+    frames = output_frames()
+    usage = {"input_tokens": input_tokens, "output_tokens": frames, "total_tokens": input_tokens + frames}
+    yield sse_event({"type": "speech.audio.done", "usage": usage})
+
+
 def _quoted(text: str) -> str:
     if len(text) > MAX_QUOTED_CHARS:
         text = text[:MAX_QUOTED_CHARS] + "…"
@@ -170,14 +222,6 @@ class SpeechService(speech_pb2_grpc.SpeechServiceServicer):
     async def CreateSpeech(self, request, context):
         account_id = await self.generations.accounts.caller(context)
 
-        async def prepare(plan: parameters.Plan) -> parameters.Plan:
-            response_format(request)  # refused before the library is asked
-            sample_id = await find_voice(self.generations.library, account_id, request.voice)
-            # max_new_tokens is the frame budget, not the caller's: the provider may lower it to fit the prompt.
-            return dataclasses.replace(
-                plan, speakers={} if sample_id is None else {"S1": sample_id}, chosen_max_new_tokens=False
-            )
-
         async def finish(wav: bytes) -> httpbody_pb2.HttpBody:
             return await encode(self.generations.transcode, wav, response_format(request))
 
@@ -185,7 +229,7 @@ class SpeechService(speech_pb2_grpc.SpeechServiceServicer):
             account_id,
             generation_request(request, SPEECH_FRAMES_PER_CHARACTER.value),
             context,
-            prepare=prepare,
+            prepare=self._prepare(account_id, request),
             finish=finish,
             public_names=PUBLIC_NAMES,
         )
@@ -209,10 +253,44 @@ class SpeechService(speech_pb2_grpc.SpeechServiceServicer):
                 return speech_pb2.ListVoicesResponse(voices=voices[:MAX_VOICES])
 
     async def StreamSpeech(self, request, context):
-        await self.generations.accounts.caller(context)
-        raise ApiError(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "NOT_IMPLEMENTED",
-            "streaming speech is not available yet; use CreateSpeech (POST /v1/audio/speech)",
+        account_id = await self.generations.accounts.caller(context)
+        unary = speech_pb2.CreateSpeechRequest.FromString(request.SerializeToString())  # the same fields
+        last: list[synth_pb2.StreamSynthesizeResponse] = []
+
+        async def remembering_the_last(messages):
+            async for message in messages:
+                if message.last:
+                    last.append(message)
+                yield message
+
+        stream = self.generations.stream(
+            account_id,
+            generation_request(unary, SPEECH_FRAMES_PER_CHARACTER.value),
+            context,
+            prepare=self._prepare(account_id, unary),
+            public_names=PUBLIC_NAMES,
         )
-        yield  # a generator, as a server-streaming handler must be
+        async with contextlib.aclosing(stream):
+            encoded = encode_stream(self.generations.transcode, remembering_the_last(stream), response_format(unary))
+            async with contextlib.aclosing(encoded):
+                if fields.value(unary, "stream_format") == "sse":
+                    tokens = len(sanitize(unary.input).encode())
+                    async for event in as_sse(encoded, tokens, lambda: last[0].generated_frames if last else 0):
+                        yield speech_pb2.StreamSpeechResponse(audio=httpbody_pb2.HttpBody(content_type=SSE, data=event))
+                else:
+                    async for content_type, audio in encoded:
+                        if audio:
+                            yield speech_pb2.StreamSpeechResponse(
+                                audio=httpbody_pb2.HttpBody(content_type=content_type, data=audio)
+                            )
+
+    def _prepare(self, account_id: int, request: speech_pb2.CreateSpeechRequest):
+        async def prepare(plan: parameters.Plan) -> parameters.Plan:
+            response_format(request)  # refused before the library is asked
+            sample_id = await find_voice(self.generations.library, account_id, request.voice)
+            # max_new_tokens is the frame budget, not the caller's: the provider may lower it to fit the prompt.
+            return dataclasses.replace(
+                plan, speakers={} if sample_id is None else {"S1": sample_id}, chosen_max_new_tokens=False
+            )
+
+        return prepare
