@@ -50,7 +50,7 @@ from services.gateway.config import (
     PUBLIC_URL,
     SYNTH_TIMEOUT_SECONDS,
 )
-from services.gateway.generation import parameters, prompt_audio, webhooks
+from services.gateway.generation import history, parameters, prompt_audio, webhooks
 from services.gateway.generation import script as scripts
 from services.gateway.generation.generations import Admitted, GenerationService
 from services.gateway.generation.registry import OWNER_NAME, online_models
@@ -249,8 +249,10 @@ class Predictions(predictions_pb2_grpc.PredictionServiceServicer):
     async def _resume(self, row: asyncpg.Record) -> None:
         stored = json.loads(row["prediction"])
         if stored.get("resumes", 0) > MAX_RESUMES:
-            await _end(self.pool(), row["id"], "failed", "interrupted",
-                       f"the gateway running this prediction stopped {MAX_RESUMES + 1} times; create it again")
+            await history.mark_failed(
+                self.pool(), row["id"], "interrupted",
+                f"the gateway running this prediction stopped {MAX_RESUMES + 1} times; create it again",
+            )
             return
         log.warning("resuming a prediction whose gateway stopped", extra={"generation": row["id"]})
         given = json_format.ParseDict(stored["input"], predictions_pb2.PredictionInput())
@@ -261,7 +263,7 @@ class Predictions(predictions_pb2_grpc.PredictionServiceServicer):
             samples = await prompt_audio.samples_of(self.generations, row["account_id"], speakers)
         except (ApiError, grpc.aio.AioRpcError) as error:
             refusal = error if isinstance(error, ApiError) else ApiError.from_rpc_error(error)
-            await _end(self.pool(), row["id"], "failed", refusal.reason.lower(), refusal.message)
+            await history.mark_failed(self.pool(), row["id"], refusal.reason.lower(), refusal.message)
             return
         self._spawn(Admitted(row["id"], row["account_id"], plan, samples), stored)
 
@@ -394,7 +396,7 @@ class Predictions(predictions_pb2_grpc.PredictionServiceServicer):
     async def CancelPrediction(self, request, context):
         account_id = await self.accounts.caller(context)
         await self._get(account_id, request.id)  # 404 for another account's
-        await _end(self.pool(), request.id, "canceled", "canceled", "canceled by the caller")
+        await history.mark_failed(self.pool(), request.id, "canceled", "canceled by the caller", status="canceled")
         task = self._running.get(request.id)
         if task is not None:
             task.cancel()  # ours: at once; another replica's sees it at its next lease renewal
@@ -468,18 +470,6 @@ def model_card(model: str) -> predictions_pb2.PredictionModel:
 
 PREDICTION_COLUMNS = """seq, id, account_id, status, speakers, error_type, error_message, audio_duration_seconds,
     prediction, create_time, start_time, end_time, provider, model"""
-
-
-async def _end(pool: asyncpg.Pool, prediction_id: str, status: str, error_type: str, message: str) -> None:
-    async with connection(pool) as db:
-        await db.execute(
-            """UPDATE generations SET status = $2, error_type = $3, error_message = $4, end_time = now()
-               WHERE id = $1 AND status IN ('queued', 'running')""",
-            prediction_id,
-            status,
-            error_type,
-            message,
-        )
 
 
 def to_prediction(row: asyncpg.Record, public_url: str) -> predictions_pb2.Prediction:
