@@ -267,7 +267,8 @@ class BrokenStream extends Error {
     let why = "";
     try {
       const generation = await getJson(`/v1/voice/generations/${this.id}`);
-      if (generation.error) why = ` ${generation.error.message} (${generation.error.type})`;
+      const message = generation.error_message || "";
+      if (generation.error_type) why = ` ${message.charAt(0).toUpperCase()}${message.slice(1)} (${generation.error_type})`;
     } catch {
       // the history is unreachable too: say what we know
     }
