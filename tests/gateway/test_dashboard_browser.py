@@ -327,6 +327,74 @@ async def test_the_playground_generates_with_the_default_voice_and_the_history_s
     tab.assert_clean(allowed=("400",))  # the refused scripts' requests are logged by the browser
 
 
+async def test_the_playground_plays_the_generation_while_it_is_made(tab, user, http):
+    """Streamed: the first audio is scheduled (Web Audio) while the history still says running;
+    the finished file is the whole stream (even after the listener stopped the playback), with
+    its real length, seed and download link."""
+    page = tab.page
+    await wait_for_models(http, user)
+    async with screenshots_on_failure(tab, "streamed"):
+        await tab.sign_in(user.key)
+        await tab.open("playground")
+        await page.locator("#gen-input").fill("[S1] Streamed from the playground, heard as it is made.")
+        await page.get_by_label("Max new tokens").fill("1500")  # a few seconds on the tiny model
+        await page.get_by_role("button", name="Generate").click()
+        await until(page, "document.querySelector('#gen-playback').dataset.playback === 'playing'", timeout=SLOW / 1000)
+        listed = await created(await http.get("/v1/voice/generations", params={"page_size": 1}, headers=user.headers))
+        generation = listed["generations"][0]
+        assert generation["status"] == "running", generation  # heard before it was finished
+        await playwright.expect(page.locator("#gen-playback")).to_have_text("Playing while generating…")
+        assert await page.locator("#gen-audio").get_attribute("src") is None  # what plays is the stream
+        # Stopped by keyboard, the playback stops; the generation goes on and its file is whole.
+        await page.get_by_role("button", name="Stop playback").focus()
+        await page.keyboard.press("Enter")
+        await playwright.expect(page.locator("#gen-playback")).to_have_text("Streamed playback stopped; the generation goes on.")
+        await playwright.expect(page.get_by_role("button", name="Stop playback")).to_be_hidden()
+
+        await playwright.expect(page.locator("#gen-progress")).to_contain_text(re.compile(r"succeeded · \d+\.\d s"), timeout=SLOW)
+        await playwright.expect(page.locator("#gen-playback")).to_have_text("Streamed playback stopped.")
+        duration = await until(page, "(a => a.readyState >= 1 && a.duration > 0 && a.duration)(document.querySelector('#gen-audio'))")
+        finished = await created(await http.get(f"/v1/voice/generations/{generation['id']}", headers=user.headers))
+        assert finished["status"] == "succeeded"
+        assert abs(duration - finished["audio_duration_seconds"]) < 0.05, (duration, finished["audio_duration_seconds"])
+        assert await page.locator("[data-fact=generation]").text_content() == generation["id"]
+        assert int(await page.locator("[data-fact=seed]").text_content()) == finished["parameters"]["seed"] >= 0
+        download = page.locator("#gen-download")
+        assert await download.get_attribute("download") == f"{generation['id']}.wav"
+        assert (await download.get_attribute("href")).startswith("blob:")
+    tab.assert_clean()
+
+
+async def test_a_stream_that_breaks_off_after_its_audio_began_says_so(browser, mesh, user):
+    """A gateway that gives a generation 2 s: the audio has begun (status 200) when time runs out,
+    so the connection closes mid-stream; the playground says so, with the history's error."""
+    async with extra_gateway(mesh, GATEWAY_SYNTH_TIMEOUT_SECONDS="2") as gateway, aiohttp.ClientSession(base_url=gateway.http_url) as http:
+        await wait_for_models(http, user)
+        context = await browser.new_context()
+        tab = Tab(await context.new_page(), gateway.http_url)
+        try:
+            async with screenshots_on_failure(tab, "broken-stream"):
+                await tab.sign_in(user.key)
+                await tab.open("playground")
+                await tab.page.get_by_label("Max new tokens").fill("3000")  # far more than 2 s make
+                await tab.page.get_by_role("button", name="Generate").click()
+                error = tab.page.locator("#gen-error")
+                await playwright.expect(error).to_contain_text("The generation stopped after", timeout=SLOW)
+                await playwright.expect(error).to_contain_text("did not finish")
+                text = await error.text_content()
+                assert re.search(r"after \d+\.\d s of audio", text) and "0.0 s of audio" not in text, text
+                await playwright.expect(tab.page.locator("#gen-progress")).to_contain_text("failed")
+                await playwright.expect(tab.page.locator("#gen-result")).to_be_hidden()
+                await playwright.expect(tab.page.get_by_role("button", name="Generate")).to_be_enabled()
+                listed = await created(await http.get("/v1/voice/generations", params={"page_size": 1}, headers=user.headers))
+                failed = listed["generations"][0]
+                assert failed["status"] == "failed", failed
+                assert f"({failed['error_type']})" in text and failed["error_message"][1:] in text, (failed, text)
+            tab.assert_clean(allowed=("ERR_", "network"))  # the cut-off body is logged by the browser
+        finally:
+            await context.close()
+
+
 async def test_the_history_shows_a_failed_generation_with_its_error_and_filters_by_status(tab, user, http):
     failed = await http.post(
         "/v1/voice/generations",

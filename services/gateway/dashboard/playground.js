@@ -1,6 +1,8 @@
-// Playground: a script, two voices, every generation parameter, generate, listen, download.
+// Playground: a script, two voices, every generation parameter, generate (heard while it is
+// made: streamed, played with the Web Audio API), listen again, download.
 
 import { call, getJson, listAll, schema } from "./api.js";
+import { StreamedWav, wakeAudio } from "./audio.js";
 import { $, clearFieldErrors, element, notify, seconds, showFieldError } from "./ui.js";
 
 // The generation parameters, in the order shown; their bounds, defaults and
@@ -27,6 +29,7 @@ let defaults = {};
 let maxInputChars = 3000;
 let resultUrl = "";
 let generating = false;
+let player = null; // the streamed playback of the latest generation
 
 export async function setUp() {
   $("#generate-form").addEventListener("submit", (event) => {
@@ -34,6 +37,9 @@ export async function setUp() {
     generate();
   });
   $("#gen-reset").addEventListener("click", resetParameters);
+  $("#gen-stop").addEventListener("click", stopPlayback);
+  // The finished file and the streamed playback would talk over each other.
+  $("#gen-audio").addEventListener("play", stopPlayback);
   $("#gen-input").addEventListener("input", countCharacters);
   for (const select of [$("#gen-s1"), $("#gen-s2")]) {
     select.addEventListener("change", () => (select.dataset.chosen = "true"));
@@ -163,6 +169,7 @@ async function generate() {
     }
   }
   generating = true;
+  wakeAudio();
   const button = $("#gen-submit");
   button.disabled = true;
   const started = performance.now();
@@ -171,26 +178,62 @@ async function generate() {
   const progress = $("#gen-progress");
   const tick = () => (progress.textContent = `${status} · ${((performance.now() - started) / 1000).toFixed(1)} s`);
   const clock = setInterval(tick, 100);
-  // The request answers only when the audio is ready; meanwhile the history says where it is.
+  // The request answers only with the first audio; until the end, the history says where it is.
+  let id = ""; // known once the first audio comes
   let watcher = setTimeout(async function watch() {
     try {
-      const page = await getJson("/v1/voice/generations", { query: { page_size: 5 } });
-      const mine = page.generations.find((item) => item.input === body.input && item.create_time >= since);
-      if (mine && generating) status = mine.status;
+      let mine;
+      if (id) mine = await getJson(`/v1/voice/generations/${id}`);
+      else {
+        const page = await getJson("/v1/voice/generations", { query: { page_size: 5 } });
+        mine = page.generations.find((item) => item.input === body.input && item.create_time >= since);
+      }
+      const ended = status === "succeeded" || status === "failed"; // the stream's own word is final
+      if (mine && generating && !ended) status = mine.status;
     } catch {
       // the progress line is a courtesy; the request itself reports errors
     }
     if (generating) watcher = setTimeout(watch, 600);
   }, 250);
   tick();
+  const playback = $("#gen-playback");
+  player?.stop();
+  player = new StreamedWav();
+  $("#gen-stop").hidden = true;
+  delete playback.dataset.playback;
+  playback.textContent = "";
+  let heard = false;
   try {
-    const response = await call("/v1/voice/generations", { method: "POST", json: body });
-    const blob = await response.blob();
-    const id = response.headers.get("X-Generation-Id");
+    // Streamed: the answer comes with the first audio (errors before it are ordinary JSON errors).
+    const response = await call("/v1/voice/generations", { method: "POST", json: { ...body, stream: true } });
+    id = response.headers.get("X-Generation-Id") || "";
+    const reader = response.body.getReader();
+    for (;;) {
+      let piece;
+      try {
+        piece = await reader.read();
+      } catch (error) {
+        throw new BrokenStream(player.seconds, id, error);
+      }
+      if (piece.done) break;
+      if (await player.push(piece.value)) {
+        heard = true;
+        playback.dataset.playback = "playing";
+        playback.textContent = "Playing while generating…";
+        $("#gen-stop").hidden = false;
+      }
+    }
     status = "succeeded";
     tick();
+    if (heard && player.playing) {
+      playback.textContent = `Generated (${seconds(player.seconds)}); playing the rest.`;
+      playback.dataset.playback = "generated";
+      const finishing = player;
+      finishing.onIdle = () => finishing === player && playedThrough();
+    } else if (player.stopped) playback.textContent = "Streamed playback stopped.";
+    else if (heard) playedThrough();
     if (resultUrl) URL.revokeObjectURL(resultUrl);
-    resultUrl = URL.createObjectURL(blob);
+    resultUrl = URL.createObjectURL(player.wav());
     $("#gen-audio").src = resultUrl;
     $("#gen-download").href = resultUrl;
     $("#gen-download").download = `${id || "generation"}.wav`;
@@ -199,13 +242,57 @@ async function generate() {
   } catch (error) {
     status = "failed";
     tick();
-    showFieldError(error, FIELDS, errorPlace);
+    playback.dataset.playback = "failed";
+    playback.textContent = "";
+    if (error instanceof BrokenStream) errorPlace.textContent = await error.describe();
+    else showFieldError(error, FIELDS, errorPlace);
   } finally {
     generating = false;
     clearInterval(clock);
     clearTimeout(watcher);
     button.disabled = false;
   }
+}
+
+// A stream that broke off after its audio began: the status was already 200, so the
+// connection just closes; the history says why the generation failed.
+class BrokenStream extends Error {
+  constructor(audioSeconds, id, cause) {
+    super(String(cause?.message || cause));
+    this.audioSeconds = audioSeconds;
+    this.id = id;
+  }
+
+  async describe() {
+    let why = "";
+    try {
+      const generation = await getJson(`/v1/voice/generations/${this.id}`);
+      const message = generation.error_message || "";
+      if (generation.error_type) why = ` ${message.charAt(0).toUpperCase()}${message.slice(1)} (${generation.error_type})`;
+    } catch {
+      // the history is unreachable too: say what we know
+    }
+    return `The generation stopped after ${seconds(this.audioSeconds)} of audio and did not finish: ` +
+      `the connection was closed before the end.${why || ` (${this.message})`}`;
+  }
+}
+
+function stopPlayback() {
+  if (!player || player.stopped) return;
+  player.stop();
+  $("#gen-stop").hidden = true;
+  const playback = $("#gen-playback");
+  if (playback.dataset.playback === "playing" || playback.dataset.playback === "generated") {
+    playback.dataset.playback = "stopped";
+    playback.textContent = generating ? "Streamed playback stopped; the generation goes on." : "Streamed playback stopped.";
+  }
+}
+
+function playedThrough() {
+  $("#gen-stop").hidden = true;
+  const playback = $("#gen-playback");
+  playback.dataset.playback = "played";
+  playback.textContent = "Played while it was generated; play it again below.";
 }
 
 async function showFacts(id) {
