@@ -22,6 +22,10 @@ times, then it ends ``failed`` with ``interrupted``. A gateway stopping
 gracefully hands its predictions over at once. Cancel marks the row
 ``canceled``; the runner sees that at its next renewal (whichever replica
 was asked) and stops the generation, which stops the provider.
+``urls.stream`` (WatchPrediction, over HTTP through StreamPredictionEvents'
+stream_method) sends the prediction's progress as the predictor's
+server-sent events, read from its row every STREAM_POLL_SECONDS, so that any
+replica serves it.
 """
 
 from __future__ import annotations
