@@ -26,7 +26,7 @@ from aiohttp import web
 
 from services.gateway.generation import predictions, webhooks
 from tests.conftest import ROOT, free_port
-from tests.gateway.conftest import FIXTURES, Account, extra_gateway, make_key, wait_for_models
+from tests.gateway.conftest import FIXTURES, Account, assert_error, extra_gateway, make_key, wait_for_models
 
 QUICK = {"text": "[S1] Hello there. [S2] Hi!", "max_new_tokens": 500}
 
@@ -519,3 +519,108 @@ async def test_a_gateway_stopping_gracefully_hands_its_predictions_over(online, 
         """,
     )
     assert answer == {"status": "succeeded", "error": None}
+
+
+# --- urls.stream -------------------------------------------------------------------------
+
+STREAM_EVENTS = """
+def events(stream):
+    found = []
+    try:
+        for event in stream:
+            found.append([event.event.value, str(event) if event.event.value == "output" else event.data])
+    except Exception as error:  # the client raises an error event, and a stream it cannot read
+        found.append(["raised", type(error).__name__, str(error)])
+    return found
+"""
+
+
+async def test_a_prediction_streams_its_logs_output_and_end_from_any_replica(online, second, accounts, http):
+    answer = await asyncio.to_thread(
+        run_client,
+        second,  # created on one replica, streamed from another: the stream follows the stored prediction
+        accounts[0],
+        STREAM_EVENTS + f"""
+import json, time, replicate
+created = replicate.models.predictions.create(model="nari-labs/dia", input={QUICK!r}, stream=True)
+urls = created.urls
+elsewhere = replicate.Client(base_url={online.http_url!r})
+live = events(elsewhere.predictions.get(created.id).stream())
+created.reload()
+started = time.monotonic()
+again = events(created.stream())  # ended: at once
+again_seconds = time.monotonic() - started
+print(json.dumps({{"urls": urls, "status": created.status, "output": created.output,
+                   "live": live, "again": again, "again_seconds": again_seconds, "id": created.id}}))
+""",
+    )
+    assert answer["urls"]["stream"] == f"{second.http_url}/v1/predictions/{answer['id']}/stream"
+    assert answer["status"] == "succeeded"
+    live = answer["live"]
+    assert [kind for kind, _ in live[-2:]] == ["output", "done"], live
+    # The same output as the prediction's, on the replica streaming it.
+    assert live[-2][1] == answer["output"].replace(second.http_url, online.http_url) and live[-1][1] == "{}"
+    logs = "\n".join(data for kind, data in live if kind == "logs")
+    assert logs.startswith("queued") and "generating on provider" in logs and "generated" in logs
+    assert {kind for kind, _ in live} == {"logs", "output", "done"}
+    assert answer["again"][-2:] == [["output", answer["output"]], ["done", "{}"]] and answer["again_seconds"] < 2
+    audio = await http.get(live[-2][1].removeprefix(online.http_url), headers=accounts[0].headers)
+    assert audio.status == 200 and is_wav(await audio.read()) > 1
+
+
+async def test_a_failed_or_canceled_prediction_streams_its_end(online, accounts):
+    async with extra_gateway(online, GATEWAY_SYNTH_TIMEOUT_SECONDS="1") as hasty:
+        answer = await asyncio.to_thread(
+            run_client,
+            hasty,
+            accounts[0],
+            STREAM_EVENTS + """
+import json, replicate
+failing = replicate.models.predictions.create(
+    model="nari-labs/dia", input={"text": "[S1] A long one.", "max_new_tokens": 4096})
+failed = events(failing.stream())
+failing.reload()
+canceled = replicate.models.predictions.create(
+    model="nari-labs/dia", input={"text": "[S1] A long one.", "max_new_tokens": 4096})
+replicate.predictions.cancel(canceled.id)
+print(json.dumps({"failed": failed, "error": failing.error, "status": failing.status,
+                  "canceled": events(canceled.stream())}))
+""",
+        )
+    assert answer["status"] == "failed"
+    assert answer["failed"][-1] == ["raised", "RuntimeError", answer["error"]], answer["failed"]
+    assert answer["canceled"][-1] == ["done", '{"reason": "canceled"}'], answer["canceled"]
+
+
+async def test_another_accounts_prediction_does_not_stream(online, accounts, http):
+    answer = await asyncio.to_thread(
+        run_client,
+        online,
+        accounts[0],
+        f"""
+import json, replicate
+created = replicate.models.predictions.create(model="nari-labs/dia", input={QUICK!r})
+replicate.predictions.cancel(created.id)
+print(json.dumps({{"id": created.id, "stream": created.urls["stream"]}}))
+""",
+    )
+    path = answer["stream"].removeprefix(online.http_url)
+    await assert_error(await http.get(path, headers=accounts[1].headers), 404, "not_found")
+    await assert_error(await http.get("/v1/predictions/gen_nonesuch/stream", headers=accounts[0].headers), 404, "not_found")
+    await assert_error(await http.get(path), 401, "unauthorized")
+    own = await http.get(path, headers=accounts[0].headers)
+    assert own.status == 200 and own.content_type == "text/event-stream"
+    assert (await own.text()).endswith('event: done\nid: 2\ndata: {"reason": "canceled"}\n\n')
+    # The predictor's client, with another account's key, gets no event stream.
+    other = await asyncio.to_thread(
+        run_client,
+        online,
+        accounts[0],
+        STREAM_EVENTS + f"""
+import json, replicate
+prediction = replicate.predictions.get({answer['id']!r})
+prediction._client = replicate.Client(api_token={accounts[1].key!r})
+print(json.dumps(events(prediction.stream())))
+""",
+    )
+    assert other == [["raised", "ValueError", "Expected response Content-Type to be 'text/event-stream', got 'application/json'"]]

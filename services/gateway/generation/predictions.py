@@ -22,6 +22,10 @@ times, then it ends ``failed`` with ``interrupted``. A gateway stopping
 gracefully hands its predictions over at once. Cancel marks the row
 ``canceled``; the runner sees that at its next renewal (whichever replica
 was asked) and stops the generation, which stops the provider.
+``urls.stream`` (WatchPrediction, over HTTP through StreamPredictionEvents'
+stream_method) sends the prediction's progress as the predictor's
+server-sent events, read from its row every STREAM_POLL_SECONDS, so that any
+replica serves it.
 """
 
 from __future__ import annotations
@@ -33,10 +37,13 @@ import hashlib
 import json
 import logging
 import re
+import time
 import uuid
+from typing import AsyncIterator
 
 import asyncpg
 import grpc
+from google.api import httpbody_pb2
 from google.protobuf import json_format
 
 from runtime import fields
@@ -72,6 +79,13 @@ STATUSES = {"queued": "starting", "running": "processing", "succeeded": "succeed
 PUBLIC_NAMES = {name: f"input.{name}" for name in predictions_pb2.PredictionInput.DESCRIPTOR.fields_by_name}
 # A version created_at that does not change between restarts.
 VERSION_CREATED = datetime.datetime(2025, 4, 21, tzinfo=datetime.timezone.utc)
+# urls.stream reads the stored prediction this often (so any gateway serves it).
+STREAM_POLL_SECONDS = 0.5
+# A stream with nothing new this long sends a comment, so that clients' read timeouts (the predictor's: 30 s) wait on.
+STREAM_KEEPALIVE_SECONDS = 15.0
+# A stream follows a prediction until GATEWAY_SYNTH_TIMEOUT_SECONDS after its creation plus this.
+STREAM_MARGIN_SECONDS = LEASE_SECONDS
+SSE = "text/event-stream"
 _WAIT = re.compile(r"\s*wait\s*(?:=\s*([0-9]{1,6}))?\s*")
 
 
@@ -373,6 +387,60 @@ class Predictions(predictions_pb2_grpc.PredictionServiceServicer):
             raise not_found(f"there is no prediction {prediction_id}")
         return to_prediction(row, PUBLIC_URL.value)
 
+    async def WatchPrediction(self, request, context):
+        account_id = await self.accounts.caller(context)
+        async for events in self._events(account_id, request.id, context.time_remaining()):
+            yield predictions_pb2.WatchPredictionResponse(events=httpbody_pb2.HttpBody(content_type=SSE, data=events))
+
+    async def StreamPredictionEvents(self, request, context):
+        """Over gRPC the same events in one answer, once the prediction has ended (HTTP streams them)."""
+        account_id = await self.accounts.caller(context)
+        events = [chunk async for chunk in self._events(account_id, request.id, context.time_remaining())]
+        return predictions_pb2.StreamPredictionEventsResponse(
+            events=httpbody_pb2.HttpBody(content_type=SSE, data=b"".join(events))
+        )
+
+    async def _events(self, account_id: int, prediction_id: str, time_left: float | None) -> AsyncIterator[bytes]:
+        """The prediction's server-sent events, read from its row (NOT_FOUND for none of the caller's)."""
+        prediction = await self._get(account_id, prediction_id)
+        # Until the prediction's own deadline (plus a margin), and before the call's runs out.
+        created = prediction.created_at.ToDatetime(tzinfo=datetime.timezone.utc)
+        deadline_in = (created - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+        deadline_in += SYNTH_TIMEOUT_SECONDS.value + STREAM_MARGIN_SECONDS
+        if time_left is not None:
+            deadline_in = min(deadline_in, time_left - 1.0)
+        ends = time.monotonic() + max(deadline_in, 0.0)
+        events = SseEvents()
+        quiet_since = time.monotonic()
+        sent_logs: list[str] = []
+        while True:
+            new_lines = [line for line in prediction.logs.splitlines() if line not in sent_logs]
+            chunk = b""
+            if new_lines:
+                sent_logs += new_lines
+                chunk += events.event("logs", "\n".join(new_lines))
+            if prediction.status in ("succeeded", "failed", "canceled"):
+                yield chunk + events.final(prediction)
+                return
+            if chunk:
+                quiet_since = time.monotonic()
+                yield chunk
+            elif time.monotonic() - quiet_since >= STREAM_KEEPALIVE_SECONDS:
+                quiet_since = time.monotonic()
+                yield b": still " + prediction.status.encode() + b"\n\n"
+            if time.monotonic() >= ends:
+                yield events.event(
+                    "error", f"the stream's time ran out while the prediction was {prediction.status}; "
+                    f"follow it at {prediction.urls.get}"
+                ) + events.event("done", json.dumps({"reason": "error"}))
+                return
+            await asyncio.sleep(STREAM_POLL_SECONDS)
+            try:
+                prediction = await self._get(account_id, prediction_id)
+            except ApiError as error:  # the database is down, or the prediction was deleted
+                yield events.event("error", error.message) + events.event("done", json.dumps({"reason": "error"}))
+                return
+
     async def ListPredictions(self, request, context):
         account_id = await self.accounts.caller(context)
         before = _decode_cursor(request.cursor)
@@ -484,7 +552,9 @@ def to_prediction(row: asyncpg.Record, public_url: str) -> predictions_pb2.Predi
         logs=logs(row),
         source="api",
         urls=predictions_pb2.PredictionUrls(
-            get=f"{base}/v1/predictions/{row['id']}", cancel=f"{base}/v1/predictions/{row['id']}/cancel"
+            get=f"{base}/v1/predictions/{row['id']}",
+            cancel=f"{base}/v1/predictions/{row['id']}/cancel",
+            stream=f"{base}/v1/predictions/{row['id']}/stream",
         ),
     )
     if row["status"] == "succeeded":
@@ -497,6 +567,27 @@ def to_prediction(row: asyncpg.Record, public_url: str) -> predictions_pb2.Predi
         if row[column] is not None:
             getattr(prediction, field).FromDatetime(row[column])
     return prediction
+
+
+class SseEvents:
+    """A prediction stream's server-sent events, as the predictor's client reads them: each
+    has an event type (output, logs, error, done) and an id (which the client needs)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def event(self, kind: str, data: str) -> bytes:
+        self.count += 1
+        lines = "".join(f"data: {line}\n" for line in data.split("\n"))
+        return f"event: {kind}\nid: {self.count}\n{lines}\n".encode()
+
+    def final(self, prediction: predictions_pb2.Prediction) -> bytes:
+        """How an ended prediction's stream ends."""
+        if prediction.status == "succeeded":
+            return self.event("output", prediction.output) + self.event("done", "{}")
+        if prediction.status == "failed":
+            return self.event("error", prediction.error) + self.event("done", json.dumps({"reason": "error"}))
+        return self.event("done", json.dumps({"reason": "canceled"}))
 
 
 def logs(row: asyncpg.Record) -> str:
