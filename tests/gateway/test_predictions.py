@@ -52,6 +52,23 @@ def run_client(mesh, account, script: str, timeout: float = 120, **env: str) -> 
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def start_prediction(mesh, account, text: str, max_new_tokens: int) -> dict:
+    """Through the client, create a prediction and wait until it leaves `starting`: its id and status."""
+    return run_client(
+        mesh,
+        account,
+        f"""
+        import json, time, replicate
+        prediction = replicate.models.predictions.create(
+            model="nari-labs/dia", input={{"text": {text!r}, "max_new_tokens": {max_new_tokens}}})
+        while prediction.status == "starting":
+            time.sleep(0.1)
+            prediction.reload()
+        print(json.dumps({{"id": prediction.id, "status": prediction.status}}))
+        """,
+    )
+
+
 def is_wav(data: bytes) -> float:
     with wave.open(io.BytesIO(data)) as audio:
         return audio.getnframes() / audio.getframerate()
@@ -323,20 +340,7 @@ async def synth_stopped(mesh) -> float:
 
 async def test_cancel_through_another_replica_stops_the_generation(online, second, accounts):
     stopped_before = await synth_stopped(online)
-    created = await asyncio.to_thread(
-        run_client,
-        second,
-        accounts[0],
-        """
-        import json, time, replicate
-        prediction = replicate.models.predictions.create(
-            model="nari-labs/dia", input={"text": "[S1] A long one.", "max_new_tokens": 4096})
-        while prediction.status == "starting":
-            time.sleep(0.1)
-            prediction.reload()
-        print(json.dumps({"id": prediction.id, "status": prediction.status}))
-        """,
-    )
+    created = await asyncio.to_thread(start_prediction, second, accounts[0], "[S1] A long one.", 4096)
     assert created["status"] == "processing"
     answer = await asyncio.to_thread(
         run_client,
@@ -419,20 +423,7 @@ async def test_predictions_are_listed_in_cursor_pages(second, key_env):
 
 async def test_a_prediction_outlives_its_gateway(online, accounts):
     async with extra_gateway(online) as doomed:
-        created = await asyncio.to_thread(
-            run_client,
-            doomed,
-            accounts[1],
-            """
-            import json, time, replicate
-            prediction = replicate.models.predictions.create(
-                model="nari-labs/dia", input={"text": "[S1] Still here.", "max_new_tokens": 1000})
-            while prediction.status == "starting":
-                time.sleep(0.1)
-                prediction.reload()
-            print(json.dumps({"id": prediction.id, "status": prediction.status}))
-            """,
-        )
+        created = await asyncio.to_thread(start_prediction, doomed, accounts[1], "[S1] Still here.", 1000)
         await doomed.stop_service("gateway", signal.SIGKILL)  # no hand-over: its lease runs out
     answer = await asyncio.to_thread(
         run_client,
@@ -492,20 +483,7 @@ async def test_audio_prompt_as_allowed_url_data_uri_and_sample(online, second, a
 
 async def test_a_gateway_stopping_gracefully_hands_its_predictions_over(online, accounts):
     async with extra_gateway(online) as stopping:
-        created = await asyncio.to_thread(
-            run_client,
-            stopping,
-            accounts[1],
-            """
-            import json, time, replicate
-            prediction = replicate.models.predictions.create(
-                model="nari-labs/dia", input={"text": "[S1] Carry on.", "max_new_tokens": 1000})
-            while prediction.status == "starting":
-                time.sleep(0.1)
-                prediction.reload()
-            print(json.dumps({"id": prediction.id}))
-            """,
-        )
+        created = await asyncio.to_thread(start_prediction, stopping, accounts[1], "[S1] Carry on.", 1000)
         await stopping.stop_service("gateway", signal.SIGTERM)  # a rolling update, say
     answer = await asyncio.to_thread(
         run_client,
