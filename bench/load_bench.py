@@ -25,13 +25,11 @@ import collections
 import pathlib
 import sys
 import time
-import uuid
 
 import aiohttp
 
 import harness
 
-from services.gateway import accounts
 from services.synth import config as synth_config
 from tools import mesh as mesh_tools
 
@@ -93,14 +91,7 @@ async def run(args) -> None:
     with harness.throwaway_postgres() as database_url:
         env = harness.mesh_env(database_url)
         async with harness.running(mesh_tools.existing_services(), env) as mesh:
-            pool = await accounts.open_pool(database_url)
-            try:
-                keys = {
-                    f"key{n}": (await accounts.create_key(pool, f"load-{n}-{uuid.uuid4().hex[:6]}")).key
-                    for n in range(args.keys)
-                }
-            finally:
-                await pool.close()
+            keys = {f"key{n}": key for n, key in enumerate(await harness.new_keys(database_url, args.keys, "load"))}
             connector = aiohttp.TCPConnector(limit=clients)
             async with aiohttp.ClientSession(
                 base_url=f"http://127.0.0.1:{env['GATEWAY_HTTP_PORT']}", connector=connector

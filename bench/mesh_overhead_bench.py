@@ -30,12 +30,10 @@ import statistics
 import sys
 import time
 import urllib.request
-import uuid
 
 import harness
 import aiohttp
 
-from services.gateway import accounts
 
 FIXTURES = pathlib.Path(harness.ROOT) / "tests" / "fixtures"
 SCRIPT = "[S1] Welcome back to the show. [S2] Thanks, it is good to be here again."
@@ -120,11 +118,7 @@ async def run(args) -> None:
         env = harness.mesh_env(database_url)
         # Speech recognition is not on the generation path (samples come with typed transcripts).
         async with harness.running(["transcode", "library", "synth", "gateway"], env):
-            pool = await accounts.open_pool(database_url)
-            try:
-                key = (await accounts.create_key(pool, f"bench-{uuid.uuid4().hex[:8]}")).key
-            finally:
-                await pool.close()
+            (key,) = await harness.new_keys(database_url, 1)
             headers = {"Authorization": f"Bearer {key}"}
             async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{env['GATEWAY_HTTP_PORT']}") as http:
                 await wait_for_provider(http, headers)

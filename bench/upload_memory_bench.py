@@ -25,7 +25,6 @@ import asyncio
 import io
 import pathlib
 import sys
-import uuid
 import wave
 
 import aiohttp
@@ -33,7 +32,6 @@ import numpy as np
 
 import harness
 
-from services.gateway import accounts
 from services.library.config import MAX_CONCURRENT_UPLOADS
 
 MIB = 1024 * 1024
@@ -104,11 +102,7 @@ async def run(args) -> None:
         env = harness.mesh_env(database_url)
         # Typed transcripts: speech recognition is not on the path.
         async with harness.running(["transcode", "library", "gateway"], env) as mesh:
-            pool = await accounts.open_pool(database_url)
-            try:
-                key = (await accounts.create_key(pool, f"bench-{uuid.uuid4().hex[:8]}")).key
-            finally:
-                await pool.close()
+            (key,) = await harness.new_keys(database_url, 1)
             headers = {"Authorization": f"Bearer {key}"}
             pids = {name: mesh.processes[name].pid for name in ("gateway", "library")}
             async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{env['GATEWAY_HTTP_PORT']}") as http:
