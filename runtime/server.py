@@ -290,6 +290,15 @@ async def serve_health_probes(health_servicer: health.aio.HealthServicer) -> grp
     return probe_server
 
 
+async def stop_task(task: asyncio.Task | None) -> None:
+    """Cancel a background task a service started (a loop, a watcher) and wait until it has ended."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def serve(spec: ServiceSpec) -> None:
     ports = config.SERVICES[spec.name]
     server = grpc.aio.server(

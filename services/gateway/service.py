@@ -16,7 +16,7 @@ import asyncpg
 
 from runtime import config, database
 from runtime.errors import ApiError
-from runtime.server import Servicer, ServiceSpec
+from runtime.server import Servicer, ServiceSpec, stop_task
 from services.gateway import accounts
 from services.gateway.config import READINESS_INTERVAL_SECONDS, SYNTH_TIMEOUT_SECONDS
 from services.gateway.edge.config import MAX_BODY_BYTES, upstream_names
@@ -92,12 +92,7 @@ class Gateway:
             await asyncio.sleep(ABANDONED_SWEEP_SECONDS)
 
     async def stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            try:
-                await self._sweeper
-            except asyncio.CancelledError:
-                pass
+        await stop_task(self._sweeper)
         if self.front is not None:
             await self.front.stop()
         await self.predictions.close()

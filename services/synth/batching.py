@@ -44,6 +44,7 @@ import prometheus_client
 
 from runtime.admission import Throughput, retry_after
 from runtime.errors import ApiError
+from runtime.server import stop_task
 from services.synth.engine import Generated, GenerationStopped, SynthesisInput
 
 log = logging.getLogger("synth.batching")
@@ -247,10 +248,5 @@ class Batcher:
     async def close(self) -> None:
         """Stop the scheduler, end a running generation early, and let the thread finish."""
         self._closing.set()
-        if self._scheduler is not None:
-            self._scheduler.cancel()
-            try:
-                await self._scheduler
-            except asyncio.CancelledError:
-                pass
+        await stop_task(self._scheduler)
         await asyncio.to_thread(self.thread.shutdown, wait=True, cancel_futures=True)

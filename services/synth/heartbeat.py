@@ -21,6 +21,7 @@ from typing import Callable
 import grpc
 
 from runtime import clients, provider_credentials
+from runtime.server import stop_task
 from voice.gateway.v1 import providers_pb2, providers_pb2_grpc
 from voice.synth.v1 import synth_pb2
 
@@ -95,12 +96,7 @@ class Heartbeats:
 
     async def stop(self) -> None:
         """Stop sending and deregister (best effort, short deadline)."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await stop_task(self._task)
         try:
             await self._registry.DeregisterProvider(
                 providers_pb2.DeregisterProviderRequest(provider_id=self.provider_info().provider_id),

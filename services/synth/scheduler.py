@@ -44,6 +44,7 @@ import prometheus_client
 
 from runtime.admission import Throughput, retry_after
 from runtime.errors import ApiError, invalid_parameter
+from runtime.server import stop_task
 # The queue's metrics are the static batcher's (dashboards and alerts read them whichever runs).
 from services.synth.batching import BATCH_SIZE, CAPACITY, QUEUE_DEPTH, REJECTED, ROWS_ACTIVE, STOPPED, Turns, busy
 from services.synth.decoder import DecodeBatch, NoTokenLeft, Prepared, RowSettings
@@ -335,12 +336,7 @@ class Scheduler:
     async def close(self) -> None:
         """Stop the loop (rows still running are dropped) and let the thread finish."""
         self._closing.set()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await stop_task(self._task)
         for job in [*self._running, *self._pending]:
             if not job.future.done():
                 job.future.cancel()

@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from runtime import clients, config
 from runtime.clients import FIRST_RECONNECT_SECONDS, RECONNECT_BACKOFF_SECONDS
+from runtime.server import stop_task
 from services.gateway.edge import discovery
 from services.gateway.edge.config import READINESS_CHECK_TIMEOUT_SECONDS
 from services.gateway.edge.discovery import Route
@@ -106,12 +107,7 @@ class Upstream:
         return True
 
     async def close(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            try:
-                await self._watcher
-            except asyncio.CancelledError:
-                pass
+        await stop_task(self._watcher)
         await self.channel.close()
         await self.control.close()
 
