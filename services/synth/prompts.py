@@ -8,15 +8,14 @@ bounded in bytes (SYNTH_PROMPT_CACHE_BYTES); its hits and misses are metrics.
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import math
-import threading
 
 import numpy as np
 import prometheus_client
 import torch
 
+from runtime.caches import ByteBudgetCache
 from services.synth.decoder import Prepared, RowSettings
 
 CACHE_HITS = prometheus_client.Counter("synth_prompt_cache_hits", "Voice prompts whose codec encoding was cached.")
@@ -24,45 +23,20 @@ CACHE_MISSES = prometheus_client.Counter("synth_prompt_cache_misses", "Voice pro
 CACHE_BYTES = prometheus_client.Gauge("synth_prompt_cache_bytes", "Bytes of codec codes the prompt cache holds.")
 
 
-class PromptCache:
+class PromptCache(ByteBudgetCache[bytes, torch.Tensor]):
     """Codec codes of voice prompts by content hash; least recently used dropped past `max_bytes`."""
 
     def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._entries: collections.OrderedDict[bytes, torch.Tensor] = collections.OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-        self.hits = self.misses = 0
-
-    @property
-    def bytes(self) -> int:
-        return self._bytes
+        super().__init__(max_bytes, lambda codes: codes.numel() * codes.element_size())
 
     def get(self, key: bytes) -> torch.Tensor | None:
-        with self._lock:
-            codes = self._entries.get(key)
-            if codes is None:
-                self.misses += 1
-                CACHE_MISSES.inc()
-                return None
-            self._entries.move_to_end(key)
-            self.hits += 1
-            CACHE_HITS.inc()
-            return codes
+        codes = super().get(key)
+        (CACHE_MISSES if codes is None else CACHE_HITS).inc()
+        return codes
 
     def put(self, key: bytes, codes: torch.Tensor) -> None:
-        size = codes.numel() * codes.element_size()
-        if size > self.max_bytes:
-            return
-        with self._lock:
-            if key in self._entries:
-                return
-            self._entries[key] = codes
-            self._bytes += size
-            while self._bytes > self.max_bytes:
-                _, dropped = self._entries.popitem(last=False)
-                self._bytes -= dropped.numel() * dropped.element_size()
-            CACHE_BYTES.set(self._bytes)
+        super().put(key, codes)
+        CACHE_BYTES.set(self.bytes)
 
 
 def prompt_key(samples: np.ndarray) -> bytes:

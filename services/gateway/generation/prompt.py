@@ -32,7 +32,6 @@ deleted one is not found.
 from __future__ import annotations
 
 import asyncio
-import collections
 import difflib
 import logging
 import re
@@ -43,6 +42,7 @@ import grpc
 import prometheus_client
 
 from runtime import clients
+from runtime.caches import ByteBudgetCache
 from runtime.errors import ApiError, invalid_argument, invalid_parameter
 from services.gateway.config import PROMPT_STT_TIMEOUT_SECONDS
 from services.gateway.generation import script
@@ -155,34 +155,20 @@ def _not_yours(error: grpc.aio.AioRpcError, param: str, sample_id: int) -> BaseE
     return error
 
 
-class PromptCache:
+class PromptCache(ByteBudgetCache[tuple, synth_pb2.AudioPrompt]):
     """Assembled prompts, least recently used first out, within a budget of bytes (0: no cache)."""
 
     def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        self._prompts: collections.OrderedDict[tuple, synth_pb2.AudioPrompt] = collections.OrderedDict()
+        super().__init__(max_bytes, lambda assembled: assembled.ByteSize())
 
     @staticmethod
     def key(account_id: int, samples: list[Sample], max_seconds: float, gap_seconds: float) -> tuple:
         return (account_id, tuple(samples), max_seconds, gap_seconds)
 
     def get(self, key: tuple) -> synth_pb2.AudioPrompt | None:
-        found = self._prompts.get(key)
+        found = super().get(key)
         PROMPT_CACHE.labels("miss" if found is None else "hit").inc()
-        if found is not None:
-            self._prompts.move_to_end(key)
         return found
-
-    def put(self, key: tuple, assembled: synth_pb2.AudioPrompt) -> None:
-        size = assembled.ByteSize()
-        if size > self.max_bytes or key in self._prompts:
-            return
-        self._prompts[key] = assembled
-        self.bytes += size
-        while self.bytes > self.max_bytes:
-            _, dropped = self._prompts.popitem(last=False)
-            self.bytes -= dropped.ByteSize()
 
 
 @dataclass(frozen=True)
