@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: run test fuzz protos key bench tiny-models smoke-fullsize images promtool clean
+.PHONY: run test fuzz protos key bench bench-fullsize tiny-models smoke-fullsize images promtool clean
 
 run: $(VENV)/.installed gen/.stamp
 	$(PY) -m tools.mesh
@@ -39,11 +39,18 @@ bench: $(VENV)/.installed gen/.stamp
 	-$(PY) bench/transcode_bench.py
 	$(PY) bench/synth_batching_bench.py
 	$(PY) bench/synth_engine_bench.py
+	$(MAKE) bench-fullsize
 	bench/gpu.sh
 	$(PY) bench/mesh_overhead_bench.py
 	$(PY) bench/upload_memory_bench.py
 	$(PY) bench/load_bench.py
 	$(PY) bench/streaming_bench.py
+
+# The full-size Dia (random weights) on the CPU: 8 concurrent requests against one at a time through
+# synth's engine, beside transformers' generate, in float32 and in bfloat16. ~8 GB and ~10 minutes.
+bench-fullsize: $(VENV)/.installed gen/.stamp
+	$(PY) bench/fullsize_bench.py --device cpu --concurrency 1,8 --steps 24 --rounds 2 --compare-generate
+	$(PY) bench/fullsize_bench.py --device cpu --dtype bfloat16 --concurrency 1,8 --steps 24 --rounds 2
 
 # The pinned dependencies (requirements.txt), then gen/, then the project itself,
 # editable (pyproject.toml): runtime, services, tools and the generated voice

@@ -8,15 +8,23 @@ and times a number of steps; it prints steps per second, frames per second
 (all rows) and the real-time factor of each request (seconds of decoding per
 second of audio: below 1 is faster than real time).
 
-    .venv/bin/python bench/fullsize_bench.py --device cuda --concurrency 1,8,32 --steps 100
-    .venv/bin/python bench/fullsize_bench.py --device cpu --concurrency 1,8 --steps 24   # heavy: ~8 GB
+With ``--compare-generate`` the same requests also go through transformers'
+own ``generate`` (the static batch synth used before), in the same run, so
+the engine's gain from concurrency can be read beside ``generate``'s.
+``--rounds`` repeats the whole measurement (concurrencies in turn) and
+prints the median of each ratio: on a shared machine one round can be off.
 
-bench/gpu.sh runs the first on a CUDA machine (bfloat16) and says so when there is none.
+    .venv/bin/python bench/fullsize_bench.py --device cuda --concurrency 1,8,32 --steps 100
+    .venv/bin/python bench/fullsize_bench.py --device cpu --concurrency 1,8 --steps 24 --compare-generate  # ~8 GB
+
+bench/gpu.sh runs the first on a CUDA machine (bfloat16) and says so when there is none;
+`make bench` runs the second (`make bench-fullsize` alone).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 
@@ -26,17 +34,19 @@ import torch
 
 FRAMES_PER_AUDIO_SECOND = 44100 / 512
 SCRIPT = "[S1] Welcome back to the show. [S2] Thanks, it is good to be here again. (laughs)"
+# Dia's own defaults for sampling (the service's defaults): cfg 3, temperature 1.8, top_p 0.95, top_k 45.
+CFG_SCALE, TEMPERATURE, TOP_P, TOP_K = 3.0, 1.8, 0.95, 45
 
 
-def build(device: str):
-    """The random-weight full-size Dia on `device` (bfloat16 on CUDA, float32 on the CPU), and a row preparer."""
+def build(device: str, dtype_name: str | None):
+    """The random-weight full-size Dia on `device` and a row preparer (tokenizer and processor of the tiny model)."""
     from transformers import DiaConfig, DiaForConditionalGeneration
 
     from services.synth import config, tiny_models
     from services.synth.engine import DiaEngine, choose_device
     from services.synth.prompts import Preparer
 
-    where, dtype = choose_device(device)
+    where, dtype = choose_device(device, dtype_name or "auto")
     torch.manual_seed(0)
     started = time.perf_counter()
     previous = torch.get_default_dtype()
@@ -53,16 +63,16 @@ def build(device: str):
     folder = tiny_models.ensure(config.tiny_model_dir())
     tiny = DiaEngine.load(str(folder / "dia"), str(folder / "dac"), "tiny", "cpu", torch.get_num_threads())
     preparer = Preparer(tiny.processor, model.config.delay_pattern, tiny.special_tokens, None)
-    return model, preparer
+    return model, preparer, tiny.processor
 
 
-def measure(model, preparer, concurrency: int, steps: int) -> float:
-    """Steps per second with `concurrency` rows in one batch (prefill not timed)."""
+def measure_engine(model, preparer, concurrency: int, steps: int) -> float:
+    """Steps per second of our decode loop with `concurrency` rows in one batch (prefill not timed)."""
     from services.synth.decoder import DecodeBatch, RowSettings
 
     batch = DecodeBatch(model, concurrency)
-    rows = [preparer.prepare(SCRIPT, None, RowSettings(3.0, 1.8, 0.95, 45, 3072, n), n) for n in range(concurrency)]
-    batch.step(rows)
+    settings = [RowSettings(CFG_SCALE, TEMPERATURE, TOP_P, TOP_K, 3072, n) for n in range(concurrency)]
+    batch.step([preparer.prepare(SCRIPT, None, row, n) for n, row in enumerate(settings)])
     batch.step()  # warm-up
     synchronize(model.device)
     began = time.perf_counter()
@@ -70,6 +80,32 @@ def measure(model, preparer, concurrency: int, steps: int) -> float:
         batch.step()
     synchronize(model.device)
     return steps / (time.perf_counter() - began)
+
+
+@torch.inference_mode()
+def measure_generate(model, processor, concurrency: int, steps: int) -> float:
+    """Steps per second of transformers' generate for `concurrency` equal requests (text encoding and prefill
+    included: one step's worth, small beside the `steps` timed)."""
+    from transformers import GenerationConfig
+
+    inputs = processor(text=[SCRIPT] * concurrency, padding="longest", return_tensors="pt").to(model.device)
+    special = model.config.decoder_config
+
+    def generate(frames: int) -> int:
+        config = GenerationConfig(
+            do_sample=True, temperature=TEMPERATURE, top_p=TOP_P, top_k=TOP_K, guidance_scale=CFG_SCALE,
+            max_new_tokens=frames, use_cache=True, bos_token_id=special.bos_token_id,
+            eos_token_id=special.eos_token_id, pad_token_id=special.pad_token_id,
+        )  # fmt: skip
+        output = model.generate(**inputs, generation_config=config)
+        return output.shape[1] - 1  # frames made (bos aside): fewer than asked if every row ended early
+
+    generate(2)  # warm-up
+    synchronize(model.device)
+    began = time.perf_counter()
+    made = generate(steps)
+    synchronize(model.device)
+    return made / (time.perf_counter() - began)
 
 
 def synchronize(device: torch.device) -> None:
@@ -80,24 +116,43 @@ def synchronize(device: torch.device) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: synth's (SYNTH_DTYPE=auto)")
     parser.add_argument("--concurrency", default="1,8,32", help="comma-separated rows per batch (default 1,8,32)")
     parser.add_argument("--steps", type=int, default=100, help="timed steps per concurrency (default 100)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--rounds", type=int, default=1, help="measure everything this many times; medians at the end")
+    parser.add_argument("--compare-generate", action="store_true", help="also time transformers' generate")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device here (torch sees none): nothing measured")
         return 0
-    model, preparer = build(args.device)
-    print(f"\n{'concurrent':>10} | {'steps/s':>8} | {'frames/s':>9} | {'RTF per request':>15} | {'audio-s per s':>13}")
-    baseline = None
-    for concurrency in [int(n) for n in args.concurrency.split(",")]:
-        rate = measure(model, preparer, concurrency, args.steps)
-        frames = rate * concurrency
-        baseline = baseline or frames
-        print(f"{concurrency:>10} | {rate:8.2f} | {frames:9.1f} | {FRAMES_PER_AUDIO_SECOND / rate:15.3f} | "
-              f"{frames / FRAMES_PER_AUDIO_SECOND:13.2f}   ({frames / baseline:.2f}x the frames/s of the first)")  # fmt: skip
-        sys.stdout.flush()
+    model, preparer, processor = build(args.device, args.dtype)
+    concurrencies = [int(n) for n in args.concurrency.split(",")]
+    ways = [("engine", lambda c: measure_engine(model, preparer, c, args.steps))]
+    if args.compare_generate:
+        ways.append(("generate", lambda c: measure_generate(model, processor, c, args.steps)))
+    ratios: dict[tuple[str, int], list[float]] = {}
+    for round_number in range(1, args.rounds + 1):
+        print(f"\nround {round_number} of {args.rounds}, {args.steps} steps each")
+        print(f"{'way':>8} | {'concurrent':>10} | {'steps/s':>8} | {'frames/s':>9} | {'RTF per request':>15} | "
+              f"{'audio-s per s':>13} | frames/s against one at a time")  # fmt: skip
+        for name, measure in ways:
+            baseline = None
+            for concurrency in concurrencies:
+                rate = measure(concurrency)
+                frames = rate * concurrency
+                baseline = baseline or frames
+                ratios.setdefault((name, concurrency), []).append(frames / baseline)
+                print(f"{name:>8} | {concurrency:>10} | {rate:8.2f} | {frames:9.1f} | {FRAMES_PER_AUDIO_SECOND / rate:15.3f} | "
+                      f"{frames / FRAMES_PER_AUDIO_SECOND:13.2f} | {frames / baseline:.2f}x")  # fmt: skip
+                sys.stdout.flush()
+    if args.rounds > 1 or args.compare_generate:
+        print(f"\nmedian over {args.rounds} round(s): frames/s with N concurrent requests over frames/s one at a time")
+        for (name, concurrency), values in ratios.items():
+            if concurrency != concurrencies[0]:
+                listed = ", ".join(f"{v:.2f}" for v in values)
+                print(f"{name:>8} {concurrency:>3} concurrent: {statistics.median(values):.2f}x  ({listed})")
     return 0
 
 

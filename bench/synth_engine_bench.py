@@ -1,6 +1,6 @@
 """Benchmark: the continuous-batching engine against the static batcher it replaced.
 
-Three measurements, each printed side by side with its ratio:
+Two measurements, each printed side by side with its ratio:
 
 * mixed traffic (tiny model): requests arrive at random (Poisson), 128–1024
   frames each, with mixed cfg_scale / temperature / top_p / cfg_filter_top_k;
@@ -10,12 +10,11 @@ Three measurements, each printed side by side with its ratio:
   last request is back; latency is each request's arrival to its audio.
 * repeated voices (tiny model): the same two cloned speakers, request after
   request, with the prompt cache on and off.
-* full-size architecture on the CPU (``--fullsize``; heavy: ~8 GB, minutes):
-  the random-weight 1.61 B Dia (``DiaConfig()`` defaults, see fullsize_bench.py),
-  8 concurrent requests against one at a time through the same engine, a few
-  dozen steps.
 
-    .venv/bin/python bench/synth_engine_bench.py [--requests 30] [--rate 3] [--fullsize]
+The full-size architecture (8 concurrent against one at a time, beside
+transformers' generate) is bench/fullsize_bench.py (`make bench-fullsize`).
+
+    .venv/bin/python bench/synth_engine_bench.py [--requests 30] [--rate 3]
 """
 
 from __future__ import annotations
@@ -131,26 +130,6 @@ async def repeated_voices(engine: DiaEngine, args) -> None:
     print(f"  cached / not cached: {rates['cached'] / rates['not cached']:.2f}x")
 
 
-def fullsize(args) -> None:
-    """8 concurrent rows against 1 through the same decode loop, on the 1.61 B random-weight Dia.
-
-    The two alternate, round after round, so that a shared machine's load falls on both alike;
-    the ratio printed is the median of the rounds' ratios.
-    """
-    import fullsize_bench
-
-    print(f"\nfull-size architecture on the CPU (float32, {torch.get_num_threads()} threads), "
-          f"{args.fullsize_rounds} rounds of {args.fullsize_steps} steps each")  # fmt: skip
-    model, preparer = fullsize_bench.build("cpu")
-    ratios = []
-    for round_ in range(args.fullsize_rounds):
-        rates = {n: n * fullsize_bench.measure(model, preparer, n, args.fullsize_steps) for n in (1, 8)}
-        ratios.append(rates[8] / rates[1])
-        print(f"  round {round_ + 1}: 1 at a time {rates[1]:6.2f} frames/s, 8 concurrent {rates[8]:6.2f} frames/s: "
-              f"{ratios[-1]:.2f}x")  # fmt: skip
-    print(f"  8 concurrent / 1 at a time: {statistics.median(ratios):.2f}x frames per second (median of rounds)")
-
-
 async def run(args) -> None:
     torch.set_num_threads(args.threads)
     folder = tiny_models.ensure(config.tiny_model_dir())
@@ -168,13 +147,8 @@ def main() -> int:
     parser.add_argument("--voice-requests", type=int, default=12, help="requests in the repeated-voices run")
     parser.add_argument("--voice-frames", type=int, default=32, help="frames of each repeated-voice request")
     parser.add_argument("--prompt-seconds", type=float, default=8.0, help="seconds of each voice prompt")
-    parser.add_argument("--fullsize", action="store_true", help="also run the full-size CPU comparison (heavy)")
-    parser.add_argument("--fullsize-steps", type=int, default=16, help="timed steps per measurement (default 16)")
-    parser.add_argument("--fullsize-rounds", type=int, default=3, help="alternating rounds of 1 and 8 (default 3)")
     args = parser.parse_args()
     asyncio.run(run(args))
-    if args.fullsize:
-        fullsize(args)
     return 0
 
 

@@ -62,6 +62,13 @@ SYNTH_DEVICE = setting(
     "where Dia runs: auto (CUDA in bfloat16 when present, else CPU in float32), cpu or cuda",
     one_of("auto", "cpu", "cuda"),
 )
+SYNTH_DTYPE = setting(
+    "SYNTH_DTYPE",
+    "auto",
+    "precision of Dia's weights: auto (bfloat16 on CUDA, float32 on the CPU), float32, bfloat16 (also on "
+    "CPUs with bfloat16 instructions, several times faster there) or float16 (CUDA only); the codec stays float32",
+    one_of("auto", "float32", "bfloat16", "float16"),
+)
 SYNTH_TORCH_THREADS = setting(
     "SYNTH_TORCH_THREADS", 2, "CPU threads torch uses for one generation (at least 1)", at_least(1)
 )

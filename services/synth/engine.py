@@ -111,13 +111,24 @@ def no_token_left() -> ApiError:
     )
 
 
-def choose_device(requested: str) -> tuple[torch.device, torch.dtype]:
-    """CUDA in bfloat16 when asked for or (auto) present, else CPU in float32."""
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def choose_device(requested: str, dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
+    """Where Dia runs and in what precision (SYNTH_DEVICE, SYNTH_DTYPE).
+
+    auto: CUDA in bfloat16 when asked for or present, else the CPU in float32.
+    bfloat16 on the CPU is allowed: on CPUs with bfloat16 instructions
+    (AVX-512 BF16, AMX) it is several times faster (README, "Synthesis engine");
+    float16 is for GPUs only (CPUs have no fast float16 products).
+    """
     if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise ModelLoadError("SYNTH_DEVICE=cuda but torch sees no CUDA device")
-        return torch.device("cuda"), torch.bfloat16
-    return torch.device("cpu"), torch.float32
+        return torch.device("cuda"), torch.bfloat16 if dtype == "auto" else DTYPES[dtype]
+    if dtype == "float16":
+        raise ModelLoadError("SYNTH_DTYPE=float16 needs a CUDA device; on the CPU use float32 or bfloat16")
+    return torch.device("cpu"), torch.float32 if dtype == "auto" else DTYPES[dtype]
 
 
 def _quiet_transformers() -> None:
@@ -151,11 +162,13 @@ class DiaEngine:
         )
 
     @classmethod
-    def load(cls, dia: str, dac: str, model_id: str, device: str = "auto", threads: int = 2) -> "DiaEngine":
+    def load(
+        cls, dia: str, dac: str, model_id: str, device: str = "auto", threads: int = 2, dtype: str = "auto"
+    ) -> "DiaEngine":
         """Load Dia and its codec from hub ids or local folders (see resolve_model)."""
         _quiet_transformers()
         torch.set_num_threads(threads)
-        where, dtype = choose_device(device)
+        where, dtype = choose_device(device, dtype)
         try:
             model = _ServedDia.from_pretrained(dia, dtype=dtype).to(where).eval()
             codec = DacModel.from_pretrained(dac).to(where).eval()  # float32: decoding quality

@@ -67,7 +67,8 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
     def _load_engine(self) -> DiaEngine:
         dia, dac = resolve_model(config.DIA_MODEL.value, config.DAC_MODEL.value, config.tiny_model_dir())
         return DiaEngine.load(
-            dia, dac, self.model_id, config.SYNTH_DEVICE.value, config.SYNTH_TORCH_THREADS.value
+            dia, dac, self.model_id, config.SYNTH_DEVICE.value, config.SYNTH_TORCH_THREADS.value,
+            config.SYNTH_DTYPE.value,
         )
 
     async def leave_registry(self) -> None:

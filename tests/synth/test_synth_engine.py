@@ -102,3 +102,35 @@ def test_a_generation_told_to_stop_ends_at_the_next_step(engine):
     with pytest.raises(GenerationStopped):
         engine.generate([SynthesisInput("[S1] Hello.", None, long, 1)], should_stop=stop_after_five)
     assert 5 <= len(steps) <= 6  # asked once per generated frame, and once after
+
+
+def test_precision_follows_synth_dtype_and_float16_is_refused_on_the_cpu():
+    from services.synth.engine import ModelLoadError, choose_device
+
+    assert choose_device("cpu") == (torch.device("cpu"), torch.float32)
+    assert choose_device("cpu", "bfloat16") == (torch.device("cpu"), torch.bfloat16)
+    with pytest.raises(ModelLoadError, match="float16 needs a CUDA device"):
+        choose_device("cpu", "float16")
+
+
+def test_dia_in_bfloat16_on_the_cpu_generates_through_the_decode_loop(tiny_model_dir):
+    """SYNTH_DTYPE=bfloat16 on a CPU: the weights are bfloat16, the codec float32, and a request comes out whole."""
+    from services.synth.decoder import DecodeBatch, RowSettings
+    from services.synth.engine import DiaEngine
+    from services.synth.prompts import Preparer
+
+    half = DiaEngine.load(str(tiny_model_dir / "dia"), str(tiny_model_dir / "dac"), "tiny", "cpu", 1, "bfloat16")
+    assert half.model.dtype == torch.bfloat16
+    assert next(half.processor.audio_tokenizer.parameters()).dtype == torch.float32
+    preparer = Preparer(half.processor, half.model.config.delay_pattern, half.special_tokens, None)
+    batch = DecodeBatch(half.model, max_rows=2)
+    rows = [preparer.prepare("[S1] Hello there.", None, RowSettings(3.0, t, 0.95, 45, 40, 7), t) for t in (0.0, 1.0)]
+    finished = batch.step(rows)
+    while batch.rows:
+        finished += batch.step()
+    assert sorted(done.tag for done in finished) == [0.0, 1.0]
+    for done in finished:
+        generated = half._decode_row(done.sequence[None], done.prefill_frames)
+        assert generated.generated_frames <= 40  # ended at its marker or at max_new_tokens
+        assert len(generated.samples) == max(generated.generated_frames - 16, 0) * SAMPLES_PER_FRAME
+        assert generated.samples.dtype == np.float32 and np.isfinite(generated.samples).all()
