@@ -148,11 +148,13 @@ class FrameFeed:
     Called once per decoder step with the row's codes so far; copies only the
     frames it has not sent yet (to the CPU), so a step costs one small copy.
 
-    A batch that fails as a whole is generated again request by request
-    (batching.py), so the codes may start over. Before any audio frame was
-    handed out that is harmless; after, the new attempt's frames would not
-    continue the ones already sent, so the request fails instead
-    (:class:`StreamRestarted`) rather than splice two different takes.
+    A step that fails is generated again request by request (scheduler.py;
+    the static batcher, batching.py, does the same for a batch), so the codes
+    may start over. Before any audio frame was handed out that is harmless;
+    after, the new attempt's frames would not continue the ones already sent.
+    The scheduler therefore fails such a request instead of retrying it, and
+    this callback refuses a restart all the same (:class:`StreamRestarted`,
+    which fails the request alone) rather than splice two different takes.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
