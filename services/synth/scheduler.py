@@ -31,9 +31,10 @@ it decides who joins and who leaves:
   and its requests go back to the front of the queue, each to run once more
   in a lane of its own. A request that fails again alone gets
   GENERATION_FAILED; the others finish as if nothing had happened (with
-  temperature 0, the same audio). A streamed request whose frames already
-  went to its stream cannot start over unseen, so it fails instead
-  (GENERATION_FAILED, saying so) rather than send its audio from the start;
+  temperature 0, the same audio). A streamed request starts over too while
+  none of its audio has reached its caller; after, its stream refuses the
+  new take (streaming.FrameFeed) and it fails alone (GENERATION_FAILED,
+  saying so) rather than send its audio again from the start;
 * a row that ends is decoded by the codec in a thread of its own ("codec"),
   while the next step runs: the other rows do not wait for it. A streamed
   request's audio was decoded chunk by chunk as it was generated
@@ -65,6 +66,7 @@ from services.synth.decoder import DecodeBatch, Finished, NoTokenLeft, Prepared,
 from services.synth.engine import SAMPLES_PER_FRAME, DiaEngine, Generated, SynthesisInput
 from services.synth.params import FRAMES_WITHOUT_AUDIO
 from services.synth.prompts import Preparer, PromptCache
+from services.synth.streaming import StreamRestarted, stream_cut
 
 log = logging.getLogger("synth.scheduler")
 
@@ -116,12 +118,6 @@ def failed_alone() -> ApiError:
     return generation_failed("the model failed while generating this request, also when it was retried alone")
 
 
-def stream_cut() -> ApiError:
-    return generation_failed(
-        "the generation failed after part of its audio was streamed, and cannot go on where it stopped; try again"
-    )
-
-
 # What _step answers for a row whose batch failed: the event loop retries it or fails it (_after_failed_step).
 STEP_FAILED = object()
 
@@ -138,7 +134,6 @@ class Job:
     joined_at: float = 0.0  # when it first joined (a retry keeps it: the caller has waited since)
     started: bool = False  # it had its first frame (time to first frame is observed once)
     retried: bool = False  # a step it was in failed: it runs alone, and a second failure is its own
-    streamed_frames: int = 0  # frames of new audio handed to its stream (on_frames)
 
 
 @dataclass
@@ -270,9 +265,8 @@ class Scheduler:
         if job.canceled:  # nobody waits for it
             STOPPED.inc()
             return failed_alone()
-        if job.retried or job.streamed_frames:
-            # A stream that has frames of this take cannot get another: they would not continue each other.
-            return failed_alone() if job.retried else stream_cut()
+        if job.retried:
+            return failed_alone()
         ROWS_RETRIED.inc()
         job.retried, job.lane = True, None
         return None
@@ -450,8 +444,9 @@ class Scheduler:
             job.request.on_frames(codes, prefill_frames)
         except Exception as error:  # noqa: BLE001 - its stream's fault: the row fails alone
             log.error("a streamed row's frames could not be handed on", exc_info=error)
-            return error if isinstance(error, ApiError) else stream_cut()
-        job.streamed_frames = max(job.streamed_frames, codes.shape[0] - prefill_frames)
+            if isinstance(error, StreamRestarted):  # a retry, after part of the first take was sent
+                return stream_cut()
+            return error if isinstance(error, ApiError) else generation_failed("streaming this request's audio failed")
         return None
 
     def _prepare(self, job: Job) -> Prepared:

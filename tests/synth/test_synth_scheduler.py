@@ -19,6 +19,7 @@ from services.synth.engine import SynthesisInput
 from services.synth.params import GenerationParams
 from services.synth.prompts import PromptCache
 from services.synth.scheduler import Scheduler
+from services.synth.streaming import STARTED_OVER, FrameFeed
 from tests.synth.helpers import noise_wav
 
 
@@ -230,29 +231,45 @@ async def test_a_failing_step_is_retried_alone_so_only_the_request_at_fault_fail
     assert scheduler.load == 0
 
 
-async def test_a_step_that_fails_once_costs_no_request_its_audio_but_a_stream_that_had_frames(
+def queued(feed: FrameFeed) -> list:
+    return [feed.queue.get_nowait() for _ in range(feed.queue.qsize())]
+
+
+async def test_a_step_that_fails_once_costs_no_request_its_audio_nor_a_stream_that_sent_none(
     scheduler_with, engine, monkeypatch
 ):
-    scheduler = await scheduler_with(max_rows=4)
+    scheduler = await scheduler_with(max_rows=6)
+    loop = asyncio.get_running_loop()
     requests = [synthesis(frames=f, temperature=0.0, text=f"[S1] Number {f}.") for f in (30, 50, 70)]
     expected = await asyncio.gather(*(scheduler.submit(r) for r in requests))
-    streamed_frames: list[int] = []
-    streamed = dataclasses.replace(
-        synthesis(frames=200), on_frames=lambda codes, start: streamed_frames.append(codes.shape[0] - start)
-    )
+    streamed = synthesis(frames=60, temperature=0.0, text="[S1] Streamed.")
+    reference_feed = FrameFeed(loop)
+    reference = await scheduler.submit(dataclasses.replace(streamed, on_frames=reference_feed))
+    reference_frames = torch.cat(queued(reference_feed))
     raised = failing_decode_steps(engine, monkeypatch, lambda call, position: call == 5)
+    retried = counted("synth_rows_retried_total")
 
-    streaming = asyncio.ensure_future(scheduler.submit(streamed))
+    unsent, sent = FrameFeed(loop), FrameFeed(loop)
+    sent.audio_sent = True  # as if its first chunk had gone to its caller
+    streams = [asyncio.ensure_future(scheduler.submit(dataclasses.replace(streamed, on_frames=feed)))
+               for feed in (unsent, sent)]  # fmt: skip
     results = await asyncio.gather(*(scheduler.submit(r) for r in requests))
-    for result, reference in zip(results, expected):
-        assert torch.equal(result.codes, reference.codes)
-        assert np.array_equal(result.samples, reference.samples)
-    # The stream had sent frames of the failed take: it fails, saying so, rather than send a new take.
-    with pytest.raises(ApiError) as caught:
-        await streaming
-    assert caught.value.reason == "GENERATION_FAILED" and "streamed" in caught.value.message
     assert raised == [5]
-    assert streamed_frames == sorted(set(streamed_frames))  # it never started over
+    assert counted("synth_rows_retried_total") - retried == 5
+    for result, reference_result in zip(results, expected):  # retried alone: the same audio
+        assert torch.equal(result.codes, reference_result.codes)
+        assert np.array_equal(result.samples, reference_result.samples)
+    # No audio had reached its caller: the stream follows the new take, whole, after a marker.
+    assert torch.equal((await streams[0]).codes, reference.codes)
+    frames = queued(unsent)
+    assert sum(item is STARTED_OVER for item in frames) == 1
+    marker = next(n for n, item in enumerate(frames) if item is STARTED_OVER)
+    assert torch.equal(torch.cat(frames[marker + 1 :]), reference_frames)
+    # Audio had: it fails, saying so, rather than send a new take.
+    with pytest.raises(ApiError) as caught:
+        await streams[1]
+    assert caught.value.reason == "GENERATION_FAILED" and "streamed" in caught.value.message
+    assert not any(item is STARTED_OVER for item in queued(sent))
     assert scheduler.load == 0
 
 

@@ -11,7 +11,7 @@ import torch
 
 from services.synth.engine import SynthesisInput
 from services.synth.params import GenerationParams
-from services.synth.streaming import SAMPLES_PER_FRAME, FrameFeed, StreamingDecoder, StreamRestarted
+from services.synth.streaming import SAMPLES_PER_FRAME, STARTED_OVER, FrameFeed, StreamingDecoder, StreamRestarted
 from services.synth.tempo import StreamingTempo, to_int16
 from services.transcode.audio import atempo
 from services.transcode.pcm import Pcm
@@ -113,20 +113,27 @@ def test_the_first_chunk_leaves_once_its_frames_are_complete(engine, generated):
 
 
 async def test_a_generation_started_over_is_streamed_from_its_start_or_fails():
-    """A batch failing as a whole is generated again request by request: a stream that has
-    sent no audio yet follows the new attempt; one that has fails, never splicing two takes."""
+    """A failed step is generated again request by request: a stream whose caller has had no audio
+    yet follows the new take (after a marker that drops the first); one that has fails, never
+    splicing two takes."""
     feed = FrameFeed(asyncio.get_running_loop())
     prompt_frames, codebooks = 5, 9
-    attempt = torch.arange(20 * codebooks).reshape(20, codebooks)
-    feed(attempt[:prompt_frames], prompt_frames)  # the first step: prompt only, no audio yet
-    feed(attempt[:4], prompt_frames)  # started over before any audio
+    first, second = torch.arange(20 * codebooks).reshape(20, codebooks), -torch.arange(20 * codebooks).reshape(20, codebooks)
+    feed(first[:prompt_frames], prompt_frames)  # the first step: prompt only, no audio yet
+    feed(first[:4], prompt_frames)  # started over before any frame: nothing to drop
     for length in range(prompt_frames + 1, 9):
-        feed(attempt[:length], prompt_frames)
+        feed(first[:length], prompt_frames)
+    for length in range(prompt_frames + 1, 8):  # started over after frames were queued, none sent
+        feed(second[:length], prompt_frames)
     await asyncio.sleep(0)  # the queue is filled from the loop
-    sent = torch.cat([feed.queue.get_nowait() for _ in range(feed.queue.qsize())])
-    assert torch.equal(sent, attempt[prompt_frames:8])
+    queued = [feed.queue.get_nowait() for _ in range(feed.queue.qsize())]
+    marker = next(n for n, item in enumerate(queued) if item is STARTED_OVER)
+    assert sum(item is STARTED_OVER for item in queued) == 1
+    assert torch.equal(torch.cat(queued[:marker]), first[prompt_frames:8])
+    assert torch.equal(torch.cat(queued[marker + 1 :]), second[prompt_frames:7])
+    feed.audio_sent = True  # a chunk of the second take went to the caller
     with pytest.raises(StreamRestarted):
-        feed(attempt[: prompt_frames + 1], prompt_frames)
+        feed(first[: prompt_frames + 1], prompt_frames)
 
 
 @pytest.mark.parametrize("factor", [0.5, 0.8, 1.5, 2.0])
