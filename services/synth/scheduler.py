@@ -29,9 +29,9 @@ it decides who joins and who leaves:
 * a step that raises (out of memory, a CUDA error, a bug one row triggers)
   fails no request by itself: the batch (or lane) it happened in is dropped,
   and its requests go back to the front of the queue, each to run once more
-  in a lane of its own. A request that fails again alone gets
-  GENERATION_FAILED; the others finish as if nothing had happened (with
-  temperature 0, the same audio). A streamed request starts over too while
+  in a lane of its own (`step_retries` times, SYNTH_STEP_RETRIES: 1). A
+  request that fails again alone gets GENERATION_FAILED; the others finish
+  as if nothing had happened (with temperature 0, the same audio). A streamed request starts over too while
   none of its audio has reached its caller; after, its stream refuses the
   new take (streaming.FrameFeed) and it fails alone (GENERATION_FAILED,
   saying so) rather than send its audio again from the start;
@@ -133,7 +133,7 @@ class Job:
     lane: DecodeBatch | None = None  # set in the generation thread when it joins
     joined_at: float = 0.0  # when it first joined (a retry keeps it: the caller has waited since)
     started: bool = False  # it had its first frame (time to first frame is observed once)
-    retried: bool = False  # a step it was in failed: it runs alone, and a second failure is its own
+    failures: int = 0  # steps it was in that failed; after one it runs alone, where a failure is its own
 
 
 @dataclass
@@ -154,9 +154,16 @@ class _FrameRate:
 
 class Scheduler:
     def __init__(
-        self, max_rows: int, window_seconds: float, max_queue: int, max_frames: int, prompt_cache_bytes: int
+        self,
+        max_rows: int,
+        window_seconds: float,
+        max_queue: int,
+        max_frames: int,
+        prompt_cache_bytes: int,
+        step_retries: int = 1,
     ) -> None:
         self.max_rows = max_rows
+        self.step_retries = step_retries  # times a request of a failed step runs again, alone
         self.window_seconds = window_seconds
         self.max_queue = max_queue
         self.max_frames = max_frames
@@ -260,15 +267,16 @@ class Scheduler:
             FRAMES_HELD.set(sum(job.reserved_frames for job in self._running))
 
     def _after_failed_step(self, job: Job) -> ApiError | None:
-        """A row of a step that failed: None when it goes back in the queue for its one retry
-        alone, else the error it ends with."""
+        """A row of a step that failed: None when it goes back in the queue to run again alone
+        (step_retries times at most), else the error it ends with."""
         if job.canceled:  # nobody waits for it
             STOPPED.inc()
             return failed_alone()
-        if job.retried:
-            return failed_alone()
+        job.failures += 1
+        if job.failures > self.step_retries:
+            return failed_alone() if job.failures > 1 else generation_failed("the model failed while generating this request")
         ROWS_RETRIED.inc()
-        job.retried, job.lane = True, None
+        job.lane = None
         return None
 
     def _resolve(self, job: Job, outcome: Generated | BaseException) -> None:
@@ -305,7 +313,7 @@ class Scheduler:
         reserved = sum(job.reserved_frames for job in self._running)
         joining: list[Job] = []
         full = False
-        for job in [j for j in self._pending if j.retried]:  # back from a failed step: first
+        for job in [j for j in self._pending if j.failures]:  # back from a failed step: first
             alone = not self._running and not joining
             if len(joining) >= free or (not alone and reserved + job.reserved_frames > self.max_frames):
                 full = True
@@ -365,7 +373,7 @@ class Scheduler:
                 outcomes.append((job, error))
                 continue
             lane = self._shared
-            if job.request.params.seeded or job.retried:
+            if job.request.params.seeded or job.failures:
                 lane = DecodeBatch(self._engine.model, 1)
                 self._lanes.append(lane)
                 batches[id(lane)] = (lane, [])

@@ -42,6 +42,7 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
             max_queue=config.SYNTH_MAX_QUEUE.value,
             max_frames=config.SYNTH_MAX_BATCH_FRAMES.value,
             prompt_cache_bytes=config.SYNTH_PROMPT_CACHE_BYTES.value,
+            step_retries=config.SYNTH_STEP_RETRIES.value,
         )
         self.engine: DiaEngine | None = None  # loaded in start()
         self.heartbeats: Heartbeats | None = None

@@ -34,8 +34,8 @@ def synthesis(frames: int = 40, seed: int | None = None, prompt: float | None = 
 async def scheduler_with(engine):
     made = []
 
-    async def make(max_rows=4, max_queue=8, max_frames=100_000, window_seconds=0.0, cache_bytes=1 << 20):
-        scheduler = Scheduler(max_rows, window_seconds, max_queue, max_frames, cache_bytes)
+    async def make(max_rows=4, max_queue=8, max_frames=100_000, window_seconds=0.0, cache_bytes=1 << 20, retries=1):
+        scheduler = Scheduler(max_rows, window_seconds, max_queue, max_frames, cache_bytes, retries)
         scheduler.start(engine)
         made.append(scheduler)
         return scheduler
@@ -229,6 +229,17 @@ async def test_a_failing_step_is_retried_alone_so_only_the_request_at_fault_fail
     after = await scheduler.submit(others[0])
     assert torch.equal(after.codes, expected[0].codes)
     assert scheduler.load == 0
+
+
+async def test_without_retries_every_request_of_a_failed_step_fails_with_it(scheduler_with, engine, monkeypatch):
+    scheduler = await scheduler_with(max_rows=4, retries=0)
+    requests = [synthesis(frames=f, temperature=0.0) for f in (30, 50)]
+    raised = failing_decode_steps(engine, monkeypatch, lambda call, position: call == 3)
+    retried = counted("synth_rows_retried_total")
+    results = await asyncio.gather(*(scheduler.submit(r) for r in requests), return_exceptions=True)
+    assert raised == [3] and counted("synth_rows_retried_total") == retried
+    assert all(isinstance(r, ApiError) and r.reason == "GENERATION_FAILED" for r in results)
+    assert (await scheduler.submit(requests[0])).generated_frames == 30  # and it goes on serving
 
 
 def queued(feed: FrameFeed) -> list:
