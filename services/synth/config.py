@@ -107,6 +107,13 @@ SYNTH_MAX_QUEUE = setting(
     "RESOURCE_EXHAUSTED (SYNTH_BUSY)",
     at_least(0),
 )
+SYNTH_STEP_RETRIES = setting(
+    "SYNTH_STEP_RETRIES",
+    1,
+    "times a request is generated again, alone, after a decode step it was in failed (out of memory, a device "
+    "error), before it fails with GENERATION_FAILED; 0: every request of a failed step fails with it",
+    at_least(0),
+)
 SYNTH_MAX_NEW_TOKENS = setting(
     "SYNTH_MAX_NEW_TOKENS",
     4096,

@@ -98,7 +98,9 @@ class SynthesisInput:
 
 @dataclass(frozen=True)
 class Generated:
-    samples: np.ndarray  # float32, 44.1 kHz, the new speech only
+    # float32, 44.1 kHz, the new speech only. None for a streamed request from the scheduler: its
+    # audio went out in chunks as it was generated (streaming.py), so it is not decoded again whole.
+    samples: np.ndarray | None
     generated_frames: int  # frames generated, end marker and delay tail included
     codes: torch.Tensor  # (frames, codebooks): the audio codes the samples decode from
 
@@ -267,6 +269,15 @@ class DiaEngine:
         codec call is unbatched anyway), keeping the codes and allowing a row
         with no audio frames, which the codec cannot decode.
         """
+        codes = self.row_codes(row, start)
+        return Generated(
+            samples=self.decode_codes(codes), generated_frames=codes.shape[0] + FRAMES_WITHOUT_AUDIO, codes=codes
+        )
+
+    @torch.inference_mode()
+    def row_codes(self, row: torch.Tensor, start: int) -> torch.Tensor:
+        """(frames, codebooks) on the CPU: a (1, frames, codebooks) delayed row's new audio codes,
+        from `start` to its end marker, delays undone. Cheap: no codec."""
         pad = self.special_tokens["pad_token_id"]
         # Frames after the end marker are padding (rows of a batch end at different times).
         end = row.shape[1] - int((row[0, :, 0] == pad).sum()) - 1
@@ -278,16 +289,16 @@ class DiaEngine:
             revert=True,
         )
         undelayed = self.processor.apply_audio_delay(row, pad_token_id=-1, bos_token_id=-1, precomputed_idx=indices)
-        codes = undelayed[0, start:end]  # (frames, codebooks)
-        samples = np.zeros(0, dtype=np.float32)
-        if codes.shape[0] > 0:
-            codec = self.processor.audio_tokenizer
-            decoded = codec.decode(audio_codes=codes.T[None].to(codec.device)).audio_values
-            samples = decoded.float().cpu().numpy().reshape(-1)
-        return Generated(
-            samples=samples, generated_frames=codes.shape[0] + FRAMES_WITHOUT_AUDIO, codes=codes.cpu()
-        )
+        return undelayed[0, start:end].cpu()
 
+    @torch.inference_mode()
+    def decode_codes(self, codes: torch.Tensor) -> np.ndarray:
+        """Dia's codec on (frames, codebooks) undelayed codes: float32 samples (none for no frames)."""
+        if codes.shape[0] == 0:
+            return np.zeros(0, dtype=np.float32)
+        codec = self.processor.audio_tokenizer
+        decoded = codec.decode(audio_codes=codes.T[None].to(codec.device)).audio_values
+        return decoded.float().cpu().numpy().reshape(-1)
 
 def resolve_model(dia_model: str, dac_model: str, tiny_dir: pathlib.Path) -> tuple[str, str]:
     """The Dia and codec locations DIA_MODEL/DAC_MODEL name; builds the tiny model when it is asked for and missing."""

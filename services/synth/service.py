@@ -18,7 +18,7 @@ from services.synth import audio, config, params
 from services.synth.engine import SAMPLES_PER_FRAME, DiaEngine, ModelLoadError, SynthesisInput, resolve_model
 from services.synth.heartbeat import Heartbeats
 from services.synth.scheduler import Scheduler
-from services.synth.streaming import FrameFeed, StreamingDecoder
+from services.synth.streaming import STARTED_OVER, FrameFeed, StreamingDecoder, stream_cut
 from services.synth.tempo import StreamingTempo, to_int16
 from voice.synth.v1 import synth_pb2, synth_pb2_grpc
 
@@ -42,6 +42,7 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
             max_queue=config.SYNTH_MAX_QUEUE.value,
             max_frames=config.SYNTH_MAX_BATCH_FRAMES.value,
             prompt_cache_bytes=config.SYNTH_PROMPT_CACHE_BYTES.value,
+            step_retries=config.SYNTH_STEP_RETRIES.value,
         )
         self.engine: DiaEngine | None = None  # loaded in start()
         self.heartbeats: Heartbeats | None = None
@@ -120,14 +121,7 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
         feed = FrameFeed(asyncio.get_running_loop())
         unary = synth_pb2.SynthesizeRequest.FromString(request.SerializeToString())  # the same fields
         synthesis = dataclasses.replace(self._synthesis_input(unary), on_frames=feed)
-        decoder = StreamingDecoder(
-            self.engine.model.config.delay_pattern,
-            self.engine.special_tokens["eos_token_id"],
-            config.SYNTH_STREAM_FIRST_CHUNK_FRAMES.value,
-            config.SYNTH_STREAM_CHUNK_FRAMES.value,
-            config.SYNTH_STREAM_CONTEXT_FRAMES.value,
-        )
-        tempo = StreamingTempo(synthesis.params.speed_factor)
+        decoder, tempo = self._stream_decoder(), StreamingTempo(synthesis.params.speed_factor)
         generation = asyncio.ensure_future(self.scheduler.submit(synthesis, request.account))
         sent = index = 0
         try:
@@ -137,9 +131,16 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
                 if not next_frames.done():
                     next_frames.cancel()
                     continue  # generation ended: what it queued before is taken next
-                for chunk in decoder.push(next_frames.result()):
+                frames = next_frames.result()
+                if frames is STARTED_OVER:  # a failed step's retry (scheduler.py): a new take from its start
+                    if feed.audio_sent:  # part of the first take went out: the new one would not continue it
+                        raise stream_cut()
+                    decoder, tempo = self._stream_decoder(), StreamingTempo(synthesis.params.speed_factor)
+                    continue
+                for chunk in decoder.push(frames):
                     pcm = await self._stretched(chunk, tempo)
                     if pcm.size:
+                        feed.audio_sent = True
                         yield synth_pb2.StreamSynthesizeResponse(
                             pcm=pcm.tobytes(), sample_rate=audio.SAMPLE_RATE, chunk_index=index
                         )
@@ -165,6 +166,16 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
             )
         finally:
             generation.cancel()  # the caller went away: its row leaves the batch (scheduler.py)
+
+    def _stream_decoder(self) -> StreamingDecoder:
+        assert self.engine is not None
+        return StreamingDecoder(
+            self.engine.model.config.delay_pattern,
+            self.engine.special_tokens["eos_token_id"],
+            config.SYNTH_STREAM_FIRST_CHUNK_FRAMES.value,
+            config.SYNTH_STREAM_CHUNK_FRAMES.value,
+            config.SYNTH_STREAM_CONTEXT_FRAMES.value,
+        )
 
     async def _stretched(self, chunk, tempo: StreamingTempo) -> np.ndarray:
         """A chunk's samples, decoded off the event loop, at the request's speed, as 16-bit."""

@@ -34,8 +34,11 @@ import asyncio
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import grpc
 import numpy as np
 import torch
+
+from runtime.errors import ApiError
 
 # Dia's codec turns one frame into this many samples (DAC's hop length at 44.1 kHz).
 SAMPLES_PER_FRAME = 512
@@ -148,16 +151,22 @@ class FrameFeed:
     Called once per decoder step with the row's codes so far; copies only the
     frames it has not sent yet (to the CPU), so a step costs one small copy.
 
-    A batch that fails as a whole is generated again request by request
-    (batching.py), so the codes may start over. Before any audio frame was
-    handed out that is harmless; after, the new attempt's frames would not
-    continue the ones already sent, so the request fails instead
-    (:class:`StreamRestarted`) rather than splice two different takes.
+    A step that fails is generated again request by request (scheduler.py;
+    the static batcher, batching.py, does the same for a batch), so the codes
+    may start over. While no audio has reached the caller (`audio_sent`, set by
+    whoever sends the chunks) that is harmless: the feed puts
+    :data:`STARTED_OVER` in the queue, and the consumer drops what it decoded
+    of the first take and follows the new one. Once audio was sent, the new
+    take's frames would not continue it, so the feed refuses the restart
+    (:class:`StreamRestarted`: the request fails alone) rather than splice two
+    different takes. A consumer that sends a chunk of the first take after the
+    feed queued the marker checks the same when it reaches it.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.queue: asyncio.Queue[torch.Tensor] = asyncio.Queue()
+        self.queue: asyncio.Queue[torch.Tensor | object] = asyncio.Queue()
+        self.audio_sent = False  # set on the event loop once a chunk went to the caller
         self._sent: int | None = None
         self._seen = 0  # frames in the previous call's codes: one more at every step of one generation
 
@@ -165,8 +174,10 @@ class FrameFeed:
         restarted = codes.shape[0] <= self._seen
         self._seen = codes.shape[0]
         if restarted:
-            if self._sent is not None and self._sent > audio_start:
-                raise StreamRestarted("the generation started over after part of its audio was streamed")
+            if self._sent is not None and self._sent > audio_start:  # frames of the first take were queued
+                if self.audio_sent:
+                    raise StreamRestarted("the generation started over after part of its audio was streamed")
+                self.loop.call_soon_threadsafe(self.queue.put_nowait, STARTED_OVER)
             self._sent = None
         if self._sent is None:
             self._sent = audio_start  # frames before it are the prompt's
@@ -177,5 +188,17 @@ class FrameFeed:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, new)
 
 
+# In a FrameFeed's queue: the generation started over; the frames before this belong to a take that was dropped.
+STARTED_OVER = object()
+
+
 class StreamRestarted(RuntimeError):
     """A streamed request's generation started over once its first audio had been sent."""
+
+
+def stream_cut() -> ApiError:
+    return ApiError(
+        grpc.StatusCode.INTERNAL,
+        "GENERATION_FAILED",
+        "the generation failed after part of its audio was streamed, and cannot go on where it stopped; try again",
+    )

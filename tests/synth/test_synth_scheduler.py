@@ -1,11 +1,15 @@
 """The continuous-batching scheduler on the tiny Dia, in process: joining at the next step,
-seeds, callers that leave, the frame budget, account turns, the bounded queue, the prompt cache."""
+seeds, callers that leave, the frame budget, account turns, the bounded queue, the prompt cache,
+steps that fail, rows decoded beside the loop, streamed rows not decoded again."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import threading
 
 import numpy as np
+import prometheus_client
 import pytest
 import torch
 
@@ -15,6 +19,7 @@ from services.synth.engine import SynthesisInput
 from services.synth.params import GenerationParams
 from services.synth.prompts import PromptCache
 from services.synth.scheduler import Scheduler
+from services.synth.streaming import STARTED_OVER, FrameFeed
 from tests.synth.helpers import noise_wav
 
 
@@ -29,8 +34,8 @@ def synthesis(frames: int = 40, seed: int | None = None, prompt: float | None = 
 async def scheduler_with(engine):
     made = []
 
-    async def make(max_rows=4, max_queue=8, max_frames=100_000, window_seconds=0.0, cache_bytes=1 << 20):
-        scheduler = Scheduler(max_rows, window_seconds, max_queue, max_frames, cache_bytes)
+    async def make(max_rows=4, max_queue=8, max_frames=100_000, window_seconds=0.0, cache_bytes=1 << 20, retries=1):
+        scheduler = Scheduler(max_rows, window_seconds, max_queue, max_frames, cache_bytes, retries)
         scheduler.start(engine)
         made.append(scheduler)
         return scheduler
@@ -51,11 +56,14 @@ async def test_a_request_arriving_mid_generation_joins_at_the_next_step_and_leav
     long = asyncio.create_task(scheduler.submit(synthesis(frames=400)))
     await wait_until(lambda: scheduler.steps >= 20)
     joined_at = scheduler.steps
-    short = await scheduler.submit(synthesis(frames=30))
-    assert short.generated_frames == 30
+    short = asyncio.create_task(scheduler.submit(synthesis(frames=30)))
+    await wait_until(lambda: counted("synth_rows_active") == 2)
+    await wait_until(lambda: counted("synth_rows_active") == 1)  # its row left (its audio is decoded beside)
+    left_at = scheduler.steps
+    assert (await short).generated_frames == 30
     # It ran beside the long one (a static batch would have made it wait for all 400 frames) ...
     assert not long.done()
-    assert scheduler.steps - joined_at <= 30 + 2
+    assert left_at - joined_at <= 30 + 3
     assert (await long).generated_frames == 400
 
 
@@ -95,10 +103,12 @@ async def test_a_caller_that_goes_away_leaves_within_a_step_and_its_slot_is_reus
     await wait_until(lambda: scheduler.load == 3)
     at_cancel = scheduler.steps
     leaving.cancel()
+    await wait_until(lambda: counted("synth_rows_active") == 1)  # the waiting one's row, beside the bystander, left
+    left_at = scheduler.steps
     result = await waiting  # took the freed slot
     assert result.generated_frames == 30
     # The step under way when it left, then the waiting one's 30: the 3000-frame row ran no further.
-    assert scheduler.steps - at_cancel <= 1 + 30 + 1
+    assert left_at - at_cancel <= 1 + 30 + 2
     assert (await bystander).generated_frames == 200  # the row beside it went on
     assert scheduler.load == 0
 
@@ -165,3 +175,173 @@ def test_the_prompt_cache_drops_the_least_recently_used_past_its_bytes():
     assert cache.bytes == 3 * 100 * 9 * 2
     cache.put(b"huge", torch.zeros((1000, 9), dtype=torch.int16))  # larger than the whole cache: not kept
     assert cache.get(b"huge") is None and cache.bytes == 3 * 100 * 9 * 2
+
+
+# --- steps that fail, and the codec beside the loop -----------------------------------------------------
+
+PROMPTED = "[S1] Prompt words. [S1] New words."
+
+
+def counted(name: str) -> float:
+    return prometheus_client.REGISTRY.get_sample_value(name) or 0.0
+
+
+def failing_decode_steps(engine, monkeypatch, fails) -> list[int]:
+    """Make the model raise in a decode step (one new frame per row, not a prefill) when
+    `fails(number of the call, highest position fed)` says so; returns the calls that raised."""
+    forward, raised, calls = engine.model.forward, [], [0]
+
+    def forward_with_faults(*args, **kwargs):
+        frames, positions = kwargs.get("decoder_input_ids"), kwargs.get("decoder_position_ids")
+        if frames is not None and frames.shape[1] == 1 and positions is not None:
+            calls[0] += 1
+            if fails(calls[0], int(positions.max())):
+                raised.append(calls[0])
+                raise RuntimeError("injected fault (a device error, say)")
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(engine.model, "forward", forward_with_faults)
+    return raised
+
+
+async def test_a_failing_step_is_retried_alone_so_only_the_request_at_fault_fails(scheduler_with, engine, monkeypatch):
+    scheduler = await scheduler_with(max_rows=4)
+    others = [synthesis(frames=40, temperature=0.0), synthesis(frames=60, temperature=0.0, cfg_scale=2.0)]
+    expected = await asyncio.gather(*(scheduler.submit(r) for r in others))
+    # The request at fault has a 2 s voice prompt (172 frames): the model fails whenever a step feeds
+    # a position past 150, which only its row reaches (the others stop at 60).
+    at_fault = synthesis(frames=40, temperature=0.0, prompt=2.0, text=PROMPTED)
+    raised = failing_decode_steps(engine, monkeypatch, lambda call, position: position > 150)
+    failures, retried = counted("synth_step_failures_total"), counted("synth_rows_retried_total")
+
+    results = await asyncio.gather(scheduler.submit(at_fault), *(scheduler.submit(r) for r in others),
+                                   return_exceptions=True)  # fmt: skip
+    assert isinstance(results[0], ApiError) and results[0].reason == "GENERATION_FAILED"
+    assert "retried alone" in results[0].message and "injected" not in results[0].message
+    for result, reference in zip(results[1:], expected):  # retried alone: the same audio
+        assert torch.equal(result.codes, reference.codes)
+        assert np.array_equal(result.samples, reference.samples)
+    # The shared batch's step failed with all three in it; then the one at fault, alone.
+    assert len(raised) == 2
+    assert counted("synth_step_failures_total") - failures == 2
+    assert counted("synth_rows_retried_total") - retried == 3
+    # The loop goes on serving, beside and after it.
+    after = await scheduler.submit(others[0])
+    assert torch.equal(after.codes, expected[0].codes)
+    assert scheduler.load == 0
+
+
+async def test_without_retries_every_request_of_a_failed_step_fails_with_it(scheduler_with, engine, monkeypatch):
+    scheduler = await scheduler_with(max_rows=4, retries=0)
+    requests = [synthesis(frames=f, temperature=0.0) for f in (30, 50)]
+    raised = failing_decode_steps(engine, monkeypatch, lambda call, position: call == 3)
+    retried = counted("synth_rows_retried_total")
+    results = await asyncio.gather(*(scheduler.submit(r) for r in requests), return_exceptions=True)
+    assert raised == [3] and counted("synth_rows_retried_total") == retried
+    assert all(isinstance(r, ApiError) and r.reason == "GENERATION_FAILED" for r in results)
+    assert (await scheduler.submit(requests[0])).generated_frames == 30  # and it goes on serving
+
+
+def queued(feed: FrameFeed) -> list:
+    return [feed.queue.get_nowait() for _ in range(feed.queue.qsize())]
+
+
+async def test_a_step_that_fails_once_costs_no_request_its_audio_nor_a_stream_that_sent_none(
+    scheduler_with, engine, monkeypatch
+):
+    scheduler = await scheduler_with(max_rows=6)
+    loop = asyncio.get_running_loop()
+    requests = [synthesis(frames=f, temperature=0.0, text=f"[S1] Number {f}.") for f in (30, 50, 70)]
+    expected = await asyncio.gather(*(scheduler.submit(r) for r in requests))
+    streamed = synthesis(frames=60, temperature=0.0, text="[S1] Streamed.")
+    reference_feed = FrameFeed(loop)
+    reference = await scheduler.submit(dataclasses.replace(streamed, on_frames=reference_feed))
+    reference_frames = torch.cat(queued(reference_feed))
+    raised = failing_decode_steps(engine, monkeypatch, lambda call, position: call == 5)
+    retried = counted("synth_rows_retried_total")
+
+    unsent, sent = FrameFeed(loop), FrameFeed(loop)
+    sent.audio_sent = True  # as if its first chunk had gone to its caller
+    streams = [asyncio.ensure_future(scheduler.submit(dataclasses.replace(streamed, on_frames=feed)))
+               for feed in (unsent, sent)]  # fmt: skip
+    results = await asyncio.gather(*(scheduler.submit(r) for r in requests))
+    assert raised == [5]
+    assert counted("synth_rows_retried_total") - retried == 5
+    for result, reference_result in zip(results, expected):  # retried alone: the same audio
+        assert torch.equal(result.codes, reference_result.codes)
+        assert np.array_equal(result.samples, reference_result.samples)
+    # No audio had reached its caller: the stream follows the new take, whole, after a marker.
+    assert torch.equal((await streams[0]).codes, reference.codes)
+    frames = queued(unsent)
+    assert sum(item is STARTED_OVER for item in frames) == 1
+    marker = next(n for n, item in enumerate(frames) if item is STARTED_OVER)
+    assert torch.equal(torch.cat(frames[marker + 1 :]), reference_frames)
+    # Audio had: it fails, saying so, rather than send a new take.
+    with pytest.raises(ApiError) as caught:
+        await streams[1]
+    assert caught.value.reason == "GENERATION_FAILED" and "streamed" in caught.value.message
+    assert not any(item is STARTED_OVER for item in queued(sent))
+    assert scheduler.load == 0
+
+
+async def test_a_streamed_request_is_not_decoded_again_whole(scheduler_with, engine, monkeypatch):
+    scheduler = await scheduler_with()
+    codec = engine.processor.audio_tokenizer
+    decode, decoded_frames = codec.decode, []
+
+    def counting_decode(*, audio_codes, **kwargs):
+        decoded_frames.append(audio_codes.shape[-1])
+        return decode(audio_codes=audio_codes, **kwargs)
+
+    monkeypatch.setattr(codec, "decode", counting_decode)
+    whole = await scheduler.submit(synthesis(frames=80, seed=31, temperature=0.0))
+    assert decoded_frames == [80 - 16]  # the unstreamed request: its audio frames, decoded once
+    steps: list[torch.Tensor] = []
+    streamed = dataclasses.replace(
+        synthesis(frames=80, seed=31, temperature=0.0), on_frames=lambda codes, start: steps.append(codes.clone())
+    )
+    result = await scheduler.submit(streamed)
+    assert decoded_frames == [80 - 16]  # its chunks are the stream's to decode (streaming.py): not again here
+    assert result.samples is None
+    # What the stream's last message reports is there without decoding: the frames, the codes.
+    assert result.generated_frames == whole.generated_frames
+    assert torch.equal(result.codes, whole.codes)
+    assert len(steps) >= 80 - 1
+
+
+@pytest.fixture
+async def loop_errors():
+    """What the event loop's exception handler is handed meanwhile (errors in callbacks)."""
+    loop, errors = asyncio.get_running_loop(), []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    yield errors
+    loop.set_exception_handler(None)
+
+
+async def test_rows_are_decoded_beside_the_loop_and_a_caller_may_leave_meanwhile(
+    scheduler_with, engine, monkeypatch, loop_errors
+):
+    scheduler = await scheduler_with()
+    codec = engine.processor.audio_tokenizer
+    decode, decoding, release = codec.decode, threading.Event(), threading.Event()
+
+    def held_decode(*args, **kwargs):
+        decoding.set()
+        release.wait(60)
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(codec, "decode", held_decode)
+    long = asyncio.create_task(scheduler.submit(synthesis(frames=300)))
+    short = asyncio.create_task(scheduler.submit(synthesis(frames=20)))
+    await wait_until(decoding.is_set)  # the short one ended: its audio is being decoded
+    held_at = scheduler.steps
+    await wait_until(lambda: scheduler.steps >= held_at + 20)  # ... and the long one's steps go on meanwhile
+    assert not short.done() and scheduler.load == 2
+    short.cancel()
+    release.set()
+    assert (await long).generated_frames == 300
+    with pytest.raises(asyncio.CancelledError):
+        await short
+    await wait_until(lambda: scheduler.load == 0)
+    assert (await scheduler.submit(synthesis(frames=20))).generated_frames == 20
+    assert not loop_errors  # (setting the result of a caller gone would have raised InvalidStateError)

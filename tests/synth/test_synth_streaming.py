@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from runtime.errors import ApiError
 from services.synth.engine import SynthesisInput
 from services.synth.params import GenerationParams
-from services.synth.streaming import SAMPLES_PER_FRAME, FrameFeed, StreamingDecoder, StreamRestarted
+from services.synth.streaming import SAMPLES_PER_FRAME, STARTED_OVER, FrameFeed, StreamingDecoder, StreamRestarted
 from services.synth.tempo import StreamingTempo, to_int16
 from services.transcode.audio import atempo
 from services.transcode.pcm import Pcm
@@ -113,20 +114,27 @@ def test_the_first_chunk_leaves_once_its_frames_are_complete(engine, generated):
 
 
 async def test_a_generation_started_over_is_streamed_from_its_start_or_fails():
-    """A batch failing as a whole is generated again request by request: a stream that has
-    sent no audio yet follows the new attempt; one that has fails, never splicing two takes."""
+    """A failed step is generated again request by request: a stream whose caller has had no audio
+    yet follows the new take (after a marker that drops the first); one that has fails, never
+    splicing two takes."""
     feed = FrameFeed(asyncio.get_running_loop())
     prompt_frames, codebooks = 5, 9
-    attempt = torch.arange(20 * codebooks).reshape(20, codebooks)
-    feed(attempt[:prompt_frames], prompt_frames)  # the first step: prompt only, no audio yet
-    feed(attempt[:4], prompt_frames)  # started over before any audio
+    first, second = torch.arange(20 * codebooks).reshape(20, codebooks), -torch.arange(20 * codebooks).reshape(20, codebooks)
+    feed(first[:prompt_frames], prompt_frames)  # the first step: prompt only, no audio yet
+    feed(first[:4], prompt_frames)  # started over before any frame: nothing to drop
     for length in range(prompt_frames + 1, 9):
-        feed(attempt[:length], prompt_frames)
+        feed(first[:length], prompt_frames)
+    for length in range(prompt_frames + 1, 8):  # started over after frames were queued, none sent
+        feed(second[:length], prompt_frames)
     await asyncio.sleep(0)  # the queue is filled from the loop
-    sent = torch.cat([feed.queue.get_nowait() for _ in range(feed.queue.qsize())])
-    assert torch.equal(sent, attempt[prompt_frames:8])
+    queued = [feed.queue.get_nowait() for _ in range(feed.queue.qsize())]
+    marker = next(n for n, item in enumerate(queued) if item is STARTED_OVER)
+    assert sum(item is STARTED_OVER for item in queued) == 1
+    assert torch.equal(torch.cat(queued[:marker]), first[prompt_frames:8])
+    assert torch.equal(torch.cat(queued[marker + 1 :]), second[prompt_frames:7])
+    feed.audio_sent = True  # a chunk of the second take went to the caller
     with pytest.raises(StreamRestarted):
-        feed(attempt[: prompt_frames + 1], prompt_frames)
+        feed(first[: prompt_frames + 1], prompt_frames)
 
 
 @pytest.mark.parametrize("factor", [0.5, 0.8, 1.5, 2.0])
@@ -200,3 +208,63 @@ async def test_a_cancelled_stream_stops_its_generation(synth):
     while (await synth.GetProviderInfo(synth_pb2.GetProviderInfoRequest())).provider.load:
         assert asyncio.get_running_loop().time() < deadline, "the generation ran on after its caller left"
         await asyncio.sleep(0.05)
+
+
+# --- a step that fails under a stream: StreamSynthesize in process, the tiny model made to raise ------------
+
+
+@pytest.fixture
+async def synth_in_process(engine):
+    """The SynthService on the session's engine, in this process (no heartbeats): its streams can meet faults."""
+    from services.synth.service import Synth
+
+    service = Synth()
+    service.engine = engine
+    service.scheduler.start(engine)
+    yield service
+    await service.scheduler.close()
+
+
+def fail_next_decode_steps(engine, monkeypatch, when) -> list[int]:
+    """The model raises in decode steps (one frame per row) for which `when(number of the call)` is true."""
+    forward, raised, calls = engine.model.forward, [], [0]
+
+    def forward_with_faults(*args, **kwargs):
+        frames = kwargs.get("decoder_input_ids")
+        if frames is not None and frames.shape[1] == 1 and kwargs.get("decoder_position_ids") is not None:
+            calls[0] += 1
+            if when(calls[0]):
+                raised.append(calls[0])
+                raise RuntimeError("injected fault")
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(engine.model, "forward", forward_with_faults)
+    return raised
+
+
+async def test_a_stream_whose_step_fails_before_its_first_chunk_sends_the_same_audio(
+    synth_in_process, engine, monkeypatch
+):
+    asked = stream_request(seed=41, max_new_tokens=150, temperature=0.0)
+    expected = await collect(synth_in_process.StreamSynthesize(asked, None))
+    raised = fail_next_decode_steps(engine, monkeypatch, lambda call: call == 5)  # the first chunk is ~74 steps in
+    messages = await collect(synth_in_process.StreamSynthesize(asked, None))
+    assert raised == [5]
+    assert [m.pcm for m in messages] == [m.pcm for m in expected]
+    assert messages[-1].generated_frames == expected[-1].generated_frames == 150
+
+
+async def test_a_stream_whose_step_fails_after_a_chunk_went_out_ends_with_an_error(
+    synth_in_process, engine, monkeypatch
+):
+    armed = [False]
+    raised = fail_next_decode_steps(engine, monkeypatch, lambda call: armed[0] and not raised)
+    stream = synth_in_process.StreamSynthesize(stream_request(seed=42, max_new_tokens=400, temperature=0.0), None)
+    first = await stream.__anext__()
+    assert first.chunk_index == 0 and first.pcm
+    armed[0] = True  # the next decode step fails; its retry would start the audio over
+    with pytest.raises(ApiError) as caught:
+        async for message in stream:
+            assert not message.last
+    assert raised and caught.value.reason == "GENERATION_FAILED" and "streamed" in caught.value.message
+    assert synth_in_process.scheduler.load == 0
