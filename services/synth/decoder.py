@@ -25,10 +25,24 @@ batch of one, this does per row (tests check the codes are the same):
 * sampling: temperature, then top-p, then one draw per row from the row's
   own ``torch.Generator``; temperature 0 takes the best token.
 
-The key/value cache is one tensor per layer for the whole batch. Rows are
-left-padded to the batch's width and masked; a row that joins with more
-frames than the batch holds widens it; columns no row uses any more are
-dropped as rows leave. Everything blocks: one thread owns the model.
+The key/value cache is slot-resident (:class:`SlotCache`): per decoder
+layer one key and one value tensor for the batch's most rows, row i's
+conditioned sequence in slot 2i and its unconditioned one in 2i+1, so the
+running rows are always a prefix and a step reads a slice of the buffers,
+not a copy. A row's frame at position p sits in column p (no padding);
+columns are allocated in buckets of COLUMN_ALLOCATION as the longest row
+grows (the buffer follows the longest row, and is copied only when it grows
+a bucket), and a step attends over the longest row's columns rounded up to
+COLUMN_BUCKET, each row masked beyond its own position. Text encodings'
+cross-attention keys and values are kept the same way, computed once when a
+row joins. A join prefills its prompt alone through the model's forward and
+copies only its own keys and values into its slot; a leave moves the last
+row into the freed slot: both cost one row, not the batch.
+
+A step runs :func:`decoder_step`, the maths of transformers' DiaDecoder for
+one new frame written over the model's own modules, with per-row positions
+(a plain function of tensors, so torch.compile can wrap it). Everything
+blocks: one thread owns the model.
 """
 
 from __future__ import annotations
@@ -38,10 +52,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from transformers.cache_utils import DynamicLayer, EncoderDecoderCache
+from transformers.cache_utils import EncoderDecoderCache
+from transformers.models.dia.modeling_dia import apply_rotary_pos_emb
 
-# Everything a row needs to generate, prepared before it joins (see Prepared).
 NEG_INF = -float("inf")
+# A step attends over the longest row's columns rounded up to this, so that shapes repeat (what
+# CUDA graphs and torch.compile need) while short batches don't read a long buffer.
+COLUMN_BUCKET = 64
+# Self-attention columns are allocated (and copied, when they grow) this many at a time.
+COLUMN_ALLOCATION = 256
+TEXT_BUCKET = 64  # the same for the text's columns (cross-attention)
 
 
 @dataclass(frozen=True)
@@ -80,8 +100,8 @@ class NoTokenLeft(Exception):
 @dataclass(eq=False)
 class _Row:
     prepared: Prepared
-    slot: int  # index into the batch's output buffers
-    cached: int  # frames in the key/value cache
+    slot: int  # index into the batch's output buffers (its cache slots follow its place in DecodeBatch.rows)
+    cached: int  # frames in the key/value cache (its columns 0 .. cached - 1)
     generator: torch.Generator | None
     eos_at: int | None = None  # where codebook 0 ended, once the host has seen it (a step late)
     broken: bool = False  # its scores left no token, as the host saw a step late
@@ -134,9 +154,7 @@ class DecodeBatch:
         self.broken = torch.zeros((max_rows,), dtype=torch.long, device=self.device)  # 1: no token was left
         self.rows: list[_Row] = []
         self._free_slots = list(range(max_rows - 1, -1, -1))
-        self._cache: EncoderDecoderCache | None = None
-        self._pad_left = torch.zeros(0, dtype=torch.long, device=self.device)  # per row: unused leading columns
-        self._encoder_mask = torch.zeros((0, 0), dtype=torch.long, device=self.device)
+        self.cache = SlotCache(model, max_rows)
         self._last_tokens = torch.zeros((0, self.channels), dtype=torch.long, device=self.device)
         self._tensors: _RowTensors | None = None
         self._eos_copy: tuple | None = None  # (rows, their eos_at on the host, copy done event)
@@ -145,10 +163,12 @@ class DecodeBatch:
 
     @property
     def width(self) -> int:
-        """Columns of the key/value cache (every row is padded to it)."""
-        if self._cache is None:
+        """Key/value columns the next step attends over: the longest row's, once that step has
+        written its frame, rounded up to COLUMN_BUCKET (0 with no rows)."""
+        if not self.rows:
             return 0
-        return self._cache.self_attention_cache.layers[0].keys.shape[-2]
+        needed = max(row.cached for row in self.rows) + 1
+        return min(-(-needed // COLUMN_BUCKET) * COLUMN_BUCKET, max(self.cache.columns, needed))
 
     def room_for(self, prefill_frames: int) -> int:
         """The most frames a row with this prefill may generate within the decoder's positions.
@@ -204,31 +224,22 @@ class DecodeBatch:
     def _forward(self) -> torch.Tensor:
         """Feed each row its last frame; returns (2, rows, C, V) logits for the next."""
         rows = len(self.rows)
-        width = self.width
-        columns = torch.arange(width + 1, device=self.device)
-        mask = (columns[None, :] >= self._pad_left[:, None]).long().repeat(2, 1)
         tensors = self._row_tensors()
-        positions = tensors.positions[:, None].repeat(2, 1)
-        frames = self._last_tokens.repeat(2, 1)[:, None, :]
-        encoder_states = torch.zeros((), dtype=self.dtype, device=self.device).expand(
-            2 * rows, self._encoder_mask.shape[1], self.model.config.encoder_config.hidden_size
-        )
-        output = self.model(
-            encoder_outputs=(encoder_states,),
-            attention_mask=self._encoder_mask,
-            decoder_input_ids=frames,
-            decoder_position_ids=positions,
-            decoder_attention_mask=mask,
-            past_key_values=self._cache,
-            use_cache=True,
+        self.cache.reserve_columns(max(row.cached for row in self.rows) + 1, rows, self.max_positions + 1)
+        sequences = 2 * rows  # cond and uncond of each row, side by side
+        logits = decoder_step(
+            self.model,
+            self._last_tokens.repeat_interleave(2, dim=0),
+            tensors.positions.repeat_interleave(2),
+            *self.cache.views(sequences, self.width),
         )
         for row in self.rows:
             row.cached += 1
         tensors.positions += 1
-        return output.logits[:, -1].float().view(2, rows, self.channels, self.vocab)
+        return logits.float().view(rows, 2, self.channels, self.vocab).transpose(0, 1)
 
     def _join(self, prepared: Prepared) -> torch.Tensor:
-        """Encode the row's text, prefill its prompt, and merge its cache; returns its (2, 1, C, V) logits."""
+        """Encode the row's text, prefill its prompt, and copy its cache into its slots; returns its (2, 1, C, V) logits."""
         text = prepared.text_ids.to(self.device)[None]
         text = torch.cat([text, torch.zeros_like(text)])  # conditioned, unconditioned
         encoder_mask = torch.ones_like(text)
@@ -250,67 +261,33 @@ class DecodeBatch:
         generator = None
         if prepared.settings.temperature > 0:
             generator = torch.Generator(device=self.device).manual_seed(prepared.settings.seed)
-        self._merge(output.past_key_values, encoder_mask[:1])
+        self.cache.put(len(self.rows), output.past_key_values, self.max_positions + 1)
         self.rows.append(_Row(prepared, slot, prepared.prefill_frames, generator))
         self._tensors = None
         return output.logits[:, -1].float().view(2, 1, self.channels, self.vocab)
 
-    # --- the cache --------------------------------------------------------------
-
-    def _merge(self, cache: EncoderDecoderCache, encoder_mask: torch.Tensor) -> None:
-        """Append a one-request cache (2 rows: cond, uncond) to the batch's."""
-        new_length = cache.self_attention_cache.layers[0].keys.shape[-2]
-        if self._cache is None:
-            self._cache = _reserved(cache)
-            self._pad_left = torch.zeros(1, dtype=torch.long, device=self.device)
-            self._encoder_mask = encoder_mask.repeat(2, 1)
-            return
-        rows = len(self.rows)
-        width = self.width
-        grow = max(new_length - width, 0)  # a longer prompt widens every row on the left
-        if grow:
-            self._pad_left = self._pad_left + grow
-        text_length = max(self._encoder_mask.shape[1], encoder_mask.shape[1])
-        layers = self._cache.self_attention_cache.layers
-        for index, theirs in enumerate(cache.self_attention_cache.layers):
-            mine, other_left = layers[index], width + grow - new_length
-            layers[index] = ReservedLayer(
-                _insert_row(mine.keys, theirs.keys, rows, left=grow, other_left=other_left),
-                _insert_row(mine.values, theirs.values, rows, left=grow, other_left=other_left),
-            )
-        for mine, theirs in zip(self._cache.cross_attention_cache.layers, cache.cross_attention_cache.layers):
-            mine.keys = _insert_row(mine.keys, theirs.keys, rows, right_to=text_length)
-            mine.values = _insert_row(mine.values, theirs.values, rows, right_to=text_length)
-        self._pad_left = torch.cat([self._pad_left, self._pad_left.new_tensor([width + grow - new_length])])
-        masks = torch.nn.functional.pad(self._encoder_mask, (0, text_length - self._encoder_mask.shape[1]))
-        mask = torch.nn.functional.pad(encoder_mask, (0, text_length - encoder_mask.shape[1]))
-        self._encoder_mask = torch.cat([masks[:rows], mask, masks[rows:], mask])
-
     def _keep(self, keep: list[int]) -> None:
-        """Keep only these rows (indices into self.rows), freeing the others' slots and unused columns."""
-        for index, row in enumerate(self.rows):
-            if index not in keep:
-                self._free_slots.append(row.slot)
-        self.rows = [self.rows[index] for index in keep]
+        """Keep only these rows (indices into self.rows), freeing the others' slots.
+
+        Each row that leaves gets the last row moved into its place (and cache
+        slots), so the running rows stay a prefix of the cache: one row copied
+        per leave, however many rows and frames the batch holds.
+        """
+        leaving = [index for index in range(len(self.rows)) if index not in set(keep)]
+        for index in leaving:
+            self._free_slots.append(self.rows[index].slot)
+        order = list(range(len(self.rows)))  # order[i]: the row now at place i
+        for index in reversed(leaving):  # from the end: the last row is then never one that leaves
+            last = len(order) - 1
+            if index != last:
+                self.cache.move(last, index)
+                order[index] = order[last]
+            order.pop()
+        self.rows = [self.rows[index] for index in order]
+        self._last_tokens = self._last_tokens[order]
         self._tensors = None
         if not self.rows:
-            self._cache = None
-            self._last_tokens = self._last_tokens[:0]
-            self._pad_left = self._pad_left[:0]
-            self._encoder_mask = self._encoder_mask[:0]
-            return
-        rows = torch.tensor(keep, device=self.device)
-        both = torch.cat([rows, rows + len(self._pad_left)])
-        self._pad_left = self._pad_left[rows]
-        unused = int(self._pad_left.min())  # leading columns no remaining row reads
-        self._pad_left -= unused
-        layers = self._cache.self_attention_cache.layers
-        for index, layer in enumerate(layers):
-            layers[index] = ReservedLayer(layer.keys[both, :, unused:], layer.values[both, :, unused:])
-        for layer in self._cache.cross_attention_cache.layers:
-            layer.keys, layer.values = layer.keys[both], layer.values[both]
-        self._encoder_mask = self._encoder_mask[both]
-        self._last_tokens = self._last_tokens[rows]
+            self.cache.release()
 
     # --- choosing tokens --------------------------------------------------------
 
@@ -442,62 +419,168 @@ class DecodeBatch:
         return finished
 
 
-class ReservedLayer(DynamicLayer):
-    """A self-attention cache layer whose tensors have room reserved past their end.
 
-    transformers' DynamicLayer concatenates at every step, copying the whole
-    cache each time (its cost grows with the length, on every step). Here the
-    frame a step adds is written into reserved room; only when the room is
-    used up is it copied into a larger buffer (half again as long), so a step
-    costs the same at frame 3000 as at frame 30.
+class SlotCache:
+    """The self- and cross-attention keys and values of every row, each in its slots.
+
+    Per decoder layer, keys and values are (2 * max_rows, kv_heads, columns,
+    head_dim): row i's conditioned sequence in slot 2i, its unconditioned one
+    in 2i + 1, its frame at position p in column p. Columns are allocated as
+    the longest row needs them, COLUMN_ALLOCATION at a time; the text's
+    columns likewise, with a mask of each sequence's text length. Slots past
+    the running rows, and columns past a row's position, hold stale values
+    that the masks hide; they are zeros or finite (a row's slot is cleared
+    when it joins), so a masked column never turns a sum into NaN.
     """
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, room: int = 64) -> None:
-        super().__init__()
-        self.lazy_initialization(keys, values)
-        self._reserve(keys, values, room)
+    def __init__(self, model, max_rows: int) -> None:
+        decoder = model.config.decoder_config
+        self.sequences = 2 * max_rows
+        self.layers = decoder.num_hidden_layers
+        self.dtype, self.device = model.dtype, model.device
+        self._self_shape = (decoder.num_key_value_heads or decoder.num_attention_heads, decoder.head_dim)
+        self._cross_shape = (decoder.cross_num_key_value_heads, decoder.cross_head_dim)
+        self.release()
 
-    def _reserve(self, keys: torch.Tensor, values: torch.Tensor, room: int) -> None:
-        length = keys.shape[-2]
-        shape = (*keys.shape[:-2], length + room, keys.shape[-1])
-        self._keys = keys.new_empty(shape)
-        self._values = values.new_empty(shape)
-        self._keys[..., :length, :] = keys
-        self._values[..., :length, :] = values
-        self.keys, self.values = self._keys[..., :length, :], self._values[..., :length, :]
+    def release(self) -> None:
+        """Drop every buffer (no rows left): memory follows the rows that run."""
+        self.columns = self.text_columns = 0
+        self.self_keys = self._empty(self._self_shape, 0)
+        self.self_values = self._empty(self._self_shape, 0)
+        self.cross_keys = self._empty(self._cross_shape, 0)
+        self.cross_values = self._empty(self._cross_shape, 0)
+        self.text_mask = torch.zeros((self.sequences, 0), dtype=torch.bool, device=self.device)
 
-    def update(self, key_states, value_states, *args, **kwargs):
-        length, added = self.keys.shape[-2], key_states.shape[-2]
-        if length + added > self._keys.shape[-2]:
-            self._reserve(self.keys, self.values, room=max(added, length // 2, 64))
-        self._keys[..., length : length + added, :] = key_states
-        self._values[..., length : length + added, :] = value_states
-        self.keys = self._keys[..., : length + added, :]
-        self.values = self._values[..., : length + added, :]
-        return self.keys, self.values
+    def _empty(self, shape: tuple[int, int], columns: int) -> list[torch.Tensor]:
+        heads, head_dim = shape
+        return [
+            torch.zeros((self.sequences, heads, columns, head_dim), dtype=self.dtype, device=self.device)
+            for _ in range(self.layers)
+        ]
+
+    def reserve_columns(self, needed: int, rows: int, most: int) -> None:
+        """At least `needed` self-attention columns (at most `most` are ever allocated); the first `rows` rows are kept."""
+        if needed <= self.columns:
+            return
+        columns = max(needed, min(-(-needed // COLUMN_ALLOCATION) * COLUMN_ALLOCATION, most))
+        self.self_keys = self._grown(self.self_keys, self._self_shape, columns, rows)
+        self.self_values = self._grown(self.self_values, self._self_shape, columns, rows)
+        self.columns = columns
+
+    def _reserve_text(self, needed: int, rows: int) -> None:
+        if needed <= self.text_columns:
+            return
+        columns = -(-needed // TEXT_BUCKET) * TEXT_BUCKET
+        self.cross_keys = self._grown(self.cross_keys, self._cross_shape, columns, rows)
+        self.cross_values = self._grown(self.cross_values, self._cross_shape, columns, rows)
+        mask = torch.zeros((self.sequences, columns), dtype=torch.bool, device=self.device)
+        mask[: 2 * rows, : self.text_columns] = self.text_mask[: 2 * rows]
+        self.text_mask = mask
+        self.text_columns = columns
+
+    def _grown(self, tensors: list[torch.Tensor], shape: tuple[int, int], columns: int, rows: int) -> list[torch.Tensor]:
+        grown = self._empty(shape, columns)
+        for old, new in zip(tensors, grown):
+            new[: 2 * rows, :, : old.shape[2]] = old[: 2 * rows]
+        return grown
+
+    def put(self, row: int, cache: EncoderDecoderCache, most_columns: int) -> None:
+        """Copy a one-request cache (2 sequences: cond, uncond) from the model's forward into row `row`'s slots."""
+        length = cache.self_attention_cache.layers[0].keys.shape[-2]
+        text_length = cache.cross_attention_cache.layers[0].keys.shape[-2]
+        self.reserve_columns(length, row, most_columns)
+        self._reserve_text(text_length, row)
+        slots = slice(2 * row, 2 * row + 2)
+        for index in range(self.layers):
+            theirs, cross = cache.self_attention_cache.layers[index], cache.cross_attention_cache.layers[index]
+            for mine, values in ((self.self_keys, theirs.keys), (self.self_values, theirs.values)):
+                mine[index][slots, :, :length] = values
+                mine[index][slots, :, length:] = 0  # what a previous row left: hidden, but it may be NaN
+            for mine, values in ((self.cross_keys, cross.keys), (self.cross_values, cross.values)):
+                mine[index][slots, :, :text_length] = values
+                mine[index][slots, :, text_length:] = 0
+        self.text_mask[slots] = torch.arange(self.text_columns, device=self.device) < text_length
+
+    def move(self, source: int, target: int) -> None:
+        """Row `source`'s keys and values (all its columns) into row `target`'s slots."""
+        into, out_of = slice(2 * target, 2 * target + 2), slice(2 * source, 2 * source + 2)
+        for tensors in (self.self_keys, self.self_values, self.cross_keys, self.cross_values):
+            for layer in tensors:
+                layer[into] = layer[out_of]
+        self.text_mask[into] = self.text_mask[out_of]
+
+    def views(self, sequences: int, width: int) -> tuple:
+        """(self keys, self values, cross keys, cross values, text mask) of the first `sequences` slots,
+        self-attention to `width` columns: views into the buffers, not copies."""
+        return (
+            [layer[:sequences, :, :width] for layer in self.self_keys],
+            [layer[:sequences, :, :width] for layer in self.self_values],
+            [layer[:sequences] for layer in self.cross_keys],
+            [layer[:sequences] for layer in self.cross_values],
+            self.text_mask[:sequences],
+        )
 
 
-def _reserved(cache: EncoderDecoderCache) -> EncoderDecoderCache:
-    """The cache with its self-attention layers replaced by ReservedLayer (same contents)."""
-    layers = cache.self_attention_cache.layers
-    for index, layer in enumerate(layers):
-        layers[index] = ReservedLayer(layer.keys, layer.values)
-    return cache
-
-
-def _insert_row(
-    batch: torch.Tensor, row: torch.Tensor, rows: int, left: int = 0, other_left: int = 0, right_to: int | None = None
+def decoder_step(
+    model,
+    frames: torch.Tensor,
+    positions: torch.Tensor,
+    self_keys: list[torch.Tensor],
+    self_values: list[torch.Tensor],
+    cross_keys: list[torch.Tensor],
+    cross_values: list[torch.Tensor],
+    text_mask: torch.Tensor,
 ) -> torch.Tensor:
-    """Insert a request's (cond, uncond) cache rows after the batch's cond and uncond rows.
+    """Transformers' DiaDecoder (and logits head) for one new frame per sequence, at each one's own position.
 
-    Self-attention caches are padded on the left (`left` for the batch, `other_left`
-    for the row) to a common width; cross-attention ones on the right to `right_to`.
+    frames (B, C) are fed at positions (B,); their keys and values are written
+    into self_keys/self_values (B, kv_heads, W, head_dim) at those columns, and
+    each sequence attends over its columns 0 .. position (the rest masked).
+    Cross-attention reads cross_keys/cross_values (B, kv_heads, T, head_dim)
+    where text_mask (B, T) is True. Returns (B, C, V) logits in the model's dtype.
+    No branch depends on the tensors' values, so torch.compile can wrap it.
     """
-    pad = torch.nn.functional.pad
-    if right_to is not None:
-        batch = pad(batch, (0, 0, 0, right_to - batch.shape[-2]))
-        row = pad(row, (0, 0, 0, right_to - row.shape[-2]))
-    else:
-        batch = pad(batch, (0, 0, left, 0))
-        row = pad(row, (0, 0, other_left, 0))
-    return torch.cat([batch[:rows], row[:1], batch[rows:], row[1:]])
+    decoder = model.model.decoder
+    count = frames.shape[0]
+    hidden = decoder.embeddings(frames[:, None, :])  # (B, 1, hidden)
+    cos, sin = decoder.rotary_emb(hidden, position_ids=positions[:, None])
+    columns = torch.arange(self_keys[0].shape[2], device=frames.device)
+    visible = (columns[None, :] <= positions[:, None])[:, None, None, :]  # (B, 1, 1, W)
+    text_visible = text_mask[:, None, None, :]
+    sequences = torch.arange(count, device=frames.device)
+    for index, layer in enumerate(decoder.layers):
+        attention = layer.self_attention
+        normed = layer.pre_sa_norm(hidden)
+        query = attention.q_proj(normed).view(count, 1, -1, attention.head_dim).transpose(1, 2)
+        key = attention.k_proj(normed).view(count, 1, -1, attention.head_dim).transpose(1, 2)
+        value = attention.v_proj(normed).view(count, 1, -1, attention.head_dim).transpose(1, 2)
+        query, key = apply_rotary_pos_emb(query, key, cos, sin)
+        self_keys[index][sequences, :, positions] = key[:, :, 0]
+        self_values[index][sequences, :, positions] = value[:, :, 0]
+        attended = _attend(query, self_keys[index], self_values[index], visible, attention.scaling)
+        hidden = hidden + attention.o_proj(attended)
+
+        cross = layer.cross_attention
+        normed = layer.pre_ca_norm(hidden)
+        query = cross.q_proj(normed).view(count, 1, -1, cross.head_dim).transpose(1, 2)
+        attended = _attend(query, cross_keys[index], cross_values[index], text_visible, cross.scaling)
+        hidden = hidden + cross.o_proj(attended)
+
+        hidden = hidden + layer.mlp(layer.pre_mlp_norm(hidden))
+    hidden = decoder.norm(hidden)
+    return model.logits_dense(hidden[:, 0]).view(count, decoder.num_channels, decoder.vocab_size)
+
+
+def _attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, visible: torch.Tensor, scale: float):
+    """Attention of one query frame (B, heads, 1, d) over keys/values (B, kv_heads, W, d); returns (B, 1, heads * d).
+
+    Query heads that share a key/value head (grouped-query attention) are
+    packed as that head's queries, so nothing is repeated and the mask
+    applies as it is. Dia's scale is 1 (its weights are trained without the
+    usual 1/sqrt(d); transformers passes its `scaling` to the kernel).
+    """
+    count, heads, _, size = query.shape
+    kv_heads = keys.shape[1]
+    packed = query.reshape(count, kv_heads, heads // kv_heads, size)
+    output = torch.nn.functional.scaled_dot_product_attention(packed, keys, values, attn_mask=visible, scale=scale)
+    return output.reshape(count, 1, heads * size)
