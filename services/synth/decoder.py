@@ -168,7 +168,8 @@ class DecodeBatch:
         if not self.rows:
             return 0
         needed = max(row.cached for row in self.rows) + 1
-        return min(-(-needed // COLUMN_BUCKET) * COLUMN_BUCKET, max(self.cache.columns, needed))
+        # Within what the cache allocates for it: buckets of COLUMN_ALLOCATION (a multiple), or the positions.
+        return min(-(-needed // COLUMN_BUCKET) * COLUMN_BUCKET, max(needed, self.max_positions + 1))
 
     def room_for(self, prefill_frames: int) -> int:
         """The most frames a row with this prefill may generate within the decoder's positions.
@@ -229,8 +230,8 @@ class DecodeBatch:
         sequences = 2 * rows  # cond and uncond of each row, side by side
         logits = decoder_step(
             self.model,
-            self._last_tokens.repeat_interleave(2, dim=0),
-            tensors.positions.repeat_interleave(2),
+            _twice(self._last_tokens),
+            _twice(tensors.positions),
             *self.cache.views(sequences, self.width),
         )
         for row in self.rows:
@@ -273,7 +274,8 @@ class DecodeBatch:
         slots), so the running rows stay a prefix of the cache: one row copied
         per leave, however many rows and frames the batch holds.
         """
-        leaving = [index for index in range(len(self.rows)) if index not in set(keep)]
+        kept = set(keep)
+        leaving = [index for index in range(len(self.rows)) if index not in kept]
         for index in leaving:
             self._free_slots.append(self.rows[index].slot)
         order = list(range(len(self.rows)))  # order[i]: the row now at place i
@@ -569,6 +571,11 @@ def decoder_step(
         hidden = hidden + layer.mlp(layer.pre_mlp_norm(hidden))
     hidden = decoder.norm(hidden)
     return model.logits_dense(hidden[:, 0]).view(count, decoder.num_channels, decoder.vocab_size)
+
+
+def _twice(rows: torch.Tensor) -> torch.Tensor:
+    """Each row's tensor for both its sequences (cond, uncond), side by side as in the cache's slots."""
+    return rows[:, None].expand(rows.shape[0], 2, *rows.shape[1:]).reshape(2 * rows.shape[0], *rows.shape[1:])
 
 
 def _attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, visible: torch.Tensor, scale: float):

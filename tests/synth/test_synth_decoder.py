@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from services.synth import audio
+from services.synth import audio, decoder
 from services.synth.decoder import DecodeBatch, NoTokenLeft, RowSettings
 from services.synth.engine import SynthesisInput
 from services.synth.params import GenerationParams
@@ -213,3 +213,75 @@ def test_a_row_whose_scores_leave_no_token_fails_alone(engine, preparer, referen
     assert isinstance(finished["bad"].error, NoTokenLeft)
     codes = engine._decode_row(finished["good"].sequence[None], finished["good"].prefill_frames).codes
     assert torch.equal(codes, references[0])
+
+
+def test_the_cache_growing_while_rows_run_changes_no_rows_codes(engine, preparer, references, monkeypatch):
+    # Small buckets: the self-attention columns grow every 16 frames and the text columns whenever a
+    # longer text joins, each time while other rows are mid-way.
+    monkeypatch.setattr(decoder, "COLUMN_ALLOCATION", 16)
+    monkeypatch.setattr(decoder, "COLUMN_BUCKET", 8)
+    monkeypatch.setattr(decoder, "TEXT_BUCKET", 4)
+    finished, _ = run(engine, preparer, {0: [0], 3: [2], 20: [1], 21: [3]})
+    for index, generated in finished.items():
+        assert torch.equal(generated.codes, references[index]), CASES[index]
+
+
+def test_a_step_attends_over_the_longest_rows_columns_in_buckets_and_memory_follows_it(engine, preparer):
+    batch = DecodeBatch(engine.model, max_rows=2)
+    long = preparer.prepare("[S1] Hi.", None, RowSettings(3.0, 0.0, 0.95, 45, 300, 1), "long")
+    short = preparer.prepare("[S1] Hi.", None, RowSettings(3.0, 0.0, 0.95, 45, 20, 1), "short")
+    assert batch.width == 0 and batch.cache.columns == 0
+    width, columns = {}, {}  # by the frame the long row's next step feeds (it writes that column)
+    for step in range(300):
+        batch.step([long] if step == 0 else [short] if step == 100 else [])
+        if batch.rows:
+            width[batch.rows[0].position] = batch.width
+            columns[batch.rows[0].position] = batch.cache.columns
+    assert batch.rows == []
+    assert [width[p] for p in (1, 63, 64, 127, 128, 255, 256, 299)] == [64, 64, 128, 128, 192, 256, 320, 320]
+    # Allocated 256 at a time, by the step that writes the first column past them (column 256: the
+    # step after which the row feeds 257).
+    assert [columns[p] for p in (1, 256, 257, 299)] == [256, 256, 512, 512]
+    assert batch.cache.columns == 0 and batch.cache.self_keys[0].numel() == 0  # all left: nothing held
+
+
+def test_the_columns_allocated_stop_at_the_models_positions(engine, preparer):
+    batch = DecodeBatch(engine.model, max_rows=1)
+    batch.max_positions = 80  # as if the model had 80 positions
+    batch.step([preparer.prepare("[S1] Hi.", None, RowSettings(3.0, 0.0, 0.95, 45, 80, 1), "whole")])
+    while batch.rows:
+        assert batch.cache.columns == 81 and batch.width <= 81
+        batch.step()
+
+
+def test_when_a_middle_row_leaves_the_last_row_takes_its_slots_and_keeps_its_codes(engine, preparer, references):
+    batch = DecodeBatch(engine.model, max_rows=3)
+    rows = []
+    for index in (0, 1, 3):
+        text, seconds, *_ = CASES[index]
+        rows.append(preparer.prepare(text, prompt(seconds) if seconds else None, settings(CASES[index]), index))
+    finished = {}
+    for done in batch.step(rows):
+        finished[done.tag] = done
+    for _ in range(10):
+        batch.step()
+    last = batch.rows[2]
+    keys = [layer[4:6, :, : last.cached].clone() for layer in batch.cache.self_keys]
+    text_mask = batch.cache.text_mask[4:6].clone()
+    batch.remove({1})
+    assert batch.rows == [rows_of(batch, 0), last]  # the last row moved into the middle row's place
+    for layer, before in zip(batch.cache.self_keys, keys):
+        assert torch.equal(layer[2:4, :, : last.cached], before)  # with its cache
+    assert torch.equal(batch.cache.text_mask[2:4], text_mask)
+    while batch.rows:
+        for done in batch.step():
+            finished[done.tag] = done
+    assert sorted(finished) == [0, 3]
+    for index, done in finished.items():
+        codes = engine._decode_row(done.sequence[None], done.prefill_frames).codes
+        assert torch.equal(codes, references[index]), CASES[index]
+
+
+def rows_of(batch: DecodeBatch, tag):
+    (row,) = [row for row in batch.rows if row.prepared.tag == tag]
+    return row
