@@ -3,11 +3,11 @@
 On the tiny model (CPU): `--rows` rows are generated together until they
 hold about `--frames` frames each; then it times a decoder step of them all,
 a join (one more request: text encoding, prompt prefill and taking a place in
-the batch, minus what the step costs without it) and a leave (a cancelled
+the batch, minus what the step just before cost) and a leave (a cancelled
 row removed), each the median of `--repeats` runs. The other revision's
 services/synth/decoder.py (`git show REV:...`, default main) is loaded beside
-this checkout's and measured the same way, in the same process; ratios are
-old / new (above 1: the new one is faster).
+this checkout's and both batches run in lockstep in the same process; ratios
+are old / new (above 1: the new one is faster).
 
     .venv/bin/python bench/decoder_cache_bench.py [--against main] [--rows 8] [--frames 500]
 """
@@ -55,22 +55,29 @@ def timed(action) -> float:
     return time.perf_counter() - started
 
 
-def measure(module, engine, preparer, rows: int, frames: int, repeats: int) -> dict[str, float]:
-    """Seconds per step, join and leave with `rows` rows at about `frames` frames."""
-    batch = module.DecodeBatch(engine.model, max_rows=rows + 1)
+def measure(batches: dict, preparer, rows: int, frames: int, repeats: int) -> dict[str, dict[str, float]]:
+    """Seconds per step, join and leave of each batch with `rows` rows at about `frames` frames (medians).
+
+    The batches run in lockstep, each timing taken of one batch right after
+    the same of the others, so that what else the machine does weighs on all alike.
+    """
     settings = decoder.RowSettings(3.0, 1.0, 0.95, 45, frames + 4 * repeats + 40, 0)
-    batch.step([preparer.prepare(SCRIPT, None, settings, n) for n in range(rows)])
+    for batch in batches.values():
+        batch.step([preparer.prepare(SCRIPT, None, settings, n) for n in range(rows)])
     for _ in range(frames - 1):
-        batch.step()
-    steps = [timed(batch.step) for _ in range(repeats)]
-    joins, leaves = [], []
+        for batch in batches.values():
+            batch.step()
+    times = {name: {"step": [], "join": [], "leave": []} for name in batches}
     for n in range(repeats):
-        newcomer = preparer.prepare(SCRIPT, None, settings, f"new {n}")
-        joined = timed(lambda: batch.step([newcomer]))
-        joins.append(joined - statistics.median(steps))
-        leaves.append(timed(lambda: batch.remove({f"new {n}"})))
-        batch.step()
-    return {"step": statistics.median(steps), "join": statistics.median(joins), "leave": statistics.median(leaves)}
+        for name, batch in batches.items():
+            times[name]["step"].append(timed(batch.step))
+    for n in range(repeats):
+        for name, batch in batches.items():
+            newcomer = preparer.prepare(SCRIPT, None, settings, f"new {n}")
+            step = timed(batch.step)
+            times[name]["join"].append(timed(lambda: batch.step([newcomer])) - step)
+            times[name]["leave"].append(timed(lambda: batch.remove({f"new {n}"})))
+    return {name: {what: statistics.median(values) for what, values in kinds.items()} for name, kinds in times.items()}
 
 
 def main() -> None:
@@ -78,8 +85,9 @@ def main() -> None:
     parser.add_argument("--against", default="main", help="git revision whose decoder.py is measured beside this one")
     parser.add_argument("--rows", type=int, default=8)
     parser.add_argument("--frames", type=int, default=500)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=31)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--compiled", action="store_true", help="also this checkout with SYNTH_COMPILE (compiles first)")
     arguments = parser.parse_args()
     torch.manual_seed(0)
     folder = tiny_models.ensure(config.tiny_model_dir())
@@ -89,16 +97,27 @@ def main() -> None:
     preparer = Preparer(engine.processor, engine.model.config.delay_pattern, engine.special_tokens, PromptCache(1 << 20))
     with tempfile.TemporaryDirectory() as scratch:
         old = load_revision(arguments.against, pathlib.Path(scratch))
-        results = {}
-        for module in (old, decoder):  # warm-up: first calls pay for allocations and kernel choices
-            measure(module, engine, preparer, arguments.rows, 20, 2)
-        for name, module in ((arguments.against, old), ("this checkout", decoder)):
-            results[name] = measure(module, engine, preparer, arguments.rows, arguments.frames, arguments.repeats)
-    before, after = results[arguments.against], results["this checkout"]
-    print(f"tiny model, {arguments.rows} rows at ~{arguments.frames} frames, {arguments.threads} thread(s), medians:")
-    print(f"{'':8}{arguments.against:>16}{'this checkout':>16}{'ratio':>8}")
+        runs = [(arguments.against, old, {}), ("this checkout", decoder, {})]
+        if arguments.compiled:
+            runs.append(("compiled", decoder, {"compiled": True}))
+        def batches():
+            return {
+                name: module.DecodeBatch(engine.model, max_rows=arguments.rows + 1, **options)
+                for name, module, options in runs
+            }
+
+        measure(batches(), preparer, arguments.rows, 80, 2)  # warm-up: allocations, kernel choices, compiling
+        results = measure(batches(), preparer, arguments.rows, arguments.frames, arguments.repeats)
+    before = results[arguments.against]
+    print(f"tiny model, {arguments.rows} rows at ~{arguments.frames} frames, {arguments.threads} thread(s), medians "
+          f"(ratio: {arguments.against} / this one):")  # fmt: skip
+    print(f"{'':8}" + "".join(f"{name:>16}{'ratio':>8}" if name != arguments.against else f"{name:>16}" for name in results))
     for what in ("step", "join", "leave"):
-        print(f"{what:8}{before[what] * 1e3:>13.2f} ms{after[what] * 1e3:>13.2f} ms{before[what] / after[what]:>7.2f}×")
+        line = f"{what:8}{before[what] * 1e3:>13.2f} ms"
+        for name, after in results.items():
+            if name != arguments.against:
+                line += f"{after[what] * 1e3:>13.2f} ms{before[what] / after[what]:>7.2f}×"
+        print(line)
     sys.stdout.flush()
 
 

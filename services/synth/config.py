@@ -10,7 +10,7 @@ import pathlib
 import socket
 
 from runtime import config, provider_credentials
-from runtime.config import at_least, one_of, setting
+from runtime.config import at_least, boolean, one_of, setting
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
 
@@ -68,6 +68,14 @@ SYNTH_DTYPE = setting(
     "precision of Dia's weights: auto (bfloat16 on CUDA, float32 on the CPU), float32, bfloat16 (also on "
     "CPUs with bfloat16 instructions, several times faster there) or float16 (CUDA only); the codec stays float32",
     one_of("auto", "float32", "bfloat16", "float16"),
+)
+SYNTH_COMPILE = setting(
+    "SYNTH_COMPILE",
+    False,
+    "run each decoder step through torch.compile (on CUDA mode reduce-overhead: CUDA graphs; rows are "
+    "padded to powers of two so that shapes repeat). Off by default: each new batch shape waits for a "
+    "compilation first (tens of seconds), which pays off only over long runs",
+    boolean,
 )
 SYNTH_TORCH_THREADS = setting(
     "SYNTH_TORCH_THREADS", 2, "CPU threads torch uses for one generation (at least 1)", at_least(1)

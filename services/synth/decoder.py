@@ -55,6 +55,8 @@ import torch
 from transformers.cache_utils import EncoderDecoderCache
 from transformers.models.dia.modeling_dia import apply_rotary_pos_emb
 
+from services.synth.config import SYNTH_COMPILE
+
 NEG_INF = -float("inf")
 # A step attends over the longest row's columns rounded up to this, so that shapes repeat (what
 # CUDA graphs and torch.compile need) while short batches don't read a long buffer.
@@ -129,7 +131,8 @@ class _RowTensors:
 
 
 class DecodeBatch:
-    def __init__(self, model, max_rows: int) -> None:
+    def __init__(self, model, max_rows: int, compiled: bool | None = None) -> None:
+        """`compiled`: run the steps through torch.compile (None: as SYNTH_COMPILE says)."""
         self.model = model
         self.device = model.device
         self.dtype = model.dtype
@@ -154,7 +157,9 @@ class DecodeBatch:
         self.broken = torch.zeros((max_rows,), dtype=torch.long, device=self.device)  # 1: no token was left
         self.rows: list[_Row] = []
         self._free_slots = list(range(max_rows - 1, -1, -1))
-        self.cache = SlotCache(model, max_rows)
+        self.compiled = SYNTH_COMPILE.value if compiled is None else compiled
+        self._decoder_step = compiled_decoder_step(self.device.type) if self.compiled else decoder_step
+        self.cache = SlotCache(model, max_rows, static=self.compiled and self.device.type == "cuda")
         self._last_tokens = torch.zeros((0, self.channels), dtype=torch.long, device=self.device)
         self._tensors: _RowTensors | None = None
         self._eos_copy: tuple | None = None  # (rows, their eos_at on the host, copy done event)
@@ -227,13 +232,16 @@ class DecodeBatch:
         rows = len(self.rows)
         tensors = self._row_tensors()
         self.cache.reserve_columns(max(row.cached for row in self.rows) + 1, rows, self.max_positions + 1)
-        sequences = 2 * rows  # cond and uncond of each row, side by side
-        logits = decoder_step(
-            self.model,
-            _twice(self._last_tokens),
-            _twice(tensors.positions),
-            *self.cache.views(sequences, self.width),
-        )
+        frames, positions = _twice(self._last_tokens), _twice(tensors.positions)  # cond and uncond side by side
+        fed = rows
+        if self.compiled:
+            # Compiled code is specialised to shapes: rows padded to a power of two repeat them. The padding
+            # rows feed pad at position 0 into free slots (a join overwrites them); their logits are dropped.
+            fed = min(1 << (rows - 1).bit_length(), self.max_rows)
+            frames = torch.nn.functional.pad(frames, (0, 0, 0, 2 * (fed - rows)), value=self.pad)
+            positions = torch.nn.functional.pad(positions, (0, 2 * (fed - rows)))
+        logits = self._decoder_step(self.model, frames, positions, *self.cache.buffers(), self.width)
+        logits = logits[: 2 * rows]
         for row in self.rows:
             row.cached += 1
         tensors.positions += 1
@@ -435,8 +443,10 @@ class SlotCache:
     when it joins), so a masked column never turns a sum into NaN.
     """
 
-    def __init__(self, model, max_rows: int) -> None:
+    def __init__(self, model, max_rows: int, static: bool = False) -> None:
+        """`static`: mark the buffers' addresses static, so CUDA graphs that write into them can be replayed."""
         decoder = model.config.decoder_config
+        self.static = static
         self.sequences = 2 * max_rows
         self.layers = decoder.num_hidden_layers
         self.dtype, self.device = model.dtype, model.device
@@ -455,10 +465,14 @@ class SlotCache:
 
     def _empty(self, shape: tuple[int, int], columns: int) -> list[torch.Tensor]:
         heads, head_dim = shape
-        return [
+        tensors = [
             torch.zeros((self.sequences, heads, columns, head_dim), dtype=self.dtype, device=self.device)
             for _ in range(self.layers)
         ]
+        if self.static:
+            for tensor in tensors:  # a grown buffer moves: the graphs are recorded again (rare: once a bucket)
+                torch._dynamo.mark_static_address(tensor)
+        return tensors
 
     def reserve_columns(self, needed: int, rows: int, most: int) -> None:
         """At least `needed` self-attention columns (at most `most` are ever allocated); the first `rows` rows are kept."""
@@ -477,6 +491,8 @@ class SlotCache:
         self.cross_values = self._grown(self.cross_values, self._cross_shape, columns, rows)
         mask = torch.zeros((self.sequences, columns), dtype=torch.bool, device=self.device)
         mask[: 2 * rows, : self.text_columns] = self.text_mask[: 2 * rows]
+        if self.static:
+            torch._dynamo.mark_static_address(mask)
         self.text_mask = mask
         self.text_columns = columns
 
@@ -511,16 +527,9 @@ class SlotCache:
                 layer[into] = layer[out_of]
         self.text_mask[into] = self.text_mask[out_of]
 
-    def views(self, sequences: int, width: int) -> tuple:
-        """(self keys, self values, cross keys, cross values, text mask) of the first `sequences` slots,
-        self-attention to `width` columns: views into the buffers, not copies."""
-        return (
-            [layer[:sequences, :, :width] for layer in self.self_keys],
-            [layer[:sequences, :, :width] for layer in self.self_values],
-            [layer[:sequences] for layer in self.cross_keys],
-            [layer[:sequences] for layer in self.cross_values],
-            self.text_mask[:sequences],
-        )
+    def buffers(self) -> tuple:
+        """(self keys, self values, cross keys, cross values, text mask): decoder_step's cache arguments."""
+        return self.self_keys, self.self_values, self.cross_keys, self.cross_values, self.text_mask
 
 
 def decoder_step(
@@ -532,23 +541,27 @@ def decoder_step(
     cross_keys: list[torch.Tensor],
     cross_values: list[torch.Tensor],
     text_mask: torch.Tensor,
+    width: int,
 ) -> torch.Tensor:
     """Transformers' DiaDecoder (and logits head) for one new frame per sequence, at each one's own position.
 
-    frames (B, C) are fed at positions (B,); their keys and values are written
-    into self_keys/self_values (B, kv_heads, W, head_dim) at those columns, and
-    each sequence attends over its columns 0 .. position (the rest masked).
-    Cross-attention reads cross_keys/cross_values (B, kv_heads, T, head_dim)
-    where text_mask (B, T) is True. Returns (B, C, V) logits in the model's dtype.
-    No branch depends on the tensors' values, so torch.compile can wrap it.
+    frames (B, C) are fed at positions (B,) to the first B slots of the cache
+    (SlotCache's buffers, passed whole so that their addresses stay those
+    CUDA graphs recorded): their keys and values are written into self_keys /
+    self_values (slots, kv_heads, columns, head_dim) at those columns, and
+    each sequence attends over columns 0 .. its position among the first
+    `width` (the rest masked). Cross-attention reads cross_keys/cross_values
+    (slots, kv_heads, T, head_dim) where text_mask (slots, T) is True.
+    Returns (B, C, V) logits in the model's dtype. No branch depends on the
+    tensors' values, so torch.compile can wrap it.
     """
     decoder = model.model.decoder
     count = frames.shape[0]
     hidden = decoder.embeddings(frames[:, None, :])  # (B, 1, hidden)
     cos, sin = decoder.rotary_emb(hidden, position_ids=positions[:, None])
-    columns = torch.arange(self_keys[0].shape[2], device=frames.device)
+    columns = torch.arange(width, device=frames.device)
     visible = (columns[None, :] <= positions[:, None])[:, None, None, :]  # (B, 1, 1, W)
-    text_visible = text_mask[:, None, None, :]
+    text_visible = text_mask[:count, None, None, :]
     sequences = torch.arange(count, device=frames.device)
     for index, layer in enumerate(decoder.layers):
         attention = layer.self_attention
@@ -557,20 +570,36 @@ def decoder_step(
         key = attention.k_proj(normed).view(count, 1, -1, attention.head_dim).transpose(1, 2)
         value = attention.v_proj(normed).view(count, 1, -1, attention.head_dim).transpose(1, 2)
         query, key = apply_rotary_pos_emb(query, key, cos, sin)
-        self_keys[index][sequences, :, positions] = key[:, :, 0]
-        self_values[index][sequences, :, positions] = value[:, :, 0]
-        attended = _attend(query, self_keys[index], self_values[index], visible, attention.scaling)
+        keys, values = self_keys[index][:count, :, :width], self_values[index][:count, :, :width]
+        keys[sequences, :, positions] = key[:, :, 0]
+        values[sequences, :, positions] = value[:, :, 0]
+        attended = _attend(query, keys, values, visible, attention.scaling)
         hidden = hidden + attention.o_proj(attended)
 
         cross = layer.cross_attention
         normed = layer.pre_ca_norm(hidden)
         query = cross.q_proj(normed).view(count, 1, -1, cross.head_dim).transpose(1, 2)
-        attended = _attend(query, cross_keys[index], cross_values[index], text_visible, cross.scaling)
+        attended = _attend(query, cross_keys[index][:count], cross_values[index][:count], text_visible, cross.scaling)
         hidden = hidden + cross.o_proj(attended)
 
         hidden = hidden + layer.mlp(layer.pre_mlp_norm(hidden))
     hidden = decoder.norm(hidden)
     return model.logits_dense(hidden[:, 0]).view(count, decoder.num_channels, decoder.vocab_size)
+
+
+_COMPILED: dict[str, object] = {}
+
+
+def compiled_decoder_step(device_type: str):
+    """decoder_step under torch.compile, one per device type, shared by every batch (compiled once).
+
+    On CUDA in mode reduce-overhead: CUDA graphs, replayed while the shapes
+    (padded rows, column bucket) repeat, so a step costs one launch instead of
+    one per kernel.
+    """
+    if device_type not in _COMPILED:
+        _COMPILED[device_type] = torch.compile(decoder_step, mode="reduce-overhead" if device_type == "cuda" else None)
+    return _COMPILED[device_type]
 
 
 def _twice(rows: torch.Tensor) -> torch.Tensor:

@@ -49,9 +49,9 @@ def settings(case, temperature: float = 0.0, seed: int = 1) -> RowSettings:
     return RowSettings(scale, temperature, 0.95, top_k, frames, seed)
 
 
-def run(engine, preparer, arrivals: dict[int, list[int]], temperature=0.0, seeds=None):
+def run(engine, preparer, arrivals: dict[int, list[int]], temperature=0.0, seeds=None, compiled=False):
     """Step a batch until it is empty; arrivals maps a step to the cases that join at it."""
-    batch = DecodeBatch(engine.model, max_rows=8)
+    batch = DecodeBatch(engine.model, max_rows=8, compiled=compiled)
     finished, step = {}, 0
     while step <= max(arrivals) or batch.rows:
         joining = []
@@ -285,3 +285,21 @@ def test_when_a_middle_row_leaves_the_last_row_takes_its_slots_and_keeps_its_cod
 def rows_of(batch: DecodeBatch, tag):
     (row,) = [row for row in batch.rows if row.prepared.tag == tag]
     return row
+
+
+def test_compiled_steps_give_the_codes_transformers_generate_gives(engine, preparer, references):
+    # SYNTH_COMPILE: decoder_step through torch.compile (inductor's C++ on the CPU), rows padded to
+    # powers of two; rows join and leave, so it runs at several row counts and column buckets.
+    finished, batch = run(engine, preparer, {0: [1], 5: [3], 9: [0], 30: [2]}, compiled=True)
+    assert batch.compiled and not torch._dynamo.utils.counters["graph_break"]  # one graph: nothing ran eagerly
+    for index, generated in finished.items():
+        assert torch.equal(generated.codes, references[index]), CASES[index]
+
+
+def test_synth_compile_turns_compiled_steps_on(engine, monkeypatch):
+    assert not DecodeBatch(engine.model, max_rows=1).compiled  # off by default
+    monkeypatch.setenv("SYNTH_COMPILE", "true")
+    assert DecodeBatch(engine.model, max_rows=1).compiled
+    monkeypatch.setenv("SYNTH_COMPILE", "sometimes")
+    with pytest.raises(SystemExit, match="SYNTH_COMPILE"):
+        DecodeBatch(engine.model, max_rows=1)
