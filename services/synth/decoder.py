@@ -31,8 +31,8 @@ conditioned sequence in slot 2i and its unconditioned one in 2i+1, so the
 running rows are always a prefix and a step reads a slice of the buffers,
 not a copy. A row's frame at position p sits in column p (no padding);
 columns are allocated in buckets of COLUMN_ALLOCATION as the longest row
-grows (the buffer follows the longest row, and is copied only when it grows
-a bucket), and a step attends over the longest row's columns rounded up to
+grows (copied only when they grow a bucket; held until the batch empties),
+up to the decoder's positions, and a step attends over the longest row's columns rounded up to
 COLUMN_BUCKET, each row masked beyond its own position. Text encodings'
 cross-attention keys and values are kept the same way, computed once when a
 row joins. A join prefills its prompt alone through the model's forward and
@@ -174,7 +174,7 @@ class DecodeBatch:
             return 0
         needed = max(row.cached for row in self.rows) + 1
         # Within what the cache allocates for it: buckets of COLUMN_ALLOCATION (a multiple), or the positions.
-        return min(-(-needed // COLUMN_BUCKET) * COLUMN_BUCKET, max(needed, self.max_positions + 1))
+        return min(-(-needed // COLUMN_BUCKET) * COLUMN_BUCKET, max(needed, self.max_positions))
 
     def room_for(self, prefill_frames: int) -> int:
         """The most frames a row with this prefill may generate within the decoder's positions.
@@ -231,7 +231,8 @@ class DecodeBatch:
         """Feed each row its last frame; returns (2, rows, C, V) logits for the next."""
         rows = len(self.rows)
         tensors = self._row_tensors()
-        self.cache.reserve_columns(max(row.cached for row in self.rows) + 1, rows, self.max_positions + 1)
+        # Fed positions stop at max_positions - 1 (check_fits): at most max_positions columns, a multiple of 64 in Dia.
+        self.cache.reserve_columns(max(row.cached for row in self.rows) + 1, rows, self.max_positions)
         frames, positions = _twice(self._last_tokens), _twice(tensors.positions)  # cond and uncond side by side
         fed = rows
         if self.compiled:
@@ -270,7 +271,7 @@ class DecodeBatch:
         generator = None
         if prepared.settings.temperature > 0:
             generator = torch.Generator(device=self.device).manual_seed(prepared.settings.seed)
-        self.cache.put(len(self.rows), output.past_key_values, self.max_positions + 1)
+        self.cache.put(len(self.rows), output.past_key_values, self.max_positions)
         self.rows.append(_Row(prepared, slot, prepared.prefill_frames, generator))
         self._tensors = None
         return output.logits[:, -1].float().view(2, 1, self.channels, self.vocab)
