@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -303,3 +305,32 @@ def test_synth_compile_turns_compiled_steps_on(engine, monkeypatch):
     monkeypatch.setenv("SYNTH_COMPILE", "sometimes")
     with pytest.raises(SystemExit, match="SYNTH_COMPILE"):
         DecodeBatch(engine.model, max_rows=1)
+
+
+def test_the_step_function_computes_what_transformers_decoder_does_with_dias_own_head_layout():
+    # The tiny model has 2 query heads over 1 key/value head; the real Dia 16 over 4 (cross-attention
+    # 16 over 16). A random model with that layout: one frame through decoder_step, its row in the
+    # middle slots beside an unused one, against the model's own forward with its own cache.
+    from transformers import DiaConfig, DiaDecoderConfig, DiaEncoderConfig, DiaForConditionalGeneration
+
+    torch.manual_seed(0)
+    encoder = DiaEncoderConfig(
+        num_hidden_layers=1, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=4, head_dim=16
+    )
+    layout = DiaDecoderConfig(
+        num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=16, num_key_value_heads=4,
+        head_dim=32, cross_num_attention_heads=16, cross_num_key_value_heads=16, cross_head_dim=32, cross_hidden_size=64,
+    )  # fmt: skip
+    model = DiaForConditionalGeneration(DiaConfig(encoder_config=encoder, decoder_config=layout)).eval()
+    with torch.no_grad():
+        text = torch.randint(0, 255, (2, 23))
+        encoded = model.model.encoder(input_ids=text, attention_mask=torch.ones_like(text)).last_hidden_state
+        prefill = model(encoder_outputs=(encoded,), decoder_input_ids=torch.randint(0, 1024, (2, 37, 9)), use_cache=True)
+        cache = decoder.SlotCache(model, max_rows=3)
+        cache.put(1, copy.deepcopy(prefill.past_key_values), most_columns=3072)
+        cache.reserve_columns(38, rows=2, most=3072)
+        frame = torch.randint(0, 1024, (2, 1, 9))
+        expected = model(encoder_outputs=(encoded,), decoder_input_ids=frame, past_key_values=prefill.past_key_values)
+        frames = torch.cat([torch.full((2, 9), 1025), frame[:, 0]])
+        logits = decoder.decoder_step(model, frames, torch.tensor([0, 0, 37, 37]), *cache.buffers(), 64)[2:]
+    torch.testing.assert_close(logits, expected.logits[:, -1].view(2, 9, -1), rtol=1e-5, atol=1e-5)
