@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from runtime.errors import ApiError
+from services.synth import decoder
 from tests.audio import wav_file
 from tests.conftest import free_port
 from tools.mesh import Mesh
@@ -98,3 +99,19 @@ async def serving_synth(mesh, **settings: str):
     async with own_synth(mesh, **settings) as process:
         await process.wait_serving("synth", timeout=120)
         yield process.address("synth")
+
+
+def fail_decode_steps(monkeypatch, fails) -> list[int]:
+    """Make decode steps (one new frame per row: decoder.decoder_step, not a prefill) raise when
+    `fails(number of the call, highest position fed)` says so; returns the calls that raised."""
+    step, raised, calls = decoder.decoder_step, [], [0]
+
+    def step_with_faults(model, frames, positions, *cache):
+        calls[0] += 1
+        if fails(calls[0], int(positions.max())):
+            raised.append(calls[0])
+            raise RuntimeError("injected fault (a device error, say)")
+        return step(model, frames, positions, *cache)
+
+    monkeypatch.setattr(decoder, "decoder_step", step_with_faults)
+    return raised

@@ -20,7 +20,7 @@ from services.synth.params import GenerationParams
 from services.synth.prompts import PromptCache
 from services.synth.scheduler import Scheduler
 from services.synth.streaming import STARTED_OVER, FrameFeed
-from tests.synth.helpers import noise_wav
+from tests.synth.helpers import fail_decode_steps, noise_wav
 
 
 def synthesis(frames: int = 40, seed: int | None = None, prompt: float | None = None, text="[S1] Hello.", **changes):
@@ -186,24 +186,6 @@ def counted(name: str) -> float:
     return prometheus_client.REGISTRY.get_sample_value(name) or 0.0
 
 
-def failing_decode_steps(engine, monkeypatch, fails) -> list[int]:
-    """Make the model raise in a decode step (one new frame per row, not a prefill) when
-    `fails(number of the call, highest position fed)` says so; returns the calls that raised."""
-    forward, raised, calls = engine.model.forward, [], [0]
-
-    def forward_with_faults(*args, **kwargs):
-        frames, positions = kwargs.get("decoder_input_ids"), kwargs.get("decoder_position_ids")
-        if frames is not None and frames.shape[1] == 1 and positions is not None:
-            calls[0] += 1
-            if fails(calls[0], int(positions.max())):
-                raised.append(calls[0])
-                raise RuntimeError("injected fault (a device error, say)")
-        return forward(*args, **kwargs)
-
-    monkeypatch.setattr(engine.model, "forward", forward_with_faults)
-    return raised
-
-
 async def test_a_failing_step_is_retried_alone_so_only_the_request_at_fault_fails(scheduler_with, engine, monkeypatch):
     scheduler = await scheduler_with(max_rows=4)
     others = [synthesis(frames=40, temperature=0.0), synthesis(frames=60, temperature=0.0, cfg_scale=2.0)]
@@ -211,7 +193,7 @@ async def test_a_failing_step_is_retried_alone_so_only_the_request_at_fault_fail
     # The request at fault has a 2 s voice prompt (172 frames): the model fails whenever a step feeds
     # a position past 150, which only its row reaches (the others stop at 60).
     at_fault = synthesis(frames=40, temperature=0.0, prompt=2.0, text=PROMPTED)
-    raised = failing_decode_steps(engine, monkeypatch, lambda call, position: position > 150)
+    raised = fail_decode_steps(monkeypatch, lambda call, position: position > 150)
     failures, retried = counted("synth_step_failures_total"), counted("synth_rows_retried_total")
 
     results = await asyncio.gather(scheduler.submit(at_fault), *(scheduler.submit(r) for r in others),
@@ -234,7 +216,7 @@ async def test_a_failing_step_is_retried_alone_so_only_the_request_at_fault_fail
 async def test_without_retries_every_request_of_a_failed_step_fails_with_it(scheduler_with, engine, monkeypatch):
     scheduler = await scheduler_with(max_rows=4, retries=0)
     requests = [synthesis(frames=f, temperature=0.0) for f in (30, 50)]
-    raised = failing_decode_steps(engine, monkeypatch, lambda call, position: call == 3)
+    raised = fail_decode_steps(monkeypatch, lambda call, position: call == 3)
     retried = counted("synth_rows_retried_total")
     results = await asyncio.gather(*(scheduler.submit(r) for r in requests), return_exceptions=True)
     assert raised == [3] and counted("synth_rows_retried_total") == retried
@@ -257,7 +239,7 @@ async def test_a_step_that_fails_once_costs_no_request_its_audio_nor_a_stream_th
     reference_feed = FrameFeed(loop)
     reference = await scheduler.submit(dataclasses.replace(streamed, on_frames=reference_feed))
     reference_frames = torch.cat(queued(reference_feed))
-    raised = failing_decode_steps(engine, monkeypatch, lambda call, position: call == 5)
+    raised = fail_decode_steps(monkeypatch, lambda call, position: call == 5)
     retried = counted("synth_rows_retried_total")
 
     unsent, sent = FrameFeed(loop), FrameFeed(loop)

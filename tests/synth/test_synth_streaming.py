@@ -16,7 +16,7 @@ from services.synth.streaming import SAMPLES_PER_FRAME, STARTED_OVER, FrameFeed,
 from services.synth.tempo import StreamingTempo, to_int16
 from services.transcode.audio import atempo
 from services.transcode.pcm import Pcm
-from tests.synth.helpers import SAMPLE_RATE, audio_samples_for, error_of, request, wav_samples
+from tests.synth.helpers import SAMPLE_RATE, audio_samples_for, error_of, fail_decode_steps, request, wav_samples
 from voice.synth.v1 import synth_pb2
 
 # Joined chunks against the whole decoded at once: the tolerance the streaming promise is held to.
@@ -225,29 +225,12 @@ async def synth_in_process(engine):
     await service.scheduler.close()
 
 
-def fail_next_decode_steps(engine, monkeypatch, when) -> list[int]:
-    """The model raises in decode steps (one frame per row) for which `when(number of the call)` is true."""
-    forward, raised, calls = engine.model.forward, [], [0]
-
-    def forward_with_faults(*args, **kwargs):
-        frames = kwargs.get("decoder_input_ids")
-        if frames is not None and frames.shape[1] == 1 and kwargs.get("decoder_position_ids") is not None:
-            calls[0] += 1
-            if when(calls[0]):
-                raised.append(calls[0])
-                raise RuntimeError("injected fault")
-        return forward(*args, **kwargs)
-
-    monkeypatch.setattr(engine.model, "forward", forward_with_faults)
-    return raised
-
-
 async def test_a_stream_whose_step_fails_before_its_first_chunk_sends_the_same_audio(
     synth_in_process, engine, monkeypatch
 ):
     asked = stream_request(seed=41, max_new_tokens=150, temperature=0.0)
     expected = await collect(synth_in_process.StreamSynthesize(asked, None))
-    raised = fail_next_decode_steps(engine, monkeypatch, lambda call: call == 5)  # the first chunk is ~74 steps in
+    raised = fail_decode_steps(monkeypatch, lambda call, position: call == 5)  # the first chunk is ~74 steps in
     messages = await collect(synth_in_process.StreamSynthesize(asked, None))
     assert raised == [5]
     assert [m.pcm for m in messages] == [m.pcm for m in expected]
@@ -258,7 +241,7 @@ async def test_a_stream_whose_step_fails_after_a_chunk_went_out_ends_with_an_err
     synth_in_process, engine, monkeypatch
 ):
     armed = [False]
-    raised = fail_next_decode_steps(engine, monkeypatch, lambda call: armed[0] and not raised)
+    raised = fail_decode_steps(monkeypatch, lambda call, position: armed[0] and not raised)
     stream = synth_in_process.StreamSynthesize(stream_request(seed=42, max_new_tokens=400, temperature=0.0), None)
     first = await stream.__anext__()
     assert first.chunk_index == 0 and first.pcm
