@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from runtime.errors import ApiError
-from services.synth import decoder
 from tests.audio import wav_file
 from tests.conftest import free_port
 from tools.mesh import Mesh
@@ -104,6 +103,8 @@ async def serving_synth(mesh, **settings: str):
 def fail_decode_steps(monkeypatch, fails) -> list[int]:
     """Make decode steps (one new frame per row: decoder.decoder_step, not a prefill) raise when
     `fails(number of the call, highest position fed)` says so; returns the calls that raised."""
+    from services.synth import decoder  # here: the gateway's tests use these helpers without torch
+
     step, raised, calls = decoder.decoder_step, [], [0]
 
     def step_with_faults(model, frames, positions, *cache):
