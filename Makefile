@@ -39,6 +39,7 @@ bench: $(VENV)/.installed gen/.stamp
 	-$(PY) bench/transcode_bench.py
 	$(PY) bench/synth_batching_bench.py
 	$(PY) bench/synth_engine_bench.py
+	$(PY) bench/decoder_cache_bench.py
 	$(MAKE) bench-fullsize
 	bench/gpu.sh
 	$(PY) bench/mesh_overhead_bench.py

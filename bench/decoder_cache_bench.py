@@ -5,11 +5,12 @@ hold about `--frames` frames each; then it times a decoder step of them all,
 a join (one more request: text encoding, prompt prefill and taking a place in
 the batch, minus what the step just before cost) and a leave (a cancelled
 row removed), each the median of `--repeats` runs. The other revision's
-services/synth/decoder.py (`git show REV:...`, default main) is loaded beside
+services/synth/decoder.py (`git show REV:...`; by default acc172f, the last
+decoder with one left-padded cache for the whole batch) is loaded beside
 this checkout's and both batches run in lockstep in the same process; ratios
 are old / new (above 1: the new one is faster).
 
-    .venv/bin/python bench/decoder_cache_bench.py [--against main] [--rows 8] [--frames 500]
+    .venv/bin/python bench/decoder_cache_bench.py [--against acc172f] [--rows 8] [--frames 500]
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ from services.synth.engine import DiaEngine
 from services.synth.prompts import Preparer, PromptCache
 
 SCRIPT = "[S1] Welcome back to the show. [S2] Thanks, it is good to be here again."
+
+
+# The last revision whose decoder.py kept one left-padded cache for the whole batch.
+BEFORE_SLOT_CACHE = "acc172f"
 
 
 def load_revision(revision: str, folder: pathlib.Path):
@@ -82,7 +87,7 @@ def measure(batches: dict, preparer, rows: int, frames: int, repeats: int) -> di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--against", default="main", help="git revision whose decoder.py is measured beside this one")
+    parser.add_argument("--against", default=BEFORE_SLOT_CACHE, help="git revision whose decoder.py is measured beside this one")
     parser.add_argument("--rows", type=int, default=8)
     parser.add_argument("--frames", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=31)

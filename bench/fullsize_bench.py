@@ -10,7 +10,9 @@ second of audio: below 1 is faster than real time).
 
 With ``--compare-generate`` the same requests also go through transformers'
 own ``generate`` (the static batch synth used before), in the same run, so
-the engine's gain from concurrency can be read beside ``generate``'s.
+the engine's gain from concurrency can be read beside ``generate``'s; with
+``--compile`` through the engine with its steps compiled (SYNTH_COMPILE:
+CUDA graphs on a GPU), to show where compiling helps.
 ``--rounds`` repeats the whole measurement (concurrencies in turn) and
 prints the median of each ratio: on a shared machine one round can be off.
 
@@ -66,14 +68,22 @@ def build(device: str, dtype_name: str | None):
     return model, preparer, tiny.processor
 
 
-def measure_engine(model, preparer, concurrency: int, steps: int) -> float:
-    """Steps per second of our decode loop with `concurrency` rows in one batch (prefill not timed)."""
+def measure_engine(model, preparer, concurrency: int, steps: int, compiled: bool = False) -> float:
+    """Steps per second of our decode loop with `concurrency` rows in one batch (prefill not timed).
+
+    compiled: steps through torch.compile (SYNTH_COMPILE); a first batch runs the same steps untimed,
+    so that compiling (and, on CUDA, recording the graphs of each shape) is not what is measured.
+    """
     from services.synth.decoder import DecodeBatch, RowSettings
 
-    batch = DecodeBatch(model, concurrency)
     settings = [RowSettings(CFG_SCALE, TEMPERATURE, TOP_P, TOP_K, 3072, n) for n in range(concurrency)]
-    batch.step([preparer.prepare(SCRIPT, None, row, n) for n, row in enumerate(settings)])
-    batch.step()  # warm-up
+    for warming_up in ([True] if compiled else []) + [False]:
+        batch = DecodeBatch(model, concurrency, compiled=compiled)
+        batch.step([preparer.prepare(SCRIPT, None, row, n) for n, row in enumerate(settings)])
+        batch.step()  # warm-up
+        if warming_up:
+            for _ in range(steps):
+                batch.step()
     synchronize(model.device)
     began = time.perf_counter()
     for _ in range(steps):
@@ -122,6 +132,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--rounds", type=int, default=1, help="measure everything this many times; medians at the end")
     parser.add_argument("--compare-generate", action="store_true", help="also time transformers' generate")
+    parser.add_argument("--compile", action="store_true", help="also time the engine with SYNTH_COMPILE (torch.compile)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -132,6 +143,8 @@ def main() -> int:
     ways = [("engine", lambda c: measure_engine(model, preparer, c, args.steps))]
     if args.compare_generate:
         ways.append(("generate", lambda c: measure_generate(model, processor, c, args.steps)))
+    if args.compile:  # last: on a GPU compiling takes minutes, and the other ways are printed by then
+        ways.append(("compiled", lambda c: measure_engine(model, preparer, c, args.steps, compiled=True)))
     ratios: dict[tuple[str, int], list[float]] = {}
     for round_number in range(1, args.rounds + 1):
         print(f"\nround {round_number} of {args.rounds}, {args.steps} steps each")

@@ -2,6 +2,8 @@
 # The full-size Dia (random weights, DiaConfig() defaults: no download) on one CUDA GPU in bfloat16:
 # steps/s and real-time factor at 1, 8 and 32 concurrent requests through synth's decode loop, in one table.
 # Within 8 minutes on one H200. Without a GPU it says so and exits cleanly.
+# `bench/gpu.sh --compile` adds the same steps compiled (SYNTH_COMPILE: torch.compile with CUDA graphs) to the
+# table, to show what compiling gives; compiling and recording the graphs may take it past the 8 minutes.
 #
 #   bench/gpu.sh                 # PY=path/to/python with a CUDA build of torch, if not .venv's
 set -euo pipefail

@@ -69,6 +69,18 @@ def run(engine, preparer, arrivals: dict[int, list[int]], temperature=0.0, seeds
     return finished, batch
 
 
+def start_cases(batch, preparer, indices, steps: int) -> dict:
+    """The cases join `batch` together (tagged by index) and run `steps` more steps; returns any that finished."""
+    joining = []
+    for index in indices:
+        text, seconds, *_ = CASES[index]
+        joining.append(preparer.prepare(text, prompt(seconds) if seconds else None, settings(CASES[index]), index))
+    finished = {done.tag: done for done in batch.step(joining)}
+    for _ in range(steps):
+        finished.update((done.tag, done) for done in batch.step())
+    return finished
+
+
 def test_alone_each_request_gets_the_codes_transformers_generate_gives(engine, preparer, references):
     for index in range(len(CASES)):
         finished, _ = run(engine, preparer, {0: [index]})
@@ -171,15 +183,7 @@ def test_temperatures_below_one_are_honoured_and_top_p_narrows_the_draws(engine,
 
 def test_a_row_removed_mid_way_frees_its_slot_and_the_others_go_on_unchanged(engine, preparer, references):
     batch = DecodeBatch(engine.model, max_rows=3)
-    rows = []
-    for index in (0, 1, 2):
-        text, seconds, *_ = CASES[index]
-        rows.append(preparer.prepare(text, prompt(seconds) if seconds else None, settings(CASES[index]), index))
-    finished = {}
-    for done in batch.step(rows):
-        finished[done.tag] = done
-    for _ in range(10):
-        batch.step()
+    finished = start_cases(batch, preparer, (0, 1, 2), steps=10)
     batch.remove({1})  # its caller went away
     assert sorted(row.prepared.tag for row in batch.rows) == [0, 2]
     late = preparer.prepare(CASES[3][0], prompt(CASES[3][1]), settings(CASES[3]), 3)  # takes the freed slot
@@ -258,15 +262,7 @@ def test_the_columns_allocated_stop_at_the_models_positions(engine, preparer):
 
 def test_when_a_middle_row_leaves_the_last_row_takes_its_slots_and_keeps_its_codes(engine, preparer, references):
     batch = DecodeBatch(engine.model, max_rows=3)
-    rows = []
-    for index in (0, 1, 3):
-        text, seconds, *_ = CASES[index]
-        rows.append(preparer.prepare(text, prompt(seconds) if seconds else None, settings(CASES[index]), index))
-    finished = {}
-    for done in batch.step(rows):
-        finished[done.tag] = done
-    for _ in range(10):
-        batch.step()
+    finished = start_cases(batch, preparer, (0, 1, 3), steps=10)
     last = batch.rows[2]
     keys = [layer[4:6, :, : last.cached].clone() for layer in batch.cache.self_keys]
     text_mask = batch.cache.text_mask[4:6].clone()
