@@ -47,10 +47,8 @@ blocks: one thread owns the model.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from transformers.cache_utils import EncoderDecoderCache
 from transformers.models.dia.modeling_dia import apply_rotary_pos_emb

@@ -300,6 +300,7 @@ class DiaEngine:
         decoded = codec.decode(audio_codes=codes.T[None].to(codec.device)).audio_values
         return decoded.float().cpu().numpy().reshape(-1)
 
+
 def resolve_model(dia_model: str, dac_model: str, tiny_dir: pathlib.Path) -> tuple[str, str]:
     """The Dia and codec locations DIA_MODEL/DAC_MODEL name; builds the tiny model when it is asked for and missing."""
     dia = dia_model
