@@ -330,3 +330,30 @@ def test_the_step_function_computes_what_transformers_decoder_does_with_dias_own
         frames = torch.cat([torch.full((2, 9), 1025), frame[:, 0]])
         logits = decoder.decoder_step(model, frames, torch.tensor([0, 0, 37, 37]), *cache.buffers(), 64)[2:]
     torch.testing.assert_close(logits, expected.logits[:, -1].view(2, 9, -1), rtol=1e-5, atol=1e-5)
+
+
+# --- on a CUDA GPU (skipped without one; run them where a GPU is lent) ---------------------------------
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="module")
+def cuda_engine(tiny_model_dir):
+    """The tiny model on the GPU in float32, so that codes can be compared with generate's there."""
+    from services.synth.engine import DiaEngine
+
+    return DiaEngine.load(str(tiny_model_dir / "dia"), str(tiny_model_dir / "dac"), "tiny", "cuda", 1, "float32")
+
+
+@needs_cuda
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "cuda-graphs"])
+def test_on_a_gpu_the_loop_and_its_cuda_graphs_give_the_codes_generate_gives_there(cuda_engine, compiled):
+    preparer = Preparer(cuda_engine.processor, cuda_engine.model.config.delay_pattern, cuda_engine.special_tokens, None)
+    expected = []
+    for text, seconds, frames, scale, top_k in CASES:
+        params = GenerationParams(scale, 0.0, 0.95, top_k, frames, 1.0, None)
+        expected.append(cuda_engine.generate([SynthesisInput(text, prompt(seconds) if seconds else None, params, 1)])[0].codes)
+    finished, batch = run(cuda_engine, preparer, {0: [1], 5: [3], 9: [0], 30: [2]}, compiled=compiled)
+    assert batch.cache.static == compiled  # CUDA graphs need buffers that stay where they were recorded
+    for index, generated in finished.items():
+        assert torch.equal(generated.codes, expected[index]), CASES[index]
