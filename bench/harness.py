@@ -12,6 +12,7 @@ import uuid
 from typing import AsyncIterator
 
 from services.gateway import accounts
+from services.gateway.store import Store
 from tools import mesh as mesh_tools
 from tools.mesh import free_port, free_ports  # noqa: F401 - used by the benchmarks through this module
 
@@ -52,11 +53,11 @@ async def running(services: list[str], env: dict[str, str]) -> AsyncIterator[mes
 
 async def new_keys(database_url: str, count: int, prefix: str = "bench") -> list[str]:
     """API keys of `count` new accounts, as `make key` would print them."""
-    pool = await accounts.open_pool(database_url)
+    store = await Store.open(database_url)
     try:
-        return [(await accounts.create_key(pool, f"{prefix}-{n}-{uuid.uuid4().hex[:6]}")).key for n in range(count)]
+        return [(await accounts.create_key(store.accounts, f"{prefix}-{n}-{uuid.uuid4().hex[:6]}")).key for n in range(count)]
     finally:
-        await pool.close()
+        await store.close()
 
 
 @contextlib.contextmanager

@@ -34,7 +34,9 @@ TARGET = 0.15
 
 async def one(stub, frames: int) -> tuple[float, float]:
     """(seconds to the first audio, seconds to the end) of one streamed generation."""
-    request = synth_pb2.StreamSynthesizeRequest(script=SCRIPT, settings=synth_pb2.GenerationSettings(max_new_tokens=frames))
+    request = synth_pb2.StreamSynthesizeRequest(
+        synthesis=synth_pb2.SynthesisSpec(script=SCRIPT, settings=synth_pb2.GenerationSettings(max_new_tokens=frames))
+    )
     started = time.perf_counter()
     first = None
     async for message in stub.StreamSynthesize(request, timeout=3600):

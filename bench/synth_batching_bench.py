@@ -35,7 +35,9 @@ SCRIPT = "[S1] Welcome back to the show. [S2] Thanks, it is good to be here agai
 
 async def one_round(stub, frames: int) -> tuple[float, float]:
     """(audio seconds, wall seconds) of CONCURRENT generations sent together."""
-    request = synth_pb2.SynthesizeRequest(script=SCRIPT, settings=synth_pb2.GenerationSettings(max_new_tokens=frames))
+    request = synth_pb2.SynthesizeRequest(
+        synthesis=synth_pb2.SynthesisSpec(script=SCRIPT, settings=synth_pb2.GenerationSettings(max_new_tokens=frames))
+    )
     started = time.perf_counter()
     replies = await asyncio.gather(*(stub.Synthesize(request, timeout=3600) for _ in range(CONCURRENT)))
     wall = time.perf_counter() - started

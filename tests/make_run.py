@@ -15,6 +15,7 @@ import threading
 import time
 
 from services.gateway import accounts as gateway_accounts
+from services.gateway.store import Store
 from tests.conftest import make_run_environment, start_make_run
 from tests.gateway.conftest import Account
 from tools import mesh as mesh_tools
@@ -35,11 +36,11 @@ async def account_before_start(env: dict[str, str], name: str) -> Account:
     will start, made before it starts: a test can call at the very moment it says ready."""
     server = await asyncio.to_thread(mesh_tools.start_embedded_postgres, pathlib.Path(env["EMBEDDED_POSTGRES_DIR"]))
     try:
-        pool = await gateway_accounts.open_pool(server.get_uri())
+        store = await Store.open(server.get_uri())
         try:
-            return Account(name, (await gateway_accounts.create_key(pool, name)).key)
+            return Account(name, (await gateway_accounts.create_key(store.accounts, name)).key)
         finally:
-            await pool.close()
+            await store.close()
     finally:
         await asyncio.to_thread(server.cleanup)
 

@@ -49,6 +49,9 @@ RUNTIME_ALONE = "The runtime imports no service and no tool"
 SERVICES_APART = "Each service is independent of the others (they meet over gRPC)"
 NO_CYCLES = "No import cycles among the modules of a package"
 EDGE = "Gateway: the edge does not import generation"
+GATEWAY_LAYERS = "Gateway layers: service, dialects, generation, accounts, store"
+DIALECTS_APART = "Gateway: no dialect imports another"
+STORE_ONLY = "Gateway: only the store talks to PostgreSQL"
 
 
 @pytest.mark.parametrize(
@@ -59,6 +62,11 @@ EDGE = "Gateway: the edge does not import generation"
         ("services/stt/limiter.py", "from tools import mesh", LAYERS),
         ("services/library/rules.py", "from services.stt import config", SERVICES_APART),
         ("runtime/errors.py", "from runtime import server", NO_CYCLES),
+        ("services/gateway/generation/pipeline.py", "from services.gateway.dialects.openai import speech", GATEWAY_LAYERS),
+        ("services/gateway/store/files.py", "from services.gateway.generation import files", GATEWAY_LAYERS),
+        ("services/gateway/dialects/openai/speech.py", "from services.gateway.dialects.predictor import inputs", DIALECTS_APART),
+        ("services/gateway/generation/pipeline.py", "import asyncpg", STORE_ONLY),
+        ("services/gateway/dialects/predictor/files.py", "from runtime import database", STORE_ONLY),
     ],
 )
 def test_a_forbidden_import_breaks_its_contract(tmp_path, module, added, contract):

@@ -30,7 +30,7 @@ PUBLISHED = {
         "voice.gateway.v1.GenerationService",
         "voice.gateway.v1.ModelService",
         "voice.gateway.v1.ProviderRegistryService",
-        "voice.gateway.v1.SpeechService",
+        "voice.openai.v1.SpeechService",
     },
 }
 STANDARD = {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}

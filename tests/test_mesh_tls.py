@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from runtime import tls
 from services.gateway import accounts as gateway_accounts
+from services.gateway.store import Store
 from tests.conftest import Database, RunningMesh, mesh_ports_env
 from tests.gateway.conftest import HELLO, Account, created, upload_form, wait_for_models
 from tools import mesh as mesh_tools
@@ -61,12 +62,12 @@ async def tls_mesh(database, certs):
 
 @pytest.fixture(scope="module")
 async def account(tls_mesh) -> Account:
-    pool = await gateway_accounts.open_pool(tls_mesh.env["DATABASE_URL"])
+    store = await Store.open(tls_mesh.env["DATABASE_URL"])
     try:
         name = f"tess-{uuid.uuid4().hex[:8]}"
-        return Account(name, (await gateway_accounts.create_key(pool, name)).key)
+        return Account(name, (await gateway_accounts.create_key(store.accounts, name)).key)
     finally:
-        await pool.close()
+        await store.close()
 
 
 async def test_a_voice_cloned_generation_crosses_every_internal_channel(tls_mesh, account):

@@ -11,15 +11,17 @@ from tools import buf_lint
 
 # Importing the generated modules registers their descriptors in the default pool.
 from voice.api.v1 import annotations_pb2 as voice_annotations
-from voice.gateway.v1 import generations_pb2, models_pb2, predictions_pb2, speech_pb2  # noqa: F401
+from voice.gateway.v1 import generations_pb2, models_pb2  # noqa: F401
 from voice.library.v1 import library_pb2  # noqa: F401
+from voice.openai.v1 import speech_pb2  # noqa: F401
+from voice.predictor.v1 import predictions_pb2  # noqa: F401
 
 PUBLIC_SERVICES = [
     "voice.library.v1.LibraryService",
     "voice.gateway.v1.GenerationService",
     "voice.gateway.v1.ModelService",
-    "voice.gateway.v1.PredictionService",
-    "voice.gateway.v1.SpeechService",
+    "voice.predictor.v1.PredictionService",
+    "voice.openai.v1.SpeechService",
 ]
 
 

@@ -13,6 +13,7 @@ import sys
 
 from runtime import config
 from services.gateway import accounts
+from services.gateway.store import Store
 from tools import mesh
 
 
@@ -27,11 +28,11 @@ def database_url() -> tuple[str, object | None]:
 
 
 async def make_key(account: str, url: str) -> accounts.NewKey:
-    pool = await accounts.open_pool(url)
+    store = await Store.open(url)
     try:
-        return await accounts.create_key(pool, account)
+        return await accounts.create_key(store.accounts, account)
     finally:
-        await pool.close()
+        await store.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -112,17 +112,18 @@ async def smoke() -> int:
         async with grpc.aio.insecure_channel(synth.address("synth")) as channel:
             stub = synth_pb2_grpc.SynthServiceStub(channel)
             cases = {
-                "without a prompt": synth_pb2.SynthesizeRequest(script="[S1] Hello there."),
-                "with a voice prompt": synth_pb2.SynthesizeRequest(
+                "without a prompt": synth_pb2.SynthesisSpec(script="[S1] Hello there."),
+                "with a voice prompt": synth_pb2.SynthesisSpec(
                     script="[S1] Hello there.",
                     audio_prompt=synth_pb2.AudioPrompt(
                         wav=voice_prompt(), transcript="[S1] Hello world, this is a voice"
                     ),
                 ),
             }
-            for name, request in cases.items():
-                request.settings.max_new_tokens = MAX_NEW_TOKENS
-                request.settings.seed = 1
+            for name, synthesis in cases.items():
+                synthesis.settings.max_new_tokens = MAX_NEW_TOKENS
+                synthesis.settings.seed = 1
+                request = synth_pb2.SynthesizeRequest(synthesis=synthesis)
                 started = time.monotonic()
                 reply = await stub.Synthesize(request, timeout=1200)
                 seconds = time.monotonic() - started

@@ -22,21 +22,17 @@ bare ``x-account-id`` is never trusted.
 from __future__ import annotations
 
 import hashlib
-import pathlib
 import re
 import secrets
 import time
 from dataclasses import dataclass
 
-import asyncpg
 import grpc
 
-from runtime import clients, database
+from runtime import clients
 from runtime.errors import ApiError
 from services.gateway.config import KEY_CACHE_SECONDS
-
-MIGRATIONS = pathlib.Path(__file__).resolve().parent / "migrations"
-SCHEMA = "gateway"
+from services.gateway.store.accounts import AccountsTable
 
 KEY_PREFIX = "vm_"
 # How much of a key is kept in clear, to tell keys apart when listing them.
@@ -47,10 +43,6 @@ ACCOUNT_NAME_RULE = "1 to 64 letters, digits or . _ @ -, starting with a letter 
 EDGE_CREDENTIAL_METADATA = "x-edge-credential"
 # Most keys kept in the cache; past that it starts afresh (a flood of made-up keys is not cached).
 MAX_CACHED_KEYS = 10_000
-
-
-async def open_pool(url: str | None = None) -> asyncpg.Pool:
-    return await database.open_pool(SCHEMA, MIGRATIONS, url)
 
 
 def new_key() -> str:
@@ -70,26 +62,12 @@ class NewKey:
     prefix: str
 
 
-async def create_key(pool: asyncpg.Pool, account_name: str) -> NewKey:
+async def create_key(table: AccountsTable, account_name: str) -> NewKey:
     """Create the account if it does not exist yet, and a new key for it."""
     if not ACCOUNT_NAME.match(account_name):
         raise ValueError(f"an account name is {ACCOUNT_NAME_RULE}")
     key = new_key()
-    async with database.transaction(pool) as connection:
-        # ON CONFLICT keeps two concurrent `make key` runs for one new account from failing.
-        account_id = await connection.fetchval(
-            "INSERT INTO accounts (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING id",
-            account_name,
-        )
-        created = account_id is not None
-        if not created:
-            account_id = await connection.fetchval("SELECT id FROM accounts WHERE name = $1", account_name)
-        await connection.execute(
-            "INSERT INTO api_keys (account_id, key_hash, prefix) VALUES ($1, $2, $3)",
-            account_id,
-            key_hash(key),
-            key[:DISPLAY_PREFIX_CHARS],
-        )
+    account_id, created = await table.add_key(account_name, key_hash(key), key[:DISPLAY_PREFIX_CHARS])
     return NewKey(account_id, created, key, key[:DISPLAY_PREFIX_CHARS])
 
 
@@ -108,8 +86,8 @@ def unauthorized(message: str) -> ApiError:
 class Accounts:
     """Key checks with a short cache, for the edge and this process's gRPC services."""
 
-    def __init__(self, pool) -> None:
-        self.pool = pool  # a callable returning the asyncpg pool
+    def __init__(self, table: AccountsTable) -> None:
+        self.table = table
         self.edge_credential = secrets.token_urlsafe(32)
         self._cache: dict[str, tuple[int, float]] = {}  # key hash → (account, expiry)
 
@@ -123,10 +101,7 @@ class Accounts:
         cached = self._cache.get(hashed)
         if cached is not None and cached[1] > now:
             return cached[0]
-        with database.database_errors():
-            account_id = await self.pool().fetchval(
-                "SELECT account_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", hashed
-            )
+        account_id = await self.table.account_of_key(hashed)
         if account_id is None:
             self._cache.pop(hashed, None)
             raise unauthorized("invalid API key")

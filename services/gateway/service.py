@@ -1,10 +1,13 @@
-"""The gateway process: the generation domain's gRPC services (generations,
-speech, provider registry, models, in generation/) and the public HTTP edge
-(edge/), which serves every upstream's HTTP routes, the gateway's own included.
+"""The gateway process: the generation domain's gRPC services (generation/, with the
+OpenAI and hosted-predictor dialects in dialects/) and the public HTTP edge (edge/),
+which serves every upstream's HTTP routes, the gateway's own included.
 
-This module puts the two together: the edge knows nothing of generations,
-and the domain nothing of HTTP; what the edge needs of the domain is the
-function that checks API keys (accounts.py).
+This module is where the parts are built and put together, each with what it
+needs: the store (store/, the only part that talks to PostgreSQL), the
+library client, the prompts, the router, the pipeline, and the servicers,
+thin adapters over the pipeline that never reach into one another. The edge
+knows nothing of generations, and the domain nothing of HTTP; what the edge
+needs of the domain is the function that checks API keys (accounts.py).
 """
 
 from __future__ import annotations
@@ -12,31 +15,44 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import asyncpg
-
-from runtime import config, database
+from runtime import config
 from runtime.errors import ApiError
 from runtime.server import Servicer, ServiceSpec, stop_task
 from services.gateway import accounts
-from services.gateway.config import READINESS_INTERVAL_SECONDS, SYNTH_TIMEOUT_SECONDS
+from services.gateway.config import (
+    ACCOUNT_CONCURRENT_GENERATIONS,
+    ACCOUNT_GENERATION_BURST,
+    ACCOUNT_GENERATIONS_PER_SECOND,
+    PROMPT_CACHE_BYTES,
+    PROMPT_GAP_SECONDS,
+    PUBLIC_URL,
+    READINESS_INTERVAL_SECONDS,
+    SYNTH_TIMEOUT_SECONDS,
+)
+from services.gateway.dialects.openai.speech import SpeechService
+from services.gateway.dialects.predictor.files import FileService
+from services.gateway.dialects.predictor.models import Models, listing
+from services.gateway.dialects.predictor.predictions import PredictionService, to_prediction
+from services.gateway.dialects.predictor.webhooks import PredictionWebhooks, WebhookService
 from services.gateway.edge.config import MAX_BODY_BYTES, upstream_names
 from services.gateway.edge.front import HttpFront
 from services.gateway.edge.upstreams import RouteTable
-from services.gateway.generation import history
+from services.gateway.generation import request, webhooks
+from services.gateway.generation.audio_inputs import AudioInputs
+from services.gateway.generation.files import Files
 from services.gateway.generation.generations import GenerationService
-from services.gateway.generation.predictions import Predictions
-from services.gateway.generation.prompt_audio import Files
-from services.gateway.generation.registry import ModelService, ProviderRegistry, online_models
+from services.gateway.generation.jobs import Jobs
+from services.gateway.generation.library import Library
+from services.gateway.generation.models import ModelService
+from services.gateway.generation.pipeline import Pipeline, Settings
+from services.gateway.generation.prompt import Prompts
+from services.gateway.generation.registry import ProviderDirectory, ProviderRegistry
 from services.gateway.generation.routing import VOICE_CLONING, Router
-from services.gateway.generation.speech import SpeechService
-from services.gateway.generation.webhooks import Webhooks
-from voice.gateway.v1 import (
-    generations_pb2_grpc,
-    models_pb2_grpc,
-    predictions_pb2_grpc,
-    providers_pb2_grpc,
-    speech_pb2_grpc,
-)
+from services.gateway.store import Store
+from services.gateway.store.generations import AccountLimits
+from voice.gateway.v1 import generations_pb2_grpc, models_pb2_grpc, providers_pb2_grpc
+from voice.openai.v1 import speech_pb2_grpc
+from voice.predictor.v1 import predictions_pb2_grpc
 
 log = logging.getLogger("gateway")
 
@@ -44,27 +60,69 @@ log = logging.getLogger("gateway")
 ABANDONED_SWEEP_SECONDS = 60.0
 
 
+def public_url() -> str:
+    return PUBLIC_URL.value
+
+
+def pipeline_settings() -> Settings:
+    return Settings(
+        request=request.Limits.configured(),
+        account=AccountLimits(
+            ACCOUNT_GENERATIONS_PER_SECOND.value, ACCOUNT_GENERATION_BURST.value, ACCOUNT_CONCURRENT_GENERATIONS.value
+        ),
+        public_url=PUBLIC_URL.value,
+    )
+
+
 class Gateway:
     def __init__(self) -> None:
-        self._pool: asyncpg.Pool | None = None
+        self.store = Store()
         self.table: RouteTable | None = None
         self.front: HttpFront | None = None
         self._sweeper: asyncio.Task | None = None
-        self.accounts = accounts.Accounts(self.pool)
-        self.router = Router(self.pool)
-        self.generations = GenerationService(self.pool, self.accounts, self.router)
-        self.registry = ProviderRegistry(self.pool)
-        self.predictions = Predictions(self.generations)
-
-    def pool(self) -> asyncpg.Pool:
-        assert self._pool is not None, "the gateway has not started"
-        return self._pool
+        self.accounts = accounts.Accounts(self.store.accounts)
+        self.providers = ProviderDirectory(self.store.providers)
+        self.library = Library()
+        self.prompts = Prompts(self.library, PROMPT_CACHE_BYTES.value, PROMPT_GAP_SECONDS.value)
+        self.router = Router(self.providers)
+        self.pipeline = Pipeline(
+            generations=self.store.generations,
+            library=self.library,
+            prompts=self.prompts,
+            router=self.router,
+            settings=pipeline_settings,
+        )
+        deliveries = webhooks.Webhooks(self.store.webhooks)
+        self.jobs = Jobs(
+            self.pipeline,
+            self.store.jobs,
+            self.store.generations,
+            on_event=PredictionWebhooks(self.store.predictions, deliveries, to_prediction, public_url),
+        )
+        files = Files(self.store.files)
+        self.registry = ProviderRegistry(self.store.providers)
+        self.generations = GenerationService(self.accounts, self.pipeline, self.store.generations, public_url)
+        self.speech = SpeechService(self.accounts, self.pipeline, self.library)
+        self.predictions = PredictionService(
+            self.accounts,
+            self.pipeline,
+            self.jobs,
+            self.store.predictions,
+            AudioInputs(self.library, files, self.store.prompt_samples, public_url),
+            Models(self.providers),
+            public_url,
+        )
+        self.files = FileService(self.accounts, files, public_url)
+        self.webhooks = WebhookService(self.accounts, deliveries)
+        self.models = ModelService(self.accounts, self.providers, listing(public_url))
 
     async def start(self) -> None:
         self.registry.check_settings()
-        self._pool = await accounts.open_pool()
-        self.generations.start()
-        self.predictions.start()
+        await self.store.connect()
+        self.library.start()
+        self.prompts.start()
+        self.speech.start()
+        self.jobs.start()
         self._sweeper = asyncio.create_task(self._fail_abandoned_generations())
         # The gRPC server is already listening, so the gateway can reflect on itself too.
         self.table = RouteTable(upstream_names())
@@ -84,7 +142,7 @@ class Gateway:
         older_than = SYNTH_TIMEOUT_SECONDS.value + 2 * config.UPSTREAM_TIMEOUT_SECONDS.value + 60
         while True:
             try:
-                closed = await history.fail_abandoned(self.pool(), older_than)
+                closed = await self.store.generations.fail_abandoned(older_than)
                 if closed:
                     log.warning("marked abandoned generations failed", extra={"count": closed})
             except ApiError:  # database down: the next round will do it
@@ -95,16 +153,17 @@ class Gateway:
         await stop_task(self._sweeper)
         if self.front is not None:
             await self.front.stop()
-        await self.predictions.close()
+        await self.jobs.close()
         if self.table is not None:
             await self.table.close()
-        await self.generations.close()
+        await self.speech.close()
+        await self.prompts.close()
+        await self.library.close()
         await self.router.close()
-        if self._pool is not None:
-            await self._pool.close()
+        await self.store.close()
 
     async def ready(self) -> bool:
-        return await database.is_reachable(self.pool())
+        return await self.store.is_reachable()
 
     async def generations_ready(self) -> bool:
         """A generation can be served: an online provider offers a voice-cloning model.
@@ -115,7 +174,7 @@ class Gateway:
         reach the one to register, and the pod's readiness probe asks the other.
         """
         try:
-            models = await online_models(self.pool())
+            models = await self.providers.models()
         except ApiError:  # database down: the spec's own probe says so
             return False
         return any(VOICE_CLONING in model.features for model in models)
@@ -134,29 +193,29 @@ def build_spec() -> ServiceSpec:
             ),
             Servicer(
                 speech_pb2_grpc.add_SpeechServiceServicer_to_server,
-                SpeechService(gateway.generations),
-                "voice.gateway.v1.SpeechService",
+                gateway.speech,
+                "voice.openai.v1.SpeechService",
                 readiness=gateway.generations_ready,
             ),
             Servicer(
                 predictions_pb2_grpc.add_PredictionServiceServicer_to_server,
                 gateway.predictions,
-                "voice.gateway.v1.PredictionService",
+                "voice.predictor.v1.PredictionService",
                 readiness=gateway.generations_ready,
             ),
             Servicer(
                 predictions_pb2_grpc.add_FileServiceServicer_to_server,
-                Files(gateway.generations),
-                "voice.gateway.v1.FileService",
+                gateway.files,
+                "voice.predictor.v1.FileService",
             ),
             Servicer(
                 predictions_pb2_grpc.add_WebhookServiceServicer_to_server,
-                Webhooks(gateway.generations),
-                "voice.gateway.v1.WebhookService",
+                gateway.webhooks,
+                "voice.predictor.v1.WebhookService",
             ),
             Servicer(
                 models_pb2_grpc.add_ModelServiceServicer_to_server,
-                ModelService(gateway.pool),
+                gateway.models,
                 "voice.gateway.v1.ModelService",
             ),
             Servicer(

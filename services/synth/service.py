@@ -96,8 +96,8 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
     async def Synthesize(self, request, context):
         if self.engine is None:  # a caller that did not wait for SERVING
             raise model_loading()
-        synthesis = self._synthesis_input(request)
-        generated = await self.scheduler.submit(synthesis, request.account)
+        synthesis = self._synthesis_input(request.synthesis)
+        generated = await self.scheduler.submit(synthesis, request.synthesis.account)
         samples = to_int16(generated.samples)
         if synthesis.params.speed_factor != 1.0:
             samples = await asyncio.to_thread(_change_speed, samples, synthesis.params.speed_factor)
@@ -119,10 +119,9 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
         if self.engine is None:
             raise model_loading()
         feed = FrameFeed(asyncio.get_running_loop())
-        unary = synth_pb2.SynthesizeRequest.FromString(request.SerializeToString())  # the same fields
-        synthesis = dataclasses.replace(self._synthesis_input(unary), on_frames=feed)
+        synthesis = dataclasses.replace(self._synthesis_input(request.synthesis), on_frames=feed)
         decoder, tempo = self._stream_decoder(), StreamingTempo(synthesis.params.speed_factor)
-        generation = asyncio.ensure_future(self.scheduler.submit(synthesis, request.account))
+        generation = asyncio.ensure_future(self.scheduler.submit(synthesis, request.synthesis.account))
         sent = index = 0
         try:
             while not generation.done() or not feed.queue.empty():
@@ -187,7 +186,7 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
 
         return (await asyncio.to_thread(decode_and_stretch)).astype("<i2")
 
-    def _synthesis_input(self, request: synth_pb2.SynthesizeRequest) -> SynthesisInput:
+    def _synthesis_input(self, request: synth_pb2.SynthesisSpec) -> SynthesisInput:
         """Validate a request into what the engine generates from; raises INVALID_ARGUMENT."""
         if request.model and request.model != self.model_id:
             raise invalid_parameter("model", f"this provider serves {self.model_id!r}, not {request.model!r}")

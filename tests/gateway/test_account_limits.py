@@ -92,7 +92,7 @@ async def test_an_account_with_a_generation_under_way_on_one_replica_waits_on_th
     await wait_for_models(one, account)
     # 3072 frames (the most Dia holds) keep the tiny model busy for seconds; its caller (over gRPC) hangs up later.
     long = replicas.one_grpc.CreateGeneration(
-        generations_pb2.CreateGenerationRequest(input="[S1] A long one.", max_new_tokens=3072),
+        generations_pb2.CreateGenerationRequest(generation=generations_pb2.GenerationSpec(input="[S1] A long one.", max_new_tokens=3072)),
         metadata=(("authorization", f"Bearer {account.key}"),),
     )
     deadline = asyncio.get_running_loop().time() + 60

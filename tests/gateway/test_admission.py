@@ -1,5 +1,5 @@
-"""Per-account limits on generations at the database (history.admit), as two gateway
-replicas meet them: each replica here is a pool of its own on the session's PostgreSQL."""
+"""Per-account limits on generations at the database (the store's admit), as two gateway
+replicas meet them: each replica here is a store (a pool) of its own on the session's PostgreSQL."""
 
 from __future__ import annotations
 
@@ -10,32 +10,33 @@ import pytest
 
 from runtime.errors import ApiError
 from services.gateway import accounts
-from services.gateway.generation import history
+from services.gateway.store import Store
+from services.gateway.store import generations as history
 from voice.gateway.v1 import generations_pb2
 
 
 @pytest.fixture
 async def replicas(database):
-    pools = [await accounts.open_pool(database.url) for _ in range(2)]
-    yield pools
-    for pool in pools:
-        await pool.close()
+    stores = [await Store.open(database.url) for _ in range(2)]
+    yield stores
+    for store in stores:
+        await store.close()
 
 
-async def new_account(pool) -> int:
-    return (await accounts.create_key(pool, f"limits-{uuid.uuid4().hex[:8]}")).account_id
+async def new_account(store: Store) -> int:
+    return (await accounts.create_key(store.accounts, f"limits-{uuid.uuid4().hex[:8]}")).account_id
 
 
 def request(account_id: int) -> history.NewGeneration:
     return history.NewGeneration(
-        account_id, "[S1] Hello.", "", {}, generations_pb2.GenerationParameters(), "private", ""
+        account_id, "[S1] Hello.", "", {}, {}, generations_pb2.GenerationParameters(), "private", ""
     )
 
 
 async def admit_at_once(pools, account_id: int, limits: history.AccountLimits, count: int) -> tuple[list[str], list[ApiError]]:
     """`count` admissions at the same moment, spread over the replicas: (ids admitted, refusals)."""
     outcomes = await asyncio.gather(
-        *(history.admit(pools[n % len(pools)], request(account_id), limits) for n in range(count)),
+        *(pools[n % len(pools)].generations.admit(request(account_id), limits) for n in range(count)),
         return_exceptions=True,
     )
     refused = [o for o in outcomes if isinstance(o, ApiError)]
@@ -53,7 +54,7 @@ async def test_no_more_generations_under_way_than_the_limit_whichever_replica_ad
     assert "under way as it may have at once (3)" in refused[0].message
 
     # One ends (however it ends): there is room for exactly one more.
-    await history.mark_failed(replicas[1], admitted[0], "upstream_error", "gone")
+    await replicas[1].generations.mark_failed(admitted[0], "upstream_error", "gone")
     again, refused = await admit_at_once(replicas, account_id, limits, 4)
     assert len(again) == 1 and len(refused) == 3
 
@@ -73,10 +74,10 @@ async def test_the_rate_admits_the_burst_at_once_then_the_next_after_its_retry_a
 async def test_one_account_at_its_limits_leaves_another_alone(replicas):
     busy, other = await new_account(replicas[0]), await new_account(replicas[0])
     limits = history.AccountLimits(per_second=1, burst=1, concurrent=1)
-    await history.admit(replicas[0], request(busy), limits)
+    await replicas[0].generations.admit(request(busy), limits)
     with pytest.raises(ApiError):
-        await history.admit(replicas[1], request(busy), limits)
-    await history.admit(replicas[1], request(other), limits)
+        await replicas[1].generations.admit(request(busy), limits)
+    await replicas[1].generations.admit(request(other), limits)
 
 
 async def test_limits_of_zero_are_off(replicas):
@@ -89,13 +90,13 @@ async def test_limits_of_zero_are_off(replicas):
 async def test_a_refusal_for_concurrency_says_when_the_oldest_should_end_by_the_accounts_recent_times(replicas):
     account_id = await new_account(replicas[0])
     limits = history.AccountLimits(per_second=0, burst=1, concurrent=1)
-    finished = await history.admit(replicas[0], request(account_id), limits)
-    await history.mark_succeeded(replicas[0], finished, b"RIFF", 1.0, "tiny-random", 1)
+    finished = await replicas[0].generations.admit(request(account_id), limits)
+    await replicas[0].generations.mark_succeeded(finished, b"RIFF", 1.0, "tiny-random", 1)
     async with replicas[0].acquire() as connection:  # it took 30 s
         await connection.execute(
             "UPDATE generations SET create_time = end_time - interval '30 seconds' WHERE id = $1", finished
         )
-    await history.admit(replicas[0], request(account_id), limits)  # under way now
+    await replicas[0].generations.admit(request(account_id), limits)  # under way now
     with pytest.raises(ApiError) as caught:
-        await history.admit(replicas[1], request(account_id), limits)
+        await replicas[1].generations.admit(request(account_id), limits)
     assert 25 < caught.value.retry_after <= 30

@@ -30,6 +30,7 @@ import uuid
 import pytest
 
 from services.gateway import accounts as gateway_accounts
+from services.gateway.store import Store
 from tests.conftest import ROOT, Database, RunningMesh, mesh_ports_env
 from tools import mesh as mesh_tools
 
@@ -65,11 +66,11 @@ async def fuzzed_mesh(database):
     running = RunningMesh(mesh_tools.existing_services(), env)
     try:
         await running.start(timeout=180)
-        pool = await gateway_accounts.open_pool(own_database.url)
+        store = await Store.open(own_database.url)
         try:
-            key = (await gateway_accounts.create_key(pool, f"fuzz-{uuid.uuid4().hex[:8]}")).key
+            key = (await gateway_accounts.create_key(store.accounts, f"fuzz-{uuid.uuid4().hex[:8]}")).key
         finally:
-            await pool.close()
+            await store.close()
         yield running, key
     finally:
         await running.stop()

@@ -106,7 +106,7 @@ async def test_with_the_database_down_a_generation_is_503_and_nothing_is_generat
         stub = generations_pb2_grpc.GenerationServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.CreateGeneration(
-                generations_pb2.CreateGenerationRequest(input=body["input"], max_new_tokens=256),
+                generations_pb2.CreateGenerationRequest(generation=generations_pb2.GenerationSpec(input=body["input"], max_new_tokens=256)),
                 metadata=(("authorization", f"Bearer {alice.key}"),),
                 timeout=60,
             )

@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 
 from services.gateway import accounts as gateway_accounts
+from services.gateway.store import Store
 from tests.conftest import Database, RunningMesh, free_port, mesh_ports_env
 from tests.gateway.conftest import Account, wait_for_models
 from tools import mesh as mesh_tools
@@ -63,12 +64,12 @@ async def small_mesh(database):
     try:
         await gateway.start(timeout=120)
         synths = list(await asyncio.gather(start_synth(env, "provider-a"), start_synth(env, "provider-b")))
-        pool = await gateway_accounts.open_pool(own_database.url)
+        store = await Store.open(own_database.url)
         try:
             name = f"erin-{uuid.uuid4().hex[:8]}"
-            account = Account(name, (await gateway_accounts.create_key(pool, name)).key)
+            account = Account(name, (await gateway_accounts.create_key(store.accounts, name)).key)
         finally:
-            await pool.close()
+            await store.close()
         yield SmallMesh(gateway, synths, account)
     finally:
         for process in [*synths, gateway]:

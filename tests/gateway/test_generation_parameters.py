@@ -1,6 +1,5 @@
 """The checks of a generation request, as units: every range of the public
-spec at both edges (the HTTP tests cover the same edges end to end, all but
-max_new_tokens at 4096, which the provider refuses: Dia's decoder holds 3072 frames)."""
+spec at both edges (the HTTP tests cover the same edges end to end)."""
 
 from __future__ import annotations
 
@@ -8,16 +7,25 @@ import math
 
 import pytest
 
+from runtime import fields as field_rules
 from runtime.errors import ApiError
-from services.gateway.generation.parameters import RANDOM_SEED, RANGES, Limits, plan, synth_settings
+from services.gateway.generation.pipeline import fitted_max_new_tokens, fitted_prompt_seconds, synth_settings
+from services.gateway.generation.routing import ModelLimits
+from services.gateway.generation.request import RANDOM_SEED, Limits, plan
 from voice.gateway.v1 import generations_pb2
 
 LIMITS = Limits(max_input_chars=50, max_collection_chars=10)
+# Each bounded parameter's (lowest, highest, default), as the spec's proto declares them.
+RANGES = {
+    name: bounds
+    for name, bounds in field_rules.bounds(generations_pb2.GenerationSpec.DESCRIPTOR).items()
+    if name != "seed"
+}
 
 
-def request(**fields) -> generations_pb2.CreateGenerationRequest:
+def request(**fields) -> generations_pb2.GenerationSpec:
     fields.setdefault("input", "[S1] Hello.")
-    return generations_pb2.CreateGenerationRequest(**fields)
+    return generations_pb2.GenerationSpec(**fields)
 
 
 def refusal(**fields) -> ApiError:
@@ -35,11 +43,11 @@ def test_left_out_parameters_take_the_public_defaults():
 
 @pytest.mark.parametrize("name", list(RANGES))
 def test_each_range_holds_at_both_edges(name):
-    bounds = RANGES[name]
+    low, high, _ = RANGES[name]
     step = 1 if name in ("cfg_filter_top_k", "max_new_tokens") else 0.001
-    for value in (bounds.low, bounds.high):
+    for value in (low, high):
         assert getattr(plan(request(**{name: value}), LIMITS).parameters, name) == value
-    for value in (bounds.low - step, bounds.high + step):
+    for value in (low - step, high + step):
         error = refusal(**{name: value})
         assert (error.reason, error.param) == ("INVALID_PARAMETER", name)
 
@@ -86,11 +94,28 @@ def test_the_script_is_checked_first():
     assert refusal(input="[S2] Hi", cfg_scale=99).reason == "INVALID_SCRIPT"
 
 
-def test_a_left_out_max_new_tokens_may_be_lowered_to_fit_dias_decoder_and_a_chosen_one_may_not():
-    left_out = plan(request(), LIMITS)
-    assert not left_out.chosen_max_new_tokens
-    settings = synth_settings(left_out.parameters, left_out.chosen_max_new_tokens)
-    assert settings.max_new_tokens == 3072 and settings.lower_max_new_tokens_to_fit
-    chosen = plan(request(max_new_tokens=3072), LIMITS)
-    assert chosen.chosen_max_new_tokens
-    assert not synth_settings(chosen.parameters, chosen.chosen_max_new_tokens).lower_max_new_tokens_to_fit
+def test_every_max_new_tokens_the_spec_allows_is_fitted_to_dias_decoder():
+    dia = ModelLimits()  # Dia-1.6B: 3072 decoder positions, the prompt's frames and the new ones together
+    low, high, default = RANGES["max_new_tokens"]
+    assert (low, high, default) == (256, 4096, 3072)
+    assert fitted_max_new_tokens(high, 0, dia) == 3072  # no prompt: all of the decoder
+    # A 3.5 s voice prompt is 302 frames of 512 samples at 44.1 kHz: 2770 are left for new ones.
+    assert fitted_max_new_tokens(default, 302, dia) == 2770
+    assert fitted_max_new_tokens(high, 302, dia) == 2770
+    assert fitted_max_new_tokens(low, 302, dia) == low  # what fits is kept as asked
+    assert fitted_max_new_tokens(2770, 302, dia) == 2770  # exactly at the edge
+
+
+def test_a_prompt_is_cut_to_leave_room_for_the_least_max_new_tokens():
+    dia = ModelLimits()
+    assert fitted_prompt_seconds(10, dia) == 10
+    longest = fitted_prompt_seconds(120, dia)
+    assert longest == 32.69  # (3072 - 256) frames of 512 samples at 44.1 kHz
+    frames = math.ceil(round(longest * dia.sample_rate) / dia.samples_per_frame)
+    assert fitted_max_new_tokens(4096, frames, dia) >= 256
+
+
+def test_a_prompt_that_fills_the_decoder_is_refused_naming_its_length():
+    with pytest.raises(ApiError) as caught:
+        fitted_max_new_tokens(256, 3072 - 16, ModelLimits())
+    assert (caught.value.reason, caught.value.param) == ("INVALID_PARAMETER", "max_audio_prompt_seconds")

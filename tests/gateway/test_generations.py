@@ -536,7 +536,7 @@ def bearer(account: Account) -> tuple[tuple[str, str], ...]:
 
 async def test_internal_clients_generate_over_grpc_with_the_same_key(stub, carol):
     call = stub.CreateGeneration(
-        generations_pb2.CreateGenerationRequest(input="[S1] Over gRPC.", max_new_tokens=FRAMES, seed=3),
+        generations_pb2.CreateGenerationRequest(generation=generations_pb2.GenerationSpec(input="[S1] Over gRPC.", max_new_tokens=FRAMES, seed=3)),
         metadata=bearer(carol),
         timeout=300,
     )
@@ -558,7 +558,7 @@ async def status_becomes(http, account: Account, generation_id: str, wanted: str
 
 async def test_a_generation_whose_caller_hangs_up_is_recorded_as_canceled_and_leaves_the_synth(stub, http, carol, mesh):
     call = stub.CreateGeneration(
-        generations_pb2.CreateGenerationRequest(input="[S1] Never mind.", max_new_tokens=3072), metadata=bearer(carol)
+        generations_pb2.CreateGenerationRequest(generation=generations_pb2.GenerationSpec(input="[S1] Never mind.", max_new_tokens=3072)), metadata=bearer(carol)
     )
     # The response metadata naming it comes with the response: find it in the history.
     deadline = asyncio.get_running_loop().time() + 60
@@ -582,7 +582,7 @@ async def test_a_generation_whose_caller_hangs_up_is_recorded_as_canceled_and_le
     assert metric(synth_metrics, "synth_decode_steps_total") - steps_at_hang_up < 500
     # ... and its place serves the next request.
     reply = await stub.CreateGeneration(
-        generations_pb2.CreateGenerationRequest(input="[S1] Next one.", max_new_tokens=FRAMES), metadata=bearer(carol)
+        generations_pb2.CreateGenerationRequest(generation=generations_pb2.GenerationSpec(input="[S1] Next one.", max_new_tokens=FRAMES)), metadata=bearer(carol)
     )
     assert reply.generation.status == "succeeded"
 
@@ -600,7 +600,7 @@ async def test_over_grpc_a_bare_account_id_or_a_wrong_key_is_unauthenticated(stu
     forged_edge = (("x-account-id", str(account_id)), ("x-edge-credential", "not-the-edges"))
     for metadata in [(("x-account-id", str(account_id)),), forged_edge, (("authorization", "Bearer vm_wrong"),), ()]:
         for call in (
-            stub.CreateGeneration(generations_pb2.CreateGenerationRequest(input="[S1] Hi."), metadata=metadata),
+            stub.CreateGeneration(generations_pb2.CreateGenerationRequest(generation=generations_pb2.GenerationSpec(input="[S1] Hi.")), metadata=metadata),
             stub.ListGenerations(generations_pb2.ListGenerationsRequest(), metadata=metadata),
         ):
             with pytest.raises(grpc.aio.AioRpcError) as caught:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from services.gateway.generation import long_scripts
-from services.gateway.generation.generations import GenerationService, wav_of
+from services.gateway.generation.pipeline import tail_prompt, wav_of
 from services.gateway.generation.script import parse_script
 from tests.gateway.conftest import FOX, HELLO, Account, assert_error, created, make_key, upload_form, wait_for_models
 
@@ -69,10 +69,10 @@ def test_crossfade_joins_with_a_short_overlap():
 def test_an_uncloned_chunk_is_prompted_with_the_end_of_the_one_before():
     chunk = long_scripts.split("[S1] One two three four. [S2] Five six seven eight.", 1000)[0]
     pcm = np.arange(10_000, dtype="<i2").tobytes()
-    tail = GenerationService._tail_prompt(chunk, pcm, 44100, max_seconds=10)
+    tail = tail_prompt(chunk, pcm, 44100, max_seconds=10)
     assert tail.transcript == "[S1] One two three four. [S2] Five six seven eight."  # all of it fits 256 bytes
     assert tail.wav == wav_of(pcm, 44100)
-    shorter = GenerationService._tail_prompt(chunk, pcm, 1000, max_seconds=2)  # 2 s at 1 kHz: the last 2000
+    shorter = tail_prompt(chunk, pcm, 1000, max_seconds=2)  # 2 s at 1 kHz: the last 2000
     assert shorter.wav == wav_of(pcm[-4000:], 1000)
 
 

@@ -13,6 +13,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.gateway import accounts as gateway_accounts
+from services.gateway.store import Store
 from tests.conftest import Database, RunningMesh, mesh_ports_env, provider_metadata
 from tests.gateway.conftest import Account, assert_error
 from tools import mesh as mesh_tools
@@ -21,7 +22,7 @@ from voice.synth.v1 import synth_pb2
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-HELD_BACK = ["voice.gateway.v1.GenerationService", "voice.gateway.v1.SpeechService"]
+HELD_BACK = ["voice.gateway.v1.GenerationService", "voice.openai.v1.SpeechService"]
 ALWAYS = ["", "voice.gateway.v1.ModelService", "voice.gateway.v1.ProviderRegistryService"]
 
 
@@ -36,12 +37,12 @@ async def lone_gateway(database):
     gateway = RunningMesh(["gateway"], env)
     try:
         await gateway.start(timeout=120)
-        pool = await gateway_accounts.open_pool(own_database.url)
+        store = await Store.open(own_database.url)
         try:
             name = f"gina-{uuid.uuid4().hex[:8]}"
-            gateway.account = Account(name, (await gateway_accounts.create_key(pool, name)).key)
+            gateway.account = Account(name, (await gateway_accounts.create_key(store.accounts, name)).key)
         finally:
-            await pool.close()
+            await store.close()
         yield gateway
     finally:
         await gateway.stop()

@@ -17,7 +17,6 @@ import grpc
 import pytest
 
 from runtime.errors import ApiError
-from services.gateway.generation import routing
 from services.gateway.generation.routing import Candidate, Router, candidates, ranked
 from tests.conftest import free_port
 from voice.synth.v1 import synth_pb2, synth_pb2_grpc
@@ -111,7 +110,7 @@ class Provider(synth_pb2_grpc.SynthServiceServicer):
     async def Synthesize(self, request, context):
         self.calls += 1
         if self.outcome == "audio":
-            return synth_pb2.SynthesizeResponse(wav=b"RIFF", model=request.model, seed=1)
+            return synth_pb2.SynthesizeResponse(wav=b"RIFF", model=request.synthesis.model, seed=1)
         if self.outcome == "slow":
             await asyncio.sleep(30)
         status = ApiError(
@@ -149,18 +148,19 @@ async def providers():
 async def route(monkeypatch, rows, timeout: float = 10) -> tuple[str, list[str]]:
     """Synthesize through a Router over `rows`; the provider that answered and those tried."""
 
-    async def online(pool):
-        return rows
+    class Listed:  # the providers table, as the registry reads it
+        async def online(self):
+            return rows
 
-    monkeypatch.setattr(routing.registry, "online_providers", online)
-    router = Router(lambda: None, random.Random(0))
+    router = Router(Listed(), random.Random(0))
     tried = []
 
     async def on_attempt(found: Candidate) -> None:
         tried.append(found.provider_id)
 
     try:
-        answered, reply = await router.synthesize(synth_pb2.SynthesizeRequest(script="[S1] Hi."), "", timeout, on_attempt)
+        found = await router.candidates("")
+        answered, reply = await router.synthesize(synth_pb2.SynthesisSpec(script="[S1] Hi."), found, timeout, on_attempt)
         assert reply.model == "dia"  # the provider is asked for the model it was picked for
         return answered.provider_id, tried
     finally:

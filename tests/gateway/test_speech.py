@@ -15,10 +15,10 @@ import grpc
 import pytest
 
 from runtime.server import channel_options
-from services.gateway.generation import speech
+from services.gateway.dialects.openai import speech
 from tests.gateway.conftest import FOX, HELLO, Account, assert_error, created, make_key, upload_form, wait_for_models
 from tests.transcode.clips import probe
-from voice.gateway.v1 import speech_pb2, speech_pb2_grpc
+from voice.openai.v1 import speech_pb2, speech_pb2_grpc
 
 SPEECH = "/v1/audio/speech"
 # Short enough for the least max_new_tokens (256 frames, about a second of work for the tiny model).
@@ -50,17 +50,19 @@ def test_max_new_tokens_follows_the_input_length_within_the_public_range():
 
 @pytest.mark.parametrize("model", ["tts-1", "tts-1-hd", "gpt-4o-mini-tts", ""])
 def test_openais_model_names_auto_select(model):
-    request = speech_pb2.CreateSpeechRequest(model=model, input=SENTENCE)
-    assert speech.generation_request(request, 12).model == ""
+    given = speech_pb2.SpeechSpec(model=model, input=SENTENCE)
+    assert speech.generation_spec(given, None, 12).model == ""
 
 
 def test_the_speech_request_as_a_generation():
-    request = speech_pb2.CreateSpeechRequest(model="tiny-random", input=SENTENCE, speed=1.5)
-    translated = speech.generation_request(request, 12)
+    given = speech_pb2.SpeechSpec(model="tiny-random", input=SENTENCE, speed=1.5)
+    translated = speech.generation_spec(given, None, 12)
     assert (translated.model, translated.input, translated.speed_factor) == ("tiny-random", SENTENCE, 1.5)
     assert translated.max_new_tokens == 256
-    assert not translated.speakers  # the voice is found later, in the library
-    assert not speech.generation_request(speech_pb2.CreateSpeechRequest(input=SENTENCE), 12).HasField("speed_factor")
+    assert not translated.speakers  # no voice found: no cloning
+    assert speech.generation_spec(given, 7, 12).speakers == {"S1": 7}  # the voice found is cloned as S1
+    # Left out, OpenAI's default speed (1.0) is the generation's.
+    assert speech.generation_spec(speech_pb2.SpeechSpec(input=SENTENCE), None, 12).speed_factor == 1.0
 
 
 # --- against the mesh -----------------------------------------------------------------
@@ -287,7 +289,7 @@ async def stub(mesh):
 async def test_internal_clients_call_it_over_grpc_with_the_same_key(stub, dora, voices):
     bearer = (("authorization", f"Bearer {dora.key}"),)
     call = stub.CreateSpeech(
-        speech_pb2.CreateSpeechRequest(model="tts-1", input=SENTENCE, voice="Host", response_format="flac"),
+        speech_pb2.CreateSpeechRequest(speech=speech_pb2.SpeechSpec(model="tts-1", input=SENTENCE, voice="Host", response_format="flac")),
         metadata=bearer,
         timeout=300,
     )
@@ -296,10 +298,10 @@ async def test_internal_clients_call_it_over_grpc_with_the_same_key(stub, dora, 
     assert dict(await call.initial_metadata())["x-generation-id"].startswith("gen_")
 
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await stub.CreateSpeech(speech_pb2.CreateSpeechRequest(input=SENTENCE), timeout=30)
+        await stub.CreateSpeech(speech_pb2.CreateSpeechRequest(speech=speech_pb2.SpeechSpec(input=SENTENCE)), timeout=30)
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
-    streaming = stub.StreamSpeech(speech_pb2.StreamSpeechRequest(input=SENTENCE), metadata=(), timeout=30)
+    streaming = stub.StreamSpeech(speech_pb2.StreamSpeechRequest(speech=speech_pb2.SpeechSpec(input=SENTENCE)), metadata=(), timeout=30)
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await streaming.read()
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -308,8 +310,8 @@ async def test_internal_clients_call_it_over_grpc_with_the_same_key(stub, dora, 
 
 def test_the_encodings_are_the_response_formats_speech_proto_allows():
     from runtime import fields
-    from voice.gateway.v1 import speech_pb2
+    from voice.openai.v1 import speech_pb2
 
-    declared = fields.rules(speech_pb2.CreateSpeechRequest.DESCRIPTOR.fields_by_name["response_format"])
+    declared = fields.rules(speech_pb2.SpeechSpec.DESCRIPTOR.fields_by_name["response_format"])
     assert list(speech.RESPONSE_FORMATS) == list(declared.one_of)
     assert speech.DEFAULT_RESPONSE_FORMAT == "mp3"

@@ -23,7 +23,8 @@ import pytest
 from runtime.server import channel_options
 from tests.gateway.conftest import Account, assert_error, make_key, wait_for_models
 from tests.transcode.clips import probe
-from voice.gateway.v1 import generations_pb2, generations_pb2_grpc, speech_pb2, speech_pb2_grpc
+from voice.gateway.v1 import generations_pb2, generations_pb2_grpc
+from voice.openai.v1 import speech_pb2, speech_pb2_grpc
 
 GENERATIONS = "/v1/voice/generations"
 SPEECH = "/v1/audio/speech"
@@ -120,7 +121,7 @@ def bearer(account: Account) -> tuple[tuple[str, str], ...]:
 async def test_stream_generation_over_grpc_sends_wav_chunks_and_its_id(channel, http, gus):
     stub = generations_pb2_grpc.GenerationServiceStub(channel)
     call = stub.StreamGeneration(
-        generations_pb2.StreamGenerationRequest(input=DIALOGUE, max_new_tokens=300), metadata=bearer(gus)
+        generations_pb2.StreamGenerationRequest(generation=generations_pb2.GenerationSpec(input=DIALOGUE, max_new_tokens=300)), metadata=bearer(gus)
     )
     chunks = [message.audio async for message in call]
     generation_id = dict(await call.initial_metadata())["x-generation-id"]
@@ -133,7 +134,7 @@ async def test_stream_generation_over_grpc_sends_wav_chunks_and_its_id(channel, 
 async def test_a_cancelled_rpc_stops_its_generation_and_is_recorded_canceled(channel, http, gus):
     stub = generations_pb2_grpc.GenerationServiceStub(channel)
     call = stub.StreamGeneration(
-        generations_pb2.StreamGenerationRequest(input=DIALOGUE, max_new_tokens=3072), metadata=bearer(gus)
+        generations_pb2.StreamGenerationRequest(generation=generations_pb2.GenerationSpec(input=DIALOGUE, max_new_tokens=3072)), metadata=bearer(gus)
     )
     await call.read()
     generation_id = dict(await call.initial_metadata())["x-generation-id"]
@@ -207,7 +208,9 @@ async def test_the_openai_sdk_gets_its_first_bytes_while_the_generation_runs(mes
 async def test_stream_speech_over_grpc(channel, gus):
     stub = speech_pb2_grpc.SpeechServiceStub(channel)
     request = speech_pb2.StreamSpeechRequest(
-        input="Hello there.", response_format="mp3", stream_format="audio", instructions="Speak softly."
+        speech=speech_pb2.SpeechSpec(
+            input="Hello there.", response_format="mp3", stream_format="audio", instructions="Speak softly."
+        )
     )
     chunks = [message.audio async for message in stub.StreamSpeech(request, metadata=bearer(gus))]
     assert {chunk.content_type for chunk in chunks} == {"audio/mpeg"}

@@ -9,10 +9,11 @@ import pytest
 
 from runtime import fields
 from runtime.errors import ApiError
-from voice.gateway.v1 import generations_pb2, speech_pb2
+from voice.gateway.v1 import generations_pb2
+from voice.openai.v1 import speech_pb2
 from voice.library.v1 import library_pb2
 
-Generation = generations_pb2.CreateGenerationRequest
+Generation = generations_pb2.GenerationSpec
 LIMITS = {"GATEWAY_MAX_INPUT_CHARS": 20, "GATEWAY_MAX_COLLECTION_CHARS": 5}
 
 
@@ -53,7 +54,7 @@ def test_a_left_out_field_takes_its_declared_default():
     assert (fields.value(request, "temperature"), fields.value(request, "cfg_filter_top_k")) == (1.8, 45)
     assert (fields.value(request, "seed"), fields.value(request, "visibility")) == (-1, "private")
     assert fields.value(Generation(input="hi", temperature=0.5), "temperature") == 0.5
-    assert fields.value(speech_pb2.CreateSpeechRequest(input="hi"), "response_format") == "mp3"
+    assert fields.value(speech_pb2.SpeechSpec(input="hi"), "response_format") == "mp3"
 
 
 def test_one_of_takes_empty_as_the_default_unless_the_field_has_presence():
@@ -103,8 +104,9 @@ def test_a_nul_in_any_string_is_refused_naming_the_field():
     assert nul_refused(Generation(input="hi", speakers={"S1\x00": 1})).param == "speakers"  # a map key
     assert nul_refused(error_details_pb2.ErrorInfo(metadata={"k": "v\x00"})).param == "metadata"  # a map value
     assert nul_refused(field_mask_pb2.FieldMask(paths=["a", "b\x00"])).param == "paths"  # a list
-    prompt = synth_pb2.SynthesizeRequest(script="hi", audio_prompt=synth_pb2.AudioPrompt(transcript="\x00"))
+    prompt = synth_pb2.SynthesisSpec(script="hi", audio_prompt=synth_pb2.AudioPrompt(transcript="\x00"))
     assert nul_refused(prompt).param == "audio_prompt.transcript"  # a nested message
+    assert nul_refused(synth_pb2.SynthesizeRequest(synthesis=prompt)).param == "synthesis.audio_prompt.transcript"
 
 
 def test_bytes_may_hold_nul_and_text_everything_else():

@@ -31,12 +31,10 @@ def request(
     script: str = SCRIPT, prompt: tuple[bytes, str] | None = None, model: str = "", **settings
 ) -> synth_pb2.SynthesizeRequest:
     settings.setdefault("max_new_tokens", FRAMES)
-    message = synth_pb2.SynthesizeRequest(
-        model=model, script=script, settings=synth_pb2.GenerationSettings(**settings)
-    )
+    synthesis = synth_pb2.SynthesisSpec(model=model, script=script, settings=synth_pb2.GenerationSettings(**settings))
     if prompt is not None:
-        message.audio_prompt.wav, message.audio_prompt.transcript = prompt
-    return message
+        synthesis.audio_prompt.wav, synthesis.audio_prompt.transcript = prompt
+    return synth_pb2.SynthesizeRequest(synthesis=synthesis)
 
 
 async def error_of(call) -> ApiError:

@@ -195,10 +195,10 @@ async def test_the_synth_refuses_what_does_not_fit_and_lowers_a_default_to_fit(s
     assert (error.reason, error.param) == ("INVALID_PARAMETER", "max_new_tokens")
     assert "at most 40" in error.message
     lowered = request(prompt=prompt, max_new_tokens=300)
-    lowered.settings.lower_max_new_tokens_to_fit = True
+    lowered.synthesis.settings.lower_max_new_tokens_to_fit = True
     assert (await synth.Synthesize(lowered)).generated_frames == 40
     unset = request(prompt=prompt)
-    unset.settings.ClearField("max_new_tokens")
+    unset.synthesis.settings.ClearField("max_new_tokens")
     assert (await synth.Synthesize(unset)).generated_frames == 40
 
 

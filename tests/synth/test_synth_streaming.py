@@ -158,7 +158,7 @@ async def collect(call) -> list:
 
 
 def stream_request(**settings) -> synth_pb2.StreamSynthesizeRequest:
-    return synth_pb2.StreamSynthesizeRequest.FromString(request(**settings).SerializeToString())
+    return synth_pb2.StreamSynthesizeRequest(synthesis=request(**settings).synthesis)
 
 
 async def test_stream_synthesize_sends_chunks_that_join_into_the_synthesized_audio(synth):

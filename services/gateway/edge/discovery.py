@@ -49,7 +49,10 @@ class Rpc:
         """Whether the serialized request asks for the stream: its stream_field is true or not empty."""
         if self.stream is None:
             return False
-        return bool(getattr(self.request_class.FromString(payload), self.rules.stream_field))
+        value = self.request_class.FromString(payload)
+        for name in self.rules.stream_field.split("."):  # a field of the body's message: "generation.stream"
+            value = getattr(value, name)
+        return bool(value)
 
     @property
     def needs_key(self) -> bool:
@@ -222,8 +225,7 @@ def _rpc(upstream: str, service: descriptor.ServiceDescriptor, method: descripto
         streaming = service.methods_by_name.get(rules.stream_method)
         if streaming is None or not streaming.server_streaming or streaming.client_streaming:
             raise ValueError(f"stream_method {rules.stream_method!r} is no server-streaming method of {service.full_name}")
-        if rules.stream_field not in method.input_type.fields_by_name:
-            raise ValueError(f"stream_field {rules.stream_field!r} is not a field of {method.input_type.full_name}")
+        field_at(method.input_type, rules.stream_field)  # raises ValueError when it names no field
         stream = _rpc(upstream, service, streaming)
     return Rpc(
         upstream=upstream,

@@ -342,7 +342,7 @@ class HttpFront:
                 first = await call.read()
             except grpc.aio.AioRpcError as rpc_error:
                 error = _public(ApiError.from_rpc_error(rpc_error), upstream.name)
-                return error_response(error, _forwarded(rpc_error.initial_metadata(), forwarded))
+                return error_response(error, _forwarded(_all_metadata(rpc_error), forwarded))
             headers = _forwarded(await call.initial_metadata(), forwarded)
             body = _http_body(first, route.response_body) if first is not grpc.aio.EOF else None
             response = web.StreamResponse(
@@ -379,7 +379,7 @@ class HttpFront:
             response = await call
         except grpc.aio.AioRpcError as rpc_error:
             error = _public(ApiError.from_rpc_error(rpc_error), upstream.name)
-            return UpstreamReply(error=error, headers=_forwarded(rpc_error.initial_metadata(), headers))
+            return UpstreamReply(error=error, headers=_forwarded(_all_metadata(rpc_error), headers))
         return UpstreamReply(response=response, headers=_forwarded(await call.initial_metadata(), headers))
 
 
@@ -418,6 +418,11 @@ class UpstreamReply:
     response: object = None
     error: ApiError | None = None
     headers: dict[str, str] = field(default_factory=dict)
+
+
+def _all_metadata(rpc_error: grpc.aio.AioRpcError) -> list:
+    """A failed call's response metadata: what was sent before the failure, and with it."""
+    return [*(rpc_error.initial_metadata() or ()), *(rpc_error.trailing_metadata() or ())]
 
 
 def _forwarded(metadata, headers: dict[str, str]) -> dict[str, str]:

@@ -181,8 +181,12 @@ def _fill_from_json_body(request: message.Message, route: Route, http: HttpInput
 
 
 def _fill_field_from_json(request: message.Message, route: Route, body_field, http: HttpInput) -> None:
+    """The JSON body is the field's message: errors name its fields as the body does ("cfg_scale")."""
     _require_json(route, http)
-    _parse_dict({body_field.name: _parse_json(http)}, request, prefix="")
+    document = _parse_json(http)
+    if not isinstance(document, dict):
+        raise invalid_argument("INVALID_JSON", "the request body must be a JSON object")
+    _parse_dict(document, getattr(request, body_field.name), prefix="")
 
 
 def _fill_http_body(target: message.Message, name: str, http: HttpInput) -> None:

@@ -31,22 +31,20 @@ deleted one is not found.
 
 from __future__ import annotations
 
-import asyncio
 import difflib
 import logging
 import re
 from dataclasses import dataclass
-from typing import Awaitable, TypeVar
 
 import grpc
 import prometheus_client
 
 from runtime import clients
 from runtime.caches import ByteBudgetCache
-from runtime.errors import ApiError, invalid_argument, invalid_parameter
+from runtime.errors import ApiError, invalid_parameter
 from services.gateway.config import PROMPT_STT_TIMEOUT_SECONDS
 from services.gateway.generation import script
-from voice.library.v1 import library_pb2, library_pb2_grpc
+from services.gateway.generation.library import Clip, Library, Sample, in_order
 from voice.stt.v1 import stt_pb2, stt_pb2_grpc
 from voice.synth.v1 import synth_pb2
 from voice.transcode.v1 import transcode_pb2, transcode_pb2_grpc
@@ -56,30 +54,6 @@ log = logging.getLogger("gateway.prompt")
 PROMPT_CACHE = prometheus_client.Counter(
     "gateway_prompt_cache_total", "Voice-cloning prompts asked of the cache, by result (hit, miss).", ["result"]
 )
-
-
-@dataclass(frozen=True)
-class Sample:
-    """A cloned speaker's voice sample as the library describes it (its audio is fetched apart)."""
-
-    speaker: str  # "S1" or "S2"
-    sample_id: int
-    transcript: str
-    duration_seconds: float
-    version: int  # the sample's update time in nanoseconds: a changed sample has a new one
-
-
-@dataclass(frozen=True)
-class Clip:
-    speaker: str  # "S1" or "S2"
-    sample_id: int
-    wav: bytes
-    transcript: str
-    duration_seconds: float
-
-    @property
-    def param(self) -> str:
-        return f"speakers.{self.speaker}"
 
 
 def shares(durations: list[float], max_seconds: float, gap_seconds: float) -> list[float]:
@@ -94,65 +68,36 @@ def shares(durations: list[float], max_seconds: float, gap_seconds: float) -> li
     return kept
 
 
-T = TypeVar("T")
+class Prompts:
+    """The voice-cloning prompts of generations: fetched, cut, joined, and kept in a cache."""
 
+    def __init__(self, library: Library, cache_bytes: int, gap_seconds: float) -> None:
+        self.library = library
+        self.cache = PromptCache(cache_bytes)
+        self.gap_seconds = gap_seconds
+        self.transcode: grpc.aio.Channel | None = None
+        self.stt: grpc.aio.Channel | None = None  # times the words of samples cut to fit a prompt
 
-async def in_order(calls: list[Awaitable[T]]) -> list[T]:
-    """Run the calls at once; if any fail, raise the error of the first in order (S1's before S2's)."""
-    results = await asyncio.gather(*calls, return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    return results
+    def start(self) -> None:
+        self.transcode = clients.service_channel("transcode")
+        self.stt = clients.service_channel("stt")
 
+    async def close(self) -> None:
+        for channel in (self.transcode, self.stt):
+            if channel is not None:
+                await channel.close()
 
-async def fetch_samples(library: grpc.aio.Channel, account_id: int, speakers: dict[str, int]) -> list[Sample]:
-    """The caller's samples for the speakers, in the given order; INVALID_VOICE_SAMPLE or MISSING_TRANSCRIPT."""
-    stub = library_pb2_grpc.LibraryServiceStub(library)
-    metadata = ((clients.ACCOUNT_ID_METADATA, str(account_id)),)
-
-    async def fetch(speaker: str, sample_id: int) -> Sample:
-        param = f"speakers.{speaker}"
-        try:
-            reply = await stub.GetVoiceSample(library_pb2.GetVoiceSampleRequest(id=sample_id), metadata=metadata)
-        except grpc.aio.AioRpcError as error:
-            raise _not_yours(error, param, sample_id) from None
-        found = reply.voice_sample
-        if not found.transcript.strip():
-            raise invalid_argument(
-                "MISSING_TRANSCRIPT",
-                f"{param}: voice sample {sample_id} has no transcript, and Dia needs what is said in a "
-                "sample to clone its voice; add one to the sample",
-                param,
-            )
-        return Sample(speaker, sample_id, found.transcript, found.duration_seconds, found.update_time.ToNanoseconds())
-
-    return await in_order([fetch(speaker, sample_id) for speaker, sample_id in speakers.items()])
-
-
-async def fetch_clips(library: grpc.aio.Channel, account_id: int, samples: list[Sample]) -> list[Clip]:
-    """The samples with their audio, in the given order."""
-    stub = library_pb2_grpc.LibraryServiceStub(library)
-    metadata = ((clients.ACCOUNT_ID_METADATA, str(account_id)),)
-
-    async def fetch(sample: Sample) -> Clip:
-        try:
-            reply = await stub.GetVoiceSampleAudio(
-                library_pb2.GetVoiceSampleAudioRequest(id=sample.sample_id), metadata=metadata
-            )
-        except grpc.aio.AioRpcError as error:  # deleted since it was described
-            raise _not_yours(error, f"speakers.{sample.speaker}", sample.sample_id) from None
-        return Clip(sample.speaker, sample.sample_id, reply.audio.data, sample.transcript, sample.duration_seconds)
-
-    return await in_order([fetch(sample) for sample in samples])
-
-
-def _not_yours(error: grpc.aio.AioRpcError, param: str, sample_id: int) -> BaseException:
-    if error.code() == grpc.StatusCode.NOT_FOUND:  # also another account's sample
-        return invalid_argument(
-            "INVALID_VOICE_SAMPLE", f"{param}: there is no voice sample {sample_id} in your library", param
-        )
-    return error
+    async def prompt(self, account_id: int, samples: list[Sample], max_seconds: float) -> synth_pb2.AudioPrompt:
+        """The prompt of the samples cut to `max_seconds`, from the cache when they are unchanged."""
+        key = PromptCache.key(account_id, samples, max_seconds, self.gap_seconds)
+        assembled = self.cache.get(key)
+        if assembled is None:
+            clips = await self.library.clips(account_id, samples)
+            made = await assemble(self.transcode, clips, max_seconds, self.gap_seconds, self.stt)
+            assembled = made.prompt
+            if made.exact:  # a sample kept whole for want of word timings is cut properly next time
+                self.cache.put(key, assembled)
+        return assembled
 
 
 class PromptCache(ByteBudgetCache[tuple, synth_pb2.AudioPrompt]):

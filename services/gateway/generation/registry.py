@@ -1,5 +1,4 @@
-"""The gateway's own gRPC services: the registry of synth providers, and the
-models those providers serve (GET /v1/models through the HTTP front).
+"""The registry of synth providers, and the models they serve.
 
 Providers live in the ``providers`` table so that every gateway replica sees
 the same ones; a provider whose last heartbeat is older than
@@ -14,23 +13,21 @@ take one away, and a provider can change no registration but its own.
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import json
 import logging
-import re
-from typing import Callable
 
-import asyncpg
 import grpc
 import prometheus_client
 
-from runtime import database, provider_credentials
-from runtime.errors import ApiError, invalid_parameter, not_found
-from services.gateway.config import HEARTBEAT_INTERVAL_SECONDS, PROVIDER_TIMEOUT_SECONDS, PUBLIC_URL
-from voice.gateway.v1 import models_pb2, models_pb2_grpc, providers_pb2, providers_pb2_grpc
+from runtime import provider_credentials
+from runtime.errors import ApiError, invalid_parameter
+from services.gateway.config import HEARTBEAT_INTERVAL_SECONDS, PROVIDER_TIMEOUT_SECONDS
+from services.gateway.store.providers import ProvidersTable
+from voice.gateway.v1 import models_pb2, providers_pb2, providers_pb2_grpc
 
 log = logging.getLogger("gateway.registry")
-
-PoolGetter = Callable[[], asyncpg.Pool]
 
 # Read from the providers table, which every gateway replica shares: each reports the same count.
 PROVIDERS_ONLINE = prometheus_client.Gauge(
@@ -56,12 +53,50 @@ def check_credential(context: grpc.aio.ServicerContext, provider_id: str) -> Non
     )
 
 
+class ProviderDirectory:
+    """The providers online now, as every gateway replica sees them (the shared providers table)."""
+
+    def __init__(self, table: ProvidersTable) -> None:
+        self.table = table
+
+    async def online(self) -> list[Mapping]:
+        """The providers heard from within GATEWAY_PROVIDER_TIMEOUT_SECONDS (models as JSON text)."""
+        rows = await self.table.online(PROVIDER_TIMEOUT_SECONDS.value)
+        PROVIDERS_ONLINE.set(len(rows))
+        return rows
+
+    async def models(self) -> list[models_pb2.ModelCard]:
+        """The models of the providers heard from recently, each with how many serve it."""
+        rows = await self.online()
+        features: dict[str, list[str]] = {}
+        providers: dict[str, int] = {}
+        for row in rows:
+            counted: set[str] = set()  # a provider listing a model twice still counts once
+            for model in json.loads(row["models"]):
+                known = features.setdefault(model["id"], [])
+                known += [feature for feature in model["features"] if feature not in known]
+                if model["id"] not in counted:
+                    counted.add(model["id"])
+                    providers[model["id"]] = providers.get(model["id"], 0) + 1
+        return [
+            models_pb2.ModelCard(
+                id=model_id,
+                object="model",
+                features=features[model_id],
+                # "nari-labs/Dia-1.6B-0626" is owned by nari-labs, as on the Hugging Face hub.
+                owned_by=model_id.split("/")[0] if "/" in model_id else "voicemesh",
+                providers=providers[model_id],
+            )
+            for model_id in sorted(features)
+        ]
+
+
 class ProviderRegistry(providers_pb2_grpc.ProviderRegistryServiceServicer):
-    def __init__(self, pool: PoolGetter) -> None:
-        self.pool = pool
+    def __init__(self, table: ProvidersTable) -> None:
+        self.table = table
 
     def check_settings(self) -> None:
-        """At start-up: a short secret stops the gateway; a missing one is worth a warning."""
+        """At start-up: a missing secret is worth a warning."""
         if not provider_credentials.PROVIDER_SECRET.value:
             log.warning("PROVIDER_SECRET is not set: no synth provider can register")
 
@@ -78,19 +113,7 @@ class ProviderRegistry(providers_pb2_grpc.ProviderRegistryServiceServicer):
         if any(not model.id for model in provider.models):
             raise invalid_parameter("provider.models", "every model needs an id")
         models = [{"id": model.id, "features": list(model.features)} for model in provider.models]
-        async with database.connection(self.pool()) as connection:
-            await connection.execute(
-                """INSERT INTO providers (provider_id, address, models, capacity, load)
-                   VALUES ($1, $2, $3::jsonb, $4, $5)
-                   ON CONFLICT (provider_id) DO UPDATE SET
-                       address = EXCLUDED.address, models = EXCLUDED.models,
-                       capacity = EXCLUDED.capacity, load = EXCLUDED.load, last_seen = now()""",
-                provider.provider_id,
-                provider.address,
-                json.dumps(models),
-                provider.capacity,
-                provider.load,
-            )
+        await self.table.heard_from(provider.provider_id, provider.address, models, provider.capacity, provider.load)
         return providers_pb2.HeartbeatResponse(heartbeat_interval_seconds=HEARTBEAT_INTERVAL_SECONDS.value)
 
     async def DeregisterProvider(self, request, context):
@@ -98,80 +121,5 @@ class ProviderRegistry(providers_pb2_grpc.ProviderRegistryServiceServicer):
         if not request.provider_id:
             raise invalid_parameter("provider_id", "provider_id is required")
         # Deregistering twice (or after the row expired) is not an error: the provider is gone either way.
-        async with database.connection(self.pool()) as connection:
-            await connection.execute("DELETE FROM providers WHERE provider_id = $1", request.provider_id)
+        await self.table.remove(request.provider_id)
         return providers_pb2.DeregisterProviderResponse()
-
-
-async def online_providers(pool: asyncpg.Pool) -> list[asyncpg.Record]:
-    """The providers heard from within GATEWAY_PROVIDER_TIMEOUT_SECONDS (models as JSON text)."""
-    with database.database_errors():
-        rows = await pool.fetch(
-            """SELECT provider_id, address, models, capacity, load, last_seen FROM providers
-               WHERE last_seen > now() - make_interval(secs => $1)""",
-            PROVIDER_TIMEOUT_SECONDS.value,
-        )
-    PROVIDERS_ONLINE.set(len(rows))
-    return rows
-
-
-async def online_models(pool: asyncpg.Pool) -> list[models_pb2.ModelCard]:
-    """The models of the providers heard from recently, each with how many serve it."""
-    rows = await online_providers(pool)
-    features: dict[str, list[str]] = {}
-    providers: dict[str, int] = {}
-    for row in rows:
-        counted: set[str] = set()  # a provider listing a model twice still counts once
-        for model in json.loads(row["models"]):
-            known = features.setdefault(model["id"], [])
-            known += [feature for feature in model["features"] if feature not in known]
-            if model["id"] not in counted:
-                counted.add(model["id"])
-                providers[model["id"]] = providers.get(model["id"], 0) + 1
-    return [
-        models_pb2.ModelCard(
-            id=model_id,
-            object="model",
-            features=features[model_id],
-            # "nari-labs/Dia-1.6B-0626" is owned by nari-labs, as on the Hugging Face hub.
-            owned_by=model_id.split("/")[0] if "/" in model_id else "voicemesh",
-            providers=providers[model_id],
-        )
-        for model_id in sorted(features)
-    ]
-
-
-class ModelService(models_pb2_grpc.ModelServiceServicer):
-    def __init__(self, pool: PoolGetter) -> None:
-        self.pool = pool
-
-    async def ListModels(self, request, context):
-        models = await online_models(self.pool())
-        # The hosted predictor's client reads "results": Dia (auto-select) and the owner/name ids.
-        predictor = ["nari-labs/dia", *(model.id for model in models if OWNER_NAME.fullmatch(model.id))]
-        return models_pb2.ListModelsResponse(
-            object="list",
-            data=models,
-            results=[predictor_model(name, PUBLIC_URL.value) for name in predictor],
-        )
-
-    async def GetModel(self, request, context):
-        for model in await online_models(self.pool()):
-            if model.id == request.id:
-                return models_pb2.GetModelResponse(model=model)
-        raise not_found(f"there is no model {request.id[:100]!r} online: GET /v1/models lists them")
-
-
-# A model id the hosted predictor's client can name (owner/name).
-OWNER_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-
-
-def predictor_model(model: str, public_url: str) -> models_pb2.PredictorModel:
-    owner, name = model.split("/", 1)
-    return models_pb2.PredictorModel(
-        url=f"{public_url.rstrip('/')}/v1/models/{model}",
-        owner=owner,
-        name=name,
-        description="Dia text-to-dialogue with voice cloning" + (", on any online provider" if model == "nari-labs/dia" else ""),
-        visibility="public",
-    )

@@ -33,7 +33,6 @@ import random
 from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 
-import asyncpg
 import grpc
 
 from runtime import clients
@@ -59,6 +58,32 @@ FAILURES = {
 
 
 @dataclass(frozen=True)
+class ModelLimits:
+    """What a provider's model holds, as it publishes them (Dia-1.6B's for one that does not)."""
+
+    max_positions: int = 3072  # decoder positions: the prompt's frames and the new ones together
+    text_window_bytes: int = 1024  # text the model reads at once, the prompt's transcript included
+    sample_rate: int = 44100
+    samples_per_frame: int = 512
+
+    @classmethod
+    def published(cls, limits: Mapping | None) -> "ModelLimits":
+        known = {name: int(value) for name, value in (limits or {}).items() if name in cls.__dataclass_fields__ and value}
+        return cls(**known)
+
+    @classmethod
+    def of_all(cls, found: Iterable["Candidate"]) -> "ModelLimits":
+        """The limits every one of the candidates can hold (the smallest of each)."""
+        each = [candidate.limits for candidate in found]
+        return cls(
+            min(limits.max_positions for limits in each),
+            min(limits.text_window_bytes for limits in each),
+            each[0].sample_rate,
+            each[0].samples_per_frame,
+        )
+
+
+@dataclass(frozen=True)
 class Candidate:
     provider_id: str
     address: str
@@ -66,6 +91,7 @@ class Candidate:
     capacity: int
     load: int
     last_seen: datetime.datetime
+    limits: ModelLimits = ModelLimits()
 
 
 def candidates(rows: Iterable[Mapping], model: str) -> list[Candidate]:
@@ -80,7 +106,10 @@ def candidates(rows: Iterable[Mapping], model: str) -> list[Candidate]:
                 served_without_cloning = served_without_cloning or bool(model)
                 continue
             found.append(
-                Candidate(row["provider_id"], row["address"], offered["id"], row["capacity"], row["load"], row["last_seen"])
+                Candidate(
+                    row["provider_id"], row["address"], offered["id"], row["capacity"], row["load"], row["last_seen"],
+                    ModelLimits.published(offered.get("limits")),
+                )  # fmt: skip
             )
             break  # one model per provider is enough
     if not found:
@@ -147,33 +176,38 @@ OnAttempt = Callable[[Candidate], Awaitable[None]]
 class Router:
     """Picks providers and calls them; one per gateway process."""
 
-    def __init__(self, pool: Callable[[], asyncpg.Pool], rng: random.Random | None = None) -> None:
-        self.pool = pool
+    def __init__(self, providers: registry.ProviderDirectory, rng: random.Random | None = None) -> None:
+        self.providers = providers
         self.rng = rng or random.Random()
         self.in_flight: collections.Counter[str] = collections.Counter()
         # provider id → the last_seen of the heartbeat after which it could not be reached
         self.unreachable_since: dict[str, datetime.datetime] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
 
+    async def candidates(self, model: str) -> list[Candidate]:
+        """The online providers that can serve `model` ("" for any voice-cloning model); NO_PROVIDER if none."""
+        return candidates(await self.providers.online(), model)
+
     async def synthesize(
-        self, request: synth_pb2.SynthesizeRequest, model: str, timeout: float, on_attempt: OnAttempt
+        self, synthesis: synth_pb2.SynthesisSpec, found: list[Candidate], timeout: float, on_attempt: OnAttempt
     ) -> tuple[Candidate, synth_pb2.SynthesizeResponse]:
-        """Generate on the best provider, or on a second one if the first did not take the request.
+        """Generate on the best of the `found` candidates, or on a second one if the first did not take
+        the request.
 
         `timeout` bounds every attempt together; `on_attempt` runs before each.
         """
-        return await self._attempts(model, timeout, on_attempt, lambda c, remaining: self._call(c, request, remaining))
+        return await self._attempts(found, timeout, on_attempt, lambda c, remaining: self._call(c, synthesis, remaining))
 
     async def stream_synthesize(
-        self, request: synth_pb2.StreamSynthesizeRequest, model: str, timeout: float, on_attempt: OnAttempt
+        self, synthesis: synth_pb2.SynthesisSpec, found: list[Candidate], timeout: float, on_attempt: OnAttempt
     ) -> AsyncIterator[tuple[Candidate, synth_pb2.StreamSynthesizeResponse]]:
         """As synthesize, streamed: the provider's messages as they come. A provider that fails before
         its first message is retried on another as synthesize does; after it, its error ends the stream."""
 
         async def first_of(candidate: Candidate, remaining: float):
             stub = synth_pb2_grpc.SynthServiceStub(self._channel(candidate.address))
-            request.model = candidate.model
-            call = stub.StreamSynthesize(request, timeout=remaining)
+            synthesis.model = candidate.model
+            call = stub.StreamSynthesize(synth_pb2.StreamSynthesizeRequest(synthesis=synthesis), timeout=remaining)
             try:
                 first = await call.read()
             except BaseException:
@@ -181,7 +215,7 @@ class Router:
                 raise
             return call, first
 
-        candidate, (call, first) = await self._attempts(model, timeout, on_attempt, first_of)
+        candidate, (call, first) = await self._attempts(found, timeout, on_attempt, first_of)
         self.in_flight[candidate.provider_id] += 1
         try:
             message = first
@@ -194,10 +228,11 @@ class Router:
             self.in_flight[candidate.provider_id] -= 1
             call.cancel()  # the caller went away (or the stream ended): stop the provider's generation
 
-    async def _attempts(self, model: str, timeout: float, on_attempt: OnAttempt, attempt) -> tuple[Candidate, object]:
+    async def _attempts(
+        self, found: list[Candidate], timeout: float, on_attempt: OnAttempt, attempt
+    ) -> tuple[Candidate, object]:
         """The first (candidate, answer) of `attempt(candidate, remaining seconds)` that succeeds, trying
         the best provider and one more; raises what the caller should see when none does."""
-        found = candidates(await registry.online_providers(self.pool()), model)
         order = ranked(found, self.in_flight, self.unreachable_since, self.rng)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -239,13 +274,13 @@ class Router:
         raise upstream_error("no provider could take the generation (" + "; ".join(failures) + ")")
 
     async def _call(
-        self, candidate: Candidate, request: synth_pb2.SynthesizeRequest, timeout: float
+        self, candidate: Candidate, synthesis: synth_pb2.SynthesisSpec, timeout: float
     ) -> synth_pb2.SynthesizeResponse:
-        request.model = candidate.model
+        synthesis.model = candidate.model
         stub = synth_pb2_grpc.SynthServiceStub(self._channel(candidate.address))
         self.in_flight[candidate.provider_id] += 1
         try:
-            return await stub.Synthesize(request, timeout=timeout)
+            return await stub.Synthesize(synth_pb2.SynthesizeRequest(synthesis=synthesis), timeout=timeout)
         finally:
             self.in_flight[candidate.provider_id] -= 1
 

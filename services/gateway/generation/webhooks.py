@@ -1,20 +1,16 @@
-"""Prediction webhooks, signed the way the hosted predictor signs them.
+"""Webhooks: signed deliveries of a JSON body to a URL the operator allows.
 
-A prediction created with ``webhook`` (an http(s) URL starting with one of
-GATEWAY_WEBHOOK_ALLOW_LIST's prefixes: the gateway posts to nothing else)
-gets the prediction, as GET /v1/predictions/{id} answers it, POSTed there
-when it starts and when it has ended; ``webhook_events_filter`` ("start",
-"output", "logs", "completed"; all when empty) picks which: "start" is the
-first, the last counts as "output", "logs" and "completed".
-
-Each delivery is signed with the account's secret (GET
-/v1/webhooks/default/secret, "whsec_" + base64 of 32 random bytes) as the
-Standard Webhooks scheme does, which ``replicate.webhooks.validate`` checks:
-headers ``webhook-id``, ``webhook-timestamp`` (Unix seconds) and
+A webhook target is an http(s) URL starting with one of
+GATEWAY_WEBHOOK_ALLOW_LIST's prefixes (compared as URLs: the gateway posts
+to nothing else). Each delivery is signed with the account's secret
+("whsec_" + base64 of 32 random bytes, made on first use) as the Standard
+Webhooks scheme does, which ``replicate.webhooks.validate`` checks: headers
+``webhook-id``, ``webhook-timestamp`` (Unix seconds) and
 ``webhook-signature`` = "v1," + base64(HMAC-SHA256(key, "{id}.{timestamp}.{body}")).
 A delivery that fails (no connection, a timeout, a non-2xx answer) is tried
 again, GATEWAY_WEBHOOK_ATTEMPTS times in all, the pauses doubling from 1 s;
-redirects are not followed.
+redirects are not followed. What is delivered when is the dialect's
+(dialects/predictor/webhooks.py).
 """
 
 from __future__ import annotations
@@ -23,38 +19,21 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import json
 import logging
 import secrets
 import time
-from typing import Callable
 
 import aiohttp
-import asyncpg
 import yarl
-from google.protobuf import json_format
 
 from runtime import config
-from runtime.database import connection
 from runtime.errors import invalid_parameter
 from services.gateway.config import WEBHOOK_ALLOW_LIST, WEBHOOK_ATTEMPTS
-from voice.gateway.v1 import predictions_pb2, predictions_pb2_grpc
+from services.gateway.store.webhooks import WebhooksTable
 
 log = logging.getLogger("gateway.webhooks")
 
-EVENTS = ("start", "output", "logs", "completed")
-# The events each delivery stands for.
-DELIVERY_EVENTS = {"start": {"start"}, "completed": {"output", "logs", "completed"}}
 FIRST_PAUSE_SECONDS = 1.0
-
-
-def events_filter(requested: list[str]) -> list[str]:
-    unknown = [event for event in requested if event not in EVENTS]
-    if unknown:
-        raise invalid_parameter(
-            "webhook_events_filter", f"unknown webhook event {unknown[0][:40]!r}: use {', '.join(EVENTS)}"
-        )
-    return sorted(set(requested), key=EVENTS.index) or list(EVENTS)
 
 
 def allow_list() -> list[str]:
@@ -96,40 +75,24 @@ def signature(secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
 
 
-async def account_secret(pool: asyncpg.Pool, account_id: int) -> str:
-    """The account's signing secret, made on first use."""
-    made = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-    async with connection(pool) as db:
-        return await db.fetchval(
-            """INSERT INTO webhook_secrets (account_id, secret) VALUES ($1, $2)
-               ON CONFLICT (account_id) DO UPDATE SET secret = webhook_secrets.secret
-               RETURNING secret""",
-            account_id,
-            made,
-        )
+def new_secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
-class Sender:
-    """The deliveries of one prediction."""
+class Webhooks:
+    """Signed deliveries (see the module's docstring)."""
 
-    def __init__(self, url: str, events: list[str], account_id: int, pool: Callable[[], asyncpg.Pool]) -> None:
-        self.url = url
-        self.events = set(events)
-        self.account_id = account_id
-        self.pool = pool
+    def __init__(self, table: WebhooksTable) -> None:
+        self.table = table
 
-    @property
-    def active(self) -> bool:
-        return bool(self.url)
+    async def secret(self, account_id: int) -> str:
+        """The account's signing secret, made on first use."""
+        return await self.table.secret(account_id, new_secret())
 
-    async def send(self, delivery: str, prediction: predictions_pb2.Prediction) -> bool:
-        """POST the prediction if the filter wants this delivery; True once delivered (or not wanted)."""
-        if not self.url or not (DELIVERY_EVENTS[delivery] & self.events):
-            return True
-        body = json.dumps(
-            json_format.MessageToDict(prediction, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-        ).encode()
-        secret = await account_secret(self.pool(), self.account_id)
+    async def deliver(self, url: str, account_id: int, body: bytes, about: str) -> bool:
+        """POST `body`, signed, trying again as the module's docstring says; True once delivered.
+        `about` names what it is about in the log (a generation's id)."""
+        secret = await self.secret(account_id)
         webhook_id = "msg_" + secrets.token_hex(12)
         pause = FIRST_PAUSE_SECONDS
         timeout = aiohttp.ClientTimeout(total=config.UPSTREAM_TIMEOUT_SECONDS.value)
@@ -143,27 +106,15 @@ class Sender:
             }
             try:
                 async with aiohttp.ClientSession(timeout=timeout) as session:
-                    async with session.post(self.url, data=body, headers=headers, allow_redirects=False) as answer:
+                    async with session.post(url, data=body, headers=headers, allow_redirects=False) as answer:
                         if 200 <= answer.status < 300:
                             return True
                         problem = f"HTTP {answer.status}"
             except (aiohttp.ClientError, TimeoutError) as error:
                 problem = type(error).__name__
-            log.info(
-                "webhook delivery failed",
-                extra={"generation": prediction.id, "attempt": attempt, "problem": problem},
-            )
+            log.info("webhook delivery failed", extra={"generation": about, "attempt": attempt, "problem": problem})
             if attempt < WEBHOOK_ATTEMPTS.value:
                 await asyncio.sleep(pause)
                 pause *= 2
-        log.warning("webhook not delivered", extra={"generation": prediction.id, "delivery": delivery})
+        log.warning("webhook not delivered", extra={"generation": about})
         return False
-
-
-class Webhooks(predictions_pb2_grpc.WebhookServiceServicer):
-    def __init__(self, generations) -> None:
-        self.generations = generations
-
-    async def GetDefaultWebhookSecret(self, request, context):
-        account_id = await self.generations.accounts.caller(context)
-        return predictions_pb2.GetDefaultWebhookSecretResponse(key=await account_secret(self.generations.pool(), account_id))

@@ -1,0 +1,1 @@
+"""OpenAI's speech API as a dialect of the generation API (speech.py)."""

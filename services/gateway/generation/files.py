@@ -1,0 +1,77 @@
+"""Files uploaded as generation inputs (POST /v1/files): an account's own, kept until deleted.
+
+A file is given later as a voice to clone by its URL (audio_inputs.py reads
+it from the store, never over HTTP). Its metadata is a JSON object of the
+caller's own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+
+import grpc
+
+from runtime.errors import ApiError, invalid_parameter
+from services.gateway.config import MAX_FILE_BYTES
+from services.gateway.store.files import FilesTable
+
+ID_PREFIX = "file_"
+DEFAULT_TYPE = "application/octet-stream"
+# Longest name and content type kept.
+MAX_TEXT = 255
+
+
+def too_large(what: str, param: str) -> ApiError:
+    return ApiError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "REQUEST_TOO_LARGE",
+        f"{what} is larger than the limit of {MAX_FILE_BYTES.value} bytes",
+        param=param,
+    )
+
+
+def metadata_of(text: str) -> dict:
+    """The caller's metadata: a JSON object, or {} when none is given."""
+    if not text:
+        return {}
+    try:
+        metadata = json.loads(text)
+    except ValueError:
+        metadata = None
+    if not isinstance(metadata, dict):
+        raise invalid_parameter("metadata", "metadata must be a JSON object")
+    return metadata
+
+
+class Files:
+    def __init__(self, table: FilesTable) -> None:
+        self.table = table
+
+    async def create(self, account_id: int, content: bytes, content_type: str, name: str, metadata: str):
+        """Store an upload; its row (without the content)."""
+        if not content:
+            raise invalid_parameter("content", "the file is empty: send it in the multipart part \"content\"")
+        if len(content) > MAX_FILE_BYTES.value:
+            raise too_large("the file", "content")
+        kept = metadata_of(metadata)
+        file_id = ID_PREFIX + secrets.token_hex(12)
+        return await self.table.add(
+            file_id,
+            account_id,
+            (name or file_id)[:MAX_TEXT],
+            (content_type or DEFAULT_TYPE)[:MAX_TEXT],
+            hashlib.sha256(content).hexdigest(),
+            kept,
+            content,
+        )
+
+    async def get(self, account_id: int, file_id: str, with_content: bool = False):
+        return await self.table.get(account_id, file_id, with_content)
+
+    async def newest(self, account_id: int):
+        return await self.table.newest(account_id)
+
+    async def delete(self, account_id: int, file_id: str) -> None:
+        await self.table.delete(account_id, file_id)

@@ -1,0 +1,560 @@
+"""The generation pipeline: one canonical generation, from admission to stored audio.
+
+Every face that generates (this API's GenerationService, the OpenAI and
+hosted-predictor dialects, background jobs) hands the pipeline a
+``GenerationSpec`` and runs it in two halves:
+
+* :meth:`Pipeline.admit` checks the spec (request.py), asks the library for
+  its voice samples (one small call per speaker) and admits it at the
+  database under its account's limits, storing it as ``queued``. A request
+  refused here (400, 409, 413, 429, or 503 when the database or library is
+  down) is not stored: it is counted in ``gateway_generations_refused_total``
+  by error type and logged.
+* :meth:`Pipeline.run` (or :meth:`Pipeline.run_streamed`) prepares the voice
+  prompt (prompt.py), fits the parameters to the providers' model (Dia's
+  decoder positions hold the prompt's frames and the new ones: a prompt is
+  cut to leave room for MIN_NEW_FRAMES, and max_new_tokens lowered to what is
+  left), generates on a provider (routing.py), and stores how it ended:
+  ``succeeded`` with its audio, ``failed`` with the public error, or
+  ``canceled`` when its caller hung up (which stops the provider).
+
+A script longer than the model's text window is generated in chunks
+(long_scripts.py) by either half the same way. The pipeline knows no
+transport: the servicers (this API's, the dialects') translate in and out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import math
+import re
+import struct
+import time
+import wave
+from dataclasses import dataclass
+from typing import AsyncIterator, Awaitable, Callable, Mapping
+
+import grpc
+import numpy as np
+import prometheus_client
+from google.api import httpbody_pb2
+
+from runtime.errors import ApiError, invalid_parameter
+from services.gateway.generation import long_scripts, request
+from services.gateway.generation.library import Library, Sample
+from services.gateway.generation.prompt import Prompts
+from services.gateway.generation.resources import generation_message
+from services.gateway.generation.routing import Candidate, ModelLimits, Router
+from services.gateway.store import generations as stored
+from services.gateway.store.generations import AccountLimits, GenerationsTable
+from voice.gateway.v1 import generations_pb2
+from voice.synth.v1 import synth_pb2
+
+log = logging.getLogger("gateway.generations")
+
+WAV = "audio/wav"
+# A long script's chunks leave at least this much of Dia's window to the script.
+MIN_CHUNK_BYTES = 128
+# A WAV header's sizes while the length is not known (a stream).
+UNKNOWN_LENGTH = 0xFFFFFFFF
+# A voice prompt is cut to leave the decoder room for at least this many new frames
+# (the least max_new_tokens this API takes).
+MIN_NEW_FRAMES = 256
+# Dia's end marker and delay tail: frames that carry no audio of their own.
+FRAMES_WITHOUT_AUDIO = 16
+# A caller's own generation id: "gen_" and 8 to 64 letters, digits, "-" or "_".
+CALLERS_ID = re.compile(r"gen_[A-Za-z0-9_-]{8,64}")
+
+REFUSED = prometheus_client.Counter(
+    "gateway_generations_refused_total",
+    "Generation requests refused before they were admitted (and so not in the history), by error type.",
+    ["type"],
+)
+GENERATION_SECONDS = prometheus_client.Histogram(
+    "gateway_generation_seconds",
+    "Time from a generation's admission to its end (all its audio ready or sent, failed, or its caller gone), "
+    "by outcome (succeeded, failed, canceled).",
+    ["outcome"],
+    buckets=(0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600),
+)
+AUDIO_SECONDS = prometheus_client.Counter(
+    "gateway_generated_audio_seconds", "Seconds of audio generated (successful generations)."
+)
+REAL_TIME_FACTOR = prometheus_client.Histogram(
+    "gateway_generation_real_time_factor",
+    "Seconds the synth providers took per second of audio they generated (queueing included); "
+    "below 1 is faster than real time.",
+    buckets=(0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30),
+)
+
+
+def error_type(error: BaseException) -> tuple[str, str]:
+    """The public error type and message a failed generation is recorded with."""
+    if isinstance(error, grpc.aio.AioRpcError):  # an upstream's error, passed on as it is
+        error = ApiError.from_rpc_error(error)
+    if isinstance(error, ApiError):
+        return error.reason.lower(), error.message
+    if isinstance(error, (asyncio.CancelledError, GeneratorExit)):
+        return "canceled", "the caller went away before the generation finished; it was stopped"
+    return "internal", "internal error"
+
+
+def in_callers_terms(error: ApiError, names: Mapping[str, str]) -> None:
+    """Rename the request field an error names (param and message) to the caller's name for it."""
+    public = names.get(error.param or "")
+    if public is not None:
+        error.message = re.sub(rf"(?<![\w.]){re.escape(error.param)}(?![\w.])", lambda _: public, error.message)
+        error.param = public
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The pipeline's limits, read from the gateway's settings once."""
+
+    request: request.Limits
+    account: AccountLimits
+    public_url: str
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A generation admitted and stored as queued, not yet generated."""
+
+    generation_id: str
+    account_id: int
+    plan: request.Plan
+    samples: list[Sample]
+
+
+@dataclass(frozen=True)
+class Generated:
+    generation: generations_pb2.Generation  # as stored: succeeded
+    audio: httpbody_pb2.HttpBody  # what the caller gets
+
+
+# The caller's audio made from the generated WAV, before the generation counts as succeeded.
+Finish = Callable[[bytes], Awaitable[httpbody_pb2.HttpBody]]
+# Told the parameters a generation runs with, once they are known (before any provider is called).
+Announce = Callable[[generations_pb2.GenerationParameters], Awaitable[None]]
+
+
+async def as_wav(wav: bytes) -> httpbody_pb2.HttpBody:
+    return httpbody_pb2.HttpBody(content_type=WAV, data=wav)
+
+
+async def _nothing(parameters: generations_pb2.GenerationParameters) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """What a run generates with: the voices' prompt (or None), the providers that can serve it,
+    and the parameters fitted to their model."""
+
+    assembled: synth_pb2.AudioPrompt | None
+    found: list[Candidate]
+    limits: ModelLimits
+    parameters: generations_pb2.GenerationParameters
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        generations: GenerationsTable,
+        library: Library,
+        prompts: Prompts,
+        router: Router,
+        settings: Callable[[], Settings],
+    ) -> None:
+        self.generations = generations
+        self.library = library
+        self.prompts = prompts
+        self.router = router
+        self.settings = settings
+
+    # --- admission ----------------------------------------------------------------
+
+    async def admit(
+        self,
+        account_id: int,
+        spec: generations_pb2.GenerationSpec,
+        *,
+        generation_id: str = "",
+        rules: bool = True,
+        names: Mapping[str, str] | None = None,
+    ) -> Admitted:
+        """Check `spec` (against this API's rules unless `rules` is off: a dialect checked its own),
+        fetch its samples, admit and store it as queued. `names` maps the spec's fields to what the
+        caller called them, so that errors speak the caller's terms."""
+        settings = self.settings()
+        try:
+            if generation_id and not CALLERS_ID.fullmatch(generation_id):
+                raise invalid_parameter(
+                    "generation_id", "generation_id must be \"gen_\" and 8 to 64 letters, digits, \"-\" or \"_\""
+                )
+            plan = request.plan(spec, settings.request, rules=rules)
+            samples = await self.library.samples(account_id, plan.speakers) if plan.speakers else []
+            generation_id = await self.generations.admit(
+                stored.NewGeneration(
+                    account_id,
+                    spec.input,
+                    plan.model,
+                    plan.speakers,
+                    {sample.speaker: sample.speaker_name for sample in samples},
+                    plan.parameters,
+                    plan.visibility,
+                    plan.collection,
+                    generation_id,
+                ),
+                settings.account,
+            )
+        except (ApiError, grpc.aio.AioRpcError) as error:
+            refusal = error if isinstance(error, ApiError) else ApiError.from_rpc_error(error)
+            in_callers_terms(refusal, names or {})
+            kind = refusal.reason.lower()
+            REFUSED.labels(kind).inc()
+            log.info("generation refused", extra={"account_id": account_id, "type": kind})
+            raise refusal from None
+        return Admitted(generation_id, account_id, plan, samples)
+
+    async def readmit(self, generation_id: str, account_id: int, spec: generations_pb2.GenerationSpec) -> Admitted:
+        """An admitted generation again, from its stored spec (a background job resumed elsewhere)."""
+        plan = request.plan(spec, self.settings().request, rules=False)
+        samples = await self.library.samples(account_id, plan.speakers) if plan.speakers else []
+        return Admitted(generation_id, account_id, plan, samples)
+
+    # --- generating ---------------------------------------------------------------
+
+    async def run(
+        self,
+        admitted: Admitted,
+        timeout: float,
+        *,
+        announce: Announce = _nothing,
+        finish: Finish = as_wav,
+        names: Mapping[str, str] | None = None,
+        record_cancellation: bool = True,
+    ) -> Generated:
+        """Generate an admitted generation, its provider calls within `timeout` seconds (all its chunks
+        together, for a long script), and store how it ended: canceled when the caller hangs up or the
+        run is cancelled, unless `record_cancellation` is off (the canceller records it then)."""
+        began = time.perf_counter()
+        try:
+            prepared = await self._prepare(admitted)
+            await announce(prepared.parameters)
+            generated = await self._generate(admitted, prepared, timeout, finish)
+        except BaseException as error:
+            await self._ended_badly(admitted, error, began, names, record_cancellation)
+            raise
+        GENERATION_SECONDS.labels("succeeded").observe(time.perf_counter() - began)
+        return generated
+
+    async def run_streamed(
+        self,
+        admitted: Admitted,
+        timeout: float,
+        *,
+        announce: Announce = _nothing,
+        names: Mapping[str, str] | None = None,
+        record_cancellation: bool = True,
+    ) -> AsyncIterator[synth_pb2.StreamSynthesizeResponse]:
+        """`run`, streamed: the provider's messages (16-bit mono PCM at their sample_rate) as they
+        come. Once the last has come the whole is stored as one WAV and the generation has
+        succeeded; a caller who goes away (closes this generator) stops it, and it is canceled."""
+        began = time.perf_counter()
+        try:
+            prepared = await self._prepare(admitted)
+            await announce(prepared.parameters)
+            pcm = bytearray()
+            last = None
+            synthesis_began = time.perf_counter()
+            chunks = self._chunked(admitted, prepared, timeout)
+            async with contextlib.aclosing(chunks):
+                async for candidate, number, message in chunks:
+                    pcm += message.pcm
+                    if message.last:
+                        last = message
+                    yield message
+            assert last is not None
+            _count_audio(last.duration_seconds, synthesis_began)
+            row = await self.generations.mark_succeeded(
+                admitted.generation_id, wav_of(bytes(pcm), last.sample_rate), last.duration_seconds,
+                last.model or candidate.model, last.seed, number + 1,
+            )  # fmt: skip
+            if row is None:  # canceled meanwhile (a background job)
+                raise asyncio.CancelledError()
+            log.info(
+                "generated",
+                extra={"generation": admitted.generation_id, "provider": candidate.provider_id, "streamed": True},
+            )
+        except BaseException as error:
+            await self._ended_badly(admitted, error, began, names, record_cancellation)
+            raise
+        GENERATION_SECONDS.labels("succeeded").observe(time.perf_counter() - began)
+
+    async def _prepare(self, admitted: Admitted) -> _Prepared:
+        """The providers that can serve the generation, its voices' prompt cut to leave their model room,
+        and its parameters fitted to that room."""
+        plan = admitted.plan
+        found = await self.router.candidates(plan.model)
+        limits = ModelLimits.of_all(found)
+        parameters = generations_pb2.GenerationParameters()
+        parameters.CopyFrom(plan.parameters)
+        parameters.max_audio_prompt_seconds = fitted_prompt_seconds(parameters.max_audio_prompt_seconds, limits)
+        assembled = None
+        if admitted.samples:
+            assembled = await self.prompts.prompt(
+                admitted.account_id, admitted.samples, parameters.max_audio_prompt_seconds
+            )
+        parameters.max_new_tokens = fitted_max_new_tokens(
+            parameters.max_new_tokens, prompt_frames(assembled, limits), limits
+        )
+        return _Prepared(assembled, found, limits, parameters)
+
+    async def _generate(self, admitted: Admitted, prepared: _Prepared, timeout: float, finish: Finish) -> Generated:
+        if len(self._split(admitted.plan.script.text, prepared)) > 1:
+            return await self._generate_chunks(admitted, prepared, timeout, finish)
+        synthesis = synth_pb2.SynthesisSpec(
+            script=admitted.plan.script.text,
+            settings=synth_settings(prepared.parameters),
+            account=str(admitted.account_id),  # the provider's queue takes accounts in turns
+        )
+        if prepared.assembled is not None:
+            synthesis.audio_prompt.CopyFrom(prepared.assembled)
+        synthesis_began = time.perf_counter()
+        candidate, reply = await self.router.synthesize(
+            synthesis, prepared.found, timeout, self._running(admitted.generation_id, prepared.parameters)
+        )
+        _count_audio(reply.duration_seconds, synthesis_began)
+        audio = await finish(reply.wav)
+        row = await self.generations.mark_succeeded(
+            admitted.generation_id, reply.wav, reply.duration_seconds, reply.model or candidate.model, reply.seed
+        )
+        if row is None:  # canceled meanwhile (a background job)
+            raise asyncio.CancelledError()
+        log.info(
+            "generated",
+            extra={
+                "generation": admitted.generation_id,
+                "provider": candidate.provider_id,
+                "seconds": round(reply.duration_seconds, 2),
+            },
+        )
+        return Generated(generation_message(row, self.settings().public_url), audio)
+
+    async def _generate_chunks(
+        self, admitted: Admitted, prepared: _Prepared, timeout: float, finish: Finish
+    ) -> Generated:
+        """A long script, its chunks joined with a short crossfade (long_scripts.py)."""
+        parts: list[bytearray] = []
+        began = time.perf_counter()
+        chunks = self._chunked(admitted, prepared, timeout)
+        async with contextlib.aclosing(chunks):
+            async for candidate, number, message in chunks:
+                if number == len(parts):
+                    parts.append(bytearray())
+                parts[number] += message.pcm
+                last = message
+        rate = last.sample_rate or 44100
+        joined = long_scripts.crossfaded([np.frombuffer(bytes(part), dtype="<i2") for part in parts], rate)
+        wav, duration = wav_of(joined.astype("<i2").tobytes(), rate), joined.size / rate
+        _count_audio(duration, began)
+        audio = await finish(wav)
+        row = await self.generations.mark_succeeded(
+            admitted.generation_id, wav, duration, last.model or candidate.model, last.seed, len(parts)
+        )
+        if row is None:  # canceled meanwhile (a background job)
+            raise asyncio.CancelledError()
+        log.info(
+            "generated", extra={"generation": admitted.generation_id, "chunks": len(parts), "seconds": round(duration, 2)}
+        )
+        return Generated(generation_message(row, self.settings().public_url), audio)
+
+    async def _chunked(
+        self, admitted: Admitted, prepared: _Prepared, timeout: float
+    ) -> AsyncIterator[tuple[Candidate, int, synth_pb2.StreamSynthesizeResponse]]:
+        """The script's chunks generated in order (one for a script that fits the model's window;
+        long_scripts.py), streamed: (provider, chunk number, message). Only the final chunk's
+        last message is `last`, and it counts the whole (duration, frames). All chunks share the
+        `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        chunks = self._split(admitted.plan.script.text, prepared)
+        previous: tuple[long_scripts.Chunk, bytes, int] | None = None  # chunk, its PCM, sample rate
+        seconds = frames = 0.0
+        for number, chunk in enumerate(chunks):
+            parameters = prepared.parameters
+            tail = None
+            if prepared.assembled is None and previous is not None:
+                tail = tail_prompt(*previous, parameters.max_audio_prompt_seconds)
+            settings = synth_settings(parameters)
+            # The tail prompt is the gateway's, not the caller's: max_new_tokens, which fits without
+            # it, is lowered to make room for it.
+            settings.lower_max_new_tokens_to_fit = tail is not None
+            synthesis = synth_pb2.SynthesisSpec(
+                script=chunk.text,
+                settings=settings,
+                account=str(admitted.account_id),  # the provider's queue takes accounts in turns
+            )
+            if prepared.assembled is not None:
+                synthesis.audio_prompt.CopyFrom(prepared.assembled)  # cloned voices: their samples again
+            elif tail is not None:
+                synthesis.audio_prompt.CopyFrom(tail)
+            pcm = bytearray()
+            messages = self.router.stream_synthesize(
+                synthesis, prepared.found, _left(deadline), self._running(admitted.generation_id, parameters)
+            )
+            async with contextlib.aclosing(messages):
+                async for candidate, message in messages:
+                    pcm += message.pcm
+                    if message.last:
+                        seconds += message.duration_seconds
+                        frames += message.generated_frames
+                        if number < len(chunks) - 1:
+                            message = synth_pb2.StreamSynthesizeResponse(pcm=message.pcm, sample_rate=message.sample_rate)
+                        else:
+                            message.duration_seconds, message.generated_frames = seconds, int(frames)
+                    yield candidate, number, message
+            previous = (chunk, bytes(pcm), message.sample_rate or 44100)
+
+    def _split(self, script: str, prepared: _Prepared) -> list[long_scripts.Chunk]:
+        """The chunks of `script` that fit the model's window with their prompts (one when it all fits)."""
+        window = prepared.limits.text_window_bytes
+        assembled = prepared.assembled
+        transcript = long_scripts.size(assembled.transcript) + 1 if assembled is not None else 0
+        if transcript + long_scripts.size(script) <= window:
+            return [long_scripts.Chunk((long_scripts.Piece("", script),), whole=script)]
+        reserved = transcript if assembled is not None else long_scripts.TAIL_TEXT_BYTES + 1
+        budget = window - reserved
+        if budget < MIN_CHUNK_BYTES:
+            raise ApiError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "REQUEST_TOO_LARGE",
+                f"the voice samples' transcripts take {reserved} of the {window} bytes Dia reads at once, which leaves "
+                f"too little for the script; shorten them (PATCH /v1/voice/samples/{{id}})",
+                param="speakers",
+            )
+        return long_scripts.split(script, budget)
+
+    def _running(self, generation_id: str, parameters: generations_pb2.GenerationParameters):
+        async def running_on(candidate: Candidate) -> None:
+            await self.generations.mark_running(generation_id, candidate.provider_id, candidate.model, parameters)
+
+        return running_on
+
+    async def _ended_badly(
+        self,
+        admitted: Admitted,
+        error: BaseException,
+        began: float,
+        names: Mapping[str, str] | None,
+        record_cancellation: bool,
+    ) -> None:
+        """Count and store a run that did not succeed (the error is raised on by the caller)."""
+        canceled = isinstance(error, (asyncio.CancelledError, GeneratorExit))
+        GENERATION_SECONDS.labels("canceled" if canceled else "failed").observe(time.perf_counter() - began)
+        if canceled and not record_cancellation:
+            return
+        if isinstance(error, ApiError):
+            in_callers_terms(error, names or {})
+        # Shielded: a caller who hung up still leaves a finished record behind.
+        await asyncio.shield(self._record_failure(admitted.generation_id, error))
+
+    async def _record_failure(self, generation_id: str, error: BaseException) -> None:
+        kind, message = error_type(error)
+        try:
+            status = "canceled" if kind == "canceled" else "failed"
+            await self.generations.mark_failed(generation_id, kind, message, status)
+        except ApiError:  # the database went away meanwhile: the caller gets the original error
+            log.warning("could not record the failure of a generation", extra={"generation": generation_id})
+
+
+def synth_settings(parameters: generations_pb2.GenerationParameters) -> synth_pb2.GenerationSettings:
+    """What the provider needs of the parameters (the prompt's length is the gateway's business)."""
+    settings = synth_pb2.GenerationSettings(
+        cfg_scale=parameters.cfg_scale,
+        temperature=parameters.temperature,
+        top_p=parameters.top_p,
+        cfg_filter_top_k=parameters.cfg_filter_top_k,
+        max_new_tokens=parameters.max_new_tokens,
+        speed_factor=parameters.speed_factor,
+    )
+    if parameters.seed != request.RANDOM_SEED:
+        settings.seed = parameters.seed
+    return settings
+
+
+def fitted_prompt_seconds(asked: float, limits: ModelLimits) -> float:
+    """The longest voice prompt that leaves the model's decoder room for MIN_NEW_FRAMES new frames
+    (32.69 s for Dia-1.6B), or `asked` if shorter; in hundredths of a second."""
+    most = (limits.max_positions - MIN_NEW_FRAMES) * limits.samples_per_frame / limits.sample_rate
+    return min(asked, math.floor(most * 100) / 100)
+
+
+def fitted_max_new_tokens(asked: int, prompt_frames: int, limits: ModelLimits) -> int:
+    """`asked`, lowered to what the decoder holds beside a prompt of `prompt_frames`."""
+    room = limits.max_positions - prompt_frames
+    if room <= FRAMES_WITHOUT_AUDIO:  # a prompt kept whole for want of word timings can be this long
+        raise invalid_parameter(
+            "max_audio_prompt_seconds",
+            f"the voice prompt leaves Dia's decoder ({limits.max_positions} frames) no room for new audio; "
+            "use shorter voice samples or a shorter max_audio_prompt_seconds",
+        )
+    return min(asked, room)
+
+
+def prompt_frames(assembled: synth_pb2.AudioPrompt | None, limits: ModelLimits) -> int:
+    """The decoder frames a prompt takes: its samples at the model's rate, a frame per samples_per_frame."""
+    if assembled is None or not assembled.wav:
+        return 0
+    with wave.open(io.BytesIO(assembled.wav)) as reader:
+        samples = reader.getnframes() * limits.sample_rate / reader.getframerate()
+    return math.ceil(round(samples) / limits.samples_per_frame)
+
+
+def tail_prompt(chunk: long_scripts.Chunk, pcm: bytes, rate: int, max_seconds: float) -> synth_pb2.AudioPrompt | None:
+    """The end of the previous chunk, to continue its voices from (uncloned speakers)."""
+    text, share = long_scripts.tail(chunk)
+    samples = len(pcm) // 2
+    count = min(int(samples * share), int(max_seconds * rate))
+    if not text or count <= 0:
+        return None
+    return synth_pb2.AudioPrompt(wav=wav_of(pcm[(samples - count) * 2 :], rate), transcript=text)
+
+
+def _left(deadline: float) -> float:
+    """The seconds a provider call may take: what is left of the generation's (a long script's chunks share it)."""
+    return max(deadline - time.monotonic(), 0.001)
+
+
+def _count_audio(duration_seconds: float, began: float) -> None:
+    """Audio seconds made, and the providers' seconds per audio second since `began`."""
+    if duration_seconds > 0:
+        AUDIO_SECONDS.inc(duration_seconds)
+        REAL_TIME_FACTOR.observe((time.perf_counter() - began) / duration_seconds)
+
+
+async def streamed_wav(messages: AsyncIterator[synth_pb2.StreamSynthesizeResponse]) -> AsyncIterator[httpbody_pb2.HttpBody]:
+    """A streamed generation as audio/wav: a header of unknown length first, then the samples as they come."""
+    first = True
+    async for message in messages:
+        data = message.pcm
+        if first:
+            data, first = wav_header(message.sample_rate) + data, False
+        if data:
+            yield httpbody_pb2.HttpBody(content_type=WAV, data=data)
+
+
+def wav_header(sample_rate: int, data_bytes: int = UNKNOWN_LENGTH) -> bytes:
+    """The 44-byte header of 16-bit mono WAV; streams, whose length is not known yet, say 0xFFFFFFFF."""
+    riff = UNKNOWN_LENGTH if data_bytes == UNKNOWN_LENGTH else 36 + data_bytes
+    return struct.pack(
+        "<4sI4s4sIHHIIHH4sI", b"RIFF", riff, b"WAVE", b"fmt ", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16, b"data", data_bytes
+    )
+
+
+def wav_of(pcm: bytes, sample_rate: int) -> bytes:
+    return wav_header(sample_rate, len(pcm)) + pcm
