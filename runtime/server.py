@@ -214,7 +214,12 @@ class _Call:
             )
             error = internal_error(f"internal error (request id {self.request_id})")
         self.code = error.code
-        await context.abort_with_status(error.to_status())
+        status = error.to_status()
+        # The status's details are trailing metadata: what the handler set there goes along.
+        kept = tuple(context.trailing_metadata() or ())
+        if kept:
+            status = status._replace(trailing_metadata=(*kept, *status.trailing_metadata))
+        await context.abort_with_status(status)
 
 
 class _CommentedFiles:

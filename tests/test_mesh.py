@@ -10,6 +10,7 @@ import stat
 import subprocess
 import time
 import urllib.request
+import uuid
 
 import grpc
 import pytest
@@ -17,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tests.conftest import ROOT, make_run_environment, start_make_run
+from tests.gateway.conftest import make_key
 from tools import mesh as mesh_tools
 from voice.gateway.v1 import models_pb2, models_pb2_grpc
 
@@ -88,7 +90,8 @@ def test_make_run_starts_everything_and_ctrl_c_stops_it(tmp_path: pathlib.Path):
         for name in services:
             check_service(name, f"127.0.0.1:{env[f'{name.upper()}_GRPC_PORT']}")
         if "synth" in services:  # the secret make run made is the one synth and the gateway share
-            wait_for_a_provider(f"127.0.0.1:{env['GATEWAY_GRPC_PORT']}")
+            key = make_key(f"mesh-{uuid.uuid4().hex[:8]}", env)
+            wait_for_a_provider(f"127.0.0.1:{env['GATEWAY_GRPC_PORT']}", key)
         # Ctrl-C: the terminal sends SIGINT to the whole foreground group.
         os.killpg(process.pid, signal.SIGINT)
         rest, _ = process.communicate(timeout=60)
@@ -111,10 +114,12 @@ def test_make_run_starts_everything_and_ctrl_c_stops_it(tmp_path: pathlib.Path):
     assert secret_file.read_text().strip() not in output
 
 
-def wait_for_a_provider(gateway: str) -> None:
+def wait_for_a_provider(gateway: str, key: str) -> None:
     deadline = time.monotonic() + 60  # a guard: heartbeats come every few seconds
+    metadata = (("authorization", f"Bearer {key}"),)
     with grpc.insecure_channel(gateway) as channel:
-        while not models_pb2_grpc.ModelServiceStub(channel).ListModels(models_pb2.ListModelsRequest(), timeout=5).data:
+        stub = models_pb2_grpc.ModelServiceStub(channel)
+        while not stub.ListModels(models_pb2.ListModelsRequest(), metadata=metadata, timeout=5).data:
             assert time.monotonic() < deadline, "no synth provider registered"
             time.sleep(0.2)
 

@@ -92,7 +92,7 @@ async def test_a_refusal_for_concurrency_says_when_the_oldest_should_end_by_the_
     limits = history.AccountLimits(per_second=0, burst=1, concurrent=1)
     finished = await replicas[0].generations.admit(request(account_id), limits)
     await replicas[0].generations.mark_succeeded(finished, b"RIFF", 1.0, "tiny-random", 1)
-    async with replicas[0].acquire() as connection:  # it took 30 s
+    async with replicas[0].pool().acquire() as connection:  # it took 30 s
         await connection.execute(
             "UPDATE generations SET create_time = end_time - interval '30 seconds' WHERE id = $1", finished
         )

@@ -35,7 +35,7 @@ async def test_a_reflection_client_lists_and_calls_every_running_service(mesh, a
         "transcode": ("voice.transcode.v1.TranscodeService", "DecodeAudio", {"audio": HELLO_WAV}, ()),
         "stt": ("voice.stt.v1.SttService", "Transcribe", {"audio": HELLO_WAV}, ()),
         "library": ("voice.library.v1.LibraryService", "ListVoiceSamples", {"page_size": 5}, (("x-account-id", str(account_id)),)),
-        "gateway": ("voice.gateway.v1.ModelService", "ListModels", {}, ()),
+        "gateway": ("voice.gateway.v1.ModelService", "ListModels", {}, (("authorization", f"Bearer {alice.key}"),)),
     }
     assert {"transcode", "library", "gateway"} <= set(mesh.services)
     for name in mesh.services:
@@ -67,6 +67,23 @@ async def test_the_library_refuses_a_call_without_an_account(mesh):
     finally:
         await client.channel.close()
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize("method", ["ListModels", "GetModel"])
+async def test_the_model_service_takes_a_key_like_every_other_gateway_service(mesh, accounts, method):
+    alice, _ = accounts
+    request = {"id": "tiny-random"} if method == "GetModel" else {}
+    client = reflection_client(mesh.address("gateway"))
+    try:
+        for metadata in ((), (("authorization", "Bearer vm_not-a-key"),)):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await client.request("voice.gateway.v1.ModelService", method, request, metadata=metadata, timeout=10)
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        keyed = (("authorization", f"Bearer {alice.key}"),)
+        reply = await client.request("voice.gateway.v1.ModelService", method, request, metadata=keyed, timeout=10)
+        assert reply
+    finally:
+        await client.channel.close()
 
 
 async def account_id_of(mesh, account) -> int:

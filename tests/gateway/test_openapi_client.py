@@ -29,34 +29,45 @@ CLIENT_SCRIPT = textwrap.dedent(
     from voicemesh_api_client.api.library_service import library_service_create_voice_sample
     from voicemesh_api_client.models import (
         LibraryServiceCreateVoiceSampleFilesBody,
-        VoiceGatewayV1CreateGenerationRequest,
-        VoiceGatewayV1CreateGenerationRequestSpeakers,
+        VoiceGatewayV1GenerationSpec,
+        VoiceGatewayV1GenerationSpecSpeakers,
         VoiceLibraryV1VoiceSample,
     )
     from voicemesh_api_client.types import File
 
-    base_url, key, audio_path = sys.argv[1:]
+    base_url, key, audio_path, second_path = sys.argv[1:]
     client = AuthenticatedClient(base_url=base_url, token=key, timeout=300)
-    with open(audio_path, "rb") as audio:
-        sample = library_service_create_voice_sample.sync(
-            client=client,
-            body=LibraryServiceCreateVoiceSampleFilesBody(
-                audio=File(payload=audio, file_name="hello.webm", mime_type="audio/webm"),
-                speaker_name="Ada",
-                transcript="Hello world, this is a voice sample for testing.",
-            ),
-        )
+
+    def upload(path, name, transcript):
+        with open(path, "rb") as audio:
+            return library_service_create_voice_sample.sync(
+                client=client,
+                body=LibraryServiceCreateVoiceSampleFilesBody(
+                    audio=File(payload=audio, file_name="voice.webm", mime_type="audio/webm"),
+                    speaker_name=name,
+                    transcript=transcript,
+                ),
+            )
+
+    sample = upload(audio_path, "Ada", "Hello world, this is a voice sample for testing.")
     assert isinstance(sample, VoiceLibraryV1VoiceSample), sample
-    speakers = VoiceGatewayV1CreateGenerationRequestSpeakers()
+    second = upload(second_path, "Bob", "The quick brown fox jumps over the lazy dog.")
+    speakers = VoiceGatewayV1GenerationSpecSpeakers()
     speakers["S1"] = sample.id
     made = generation_service_create_generation.sync_detailed(
         client=client,
-        body=VoiceGatewayV1CreateGenerationRequest(
+        body=VoiceGatewayV1GenerationSpec(
             input_="[S1] Hello there.", speakers=speakers, max_new_tokens=256, seed=3
         ),
     )
     refused = generation_service_create_generation.sync(
-        client=client, body=VoiceGatewayV1CreateGenerationRequest(input_="[S1] Hi.", temperature=9.0)
+        client=client, body=VoiceGatewayV1GenerationSpec(input_="[S1] Hi.", temperature=9.0)
+    )
+    # Two cloned voices and every parameter at the client's own defaults (the published ones).
+    both = VoiceGatewayV1GenerationSpecSpeakers()
+    both["S1"], both["S2"] = sample.id, second.id
+    defaults = generation_service_create_generation.sync_detailed(
+        client=client, body=VoiceGatewayV1GenerationSpec(input_="[S1] Hello there. [S2] Hi!", speakers=both, seed=4)
     )
     print(json.dumps({
         "sample_id": sample.id,
@@ -66,6 +77,10 @@ CLIENT_SCRIPT = textwrap.dedent(
         "wav_head": made.parsed.payload.read(12).decode("latin-1"),
         "wav_bytes": len(made.content),
         "refused": [refused.error.type_, refused.error.param],
+        "defaults_sent": VoiceGatewayV1GenerationSpec(input_="x").to_dict(),
+        "defaults_status": int(defaults.status_code),
+        "defaults_max_new_tokens": defaults.headers.get("x-max-new-tokens"),
+        "defaults_wav_head": defaults.content[:4].decode("latin-1"),
     }))
     """
 )
@@ -90,7 +105,10 @@ async def test_a_generated_client_uploads_a_sample_and_gets_the_wav(http, mesh, 
         assert f"parsing {operation}" not in generated.stdout, generated.stdout
 
     used = subprocess.run(
-        [sys.executable, "-c", CLIENT_SCRIPT, mesh.http_url, alice.key, str(FIXTURES / "speech_hello.webm")],
+        [
+            sys.executable, "-c", CLIENT_SCRIPT, mesh.http_url, alice.key,
+            str(FIXTURES / "speech_hello.webm"), str(FIXTURES / "speech_fox.webm"),
+        ],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(tmp_path)},
     )  # fmt: skip
@@ -103,6 +121,11 @@ async def test_a_generated_client_uploads_a_sample_and_gets_the_wav(http, mesh, 
     assert result["refused"] == ["invalid_parameter", "temperature"]
     stored = await (await http.get(f"/v1/voice/generations/{result['generation_id']}", headers=alice.headers)).json()
     assert stored["status"] == "succeeded" and stored["speakers"] == {"S1": result["sample_id"]}
+    # The client sends the published defaults itself (max_new_tokens 3072 among them), and with two
+    # cloned voices they work together: what fits beside the voices' prompt is generated.
+    assert result["defaults_sent"]["max_new_tokens"] == 3072
+    assert result["defaults_status"] == 200 and result["defaults_wav_head"] == "RIFF"
+    assert 0 < int(result["defaults_max_new_tokens"]) < 3072
 
 
 async def test_the_document_says_what_the_protos_declare(http):

@@ -1,4 +1,4 @@
-"""The hosted predictor's API (predictions.py) driven by its own official client,
+"""The hosted predictor's API (dialects/predictor/) driven by its own official client,
 the unmodified `replicate` package, run as a separate process with nothing but
 REPLICATE_BASE_URL and REPLICATE_API_TOKEN pointing it at the mesh (tiny random Dia).
 
@@ -24,7 +24,8 @@ import pytest
 import replicate
 from aiohttp import web
 
-from services.gateway.generation import predictions, webhooks
+from services.gateway.dialects.predictor import inputs, predictions
+from services.gateway.generation import webhooks
 from tests.conftest import ROOT, free_port
 from tests.gateway.conftest import FIXTURES, Account, assert_error, extra_gateway, make_key, wait_for_models
 
@@ -93,7 +94,7 @@ def test_prefer_wait_is_read_as_the_predictor_documents_it():
 
 
 def test_the_models_input_schema_is_the_seeds():
-    properties = predictions.input_schema()["components"]["schemas"]["Input"]["properties"]
+    properties = inputs.schema()["components"]["schemas"]["Input"]["properties"]
     assert properties["temperature"] == {**properties["temperature"], "default": 1.3, "minimum": 0, "maximum": 2}
     assert (properties["cfg_filter_top_k"]["minimum"], properties["cfg_filter_top_k"]["maximum"]) == (10, 100)
     assert properties["cfg_filter_top_k"]["default"] == 35

@@ -168,9 +168,12 @@ def test_a_body_field_takes_the_json_and_the_rest_comes_from_the_query(things_ro
     assert (made.id, made.label.text, made.label.size, made.notify) == (3, "hello", 2, True)
 
 
-def test_a_bad_field_inside_a_body_field_is_named_with_its_path(things_routes):
+def test_a_bad_field_inside_a_body_field_is_named_as_the_body_has_it(things_routes):
+    # The JSON body is the label: its fields are named as the caller sent them.
     error = refused(things_routes, "PUT /v1/things/{id}/label", path_params={"id": "3"}, body=b'{"sise": 2}')
-    assert error.param == "label.sise"
+    assert error.param == "sise"
+    nested = refused(things_routes, "PUT /v1/things/{id}/label", path_params={"id": "3"}, body=b'{"size": "big"}')
+    assert nested.param == "size"
 
 
 def test_multipart_to_a_json_endpoint_is_an_unsupported_media_type(things_routes):

@@ -51,7 +51,7 @@ export async function setUp() {
 async function buildParameters() {
   let properties = {};
   try {
-    const request = await schema("voice.gateway.v1.CreateGenerationRequest");
+    const request = await schema("voice.gateway.v1.GenerationSpec");
     properties = request.properties;
     maxInputChars = properties.input.maxLength || maxInputChars;
   } catch (error) {

@@ -341,7 +341,7 @@ class HttpFront:
             try:
                 first = await call.read()
             except grpc.aio.AioRpcError as rpc_error:
-                error = _public(ApiError.from_rpc_error(rpc_error), upstream.name)
+                error = _public(ApiError.from_rpc_error(rpc_error), upstream.name, route)
                 return error_response(error, _forwarded(_all_metadata(rpc_error), forwarded))
             headers = _forwarded(await call.initial_metadata(), forwarded)
             body = _http_body(first, route.response_body) if first is not grpc.aio.EOF else None
@@ -378,7 +378,7 @@ class HttpFront:
         try:
             response = await call
         except grpc.aio.AioRpcError as rpc_error:
-            error = _public(ApiError.from_rpc_error(rpc_error), upstream.name)
+            error = _public(ApiError.from_rpc_error(rpc_error), upstream.name, route)
             return UpstreamReply(error=error, headers=_forwarded(_all_metadata(rpc_error), headers))
         return UpstreamReply(response=response, headers=_forwarded(await call.initial_metadata(), headers))
 
@@ -430,8 +430,14 @@ def _forwarded(metadata, headers: dict[str, str]) -> dict[str, str]:
     return {headers[key]: value for key, value in (metadata or ()) if key in headers and isinstance(value, str)}
 
 
-def _public(error: ApiError, upstream: str) -> ApiError:
-    """gRPC's own texts for a dead or slow upstream name addresses; say it plainly instead."""
+def _public(error: ApiError, upstream: str, route: Route) -> ApiError:
+    """The upstream's error as the HTTP caller should see it.
+
+    A field of a JSON body field (``body: "generation"``) is named as the body carries
+    it ("input", not "generation.input"). gRPC's own texts for a dead or slow upstream
+    name addresses; they are said plainly instead."""
+    if error.param and route.body not in ("", "*") and error.param.startswith(route.body + "."):
+        error.param = error.param[len(route.body) + 1 :]
     if error.reason == DEFAULT_REASONS.get(error.code):
         if error.code == grpc.StatusCode.UNAVAILABLE:
             error.message = f"the {upstream} service is unavailable; try again shortly"
