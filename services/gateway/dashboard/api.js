@@ -84,12 +84,13 @@ export async function getJson(path, options) {
   return (await call(path, options)).json();
 }
 
-// Every page of a list endpoint (`field` names the list in each page).
+// Every page of a list endpoint (`field` names the list in each page); 100 a page
+// unless `query` asks for another page_size.
 export async function listAll(path, field, query = {}, maxPages = 10) {
   const items = [];
   let token = "";
   for (let page = 0; page < maxPages; page++) {
-    const body = await getJson(path, { query: { ...query, page_size: 100, page_token: token } });
+    const body = await getJson(path, { query: { page_size: 100, ...query, page_token: token } });
     items.push(...(body[field] || []));
     token = body.next_page_token || "";
     if (!token) break;
