@@ -18,7 +18,7 @@ import uuid
 import aiohttp
 import pytest
 
-from tests.gateway.conftest import FIXTURES, Account, created, extra_gateway, make_key, upload_form, wait_for_models, words
+from tests.gateway.conftest import FIXTURES, HELLO, Account, created, extra_gateway, make_key, upload_form, wait_for_models, words
 
 playwright = pytest.importorskip("playwright.async_api")
 
@@ -121,6 +121,20 @@ async def until(page, expression: str, timeout: float = 10):
 async def samples_of(http, account: Account) -> dict[str, dict]:
     body = await created(await http.get("/v1/voice/samples", params={"page_size": 100}, headers=account.headers))
     return {sample["speaker_name"]: sample for sample in body["voice_samples"]}
+
+
+HELLO_TRANSCRIPT = "Hello world, this is a voice sample for testing."
+
+
+async def add_samples(http, account: Account, names, default: str = "") -> dict[str, dict]:
+    """Samples uploaded through the API (HELLO, with its transcript typed), by speaker name."""
+    added = {}
+    for name in names:
+        body = await created(await upload_form(
+            http, account, HELLO, name, transcript=HELLO_TRANSCRIPT, is_default="true" if name == default else "false"
+        ))
+        added[name] = body
+    return added
 
 
 # --- signing in -----------------------------------------------------------------------
@@ -245,6 +259,26 @@ async def test_upload_by_picker_and_by_drop_then_default_edit_and_delete(tab, us
                 .map(el => el.outerHTML)"""
         )
         assert unlabelled == []
+    tab.assert_clean()
+
+
+async def test_the_library_lists_every_page_of_samples(tab, user, http):
+    """listAll follows next_page_token to the end: 12 samples read one a page are 12 pages,
+    more than the 10 it used to stop at without a word."""
+    names = [f"Sample {number:02d}" for number in range(12)]
+    await add_samples(http, user, names)
+    page = tab.page
+    async with screenshots_on_failure(tab, "pages"):
+        await tab.sign_in(user.key)
+        await playwright.expect(page.locator("li.sample")).to_have_count(12)
+        listed = await page.evaluate(
+            """async () => {
+                const api = await import('/dashboard/api.js');
+                const samples = await api.listAll('/v1/voice/samples', 'voice_samples', {page_size: 1});
+                return samples.map(sample => sample.speaker_name);
+            }"""
+        )
+        assert sorted(listed) == names, listed
     tab.assert_clean()
 
 
