@@ -137,6 +137,21 @@ async def add_samples(http, account: Account, names, default: str = "") -> dict[
     return added
 
 
+# Text that runs out of its box: each visible error, notice, hint, progress line and sample
+# heading whose text is wider than the element, or that reaches past its card (or the screen).
+OVERFLOWING = """() => [...document.querySelectorAll('.error, .notice, .hint, .progress, .meta, .sample h3')]
+    .filter(el => el.getClientRects().length && el.textContent.trim())
+    .filter(el => {
+        const box = el.getBoundingClientRect();
+        const range = document.createRange();
+        range.selectNodeContents(el);
+        const text = range.getBoundingClientRect();
+        const frame = (el.closest('.card') || document.documentElement).getBoundingClientRect();
+        return el.scrollWidth > el.clientWidth || text.right > box.right + 1 || Math.max(box.right, text.right) > frame.right + 1;
+    })
+    .map(el => `${el.id || el.className}: ${el.textContent.slice(0, 50)} (${el.scrollWidth} > ${el.clientWidth} px)`)"""
+
+
 # --- signing in -----------------------------------------------------------------------
 
 
@@ -280,6 +295,39 @@ async def test_the_library_lists_every_page_of_samples(tab, user, http):
         )
         assert sorted(listed) == names, listed
     tab.assert_clean()
+
+
+async def test_long_words_in_errors_and_notices_wrap_inside_their_boxes(tab, user, http):
+    """A URL for a speaker name, a script with an absurd speaker tag, a parameter named at its
+    narrow field: at phone and desktop widths the text wraps inside its box."""
+    name = "https://voices.example.com/imported/narrators/featherstonehaugh-cholmondeley-0042"
+    await add_samples(http, user, [name, "Other"], default="Other")
+    page = tab.page
+    async with screenshots_on_failure(tab, "overflow"):
+        await tab.sign_in(user.key)
+        await page.set_viewport_size({"width": 375, "height": 800})
+        await tab.sample(name).get_by_role("button", name=f"Make {name} the default").click()
+        await playwright.expect(page.locator("#notice")).to_contain_text("is now the default sample")
+        for width in (375, 1280):
+            await page.set_viewport_size({"width": width, "height": 800})
+            assert await page.evaluate(OVERFLOWING) == [], width
+            assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), width
+
+        await tab.open("playground")
+        for width in (375, 1280):
+            await page.set_viewport_size({"width": width, "height": 800})
+            await page.locator("#gen-input").fill(f"[S1] Hello. [S{'9' * 60}] Hi.")
+            await page.get_by_role("button", name="Generate").click()
+            await playwright.expect(page.locator("#gen-input-error")).to_contain_text("is not supported")
+            assert await page.evaluate(OVERFLOWING) == [], width
+            await page.locator("#gen-input").fill("[S1] Hello.")
+            await page.get_by_label("Voice prompt length, s").fill("1000")
+            await page.get_by_role("button", name="Generate").click()
+            await playwright.expect(page.locator("#gen-max_audio_prompt_seconds-error")).to_contain_text("max_audio_prompt_seconds")
+            assert await page.evaluate(OVERFLOWING) == [], width
+            assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), width
+            await page.get_by_role("button", name="Reset to defaults").click()
+    tab.assert_clean(allowed=("400",))  # the refused requests are logged by the browser
 
 
 # --- playground and history ---------------------------------------------------------------
