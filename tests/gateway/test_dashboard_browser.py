@@ -330,6 +330,50 @@ async def test_long_words_in_errors_and_notices_wrap_inside_their_boxes(tab, use
     tab.assert_clean(allowed=("400",))  # the refused requests are logged by the browser
 
 
+# The width a select needs to show its chosen option whole (a copy of it, as wide as its
+# content), and the width it has.
+SELECT_WIDTHS = """select => {
+    const probe = select.cloneNode(false);
+    probe.removeAttribute('id');
+    probe.append(select.selectedOptions[0].cloneNode(true));
+    probe.style.width = 'max-content';
+    probe.style.minWidth = '0';
+    probe.style.maxWidth = 'none';
+    select.after(probe);
+    const needed = probe.getBoundingClientRect().width;
+    probe.remove();
+    return [needed, select.getBoundingClientRect().width];
+}"""
+
+
+async def test_the_voice_pickers_show_a_long_speaker_name_whole(tab, user, http):
+    """A long speaker name, chosen for [S1] and [S2]: on a desktop each select is wide enough
+    for its choice; on a phone too the name is shown whole under it."""
+    name = "Maximiliana Featherstonehaugh-Cholmondeley"
+    added = await add_samples(http, user, [name, "Bo"], default=name)
+    page = tab.page
+    async with screenshots_on_failure(tab, "voices"):
+        await tab.sign_in(user.key)
+        await tab.open("playground")
+        await page.locator("#gen-s2").select_option(str(added[name]["id"]))
+        for width in (1280, 375):
+            await page.set_viewport_size({"width": width, "height": 800})
+            for speaker in ("s1", "s2"):
+                select = page.locator(f"#gen-{speaker}")
+                assert await select.input_value() == str(added[name]["id"])
+                await playwright.expect(select.locator("option:checked")).to_contain_text(name)
+                await playwright.expect(page.locator(f"#gen-{speaker}-about")).to_contain_text(name)
+                await playwright.expect(page.locator(f"#gen-{speaker}-about")).to_contain_text(HELLO_TRANSCRIPT)
+                if width >= 1000:
+                    needed, has = await select.evaluate(SELECT_WIDTHS)
+                    assert needed <= has + 0.5, (speaker, needed, has)
+            assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), width
+            assert await page.evaluate(OVERFLOWING) == [], width
+        await page.locator("#gen-s2").select_option("")
+        await playwright.expect(page.locator("#gen-s2-about")).not_to_contain_text(name)
+    tab.assert_clean()
+
+
 # --- playground and history ---------------------------------------------------------------
 
 
