@@ -251,6 +251,7 @@ async def test_upload_by_picker_and_by_drop_then_default_edit_and_delete(tab, us
         await playwright.expect(hello.locator(".badge")).to_have_count(0)
 
         # Edit Fox's transcript.
+        await fox.get_by_role("button", name="Edit Fox").click()
         await fox.locator("textarea").fill("The quick brown fox jumps over the lazy dog.")
         await fox.get_by_role("button", name="Save changes to Fox").click()
         await playwright.expect(page.locator("#notice")).to_contain_text("Saved Fox")
@@ -274,6 +275,74 @@ async def test_upload_by_picker_and_by_drop_then_default_edit_and_delete(tab, us
                 .map(el => el.outerHTML)"""
         )
         assert unlabelled == []
+    tab.assert_clean()
+
+
+async def test_library_cards_are_compact_until_edit_opens_one(tab, user, http):
+    """Five samples: each card shows the sample (name, transcript, duration, badge, waveform,
+    player, actions) without its edit form; Edit opens that card's form alone, Cancel (or
+    Escape) closes it and throws the change away, Save closes it with the change saved."""
+    names = ["Ada", "Brook", "Cyrus", "Dana", "Eli"]
+    added = await add_samples(http, user, names, default="Ada")
+    page = tab.page
+    async with screenshots_on_failure(tab, "compact"):
+        await tab.sign_in(user.key)
+        await playwright.expect(page.locator("li.sample")).to_have_count(5)
+        for name in names:
+            card = tab.sample(name)
+            await playwright.expect(card.locator("canvas.waveform")).to_have_attribute("data-drawn", "true")
+            await playwright.expect(card.locator(".transcript")).to_have_text(HELLO_TRANSCRIPT)
+            await playwright.expect(card.locator(".meta")).to_contain_text(re.compile(r"^\d+\.\d s"))
+            await playwright.expect(card.locator("audio")).to_be_visible()
+            await playwright.expect(card.locator("form")).to_be_hidden()
+            await playwright.expect(card.get_by_role("button", name=f"Delete {name}")).to_be_visible()
+        ada = tab.sample("Ada")
+        await playwright.expect(ada.locator(".badge")).to_have_text("Default")
+        await playwright.expect(tab.sample("Brook").get_by_role("button", name="Make Brook the default")).to_be_visible()
+        heights = await page.evaluate("[...document.querySelectorAll('li.sample')].map(li => li.getBoundingClientRect().height)")
+        assert max(heights) <= 320, heights  # the edit forms made each about 550 px
+
+        # By keyboard: Edit opens Ada's form (and no other), with the focus in its first field.
+        edit = ada.get_by_role("button", name="Edit Ada")
+        assert await edit.get_attribute("aria-expanded") == "false"
+        await edit.focus()
+        await page.keyboard.press("Enter")
+        await playwright.expect(ada.locator("form")).to_be_visible()
+        assert await edit.get_attribute("aria-expanded") == "true"
+        assert await page.evaluate("document.activeElement.id") == f"sample-{added['Ada']['id']}-speaker"
+        await playwright.expect(tab.sample("Brook").locator("form")).to_be_hidden()
+        assert (await ada.bounding_box())["height"] > max(heights) + 100
+
+        # Cancel closes it, the change thrown away, the focus back on Edit.
+        await ada.get_by_label("Transcript").fill("Thrown away.")
+        await ada.get_by_role("button", name="Cancel").focus()
+        await page.keyboard.press("Enter")
+        await playwright.expect(ada.locator("form")).to_be_hidden()
+        assert await page.evaluate("document.activeElement.getAttribute('aria-label')") == "Edit Ada"
+        await playwright.expect(ada.locator(".transcript")).to_have_text(HELLO_TRANSCRIPT)
+        await page.keyboard.press("Enter")
+        assert await ada.get_by_label("Transcript").input_value() == HELLO_TRANSCRIPT
+        await page.keyboard.press("Escape")  # so does Escape
+        await playwright.expect(ada.locator("form")).to_be_hidden()
+        assert await page.evaluate("document.activeElement.getAttribute('aria-label')") == "Edit Ada"
+
+        # Save closes it, with the changes saved and shown.
+        await edit.click()
+        await ada.get_by_label("Speaker name").fill("Ada Lovelace")
+        await ada.get_by_label("Transcript").fill("Hello world, a sample renamed.")
+        await ada.get_by_role("button", name="Save changes to Ada").click()
+        await playwright.expect(page.locator("#notice")).to_contain_text("Saved Ada Lovelace")
+        renamed = tab.sample("Ada Lovelace")
+        await playwright.expect(renamed.locator(".transcript")).to_have_text("Hello world, a sample renamed.")
+        await playwright.expect(renamed.locator("form")).to_be_hidden()
+        stored = (await samples_of(http, user))["Ada Lovelace"]
+        assert stored["transcript"] == "Hello world, a sample renamed." and stored["is_default"]
+
+        # On a phone too, the cards stay compact and nothing is wider than the screen.
+        await page.set_viewport_size({"width": 375, "height": 800})
+        assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        phone = await page.evaluate("[...document.querySelectorAll('li.sample')].map(li => li.getBoundingClientRect().height)")
+        assert max(phone) <= 420, phone
     tab.assert_clean()
 
 
