@@ -242,6 +242,13 @@ def _change_speed(samples: np.ndarray, factor: float) -> np.ndarray:
     return np.concatenate([tempo.push(samples), tempo.finish()])
 
 
+# What synth publishes (runtime/limits.py) of its own configuration.
+LIMITS = {
+    "max_new_tokens": config.SYNTH_MAX_NEW_TOKENS,
+    "audio_prompt_seconds": config.SYNTH_MAX_AUDIO_PROMPT_SECONDS,
+}
+
+
 def build_spec() -> ServiceSpec:
     synth = Synth()
     return ServiceSpec(
@@ -256,4 +263,5 @@ def build_spec() -> ServiceSpec:
         on_start=synth.start,
         on_shutdown=synth.leave_registry,
         on_stop=synth.stop,
+        limits=LIMITS,
     )
