@@ -5,6 +5,7 @@ end to end: the mesh, and a library process configured otherwise than the gatewa
 from __future__ import annotations
 
 import asyncio
+import re
 
 import aiohttp
 import grpc
@@ -17,6 +18,7 @@ from services.library.service import LIMITS as LIBRARY_LIMITS
 from services.stt.service import LIMITS as STT_LIMITS
 from services.synth.service import LIMITS as SYNTH_LIMITS
 from services.transcode.service import LIMITS as TRANSCODE_LIMITS
+from tests.conftest import ROOT
 from tests.gateway.conftest import HELLO, assert_error, created, extra_gateway, upload_form
 from tests.library.helpers import library_process
 from voice.api.v1 import limits_pb2, limits_pb2_grpc
@@ -118,3 +120,9 @@ async def test_a_library_configured_otherwise_is_documented_and_checked_with_its
                     while await documented() != 41:
                         await asyncio.sleep(0.2)
 
+
+def test_the_readme_lists_every_published_limit_with_its_setting():
+    readme = (ROOT / "README.md").read_text()
+    listed = set(re.findall(r"^\| (\w+) \| `(\w+)` \| `([A-Z][A-Z0-9_]+)` \|", readme, re.MULTILINE))
+    declared = {(service, name, setting.name) for service, limits in DECLARED.items() for name, setting in limits.items()}
+    assert listed == declared, "README's table of published limits is stale"
