@@ -18,7 +18,13 @@ from runtime import config, database
 from runtime.errors import ApiError
 from runtime.server import Servicer, ServiceSpec, stop_task
 from services.gateway import accounts
-from services.gateway.config import READINESS_INTERVAL_SECONDS, SYNTH_TIMEOUT_SECONDS
+from services.gateway.config import (
+    MAX_COLLECTION_CHARS,
+    MAX_INPUT_CHARS,
+    PREDICTION_MAX_WAIT_SECONDS,
+    READINESS_INTERVAL_SECONDS,
+    SYNTH_TIMEOUT_SECONDS,
+)
 from services.gateway.edge.config import MAX_BODY_BYTES, upstream_names
 from services.gateway.edge.front import HttpFront
 from services.gateway.edge.upstreams import RouteTable
@@ -121,6 +127,16 @@ class Gateway:
         return any(VOICE_CLONING in model.features for model in models)
 
 
+# What the gateway publishes (runtime/limits.py): its protos name these, and the HTTP edge
+# reads them from here to set deadlines and document lengths in /openapi.json.
+LIMITS = {
+    "input_chars": MAX_INPUT_CHARS,
+    "collection_chars": MAX_COLLECTION_CHARS,
+    "synth_timeout_seconds": SYNTH_TIMEOUT_SECONDS,
+    "prediction_wait_seconds": PREDICTION_MAX_WAIT_SECONDS,
+}
+
+
 def build_spec() -> ServiceSpec:
     gateway = Gateway()
     return ServiceSpec(
@@ -169,4 +185,5 @@ def build_spec() -> ServiceSpec:
         on_stop=gateway.stop,
         readiness=gateway.ready,
         readiness_interval_seconds=READINESS_INTERVAL_SECONDS.value,
+        limits=LIMITS,
     )

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 from runtime import fields
 from runtime.errors import invalid_parameter
-from services.gateway.config import MAX_COLLECTION_CHARS, MAX_INPUT_CHARS
 from services.gateway.generation import script as scripts
 from voice.gateway.v1 import generations_pb2
 from voice.synth.v1 import synth_pb2
@@ -70,11 +69,11 @@ class Plan:
 def plan(request: generations_pb2.CreateGenerationRequest, limits: Limits) -> Plan:
     """Check a request in the order a user reads it: script, speakers, then every other field
     against the rules its proto declares."""
-    settings = {MAX_INPUT_CHARS.name: limits.max_input_chars, MAX_COLLECTION_CHARS.name: limits.max_collection_chars}
-    fields.check_field(request, "input", settings)
+    overrides = {"input_chars": limits.max_input_chars, "collection_chars": limits.max_collection_chars}
+    fields.check_field(request, "input", overrides)
     script = scripts.parse_script(request.input, limits.max_input_chars)
     speakers = _speakers(request.speakers)
-    fields.check(request, settings)
+    fields.check(request, overrides)
     return Plan(
         script,
         request.model,

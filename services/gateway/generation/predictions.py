@@ -162,11 +162,11 @@ SCHEMA_DESCRIPTIONS = {
 
 def checked_plan(given: predictions_pb2.PredictionInput, model: str) -> parameters.Plan:
     """The input checked against the seed's rules, as the pipeline's plan (its voice not yet found)."""
-    settings = {MAX_INPUT_CHARS.name: MAX_INPUT_CHARS.value}
+    overrides = {"input_chars": MAX_INPUT_CHARS.value}
     try:
-        fields.check_field(given, "text", settings)
+        fields.check_field(given, "text", overrides)
         script = scripts.parse_script(given.text, MAX_INPUT_CHARS.value)
-        fields.check(given, settings)
+        fields.check(given, overrides)
     except ApiError as error:
         if error.param in PUBLIC_NAMES:
             error.param = PUBLIC_NAMES[error.param]

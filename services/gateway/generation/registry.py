@@ -22,6 +22,7 @@ from typing import Callable
 import asyncpg
 import grpc
 import prometheus_client
+from google.protobuf import json_format
 
 from runtime import database, provider_credentials
 from runtime.errors import ApiError, invalid_parameter, not_found
@@ -77,7 +78,16 @@ class ProviderRegistry(providers_pb2_grpc.ProviderRegistryServiceServicer):
                 raise invalid_parameter(f"provider.{name}", f"provider.{name} cannot be negative")
         if any(not model.id for model in provider.models):
             raise invalid_parameter("provider.models", "every model needs an id")
-        models = [{"id": model.id, "features": list(model.features)} for model in provider.models]
+        models = [
+            {
+                "id": model.id,
+                "features": list(model.features),
+                # What the model holds (decoder positions, text window, sample rate), once it is loaded.
+                **({"limits": json_format.MessageToDict(model.limits, preserving_proto_field_name=True)}
+                   if model.HasField("limits") else {}),
+            }
+            for model in provider.models
+        ]
         async with database.connection(self.pool()) as connection:
             await connection.execute(
                 """INSERT INTO providers (provider_id, address, models, capacity, load)
@@ -104,7 +114,8 @@ class ProviderRegistry(providers_pb2_grpc.ProviderRegistryServiceServicer):
 
 
 async def online_providers(pool: asyncpg.Pool) -> list[asyncpg.Record]:
-    """The providers heard from within GATEWAY_PROVIDER_TIMEOUT_SECONDS (models as JSON text)."""
+    """The providers heard from within GATEWAY_PROVIDER_TIMEOUT_SECONDS (models as JSON text: each
+    with its id, features and, once its provider has loaded it, its limits of ModelLimits)."""
     with database.database_errors():
         rows = await pool.fetch(
             """SELECT provider_id, address, models, capacity, load, last_seen FROM providers
