@@ -2,8 +2,9 @@
 
 A request field may carry ``[(voice.api.v1.field) = {...}]`` (see
 protos/voice/api/v1/annotations.proto): required, numeric bounds, a default,
-the values a string may take, a longest length (fixed, or a setting's). A
-service checks each request with :func:`check` before anything else, and
+the values a string may take, a longest length (fixed, or a limit the
+service publishes: runtime/limits.py). A service checks each request with
+:func:`check` before anything else, and
 reads left-out fields with :func:`value`; the gateway publishes the same
 rules in /openapi.json. The rules are said once, in the proto, so the checks,
 the errors and the documentation cannot disagree.
@@ -27,7 +28,7 @@ from typing import Any, Mapping
 
 from google.protobuf import descriptor, message
 
-from runtime import config
+from runtime import limits as published_limits
 from runtime.errors import invalid_argument, invalid_parameter
 from voice.api.v1 import annotations_pb2
 
@@ -68,12 +69,14 @@ def default(field: descriptor.FieldDescriptor) -> Any:
     return json.loads(declared.default)
 
 
-def max_length(declared: FieldRules, settings: Mapping[str, Any] | None = None) -> int | None:
-    """The longest text allowed: the named setting's value (`settings` first), or the fixed number."""
-    if declared.max_length_setting:
-        if settings and declared.max_length_setting in settings:
-            return int(settings[declared.max_length_setting])
-        return int(config.REGISTRY[declared.max_length_setting].value)
+def max_length(declared: FieldRules, limits: Mapping[str, float] | None = None) -> int | None:
+    """The longest text allowed: the fixed number, or the named limit's value, from `limits`
+    when it has it (a caller's or a test's own), else this service's published limits."""
+    name = declared.max_length_limit
+    if name:
+        if limits and name in limits:
+            return int(limits[name])
+        return int(published_limits.value(name))
     return declared.max_length or None
 
 
@@ -89,24 +92,25 @@ def value(request: message.Message, name: str) -> Any:
     return getattr(request, name)
 
 
-def check(request: message.Message, settings: Mapping[str, Any] | None = None) -> None:
+def check(request: message.Message, limits: Mapping[str, float] | None = None) -> None:
     """Raise the error of the first field, in declaration order, that breaks its rules.
 
-    `settings` overrides the values of settings the rules name (a test's limits).
+    `limits` overrides the values of limits the rules name (a test's), by limit name;
+    the others are this service's published limits.
     """
     for field in request.DESCRIPTOR.fields:
-        check_field(request, field.name, settings)
+        check_field(request, field.name, limits)
 
 
-def check_field(request: message.Message, name: str, settings: Mapping[str, Any] | None = None) -> None:
+def check_field(request: message.Message, name: str, limits: Mapping[str, float] | None = None) -> None:
     """Check one field against its rules (a service that checks some fields before others)."""
     field = request.DESCRIPTOR.fields_by_name[name]
     declared = rules(field)
     if declared is not None:
-        _check_field(request, field, declared, settings)
+        _check_field(request, field, declared, limits)
 
 
-def _check_field(request: message.Message, field, declared: FieldRules, settings) -> None:
+def _check_field(request: message.Message, field, declared: FieldRules, limits) -> None:
     name = field.name
     if has_explicit_presence(field) and not request.HasField(name):
         return  # left out: the default applies
@@ -120,13 +124,13 @@ def _check_field(request: message.Message, field, declared: FieldRules, settings
     if declared.required and empty:
         raise invalid_argument(declared.missing_reason or "INVALID_PARAMETER", f"{name} is required", name)
     if isinstance(current, str):
-        _check_text(name, current, field, declared, settings)
+        _check_text(name, current, field, declared, limits)
     elif is_number(field):
         _check_number(name, current, declared)
 
 
-def _check_text(name: str, text: str, field, declared: FieldRules, settings) -> None:
-    limit = max_length(declared, settings)
+def _check_text(name: str, text: str, field, declared: FieldRules, limits) -> None:
+    limit = max_length(declared, limits)
     length = len(text.strip())
     if limit is not None and length > limit:
         raise invalid_argument(

@@ -4,7 +4,11 @@ A service describes itself with a :class:`ServiceSpec` (its servicers and its
 start/stop hooks) and calls :func:`main`. This module then:
 
 * runs a ``grpc.aio`` server on ``<NAME>_GRPC_PORT`` with the standard
-  ``grpc.health.v1`` service and server reflection;
+  ``grpc.health.v1`` service, server reflection, and
+  ``voice.api.v1.LimitsService``, which publishes the spec's ``limits``
+  (runtime/limits.py): the same limits runtime.fields checks requests against
+  in this process. A service whose protos name a limit its spec does not
+  publish does not start;
 * keeps health NOT_SERVING until ``on_start`` has returned (model loaded,
   database reachable). After that the server as a whole (service name "")
   stays SERVING until shutdown: it is alive, which is what a liveness probe
@@ -41,7 +45,7 @@ import signal
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Mapping
 
 import grpc
 import prometheus_client
@@ -49,8 +53,9 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from runtime import config, fields, logs, metrics, tls
+from runtime import config, fields, limits, logs, metrics, tls
 from runtime.errors import ApiError, internal_error
+from voice.api.v1 import limits_pb2_grpc
 
 log = logging.getLogger("runtime.server")
 
@@ -99,6 +104,10 @@ class ServiceSpec:
     # Runs when a stop signal arrives, before the server stops taking calls
     # (a provider leaves its registry here, so no new work is routed to it).
     on_shutdown: Callable[[], Awaitable[None]] | None = None
+    # The limits it publishes, by name ("speaker_name_chars"), each the setting that holds its
+    # value: the names its protos give (voice.api.v1.field's max_length_limit, voice.api.v1.method's
+    # deadline_limit), and any others its callers may want to know.
+    limits: Mapping[str, config.Setting] = field(default_factory=dict)
 
 
 class MeshInterceptor(grpc.aio.ServerInterceptor):
@@ -304,8 +313,18 @@ async def stop_task(task: asyncio.Task | None) -> None:
         await task
 
 
+def publish_limits(spec: ServiceSpec) -> None:
+    """Make the spec's limits this process's; refuse to start if its protos name one it lacks."""
+    missing = limits.unpublished([servicer.full_name for servicer in spec.servicers], spec.limits)
+    if missing:
+        named = ", ".join(f"{name} (named by {where})" for name, where in sorted(missing.items()))
+        raise SystemExit(f"{spec.name} does not publish the limits its protos name: {named}")
+    limits.publish(spec.limits)
+
+
 async def serve(spec: ServiceSpec) -> None:
     ports = config.SERVICES[spec.name]
+    publish_limits(spec)
     server = grpc.aio.server(
         interceptors=[MeshInterceptor()],
         # Without SO_REUSEPORT (gRPC's default on Linux) a second server on a port in
@@ -314,11 +333,12 @@ async def serve(spec: ServiceSpec) -> None:
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    limits_pb2_grpc.add_LimitsServiceServicer_to_server(limits.LimitsServicer(spec.limits), server)
     for servicer in spec.servicers:
         servicer.add_to_server(servicer.implementation, server)
     names = [s.full_name for s in spec.servicers]
     reflection.enable_server_reflection(
-        names + [health.SERVICE_NAME, reflection.SERVICE_NAME], server, pool=reflection_pool()
+        names + [limits.SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server, pool=reflection_pool()
     )
 
     for name in names + [""]:  # "" is the whole server

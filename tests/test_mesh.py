@@ -35,7 +35,8 @@ PUBLISHED = {
         "voice.openai.v1.SpeechService",
     },
 }
-STANDARD = {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+# Served by every process on the runtime; the limits service publishes its limits (runtime/limits.py).
+STANDARD = {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection", "voice.api.v1.LimitsService"}
 
 
 def reflected_services(address: str) -> set[str]:

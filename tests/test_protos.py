@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pool
@@ -53,3 +55,58 @@ def test_generated_code_has_type_stubs():
     stubs = list((ROOT / "gen" / "voice").rglob("*_pb2.pyi"))
     protos = list((ROOT / "protos").rglob("*.proto"))
     assert len(stubs) == len(protos)
+
+
+def _voice_options(pool: descriptor_pool.DescriptorPool):
+    """Every (voice.api.v1.method) and (voice.api.v1.field) option of our protos, with where it is."""
+    from google.protobuf import descriptor_pb2
+
+    raw = (ROOT / "gen" / "voice" / "descriptors.binpb").read_bytes()
+    for file in descriptor_pb2.FileDescriptorSet.FromString(raw).file:
+        if not file.name.startswith("voice/"):
+            continue
+        described = pool.FindFileByName(file.name)
+        messages = list(described.message_types_by_name.values())
+        while messages:
+            message = messages.pop()
+            messages += message.nested_types
+            for field in message.fields:
+                if field.GetOptions().HasExtension(voice_annotations.field):
+                    yield field.full_name, field.GetOptions().Extensions[voice_annotations.field]
+        for service in described.services_by_name.values():
+            for method in service.methods:
+                if method.GetOptions().HasExtension(voice_annotations.method):
+                    yield method.full_name, method.GetOptions().Extensions[voice_annotations.method]
+
+
+def _strings(option):
+    for field, value in option.ListFields():
+        for item in value if field.is_repeated else [value]:
+            if isinstance(item, str):
+                yield field.name, item
+            elif hasattr(item, "ListFields"):
+                yield from _strings(item)
+
+
+def test_protos_name_limits_and_never_settings():
+    """A rule that depends on configuration names a limit its service publishes (snake_case),
+    not an environment variable: the gateway would resolve that in its own environment."""
+    import importlib
+
+    from runtime import config
+    from tools import mesh
+
+    for name in mesh.existing_services():  # every service's settings, to recognise their names
+        importlib.import_module(f"services.{name}.service")
+    pool = descriptor_pool.Default()
+    for message in (voice_annotations.MethodRules, voice_annotations.FieldRules):
+        assert not [name for name in message.DESCRIPTOR.fields_by_name if name.endswith("_setting")]
+    options = list(_voice_options(pool))
+    limits = [(where, name, value) for where, option in options for name, value in _strings(option) if name.endswith("_limit")]
+    assert {value for _, _, value in limits} >= {"synth_timeout_seconds", "input_chars", "speaker_name_chars"}
+    for where, name, value in limits:
+        assert re.fullmatch(r"[a-z][a-z0-9_]*", value), f"{where}: {name} {value!r} is no limit name"
+    for where, option in options:
+        for name, value in _strings(option):
+            named = set(re.findall(r"\b[A-Z][A-Z0-9_]+\b", value)) & set(config.REGISTRY)
+            assert not named, f"{where}: {name} names the setting {sorted(named)}"

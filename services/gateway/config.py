@@ -45,16 +45,9 @@ MAX_INPUT_CHARS = setting(
     "GATEWAY_MAX_INPUT_CHARS",
     8192,
     "longest generation `input` (the script) in characters (twice OpenAI's 4096 for speech); a longer one is "
-    "refused with 413 request_too_large. A script over Dia's window (GATEWAY_SCRIPT_CHUNK_BYTES) is generated "
-    "in chunks",
+    "refused with 413 request_too_large. A script over the model's text window (1024 bytes for Dia-1.6B) is "
+    "generated in chunks",
     between(1, 1_000_000, int),
-)
-SCRIPT_CHUNK_BYTES = setting(
-    "GATEWAY_SCRIPT_CHUNK_BYTES",
-    1024,
-    "Dia's text window in bytes, the voice prompt's transcript included (1024 for Dia-1.6B): a longer script is "
-    "split at speaker turns and sentence ends and generated in chunks that fit, one after the other",
-    between(512, 1_000_000, int),
 )
 MAX_COLLECTION_CHARS = setting(
     "GATEWAY_MAX_COLLECTION_CHARS",

@@ -23,6 +23,9 @@ from services.gateway.config import (
     ACCOUNT_CONCURRENT_GENERATIONS,
     ACCOUNT_GENERATION_BURST,
     ACCOUNT_GENERATIONS_PER_SECOND,
+    MAX_COLLECTION_CHARS,
+    MAX_INPUT_CHARS,
+    PREDICTION_MAX_WAIT_SECONDS,
     PROMPT_CACHE_BYTES,
     PROMPT_GAP_SECONDS,
     PUBLIC_URL,
@@ -180,6 +183,16 @@ class Gateway:
         return any(VOICE_CLONING in model.features for model in models)
 
 
+# What the gateway publishes (runtime/limits.py): its protos name these, and the HTTP edge
+# reads them from here to set deadlines and document lengths in /openapi.json.
+LIMITS = {
+    "input_chars": MAX_INPUT_CHARS,
+    "collection_chars": MAX_COLLECTION_CHARS,
+    "synth_timeout_seconds": SYNTH_TIMEOUT_SECONDS,
+    "prediction_wait_seconds": PREDICTION_MAX_WAIT_SECONDS,
+}
+
+
 def build_spec() -> ServiceSpec:
     gateway = Gateway()
     return ServiceSpec(
@@ -228,4 +241,5 @@ def build_spec() -> ServiceSpec:
         on_stop=gateway.stop,
         readiness=gateway.ready,
         readiness_interval_seconds=READINESS_INTERVAL_SECONDS.value,
+        limits=LIMITS,
     )

@@ -314,6 +314,17 @@ def _transcode_failure(error: grpc.aio.AioRpcError) -> ApiError:
     )
 
 
+# What the library publishes (runtime/limits.py): its protos name the lengths, so that the
+# gateway documents the library's own values in /openapi.json.
+LIMITS = {
+    "speaker_name_chars": config.MAX_SPEAKER_NAME_CHARS,
+    "transcript_chars": config.MAX_TRANSCRIPT_CHARS,
+    "collection_chars": config.MAX_COLLECTION_CHARS,
+    "upload_bytes": config.MAX_UPLOAD_BYTES,
+    "sample_seconds": config.MAX_SAMPLE_SECONDS,
+}
+
+
 def build_spec() -> ServiceSpec:
     library = Library()
     return ServiceSpec(
@@ -329,4 +340,5 @@ def build_spec() -> ServiceSpec:
         on_stop=library.stop,
         readiness=library.ready,
         readiness_interval_seconds=config.READINESS_INTERVAL_SECONDS.value,
+        limits=LIMITS,
     )

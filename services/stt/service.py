@@ -131,6 +131,10 @@ class Stt(stt_pb2_grpc.SttServiceServicer):
         )
 
 
+# What stt publishes (runtime/limits.py), for the services that send it audio.
+LIMITS = {"audio_seconds": config.STT_MAX_AUDIO_SECONDS}
+
+
 def build_spec() -> ServiceSpec:
     stt = Stt()
     return ServiceSpec(
@@ -144,4 +148,5 @@ def build_spec() -> ServiceSpec:
         ],
         on_start=stt.start,
         on_stop=stt.stop,
+        limits=LIMITS,
     )

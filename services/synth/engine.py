@@ -156,6 +156,10 @@ class DiaEngine:
         self.max_text_tokens = model.config.encoder_config.max_position_embeddings
         # Its decoder has this many positions (3072): prompt frames plus new frames (see params.fit_positions).
         self.max_frames = decoder.max_position_embeddings
+        # What its codec makes of a frame (load() refuses any but 512 samples at 44.1 kHz).
+        codec = processor.audio_tokenizer.config
+        self.sample_rate = codec.sampling_rate
+        self.samples_per_frame = codec.hop_length
         # transformers fills every generation setting we leave unset from the checkpoint's
         # generation_config.json, and Dia's published one sets do_sample, temperature (about 1.2),
         # top_k and top_p: Dia would then scale our temperature by its own. Only the token ids are kept.

@@ -31,6 +31,16 @@ def model_loading() -> ApiError:
     return ApiError(grpc.StatusCode.UNAVAILABLE, "MODEL_LOADING", "the Dia model is still loading; try again shortly")
 
 
+def model_limits(engine: DiaEngine) -> synth_pb2.ModelLimits:
+    """The loaded model's sizes, as its config and codec give them."""
+    return synth_pb2.ModelLimits(
+        decoder_positions=engine.max_frames,
+        text_window_bytes=engine.max_text_tokens,
+        sample_rate=engine.sample_rate,
+        samples_per_frame=engine.samples_per_frame,
+    )
+
+
 class Synth(synth_pb2_grpc.SynthServiceServicer):
     def __init__(self) -> None:
         self.model_id = config.DIA_MODEL.value
@@ -82,10 +92,13 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
         await self.scheduler.close()
 
     def provider_info(self) -> synth_pb2.ProviderInfo:
+        model = synth_pb2.Model(id=self.model_id, features=FEATURES)
+        if self.engine is not None:  # known once loaded
+            model.limits.CopyFrom(model_limits(self.engine))
         return synth_pb2.ProviderInfo(
             provider_id=config.SYNTH_PROVIDER_ID.value,
             address=config.SYNTH_ADVERTISE_ADDRESS.value,
-            models=[synth_pb2.Model(id=self.model_id, features=FEATURES)],
+            models=[model],
             capacity=self.scheduler.max_rows,
             load=self.scheduler.load,
         )
@@ -241,6 +254,14 @@ def _change_speed(samples: np.ndarray, factor: float) -> np.ndarray:
     return np.concatenate([tempo.push(samples), tempo.finish()])
 
 
+# What synth publishes (runtime/limits.py) of its own configuration; what its model holds
+# (decoder positions, text window, sample rate) each Model of its ProviderInfo says.
+LIMITS = {
+    "max_new_tokens": config.SYNTH_MAX_NEW_TOKENS,
+    "audio_prompt_seconds": config.SYNTH_MAX_AUDIO_PROMPT_SECONDS,
+}
+
+
 def build_spec() -> ServiceSpec:
     synth = Synth()
     return ServiceSpec(
@@ -255,4 +276,5 @@ def build_spec() -> ServiceSpec:
         on_start=synth.start,
         on_shutdown=synth.leave_registry,
         on_stop=synth.stop,
+        limits=LIMITS,
     )

@@ -151,6 +151,14 @@ def _format(value: int) -> Format:
     return fmt
 
 
+# What transcode publishes (runtime/limits.py), for the services that send it audio.
+LIMITS = {
+    "input_bytes": config.MAX_INPUT_BYTES,
+    "duration_seconds": config.MAX_DURATION_SECONDS,
+    "decode_timeout_seconds": config.DECODE_TIMEOUT_SECONDS,
+}
+
+
 def build_spec() -> ServiceSpec:
     service = TranscodeService(limits_from_settings(), config.WORKERS.value)
     return ServiceSpec(
@@ -163,4 +171,5 @@ def build_spec() -> ServiceSpec:
             )
         ],
         on_stop=service.close,
+        limits=LIMITS,
     )

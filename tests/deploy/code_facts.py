@@ -4,6 +4,8 @@
   code that declares it (the shared runtime, or one service);
 * health: the service names each server publishes in its health service (the
   full names of its ServiceSpec's servicers, and "" for the whole server);
+* limits: the limits each server publishes (its ServiceSpec's), each with the
+  setting that holds its value;
 * calls: which service calls which, from the code (service_channel("x"),
   SERVICES["x"]) and from the settings that name upstreams;
 * the services that own data (open PostgreSQL).
@@ -59,6 +61,7 @@ class SettingFact:
 class CodeFacts:
     settings: dict[str, SettingFact]
     health_names: dict[str, list[str]]  # by service (those with a __main__.py)
+    limits: dict[str, dict[str, str]]  # by service: limit name -> the setting holding it
 
     def readable_by(self, service: str | None) -> set[str]:
         """Settings a container of `service` (None: a tool such as tools.migrate) may set."""
@@ -121,6 +124,7 @@ def load() -> CodeFacts:
     return CodeFacts(
         settings={item["name"]: SettingFact(**item) for item in facts["settings"]},
         health_names=facts["health_names"],
+        limits=facts["limits"],
     )
 
 
@@ -174,7 +178,8 @@ def _introspect() -> dict[str, Any]:
             {"name": name, "owner": owners[name], "default": None if default is None else str(default)}
         )
     health_names = {name: [s.full_name for s in spec.servicers] for name, spec in specs.items()}
-    return {"settings": settings, "health_names": health_names}
+    limits = {name: {limit: setting.name for limit, setting in spec.limits.items()} for name, spec in specs.items()}
+    return {"settings": settings, "health_names": health_names, "limits": limits}
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ INGRESS_CONTROLLER = Endpoint(
     "ingress-nginx", namespace_labels("ingress-nginx"), {"app.kubernetes.io/name": "ingress-nginx"}
 )
 _SIZE = re.compile(r"^(\d+)([kmg]?)$", re.IGNORECASE)
-_DEADLINE_SETTING = re.compile(r'deadline_setting:\s*"(\w+)"')
+_DEADLINE_LIMIT = re.compile(r'deadline_limit:\s*"(\w+)"')
 
 
 def size_bytes(nginx_size: str) -> int:
@@ -33,13 +33,21 @@ def size_bytes(nginx_size: str) -> int:
 
 
 def longest_route_seconds(rendering, code) -> float:
-    """The longest deadline the gateway gives a call of an HTTP route: the ordinary one plus the
-    largest setting a route names (deadline_setting in protos/), as the gateway's container sees them."""
+    """The longest deadline the gateway gives a call of an HTTP route: its ordinary one plus the
+    largest limit a route names (deadline_limit in protos/), as the service owning the route
+    publishes it: the setting behind the limit, as that service's container sees it. A route of
+    protos/voice/<service>/ is served by <service>."""
     gateway = rendering.workload("Deployment", "gateway").container
-    named = {name for path in (ROOT / "protos").rglob("*.proto") for name in _DEADLINE_SETTING.findall(path.read_text())}
-    assert named, "no route names a deadline setting: the reading of protos/ is broken"
-    longest = max(float(value_in(rendering, code, gateway, name)) for name in named)
-    return longest + float(value_in(rendering, code, gateway, config.UPSTREAM_TIMEOUT_SECONDS.name))
+    deadlines = []
+    for path in (ROOT / "protos" / "voice").rglob("*.proto"):
+        service = path.relative_to(ROOT / "protos" / "voice").parts[0]
+        for limit in _DEADLINE_LIMIT.findall(path.read_text()):
+            setting = code.limits.get(service, {}).get(limit)
+            assert setting, f"{path.name} names the deadline limit {limit!r}, which {service} does not publish"
+            container = rendering.workload("Deployment", service).container
+            deadlines.append(float(value_in(rendering, code, container, setting)))
+    assert deadlines, "no route names a deadline limit: the reading of protos/ is broken"
+    return max(deadlines) + float(value_in(rendering, code, gateway, config.UPSTREAM_TIMEOUT_SECONDS.name))
 
 
 def gateway_ingress(rendering) -> dict:

@@ -18,7 +18,7 @@ import uuid
 import aiohttp
 import pytest
 
-from tests.gateway.conftest import FIXTURES, Account, created, extra_gateway, make_key, upload_form, wait_for_models, words
+from tests.gateway.conftest import FIXTURES, HELLO, Account, created, extra_gateway, make_key, upload_form, wait_for_models, words
 
 playwright = pytest.importorskip("playwright.async_api")
 
@@ -123,6 +123,35 @@ async def samples_of(http, account: Account) -> dict[str, dict]:
     return {sample["speaker_name"]: sample for sample in body["voice_samples"]}
 
 
+HELLO_TRANSCRIPT = "Hello world, this is a voice sample for testing."
+
+
+async def add_samples(http, account: Account, names, default: str = "") -> dict[str, dict]:
+    """Samples uploaded through the API (HELLO, with its transcript typed), by speaker name."""
+    added = {}
+    for name in names:
+        body = await created(await upload_form(
+            http, account, HELLO, name, transcript=HELLO_TRANSCRIPT, is_default="true" if name == default else "false"
+        ))
+        added[name] = body
+    return added
+
+
+# Text that runs out of its box: each visible error, notice, hint, progress line and sample
+# heading whose text is wider than the element, or that reaches past its card (or the screen).
+OVERFLOWING = """() => [...document.querySelectorAll('.error, .notice, .hint, .progress, .meta, .sample h3')]
+    .filter(el => el.getClientRects().length && el.textContent.trim())
+    .filter(el => {
+        const box = el.getBoundingClientRect();
+        const range = document.createRange();
+        range.selectNodeContents(el);
+        const text = range.getBoundingClientRect();
+        const frame = (el.closest('.card') || document.documentElement).getBoundingClientRect();
+        return el.scrollWidth > el.clientWidth || text.right > box.right + 1 || Math.max(box.right, text.right) > frame.right + 1;
+    })
+    .map(el => `${el.id || el.className}: ${el.textContent.slice(0, 50)} (${el.scrollWidth} > ${el.clientWidth} px)`)"""
+
+
 # --- signing in -----------------------------------------------------------------------
 
 
@@ -222,6 +251,7 @@ async def test_upload_by_picker_and_by_drop_then_default_edit_and_delete(tab, us
         await playwright.expect(hello.locator(".badge")).to_have_count(0)
 
         # Edit Fox's transcript.
+        await fox.get_by_role("button", name="Edit Fox").click()
         await fox.locator("textarea").fill("The quick brown fox jumps over the lazy dog.")
         await fox.get_by_role("button", name="Save changes to Fox").click()
         await playwright.expect(page.locator("#notice")).to_contain_text("Saved Fox")
@@ -245,6 +275,171 @@ async def test_upload_by_picker_and_by_drop_then_default_edit_and_delete(tab, us
                 .map(el => el.outerHTML)"""
         )
         assert unlabelled == []
+    tab.assert_clean()
+
+
+async def test_library_cards_are_compact_until_edit_opens_one(tab, user, http):
+    """Five samples: each card shows the sample (name, transcript, duration, badge, waveform,
+    player, actions) without its edit form; Edit opens that card's form alone, Cancel (or
+    Escape) closes it and throws the change away, Save closes it with the change saved."""
+    names = ["Ada", "Brook", "Cyrus", "Dana", "Eli"]
+    added = await add_samples(http, user, names, default="Ada")
+    page = tab.page
+    async with screenshots_on_failure(tab, "compact"):
+        await tab.sign_in(user.key)
+        await playwright.expect(page.locator("li.sample")).to_have_count(5)
+        for name in names:
+            card = tab.sample(name)
+            await playwright.expect(card.locator("canvas.waveform")).to_have_attribute("data-drawn", "true")
+            await playwright.expect(card.locator(".transcript")).to_have_text(HELLO_TRANSCRIPT)
+            await playwright.expect(card.locator(".meta")).to_contain_text(re.compile(r"^\d+\.\d s"))
+            await playwright.expect(card.locator("audio")).to_be_visible()
+            await playwright.expect(card.locator("form")).to_be_hidden()
+            await playwright.expect(card.get_by_role("button", name=f"Delete {name}")).to_be_visible()
+        ada = tab.sample("Ada")
+        await playwright.expect(ada.locator(".badge")).to_have_text("Default")
+        await playwright.expect(tab.sample("Brook").get_by_role("button", name="Make Brook the default")).to_be_visible()
+        heights = await page.evaluate("[...document.querySelectorAll('li.sample')].map(li => li.getBoundingClientRect().height)")
+        assert max(heights) <= 320, heights  # the edit forms made each about 550 px
+
+        # By keyboard: Edit opens Ada's form (and no other), with the focus in its first field.
+        edit = ada.get_by_role("button", name="Edit Ada")
+        assert await edit.get_attribute("aria-expanded") == "false"
+        await edit.focus()
+        await page.keyboard.press("Enter")
+        await playwright.expect(ada.locator("form")).to_be_visible()
+        assert await edit.get_attribute("aria-expanded") == "true"
+        assert await page.evaluate("document.activeElement.id") == f"sample-{added['Ada']['id']}-speaker"
+        await playwright.expect(tab.sample("Brook").locator("form")).to_be_hidden()
+        assert (await ada.bounding_box())["height"] > max(heights) + 100
+
+        # Cancel closes it, the change thrown away, the focus back on Edit.
+        await ada.get_by_label("Transcript").fill("Thrown away.")
+        await ada.get_by_role("button", name="Cancel").focus()
+        await page.keyboard.press("Enter")
+        await playwright.expect(ada.locator("form")).to_be_hidden()
+        assert await page.evaluate("document.activeElement.getAttribute('aria-label')") == "Edit Ada"
+        await playwright.expect(ada.locator(".transcript")).to_have_text(HELLO_TRANSCRIPT)
+        await page.keyboard.press("Enter")
+        assert await ada.get_by_label("Transcript").input_value() == HELLO_TRANSCRIPT
+        await page.keyboard.press("Escape")  # so does Escape
+        await playwright.expect(ada.locator("form")).to_be_hidden()
+        assert await page.evaluate("document.activeElement.getAttribute('aria-label')") == "Edit Ada"
+
+        # Save closes it, with the changes saved and shown.
+        await edit.click()
+        await ada.get_by_label("Speaker name").fill("Ada Lovelace")
+        await ada.get_by_label("Transcript").fill("Hello world, a sample renamed.")
+        await ada.get_by_role("button", name="Save changes to Ada").click()
+        await playwright.expect(page.locator("#notice")).to_contain_text("Saved Ada Lovelace")
+        renamed = tab.sample("Ada Lovelace")
+        await playwright.expect(renamed.locator(".transcript")).to_have_text("Hello world, a sample renamed.")
+        await playwright.expect(renamed.locator("form")).to_be_hidden()
+        stored = (await samples_of(http, user))["Ada Lovelace"]
+        assert stored["transcript"] == "Hello world, a sample renamed." and stored["is_default"]
+
+        # On a phone too, the cards stay compact and nothing is wider than the screen.
+        await page.set_viewport_size({"width": 375, "height": 800})
+        assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        phone = await page.evaluate("[...document.querySelectorAll('li.sample')].map(li => li.getBoundingClientRect().height)")
+        assert max(phone) <= 420, phone
+    tab.assert_clean()
+
+
+async def test_the_library_lists_every_page_of_samples(tab, user, http):
+    """listAll follows next_page_token to the end: 12 samples read one a page are 12 pages,
+    more than the 10 it used to stop at without a word."""
+    names = [f"Sample {number:02d}" for number in range(12)]
+    await add_samples(http, user, names)
+    page = tab.page
+    async with screenshots_on_failure(tab, "pages"):
+        await tab.sign_in(user.key)
+        await playwright.expect(page.locator("li.sample")).to_have_count(12)
+        listed = await page.evaluate(
+            """async () => {
+                const api = await import('/dashboard/api.js');
+                const samples = await api.listAll('/v1/voice/samples', 'voice_samples', {page_size: 1});
+                return samples.map(sample => sample.speaker_name);
+            }"""
+        )
+        assert sorted(listed) == names, listed
+    tab.assert_clean()
+
+
+async def test_long_words_in_errors_and_notices_wrap_inside_their_boxes(tab, user, http):
+    """A URL for a speaker name, a script with an absurd speaker tag, a parameter named at its
+    narrow field: at phone and desktop widths the text wraps inside its box."""
+    name = "https://voices.example.com/imported/narrators/featherstonehaugh-cholmondeley-0042"
+    await add_samples(http, user, [name, "Other"], default="Other")
+    page = tab.page
+    async with screenshots_on_failure(tab, "overflow"):
+        await tab.sign_in(user.key)
+        await page.set_viewport_size({"width": 375, "height": 800})
+        await tab.sample(name).get_by_role("button", name=f"Make {name} the default").click()
+        await playwright.expect(page.locator("#notice")).to_contain_text("is now the default sample")
+        for width in (375, 1280):
+            await page.set_viewport_size({"width": width, "height": 800})
+            assert await page.evaluate(OVERFLOWING) == [], width
+            assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), width
+
+        await tab.open("playground")
+        for width in (375, 1280):
+            await page.set_viewport_size({"width": width, "height": 800})
+            await page.locator("#gen-input").fill(f"[S1] Hello. [S{'9' * 60}] Hi.")
+            await page.get_by_role("button", name="Generate").click()
+            await playwright.expect(page.locator("#gen-input-error")).to_contain_text("is not supported")
+            assert await page.evaluate(OVERFLOWING) == [], width
+            await page.locator("#gen-input").fill("[S1] Hello.")
+            await page.get_by_label("Voice prompt length, s").fill("1000")
+            await page.get_by_role("button", name="Generate").click()
+            await playwright.expect(page.locator("#gen-max_audio_prompt_seconds-error")).to_contain_text("max_audio_prompt_seconds")
+            assert await page.evaluate(OVERFLOWING) == [], width
+            assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), width
+            await page.get_by_role("button", name="Reset to defaults").click()
+    tab.assert_clean(allowed=("400",))  # the refused requests are logged by the browser
+
+
+# The width a select needs to show its chosen option whole (a copy of it, as wide as its
+# content), and the width it has.
+SELECT_WIDTHS = """select => {
+    const probe = select.cloneNode(false);
+    probe.removeAttribute('id');
+    probe.append(select.selectedOptions[0].cloneNode(true));
+    probe.style.width = 'max-content';
+    probe.style.minWidth = '0';
+    probe.style.maxWidth = 'none';
+    select.after(probe);
+    const needed = probe.getBoundingClientRect().width;
+    probe.remove();
+    return [needed, select.getBoundingClientRect().width];
+}"""
+
+
+async def test_the_voice_pickers_show_a_long_speaker_name_whole(tab, user, http):
+    """A long speaker name, chosen for [S1] and [S2]: on a desktop each select is wide enough
+    for its choice; on a phone too the name is shown whole under it."""
+    name = "Maximiliana Featherstonehaugh-Cholmondeley"
+    added = await add_samples(http, user, [name, "Bo"], default=name)
+    page = tab.page
+    async with screenshots_on_failure(tab, "voices"):
+        await tab.sign_in(user.key)
+        await tab.open("playground")
+        await page.locator("#gen-s2").select_option(str(added[name]["id"]))
+        for width in (1280, 375):
+            await page.set_viewport_size({"width": width, "height": 800})
+            for speaker in ("s1", "s2"):
+                select = page.locator(f"#gen-{speaker}")
+                assert await select.input_value() == str(added[name]["id"])
+                await playwright.expect(select.locator("option:checked")).to_contain_text(name)
+                await playwright.expect(page.locator(f"#gen-{speaker}-about")).to_contain_text(name)
+                await playwright.expect(page.locator(f"#gen-{speaker}-about")).to_contain_text(HELLO_TRANSCRIPT)
+                if width >= 1000:
+                    needed, has = await select.evaluate(SELECT_WIDTHS)
+                    assert needed <= has + 0.5, (speaker, needed, has)
+            assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), width
+            assert await page.evaluate(OVERFLOWING) == [], width
+        await page.locator("#gen-s2").select_option("")
+        await playwright.expect(page.locator("#gen-s2-about")).not_to_contain_text(name)
     tab.assert_clean()
 
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from google.protobuf import descriptor_pool
 
-from services.gateway.edge import openapi
+from services.gateway.edge import discovery, openapi
+from voice.library.v1 import library_pb2
+
+LIBRARY = library_pb2.DESCRIPTOR.services_by_name["LibraryService"].full_name
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +100,25 @@ def test_the_answers_that_mean_not_now_document_retry_after(document):
     for status in ("429", "503"):
         assert responses[status]["headers"]["Retry-After"]["schema"] == {"type": "integer", "minimum": 1}
     assert all("Retry-After" not in responses[status]["headers"] for status in ("400", "404", "500", "502"))
+
+
+def library_document(published: dict[str, float]) -> dict:
+    """/openapi.json of the real library's routes, as if the library had published `published`."""
+    routes = discovery.routes_of("library", descriptor_pool.Default(), [LIBRARY], published)
+    return openapi.document(routes)
+
+
+def test_a_length_named_as_a_limit_is_the_value_its_upstream_published():
+    published = {"speaker_name_chars": 37, "transcript_chars": 50, "collection_chars": 9}
+    update = library_document(published)["paths"]["/v1/voice/samples/{id}"]["patch"]
+    properties = update["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    assert {name: properties[name]["maxLength"] for name in ("speaker_name", "transcript", "collection")} == {
+        "speaker_name": 37, "transcript": 50, "collection": 9,
+    }  # fmt: skip
+
+
+def test_a_limit_its_upstream_did_not_publish_is_named_not_guessed():
+    update = library_document({})["paths"]["/v1/voice/samples/{id}"]["patch"]
+    speaker_name = update["requestBody"]["content"]["application/json"]["schema"]["properties"]["speaker_name"]
+    assert "maxLength" not in speaker_name
+    assert speaker_name["description"].endswith("At most as many characters as the service's limit speaker_name_chars allows.")

@@ -8,10 +8,20 @@ import datetime
 import grpc
 import pytest
 
+from runtime import limits
 from runtime.errors import ApiError
 from services.library import config, rules
+from services.library.service import LIMITS
 
 UTC = datetime.timezone.utc
+
+
+@pytest.fixture(autouse=True)
+def library_limits():
+    """The library's limits, published as its server publishes them, which its rules check against."""
+    previous = limits.publish(LIMITS)
+    yield
+    limits.publish(previous)
 
 
 def refused(call, *args, **kwargs) -> ApiError:

@@ -20,6 +20,8 @@ from runtime.server import Servicer, ServiceSpec, main
 log = logging.getLogger("sleepy")
 SERVICE = "test.Sleepy"
 PICKY = "test.Picky"  # a second service, with a readiness of its own
+# A limit it publishes (declared here, in this process alone).
+LONGEST_SLEEP = config.setting("SLEEPY_LONGEST_SECONDS", 5.0, "longest sleep asked of test.Sleepy, in seconds", float)
 
 
 async def sleep(request: bytes, context) -> bytes:
@@ -80,5 +82,6 @@ if __name__ == "__main__":
             on_start=slow_start,
             readiness=ready,
             readiness_interval_seconds=0.1,
+            limits={"sleep_seconds": LONGEST_SLEEP},
         )
     )

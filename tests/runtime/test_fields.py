@@ -7,19 +7,19 @@ import math
 import grpc
 import pytest
 
-from runtime import fields
+from runtime import fields, limits
 from runtime.errors import ApiError
 from voice.gateway.v1 import generations_pb2
-from voice.openai.v1 import speech_pb2
 from voice.library.v1 import library_pb2
+from voice.openai.v1 import speech_pb2
 
 Generation = generations_pb2.GenerationSpec
-LIMITS = {"GATEWAY_MAX_INPUT_CHARS": 20, "GATEWAY_MAX_COLLECTION_CHARS": 5}
+LIMITS = {"input_chars": 20, "collection_chars": 5}  # by the names generations.proto gives them
 
 
-def refused(request, settings=LIMITS) -> ApiError:
+def refused(request, limits=LIMITS) -> ApiError:
     with pytest.raises(ApiError) as caught:
-        fields.check(request, settings)
+        fields.check(request, limits)
     assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
     return caught.value
 
@@ -32,7 +32,7 @@ def test_a_required_field_left_out_or_blank_names_its_own_reason():
     assert (error.reason, error.param) == ("INVALID_PARAMETER", "audio")  # an HttpBody without data
 
 
-def test_lengths_are_the_named_settings_without_surrounding_blanks():
+def test_lengths_are_the_named_limits_without_surrounding_blanks():
     fields.check(Generation(input="x" * 20, collection=" abcde "), LIMITS)
     error = refused(Generation(input="x" * 21))
     assert (error.reason, error.param) == ("REQUEST_TOO_LARGE", "input")
@@ -67,13 +67,28 @@ def test_one_of_takes_empty_as_the_default_unless_the_field_has_presence():
     assert refused(library_pb2.UpdateVoiceSampleRequest(id=1, speaker_name=" "), {}).param == "speaker_name"
 
 
-def test_a_length_setting_is_read_from_the_environment_by_default(monkeypatch):
-    from services.library import config  # noqa: F401 - declares the LIBRARY_* settings
+def test_a_length_limit_is_the_services_published_limit_by_default(monkeypatch):
+    from services.library.service import LIMITS as LIBRARY_LIMITS
 
-    monkeypatch.setenv("LIBRARY_MAX_SPEAKER_NAME_CHARS", "3")
-    audio = library_pb2.CreateVoiceSampleRequest(audio={"data": b"x"})
-    fields.check(library_pb2.CreateVoiceSampleRequest(audio=audio.audio, speaker_name="Ada"))
-    assert refused(library_pb2.CreateVoiceSampleRequest(audio=audio.audio, speaker_name="Adam"), None).param == "speaker_name"
+    previous = limits.publish(LIBRARY_LIMITS)  # as the library's server does
+    try:
+        monkeypatch.setenv("LIBRARY_MAX_SPEAKER_NAME_CHARS", "3")  # the setting behind speaker_name_chars
+        audio = library_pb2.CreateVoiceSampleRequest(audio={"data": b"x"})
+        fields.check(library_pb2.CreateVoiceSampleRequest(audio=audio.audio, speaker_name="Ada"))
+        assert refused(library_pb2.CreateVoiceSampleRequest(audio=audio.audio, speaker_name="Adam"), None).param == "speaker_name"
+        # A caller's own value of a limit goes first.
+        fields.check(library_pb2.CreateVoiceSampleRequest(audio=audio.audio, speaker_name="Adam"), {"speaker_name_chars": 4})
+    finally:
+        limits.publish(previous)
+
+
+def test_a_limit_the_service_does_not_publish_is_an_error_naming_it():
+    previous = limits.publish({})
+    try:
+        with pytest.raises(LookupError, match="publishes no limit 'input_chars'"):
+            fields.check(Generation(input="hi"))
+    finally:
+        limits.publish(previous)
 
 
 def test_bounds_are_published_by_kind():

@@ -14,8 +14,13 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from runtime import server
 from runtime.errors import ApiError
+from runtime.server import Servicer, ServiceSpec
+from services.library import config as library_config
 from tests.conftest import ROOT, free_port
+from voice.api.v1 import limits_pb2, limits_pb2_grpc
+from voice.library.v1 import library_pb2  # noqa: F401 - puts LibraryService in the default pool
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -198,3 +203,21 @@ def test_metrics_record_rpcs_by_status_code(sleepy):
             break
         time.sleep(0.05)
     assert expected in body
+
+
+def test_the_limits_a_service_declares_are_published_with_their_configured_values():
+    configured = Sleepy(SLEEPY_LONGEST_SECONDS="2.5")
+    try:
+        configured.wait_for(SERVING)
+        reply = limits_pb2_grpc.LimitsServiceStub(configured.channel).GetLimits(limits_pb2.GetLimitsRequest(), timeout=10)
+        assert {name: limit.value for name, limit in reply.limits.items()} == {"sleep_seconds": 2.5}
+        assert reply.limits["sleep_seconds"].description == "longest sleep asked of test.Sleepy, in seconds"
+    finally:
+        configured.stop()
+
+
+def test_a_service_whose_protos_name_a_limit_it_does_not_publish_does_not_start():
+    library = Servicer(lambda implementation, server: None, None, "voice.library.v1.LibraryService")
+    with pytest.raises(SystemExit, match=r"library does not publish the limits its protos name: collection_chars .*"
+                                         r"speaker_name_chars \(named by voice.library.v1.CreateVoiceSampleRequest.speaker_name\)"):
+        server.publish_limits(ServiceSpec("library", [library], limits={"transcript_chars": library_config.MAX_TRANSCRIPT_CHARS}))

@@ -6,11 +6,16 @@ import asyncio
 import subprocess
 import sys
 
+import json
+
+import asyncpg
 import grpc
 
+from services.gateway.generation.registry import online_providers
 from tests.conftest import ROOT
 from tests.synth.helpers import own_synth
 from voice.gateway.v1 import models_pb2, models_pb2_grpc
+from voice.synth.v1 import synth_pb2
 
 
 async def providers_of(mesh, model: str) -> int:
@@ -31,6 +36,22 @@ async def test_the_mesh_synth_is_listed_by_the_gateway_with_its_features(mesh):
         reply = await models_pb2_grpc.ModelServiceStub(channel).ListModels(models_pb2.ListModelsRequest())
     (card,) = [card for card in reply.data if card.id == "tiny-random"]
     assert set(card.features) == {"voice-cloning", "dialogue"}
+
+
+async def test_the_gateway_stores_each_models_limits_with_its_provider(mesh, database, synth):
+    provider = (await synth.GetProviderInfo(synth_pb2.GetProviderInfoRequest())).provider
+    (model,) = provider.models
+    async with asyncpg.create_pool(database.url, min_size=1, max_size=1, server_settings={"search_path": "gateway"}) as pool:
+        rows = {row["provider_id"]: row for row in await online_providers(pool)}
+    (stored,) = json.loads(rows[provider.provider_id]["models"])
+    assert stored["id"] == "tiny-random"
+    assert stored["limits"] == {
+        "decoder_positions": model.limits.decoder_positions,
+        "text_window_bytes": model.limits.text_window_bytes,
+        "sample_rate": model.limits.sample_rate,
+        "samples_per_frame": model.limits.samples_per_frame,
+    }
+    assert stored["limits"]["decoder_positions"] == 3072
 
 
 async def test_a_provider_leaves_the_registry_as_soon_as_it_shuts_down(mesh):

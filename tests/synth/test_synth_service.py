@@ -165,6 +165,22 @@ async def test_provider_info_names_the_model_features_capacity_and_load(synth):
     assert (await synth.GetProviderInfo(synth_pb2.GetProviderInfoRequest())).provider.load == 0
 
 
+async def test_provider_info_carries_the_limits_of_the_loaded_model(synth, tiny_model_dir):
+    from transformers import DacConfig, DiaConfig
+
+    dia, dac = DiaConfig.from_pretrained(tiny_model_dir / "dia"), DacConfig.from_pretrained(tiny_model_dir / "dac")
+    (model,) = (await synth.GetProviderInfo(synth_pb2.GetProviderInfoRequest())).provider.models
+    assert model.limits == synth_pb2.ModelLimits(
+        decoder_positions=dia.decoder_config.max_position_embeddings,
+        text_window_bytes=dia.encoder_config.max_position_embeddings,
+        sample_rate=dac.sampling_rate,
+        samples_per_frame=dac.hop_length,
+    )
+    # The tiny model copies what Dia-1.6B has.
+    assert (model.limits.decoder_positions, model.limits.text_window_bytes) == (3072, 1024)
+    assert (model.limits.sample_rate, model.limits.samples_per_frame) == (44100, 512)
+
+
 @pytest.mark.parametrize(
     "kwargs, reason, param",
     [

@@ -84,16 +84,22 @@ export async function getJson(path, options) {
   return (await call(path, options)).json();
 }
 
-// Every page of a list endpoint (`field` names the list in each page).
-export async function listAll(path, field, query = {}, maxPages = 10) {
+// Every page of a list endpoint (`field` names the list in each page): it follows
+// next_page_token to the last page, however many there are; 100 a page unless `query`
+// asks for another page_size. A token the API hands back twice is an error, not a loop.
+export async function listAll(path, field, query = {}) {
   const items = [];
+  const seen = new Set();
   let token = "";
-  for (let page = 0; page < maxPages; page++) {
-    const body = await getJson(path, { query: { ...query, page_size: 100, page_token: token } });
+  do {
+    seen.add(token);
+    const body = await getJson(path, { query: { page_size: 100, ...query, page_token: token } });
     items.push(...(body[field] || []));
     token = body.next_page_token || "";
-    if (!token) break;
-  }
+    if (seen.has(token) && token) {
+      throw new ApiError(0, "pagination", `${path} gave the same next_page_token twice (after ${items.length} items)`);
+    }
+  } while (token);
   return items;
 }
 

@@ -113,13 +113,13 @@ async function upload() {
   try {
     const sample = await getJson("/v1/voice/samples", { method: "POST", body: form });
     status.textContent = `Uploaded ${sample.speaker_name}: ${
-      sample.transcript_source === "stt" ? "transcript filled in by speech recognition; edit it below if needed." : "saved."
+      sample.transcript_source === "stt" ? "transcript filled in by speech recognition; check it below (Edit corrects it)." : "saved."
     }`;
     choose(null);
     $("#upload-form").reset();
     $("#record-status").textContent = "";
     await refresh();
-    document.getElementById(`sample-${sample.id}-transcript`)?.focus();
+    document.getElementById(`sample-${sample.id}-edit-button`)?.focus();
   } catch (error) {
     status.textContent = "";
     showFieldError(error, UPLOAD_FIELDS, $("#upload-audio-error"));
@@ -149,8 +149,11 @@ export async function refresh() {
   await Promise.all(samples.map(loadAudio));
 }
 
+// A sample's card: compact (what it is, its waveform and player, its actions); Edit opens
+// its form in place, Cancel (or Escape) closes it unchanged, Save closes it saved.
 function card(sample) {
   const id = `sample-${sample.id}`;
+  const name = sample.speaker_name;
   const errorPlace = element("p", { id: `${id}-error`, class: "error", role: "alert" });
   const fields = {
     speaker_name: `${id}-speaker`,
@@ -158,18 +161,31 @@ function card(sample) {
     visibility: `${id}-visibility`,
     collection: `${id}-collection`,
   };
+  const editButton = element("button", {
+    type: "button", class: "secondary", id: `${id}-edit-button`, "aria-label": `Edit ${name}`,
+    "aria-expanded": "false", "aria-controls": `${id}-edit`, onclick: () => (editor.hidden ? openEditor() : closeEditor()),
+  }, "Edit");
   const editor = element(
     "form",
     {
+      id: `${id}-edit`,
       class: "sample-edit",
       novalidate: true,
+      hidden: true,
+      "aria-label": `Edit ${name}`,
       onsubmit: async (event) => {
         event.preventDefault();
         await save(sample, fields, errorPlace);
       },
+      onkeydown: (event) => {
+        if (event.key === "Escape") {
+          event.preventDefault();
+          closeEditor();
+        }
+      },
     },
     element("div", { class: "field" }, element("label", { for: fields.speaker_name }, "Speaker name"),
-      element("input", { id: fields.speaker_name, value: sample.speaker_name, required: true, "aria-describedby": `${fields.speaker_name}-error` }),
+      element("input", { id: fields.speaker_name, value: name, required: true, "aria-describedby": `${fields.speaker_name}-error` }),
       element("p", { id: `${fields.speaker_name}-error`, class: "error" })),
     element("div", { class: "field wide" },
       element("label", { for: fields.transcript }, sample.transcript_source === "stt" ? "Transcript (speech recognition; edit to correct)" : "Transcript"),
@@ -177,29 +193,53 @@ function card(sample) {
       element("p", { id: `${fields.transcript}-error`, class: "error" })),
     element("div", { class: "field" }, element("label", { for: fields.visibility }, "Visibility"),
       element("select", { id: fields.visibility },
-        VISIBILITIES.map((value) => element("option", { value, selected: value === sample.visibility }, value)))),
+        VISIBILITIES.map((value) => element("option", { value, defaultSelected: value === sample.visibility }, value)))),
     element("div", { class: "field" }, element("label", { for: fields.collection }, "Collection"),
       element("input", { id: fields.collection, value: sample.collection, "aria-describedby": `${fields.collection}-error` }),
       element("p", { id: `${fields.collection}-error`, class: "error" })),
     element("div", { class: "row" },
-      element("button", { type: "submit", "aria-label": `Save changes to ${sample.speaker_name}` }, "Save changes"),
-      sample.is_default
-        ? null
-        : element("button", { type: "button", class: "secondary", "aria-label": `Make ${sample.speaker_name} the default`,
-            onclick: () => makeDefault(sample, errorPlace) }, "Make default"),
-      element("button", { type: "button", class: "danger", "aria-label": `Delete ${sample.speaker_name}`,
-        onclick: () => remove(sample, errorPlace) }, "Delete")),
+      element("button", { type: "submit", "aria-label": `Save changes to ${name}` }, "Save changes"),
+      element("button", { type: "button", class: "secondary", "aria-label": `Cancel editing ${name}`, onclick: closeEditor }, "Cancel")),
   );
+
+  function openEditor() {
+    editor.hidden = false;
+    editButton.setAttribute("aria-expanded", "true");
+    document.getElementById(fields.speaker_name).focus();
+  }
+
+  function closeEditor() {
+    editor.reset(); // back to the sample's own values
+    clearFieldErrors(fields, errorPlace);
+    editor.hidden = true;
+    editButton.setAttribute("aria-expanded", "false");
+    editButton.focus();
+  }
+
+  const facts = [seconds(sample.duration_seconds), sample.original_format || "audio", `added ${when(sample.create_time)}`];
+  if (sample.visibility !== "private") facts.push(sample.visibility);
+  if (sample.collection) facts.push(`collection ${sample.collection}`);
+  if (sample.transcript_source === "stt") facts.push("transcript by speech recognition");
   return element(
     "li",
     { class: "sample card", id, dataset: { sampleId: sample.id } },
     element("div", { class: "sample-head" },
-      element("h3", {}, sample.speaker_name),
+      element("h3", {}, name),
       sample.is_default ? element("span", { class: "badge" }, "Default") : null,
-      element("span", { class: "meta" },
-        `${seconds(sample.duration_seconds)} · ${sample.original_format || "audio"} · added ${when(sample.create_time)}`)),
-    element("canvas", { class: "waveform", role: "img", "aria-label": `Waveform of ${sample.speaker_name}'s sample` }),
-    element("audio", { controls: true, preload: "metadata", "aria-label": `Play ${sample.speaker_name}'s sample` }),
+      element("span", { class: "meta" }, facts.join(" · "))),
+    sample.transcript
+      ? element("p", { class: "transcript" }, sample.transcript)
+      : element("p", { class: "hint" }, "No transcript yet: press Edit to add one."),
+    element("canvas", { class: "waveform", role: "img", "aria-label": `Waveform of ${name}'s sample` }),
+    element("audio", { controls: true, preload: "metadata", "aria-label": `Play ${name}'s sample` }),
+    element("div", { class: "row sample-actions" },
+      editButton,
+      sample.is_default
+        ? null
+        : element("button", { type: "button", class: "secondary", "aria-label": `Make ${name} the default`,
+            onclick: () => makeDefault(sample, errorPlace) }, "Make default"),
+      element("button", { type: "button", class: "danger", "aria-label": `Delete ${name}`,
+        onclick: () => remove(sample, errorPlace) }, "Delete")),
     editor,
     errorPlace,
   );

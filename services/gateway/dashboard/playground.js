@@ -30,6 +30,7 @@ let maxInputChars = 3000;
 let resultUrl = "";
 let generating = false;
 let player = null; // the streamed playback of the latest generation
+let voices = new Map(); // sample id -> the sample, for the voice pickers
 
 export async function setUp() {
   $("#generate-form").addEventListener("submit", (event) => {
@@ -42,7 +43,10 @@ export async function setUp() {
   $("#gen-audio").addEventListener("play", stopPlayback);
   $("#gen-input").addEventListener("input", countCharacters);
   for (const select of [$("#gen-s1"), $("#gen-s2")]) {
-    select.addEventListener("change", () => (select.dataset.chosen = "true"));
+    select.addEventListener("change", () => {
+      select.dataset.chosen = "true";
+      describeVoice(select);
+    });
   }
   await buildParameters();
   countCharacters();
@@ -108,6 +112,7 @@ async function loadVoices() {
   } catch (error) {
     notify(`Your voice samples could not be loaded. ${error.describe()}`);
   }
+  voices = new Map(samples.map((sample) => [String(sample.id), sample]));
   const fallback = samples.find((sample) => sample.is_default);
   for (const [select, preset] of [[$("#gen-s1"), fallback], [$("#gen-s2"), null]]) {
     const current = select.dataset.chosen ? select.value : preset ? String(preset.id) : "";
@@ -117,12 +122,30 @@ async function loadVoices() {
         element(
           "option",
           { value: String(sample.id) },
-          `${sample.speaker_name}${sample.is_default ? " (default)" : ""} — “${sample.transcript.slice(0, 40)}”`,
+          `${sample.speaker_name}${sample.is_default ? " (default)" : ""} — “${excerpt(sample.transcript, 40)}”`,
         ),
       ),
     );
     select.value = samples.some((sample) => String(sample.id) === current) ? current : "";
+    describeVoice(select);
   }
+}
+
+function excerpt(text, length) {
+  return text.length > length ? `${text.slice(0, length).trimEnd()}…` : text;
+}
+
+// Under each picker, its choice in full (a long name is cut short in a narrow select).
+function describeVoice(select) {
+  const sample = voices.get(select.value);
+  const about = document.getElementById(`${select.id}-about`);
+  if (!sample) {
+    about.textContent = "No sample: the model picks a random voice.";
+    return;
+  }
+  const transcript = excerpt(sample.transcript, 160);
+  about.textContent = `${sample.speaker_name}${sample.is_default ? " (default)" : ""} · ${seconds(sample.duration_seconds)}` +
+    (transcript ? ` · “${transcript}”` : "");
 }
 
 async function loadModels() {

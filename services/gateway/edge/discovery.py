@@ -5,13 +5,17 @@ server for its services (``list_services``) and for the files that define
 them (``file_containing_symbol``, then ``file_by_filename`` for any missing
 import), rebuilds them in a private DescriptorPool, and makes one
 :class:`Route` per ``google.api.http`` rule, with message classes made from
-those descriptors.
+those descriptors. It also asks the upstream for the limits it publishes
+(voice.api.v1.LimitsService): the values of the limits its protos name
+(deadlines, longest texts), which each Rpc keeps beside its rules.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
+from typing import Mapping
 
 import grpc
 from google.api import annotations_pb2, http_pb2
@@ -21,11 +25,16 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from runtime import config
 from services.gateway.edge import templates
 from voice.api.v1 import annotations_pb2 as voice_annotations
+from voice.api.v1 import limits_pb2, limits_pb2_grpc
 
 log = logging.getLogger("gateway.discovery")
 
 # Served by every process; nothing to route.
-INFRASTRUCTURE_SERVICES = {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+INFRASTRUCTURE_SERVICES = {
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1alpha.ServerReflection",
+    limits_pb2.DESCRIPTOR.services_by_name["LimitsService"].full_name,
+}
 HTTP_BODY = "google.api.HttpBody"
 
 
@@ -44,6 +53,8 @@ class Rpc:
     # The server-streaming method that answers instead when the request asks for a stream
     # (MethodRules.stream_method and stream_field); None: this one always answers.
     stream: Rpc | None = None
+    # The limits its upstream published when it was reflected on, by name (see published_limits).
+    limits: Mapping[str, float] = dataclasses.field(default_factory=dict, compare=False)
 
     def streams(self, payload: bytes) -> bool:
         """Whether the serialized request asks for the stream: its stream_field is true or not empty."""
@@ -59,10 +70,13 @@ class Rpc:
         return self.rules.authentication != voice_annotations.AUTHENTICATION_NONE
 
     def deadline_seconds(self) -> float | None:
-        """The call's deadline: the named setting's seconds beyond the ordinary one; None for the ordinary one."""
-        if not self.rules.deadline_setting:
+        """The call's deadline: the seconds of the limit its rules name, as its upstream published
+        it, beyond the ordinary deadline; None for the ordinary one (also when the upstream
+        publishes no such limit, which discovery warns about)."""
+        seconds = self.limits.get(self.rules.deadline_limit) if self.rules.deadline_limit else None
+        if seconds is None:
             return None
-        return float(config.REGISTRY[self.rules.deadline_setting].value) + config.UPSTREAM_TIMEOUT_SECONDS.value
+        return seconds + config.UPSTREAM_TIMEOUT_SECONDS.value
 
     @property
     def forwarded_headers(self) -> dict[str, str]:
@@ -156,6 +170,19 @@ async def reflect(
     return pool, services, comments
 
 
+async def published_limits(channel: grpc.aio.Channel, timeout: float) -> dict[str, float]:
+    """The limits the server publishes, by name; none from a server without the limits service."""
+    try:
+        reply = await limits_pb2_grpc.LimitsServiceStub(channel).GetLimits(
+            limits_pb2.GetLimitsRequest(), timeout=timeout
+        )
+    except grpc.aio.AioRpcError as error:
+        if error.code() != grpc.StatusCode.UNIMPLEMENTED:
+            raise  # not now: discovery is tried again, the last limits kept meanwhile
+        return {}
+    return {name: limit.value for name, limit in reply.limits.items()}
+
+
 def comments_of(proto: descriptor_pb2.FileDescriptorProto) -> dict[str, str]:
     """The leading comment of each service, method, message and field of a file, by full name
     ("voice.gateway.v1.CreateGenerationRequest.input"); empty without source info."""
@@ -195,8 +222,12 @@ def _missing_imports(files: dict[str, descriptor_pb2.FileDescriptorProto]) -> se
     return {dep for proto in files.values() for dep in proto.dependency if dep not in files}
 
 
-def routes_of(upstream: str, pool: descriptor_pool.DescriptorPool, services: list[str]) -> list[Route]:
-    """One route per google.api.http binding (additional_bindings included) of the services."""
+def routes_of(
+    upstream: str, pool: descriptor_pool.DescriptorPool, services: list[str], limits: Mapping[str, float] | None = None
+) -> list[Route]:
+    """One route per google.api.http binding (additional_bindings included) of the services;
+    `limits` are the ones the upstream publishes."""
+    limits = dict(limits or {})
     found = []
     for service_name in services:
         service = pool.FindServiceByName(service_name)
@@ -206,7 +237,7 @@ def routes_of(upstream: str, pool: descriptor_pool.DescriptorPool, services: lis
                 continue  # internal RPC: no HTTP route
             rule = options.Extensions[annotations_pb2.http]
             try:
-                rpc = _rpc(upstream, service, method)
+                rpc = _rpc(upstream, service, method, limits)
             except ValueError as error:
                 log.warning("skipping HTTP rule of %s: %s", method.full_name, error)
                 continue
@@ -218,15 +249,25 @@ def routes_of(upstream: str, pool: descriptor_pool.DescriptorPool, services: lis
     return found
 
 
-def _rpc(upstream: str, service: descriptor.ServiceDescriptor, method: descriptor.MethodDescriptor) -> Rpc:
+def _rpc(
+    upstream: str,
+    service: descriptor.ServiceDescriptor,
+    method: descriptor.MethodDescriptor,
+    limits: Mapping[str, float],
+) -> Rpc:
     rules = method.GetOptions().Extensions[voice_annotations.method]
+    if rules.deadline_limit and rules.deadline_limit not in limits:
+        log.warning(
+            "%s names the deadline limit %r, which %s does not publish: it gets the ordinary deadline",
+            method.full_name, rules.deadline_limit, upstream,
+        )
     stream = None
     if rules.stream_method:
         streaming = service.methods_by_name.get(rules.stream_method)
         if streaming is None or not streaming.server_streaming or streaming.client_streaming:
             raise ValueError(f"stream_method {rules.stream_method!r} is no server-streaming method of {service.full_name}")
         field_at(method.input_type, rules.stream_field)  # raises ValueError when it names no field
-        stream = _rpc(upstream, service, streaming)
+        stream = _rpc(upstream, service, streaming, limits)
     return Rpc(
         upstream=upstream,
         path=f"/{service.full_name}/{method.name}",
@@ -235,6 +276,7 @@ def _rpc(upstream: str, service: descriptor.ServiceDescriptor, method: descripto
         response_class=message_factory.GetMessageClass(method.output_type),
         rules=rules,
         stream=stream,
+        limits=limits,
     )
 
 

@@ -4,7 +4,9 @@ Everything in it comes from the protos, read over reflection: paths from the
 ``google.api.http`` rules; which operations need a key, their response
 headers and audio media types from the ``(voice.api.v1.method)`` option;
 required fields, bounds, defaults, allowed values and lengths from the
-``(voice.api.v1.field)`` rules the services check requests against; and the
+``(voice.api.v1.field)`` rules the services check requests against, a length
+that a rule names as a limit with the value the route's upstream publishes
+(the service that checks the field, as it is configured); and the
 descriptions from the protos' comments.
 """
 
@@ -14,7 +16,7 @@ from typing import Mapping
 
 from google.protobuf import descriptor
 
-from runtime import config, fields
+from runtime import fields
 from services.gateway.edge.discovery import Route, field_at, is_http_body
 from services.gateway.edge.errors import RETRY_STATUSES
 
@@ -100,6 +102,9 @@ class _Builder:
     def __init__(self, comments: Mapping[str, str]) -> None:
         self.comments = comments
         self.schemas: dict[str, dict] = {"Error": ERROR_SCHEMA}
+        # The limits of the upstream whose route is being described. A message's schema is
+        # made once, for the first route that uses it: each upstream serves messages of its own.
+        self.limits: Mapping[str, float] = {}
 
     def message(self, message: descriptor.Descriptor, leave_out: set[str] = frozenset()) -> dict:
         """A reference to the message's schema (inline when some fields are left out)."""
@@ -142,11 +147,11 @@ class _Builder:
                 schema["enum"] = list(declared.one_of)
             if declared.default:
                 schema["default"] = fields.default(field)
-            length = _max_length(declared)
+            length = _max_length(declared, self.limits)
             if length is not None:
                 schema["maxLength"] = length
-            elif declared.max_length_setting:
-                notes.append(f"At most as many characters as the service's {declared.max_length_setting} allows.")
+            elif declared.max_length_limit:  # its upstream did not publish it
+                notes.append(f"At most as many characters as the service's limit {declared.max_length_limit} allows.")
         comment = self.comments.get(field.full_name)
         if comment or notes:
             schema["description"] = " ".join([comment, *notes] if comment else notes)
@@ -179,11 +184,13 @@ def _is_required(field: descriptor.FieldDescriptor | None) -> bool:
     return declared is not None and declared.required and not fields.has_explicit_presence(field)
 
 
-def _max_length(declared) -> int | None:
-    """A fixed length, or the value of a setting this process knows (the gateway's own)."""
-    if declared.max_length_setting and declared.max_length_setting not in config.REGISTRY:
-        return None
-    return fields.max_length(declared)
+def _max_length(declared, limits: Mapping[str, float]) -> int | None:
+    """A fixed length, or the value of the limit the upstream published; None if it did not
+    (never this process's own: the gateway's value of a name may not be the upstream's)."""
+    if declared.max_length_limit:
+        published = limits.get(declared.max_length_limit)
+        return None if published is None else int(published)
+    return declared.max_length or None
 
 
 def _wrapped_scalar(message: descriptor.Descriptor) -> dict | None:
@@ -196,6 +203,7 @@ def document(routes: list[Route], comments: Mapping[str, str] | None = None, tit
     builder = _Builder(comments or {})
     paths: dict[str, dict] = {}
     for route in routes:
+        builder.limits = route.rpc.limits
         paths.setdefault(route.template.openapi_path, {})[route.http_method.lower()] = _operation(builder, route)
     return {
         "openapi": "3.0.3",

@@ -1,12 +1,14 @@
 """The services the HTTP front routes to, and the route table made from them.
 
-Each upstream's routes come from reflection (see discovery.py) and are
-refreshed whenever the upstream (re)starts: the gateway keeps a
+Each upstream's routes come from reflection (see discovery.py), with the
+limits it publishes (deadlines, longest texts), and both are refreshed
+whenever the upstream (re)starts: the gateway keeps a
 ``grpc.health.v1`` Watch stream open to each upstream while it serves, and
 reflects again each time a new stream reports SERVING. When the upstream stops
 serving or goes away, the gateway lets go of the stream and tries a new one
-with a growing backoff. An upstream that is down keeps its last routes, so its
-endpoints answer 503 rather than 404.
+with a growing backoff. An upstream that is down keeps its last routes and
+limits, so its endpoints answer 503 rather than 404 and stay documented as
+they were.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ class Upstream:
         self.control = clients.control_channel(address)
         self.routes: list[Route] = []
         self.comments: dict[str, str] = {}  # of its protos, by full name
-        self.services: list[str] = []  # what it serves, besides health and reflection
+        self.services: list[str] = []  # what it serves, besides health, reflection and limits
+        self.limits: dict[str, float] = {}  # what it publishes, by name
         self.discovered = False
         self._on_routes_changed = on_routes_changed
         self._lock = asyncio.Lock()
@@ -48,14 +51,17 @@ class Upstream:
     async def discover(self) -> None:
         """Reflect on the upstream and replace its routes."""
         async with self._lock:
-            pool, services, comments = await discovery.reflect(self.control, config.UPSTREAM_TIMEOUT_SECONDS.value)
-            self.routes = discovery.routes_of(self.name, pool, services)
+            timeout = config.UPSTREAM_TIMEOUT_SECONDS.value
+            pool, services, comments = await discovery.reflect(self.control, timeout)
+            limits = await discovery.published_limits(self.control, timeout)
+            self.routes = discovery.routes_of(self.name, pool, services, limits)
+            self.limits = limits
             self.comments = comments
             self.services = [name for name in services if not name.startswith("grpc.")]
             self.discovered = True
         log.info(
             "discovered upstream",
-            extra={"upstream": self.name, "routes": [str(route) for route in self.routes]},
+            extra={"upstream": self.name, "routes": [str(route) for route in self.routes], "limits": self.limits},
         )
         self._on_routes_changed()
 

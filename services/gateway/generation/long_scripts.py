@@ -1,7 +1,7 @@
 """Scripts longer than one generation: split into chunks that fit Dia's window, kept in one voice.
 
-Dia reads at most GATEWAY_SCRIPT_CHUNK_BYTES (1024) bytes of text per generation, the
-voice prompt's transcript included. A longer script is generated as a row of chunks:
+Dia reads at most its text window (1024 bytes for Dia-1.6B, as its providers publish it)
+of text per generation, the voice prompt's transcript included. A longer script is generated as a row of chunks:
 
 * it is split at speaker turns, and inside a turn too long for a chunk at sentence ends
   (a sentence too long still at spaces), each piece keeping its speaker's tag; pieces are

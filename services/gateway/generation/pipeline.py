@@ -490,17 +490,17 @@ def synth_settings(parameters: generations_pb2.GenerationParameters) -> synth_pb
 def fitted_prompt_seconds(asked: float, limits: ModelLimits) -> float:
     """The longest voice prompt that leaves the model's decoder room for MIN_NEW_FRAMES new frames
     (32.69 s for Dia-1.6B), or `asked` if shorter; in hundredths of a second."""
-    most = (limits.max_positions - MIN_NEW_FRAMES) * limits.samples_per_frame / limits.sample_rate
+    most = (limits.decoder_positions - MIN_NEW_FRAMES) * limits.samples_per_frame / limits.sample_rate
     return min(asked, math.floor(most * 100) / 100)
 
 
 def fitted_max_new_tokens(asked: int, prompt_frames: int, limits: ModelLimits) -> int:
     """`asked`, lowered to what the decoder holds beside a prompt of `prompt_frames`."""
-    room = limits.max_positions - prompt_frames
+    room = limits.decoder_positions - prompt_frames
     if room <= FRAMES_WITHOUT_AUDIO:  # a prompt kept whole for want of word timings can be this long
         raise invalid_parameter(
             "max_audio_prompt_seconds",
-            f"the voice prompt leaves Dia's decoder ({limits.max_positions} frames) no room for new audio; "
+            f"the voice prompt leaves Dia's decoder ({limits.decoder_positions} frames) no room for new audio; "
             "use shorter voice samples or a shorter max_audio_prompt_seconds",
         )
     return min(asked, room)

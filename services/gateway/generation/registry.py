@@ -13,13 +13,13 @@ take one away, and a provider can change no registration but its own.
 
 from __future__ import annotations
 
-from typing import Mapping
-
 import json
 import logging
+from typing import Mapping
 
 import grpc
 import prometheus_client
+from google.protobuf import json_format
 
 from runtime import provider_credentials
 from runtime.errors import ApiError, invalid_parameter
@@ -112,7 +112,16 @@ class ProviderRegistry(providers_pb2_grpc.ProviderRegistryServiceServicer):
                 raise invalid_parameter(f"provider.{name}", f"provider.{name} cannot be negative")
         if any(not model.id for model in provider.models):
             raise invalid_parameter("provider.models", "every model needs an id")
-        models = [{"id": model.id, "features": list(model.features)} for model in provider.models]
+        models = [
+            {
+                "id": model.id,
+                "features": list(model.features),
+                # What the model holds (decoder positions, text window, sample rate), once it is loaded.
+                **({"limits": json_format.MessageToDict(model.limits, preserving_proto_field_name=True)}
+                   if model.HasField("limits") else {}),
+            }
+            for model in provider.models
+        ]
         await self.table.heard_from(provider.provider_id, provider.address, models, provider.capacity, provider.load)
         return providers_pb2.HeartbeatResponse(heartbeat_interval_seconds=HEARTBEAT_INTERVAL_SECONDS.value)
 

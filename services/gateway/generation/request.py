@@ -40,9 +40,9 @@ class Limits:
     def configured(cls) -> "Limits":
         return cls(MAX_INPUT_CHARS.value, MAX_COLLECTION_CHARS.value)
 
-    def as_settings(self) -> dict[str, int]:
-        """The values the field rules name, for runtime.fields."""
-        return {MAX_INPUT_CHARS.name: self.max_input_chars, MAX_COLLECTION_CHARS.name: self.max_collection_chars}
+    def as_limits(self) -> dict[str, int]:
+        """The values of the limits the field rules name (runtime.fields), by their names."""
+        return {"input_chars": self.max_input_chars, "collection_chars": self.max_collection_chars}
 
 
 @dataclass(frozen=True)
@@ -59,12 +59,12 @@ class Plan:
 
 def plan(spec: generations_pb2.GenerationSpec, limits: Limits, rules: bool = True) -> Plan:
     """Check a spec (see the module's docstring); `rules=False` for a dialect's, already checked."""
-    settings = limits.as_settings()
-    fields.check_field(spec, "input", settings)
+    published = limits.as_limits()
+    fields.check_field(spec, "input", published)
     script = scripts.parse_script(spec.input, limits.max_input_chars)
     speakers = _speakers(spec.speakers)
     if rules:
-        fields.check(spec, settings)
+        fields.check(spec, published)
     return Plan(
         script,
         spec.model,

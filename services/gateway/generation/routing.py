@@ -61,7 +61,7 @@ FAILURES = {
 class ModelLimits:
     """What a provider's model holds, as it publishes them (Dia-1.6B's for one that does not)."""
 
-    max_positions: int = 3072  # decoder positions: the prompt's frames and the new ones together
+    decoder_positions: int = 3072  # decoder positions: the prompt's frames and the new ones together
     text_window_bytes: int = 1024  # text the model reads at once, the prompt's transcript included
     sample_rate: int = 44100
     samples_per_frame: int = 512
@@ -76,7 +76,7 @@ class ModelLimits:
         """The limits every one of the candidates can hold (the smallest of each)."""
         each = [candidate.limits for candidate in found]
         return cls(
-            min(limits.max_positions for limits in each),
+            min(limits.decoder_positions for limits in each),
             min(limits.text_window_bytes for limits in each),
             each[0].sample_rate,
             each[0].samples_per_frame,

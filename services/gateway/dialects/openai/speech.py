@@ -212,9 +212,9 @@ class SpeechService(speech_pb2_grpc.SpeechServiceServicer):
     async def _admit(self, account_id: int, speech: speech_pb2.SpeechSpec):
         """The speech request checked against its own rules, translated, and admitted."""
         try:
-            fields.check_field(speech, "input", {MAX_INPUT_CHARS.name: MAX_INPUT_CHARS.value})
+            fields.check_field(speech, "input")
             script.parse_script(speech.input, MAX_INPUT_CHARS.value)  # a bad script before the library is asked
-            fields.check(speech, {MAX_INPUT_CHARS.name: MAX_INPUT_CHARS.value})
+            fields.check(speech)
             sample_id = await find_voice(self.library, account_id, speech.voice)
         except (ApiError, grpc.aio.AioRpcError) as error:
             raise (error if isinstance(error, ApiError) else ApiError.from_rpc_error(error)) from None

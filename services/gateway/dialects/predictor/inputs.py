@@ -27,11 +27,10 @@ AUDIO_PROMPT = "input.audio_prompt"
 
 def checked(given: predictions_pb2.PredictionInput) -> None:
     """The input against the model page's rules, its text first; errors name "input.<field>"."""
-    settings = {MAX_INPUT_CHARS.name: MAX_INPUT_CHARS.value}
     try:
-        fields.check_field(given, "text", settings)
+        fields.check_field(given, "text")
         script.parse_script(given.text, MAX_INPUT_CHARS.value)
-        fields.check(given, settings)
+        fields.check(given)
     except ApiError as error:
         if error.param in PUBLIC_NAMES:
             error.param = PUBLIC_NAMES[error.param]
