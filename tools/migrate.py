@@ -24,7 +24,7 @@ log = logging.getLogger("tools.migrate")
 # The module of each data-owning service that names its schema (SCHEMA) and
 # its migrations folder (MIGRATIONS), the two arguments it gives open_pool.
 MIGRATION_OWNERS = {
-    "gateway": "services.gateway.accounts",
+    "gateway": "services.gateway.store",
     "library": "services.library.service",
 }
 

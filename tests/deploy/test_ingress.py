@@ -32,15 +32,21 @@ def size_bytes(nginx_size: str) -> int:
     return int(number) * 1024 ** "bkmg".index(unit.lower() or "b")
 
 
+# The gateway's dialects of the generation API have proto packages of their own.
+DIALECTS_SERVED_BY = {"openai": "gateway", "predictor": "gateway"}
+
+
 def longest_route_seconds(rendering, code) -> float:
     """The longest deadline the gateway gives a call of an HTTP route: its ordinary one plus the
     largest limit a route names (deadline_limit in protos/), as the service owning the route
     publishes it: the setting behind the limit, as that service's container sees it. A route of
-    protos/voice/<service>/ is served by <service>."""
+    protos/voice/<service>/ is served by <service>, and the dialects' (protos/voice/openai/,
+    protos/voice/predictor/) by the gateway."""
     gateway = rendering.workload("Deployment", "gateway").container
     deadlines = []
     for path in (ROOT / "protos" / "voice").rglob("*.proto"):
-        service = path.relative_to(ROOT / "protos" / "voice").parts[0]
+        package = path.relative_to(ROOT / "protos" / "voice").parts[0]
+        service = DIALECTS_SERVED_BY.get(package, package)
         for limit in _DEADLINE_LIMIT.findall(path.read_text()):
             setting = code.limits.get(service, {}).get(limit)
             assert setting, f"{path.name} names the deadline limit {limit!r}, which {service} does not publish"

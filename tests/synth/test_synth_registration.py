@@ -7,20 +7,39 @@ import subprocess
 import sys
 
 import json
+import uuid
 
-import asyncpg
 import grpc
 
-from services.gateway.generation.registry import online_providers
+from services.gateway import accounts
+from services.gateway.generation.registry import ProviderDirectory
+from services.gateway.store import Store
 from tests.conftest import ROOT
 from tests.synth.helpers import own_synth
 from voice.gateway.v1 import models_pb2, models_pb2_grpc
 from voice.synth.v1 import synth_pb2
 
 
+_KEYS: dict[str, str] = {}  # an API key per mesh database, made once
+
+
+async def bearer(mesh) -> tuple:
+    """The metadata of a key of the mesh's gateway (its ModelService takes a key like every gateway service)."""
+    url = mesh.env["DATABASE_URL"]
+    if url not in _KEYS:
+        store = await Store.open(url)
+        try:
+            _KEYS[url] = (await accounts.create_key(store.accounts, f"synth-{uuid.uuid4().hex[:8]}")).key
+        finally:
+            await store.close()
+    return (("authorization", f"Bearer {_KEYS[url]}"),)
+
+
 async def providers_of(mesh, model: str) -> int:
     async with grpc.aio.insecure_channel(mesh.address("gateway")) as channel:
-        reply = await models_pb2_grpc.ModelServiceStub(channel).ListModels(models_pb2.ListModelsRequest())
+        reply = await models_pb2_grpc.ModelServiceStub(channel).ListModels(
+            models_pb2.ListModelsRequest(), metadata=await bearer(mesh)
+        )
     return next((card.providers for card in reply.data if card.id == model), 0)
 
 
@@ -33,7 +52,9 @@ async def wait_for_providers(mesh, model: str, count: int) -> None:
 async def test_the_mesh_synth_is_listed_by_the_gateway_with_its_features(mesh):
     await wait_for_providers(mesh, "tiny-random", 1)
     async with grpc.aio.insecure_channel(mesh.address("gateway")) as channel:
-        reply = await models_pb2_grpc.ModelServiceStub(channel).ListModels(models_pb2.ListModelsRequest())
+        reply = await models_pb2_grpc.ModelServiceStub(channel).ListModels(
+            models_pb2.ListModelsRequest(), metadata=await bearer(mesh)
+        )
     (card,) = [card for card in reply.data if card.id == "tiny-random"]
     assert set(card.features) == {"voice-cloning", "dialogue"}
 
@@ -41,8 +62,11 @@ async def test_the_mesh_synth_is_listed_by_the_gateway_with_its_features(mesh):
 async def test_the_gateway_stores_each_models_limits_with_its_provider(mesh, database, synth):
     provider = (await synth.GetProviderInfo(synth_pb2.GetProviderInfoRequest())).provider
     (model,) = provider.models
-    async with asyncpg.create_pool(database.url, min_size=1, max_size=1, server_settings={"search_path": "gateway"}) as pool:
-        rows = {row["provider_id"]: row for row in await online_providers(pool)}
+    store = await Store.open(database.url)
+    try:
+        rows = {row["provider_id"]: row for row in await ProviderDirectory(store.providers).online()}
+    finally:
+        await store.close()
     (stored,) = json.loads(rows[provider.provider_id]["models"])
     assert stored["id"] == "tiny-random"
     assert stored["limits"] == {

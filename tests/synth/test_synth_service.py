@@ -184,13 +184,15 @@ async def test_provider_info_carries_the_limits_of_the_loaded_model(synth, tiny_
 @pytest.mark.parametrize(
     "kwargs, reason, param",
     [
-        (dict(script=" <pad>\x00 "), "INVALID_PARAMETER", "script"),
+        # A NUL is refused before the handler, naming the field's path in the request message.
+        (dict(script=" <pad>\x00 "), "INVALID_PARAMETER", "synthesis.script"),
+        (dict(script=" <pad> "), "INVALID_PARAMETER", "script"),
         (dict(model="nari-labs/Dia-1.6B-0626"), "INVALID_PARAMETER", "model"),
         (dict(prompt=(b"RIFF not really", "[S1] Hi.")), "AUDIO_DECODE_FAILED", "audio_prompt.wav"),
         (dict(prompt=(noise_wav(0.5, rate=16000), "[S1] Hi.")), "AUDIO_DECODE_FAILED", "audio_prompt.wav"),
         (dict(prompt=(noise_wav(0.5), "")), "MISSING_TRANSCRIPT", "audio_prompt.transcript"),
     ],
-    ids=["empty-script", "other-model", "not-wav", "16-khz-prompt", "no-transcript"],
+    ids=["nul-script", "empty-script", "other-model", "not-wav", "16-khz-prompt", "no-transcript"],
 )
 async def test_bad_requests_are_refused_clearly(synth, kwargs, reason, param):
     error = await error_of(synth.Synthesize(request(**kwargs)))

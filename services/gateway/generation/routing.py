@@ -154,7 +154,8 @@ def public_error(candidate: Candidate, error: grpc.aio.AioRpcError, timeout: flo
     if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
         refusal = ApiError.from_rpc_error(error)
         if refusal.param:
-            head = refusal.param.split(".")[0]
+            # A field of the SynthesisSpec, named from the request ("synthesis.script") or from the spec.
+            head = refusal.param.removeprefix("synthesis.").split(".")[0]
             refusal.param = PUBLIC_PARAMS.get(head, refusal.param)
         return refusal
     if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
