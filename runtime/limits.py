@@ -43,6 +43,11 @@ def publish(declared: Mapping[str, Setting]) -> dict[str, Setting]:
     return previous
 
 
+def values() -> dict[str, float]:
+    """Every published limit's value now, by name."""
+    return {name: float(setting.value) for name, setting in _published.items()}
+
+
 def value(name: str) -> float:
     """The published limit's value now (its setting is read when asked, as settings are)."""
     setting = _published.get(name)

@@ -124,7 +124,7 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
             inner = handler.unary_unary or handler.stream_unary
 
             async def unary_response(request, context):
-                with _Call(service, method, request_id) as call:
+                with RpcCall(service, method, request_id) as call:
                     try:
                         _refuse_nul(request)
                         return await inner(request, context)
@@ -145,7 +145,7 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
         inner = handler.unary_stream or handler.stream_stream
 
         async def streaming_response(request, context):
-            with _Call(service, method, request_id) as call:
+            with RpcCall(service, method, request_id) as call:
                 try:
                     _refuse_nul(request)
                     # Closed at once when the caller goes away, so the handler's clean-up runs now.
@@ -158,7 +158,7 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
         async def written_response(request, context):
             # A streaming handler may also be a coroutine that sends with
             # context.write() (grpc's own HealthServicer.Watch does).
-            with _Call(service, method, request_id) as call:
+            with RpcCall(service, method, request_id) as call:
                 try:
                     _refuse_nul(request)
                     await inner(request, context)
@@ -186,14 +186,14 @@ def _refuse_nul(request) -> None:
         fields.refuse_nul(request)
 
 
-class _Call:
+class RpcCall:
     """The bookkeeping of one RPC: request id context, metrics, error status."""
 
     def __init__(self, service: str, method: str, request_id: str) -> None:
         self.service, self.method, self.request_id = service, method, request_id
         self.code = grpc.StatusCode.OK
 
-    def __enter__(self) -> "_Call":
+    def __enter__(self) -> "RpcCall":
         self.token = logs.REQUEST_ID.set(self.request_id)
         self.started = time.perf_counter()
         return self
@@ -207,6 +207,17 @@ class _Call:
         except ValueError:  # a stream whose caller went away is closed from another context
             pass
 
+    def public_error(self, error: Exception) -> ApiError:
+        """The error a handler raised as its caller gets it (recorded for the metrics): an ApiError as
+        it is, an upstream call's status passed on, anything else INTERNAL (logged, never shown)."""
+        if isinstance(error, grpc.aio.AioRpcError):  # an upstream call failed: pass its status on
+            error = ApiError.from_rpc_error(error)
+        if not isinstance(error, ApiError):
+            log.error("unhandled error in %s/%s", self.service, self.method, exc_info=error)
+            error = internal_error(f"internal error (request id {self.request_id})")
+        self.code = error.code
+        return error
+
     async def fail(self, error: BaseException, context: grpc.aio.ServicerContext) -> None:
         """Record the error and end the call with the matching status. Always raises."""
         if isinstance(error, (asyncio.CancelledError, GeneratorExit)):  # the caller went away
@@ -215,15 +226,7 @@ class _Call:
         if isinstance(error, grpc.aio.AbortError):  # the handler aborted on its own
             self.code = context.code() or grpc.StatusCode.UNKNOWN
             raise error
-        if isinstance(error, grpc.aio.AioRpcError):  # an upstream call failed: pass its status on
-            error = ApiError.from_rpc_error(error)
-        if not isinstance(error, ApiError):
-            log.error(
-                "unhandled error in %s/%s", self.service, self.method, exc_info=error
-            )
-            error = internal_error(f"internal error (request id {self.request_id})")
-        self.code = error.code
-        status = error.to_status()
+        status = self.public_error(error).to_status()
         # The status's details are trailing metadata: what the handler set there goes along.
         kept = tuple(context.trailing_metadata() or ())
         if kept:

@@ -8,15 +8,13 @@ secret bytes whose timing could leak anything.
 Each request is authenticated once, by :meth:`Accounts.authenticate`, which
 keeps the account of a key it has looked up for GATEWAY_KEY_CACHE_SECONDS:
 a revoked key still works for at most that long in a process that saw it.
-The HTTP edge authenticates every keyed request and calls the upstream
-services with the account (``x-account-id``) and, for this process's own
-services, :attr:`Accounts.edge_credential`, a per-process secret that says
-"the edge checked this key". The gateway's gRPC services find their caller
-with :meth:`Accounts.caller`: the edge's account when that credential
-comes with it, otherwise the ``authorization: Bearer <key>`` of an internal
-gRPC client, checked the same way (also the edge's forwarded key, when the
-edge's call reaches another replica behind a load-balanced GATEWAY_ADDR). A
-bare ``x-account-id`` is never trusted.
+The HTTP edge authenticates every keyed request. It calls the other
+services with the account (``x-account-id``), and this process's own
+services in process (runtime/inprocess.py), with the account it checked in
+their context. Those services find their caller with
+:meth:`Accounts.caller`: that account for an in-process call, otherwise the
+``authorization: Bearer <key>`` of an internal gRPC client, checked the same
+way. A bare ``x-account-id`` is never trusted.
 """
 
 from __future__ import annotations
@@ -29,7 +27,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from runtime import clients
+from runtime.inprocess import InProcessContext
 from runtime.errors import ApiError
 from services.gateway.config import KEY_CACHE_SECONDS
 from services.gateway.store.accounts import AccountsTable
@@ -39,8 +37,6 @@ KEY_PREFIX = "vm_"
 DISPLAY_PREFIX_CHARS = len(KEY_PREFIX) + 8
 ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 ACCOUNT_NAME_RULE = "1 to 64 letters, digits or . _ @ -, starting with a letter or digit"
-# The metadata that carries the edge's credential to this process's services.
-EDGE_CREDENTIAL_METADATA = "x-edge-credential"
 # Most keys kept in the cache; past that it starts afresh (a flood of made-up keys is not cached).
 MAX_CACHED_KEYS = 10_000
 
@@ -88,7 +84,6 @@ class Accounts:
 
     def __init__(self, table: AccountsTable) -> None:
         self.table = table
-        self.edge_credential = secrets.token_urlsafe(32)
         self._cache: dict[str, tuple[int, float]] = {}  # key hash → (account, expiry)
 
     async def authenticate(self, authorization: str) -> int:
@@ -110,11 +105,9 @@ class Accounts:
         self._cache[hashed] = (account_id, now + KEY_CACHE_SECONDS.value)
         return account_id
 
-    async def caller(self, context: grpc.aio.ServicerContext) -> int:
-        """The account calling one of the gateway's own gRPC methods that needs a key."""
+    async def caller(self, context) -> int:
+        """The account calling one of the gateway's own services that needs a key."""
+        if isinstance(context, InProcessContext) and context.caller is not None:
+            return context.caller  # the edge checked the key of this request
         metadata = dict(context.invocation_metadata() or ())
-        credential = metadata.get(EDGE_CREDENTIAL_METADATA, "")
-        account = metadata.get(clients.ACCOUNT_ID_METADATA, "")
-        if credential and secrets.compare_digest(credential, self.edge_credential) and account.isdigit():
-            return int(account)  # the edge checked the key of this request
         return await self.authenticate(metadata.get("authorization", ""))

@@ -39,7 +39,7 @@ from services.gateway.dialects.predictor.predictions import PredictionService, t
 from services.gateway.dialects.predictor.webhooks import PredictionWebhooks, WebhookService
 from services.gateway.edge.config import MAX_BODY_BYTES, upstream_names
 from services.gateway.edge.front import HttpFront
-from services.gateway.edge.upstreams import RouteTable
+from services.gateway.edge.upstreams import InProcess, RouteTable
 from services.gateway.generation import request, webhooks
 from services.gateway.generation.audio_inputs import AudioInputs
 from services.gateway.generation.files import Files
@@ -127,16 +127,11 @@ class Gateway:
         self.speech.start()
         self.jobs.start()
         self._sweeper = asyncio.create_task(self._fail_abandoned_generations())
-        # The gRPC server is already listening, so the gateway can reflect on itself too.
-        self.table = RouteTable(upstream_names())
+        # The gateway's own services are called in process; the others over gRPC.
+        self.table = RouteTable(upstream_names(), InProcess("gateway", self.servicers(), self.fully_ready))
         await self.table.discover_all()
         self.table.start_watching()
-        self.front = HttpFront(
-            self.table,
-            self.accounts.authenticate,
-            MAX_BODY_BYTES.value,
-            trusted_metadata=[(accounts.EDGE_CREDENTIAL_METADATA, self.accounts.edge_credential)],
-        )
+        self.front = HttpFront(self.table, self.accounts.authenticate, MAX_BODY_BYTES.value)
         await self.front.start(config.BIND_HOST.value, config.GATEWAY_HTTP_PORT.value)
 
     async def _fail_abandoned_generations(self) -> None:
@@ -168,6 +163,10 @@ class Gateway:
     async def ready(self) -> bool:
         return await self.store.is_reachable()
 
+    async def fully_ready(self) -> bool:
+        """Every one of its services ready (what /readyz asks of the gateway)."""
+        return await self.ready() and await self.generations_ready()
+
     async def generations_ready(self) -> bool:
         """A generation can be served: an online provider offers a voice-cloning model.
 
@@ -183,8 +182,51 @@ class Gateway:
         return any(VOICE_CLONING in model.features for model in models)
 
 
+    def servicers(self) -> list[Servicer]:
+        return [
+            Servicer(
+                generations_pb2_grpc.add_GenerationServiceServicer_to_server,
+                self.generations,
+                "voice.gateway.v1.GenerationService",
+                readiness=self.generations_ready,
+            ),
+            Servicer(
+                speech_pb2_grpc.add_SpeechServiceServicer_to_server,
+                self.speech,
+                "voice.openai.v1.SpeechService",
+                readiness=self.generations_ready,
+            ),
+            Servicer(
+                predictions_pb2_grpc.add_PredictionServiceServicer_to_server,
+                self.predictions,
+                "voice.predictor.v1.PredictionService",
+                readiness=self.generations_ready,
+            ),
+            Servicer(
+                predictions_pb2_grpc.add_FileServiceServicer_to_server,
+                self.files,
+                "voice.predictor.v1.FileService",
+            ),
+            Servicer(
+                predictions_pb2_grpc.add_WebhookServiceServicer_to_server,
+                self.webhooks,
+                "voice.predictor.v1.WebhookService",
+            ),
+            Servicer(
+                models_pb2_grpc.add_ModelServiceServicer_to_server,
+                self.models,
+                "voice.gateway.v1.ModelService",
+            ),
+            Servicer(
+                providers_pb2_grpc.add_ProviderRegistryServiceServicer_to_server,
+                self.registry,
+                "voice.gateway.v1.ProviderRegistryService",
+            ),
+        ]
+
+
 # What the gateway publishes (runtime/limits.py): its protos name these, and the HTTP edge
-# reads them from here to set deadlines and document lengths in /openapi.json.
+# reads them to set deadlines and document lengths in /openapi.json.
 LIMITS = {
     "input_chars": MAX_INPUT_CHARS,
     "collection_chars": MAX_COLLECTION_CHARS,
@@ -197,46 +239,7 @@ def build_spec() -> ServiceSpec:
     gateway = Gateway()
     return ServiceSpec(
         name="gateway",
-        servicers=[
-            Servicer(
-                generations_pb2_grpc.add_GenerationServiceServicer_to_server,
-                gateway.generations,
-                "voice.gateway.v1.GenerationService",
-                readiness=gateway.generations_ready,
-            ),
-            Servicer(
-                speech_pb2_grpc.add_SpeechServiceServicer_to_server,
-                gateway.speech,
-                "voice.openai.v1.SpeechService",
-                readiness=gateway.generations_ready,
-            ),
-            Servicer(
-                predictions_pb2_grpc.add_PredictionServiceServicer_to_server,
-                gateway.predictions,
-                "voice.predictor.v1.PredictionService",
-                readiness=gateway.generations_ready,
-            ),
-            Servicer(
-                predictions_pb2_grpc.add_FileServiceServicer_to_server,
-                gateway.files,
-                "voice.predictor.v1.FileService",
-            ),
-            Servicer(
-                predictions_pb2_grpc.add_WebhookServiceServicer_to_server,
-                gateway.webhooks,
-                "voice.predictor.v1.WebhookService",
-            ),
-            Servicer(
-                models_pb2_grpc.add_ModelServiceServicer_to_server,
-                gateway.models,
-                "voice.gateway.v1.ModelService",
-            ),
-            Servicer(
-                providers_pb2_grpc.add_ProviderRegistryServiceServicer_to_server,
-                gateway.registry,
-                "voice.gateway.v1.ProviderRegistryService",
-            ),
-        ],
+        servicers=gateway.servicers(),
         on_start=gateway.start,
         on_stop=gateway.stop,
         readiness=gateway.ready,

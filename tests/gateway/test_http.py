@@ -351,3 +351,24 @@ async def eventually(condition, timeout: float = 60.0) -> None:
     while not condition():
         assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
         await asyncio.sleep(0.05)
+
+
+async def test_the_gateways_own_routes_are_served_in_process_not_over_its_grpc_port(mesh, accounts):
+    """A gateway whose address in the mesh leads nowhere (GATEWAY_ADDR) cannot reach its own gRPC port,
+    yet serves its own routes, generations and predictions included: the edge calls them in process.
+    Another service's routes (the library's) still come over gRPC."""
+    alice, _ = accounts
+    async with extra_gateway(mesh, GATEWAY_ADDR="127.0.0.1:9") as gateway:
+        async with aiohttp.ClientSession(base_url=gateway.http_url) as session:
+            models = await session.get("/v1/models", headers=alice.headers)
+            assert models.status == 200, await models.text()
+            made = await session.post(
+                "/v1/voice/generations",
+                json={"input": "[S1] Served in process.", "max_new_tokens": 256, "seed": 1},
+                headers=alice.headers,
+            )
+            assert made.status == 200, await made.text()
+            assert made.headers["X-Generation-Id"].startswith("gen_") and made.headers["X-Max-New-Tokens"] == "256"
+            samples = await session.get("/v1/voice/samples", headers=alice.headers)
+            assert samples.status == 200
+            assert (await session.get("/v1/voice/generations", headers={})).status == 401  # the key is still checked

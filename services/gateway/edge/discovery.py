@@ -1,6 +1,6 @@
 """What an upstream serves over HTTP, learnt through gRPC server reflection.
 
-The gateway never imports an upstream's generated code: it asks the running
+The gateway never imports another upstream's generated code: it asks the running
 server for its services (``list_services``) and for the files that define
 them (``file_containing_symbol``, then ``file_by_filename`` for any missing
 import), rebuilds them in a private DescriptorPool, and makes one
@@ -8,6 +8,11 @@ import), rebuilds them in a private DescriptorPool, and makes one
 those descriptors. It also asks the upstream for the limits it publishes
 (voice.api.v1.LimitsService): the values of the limits its protos name
 (deadlines, longest texts), which each Rpc keeps beside its rules.
+
+The gateway's own services are the exception: this process serves them, so
+their routes come from its own descriptors (with the comments `make protos`
+keeps) and its own published limits, and each Rpc keeps the servicer's
+method, which the front calls in process (runtime/inprocess.py).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping
 
 import grpc
 from google.api import annotations_pb2, http_pb2
@@ -55,6 +60,9 @@ class Rpc:
     stream: Rpc | None = None
     # The limits its upstream published when it was reflected on, by name (see published_limits).
     limits: Mapping[str, float] = dataclasses.field(default_factory=dict, compare=False)
+    # The servicer's method, when the upstream is this process (runtime/inprocess.py calls it);
+    # None for another service's, called over gRPC.
+    local: Callable | None = dataclasses.field(default=None, compare=False)
 
     def streams(self, payload: bytes) -> bool:
         """Whether the serialized request asks for the stream: its stream_field is true or not empty."""
@@ -218,16 +226,44 @@ def _keep(found: dict[str, str], name: str, comment: str | None) -> None:
         found[name] = "\n\n".join(paragraphs)
 
 
+def commented_files(pool, services: list[str]) -> dict[str, str]:
+    """The comments of the services' proto files and of every file they import, by full name, as
+    `pool` (runtime.server.reflection_pool: our protos with their comments) keeps them."""
+    comments: dict[str, str] = {}
+    pending = [pool.FindFileByName(_file_of(name)) for name in services]
+    seen: set[str] = set()
+    while pending:
+        file = pending.pop()
+        if file.name in seen:
+            continue
+        seen.add(file.name)
+        proto = descriptor_pb2.FileDescriptorProto()
+        file.CopyToProto(proto)
+        comments.update(comments_of(proto))
+        pending += [pool.FindFileByName(name) for name in proto.dependency]
+    return comments
+
+
+def _file_of(service_name: str) -> str:
+    return descriptor_pool.Default().FindServiceByName(service_name).file.name
+
+
 def _missing_imports(files: dict[str, descriptor_pb2.FileDescriptorProto]) -> set[str]:
     return {dep for proto in files.values() for dep in proto.dependency if dep not in files}
 
 
 def routes_of(
-    upstream: str, pool: descriptor_pool.DescriptorPool, services: list[str], limits: Mapping[str, float] | None = None
+    upstream: str,
+    pool: descriptor_pool.DescriptorPool,
+    services: list[str],
+    limits: Mapping[str, float] | None = None,
+    implementations: Mapping[str, object] | None = None,
 ) -> list[Route]:
     """One route per google.api.http binding (additional_bindings included) of the services;
-    `limits` are the ones the upstream publishes."""
+    `limits` are the ones the upstream publishes; `implementations` the servicers of services
+    this process serves itself, by name (their methods are called in process)."""
     limits = dict(limits or {})
+    implementations = implementations or {}
     found = []
     for service_name in services:
         service = pool.FindServiceByName(service_name)
@@ -237,7 +273,7 @@ def routes_of(
                 continue  # internal RPC: no HTTP route
             rule = options.Extensions[annotations_pb2.http]
             try:
-                rpc = _rpc(upstream, service, method, limits)
+                rpc = _rpc(upstream, service, method, limits, implementations.get(service_name))
             except ValueError as error:
                 log.warning("skipping HTTP rule of %s: %s", method.full_name, error)
                 continue
@@ -254,6 +290,7 @@ def _rpc(
     service: descriptor.ServiceDescriptor,
     method: descriptor.MethodDescriptor,
     limits: Mapping[str, float],
+    implementation: object | None = None,
 ) -> Rpc:
     rules = method.GetOptions().Extensions[voice_annotations.method]
     if rules.deadline_limit and rules.deadline_limit not in limits:
@@ -267,7 +304,7 @@ def _rpc(
         if streaming is None or not streaming.server_streaming or streaming.client_streaming:
             raise ValueError(f"stream_method {rules.stream_method!r} is no server-streaming method of {service.full_name}")
         field_at(method.input_type, rules.stream_field)  # raises ValueError when it names no field
-        stream = _rpc(upstream, service, streaming, limits)
+        stream = _rpc(upstream, service, streaming, limits, implementation)
     return Rpc(
         upstream=upstream,
         path=f"/{service.full_name}/{method.name}",
@@ -277,6 +314,7 @@ def _rpc(
         rules=rules,
         stream=stream,
         limits=limits,
+        local=getattr(implementation, method.name) if implementation is not None else None,
     )
 
 

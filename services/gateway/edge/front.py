@@ -15,6 +15,7 @@ they come). The edge knows no method by name.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -26,12 +27,12 @@ import prometheus_client
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from runtime import clients, config, logs
+from runtime import clients, config, inprocess, logs
 from runtime.errors import DEFAULT_REASONS, ApiError, internal_error, not_found
 from services.gateway.edge import cors, errors, openapi, protocol, transcoding
 from services.gateway.edge.config import MAX_HEADER_BYTES, MAX_URL_BYTES, PUBLIC_METRICS
 from services.gateway.edge.dashboard import Dashboard
-from services.gateway.edge.discovery import Route
+from services.gateway.edge.discovery import Route, Rpc
 from services.gateway.edge.upstreams import RouteTable
 
 log = logging.getLogger("gateway.http")
@@ -88,14 +89,10 @@ class HttpFront:
         table: RouteTable,
         authenticate: Authenticate,
         max_body_bytes: int,
-        trusted_metadata: Sequence[tuple[str, str]] = (),
     ) -> None:
         self.table = table
         self.authenticate = authenticate
         self.max_body_bytes = max_body_bytes
-        # Sent with every authenticated call, beside the account: how the
-        # upstream knows the key was checked here.
-        self.trusted_metadata = tuple(trusted_metadata)
         # client_max_size makes aiohttp stop reading (and raise) past the limit,
         # for bodies whose size is not announced up front.
         self.app = web.Application(client_max_size=max_body_bytes, middlewares=[self._middleware, cors.preflight])
@@ -305,18 +302,15 @@ class HttpFront:
         return http
 
     def _metadata(self, request: web.Request, account_id: int | None, route: Route) -> tuple:
-        """The route's passed-on request headers, then the caller's identity when signed in."""
+        """The route's passed-on request headers, then the caller's account when signed in (the key
+        was checked here; another service takes the account the mesh sends, never the key)."""
         metadata: tuple = tuple(
             (key, _text(request.headers[header], f"the {header} header"))
             for header, key in route.rpc.passed_on_headers.items()
             if header in request.headers
         )
         if account_id is not None:
-            metadata += (
-                (clients.ACCOUNT_ID_METADATA, str(account_id)),
-                ("authorization", request.headers["Authorization"]),
-                *self.trusted_metadata,
-            )
+            metadata += ((clients.ACCOUNT_ID_METADATA, str(account_id)),)
         return metadata
 
     async def _stream(
@@ -331,20 +325,15 @@ class HttpFront:
         which stops the generation."""
         rpc = route.rpc.stream
         assert rpc is not None
-        upstream = self.table.upstreams[rpc.upstream]
-        method = upstream.channel.unary_stream(
-            rpc.path, request_serializer=None, response_deserializer=rpc.response_class.FromString
-        )
-        call = method(payload, metadata=self._metadata(request, account_id, route), timeout=rpc.deadline_seconds())
+        answers, response_metadata = self._open_stream(rpc, route, payload, request, account_id)
         forwarded = rpc.forwarded_headers
-        try:
+        async with contextlib.aclosing(answers):  # closed early, it stops the generation of a client gone
             try:
-                first = await call.read()
-            except grpc.aio.AioRpcError as rpc_error:
-                error = _public(ApiError.from_rpc_error(rpc_error), upstream.name, route)
-                return error_response(error, _forwarded(_all_metadata(rpc_error), forwarded))
-            headers = _forwarded(await call.initial_metadata(), forwarded)
-            body = _http_body(first, route.response_body) if first is not grpc.aio.EOF else None
+                first = await anext(answers, None)
+            except _Failed as failed:
+                return error_response(failed.error, _forwarded(failed.metadata, forwarded))
+            headers = _forwarded(await response_metadata(), forwarded)
+            body = _http_body(first, route.response_body) if first is not None else None
             response = web.StreamResponse(
                 headers={"Content-Type": body.content_type if body else DEFAULT_STREAM_TYPE, **headers}
             )
@@ -354,33 +343,95 @@ class HttpFront:
                 if body.data:
                     await response.write(body.data)  # ConnectionResetError once the client is gone
                 try:
-                    message = await call.read()
-                except grpc.aio.AioRpcError as rpc_error:
-                    log.warning("stream failed after its first chunk", extra={"code": rpc_error.code().name})
+                    message = await anext(answers, None)
+                except _Failed as failed:
+                    log.warning("stream failed after its first chunk", extra={"type": failed.error.reason.lower()})
                     if request.transport is not None:
                         request.transport.close()  # no final chunk: the client sees the body cut short
                     return response
-                body = _http_body(message, route.response_body) if message is not grpc.aio.EOF else None
+                body = _http_body(message, route.response_body) if message is not None else None
             await response.write_eof()
             return response
-        finally:
-            call.cancel()  # a no-op once the stream has ended; stops the generation of a client gone
+
+    def _open_stream(self, rpc: Rpc, route: Route, payload: bytes, request: web.Request, account_id: int | None):
+        """The streaming method's answers (an async iterator raising _Failed) and an async getter of the
+        response metadata it sent; this process's own methods are called in process."""
+        if rpc.local is not None:
+            context = self._in_process_context(rpc, request, account_id, route)
+            answers = inprocess.stream(rpc.path, rpc.local, rpc.request_class.FromString(payload), context)
+
+            async def metadata():
+                return context.response_metadata()
+
+            return _failing_as(answers, rpc.upstream, route, context.response_metadata), metadata
+        upstream = self.table.upstreams[rpc.upstream]
+        method = upstream.channel.unary_stream(
+            rpc.path, request_serializer=None, response_deserializer=rpc.response_class.FromString
+        )
+        call = method(payload, metadata=self._metadata(request, account_id, route), timeout=rpc.deadline_seconds())
+        return _read(call, upstream.name, route), call.initial_metadata
 
     async def _call(self, route: Route, payload: bytes, request: web.Request, account_id: int | None) -> UpstreamReply:
-        upstream = self.table.upstreams[route.rpc.upstream]
+        rpc = route.rpc
+        headers = rpc.forwarded_headers
+        if rpc.local is not None:  # this process's own method: in process
+            context = self._in_process_context(rpc, request, account_id, route)
+            try:
+                response = await inprocess.call(rpc.path, rpc.local, rpc.request_class.FromString(payload), context)
+            except ApiError as error:
+                error = _public(error, rpc.upstream, route)
+                return UpstreamReply(error=error, headers=_forwarded(context.response_metadata(), headers))
+            return UpstreamReply(response=response, headers=_forwarded(context.response_metadata(), headers))
+        upstream = self.table.upstreams[rpc.upstream]
         method = upstream.channel.unary_unary(
-            route.rpc.path,
+            rpc.path,
             request_serializer=None,  # the payload is the serialized request message
-            response_deserializer=route.rpc.response_class.FromString,
+            response_deserializer=rpc.response_class.FromString,
         )
-        call = method(payload, metadata=self._metadata(request, account_id, route), timeout=route.rpc.deadline_seconds())
-        headers = route.rpc.forwarded_headers
+        call = method(payload, metadata=self._metadata(request, account_id, route), timeout=rpc.deadline_seconds())
         try:
             response = await call
         except grpc.aio.AioRpcError as rpc_error:
             error = _public(ApiError.from_rpc_error(rpc_error), upstream.name, route)
             return UpstreamReply(error=error, headers=_forwarded(_all_metadata(rpc_error), headers))
         return UpstreamReply(response=response, headers=_forwarded(await call.initial_metadata(), headers))
+
+    def _in_process_context(
+        self, rpc: Rpc, request: web.Request, account_id: int | None, route: Route
+    ) -> inprocess.InProcessContext:
+        """A call of this process's own method: the route's passed-on headers, its deadline, and the account
+        whose key the edge checked (in the context, where no metadata could forge it)."""
+        timeout = rpc.deadline_seconds() or config.UPSTREAM_TIMEOUT_SECONDS.value
+        return inprocess.InProcessContext(self._metadata(request, None, route), timeout, caller=account_id)
+
+
+class _Failed(Exception):
+    """A streamed call that failed: the error its caller gets, and the response metadata sent with it."""
+
+    def __init__(self, error: ApiError, metadata) -> None:
+        self.error = error
+        self.metadata = metadata
+
+
+async def _read(call, upstream: str, route: Route):
+    """A gRPC stream's answers; its failure as _Failed. Closed, it cancels the call."""
+    try:
+        while (message := await call.read()) is not grpc.aio.EOF:
+            yield message
+    except grpc.aio.AioRpcError as rpc_error:
+        raise _Failed(_public(ApiError.from_rpc_error(rpc_error), upstream, route), _all_metadata(rpc_error)) from None
+    finally:
+        call.cancel()  # a no-op once the stream has ended; stops the generation of a client gone
+
+
+async def _failing_as(answers, upstream: str, route: Route, metadata):
+    """An in-process stream's answers; its failure as _Failed."""
+    async with contextlib.aclosing(answers):
+        try:
+            async for message in answers:
+                yield message
+        except ApiError as error:
+            raise _Failed(_public(error, upstream, route), metadata()) from None
 
 
 def _http_body(message, field: str):

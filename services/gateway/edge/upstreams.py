@@ -8,20 +8,24 @@ reflects again each time a new stream reports SERVING. When the upstream stops
 serving or goes away, the gateway lets go of the stream and tries a new one
 with a growing backoff. An upstream that is down keeps its last routes and
 limits, so its endpoints answer 503 rather than 404 and stay documented as
-they were.
+they were. The gateway's own services are an InProcessUpstream: their routes
+are known from the start and their methods are called in process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Sequence
 
 import grpc
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from runtime import clients, config
+from runtime import clients, config, limits
 from runtime.clients import FIRST_RECONNECT_SECONDS, RECONNECT_BACKOFF_SECONDS
-from runtime.server import stop_task
+from runtime.server import Servicer, reflection_pool, stop_task
 from services.gateway.edge import discovery
 from services.gateway.edge.config import READINESS_CHECK_TIMEOUT_SECONDS
 from services.gateway.edge.discovery import Route
@@ -29,6 +33,8 @@ from services.gateway.edge.discovery import Route
 log = logging.getLogger("gateway.upstreams")
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
+# Whether this process's own services are ready (its health's answer).
+Readiness = Callable[[], Awaitable[bool]]
 
 
 class Upstream:
@@ -118,18 +124,71 @@ class Upstream:
         await self.control.close()
 
 
+@dataclass(frozen=True)
+class InProcess:
+    """This very process's services (the gateway's own): its name among the upstreams, its servicers,
+    and whether they are all ready."""
+
+    name: str
+    servicers: Sequence[Servicer]
+    readiness: Readiness
+
+
+class InProcessUpstream:
+    """The services of this very process, called in process, not over gRPC."""
+
+    def __init__(self, own: InProcess, on_routes_changed) -> None:
+        self.name = own.name
+        self.servicers = list(own.servicers)
+        self._readiness = own.readiness
+        self.routes: list[Route] = []
+        self.comments: dict[str, str] = {}
+        self.services = [servicer.full_name for servicer in self.servicers]
+        self.limits: dict[str, float] = {}
+        self.discovered = False
+        self._on_routes_changed = on_routes_changed
+
+    async def discover(self) -> None:
+        """Routes from this process's own descriptors and limits (they cannot change while it runs)."""
+        self.limits = limits.values()
+        implementations = {servicer.full_name: servicer.implementation for servicer in self.servicers}
+        self.routes = discovery.routes_of(
+            self.name, descriptor_pool.Default(), self.services, self.limits, implementations
+        )
+        self.comments = discovery.commented_files(reflection_pool(), self.services)
+        self.discovered = True
+        log.info("serving this process's services in process", extra={"upstream": self.name, "routes": len(self.routes)})
+        self._on_routes_changed()
+
+    async def try_discover(self) -> bool:
+        await self.discover()
+        return True
+
+    def start_watching(self) -> None:
+        pass  # nothing to watch: it is this process
+
+    async def is_serving(self) -> bool:
+        """Ready as its health says: the process's readiness, and each service's own."""
+        return await self._readiness()
+
+    async def close(self) -> None:
+        pass
+
+
 class RouteTable:
     """Every upstream's routes, most specific template first."""
 
-    def __init__(self, names: list[str]) -> None:
+    def __init__(self, names: list[str], in_process: InProcess | None = None) -> None:
         unknown = [name for name in names if name not in config.SERVICES]
         if unknown:
             raise SystemExit(
                 f"GATEWAY_UPSTREAMS names unknown services {unknown}; known: {sorted(config.SERVICES)}"
             )
-        self.upstreams = {
+        self.upstreams: dict[str, Upstream | InProcessUpstream] = {
             name: Upstream(name, config.SERVICES[name].address.value, self._rebuild) for name in names
         }
+        if in_process is not None and in_process.name in self.upstreams:
+            self.upstreams[in_process.name] = InProcessUpstream(in_process, self._rebuild)
         self.routes: list[Route] = []
 
     def _rebuild(self) -> None:
