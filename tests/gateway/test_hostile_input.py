@@ -174,6 +174,30 @@ async def test_json_nested_too_deeply_is_invalid_json(http, accounts, depth):
     assert "nested" in error["message"]
 
 
+# Every JSON route: a lone UTF-16 surrogate escape as a key is no Unicode text, and no field's name.
+JSON_ROUTES = [
+    ("POST", "/v1/voice/generations"),
+    ("POST", "/v1/predictions"),
+    ("POST", "/v1/audio/speech"),
+    ("PATCH", "/v1/voice/generations/1"),
+    ("PATCH", "/v1/voice/samples/1"),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [(method, path, b'{"\\ud800": 1}') for method, path in JSON_ROUTES]
+    + [("POST", "/v1/predictions", b'{"version": "nari-labs/dia", "input": {"text": "[S1] Hi.", "\\udfff": 1}}')],
+)
+async def test_a_lone_surrogate_as_a_json_key_is_invalid_json(http, accounts, method, path, body):
+    alice, _ = accounts
+    before = await history_ids(http, alice)
+    response = await http.request(method, path, data=body, headers={**alice.headers, "Content-Type": "application/json"})
+    error = await assert_error(response, 400, "invalid_json")
+    assert "surrogate" in error["message"]
+    assert await history_ids(http, alice) == before
+
+
 @pytest.mark.parametrize(
     ("content_type", "body"),
     [

@@ -155,6 +155,13 @@ def _parse_json(http: HttpInput):
         raise invalid_argument("INVALID_JSON", f"the request body is not valid JSON: {error}") from None
     if _depth(document, limit) > limit:
         raise too_deep  # before anything recursive (protobuf's parser) walks it
+    if _has_lone_surrogate_key(document):
+        # protobuf's parser looks every key up as a field name and fails inside on one (a SystemError).
+        raise invalid_argument(
+            "INVALID_JSON",
+            "the request body is not valid JSON text: an object key holds a lone UTF-16 surrogate escape "
+            "(\\ud800 to \\udfff), which is no Unicode character",
+        )
     return document
 
 
@@ -170,6 +177,28 @@ def _depth(document, limit: int) -> int:
             item for container in containers for item in (container.values() if isinstance(container, dict) else container)
         ]
     return depth
+
+
+def _has_lone_surrogate_key(document) -> bool:
+    """Whether an object key anywhere holds a lone surrogate (json.loads keeps "\\ud800" as one), without recursion."""
+    stack = [document]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if any(not key.isascii() and not _is_text(key) for key in item):
+                return True
+            stack.extend(value for value in item.values() if isinstance(value, (dict, list)))
+        elif isinstance(item, list):
+            stack.extend(value for value in item if isinstance(value, (dict, list)))
+    return False
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _fill_from_json_body(request: message.Message, route: Route, http: HttpInput) -> None:
