@@ -8,12 +8,15 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import uuid
 
 import aiohttp
+import asyncpg
 import pytest
 from yarl import URL
 
-from tests.gateway.conftest import assert_error, extra_gateway
+from tests.conftest import ROOT
+from tests.gateway.conftest import Account, assert_error, created, extra_gateway, make_key
 
 ERROR_KEYS = {"type", "message", "param"}
 
@@ -228,6 +231,102 @@ async def test_json_with_or_without_a_json_content_type_is_read(http, accounts, 
     await assert_error(response, 400, "invalid_parameter", "colour")
 
 
+# --- /v1/files metadata: free-form JSON that PostgreSQL and protobuf must both hold ------------
+
+
+def nested(depth: int, kind: str = "object") -> str:
+    """JSON `depth` levels deep: {"a": {"a": ... 1}} or [[... 1]] (a flat object is 1)."""
+    opening, closing = ('{"a": ', "}") if kind == "object" else ("[", "]")
+    return opening * depth + "1" + closing * depth
+
+
+async def upload_file(http, account, metadata: str | None = None) -> aiohttp.ClientResponse:
+    form = aiohttp.FormData()
+    form.add_field("content", b"RIFF", filename="a.wav", content_type="audio/wav")
+    if metadata is not None:
+        form.add_field("metadata", metadata)
+    return await http.post("/v1/files", data=form, headers=account.headers)
+
+
+async def file_ids(http, account) -> list[str]:
+    response = await http.get("/v1/files", headers=account.headers)
+    body = await response.json()
+    assert response.status == 200, body
+    return [found["id"] for found in body["results"]]
+
+
+HOSTILE_METADATA = {
+    "NaN": '{"a": NaN}',
+    "Infinity": '{"a": Infinity}',
+    "-Infinity": '{"a": -Infinity}',
+    "1e400": '{"a": 1e400}',
+    "-1e400": '{"a": [-1e400]}',
+    "an integer no double holds": '{"a": 1' + "0" * 400 + "}",
+    "a lone surrogate as a key": '{"\\ud800": 1}',
+    "a lone surrogate as a value": '{"a": ["\\udfff"]}',
+    "NUL in a value": '{"a": "x\\u0000y"}',
+    "NUL in a key": '{"b": {"x\\u0000": 1}}',
+    "100,000 levels of lists": "[" * 100_000 + "]" * 100_000,
+    "100,000 levels of objects": nested(100_000),
+    "150 levels of objects": nested(150),
+    "a list": "[1]",
+    "not JSON": "{a: 1}",
+}
+
+
+@pytest.mark.parametrize("problem", HOSTILE_METADATA)
+async def test_file_metadata_that_cannot_be_stored_or_read_back_is_refused(http, accounts, mesh, problem):
+    alice, _ = accounts
+    before = await file_ids(http, alice)
+    mark = len(mesh.log_lines["gateway"])
+    error = await assert_error(await upload_file(http, alice, HOSTILE_METADATA[problem]), 400, "invalid_parameter", "metadata")
+    assert "Traceback" not in error["message"]
+    assert await file_ids(http, alice) == before  # nothing stored, and the listing still answers
+    assert not any("Traceback" in line for line in mesh.log_lines["gateway"][mark:])
+
+
+async def test_file_metadata_of_the_default_depth_is_kept_and_one_level_more_refused(http, accounts):
+    """GATEWAY_MAX_METADATA_DEPTH (32, the most a protobuf Struct can carry back in a File) is stored
+    and read back, in the listing too; 33 levels are refused before anything is stored."""
+    alice, _ = accounts
+    for kind in ("object", "list"):
+        deepest = '{"deep": ' + nested(31, kind) + "}"
+        stored = await created(await upload_file(http, alice, deepest))
+        assert stored["metadata"] == json.loads(deepest)
+        assert (await created(await http.get(f"/v1/files/{stored['id']}", headers=alice.headers)))["metadata"] == json.loads(deepest)
+        assert stored["id"] in await file_ids(http, alice)
+        before = await file_ids(http, alice)
+        response = await upload_file(http, alice, '{"deep": ' + nested(32, kind) + "}")
+        error = await assert_error(response, 400, "invalid_parameter", "metadata")
+        assert "32" in error["message"]
+        assert await file_ids(http, alice) == before
+
+
+async def test_metadata_stored_before_the_check_no_longer_breaks_the_listing(http, mesh, database, key_env):
+    """Rows that older gateways stored (too deep, or a number no double holds) made every GET /v1/files
+    of their account fail; migration 007 blanks their metadata, the files stay listed."""
+    owner = Account(f"files-{uuid.uuid4().hex[:8]}", "")
+    owner.key = make_key(owner.name, key_env)
+    fine = await created(await upload_file(http, owner, '{"purpose": "test"}'))
+    poisoned = {
+        (await created(await upload_file(http, owner)))["id"]: nested(150),
+        (await created(await upload_file(http, owner)))["id"]: '{"a": 1' + "0" * 400 + "}",
+    }
+    connection = await asyncpg.connect(database.url)
+    try:
+        for file_id, metadata in poisoned.items():  # as an unchecked gateway stored them
+            await connection.execute("UPDATE gateway.prediction_files SET metadata = $2::jsonb WHERE id = $1", file_id, metadata)
+        assert (await http.get("/v1/files", headers=owner.headers)).status == 500  # what the migration repairs
+        migration = ROOT / "services" / "gateway" / "migrations" / "007_file_metadata_readable.sql"
+        await connection.execute("SET search_path TO gateway")
+        await connection.execute(migration.read_text())
+    finally:
+        await connection.close()
+    listing = await created(await http.get("/v1/files", headers=owner.headers))
+    metadata = {found["id"]: found["metadata"] for found in listing["results"]}
+    assert metadata == {fine["id"]: {"purpose": "test"}, **{file_id: {} for file_id in poisoned}}
+
+
 # --- what aiohttp answers by itself ----------------------------------------------
 
 
@@ -285,6 +384,7 @@ async def test_no_response_names_the_server_software(http, accounts, mesh):
 
 URL_LIMIT = HEADER_LIMIT = 1000
 JSON_DEPTH = 3
+METADATA_DEPTH = 2
 
 
 @pytest.fixture(scope="module")
@@ -293,6 +393,7 @@ async def strict_gateway(mesh):
         "GATEWAY_MAX_URL_BYTES": str(URL_LIMIT),
         "GATEWAY_MAX_HEADER_BYTES": str(HEADER_LIMIT),
         "GATEWAY_MAX_JSON_DEPTH": str(JSON_DEPTH),
+        "GATEWAY_MAX_METADATA_DEPTH": str(METADATA_DEPTH),
         "GATEWAY_PUBLIC_METRICS": "false",
     }
     async with extra_gateway(mesh, **settings) as gateway:
@@ -330,6 +431,19 @@ async def test_json_of_the_depth_limit_is_read_and_one_level_more_refused(strict
         response = await http.post("/v1/voice/generations", data=b'{"speakers": {"S1": [[1]]}}', headers=headers)
         error = await assert_error(response, 400, "invalid_json")
         assert str(JSON_DEPTH) in error["message"]
+
+
+async def test_file_metadata_of_the_depth_limit_is_kept_and_one_level_more_refused(strict_gateway, accounts):
+    alice, _ = accounts
+    async with aiohttp.ClientSession(base_url=strict_gateway.http_url) as http:
+        for kind in ("object", "list"):
+            at_limit = '{"a": ' + nested(METADATA_DEPTH - 1, kind) + "}"
+            assert (await created(await upload_file(http, alice, at_limit)))["metadata"] == json.loads(at_limit)
+            before = await file_ids(http, alice)
+            response = await upload_file(http, alice, '{"a": ' + nested(METADATA_DEPTH, kind) + "}")
+            error = await assert_error(response, 400, "invalid_parameter", "metadata")
+            assert f"more than {METADATA_DEPTH} levels" in error["message"]
+            assert await file_ids(http, alice) == before
 
 
 async def test_metrics_can_be_kept_off_the_public_port(strict_gateway, http):

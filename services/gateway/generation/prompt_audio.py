@@ -36,6 +36,7 @@ from runtime.database import connection
 from runtime.errors import ApiError, invalid_parameter, not_found
 from services.gateway.config import MAX_FILE_BYTES, PREDICTION_URL_ALLOW_LIST, PUBLIC_URL
 from services.gateway.generation import prompt, webhooks
+from services.gateway.generation.metadata import parse_metadata
 from voice.gateway.v1 import predictions_pb2, predictions_pb2_grpc
 from voice.library.v1 import library_pb2, library_pb2_grpc
 
@@ -221,14 +222,7 @@ class Files(predictions_pb2_grpc.FileServiceServicer):
                 f"the file is larger than the limit of {MAX_FILE_BYTES.value} bytes",
                 param="content",
             )
-        metadata = {}
-        if request.metadata:
-            try:
-                metadata = json.loads(request.metadata)
-            except ValueError:
-                metadata = None
-            if not isinstance(metadata, dict):
-                raise invalid_parameter("metadata", "metadata must be a JSON object")
+        metadata = parse_metadata(request.metadata)
         file_id = FILE_ID_PREFIX + secrets.token_hex(12)
         name = request.filename or file_id
         async with connection(self.generations.pool()) as db:
