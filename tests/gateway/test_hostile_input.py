@@ -6,9 +6,11 @@ refused is not stored."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import re
 import uuid
+import zlib
 
 import aiohttp
 import asyncpg
@@ -327,6 +329,59 @@ async def test_metadata_stored_before_the_check_no_longer_breaks_the_listing(htt
     assert metadata == {fine["id"]: {"purpose": "test"}, **{file_id: {} for file_id in poisoned}}
 
 
+# --- Content-Encoding: gzip and deflate bodies are read decompressed, others refused ---------
+
+FILE_FORM = (
+    b'--x\r\nContent-Disposition: form-data; name="content"; filename="a.wav"\r\nContent-Type: audio/wav\r\n\r\n'
+    b"RIFF and some bytes\r\n--x\r\nContent-Disposition: form-data; name=\"metadata\"\r\n\r\n{\"k\": 1}\r\n--x--\r\n"
+)
+FORM_TYPE = "multipart/form-data; boundary=x"
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+@pytest.mark.parametrize(
+    ("path", "content_type", "body"),
+    [
+        ("/v1/files", FORM_TYPE, FILE_FORM),
+        ("/v1/voice/samples", FORM_TYPE, b'--x\r\nContent-Disposition: form-data; name="speaker_name"\r\n\r\nAda\r\n--x--\r\n'),
+        ("/v1/voice/generations", "application/json", b'{"input": "[S1] Hello."}'),
+    ],
+)
+async def test_a_body_that_is_not_in_its_content_encoding_is_invalid_request(http, accounts, coding, path, content_type, body):
+    alice, _ = accounts
+    files, generations = await file_ids(http, alice), await history_ids(http, alice)
+    headers = {**alice.headers, "Content-Type": content_type, "Content-Encoding": coding}
+    error = await assert_error(await http.post(path, data=body, headers=headers), 400, "invalid_request")
+    assert coding in error["message"]
+    assert (await file_ids(http, alice), await history_ids(http, alice)) == (files, generations)
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "GZip"])
+async def test_a_compressed_upload_is_read_decompressed(http, accounts, coding):
+    alice, _ = accounts
+    body = gzip.compress(FILE_FORM) if coding.lower() == "gzip" else zlib.compress(FILE_FORM)
+    headers = {**alice.headers, "Content-Type": FORM_TYPE, "Content-Encoding": coding}
+    stored = await created(await http.post("/v1/files", data=body, headers=headers))
+    assert stored["metadata"] == {"k": 1}
+    content = await http.get(f"/v1/files/{stored['id']}/content", headers=alice.headers)
+    assert await content.read() == b"RIFF and some bytes"
+    # JSON too: read decompressed, so its field is named.
+    headers = {**alice.headers, "Content-Type": "application/json", "Content-Encoding": coding}
+    body = b'{"input": 5}'
+    compressed = gzip.compress(body) if coding.lower() == "gzip" else zlib.compress(body)
+    await assert_error(await http.post("/v1/voice/generations", data=compressed, headers=headers), 400, "invalid_parameter", "input")
+
+
+@pytest.mark.parametrize("coding", ["br", "zstd", "compress", "gzip, gzip", "bogus"])
+async def test_a_content_encoding_the_api_does_not_decode_is_415(http, accounts, coding):
+    alice, _ = accounts
+    before = await file_ids(http, alice)
+    headers = {**alice.headers, "Content-Type": FORM_TYPE, "Content-Encoding": coding}
+    error = await assert_error(await http.post("/v1/files", data=FILE_FORM, headers=headers), 415, "unsupported_media_type")
+    assert "gzip" in error["message"] and "Please install" not in error["message"]
+    assert await file_ids(http, alice) == before
+
+
 # --- what aiohttp answers by itself ----------------------------------------------
 
 
@@ -385,6 +440,7 @@ async def test_no_response_names_the_server_software(http, accounts, mesh):
 URL_LIMIT = HEADER_LIMIT = 1000
 JSON_DEPTH = 3
 METADATA_DEPTH = 2
+BODY_LIMIT = 100_000
 
 
 @pytest.fixture(scope="module")
@@ -394,6 +450,7 @@ async def strict_gateway(mesh):
         "GATEWAY_MAX_HEADER_BYTES": str(HEADER_LIMIT),
         "GATEWAY_MAX_JSON_DEPTH": str(JSON_DEPTH),
         "GATEWAY_MAX_METADATA_DEPTH": str(METADATA_DEPTH),
+        "GATEWAY_MAX_BODY_BYTES": str(BODY_LIMIT),
         "GATEWAY_PUBLIC_METRICS": "false",
     }
     async with extra_gateway(mesh, **settings) as gateway:
@@ -444,6 +501,21 @@ async def test_file_metadata_of_the_depth_limit_is_kept_and_one_level_more_refus
             error = await assert_error(response, 400, "invalid_parameter", "metadata")
             assert f"more than {METADATA_DEPTH} levels" in error["message"]
             assert await file_ids(http, alice) == before
+
+
+async def test_a_compressed_body_is_held_to_the_body_limit_once_decompressed(strict_gateway, accounts):
+    alice, _ = accounts
+    async with aiohttp.ClientSession(base_url=strict_gateway.http_url) as http:
+        before = await file_ids(http, alice)
+        for path, content_type, body in [
+            ("/v1/files", FORM_TYPE, FILE_FORM.replace(b"RIFF and some bytes", b"\0" * BODY_LIMIT)),
+            ("/v1/voice/generations", "application/json", b'{"input": "' + b" " * BODY_LIMIT + b'"}'),
+        ]:
+            compressed = gzip.compress(body)
+            assert len(compressed) < BODY_LIMIT // 100
+            headers = {**alice.headers, "Content-Type": content_type, "Content-Encoding": "gzip"}
+            await assert_error(await http.post(path, data=compressed, headers=headers), 413, "request_too_large")
+        assert await file_ids(http, alice) == before
 
 
 async def test_metrics_can_be_kept_off_the_public_port(strict_gateway, http):

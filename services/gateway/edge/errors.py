@@ -93,6 +93,12 @@ def unsupported_media_type(message: str) -> ApiError:
     return ApiError(grpc.StatusCode.INVALID_ARGUMENT, "UNSUPPORTED_MEDIA_TYPE", message)
 
 
+def unsupported_content_encoding(coding: str) -> ApiError:
+    return unsupported_media_type(
+        f"the body's Content-Encoding {coding[:50]!r} is not supported: send it as it is, or gzip or deflate"
+    )
+
+
 class MethodNotAllowed(ApiError):
     """The path exists, for other methods (listed in the Allow header)."""
 

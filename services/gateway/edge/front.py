@@ -163,6 +163,8 @@ class HttpFront:
                 response = await handler(request)
             except ApiError as error:
                 response = error_response(error)
+                if request.content.exception() is not None:
+                    response.force_close()  # the rest of a body that could not be read cannot be skipped either
             except web.HTTPRequestEntityTooLarge:
                 response = error_response(errors.request_too_large(self.max_body_bytes))
             except web.HTTPException as error:  # aiohttp's own (a malformed form, ...)
@@ -289,6 +291,7 @@ class HttpFront:
             return http  # a body on GET or DELETE means nothing
         if request.content_length is not None and request.content_length > self.max_body_bytes:
             raise errors.request_too_large(self.max_body_bytes)
+        _check_content_encoding(request)
         http.content_type = _text(request.headers.get("Content-Type", ""), "the Content-Type header")
         # A JSON route reads its body as it is, to refuse it as a whole if it is not JSON.
         if request.content_type == "multipart/form-data" and not transcoding.takes_json(route):
@@ -301,7 +304,10 @@ class HttpFront:
                 else:
                     http.params.append((name, value))
         else:
-            http.body = await request.read()
+            try:
+                http.body = await request.read()
+            except web.RequestPayloadError as error:
+                raise _unreadable_body(error) from None
         return http
 
     def _metadata(self, request: web.Request, account_id: int | None, route: Route) -> tuple:
@@ -398,10 +404,29 @@ def _text(value: str, what: str) -> str:
     return value
 
 
+# What aiohttp decodes by itself (one coding): the API reads such a body decompressed, its limits counting
+# the decompressed bytes. It refuses br and zstd itself (protocol.py: 415 too) and passes any other coding on
+# undecoded, which the edge refuses instead of reading compressed bytes as the body.
+CONTENT_ENCODINGS = {"", "identity", "gzip", "deflate"}
+
+
+def _check_content_encoding(request: web.Request) -> None:
+    coding = request.headers.get("Content-Encoding", "").strip().lower()
+    if coding not in CONTENT_ENCODINGS:
+        raise errors.unsupported_content_encoding(coding)
+
+
+def _unreadable_body(error: Exception) -> ApiError:
+    """A body aiohttp could not read: one that is not in its Content-Encoding (not gzip), or cut short."""
+    return errors.invalid_request(f"the request body cannot be read: {protocol.problem(error.__cause__ or error)}")
+
+
 async def _form(request: web.Request):
     """The fields of a multipart/form-data body; INVALID_REQUEST for a malformed one."""
     try:
         return await request.post()
+    except web.RequestPayloadError as error:
+        raise _unreadable_body(error) from None
     except UnicodeDecodeError:
         raise errors.invalid_request(
             "a text field of the form is not UTF-8 text; send binary data as a file part"

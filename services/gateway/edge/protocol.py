@@ -16,7 +16,7 @@ import logging
 
 import grpc
 from aiohttp import hdrs, web, web_protocol
-from aiohttp.http_exceptions import LineTooLong
+from aiohttp.http_exceptions import ContentEncodingError, LineTooLong
 
 from runtime.errors import ApiError, internal_error
 from services.gateway.edge import errors
@@ -44,6 +44,9 @@ def protocol_error(status: int, exc: BaseException | None, max_url_bytes: int, m
         return ApiError(grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED", "the request took too long")
     if status != 400:
         return internal_error("internal error")
+    if isinstance(exc, ContentEncodingError):  # br or zstd, which this server does not decode
+        coding = next((name for name in ("br", "zstd") if f"({name})" in str(exc)), "br or zstd")
+        return errors.unsupported_content_encoding(coding)
     if isinstance(exc, LineTooLong):
         return errors.invalid_request(
             f"the request's URL is longer than {max_url_bytes} bytes or one of its headers longer than "
