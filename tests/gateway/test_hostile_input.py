@@ -417,6 +417,39 @@ async def test_a_request_aiohttp_cannot_parse_gets_the_error_shape(mesh, request
     assert "server" not in headers
 
 
+@pytest.mark.parametrize(
+    ("path", "content_type"),
+    [("/v1/voice/generations", "application/json"), ("/v1/files", FORM_TYPE), ("/v1/voice/samples?speaker_name=A", "audio/wav")],
+)
+async def test_a_body_cut_short_by_the_client_logs_one_info_line(mesh, accounts, path, content_type):
+    """A client that announces 100 bytes, sends 10 and goes away is nobody's error: one line, no traceback."""
+    alice, _ = accounts
+    mark = len(mesh.log_lines["gateway"])
+    address = URL(mesh.http_url)
+    for _ in range(3):
+        reader, writer = await asyncio.open_connection(address.host, address.port)
+        writer.write(
+            b"POST " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nAuthorization: " + alice.headers["Authorization"].encode()
+            + b"\r\nContent-Type: " + content_type.encode() + b"\r\nContent-Length: 100\r\n\r\n" + b"0123456789"
+        )
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    def lines() -> list[dict]:
+        return [json.loads(line) for line in mesh.log_lines["gateway"][mark:] if line.startswith("{")]
+
+    route = path.partition("?")[0]
+    for _ in range(100):  # until the gateway has seen the three go
+        if sum(line.get("path") == route for line in lines()) >= 3:
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)  # whatever else it would log about them
+    seen = [line for line in lines() if line.get("path") == route or line["level"] != "info"]
+    assert [(line["level"], line.get("status")) for line in seen] == [("info", 499)] * 3, seen
+    assert not any("Traceback" in line or "exception" in line for line in mesh.log_lines["gateway"][mark:])
+
+
 async def test_no_response_names_the_server_software(http, accounts, mesh):
     alice, _ = accounts
     for response in [

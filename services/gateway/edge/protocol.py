@@ -64,6 +64,10 @@ def problem(error: BaseException | None) -> str:
 class _Connection(web_protocol.RequestHandler):
     """One client connection; its own refusals look like the API's."""
 
+    def __init__(self, manager: "_Server", **kwargs) -> None:
+        super().__init__(manager, **kwargs)
+        self.limits = manager.limits  # kept: aiohttp lets go of the manager once the client has gone
+
     def handle_error(
         self,
         request: web.BaseRequest,
@@ -71,14 +75,17 @@ class _Connection(web_protocol.RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
+        if isinstance(exc, ConnectionError) or self.transport is None:
+            # The client went away (a body cut short, say): nobody to answer, nothing wrong here. The
+            # request's line (status 499) is all the log says; aiohttp drops the connection quietly.
+            raise ConnectionError("the client has gone")
         if request.writer.output_size > 0:  # as aiohttp's: too late to answer
             raise ConnectionError("the response has been sent already")
         if status < 500:  # the client's doing: one line, no traceback
             log.info("refused a malformed HTTP request", extra={"status": status, "problem": repr(exc)[:200]})
         else:
             log.error("error serving an HTTP request", exc_info=exc)
-        limits = self._manager.limits  # type: ignore[union-attr]
-        error = protocol_error(status, exc, *limits)
+        error = protocol_error(status, exc, *self.limits)
         response = _BannerlessResponse(
             text=json.dumps(errors.error_body(error)), status=errors.http_status(error), content_type="application/json"
         )
