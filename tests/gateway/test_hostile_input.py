@@ -18,7 +18,7 @@ import pytest
 from yarl import URL
 
 from tests.conftest import ROOT
-from tests.gateway.conftest import Account, assert_error, created, extra_gateway, make_key
+from tests.gateway.conftest import HELLO, Account, assert_error, created, extra_gateway, make_key
 
 ERROR_KEYS = {"type", "message", "param"}
 
@@ -100,6 +100,39 @@ async def test_a_form_text_field_that_is_not_utf8_is_400(http, accounts):
     headers = {**alice.headers, "Content-Type": "multipart/form-data; boundary=x"}
     error = await assert_error(await http.post("/v1/voice/samples", data=body, headers=headers), 400, "invalid_request")
     assert "UTF-8" in error["message"]
+
+
+async def sample_ids(http, account) -> list[int]:
+    listing = await (await http.get("/v1/voice/samples", params={"page_size": "100"}, headers=account.headers)).json()
+    return [sample["id"] for sample in listing["voice_samples"]]
+
+
+@pytest.mark.parametrize("with_audio", [True, False])
+async def test_a_form_field_sent_as_a_file_part_is_refused_naming_it(http, accounts, with_audio):
+    alice, _ = accounts
+    before = await sample_ids(http, alice)
+    form = aiohttp.FormData()
+    if with_audio:
+        form.add_field("audio", HELLO, filename="a.webm", content_type="audio/webm")
+    form.add_field("speaker_name", b"Ada", filename="name.txt", content_type="text/plain")
+    error = await assert_error(await http.post("/v1/voice/samples", data=form, headers=alice.headers), 400, "invalid_parameter", "speaker_name")
+    assert "text field" in error["message"]
+    assert await sample_ids(http, alice) == before
+    # The same for the metadata of /v1/files.
+    files = await file_ids(http, alice)
+    form = aiohttp.FormData()
+    form.add_field("content", b"RIFF", filename="a.wav", content_type="audio/wav")
+    form.add_field("metadata", b'{"k": 1}', filename="metadata.json", content_type="application/json")
+    await assert_error(await http.post("/v1/files", data=form, headers=alice.headers), 400, "invalid_parameter", "metadata")
+    assert await file_ids(http, alice) == files
+
+
+async def test_the_file_part_may_have_another_name_when_it_is_the_only_one(http, accounts):
+    alice, _ = accounts
+    form = aiohttp.FormData()
+    form.add_field("file", b"RIFF", filename="a.wav", content_type="audio/wav")  # not "content"
+    stored = await created(await http.post("/v1/files", data=form, headers=alice.headers))
+    assert stored["size"] == 4
 
 
 # --- NUL characters: PostgreSQL's text cannot hold them ----------------------------
@@ -448,6 +481,26 @@ async def test_a_body_cut_short_by_the_client_logs_one_info_line(mesh, accounts,
     seen = [line for line in lines() if line.get("path") == route or line["level"] != "info"]
     assert [(line["level"], line.get("status")) for line in seen] == [("info", 499)] * 3, seen
     assert not any("Traceback" in line or "exception" in line for line in mesh.log_lines["gateway"][mark:])
+
+
+async def test_every_answer_tells_browsers_not_to_sniff_its_type(http, accounts, mesh):
+    alice, _ = accounts
+    form = aiohttp.FormData()
+    form.add_field("content", b"<html><script>alert(1)</script>", filename="a.html", content_type="text/html")
+    stored = await created(await http.post("/v1/files", data=form, headers=alice.headers))
+    for response in [
+        await http.get("/v1/voice/samples", headers=alice.headers),
+        await http.get(f"/v1/files/{stored['id']}/content", headers=alice.headers),  # what a user uploaded
+        await http.get("/v1/voice/nothing", headers=alice.headers),  # 404
+        await http.get("/v1/voice/samples"),  # 401
+        await http.get("/healthz"),
+        await http.get("/openapi.json"),
+        await http.get("/"),
+    ]:
+        assert response.headers.get("X-Content-Type-Options") == "nosniff", (response.url, response.status)
+    # Also what the HTTP server answers before any route (a malformed request).
+    status, headers, _ = await raw_request(mesh.http_url, b"G\x01T /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (status, headers.get("x-content-type-options")) == (400, "nosniff")
 
 
 async def test_no_response_names_the_server_software(http, accounts, mesh):

@@ -266,6 +266,19 @@ def test_unknown_form_fields_are_refused_like_query_parameters(things_routes):
     assert error.param == "notes"
 
 
+@pytest.mark.parametrize(
+    ("files", "param"),
+    [
+        ([FilePart("file", b"1", ""), FilePart("note", b"a note", "text/plain")], "note"),
+        ([FilePart("note", b"a note", "text/plain")], "note"),  # not taken for the only file
+        ([FilePart("file", b"1", ""), FilePart("thumbnail", b"2", "image/png")], "thumbnail"),
+    ],
+)
+def test_a_file_part_beside_the_file_is_refused_not_dropped(things_routes, files, param):
+    error = refused(things_routes, "POST /v1/things/{id}/file", path_params={"id": "5"}, multipart=True, files=files)
+    assert (error.reason, error.param) == ("INVALID_PARAMETER", param)
+
+
 # --- responses --------------------------------------------------------------
 
 

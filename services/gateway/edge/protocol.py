@@ -6,7 +6,8 @@ before any handler or middleware runs, with a text/plain body; and it names
 itself and its Python version in a ``Server`` header on every response.
 :class:`Runner` is ``web.AppRunner`` with those refusals as
 ``{"error": {...}}`` bodies and without the banner; :func:`drop_banner`
-takes it off the responses of the application's handlers.
+takes it off the responses of the application's handlers. Every answer
+carries ``X-Content-Type-Options: nosniff``.
 """
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ log = logging.getLogger("gateway.http")
 
 
 async def drop_banner(request: web.Request, response: web.StreamResponse) -> None:
-    """An on_response_prepare hook: no Server header (it runs after aiohttp has set one)."""
+    """An on_response_prepare hook: no Server header (it runs after aiohttp has set one), and
+    `X-Content-Type-Options: nosniff`, so that a browser takes every answer (a user's uploaded
+    file included) as the type it says, never as HTML it guessed."""
     response.headers.popall(hdrs.SERVER, None)
+    response.headers[hdrs.X_CONTENT_TYPE_OPTIONS] = "nosniff"
 
 
 class _BannerlessResponse(web.Response):
@@ -36,6 +40,7 @@ class _BannerlessResponse(web.Response):
     async def _prepare_headers(self) -> None:
         await super()._prepare_headers()
         self.headers.popall(hdrs.SERVER, None)
+        self.headers[hdrs.X_CONTENT_TYPE_OPTIONS] = "nosniff"
 
 
 def protocol_error(status: int, exc: BaseException | None, max_url_bytes: int, max_header_bytes: int) -> ApiError:

@@ -87,7 +87,7 @@ def to_grpc_request(route: Route, http: HttpInput) -> message.Message:
         bound.append(route.body)
         body_field = descriptor_.fields_by_name[route.body]
         if is_http_body(body_field):
-            _fill_http_body(getattr(request, route.body), body_field.name, http)
+            _fill_http_body(getattr(request, route.body), body_field.name, http, descriptor_)
         else:
             _fill_field_from_json(request, route, body_field, http)
     elif http.multipart:
@@ -118,7 +118,7 @@ def _take_http_body_data(route: Route, http: HttpInput) -> bytes | None:
     if not http.multipart:
         data, http.body = http.body, b""
         return data
-    part = _file_part(route.body, http.files)
+    part = _file_part(route.body, http.files, route.rpc.request_class.DESCRIPTOR)
     data, part.data = part.data, b""
     return data
 
@@ -214,25 +214,44 @@ def _fill_field_from_json(request: message.Message, route: Route, body_field, ht
     _parse_dict({body_field.name: _parse_json(http)}, request, prefix="")
 
 
-def _fill_http_body(target: message.Message, name: str, http: HttpInput) -> None:
+def _fill_http_body(target: message.Message, name: str, http: HttpInput, request: descriptor.Descriptor) -> None:
     if not http.multipart:
         target.data = http.body
         target.content_type = http.content_type or DEFAULT_BINARY_TYPE
         return
-    part = _file_part(name, http.files)
+    part = _file_part(name, http.files, request)
     target.data = part.data
     target.content_type = part.content_type or DEFAULT_BINARY_TYPE
 
 
-def _file_part(name: str, files: list[FilePart]) -> FilePart:
-    """The part named like the body field, or else the form's only file."""
+def _file_part(name: str, files: list[FilePart], request: descriptor.Descriptor) -> FilePart:
+    """The part named like the body field, or else the form's only file.
+
+    A file part named like another field is refused, naming it: the form sends fields as text parts,
+    and one sent as a file would otherwise be dropped unseen. So is a file beside the named one."""
+    for part in files:
+        if part.name != name and _is_parameter(request, part.name):
+            raise invalid_parameter(
+                part.name, f"{part.name!r} is a text field of the form: send it as a text part, not a file part"
+            )
     named = [part for part in files if part.name == name]
+    if named and len(files) > len(named):
+        extra = next(part.name for part in files if part.name != name)
+        raise invalid_parameter(extra, f"unknown file part {extra!r}: the form takes one file, in the part {name!r}")
     chosen = named or files
     if not chosen:
         raise invalid_parameter(name, f"the form has no file part {name!r}")
     if len(chosen) > 1:
         raise invalid_parameter(name, f"send one file part {name!r}, not {len(chosen)}")
     return chosen[0]
+
+
+def _is_parameter(request: descriptor.Descriptor, name: str) -> bool:
+    try:
+        _param_field(request, name)
+    except ValueError:
+        return False
+    return True
 
 
 def _apply_params(
