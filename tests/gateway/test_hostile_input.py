@@ -642,3 +642,130 @@ async def test_a_content_type_that_is_not_utf8_is_a_typed_error(mesh, accounts):
         )
         status, _, body = await raw_request(mesh.http_url, request)
         assert 400 <= status < 500 and json.loads(body)["error"]["type"], (part_headers, status, body)
+
+
+# --- slow clients: read timeouts of the edge, at their edges -------------------------
+
+HEADER_TIMEOUT = 2
+BODY_TIMEOUT = 3
+KEEPALIVE_TIMEOUT = 2
+# How long a test waits for the gateway to cut a slow client off: far past the timeouts, so a busy
+# machine cannot fail it; a gateway that never cuts it off fails it.
+CUT_OFF_WITHIN = 60
+
+
+@pytest.fixture(scope="module")
+async def timeouts_gateway(mesh):
+    settings = {
+        "GATEWAY_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT),
+        "GATEWAY_BODY_TIMEOUT_SECONDS": str(BODY_TIMEOUT),
+        "GATEWAY_KEEPALIVE_TIMEOUT_SECONDS": str(KEEPALIVE_TIMEOUT),
+    }
+    async with extra_gateway(mesh, **settings) as gateway:
+        yield gateway
+
+
+async def send_slowly(url: str, pieces: list[bytes], pause: float) -> bytes:
+    """Send the pieces with a pause after each (stopping once the server has answered and closed),
+    and return what came back until the server closed the connection."""
+    address = URL(url)
+    reader, writer = await asyncio.open_connection(address.host, address.port)
+    received: list[bytes] = []
+
+    async def read_all() -> None:
+        try:
+            while chunk := await reader.read(65536):
+                received.append(chunk)
+        except ConnectionError:
+            pass  # what came before the reset is kept
+
+    reading = asyncio.ensure_future(read_all())
+    try:
+        for piece in pieces:
+            if reading.done():
+                break
+            try:
+                writer.write(piece)
+                await writer.drain()
+            except ConnectionError:
+                break
+            await asyncio.sleep(pause)
+        await asyncio.wait_for(reading, CUT_OFF_WITHIN)
+        return b"".join(received)
+    finally:
+        reading.cancel()
+        writer.close()
+
+
+def answer_of(raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in header_lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+async def test_request_headers_slower_than_the_timeout_are_cut_off_with_408(timeouts_gateway):
+    # The head never ends: the gateway answers 408 and closes (reader.read() returns).
+    status, headers, body = answer_of(await send_slowly(timeouts_gateway.http_url, [b"GET /healthz HTTP/1.1\r\nHost: x\r\n"], 0))
+    assert (status, json.loads(body)["error"]["type"]) == (408, "request_timeout"), body
+    assert headers["content-type"] == "application/json" and headers["connection"] == "close"
+    # One byte at a time, each well within the timeout, is still too slow in all.
+    pieces = [bytes([byte]) for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\n"]
+    status, _, body = answer_of(await send_slowly(timeouts_gateway.http_url, pieces, HEADER_TIMEOUT / 8))
+    assert status == 408, body
+
+
+async def test_request_headers_within_the_timeout_are_served(timeouts_gateway):
+    pieces = [b"GET /healthz HTTP/1.1\r\n", b"Host: x\r\n", b"Connection: close\r\n\r\n"]
+    status, _, body = answer_of(await send_slowly(timeouts_gateway.http_url, pieces, HEADER_TIMEOUT / 10))
+    assert (status, json.loads(body)) == (200, {"status": "ok"})
+
+
+async def test_an_idle_connection_is_closed_after_the_keepalive_timeout(timeouts_gateway):
+    # Nothing sent at all: closed without an answer.
+    assert await send_slowly(timeouts_gateway.http_url, [], 0) == b""
+    # Kept open after an answer, then closed once idle.
+    raw = await send_slowly(timeouts_gateway.http_url, [b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"], 0)
+    status, headers, body = answer_of(raw)
+    assert status == 200 and headers.get("connection") != "close" and body == b'{"status": "ok"}'
+
+
+def upload_request(account, path: str, content_type: str, body: bytes) -> bytes:
+    return (
+        b"POST " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: "
+        + account.headers["Authorization"].encode() + b"\r\nContent-Type: " + content_type.encode()
+        + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+    )
+
+
+BODIES = [
+    ("/v1/files", FORM_TYPE, FILE_FORM),
+    ("/v1/voice/generations", "application/json", b'{"input": "' + b" " * 200 + b'[S1] Hello.", "max_new_tokens": 0}'),
+]
+
+
+@pytest.mark.parametrize(("path", "content_type", "body"), BODIES)
+async def test_a_body_slower_than_the_timeout_is_cut_off_with_408(timeouts_gateway, accounts, path, content_type, body):
+    alice, _ = accounts
+    async with aiohttp.ClientSession(base_url=timeouts_gateway.http_url) as http:
+        files, generations = await file_ids(http, alice), await history_ids(http, alice)
+        # Half the body, then nothing.
+        pieces = [upload_request(alice, path, content_type, body), body[: len(body) // 2]]
+        status, headers, answer = answer_of(await send_slowly(timeouts_gateway.http_url, pieces, 0))
+        assert (status, json.loads(answer)["error"]["type"]) == (408, "request_timeout"), answer
+        assert headers["connection"] == "close"
+        # A trickle, each piece well within the timeout, is too slow in all.
+        pieces = [upload_request(alice, path, content_type, body), *(body[i : i + 10] for i in range(0, len(body), 10))]
+        assert len(pieces) * BODY_TIMEOUT / 8 > 2 * BODY_TIMEOUT
+        status, _, answer = answer_of(await send_slowly(timeouts_gateway.http_url, pieces, BODY_TIMEOUT / 8))
+        assert status == 408, answer
+        assert (await file_ids(http, alice), await history_ids(http, alice)) == (files, generations)
+
+
+async def test_a_slow_upload_within_the_body_timeout_is_served(timeouts_gateway, accounts):
+    alice, _ = accounts
+    path, content_type, body = BODIES[0]
+    pieces = [upload_request(alice, path, content_type, body), *(body[i : i + 40] for i in range(0, len(body), 40))]
+    assert len(pieces) * BODY_TIMEOUT / 20 < BODY_TIMEOUT / 2
+    status, _, answer = answer_of(await send_slowly(timeouts_gateway.http_url, pieces, BODY_TIMEOUT / 20))
+    assert status == 200 and json.loads(answer)["metadata"] == {"k": 1}, answer

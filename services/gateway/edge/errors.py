@@ -43,6 +43,7 @@ REASON_STATUS = {
     "UPSTREAM_ERROR": 502,
     "UNSUPPORTED_MEDIA_TYPE": 415,
     "METHOD_NOT_ALLOWED": 405,
+    "REQUEST_TIMEOUT": 408,
 }
 
 # Answers that mean "not now": they always carry Retry-After.
@@ -82,6 +83,11 @@ def request_too_large(limit: int) -> ApiError:
         "REQUEST_TOO_LARGE",
         f"the request body is larger than the limit of {limit} bytes",
     )
+
+
+def request_timeout(message: str) -> ApiError:
+    """A client too slow to send its request (its headers or its body): the connection is closed."""
+    return ApiError(grpc.StatusCode.DEADLINE_EXCEEDED, "REQUEST_TIMEOUT", message)
 
 
 def invalid_request(message: str) -> ApiError:

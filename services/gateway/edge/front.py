@@ -29,7 +29,14 @@ from aiohttp.http_exceptions import HttpProcessingError
 from runtime import clients, config, logs
 from runtime.errors import DEFAULT_REASONS, ApiError, internal_error, not_found
 from services.gateway.edge import cors, errors, openapi, protocol, transcoding
-from services.gateway.edge.config import MAX_HEADER_BYTES, MAX_URL_BYTES, PUBLIC_METRICS
+from services.gateway.edge.config import (
+    BODY_TIMEOUT_SECONDS,
+    HEADER_TIMEOUT_SECONDS,
+    KEEPALIVE_TIMEOUT_SECONDS,
+    MAX_HEADER_BYTES,
+    MAX_URL_BYTES,
+    PUBLIC_METRICS,
+)
 from services.gateway.edge.dashboard import Dashboard
 from services.gateway.edge.discovery import Route
 from services.gateway.edge.upstreams import RouteTable
@@ -60,6 +67,8 @@ UNMATCHED = "unmatched"
 # Probed every few seconds: their access log lines are DEBUG, not INFO.
 PROBES = {"/healthz", "/readyz", "/metrics"}
 REQUEST_ID_RESPONSE_HEADER = "X-Request-Id"
+# When a request's body must have arrived (loop time).
+BODY_DEADLINE = web.RequestKey("body_deadline", float)
 # Where an error response keeps its type for the metrics (aiohttp responses are mappings).
 ERROR_TYPE = web.ResponseKey("error_type", str)
 # A stream that ended before its first answer has no content type to send.
@@ -122,6 +131,8 @@ class HttpFront:
             shutdown_timeout=config.SHUTDOWN_GRACE_SECONDS.value,
             max_url_bytes=MAX_URL_BYTES.value,
             max_header_bytes=MAX_HEADER_BYTES.value,
+            header_timeout=HEADER_TIMEOUT_SECONDS.value,
+            keepalive_timeout=KEEPALIVE_TIMEOUT_SECONDS.value,
         )
         await self.runner.setup()
         await web.TCPSite(self.runner, host, port).start()
@@ -149,6 +160,8 @@ class HttpFront:
         request_id = uuid.uuid4().hex
         token = logs.REQUEST_ID.set(request_id)
         request["request_id"] = request_id
+        # Its headers have just arrived: its body has until then (see _read_body).
+        request[BODY_DEADLINE] = asyncio.get_running_loop().time() + BODY_TIMEOUT_SECONDS.value
         resource = request.match_info.route.resource
         # The API's handler names the route template once it has matched one.
         request["route"] = UNMATCHED if resource in (None, self.api_resource) else resource.canonical
@@ -163,8 +176,8 @@ class HttpFront:
                 response = await handler(request)
             except ApiError as error:
                 response = error_response(error)
-                if request.content.exception() is not None:
-                    response.force_close()  # the rest of a body that could not be read cannot be skipped either
+                if response.status == 408 or request.content.exception() is not None:
+                    response.force_close()  # the rest of a body too slow, or unreadable, is not read
             except web.HTTPRequestEntityTooLarge:
                 response = error_response(errors.request_too_large(self.max_body_bytes))
             except web.HTTPException as error:  # aiohttp's own (a malformed form, ...)
@@ -296,7 +309,7 @@ class HttpFront:
         # A JSON route reads its body as it is, to refuse it as a whole if it is not JSON.
         if request.content_type == "multipart/form-data" and not transcoding.takes_json(route):
             http.multipart = True
-            for name, value in (await _form(request)).items():
+            for name, value in (await _read_body(request, _form(request))).items():
                 name = _text(name, "a part name of the form")
                 if isinstance(value, web.FileField):
                     content_type = _text(value.content_type, f"the Content-Type of the form's part {name!r}")
@@ -305,7 +318,7 @@ class HttpFront:
                     http.params.append((name, value))
         else:
             try:
-                http.body = await request.read()
+                http.body = await _read_body(request, request.read())
             except web.RequestPayloadError as error:
                 raise _unreadable_body(error) from None
         return http
@@ -414,6 +427,17 @@ def _check_content_encoding(request: web.Request) -> None:
     coding = request.headers.get("Content-Encoding", "").strip().lower()
     if coding not in CONTENT_ENCODINGS:
         raise errors.unsupported_content_encoding(coding)
+
+
+async def _read_body(request: web.Request, reading: Awaitable):
+    """What `reading` (of the request's body) gives, if the body arrives by the request's deadline."""
+    try:
+        async with asyncio.timeout_at(request[BODY_DEADLINE]):
+            return await reading
+    except TimeoutError:
+        raise errors.request_timeout(
+            f"the request's body did not arrive within {BODY_TIMEOUT_SECONDS.value:g} seconds"
+        ) from None
 
 
 def _unreadable_body(error: Exception) -> ApiError:

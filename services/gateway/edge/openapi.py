@@ -76,6 +76,7 @@ ERROR_STATUSES = {
     "400": "The request is invalid (`invalid_parameter` names the field).",
     "401": "No API key, or an unknown one (`unauthorized`).",
     "404": "No such resource for this account (`not_found`), or no provider for the model (`no_provider`).",
+    "408": "The request's headers or body came too slowly (`request_timeout`); the connection is closed.",
     "413": "The body or a field is larger than its limit (`request_too_large`).",
     "415": "The body is not of a media type this route takes (`unsupported_media_type`).",
     "429": "Over a limit (`rate_limited`) or a bounded queue is full (`synth_busy`, `uploads_busy`, ...); "

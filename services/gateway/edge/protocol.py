@@ -12,6 +12,7 @@ carries ``X-Content-Type-Options: nosniff``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
@@ -66,12 +67,72 @@ def problem(error: BaseException | None) -> str:
     return text.splitlines()[0].rstrip(":") if text else type(error).__name__
 
 
+def _timeout_answer(timeout: float) -> bytes:
+    """The raw 408 for a request whose head did not arrive in time (written before any request exists)."""
+    error = errors.request_timeout(f"the request's headers did not arrive within {timeout:g} seconds")
+    body = json.dumps(errors.error_body(error)).encode()
+    head = (
+        "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
 class _Connection(web_protocol.RequestHandler):
-    """One client connection; its own refusals look like the API's."""
+    """One client connection; its own refusals look like the API's.
+
+    It holds slow clients to the header timeout: from the first byte of a request's head, the
+    whole head must arrive within it, or the client is answered 408 (when nothing else is being
+    answered on the connection) and the connection closed. aiohttp's keep-alive timeout closes a
+    connection idle between requests; the body timeout is the request handler's (front.py). A 408
+    answer, for a body too slow, also closes the connection at once, not after aiohttp's lingering
+    read of the rest of the body.
+    """
 
     def __init__(self, manager: "_Server", **kwargs) -> None:
         super().__init__(manager, **kwargs)
         self.limits = manager.limits  # kept: aiohttp lets go of the manager once the client has gone
+        self.header_timeout = manager.header_timeout
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._body = None  # the payload of the last request whose head arrived
+
+    def data_received(self, data: bytes) -> None:
+        if data and self._head_timer is None and (self._body is None or self._body.is_eof()):
+            # The first bytes of a request's head (a body still arriving is not one): the connection is
+            # no longer idle, its head has the header timeout (aiohttp re-arms its idle timer after the answer).
+            self._head_timer = self._loop.call_later(self.header_timeout, self._head_too_slow)
+            if self._keepalive_handle is not None:
+                self._keepalive_handle.cancel()
+                self._keepalive_handle = None
+        requests = self._request_count
+        super().data_received(data)
+        if self._request_count != requests:  # a head has arrived (or been refused)
+            self._body = self._messages[-1][1] if self._messages else None
+            self._stop_head_timer()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if self.transport is None or self._force_close:
+            return
+        log.info("closed a connection whose request headers were too slow", extra={"status": 408})
+        if not self._request_in_progress and not self._messages:  # nothing else is being answered on it
+            self.transport.write(_timeout_answer(self.header_timeout))
+        self.force_close()
+
+    async def finish_response(self, request, resp, start_time):
+        result = await super().finish_response(request, resp, start_time)
+        if resp.status == 408:  # a body too slow: its rest is not waited for
+            self.force_close()
+        return result
 
     def handle_error(
         self,
@@ -100,6 +161,7 @@ class _Connection(web_protocol.RequestHandler):
 
 class _Server(web.Server):
     limits: tuple[int, int]
+    header_timeout: float
 
     def __call__(self) -> _Connection:
         return _Connection(self, loop=self._loop, **self._kwargs)
@@ -109,16 +171,34 @@ class Runner(web.AppRunner):
     """web.AppRunner whose connections answer malformed requests in the API's error shape.
 
     `max_url_bytes` and `max_header_bytes` are aiohttp's parser limits
-    (``max_line_size``, which its C parser applies to the URL, and ``max_field_size``).
+    (``max_line_size``, which its C parser applies to the URL, and ``max_field_size``);
+    `header_timeout` is _Connection's, `keepalive_timeout` aiohttp's own (its default is an hour).
     """
 
-    def __init__(self, app: web.Application, *, max_url_bytes: int, max_header_bytes: int, **kwargs) -> None:
-        super().__init__(app, max_line_size=max_url_bytes, max_field_size=max_header_bytes, **kwargs)
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        max_url_bytes: int,
+        max_header_bytes: int,
+        header_timeout: float,
+        keepalive_timeout: float,
+        **kwargs,
+    ) -> None:
+        super().__init__(
+            app,
+            max_line_size=max_url_bytes,
+            max_field_size=max_header_bytes,
+            keepalive_timeout=keepalive_timeout,
+            **kwargs,
+        )
         self.limits = (max_url_bytes, max_header_bytes)
+        self.header_timeout = header_timeout
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         # The same server, its connections made by _Connection (aiohttp has no option for it).
         server.__class__ = _Server
         server.limits = self.limits
+        server.header_timeout = self.header_timeout
         return server
