@@ -96,3 +96,24 @@ def test_the_answers_that_mean_not_now_document_retry_after(document):
     for status in ("429", "503"):
         assert responses[status]["headers"]["Retry-After"]["schema"] == {"type": "integer", "minimum": 1}
     assert all("Retry-After" not in responses[status]["headers"] for status in ("400", "404", "500", "502"))
+
+
+async def test_an_event_stream_answer_is_documented_event_by_event(http):
+    """A text/event-stream answer's schema is that of one event (what OpenAPI 3.0 tools check each
+    event against), with the method's comment saying which events come; other media types stay binary."""
+    document = await (await http.get("/openapi.json")).json()
+    streams = {}
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            for media_type, content in operation["responses"].get("200", {}).get("content", {}).items():
+                if media_type == "text/event-stream":
+                    streams[f"{method.upper()} {path}"] = content["schema"]
+                elif media_type.startswith("audio/"):
+                    assert content["schema"] == {"type": "string", "format": "binary"}
+    assert set(streams) == {"GET /v1/predictions/{id}/stream", "POST /v1/audio/speech"}
+    for schema in streams.values():
+        assert schema["type"] == "object" and schema["required"] == ["data"]
+        assert set(schema["properties"]) == {"event", "data", "id", "retry"}
+        assert schema["properties"]["data"]["type"] == "string"
+    described = streams["GET /v1/predictions/{id}/stream"]["description"]
+    assert all(f'"{event}"' in described for event in ("logs", "output", "error", "done")), described
