@@ -223,15 +223,20 @@ JSON_ROUTES = [
 
 
 @pytest.mark.parametrize(
-    ("method", "path", "body"),
-    [(method, path, b'{"\\ud800": 1}') for method, path in JSON_ROUTES]
-    + [("POST", "/v1/predictions", b'{"version": "nari-labs/dia", "input": {"text": "[S1] Hi.", "\\udfff": 1}}')],
+    ("method", "path", "body", "error_type", "param"),
+    [(method, path, b'{"\\ud800": 1}', "invalid_json", None) for method, path in JSON_ROUTES]
+    + [
+        ("POST", "/v1/predictions", b'{"version": "nari-labs/dia", "input": {"text": "[S1] Hi.", "\\udfff": 1}}', "invalid_json", None),
+        # A string where an object belongs: protobuf's parser would look its characters up as field names.
+        ("POST", "/v1/predictions", b'{"version": "nari-labs/dia", "input": "\\ud800"}', "invalid_parameter", "input"),
+        ("POST", "/v1/voice/generations", b'{"input": "[S1] Hi.", "speakers": {"S1": ["\\udbff"]}}', "invalid_parameter", "speakers.S1"),
+    ],
 )
-async def test_a_lone_surrogate_as_a_json_key_is_invalid_json(http, accounts, method, path, body):
+async def test_a_lone_surrogate_in_json_is_a_typed_400(http, accounts, method, path, body, error_type, param):
     alice, _ = accounts
     before = await history_ids(http, alice)
     response = await http.request(method, path, data=body, headers={**alice.headers, "Content-Type": "application/json"})
-    error = await assert_error(response, 400, "invalid_json")
+    error = await assert_error(response, 400, error_type, param)
     assert "surrogate" in error["message"]
     assert await history_ids(http, alice) == before
 
@@ -380,13 +385,17 @@ FORM_TYPE = "multipart/form-data; boundary=x"
         ("/v1/voice/generations", "application/json", b'{"input": "[S1] Hello."}'),
     ],
 )
-async def test_a_body_that_is_not_in_its_content_encoding_is_invalid_request(http, accounts, coding, path, content_type, body):
+async def test_a_body_that_is_not_in_its_content_encoding_is_invalid_request(
+    http, accounts, mesh, coding, path, content_type, body
+):
     alice, _ = accounts
     files, generations = await file_ids(http, alice), await history_ids(http, alice)
     headers = {**alice.headers, "Content-Type": content_type, "Content-Encoding": coding}
+    mark = len(mesh.log_lines["gateway"])
     error = await assert_error(await http.post(path, data=body, headers=headers), 400, "invalid_request")
     assert coding in error["message"]
     assert (await file_ids(http, alice), await history_ids(http, alice)) == (files, generations)
+    assert not any("Traceback" in line for line in mesh.log_lines["gateway"][mark:])
 
 
 @pytest.mark.parametrize("coding", ["gzip", "deflate", "GZip"])

@@ -130,7 +130,9 @@ class _Connection(web_protocol.RequestHandler):
 
     async def finish_response(self, request, resp, start_time):
         result = await super().finish_response(request, resp, start_time)
-        if resp.status == 408:  # a body too slow: its rest is not waited for
+        if resp.status == 408 or request.content.exception() is not None:
+            # A body too slow, or one that cannot be read (not in its Content-Encoding): its rest is
+            # neither waited for nor read by aiohttp's lingering, which would raise its error again.
             self.force_close()
         return result
 

@@ -155,13 +155,7 @@ def _parse_json(http: HttpInput):
         raise invalid_argument("INVALID_JSON", f"the request body is not valid JSON: {error}") from None
     if _depth(document, limit) > limit:
         raise too_deep  # before anything recursive (protobuf's parser) walks it
-    if _has_lone_surrogate_key(document):
-        # protobuf's parser looks every key up as a field name and fails inside on one (a SystemError).
-        raise invalid_argument(
-            "INVALID_JSON",
-            "the request body is not valid JSON text: an object key holds a lone UTF-16 surrogate escape "
-            "(\\ud800 to \\udfff), which is no Unicode character",
-        )
+    _refuse_lone_surrogates(document)
     return document
 
 
@@ -179,18 +173,31 @@ def _depth(document, limit: int) -> int:
     return depth
 
 
-def _has_lone_surrogate_key(document) -> bool:
-    """Whether an object key anywhere holds a lone surrogate (json.loads keeps "\\ud800" as one), without recursion."""
-    stack = [document]
+def _refuse_lone_surrogates(document) -> None:
+    """A lone UTF-16 surrogate escape ("\\ud800", which json.loads keeps) is no Unicode text: in an object key
+    INVALID_JSON, in a string INVALID_PARAMETER naming its field. Walked without recursion, before protobuf's
+    parser, which looks keys up as field names (and a string given for a message field, character by
+    character) and fails inside on one."""
+    stack: list[tuple[object, str]] = [(document, "")]
     while stack:
-        item = stack.pop()
+        item, path = stack.pop()
         if isinstance(item, dict):
-            if any(not key.isascii() and not _is_text(key) for key in item):
-                return True
-            stack.extend(value for value in item.values() if isinstance(value, (dict, list)))
+            for key, value in item.items():
+                if not key.isascii() and not _is_text(key):
+                    raise invalid_argument(
+                        "INVALID_JSON",
+                        "the request body is not valid JSON text: an object key holds a lone UTF-16 surrogate "
+                        "escape (\\ud800 to \\udfff), which is no Unicode character",
+                    )
+                stack.append((value, f"{path}.{key}" if path else key))
         elif isinstance(item, list):
-            stack.extend(value for value in item if isinstance(value, (dict, list)))
-    return False
+            stack.extend((value, path) for value in item)
+        elif isinstance(item, str) and not item.isascii() and not _is_text(item):
+            param = path or "body"
+            raise invalid_parameter(
+                param,
+                f"{param!r} holds a lone UTF-16 surrogate escape (\\ud800 to \\udfff), which is no Unicode character",
+            )
 
 
 def _is_text(value: str) -> bool:
