@@ -371,6 +371,11 @@ def test_the_error_body_has_the_public_shape():
             {"params": [("filter.kind", "HUGE")]},
             "invalid value for 'filter.kind': expected one of KIND_UNSPECIFIED, KIND_SMALL, KIND_BIG, got 'HUGE'",
         ),
+        (
+            "GET /v1/things/{id}",
+            {"path_params": {"id": "1e400"}},
+            "invalid value for 'id': expected an integer, got '1e400'",
+        ),
     ],
 )
 def test_the_message_says_what_the_field_expects(things_routes, key, http, message):

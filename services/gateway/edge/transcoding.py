@@ -476,7 +476,8 @@ def to_json(value: message.Message) -> dict:
     return document
 
 
-_INT64 = {_FieldType.CPPTYPE_INT64, _FieldType.CPPTYPE_UINT64}
+# (Not _INT64, the field types above: named so, it hid them and int64 fields were "a value of another type".)
+_CPP_INT64 = {_FieldType.CPPTYPE_INT64, _FieldType.CPPTYPE_UINT64}
 
 
 def _int64_as_numbers(document: dict, message_descriptor: descriptor.Descriptor) -> None:
@@ -500,7 +501,7 @@ def _int64_as_numbers(document: dict, message_descriptor: descriptor.Descriptor)
             items, put = [(found.name, value)], document.__setitem__
         nested = target.message_type
         for key, item in items:
-            if nested is None and target.cpp_type in _INT64 and isinstance(item, str):
+            if nested is None and target.cpp_type in _CPP_INT64 and isinstance(item, str):
                 put(key, int(item))
             elif nested is not None and isinstance(item, dict) and not nested.full_name.startswith("google."):
                 _int64_as_numbers(item, nested)  # our own messages (well-known types have JSON forms of their own)
