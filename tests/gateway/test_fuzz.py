@@ -90,9 +90,8 @@ async def ended_prediction(http_url: str, key: str) -> str:
     reach its 404, and no link in the document leads from a created prediction to its stream."""
     body = {"version": "nari-labs/dia", "input": {"text": "[S1] Hello there.", "max_new_tokens": 500}}
     headers = {"Authorization": f"Bearer {key}", "Prefer": "wait=60"}
-    async with aiohttp.ClientSession() as http:
-        async with http.post(f"{http_url}/v1/predictions", json=body, headers=headers) as response:
-            prediction = await response.json()
+    async with aiohttp.ClientSession() as http, http.post(f"{http_url}/v1/predictions", json=body, headers=headers) as response:
+        prediction = await response.json()
     assert response.status in (200, 201) and prediction["status"] in ("succeeded", "failed"), prediction
     return prediction["id"]
 
@@ -170,9 +169,8 @@ async def test_hand_made_hostile_requests_break_nothing(fuzzed_mesh):
     hand_made: lone surrogates as keys, non-finite numbers and deep nesting in free-form JSON and form
     fields, fields sent as file parts, bodies not in their Content-Encoding), held to the fuzzer's checks."""
     running, key, _ = fuzzed_mesh
-    async with aiohttp.ClientSession() as http:
-        async with http.get(f"{running.http_url}/openapi.json") as response:
-            document = await response.json()
+    async with aiohttp.ClientSession() as http, http.get(f"{running.http_url}/openapi.json") as response:
+        document = await response.json()
     schema = schemathesis.openapi.from_dict(document)
     checks = [getattr(general_checks, name, None) or getattr(openapi_checks, name) for name in CHECKS[:-1]]
     checks.append(fuzz_checks.no_traceback)

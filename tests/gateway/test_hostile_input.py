@@ -18,7 +18,14 @@ import pytest
 from yarl import URL
 
 from tests.conftest import ROOT
-from tests.gateway.conftest import HELLO, Account, assert_error, created, extra_gateway, make_key
+from tests.gateway.conftest import (
+    HELLO,
+    Account,
+    assert_error,
+    created,
+    extra_gateway,
+    make_key,
+)
 
 ERROR_KEYS = {"type", "message", "param"}
 
@@ -469,7 +476,7 @@ async def test_a_body_cut_short_by_the_client_logs_one_info_line(mesh, accounts,
     mark = len(mesh.log_lines["gateway"])
     address = URL(mesh.http_url)
     for _ in range(3):
-        reader, writer = await asyncio.open_connection(address.host, address.port)
+        _, writer = await asyncio.open_connection(address.host, address.port)
         writer.write(
             b"POST " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nAuthorization: " + alice.headers["Authorization"].encode()
             + b"\r\nContent-Type: " + content_type.encode() + b"\r\nContent-Length: 100\r\n\r\n" + b"0123456789"

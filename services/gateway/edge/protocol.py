@@ -89,7 +89,7 @@ class _Connection(web_protocol.RequestHandler):
     read of the rest of the body.
     """
 
-    def __init__(self, manager: "_Server", **kwargs) -> None:
+    def __init__(self, manager: _Server, **kwargs) -> None:
         super().__init__(manager, **kwargs)
         self.limits = manager.limits  # kept: aiohttp lets go of the manager once the client has gone
         self.header_timeout = manager.header_timeout
