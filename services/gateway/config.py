@@ -136,6 +136,18 @@ MAX_FILE_BYTES = setting(
     "given as audio_prompt; larger is refused with 413 request_too_large",
     at_least(1),
 )
+# A File's metadata comes back as a google.protobuf.Struct inside the answer (ListFilesResponse > File >
+# Struct, then Struct > map entry > Value for each level of objects): protobuf parses at most 100 nested
+# messages, which 33 levels of objects reach, so 32 is as deep as any stored metadata can be read back.
+METADATA_DEPTH_CEILING = 32
+MAX_METADATA_DEPTH = setting(
+    "GATEWAY_MAX_METADATA_DEPTH",
+    METADATA_DEPTH_CEILING,
+    "deepest nesting of objects and lists in the JSON `metadata` of a file uploaded to /v1/files (a flat object "
+    "is 1); a deeper one is refused with 400 invalid_parameter. At most 32, as deep as a protobuf Struct can "
+    "carry it back in the answers",
+    between(1, METADATA_DEPTH_CEILING, int),
+)
 PREDICTION_URL_ALLOW_LIST = setting(
     "GATEWAY_PREDICTION_URL_ALLOW_LIST",
     "",

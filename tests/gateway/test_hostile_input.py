@@ -6,14 +6,26 @@ refused is not stored."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import re
+import uuid
+import zlib
 
 import aiohttp
+import asyncpg
 import pytest
 from yarl import URL
 
-from tests.gateway.conftest import assert_error, extra_gateway
+from tests.conftest import ROOT
+from tests.gateway.conftest import (
+    HELLO,
+    Account,
+    assert_error,
+    created,
+    extra_gateway,
+    make_key,
+)
 
 ERROR_KEYS = {"type", "message", "param"}
 
@@ -97,6 +109,39 @@ async def test_a_form_text_field_that_is_not_utf8_is_400(http, accounts):
     assert "UTF-8" in error["message"]
 
 
+async def sample_ids(http, account) -> list[int]:
+    listing = await (await http.get("/v1/voice/samples", params={"page_size": "100"}, headers=account.headers)).json()
+    return [sample["id"] for sample in listing["voice_samples"]]
+
+
+@pytest.mark.parametrize("with_audio", [True, False])
+async def test_a_form_field_sent_as_a_file_part_is_refused_naming_it(http, accounts, with_audio):
+    alice, _ = accounts
+    before = await sample_ids(http, alice)
+    form = aiohttp.FormData()
+    if with_audio:
+        form.add_field("audio", HELLO, filename="a.webm", content_type="audio/webm")
+    form.add_field("speaker_name", b"Ada", filename="name.txt", content_type="text/plain")
+    error = await assert_error(await http.post("/v1/voice/samples", data=form, headers=alice.headers), 400, "invalid_parameter", "speaker_name")
+    assert "text field" in error["message"]
+    assert await sample_ids(http, alice) == before
+    # The same for the metadata of /v1/files.
+    files = await file_ids(http, alice)
+    form = aiohttp.FormData()
+    form.add_field("content", b"RIFF", filename="a.wav", content_type="audio/wav")
+    form.add_field("metadata", b'{"k": 1}', filename="metadata.json", content_type="application/json")
+    await assert_error(await http.post("/v1/files", data=form, headers=alice.headers), 400, "invalid_parameter", "metadata")
+    assert await file_ids(http, alice) == files
+
+
+async def test_the_file_part_may_have_another_name_when_it_is_the_only_one(http, accounts):
+    alice, _ = accounts
+    form = aiohttp.FormData()
+    form.add_field("file", b"RIFF", filename="a.wav", content_type="audio/wav")  # not "content"
+    stored = await created(await http.post("/v1/files", data=form, headers=alice.headers))
+    assert stored["size"] == 4
+
+
 # --- NUL characters: PostgreSQL's text cannot hold them ----------------------------
 
 
@@ -174,6 +219,35 @@ async def test_json_nested_too_deeply_is_invalid_json(http, accounts, depth):
     assert "nested" in error["message"]
 
 
+# Every JSON route: a lone UTF-16 surrogate escape as a key is no Unicode text, and no field's name.
+JSON_ROUTES = [
+    ("POST", "/v1/voice/generations"),
+    ("POST", "/v1/predictions"),
+    ("POST", "/v1/audio/speech"),
+    ("PATCH", "/v1/voice/generations/1"),
+    ("PATCH", "/v1/voice/samples/1"),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "error_type", "param"),
+    [(method, path, b'{"\\ud800": 1}', "invalid_json", None) for method, path in JSON_ROUTES]
+    + [
+        ("POST", "/v1/predictions", b'{"version": "nari-labs/dia", "input": {"text": "[S1] Hi.", "\\udfff": 1}}', "invalid_json", None),
+        # A string where an object belongs: protobuf's parser would look its characters up as field names.
+        ("POST", "/v1/predictions", b'{"version": "nari-labs/dia", "input": "\\ud800"}', "invalid_parameter", "input"),
+        ("POST", "/v1/voice/generations", b'{"input": "[S1] Hi.", "speakers": {"S1": ["\\udbff"]}}', "invalid_parameter", "speakers.S1"),
+    ],
+)
+async def test_a_lone_surrogate_in_json_is_a_typed_400(http, accounts, method, path, body, error_type, param):
+    alice, _ = accounts
+    before = await history_ids(http, alice)
+    response = await http.request(method, path, data=body, headers={**alice.headers, "Content-Type": "application/json"})
+    error = await assert_error(response, 400, error_type, param)
+    assert "surrogate" in error["message"]
+    assert await history_ids(http, alice) == before
+
+
 @pytest.mark.parametrize(
     ("content_type", "body"),
     [
@@ -202,6 +276,159 @@ async def test_json_with_or_without_a_json_content_type_is_read(http, accounts, 
         "/v1/voice/samples/1", data=b'{"colour": "red"}', headers=headers, skip_auto_headers=["Content-Type"]
     )
     await assert_error(response, 400, "invalid_parameter", "colour")
+
+
+# --- /v1/files metadata: free-form JSON that PostgreSQL and protobuf must both hold ------------
+
+
+def nested(depth: int, kind: str = "object") -> str:
+    """JSON `depth` levels deep: {"a": {"a": ... 1}} or [[... 1]] (a flat object is 1)."""
+    opening, closing = ('{"a": ', "}") if kind == "object" else ("[", "]")
+    return opening * depth + "1" + closing * depth
+
+
+async def upload_file(http, account, metadata: str | None = None) -> aiohttp.ClientResponse:
+    form = aiohttp.FormData()
+    form.add_field("content", b"RIFF", filename="a.wav", content_type="audio/wav")
+    if metadata is not None:
+        form.add_field("metadata", metadata)
+    return await http.post("/v1/files", data=form, headers=account.headers)
+
+
+async def file_ids(http, account) -> list[str]:
+    response = await http.get("/v1/files", headers=account.headers)
+    body = await response.json()
+    assert response.status == 200, body
+    return [found["id"] for found in body["results"]]
+
+
+HOSTILE_METADATA = {
+    "NaN": '{"a": NaN}',
+    "Infinity": '{"a": Infinity}',
+    "-Infinity": '{"a": -Infinity}',
+    "1e400": '{"a": 1e400}',
+    "-1e400": '{"a": [-1e400]}',
+    "an integer no double holds": '{"a": 1' + "0" * 400 + "}",
+    "a lone surrogate as a key": '{"\\ud800": 1}',
+    "a lone surrogate as a value": '{"a": ["\\udfff"]}',
+    "NUL in a value": '{"a": "x\\u0000y"}',
+    "NUL in a key": '{"b": {"x\\u0000": 1}}',
+    "100,000 levels of lists": "[" * 100_000 + "]" * 100_000,
+    "100,000 levels of objects": nested(100_000),
+    "150 levels of objects": nested(150),
+    "a list": "[1]",
+    "not JSON": "{a: 1}",
+}
+
+
+@pytest.mark.parametrize("problem", HOSTILE_METADATA)
+async def test_file_metadata_that_cannot_be_stored_or_read_back_is_refused(http, accounts, mesh, problem):
+    alice, _ = accounts
+    before = await file_ids(http, alice)
+    mark = len(mesh.log_lines["gateway"])
+    error = await assert_error(await upload_file(http, alice, HOSTILE_METADATA[problem]), 400, "invalid_parameter", "metadata")
+    assert "Traceback" not in error["message"]
+    assert await file_ids(http, alice) == before  # nothing stored, and the listing still answers
+    assert not any("Traceback" in line for line in mesh.log_lines["gateway"][mark:])
+
+
+async def test_file_metadata_of_the_default_depth_is_kept_and_one_level_more_refused(http, accounts):
+    """GATEWAY_MAX_METADATA_DEPTH (32, the most a protobuf Struct can carry back in a File) is stored
+    and read back, in the listing too; 33 levels are refused before anything is stored."""
+    alice, _ = accounts
+    for kind in ("object", "list"):
+        deepest = '{"deep": ' + nested(31, kind) + "}"
+        stored = await created(await upload_file(http, alice, deepest))
+        assert stored["metadata"] == json.loads(deepest)
+        assert (await created(await http.get(f"/v1/files/{stored['id']}", headers=alice.headers)))["metadata"] == json.loads(deepest)
+        assert stored["id"] in await file_ids(http, alice)
+        before = await file_ids(http, alice)
+        response = await upload_file(http, alice, '{"deep": ' + nested(32, kind) + "}")
+        error = await assert_error(response, 400, "invalid_parameter", "metadata")
+        assert "32" in error["message"]
+        assert await file_ids(http, alice) == before
+
+
+async def test_metadata_stored_before_the_check_no_longer_breaks_the_listing(http, mesh, database, key_env):
+    """Rows that older gateways stored (too deep, or a number no double holds) made every GET /v1/files
+    of their account fail; migration 008 blanks their metadata, the files stay listed."""
+    owner = Account(f"files-{uuid.uuid4().hex[:8]}", "")
+    owner.key = make_key(owner.name, key_env)
+    fine = await created(await upload_file(http, owner, '{"purpose": "test"}'))
+    poisoned = {
+        (await created(await upload_file(http, owner)))["id"]: nested(150),
+        (await created(await upload_file(http, owner)))["id"]: '{"a": 1' + "0" * 400 + "}",
+    }
+    connection = await asyncpg.connect(database.url)
+    try:
+        for file_id, metadata in poisoned.items():  # as an unchecked gateway stored them
+            await connection.execute("UPDATE gateway.prediction_files SET metadata = $2::jsonb WHERE id = $1", file_id, metadata)
+        assert (await http.get("/v1/files", headers=owner.headers)).status == 500  # what the migration repairs
+        migration = ROOT / "services" / "gateway" / "migrations" / "008_file_metadata_readable.sql"
+        await connection.execute("SET search_path TO gateway")
+        await connection.execute(migration.read_text())
+    finally:
+        await connection.close()
+    listing = await created(await http.get("/v1/files", headers=owner.headers))
+    metadata = {found["id"]: found["metadata"] for found in listing["results"]}
+    assert metadata == {fine["id"]: {"purpose": "test"}, **{file_id: {} for file_id in poisoned}}
+
+
+# --- Content-Encoding: gzip and deflate bodies are read decompressed, others refused ---------
+
+FILE_FORM = (
+    b'--x\r\nContent-Disposition: form-data; name="content"; filename="a.wav"\r\nContent-Type: audio/wav\r\n\r\n'
+    b"RIFF and some bytes\r\n--x\r\nContent-Disposition: form-data; name=\"metadata\"\r\n\r\n{\"k\": 1}\r\n--x--\r\n"
+)
+FORM_TYPE = "multipart/form-data; boundary=x"
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+@pytest.mark.parametrize(
+    ("path", "content_type", "body"),
+    [
+        ("/v1/files", FORM_TYPE, FILE_FORM),
+        ("/v1/voice/samples", FORM_TYPE, b'--x\r\nContent-Disposition: form-data; name="speaker_name"\r\n\r\nAda\r\n--x--\r\n'),
+        ("/v1/voice/generations", "application/json", b'{"input": "[S1] Hello."}'),
+    ],
+)
+async def test_a_body_that_is_not_in_its_content_encoding_is_invalid_request(
+    http, accounts, mesh, coding, path, content_type, body
+):
+    alice, _ = accounts
+    files, generations = await file_ids(http, alice), await history_ids(http, alice)
+    headers = {**alice.headers, "Content-Type": content_type, "Content-Encoding": coding}
+    mark = len(mesh.log_lines["gateway"])
+    error = await assert_error(await http.post(path, data=body, headers=headers), 400, "invalid_request")
+    assert coding in error["message"]
+    assert (await file_ids(http, alice), await history_ids(http, alice)) == (files, generations)
+    assert not any("Traceback" in line for line in mesh.log_lines["gateway"][mark:])
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "GZip"])
+async def test_a_compressed_upload_is_read_decompressed(http, accounts, coding):
+    alice, _ = accounts
+    body = gzip.compress(FILE_FORM) if coding.lower() == "gzip" else zlib.compress(FILE_FORM)
+    headers = {**alice.headers, "Content-Type": FORM_TYPE, "Content-Encoding": coding}
+    stored = await created(await http.post("/v1/files", data=body, headers=headers))
+    assert stored["metadata"] == {"k": 1}
+    content = await http.get(f"/v1/files/{stored['id']}/content", headers=alice.headers)
+    assert await content.read() == b"RIFF and some bytes"
+    # JSON too: read decompressed, so its field is named.
+    headers = {**alice.headers, "Content-Type": "application/json", "Content-Encoding": coding}
+    body = b'{"input": 5}'
+    compressed = gzip.compress(body) if coding.lower() == "gzip" else zlib.compress(body)
+    await assert_error(await http.post("/v1/voice/generations", data=compressed, headers=headers), 400, "invalid_parameter", "input")
+
+
+@pytest.mark.parametrize("coding", ["br", "zstd", "compress", "gzip, gzip", "bogus"])
+async def test_a_content_encoding_the_api_does_not_decode_is_415(http, accounts, coding):
+    alice, _ = accounts
+    before = await file_ids(http, alice)
+    headers = {**alice.headers, "Content-Type": FORM_TYPE, "Content-Encoding": coding}
+    error = await assert_error(await http.post("/v1/files", data=FILE_FORM, headers=headers), 415, "unsupported_media_type")
+    assert "gzip" in error["message"] and "Please install" not in error["message"]
+    assert await file_ids(http, alice) == before
 
 
 # --- what aiohttp answers by itself ----------------------------------------------
@@ -239,6 +466,59 @@ async def test_a_request_aiohttp_cannot_parse_gets_the_error_shape(mesh, request
     assert "server" not in headers
 
 
+@pytest.mark.parametrize(
+    ("path", "content_type"),
+    [("/v1/voice/generations", "application/json"), ("/v1/files", FORM_TYPE), ("/v1/voice/samples?speaker_name=A", "audio/wav")],
+)
+async def test_a_body_cut_short_by_the_client_logs_one_info_line(mesh, accounts, path, content_type):
+    """A client that announces 100 bytes, sends 10 and goes away is nobody's error: one line, no traceback."""
+    alice, _ = accounts
+    mark = len(mesh.log_lines["gateway"])
+    address = URL(mesh.http_url)
+    for _ in range(3):
+        _, writer = await asyncio.open_connection(address.host, address.port)
+        writer.write(
+            b"POST " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nAuthorization: " + alice.headers["Authorization"].encode()
+            + b"\r\nContent-Type: " + content_type.encode() + b"\r\nContent-Length: 100\r\n\r\n" + b"0123456789"
+        )
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    def lines() -> list[dict]:
+        return [json.loads(line) for line in mesh.log_lines["gateway"][mark:] if line.startswith("{")]
+
+    route = path.partition("?")[0]
+    for _ in range(100):  # until the gateway has seen the three go
+        if sum(line.get("path") == route for line in lines()) >= 3:
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)  # whatever else it would log about them
+    seen = [line for line in lines() if line.get("path") == route or line["level"] != "info"]
+    assert [(line["level"], line.get("status")) for line in seen] == [("info", 499)] * 3, seen
+    assert not any("Traceback" in line or "exception" in line for line in mesh.log_lines["gateway"][mark:])
+
+
+async def test_every_answer_tells_browsers_not_to_sniff_its_type(http, accounts, mesh):
+    alice, _ = accounts
+    form = aiohttp.FormData()
+    form.add_field("content", b"<html><script>alert(1)</script>", filename="a.html", content_type="text/html")
+    stored = await created(await http.post("/v1/files", data=form, headers=alice.headers))
+    for response in [
+        await http.get("/v1/voice/samples", headers=alice.headers),
+        await http.get(f"/v1/files/{stored['id']}/content", headers=alice.headers),  # what a user uploaded
+        await http.get("/v1/voice/nothing", headers=alice.headers),  # 404
+        await http.get("/v1/voice/samples"),  # 401
+        await http.get("/healthz"),
+        await http.get("/openapi.json"),
+        await http.get("/"),
+    ]:
+        assert response.headers.get("X-Content-Type-Options") == "nosniff", (response.url, response.status)
+    # Also what the HTTP server answers before any route (a malformed request).
+    status, headers, _ = await raw_request(mesh.http_url, b"G\x01T /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (status, headers.get("x-content-type-options")) == (400, "nosniff")
+
+
 async def test_no_response_names_the_server_software(http, accounts, mesh):
     alice, _ = accounts
     for response in [
@@ -261,6 +541,8 @@ async def test_no_response_names_the_server_software(http, accounts, mesh):
 
 URL_LIMIT = HEADER_LIMIT = 1000
 JSON_DEPTH = 3
+METADATA_DEPTH = 2
+BODY_LIMIT = 100_000
 
 
 @pytest.fixture(scope="module")
@@ -269,6 +551,8 @@ async def strict_gateway(mesh):
         "GATEWAY_MAX_URL_BYTES": str(URL_LIMIT),
         "GATEWAY_MAX_HEADER_BYTES": str(HEADER_LIMIT),
         "GATEWAY_MAX_JSON_DEPTH": str(JSON_DEPTH),
+        "GATEWAY_MAX_METADATA_DEPTH": str(METADATA_DEPTH),
+        "GATEWAY_MAX_BODY_BYTES": str(BODY_LIMIT),
         "GATEWAY_PUBLIC_METRICS": "false",
     }
     async with extra_gateway(mesh, **settings) as gateway:
@@ -306,6 +590,34 @@ async def test_json_of_the_depth_limit_is_read_and_one_level_more_refused(strict
         response = await http.post("/v1/voice/generations", data=b'{"speakers": {"S1": [[1]]}}', headers=headers)
         error = await assert_error(response, 400, "invalid_json")
         assert str(JSON_DEPTH) in error["message"]
+
+
+async def test_file_metadata_of_the_depth_limit_is_kept_and_one_level_more_refused(strict_gateway, accounts):
+    alice, _ = accounts
+    async with aiohttp.ClientSession(base_url=strict_gateway.http_url) as http:
+        for kind in ("object", "list"):
+            at_limit = '{"a": ' + nested(METADATA_DEPTH - 1, kind) + "}"
+            assert (await created(await upload_file(http, alice, at_limit)))["metadata"] == json.loads(at_limit)
+            before = await file_ids(http, alice)
+            response = await upload_file(http, alice, '{"a": ' + nested(METADATA_DEPTH, kind) + "}")
+            error = await assert_error(response, 400, "invalid_parameter", "metadata")
+            assert f"more than {METADATA_DEPTH} levels" in error["message"]
+            assert await file_ids(http, alice) == before
+
+
+async def test_a_compressed_body_is_held_to_the_body_limit_once_decompressed(strict_gateway, accounts):
+    alice, _ = accounts
+    async with aiohttp.ClientSession(base_url=strict_gateway.http_url) as http:
+        before = await file_ids(http, alice)
+        for path, content_type, body in [
+            ("/v1/files", FORM_TYPE, FILE_FORM.replace(b"RIFF and some bytes", b"\0" * BODY_LIMIT)),
+            ("/v1/voice/generations", "application/json", b'{"input": "' + b" " * BODY_LIMIT + b'"}'),
+        ]:
+            compressed = gzip.compress(body)
+            assert len(compressed) < BODY_LIMIT // 100
+            headers = {**alice.headers, "Content-Type": content_type, "Content-Encoding": "gzip"}
+            await assert_error(await http.post(path, data=compressed, headers=headers), 413, "request_too_large")
+        assert await file_ids(http, alice) == before
 
 
 async def test_metrics_can_be_kept_off_the_public_port(strict_gateway, http):
@@ -346,3 +658,130 @@ async def test_a_content_type_that_is_not_utf8_is_a_typed_error(mesh, accounts):
         )
         status, _, body = await raw_request(mesh.http_url, request)
         assert 400 <= status < 500 and json.loads(body)["error"]["type"], (part_headers, status, body)
+
+
+# --- slow clients: read timeouts of the edge, at their edges -------------------------
+
+HEADER_TIMEOUT = 2
+BODY_TIMEOUT = 3
+KEEPALIVE_TIMEOUT = 2
+# How long a test waits for the gateway to cut a slow client off: far past the timeouts, so a busy
+# machine cannot fail it; a gateway that never cuts it off fails it.
+CUT_OFF_WITHIN = 60
+
+
+@pytest.fixture(scope="module")
+async def timeouts_gateway(mesh):
+    settings = {
+        "GATEWAY_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT),
+        "GATEWAY_BODY_TIMEOUT_SECONDS": str(BODY_TIMEOUT),
+        "GATEWAY_KEEPALIVE_TIMEOUT_SECONDS": str(KEEPALIVE_TIMEOUT),
+    }
+    async with extra_gateway(mesh, **settings) as gateway:
+        yield gateway
+
+
+async def send_slowly(url: str, pieces: list[bytes], pause: float) -> bytes:
+    """Send the pieces with a pause after each (stopping once the server has answered and closed),
+    and return what came back until the server closed the connection."""
+    address = URL(url)
+    reader, writer = await asyncio.open_connection(address.host, address.port)
+    received: list[bytes] = []
+
+    async def read_all() -> None:
+        try:
+            while chunk := await reader.read(65536):
+                received.append(chunk)
+        except ConnectionError:
+            pass  # what came before the reset is kept
+
+    reading = asyncio.ensure_future(read_all())
+    try:
+        for piece in pieces:
+            if reading.done():
+                break
+            try:
+                writer.write(piece)
+                await writer.drain()
+            except ConnectionError:
+                break
+            await asyncio.sleep(pause)
+        await asyncio.wait_for(reading, CUT_OFF_WITHIN)
+        return b"".join(received)
+    finally:
+        reading.cancel()
+        writer.close()
+
+
+def answer_of(raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in header_lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+async def test_request_headers_slower_than_the_timeout_are_cut_off_with_408(timeouts_gateway):
+    # The head never ends: the gateway answers 408 and closes (reader.read() returns).
+    status, headers, body = answer_of(await send_slowly(timeouts_gateway.http_url, [b"GET /healthz HTTP/1.1\r\nHost: x\r\n"], 0))
+    assert (status, json.loads(body)["error"]["type"]) == (408, "request_timeout"), body
+    assert headers["content-type"] == "application/json" and headers["connection"] == "close"
+    # One byte at a time, each well within the timeout, is still too slow in all.
+    pieces = [bytes([byte]) for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\n"]
+    status, _, body = answer_of(await send_slowly(timeouts_gateway.http_url, pieces, HEADER_TIMEOUT / 8))
+    assert status == 408, body
+
+
+async def test_request_headers_within_the_timeout_are_served(timeouts_gateway):
+    pieces = [b"GET /healthz HTTP/1.1\r\n", b"Host: x\r\n", b"Connection: close\r\n\r\n"]
+    status, _, body = answer_of(await send_slowly(timeouts_gateway.http_url, pieces, HEADER_TIMEOUT / 10))
+    assert (status, json.loads(body)) == (200, {"status": "ok"})
+
+
+async def test_an_idle_connection_is_closed_after_the_keepalive_timeout(timeouts_gateway):
+    # Nothing sent at all: closed without an answer.
+    assert await send_slowly(timeouts_gateway.http_url, [], 0) == b""
+    # Kept open after an answer, then closed once idle.
+    raw = await send_slowly(timeouts_gateway.http_url, [b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"], 0)
+    status, headers, body = answer_of(raw)
+    assert status == 200 and headers.get("connection") != "close" and body == b'{"status": "ok"}'
+
+
+def upload_request(account, path: str, content_type: str, body: bytes) -> bytes:
+    return (
+        b"POST " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: "
+        + account.headers["Authorization"].encode() + b"\r\nContent-Type: " + content_type.encode()
+        + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+    )
+
+
+BODIES = [
+    ("/v1/files", FORM_TYPE, FILE_FORM),
+    ("/v1/voice/generations", "application/json", b'{"input": "' + b" " * 200 + b'[S1] Hello.", "max_new_tokens": 0}'),
+]
+
+
+@pytest.mark.parametrize(("path", "content_type", "body"), BODIES)
+async def test_a_body_slower_than_the_timeout_is_cut_off_with_408(timeouts_gateway, accounts, path, content_type, body):
+    alice, _ = accounts
+    async with aiohttp.ClientSession(base_url=timeouts_gateway.http_url) as http:
+        files, generations = await file_ids(http, alice), await history_ids(http, alice)
+        # Half the body, then nothing.
+        pieces = [upload_request(alice, path, content_type, body), body[: len(body) // 2]]
+        status, headers, answer = answer_of(await send_slowly(timeouts_gateway.http_url, pieces, 0))
+        assert (status, json.loads(answer)["error"]["type"]) == (408, "request_timeout"), answer
+        assert headers["connection"] == "close"
+        # A trickle, each piece well within the timeout, is too slow in all.
+        pieces = [upload_request(alice, path, content_type, body), *(body[i : i + 10] for i in range(0, len(body), 10))]
+        assert len(pieces) * BODY_TIMEOUT / 8 > 2 * BODY_TIMEOUT
+        status, _, answer = answer_of(await send_slowly(timeouts_gateway.http_url, pieces, BODY_TIMEOUT / 8))
+        assert status == 408, answer
+        assert (await file_ids(http, alice), await history_ids(http, alice)) == (files, generations)
+
+
+async def test_a_slow_upload_within_the_body_timeout_is_served(timeouts_gateway, accounts):
+    alice, _ = accounts
+    path, content_type, body = BODIES[0]
+    pieces = [upload_request(alice, path, content_type, body), *(body[i : i + 40] for i in range(0, len(body), 40))]
+    assert len(pieces) * BODY_TIMEOUT / 20 < BODY_TIMEOUT / 2
+    status, _, answer = answer_of(await send_slowly(timeouts_gateway.http_url, pieces, BODY_TIMEOUT / 20))
+    assert status == 200 and json.loads(answer)["metadata"] == {"k": 1}, answer

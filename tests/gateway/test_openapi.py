@@ -122,3 +122,24 @@ def test_a_limit_its_upstream_did_not_publish_is_named_not_guessed():
     speaker_name = update["requestBody"]["content"]["application/json"]["schema"]["properties"]["speaker_name"]
     assert "maxLength" not in speaker_name
     assert speaker_name["description"].endswith("At most as many characters as the service's limit speaker_name_chars allows.")
+
+
+async def test_an_event_stream_answer_is_documented_event_by_event(http):
+    """A text/event-stream answer's schema is that of one event (what OpenAPI 3.0 tools check each
+    event against), with the method's comment saying which events come; other media types stay binary."""
+    document = await (await http.get("/openapi.json")).json()
+    streams = {}
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            for media_type, content in operation["responses"].get("200", {}).get("content", {}).items():
+                if media_type == "text/event-stream":
+                    streams[f"{method.upper()} {path}"] = content["schema"]
+                elif media_type.startswith("audio/"):
+                    assert content["schema"] == {"type": "string", "format": "binary"}
+    assert set(streams) == {"GET /v1/predictions/{id}/stream", "POST /v1/audio/speech"}
+    for schema in streams.values():
+        assert schema["type"] == "object" and schema["required"] == ["data"]
+        assert set(schema["properties"]) == {"event", "data", "id", "retry"}
+        assert schema["properties"]["data"]["type"] == "string"
+    described = streams["GET /v1/predictions/{id}/stream"]["description"]
+    assert all(f'"{event}"' in described for event in ("logs", "output", "error", "done")), described

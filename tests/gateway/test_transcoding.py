@@ -269,6 +269,19 @@ def test_unknown_form_fields_are_refused_like_query_parameters(things_routes):
     assert error.param == "notes"
 
 
+@pytest.mark.parametrize(
+    ("files", "param"),
+    [
+        ([FilePart("file", b"1", ""), FilePart("note", b"a note", "text/plain")], "note"),
+        ([FilePart("note", b"a note", "text/plain")], "note"),  # not taken for the only file
+        ([FilePart("file", b"1", ""), FilePart("thumbnail", b"2", "image/png")], "thumbnail"),
+    ],
+)
+def test_a_file_part_beside_the_file_is_refused_not_dropped(things_routes, files, param):
+    error = refused(things_routes, "POST /v1/things/{id}/file", path_params={"id": "5"}, multipart=True, files=files)
+    assert (error.reason, error.param) == ("INVALID_PARAMETER", param)
+
+
 # --- responses --------------------------------------------------------------
 
 
@@ -360,6 +373,11 @@ def test_the_error_body_has_the_public_shape():
             "GET /v1/things",
             {"params": [("filter.kind", "HUGE")]},
             "invalid value for 'filter.kind': expected one of KIND_UNSPECIFIED, KIND_SMALL, KIND_BIG, got 'HUGE'",
+        ),
+        (
+            "GET /v1/things/{id}",
+            {"path_params": {"id": "1e400"}},
+            "invalid value for 'id': expected an integer, got '1e400'",
         ),
     ],
 )

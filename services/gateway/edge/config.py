@@ -43,6 +43,28 @@ MAX_JSON_DEPTH = setting(
     "refused with 400 invalid_json",
     between(1, 200, int),
 )
+HEADER_TIMEOUT_SECONDS = setting(
+    "GATEWAY_HEADER_TIMEOUT_SECONDS",
+    10.0,
+    "longest an HTTP request's line and headers may take to arrive, from their first byte; a slower client is "
+    "answered 408 request_timeout and its connection closed",
+    between(0.1, 3600),
+)
+BODY_TIMEOUT_SECONDS = setting(
+    "GATEWAY_BODY_TIMEOUT_SECONDS",
+    60.0,
+    "longest an HTTP request's body may take to arrive, from the end of its headers (60 s takes "
+    "GATEWAY_MAX_BODY_BYTES at 3.5 Mbit/s); a slower client is answered 408 request_timeout and its connection "
+    "closed, nothing stored",
+    between(0.1, 3600),
+)
+KEEPALIVE_TIMEOUT_SECONDS = setting(
+    "GATEWAY_KEEPALIVE_TIMEOUT_SECONDS",
+    75.0,
+    "how long an idle HTTP connection (its last answer sent, no byte of a next request yet) is kept open for "
+    "another request before it is closed",
+    between(0.1, 3600),
+)
 PUBLIC_METRICS = setting(
     "GATEWAY_PUBLIC_METRICS",
     True,

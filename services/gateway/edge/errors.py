@@ -43,6 +43,7 @@ REASON_STATUS = {
     "UPSTREAM_ERROR": 502,
     "UNSUPPORTED_MEDIA_TYPE": 415,
     "METHOD_NOT_ALLOWED": 405,
+    "REQUEST_TIMEOUT": 408,
 }
 
 # Answers that mean "not now": they always carry Retry-After.
@@ -84,6 +85,11 @@ def request_too_large(limit: int) -> ApiError:
     )
 
 
+def request_timeout(message: str) -> ApiError:
+    """A client too slow to send its request (its headers or its body): the connection is closed."""
+    return ApiError(grpc.StatusCode.DEADLINE_EXCEEDED, "REQUEST_TIMEOUT", message)
+
+
 def invalid_request(message: str) -> ApiError:
     """A request that is malformed as a whole (its HTTP, its multipart form), not in one field."""
     return ApiError(grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST", message)
@@ -91,6 +97,12 @@ def invalid_request(message: str) -> ApiError:
 
 def unsupported_media_type(message: str) -> ApiError:
     return ApiError(grpc.StatusCode.INVALID_ARGUMENT, "UNSUPPORTED_MEDIA_TYPE", message)
+
+
+def unsupported_content_encoding(coding: str) -> ApiError:
+    return unsupported_media_type(
+        f"the body's Content-Encoding {coding[:50]!r} is not supported: send it as it is, or gzip or deflate"
+    )
 
 
 class MethodNotAllowed(ApiError):

@@ -30,7 +30,14 @@ from aiohttp.http_exceptions import HttpProcessingError
 from runtime import clients, config, inprocess, logs
 from runtime.errors import DEFAULT_REASONS, ApiError, internal_error, not_found
 from services.gateway.edge import cors, errors, openapi, protocol, transcoding
-from services.gateway.edge.config import MAX_HEADER_BYTES, MAX_URL_BYTES, PUBLIC_METRICS
+from services.gateway.edge.config import (
+    BODY_TIMEOUT_SECONDS,
+    HEADER_TIMEOUT_SECONDS,
+    KEEPALIVE_TIMEOUT_SECONDS,
+    MAX_HEADER_BYTES,
+    MAX_URL_BYTES,
+    PUBLIC_METRICS,
+)
 from services.gateway.edge.dashboard import Dashboard
 from services.gateway.edge.discovery import Route, Rpc
 from services.gateway.edge.upstreams import RouteTable
@@ -61,6 +68,8 @@ UNMATCHED = "unmatched"
 # Probed every few seconds: their access log lines are DEBUG, not INFO.
 PROBES = {"/healthz", "/readyz", "/metrics"}
 REQUEST_ID_RESPONSE_HEADER = "X-Request-Id"
+# When a request's body must have arrived (loop time).
+BODY_DEADLINE = web.RequestKey("body_deadline", float)
 # Where an error response keeps its type for the metrics (aiohttp responses are mappings).
 ERROR_TYPE = web.ResponseKey("error_type", str)
 # A stream that ended before its first answer has no content type to send.
@@ -119,6 +128,8 @@ class HttpFront:
             shutdown_timeout=config.SHUTDOWN_GRACE_SECONDS.value,
             max_url_bytes=MAX_URL_BYTES.value,
             max_header_bytes=MAX_HEADER_BYTES.value,
+            header_timeout=HEADER_TIMEOUT_SECONDS.value,
+            keepalive_timeout=KEEPALIVE_TIMEOUT_SECONDS.value,
         )
         await self.runner.setup()
         await web.TCPSite(self.runner, host, port).start()
@@ -146,6 +157,8 @@ class HttpFront:
         request_id = uuid.uuid4().hex
         token = logs.REQUEST_ID.set(request_id)
         request["request_id"] = request_id
+        # Its headers have just arrived: its body has until then (see _read_body).
+        request[BODY_DEADLINE] = asyncio.get_running_loop().time() + BODY_TIMEOUT_SECONDS.value
         resource = request.match_info.route.resource
         # The API's handler names the route template once it has matched one.
         request["route"] = UNMATCHED if resource in (None, self.api_resource) else resource.canonical
@@ -160,6 +173,8 @@ class HttpFront:
                 response = await handler(request)
             except ApiError as error:
                 response = error_response(error)
+                if response.status == 408 or request.content.exception() is not None:
+                    response.force_close()  # the rest of a body too slow, or unreadable, is not read
             except web.HTTPRequestEntityTooLarge:
                 response = error_response(errors.request_too_large(self.max_body_bytes))
             except web.HTTPException as error:  # aiohttp's own (a malformed form, ...)
@@ -286,11 +301,12 @@ class HttpFront:
             return http  # a body on GET or DELETE means nothing
         if request.content_length is not None and request.content_length > self.max_body_bytes:
             raise errors.request_too_large(self.max_body_bytes)
+        _check_content_encoding(request)
         http.content_type = _text(request.headers.get("Content-Type", ""), "the Content-Type header")
         # A JSON route reads its body as it is, to refuse it as a whole if it is not JSON.
         if request.content_type == "multipart/form-data" and not transcoding.takes_json(route):
             http.multipart = True
-            for name, value in (await _form(request)).items():
+            for name, value in (await _read_body(request, _form(request))).items():
                 name = _text(name, "a part name of the form")
                 if isinstance(value, web.FileField):
                     content_type = _text(value.content_type, f"the Content-Type of the form's part {name!r}")
@@ -298,7 +314,10 @@ class HttpFront:
                 else:
                     http.params.append((name, value))
         else:
-            http.body = await request.read()
+            try:
+                http.body = await _read_body(request, request.read())
+            except web.RequestPayloadError as error:
+                raise _unreadable_body(error) from None
         return http
 
     def _metadata(self, request: web.Request, account_id: int | None, route: Route) -> tuple:
@@ -449,10 +468,40 @@ def _text(value: str, what: str) -> str:
     return value
 
 
+# What aiohttp decodes by itself (one coding): the API reads such a body decompressed, its limits counting
+# the decompressed bytes. It refuses br and zstd itself (protocol.py: 415 too) and passes any other coding on
+# undecoded, which the edge refuses instead of reading compressed bytes as the body.
+CONTENT_ENCODINGS = {"", "identity", "gzip", "deflate"}
+
+
+def _check_content_encoding(request: web.Request) -> None:
+    coding = request.headers.get("Content-Encoding", "").strip().lower()
+    if coding not in CONTENT_ENCODINGS:
+        raise errors.unsupported_content_encoding(coding)
+
+
+async def _read_body(request: web.Request, reading: Awaitable):
+    """What `reading` (of the request's body) gives, if the body arrives by the request's deadline."""
+    try:
+        async with asyncio.timeout_at(request[BODY_DEADLINE]):
+            return await reading
+    except TimeoutError:
+        raise errors.request_timeout(
+            f"the request's body did not arrive within {BODY_TIMEOUT_SECONDS.value:g} seconds"
+        ) from None
+
+
+def _unreadable_body(error: Exception) -> ApiError:
+    """A body aiohttp could not read: one that is not in its Content-Encoding (not gzip), or cut short."""
+    return errors.invalid_request(f"the request body cannot be read: {protocol.problem(error.__cause__ or error)}")
+
+
 async def _form(request: web.Request):
     """The fields of a multipart/form-data body; INVALID_REQUEST for a malformed one."""
     try:
         return await request.post()
+    except web.RequestPayloadError as error:
+        raise _unreadable_body(error) from None
     except UnicodeDecodeError:
         raise errors.invalid_request(
             "a text field of the form is not UTF-8 text; send binary data as a file part"

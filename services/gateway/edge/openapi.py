@@ -2,7 +2,8 @@
 
 Everything in it comes from the protos, read over reflection: paths from the
 ``google.api.http`` rules; which operations need a key, their response
-headers and audio media types from the ``(voice.api.v1.method)`` option;
+headers and audio media types from the ``(voice.api.v1.method)`` option (a
+``text/event-stream`` answer is documented by the schema of one of its events);
 required fields, bounds, defaults, allowed values and lengths from the
 ``(voice.api.v1.field)`` rules the services check requests against, a length
 that a rule names as a limit with the value the route's upstream publishes
@@ -41,6 +42,20 @@ _SCALARS = {
     FieldType.TYPE_BYTES: {"type": "string", "format": "byte"},
 }
 BINARY = {"type": "string", "format": "binary"}
+EVENT_STREAM = "text/event-stream"
+# A text/event-stream answer's schema is that of one event, as a client (a browser's EventSource,
+# an OpenAPI tool) reads the stream: OpenAPI 3.0 has no schema for the stream as a whole (3.2's
+# itemSchema), and tools such as schemathesis check every event against it.
+SSE_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "event": {"type": "string", "description": "The event's type (a client reads `message` when it has none)."},
+        "data": {"type": "string", "description": "The event's data, as text (its lines joined by newlines)."},
+        "id": {"type": "string", "description": "The event's id, which a client reconnecting sends as Last-Event-ID."},
+        "retry": {"type": "integer", "minimum": 0, "description": "Milliseconds a client waits before reconnecting."},
+    },
+}
 # Well-known types with a JSON form of their own.
 _WELL_KNOWN = {
     "google.protobuf.Timestamp": {"type": "string", "format": "date-time"},
@@ -78,6 +93,7 @@ ERROR_STATUSES = {
     "400": "The request is invalid (`invalid_parameter` names the field).",
     "401": "No API key, or an unknown one (`unauthorized`).",
     "404": "No such resource for this account (`not_found`), or no provider for the model (`no_provider`).",
+    "408": "The request's headers or body came too slowly (`request_timeout`); the connection is closed.",
     "413": "The body or a field is larger than its limit (`request_too_large`).",
     "415": "The body is not of a media type this route takes (`unsupported_media_type`).",
     "429": "Over a limit (`rate_limited`) or a bounded queue is full (`synth_busy`, `uploads_busy`, ...); "
@@ -334,6 +350,13 @@ def _request_body(builder, route: Route, request: descriptor.Descriptor, path_fi
     }
 
 
+def _event_schema(builder: _Builder, route: Route) -> dict:
+    """One event of the route's text/event-stream answer; which events come is the method's comment."""
+    comment = builder.comments.get(route.rpc.method.full_name)
+    described = "One server-sent event of the stream." + (f" {comment}" if comment else "")
+    return {**SSE_EVENT, "description": described}
+
+
 def _response(builder: _Builder, route: Route) -> dict:
     response = route.rpc.method.output_type
     chosen = response.fields_by_name[route.response_body] if route.response_body else None
@@ -347,7 +370,10 @@ def _response(builder: _Builder, route: Route) -> dict:
         media_types = list(route.rpc.rules.response_media_types) or ["*/*"]
         if chosen is not None and chosen.full_name in builder.comments:
             answer["description"] = builder.comments[chosen.full_name]
-        answer["content"] = {media_type: {"schema": BINARY} for media_type in media_types}
+        answer["content"] = {
+            media_type: {"schema": _event_schema(builder, route) if media_type == EVENT_STREAM else BINARY}
+            for media_type in media_types
+        }
         return answer
     schema = builder.field(chosen) if chosen is not None else builder.message(response)
     answer["content"] = {"application/json": {"schema": schema}}

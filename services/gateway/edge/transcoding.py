@@ -87,7 +87,7 @@ def to_grpc_request(route: Route, http: HttpInput) -> message.Message:
         bound.append(route.body)
         body_field = descriptor_.fields_by_name[route.body]
         if is_http_body(body_field):
-            _fill_http_body(getattr(request, route.body), body_field.name, http)
+            _fill_http_body(getattr(request, route.body), body_field.name, http, descriptor_)
         else:
             _fill_field_from_json(request, route, body_field, http)
     elif http.multipart:
@@ -118,7 +118,7 @@ def _take_http_body_data(route: Route, http: HttpInput) -> bytes | None:
     if not http.multipart:
         data, http.body = http.body, b""
         return data
-    part = _file_part(route.body, http.files)
+    part = _file_part(route.body, http.files, route.rpc.request_class.DESCRIPTOR)
     data, part.data = part.data, b""
     return data
 
@@ -155,6 +155,7 @@ def _parse_json(http: HttpInput):
         raise invalid_argument("INVALID_JSON", f"the request body is not valid JSON: {error}") from None
     if _depth(document, limit) > limit:
         raise too_deep  # before anything recursive (protobuf's parser) walks it
+    _refuse_lone_surrogates(document)
     return document
 
 
@@ -170,6 +171,41 @@ def _depth(document, limit: int) -> int:
             item for container in containers for item in (container.values() if isinstance(container, dict) else container)
         ]
     return depth
+
+
+def _refuse_lone_surrogates(document) -> None:
+    """A lone UTF-16 surrogate escape ("\\ud800", which json.loads keeps) is no Unicode text: in an object key
+    INVALID_JSON, in a string INVALID_PARAMETER naming its field. Walked without recursion, before protobuf's
+    parser, which looks keys up as field names (and a string given for a message field, character by
+    character) and fails inside on one."""
+    stack: list[tuple[object, str]] = [(document, "")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, dict):
+            for key, value in item.items():
+                if not key.isascii() and not _is_text(key):
+                    raise invalid_argument(
+                        "INVALID_JSON",
+                        "the request body is not valid JSON text: an object key holds a lone UTF-16 surrogate "
+                        "escape (\\ud800 to \\udfff), which is no Unicode character",
+                    )
+                stack.append((value, f"{path}.{key}" if path else key))
+        elif isinstance(item, list):
+            stack.extend((value, path) for value in item)
+        elif isinstance(item, str) and not item.isascii() and not _is_text(item):
+            param = path or "body"
+            raise invalid_parameter(
+                param,
+                f"{param!r} holds a lone UTF-16 surrogate escape (\\ud800 to \\udfff), which is no Unicode character",
+            )
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _fill_from_json_body(request: message.Message, route: Route, http: HttpInput) -> None:
@@ -189,25 +225,44 @@ def _fill_field_from_json(request: message.Message, route: Route, body_field, ht
     _parse_dict(document, getattr(request, body_field.name), prefix="")
 
 
-def _fill_http_body(target: message.Message, name: str, http: HttpInput) -> None:
+def _fill_http_body(target: message.Message, name: str, http: HttpInput, request: descriptor.Descriptor) -> None:
     if not http.multipart:
         target.data = http.body
         target.content_type = http.content_type or DEFAULT_BINARY_TYPE
         return
-    part = _file_part(name, http.files)
+    part = _file_part(name, http.files, request)
     target.data = part.data
     target.content_type = part.content_type or DEFAULT_BINARY_TYPE
 
 
-def _file_part(name: str, files: list[FilePart]) -> FilePart:
-    """The part named like the body field, or else the form's only file."""
+def _file_part(name: str, files: list[FilePart], request: descriptor.Descriptor) -> FilePart:
+    """The part named like the body field, or else the form's only file.
+
+    A file part named like another field is refused, naming it: the form sends fields as text parts,
+    and one sent as a file would otherwise be dropped unseen. So is a file beside the named one."""
+    for part in files:
+        if part.name != name and _is_parameter(request, part.name):
+            raise invalid_parameter(
+                part.name, f"{part.name!r} is a text field of the form: send it as a text part, not a file part"
+            )
     named = [part for part in files if part.name == name]
+    if named and len(files) > len(named):
+        extra = next(part.name for part in files if part.name != name)
+        raise invalid_parameter(extra, f"unknown file part {extra!r}: the form takes one file, in the part {name!r}")
     chosen = named or files
     if not chosen:
         raise invalid_parameter(name, f"the form has no file part {name!r}")
     if len(chosen) > 1:
         raise invalid_parameter(name, f"send one file part {name!r}, not {len(chosen)}")
     return chosen[0]
+
+
+def _is_parameter(request: descriptor.Descriptor, name: str) -> bool:
+    try:
+        _param_field(request, name)
+    except ValueError:
+        return False
+    return True
 
 
 def _apply_params(
@@ -425,7 +480,8 @@ def to_json(value: message.Message) -> dict:
     return document
 
 
-_INT64 = {_FieldType.CPPTYPE_INT64, _FieldType.CPPTYPE_UINT64}
+# (Not _INT64, the field types above: named so, it hid them and int64 fields were "a value of another type".)
+_CPP_INT64 = {_FieldType.CPPTYPE_INT64, _FieldType.CPPTYPE_UINT64}
 
 
 def _int64_as_numbers(document: dict, message_descriptor: descriptor.Descriptor) -> None:
@@ -449,7 +505,7 @@ def _int64_as_numbers(document: dict, message_descriptor: descriptor.Descriptor)
             items, put = [(found.name, value)], document.__setitem__
         nested = target.message_type
         for key, item in items:
-            if nested is None and target.cpp_type in _INT64 and isinstance(item, str):
+            if nested is None and target.cpp_type in _CPP_INT64 and isinstance(item, str):
                 put(key, int(item))
             elif nested is not None and isinstance(item, dict) and not nested.full_name.startswith("google."):
                 _int64_as_numbers(item, nested)  # our own messages (well-known types have JSON forms of their own)

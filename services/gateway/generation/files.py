@@ -8,13 +8,13 @@ caller's own.
 from __future__ import annotations
 
 import hashlib
-import json
 import secrets
 
 import grpc
 
 from runtime.errors import ApiError, invalid_parameter
 from services.gateway.config import MAX_FILE_BYTES
+from services.gateway.generation.metadata import parse_metadata
 from services.gateway.store.files import FilesTable
 
 ID_PREFIX = "file_"
@@ -32,19 +32,6 @@ def too_large(what: str, param: str) -> ApiError:
     )
 
 
-def metadata_of(text: str) -> dict:
-    """The caller's metadata: a JSON object, or {} when none is given."""
-    if not text:
-        return {}
-    try:
-        metadata = json.loads(text)
-    except ValueError:
-        metadata = None
-    if not isinstance(metadata, dict):
-        raise invalid_parameter("metadata", "metadata must be a JSON object")
-    return metadata
-
-
 class Files:
     def __init__(self, table: FilesTable) -> None:
         self.table = table
@@ -55,7 +42,7 @@ class Files:
             raise invalid_parameter("content", "the file is empty: send it in the multipart part \"content\"")
         if len(content) > MAX_FILE_BYTES.value:
             raise too_large("the file", "content")
-        kept = metadata_of(metadata)
+        kept = parse_metadata(metadata)
         file_id = ID_PREFIX + secrets.token_hex(12)
         return await self.table.add(
             file_id,
