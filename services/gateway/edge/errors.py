@@ -43,6 +43,7 @@ REASON_STATUS = {
     "UPSTREAM_ERROR": 502,
     "UNSUPPORTED_MEDIA_TYPE": 415,
     "METHOD_NOT_ALLOWED": 405,
+    "RANGE_NOT_SATISFIABLE": 416,
 }
 
 # Answers that mean "not now": they always carry Retry-After.
@@ -107,3 +108,11 @@ class MethodNotAllowed(ApiError):
 
 def unavailable(message: str) -> ApiError:
     return ApiError(grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE", message)
+
+
+def range_not_satisfiable(size: int) -> ApiError:
+    return ApiError(
+        grpc.StatusCode.OUT_OF_RANGE,
+        "RANGE_NOT_SATISFIABLE",
+        f"the Range header asks for bytes this answer does not have: it has {size}",
+    )
