@@ -70,6 +70,11 @@ def start_prediction(mesh, account, text: str, max_new_tokens: int) -> dict:
     )
 
 
+def without_signature(url: str) -> str:
+    """A signed URL without its expiry and signature, which each reading of a prediction signs anew."""
+    return url.split("?")[0]
+
+
 def is_wav(data: bytes) -> float:
     with wave.open(io.BytesIO(data)) as audio:
         return audio.getnframes() / audio.getframerate()
@@ -150,9 +155,49 @@ async def test_replicate_run_returns_the_wav_url_usable_with_the_same_key(online
         print(json.dumps({{"url": url, "size": len(data), "riff": data[:4].decode("latin-1"), "polled": str(polled)}}))
         """,
     )
-    assert answer["url"].startswith(online.http_url + "/v1/voice/generations/gen_")
+    assert answer["url"].startswith(online.http_url + "/v1/signed/generations/gen_")
     assert answer["riff"] == "RIFF" and answer["size"] > 1000
-    assert answer["polled"].startswith(online.http_url + "/v1/voice/generations/gen_") and answer["polled"] != answer["url"]
+    assert answer["polled"].startswith(online.http_url + "/v1/signed/generations/gen_") and answer["polled"] != answer["url"]
+
+
+async def test_the_output_url_is_fetched_without_a_key_with_head_and_byte_ranges(online, accounts):
+    answer = await asyncio.to_thread(
+        run_client,
+        online,
+        accounts[0],
+        f"""
+        import json, os, urllib.request, requests, replicate
+        from replicate.helpers import FileOutput
+        output = str(replicate.run("nari-labs/dia", input={QUICK!r}))
+        del os.environ["REPLICATE_API_TOKEN"]  # no key from here on
+        path, _ = urllib.request.urlretrieve(output)
+        retrieved = open(path, "rb").read()
+        fetched = requests.get(output)
+        read = FileOutput(output, replicate.Client()).read()  # a client without a key
+        size = len(fetched.content)
+        head = requests.head(output)
+        first = requests.get(output, headers={{"Range": "bytes=0-99"}})
+        last = requests.get(output, headers={{"Range": "bytes=-10"}})
+        beyond = requests.get(output, headers={{"Range": f"bytes={{size}}-"}})
+        generation = output.split("/v1/signed/generations/")[1].split("/")[0]
+        keyed = requests.get(output.split("/v1/")[0] + f"/v1/voice/generations/{{generation}}/audio")
+        print(json.dumps({{
+            "same": retrieved == fetched.content == read, "riff": retrieved[:4].decode("latin-1"), "size": size,
+            "head": [head.status_code, head.headers.get("Content-Length"), len(head.content)],
+            "first": [first.status_code, first.headers.get("Content-Range"), first.content == fetched.content[:100]],
+            "last": [last.status_code, last.headers.get("Content-Range"), last.content == fetched.content[-10:]],
+            "beyond": [beyond.status_code, beyond.headers.get("Content-Range"), beyond.json()["error"]["type"]],
+            "keyed": keyed.status_code,
+        }}))
+        """,
+    )
+    size = answer["size"]
+    assert answer["same"] and answer["riff"] == "RIFF" and size > 1000
+    assert answer["head"] == [200, str(size), 0]
+    assert answer["first"] == [206, f"bytes 0-99/{size}", True]
+    assert answer["last"] == [206, f"bytes {size - 10}-{size - 1}/{size}", True]
+    assert answer["beyond"] == [416, f"bytes */{size}", "range_not_satisfiable"]
+    assert answer["keyed"] == 401  # the key-authenticated URL of the same audio still needs the key
 
 
 async def test_create_wait_reload_list_and_the_prediction_object(online, accounts, http):
@@ -467,13 +512,13 @@ async def test_audio_prompt_as_allowed_url_data_uri_and_sample(online, second, a
         print(json.dumps({{"url": url, "data": [data.status, data.id], "refused": refused}}))
         """,
     )
-    assert answer["url"].startswith(second.http_url + "/v1/voice/generations/")
+    assert answer["url"].startswith(second.http_url + "/v1/signed/generations/")
     assert answer["data"][0] == "succeeded"
     assert answer["refused"]["elsewhere"][0] == 400  # not under the allow-listed prefix
     assert answer["refused"]["foreign_sample"][0] == 400
     assert answer["refused"]["bad_data"][0] == 400 and "base64" in answer["refused"]["bad_data"][1]
     # The URL and the data URI held the same audio: one sample, transcribed once.
-    url_generation = answer["url"].removeprefix(second.http_url).removesuffix("/audio")
+    url_generation = "/v1/voice/generations/" + answer["url"].split("/v1/signed/generations/")[1].split("/")[0]
     first = await (await http.get(url_generation, headers=accounts[0].headers)).json()
     second_ = await (await http.get(f"/v1/voice/generations/{answer['data'][1]}", headers=accounts[0].headers)).json()
     assert first["speakers"] == second_["speakers"]
@@ -537,12 +582,14 @@ print(json.dumps({{"urls": urls, "status": created.status, "output": created.out
     assert answer["status"] == "succeeded"
     live = answer["live"]
     assert [kind for kind, _ in live[-2:]] == ["output", "done"], live
-    # The same output as the prediction's, on the replica streaming it.
-    assert live[-2][1] == answer["output"].replace(second.http_url, online.http_url) and live[-1][1] == "{}"
+    # The same output as the prediction's, on the replica streaming it (each signed when it was read).
+    assert without_signature(live[-2][1]) == without_signature(answer["output"]).replace(second.http_url, online.http_url)
+    assert live[-1][1] == "{}"
     logs = "\n".join(data for kind, data in live if kind == "logs")
     assert logs.startswith("queued") and "generating on provider" in logs and "generated" in logs
     assert {kind for kind, _ in live} == {"logs", "output", "done"}
-    assert answer["again"][-2:] == [["output", answer["output"]], ["done", "{}"]] and answer["again_seconds"] < 2
+    again = [[kind, without_signature(data) if kind == "output" else data] for kind, data in answer["again"][-2:]]
+    assert again == [["output", without_signature(answer["output"])], ["done", "{}"]] and answer["again_seconds"] < 2
     audio = await http.get(live[-2][1].removeprefix(online.http_url), headers=accounts[0].headers)
     assert audio.status == 200 and is_wav(await audio.read()) > 1
 
