@@ -1,5 +1,5 @@
 """Audio URLs fetched without a key (a generation's signed `audio_url`, its `share_url`), HEAD and
-byte ranges on every audio answer, revocation (private), through the real mesh."""
+byte ranges on every audio answer, revocation (private, DELETE), through the real mesh."""
 
 from __future__ import annotations
 
@@ -208,6 +208,43 @@ async def test_making_a_generation_private_revokes_every_signed_url_handed_out(h
     assert (await anonymous.get(fresh["audio_url"])).status == 200
 
 
+# --- deleting ---------------------------------------------------------------------------
+
+
+async def test_a_deleted_generation_is_gone_with_its_urls(http, erin, anonymous, accounts):
+    generation, _ = await generated(http, erin, visibility="unlisted")
+    path = f"{GENERATIONS}/{generation['id']}"
+    await assert_error(await http.delete(path, headers=accounts[0].headers), 404, "not_found")  # not theirs
+    deleted = await http.delete(path, headers=erin.headers)
+    assert (deleted.status, await deleted.read()) == (204, b"")
+    for url in (generation["audio_url"], generation["share_url"]):
+        await assert_error(await anonymous.get(url), 404, "not_found")
+    for url in (path, path + "/audio"):
+        await assert_error(await http.get(url, headers=erin.headers), 404, "not_found")
+    listed = await created(await http.get(GENERATIONS, params={"page_size": 100}, headers=erin.headers))
+    assert generation["id"] not in [item["id"] for item in listed["generations"]]
+    await assert_error(await http.delete(path, headers=erin.headers), 404, "not_found")
+    await assert_error(await anonymous.delete(path), 401, "unauthorized")
+
+
+async def test_a_generation_under_way_is_not_deleted_until_it_has_ended(http, erin):
+    response = await http.post(
+        "/v1/predictions",
+        json={"version": "nari-labs/dia", "input": {"text": "[S1] A long one.", "max_new_tokens": 4096}},
+        headers=erin.headers,
+    )
+    prediction = await created(response)
+    path = f"{GENERATIONS}/{prediction['id']}"
+    error = await assert_error(await http.delete(path, headers=erin.headers), 409, "generation_under_way")
+    assert "cancel" in error["message"]
+    assert (await created(await http.get(path, headers=erin.headers)))["status"] in ("queued", "running")
+    canceled = await created(await http.post(f"/v1/predictions/{prediction['id']}/cancel", json={}, headers=erin.headers))
+    assert canceled["status"] == "canceled"
+    assert (await http.delete(path, headers=erin.headers)).status == 204
+    # Its prediction was the same record.
+    await assert_error(await http.get(f"/v1/predictions/{prediction['id']}", headers=erin.headers), 404, "not_found")
+
+
 # --- the key-authenticated and shared URLs: HEAD and ranges too --------------------------
 
 
@@ -239,7 +276,15 @@ async def test_a_share_url_answers_head_and_ranges_without_a_key(http, erin, ano
     assert head.status == 404
 
 
-async def test_openapi_documents_the_signed_url_and_byte_ranges(http):
+async def test_head_is_allowed_wherever_get_is(http, erin):
+    response = await http.put(f"{GENERATIONS}/gen_whatever", json={}, headers=erin.headers)
+    await assert_error(response, 405, "method_not_allowed")
+    assert set(response.headers["Allow"].split(", ")) == {"GET", "HEAD", "PATCH", "DELETE"}
+    response = await http.head(GENERATIONS, headers=erin.headers)
+    assert response.status == 200 and response.headers["Content-Type"] == "application/json"
+
+
+async def test_openapi_documents_the_signed_url_delete_and_byte_ranges(http):
     paths = (await (await http.get("/openapi.json")).json())["paths"]
     signed = paths["/v1/signed/generations/{id}/audio"]["get"]
     assert signed["security"] == []
@@ -249,3 +294,4 @@ async def test_openapi_documents_the_signed_url_and_byte_ranges(http):
     assert "audio/wav" in signed["responses"]["206"]["content"]
     assert "Range" not in {p["name"] for p in paths["/v1/voice/generations/{id}"]["get"]["parameters"]}
     assert "206" not in paths["/v1/voice/generations/{id}"]["get"]["responses"]
+    assert set(paths["/v1/voice/generations/{id}"]["delete"]["responses"]) >= {"204", "404"}

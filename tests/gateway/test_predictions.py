@@ -405,6 +405,23 @@ async def test_cancel_through_another_replica_stops_the_generation(online, secon
     assert await synth_stopped(online) > stopped_before
 
 
+async def test_a_prediction_canceled_and_deleted_through_another_replica_stops_at_once(online, second, accounts, http):
+    stopped_before = await synth_stopped(online)
+    created = await asyncio.to_thread(start_prediction, second, accounts[0], "[S1] A long one.", 4096)
+    assert created["status"] == "processing"
+    path = f"/v1/voice/generations/{created['id']}"
+    await assert_error(await http.delete(path, headers=accounts[0].headers), 409, "generation_under_way")
+    # Through the mesh's own gateway, not the one running it, before that one renews its lease.
+    assert (await http.post(f"/v1/predictions/{created['id']}/cancel", json={}, headers=accounts[0].headers)).status == 200
+    assert (await http.delete(path, headers=accounts[0].headers)).status == 204
+    for _ in range(100):  # the running replica sees it is gone within a second; the provider stops
+        if await synth_stopped(online) > stopped_before:
+            break
+        await asyncio.sleep(0.1)
+    assert await synth_stopped(online) > stopped_before
+    await assert_error(await http.get(f"/v1/predictions/{created['id']}", headers=accounts[0].headers), 404, "not_found")
+
+
 async def test_webhooks_are_signed_retried_and_filtered(online, second, accounts, receiver):
     hook = f"http://127.0.0.1:{receiver.port}/hook"
     answer = await asyncio.to_thread(

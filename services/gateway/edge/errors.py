@@ -44,6 +44,8 @@ REASON_STATUS = {
     "UNSUPPORTED_MEDIA_TYPE": 415,
     "METHOD_NOT_ALLOWED": 405,
     "RANGE_NOT_SATISFIABLE": 416,
+    # Deleting what is still being made: a conflict with the resource's state (AIP-135's 409).
+    "GENERATION_UNDER_WAY": 409,
 }
 
 # Answers that mean "not now": they always carry Retry-After.

@@ -134,3 +134,8 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
         epoch, audio = await self.generations.signed_audio(request.id)
         self.urls.check(request.id, request.expires, request.signature, epoch)
         return generations_pb2.GetSignedGenerationAudioResponse(audio=httpbody_pb2.HttpBody(content_type=WAV, data=audio))
+
+    async def DeleteGeneration(self, request, context):
+        account_id = await self.accounts.caller(context)
+        await self.generations.delete(account_id, request.id)
+        return generations_pb2.DeleteGenerationResponse()

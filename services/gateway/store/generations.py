@@ -229,6 +229,30 @@ class GenerationsTable:
             raise not_found("no generation audio at this URL")
         return row["url_epoch"], row["audio"]
 
+    async def delete(self, account_id: int, generation_id: str) -> None:
+        """Delete the caller's generation with its audio (its prediction and job rows go with it, ON DELETE
+        CASCADE); NOT_FOUND for none of the caller's, GENERATION_UNDER_WAY for one still queued or running
+        (whose pipeline would go on working for nothing)."""
+        async with connection(self.pool()) as db:
+            # One statement: the row's status is read under the lock the delete takes.
+            row = await db.fetchrow(
+                """WITH target AS (SELECT id, status FROM generations WHERE id = $1 AND account_id = $2 FOR UPDATE),
+                        deleted AS (DELETE FROM generations g USING target
+                                    WHERE g.id = target.id AND target.status <> ALL($3::text[]) RETURNING g.id)
+                   SELECT target.status, EXISTS (SELECT 1 FROM deleted) AS deleted FROM target""",
+                generation_id,
+                account_id,
+                list(UNDER_WAY),
+            )
+        row = _found(row, generation_id)
+        if not row["deleted"]:
+            raise ApiError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "GENERATION_UNDER_WAY",
+                f"generation {generation_id} is {row['status']}: delete it once it has ended "
+                "(a prediction can be canceled first: POST /v1/predictions/{id}/cancel)",
+            )
+
     async def list_page(
         self, account_id: int, page_size: int, page_token: str, status: str = "", collection: str = ""
     ) -> tuple[list[asyncpg.Record], str]:
