@@ -119,7 +119,18 @@ _default_public_url.__doc__ = "http://127.0.0.1:$GATEWAY_HTTP_PORT"
 PUBLIC_URL = setting(
     "GATEWAY_PUBLIC_URL",
     _default_public_url,
-    "the gateway's address as users reach it, without a trailing slash: the start of share URLs",
+    "the gateway's address as users reach it, without a trailing slash: the start of the URLs it hands out "
+    "(share URLs, signed audio URLs, a prediction's urls)",
+)
+
+SIGNED_URL_SECONDS = setting(
+    "GATEWAY_SIGNED_URL_SECONDS",
+    3600,
+    "how long a signed audio URL (a generation's `audio_url`, a prediction's `output`) works without a key, "
+    "at least (at most twice that: it expires at the end of the next window of this many seconds, so that the "
+    "URLs handed out within one window are the same; the hosted predictor's deliveries last an hour too); past "
+    "it 403 url_expired, and reading the generation or prediction again gives a fresh one",
+    between(1, 7 * 24 * 3600, int),
 )
 
 PREDICTION_MAX_WAIT_SECONDS = setting(

@@ -30,6 +30,7 @@ from services.gateway.config import (
     PROMPT_GAP_SECONDS,
     PUBLIC_URL,
     READINESS_INTERVAL_SECONDS,
+    SIGNED_URL_SECONDS,
     SYNTH_TIMEOUT_SECONDS,
 )
 from services.gateway.dialects.openai.speech import SpeechService
@@ -42,6 +43,7 @@ from services.gateway.edge.front import HttpFront
 from services.gateway.edge.upstreams import InProcess, RouteTable
 from services.gateway.generation import request, webhooks
 from services.gateway.generation.audio_inputs import AudioInputs
+from services.gateway.generation.audio_urls import AudioUrls
 from services.gateway.generation.files import Files
 from services.gateway.generation.generations import GenerationService
 from services.gateway.generation.jobs import Jobs
@@ -67,13 +69,16 @@ def public_url() -> str:
     return PUBLIC_URL.value
 
 
+def signed_url_seconds() -> int:
+    return SIGNED_URL_SECONDS.value
+
+
 def pipeline_settings() -> Settings:
     return Settings(
         request=request.Limits.configured(),
         account=AccountLimits(
             ACCOUNT_GENERATIONS_PER_SECOND.value, ACCOUNT_GENERATION_BURST.value, ACCOUNT_CONCURRENT_GENERATIONS.value
         ),
-        public_url=PUBLIC_URL.value,
     )
 
 
@@ -88,23 +93,25 @@ class Gateway:
         self.library = Library()
         self.prompts = Prompts(self.library, PROMPT_CACHE_BYTES.value, PROMPT_GAP_SECONDS.value)
         self.router = Router(self.providers)
+        self.urls = AudioUrls(self.store.url_signing_key, public_url, signed_url_seconds)
         self.pipeline = Pipeline(
             generations=self.store.generations,
             library=self.library,
             prompts=self.prompts,
             router=self.router,
             settings=pipeline_settings,
+            urls=self.urls,
         )
         deliveries = webhooks.Webhooks(self.store.webhooks)
         self.jobs = Jobs(
             self.pipeline,
             self.store.jobs,
             self.store.generations,
-            on_event=PredictionWebhooks(self.store.predictions, deliveries, to_prediction, public_url),
+            on_event=PredictionWebhooks(self.store.predictions, deliveries, to_prediction, self.urls),
         )
         files = Files(self.store.files)
         self.registry = ProviderRegistry(self.store.providers)
-        self.generations = GenerationService(self.accounts, self.pipeline, self.store.generations, public_url)
+        self.generations = GenerationService(self.accounts, self.pipeline, self.store.generations, self.urls)
         self.speech = SpeechService(self.accounts, self.pipeline, self.library)
         self.predictions = PredictionService(
             self.accounts,
@@ -113,7 +120,7 @@ class Gateway:
             self.store.predictions,
             AudioInputs(self.library, files, self.store.prompt_samples, public_url),
             Models(self.providers),
-            public_url,
+            self.urls,
         )
         self.files = FileService(self.accounts, files, public_url)
         self.webhooks = WebhookService(self.accounts, deliveries)
@@ -122,6 +129,7 @@ class Gateway:
     async def start(self) -> None:
         self.registry.check_settings()
         await self.store.connect()
+        await self.urls.start()  # before any URL is signed or checked
         self.library.start()
         self.prompts.start()
         self.speech.start()

@@ -659,3 +659,40 @@ async def test_a_refused_generation_says_why_and_when_to_try_again(browser, mesh
             tab.assert_clean(allowed=("429",))
         finally:
             await context.close()
+
+
+async def test_the_history_plays_a_generation_from_its_audio_url_and_seeks(tab, user, http):
+    """The history's player streams the generation's signed audio_url, without the key, and seeks
+    in it: the browser asks for byte ranges (206) and plays on from where it was sent."""
+    await wait_for_models(http, user)
+    response = await http.post(
+        "/v1/voice/generations", json={"input": "[S1] Seek in me.", "max_new_tokens": 1000}, headers=user.headers
+    )
+    assert response.status == 200, await response.text()
+    generation_id = response.headers["X-Generation-Id"]
+    page = tab.page
+    fetched = []  # (status, whether it carried a key) of each request for the audio
+    page.on(
+        "response",
+        lambda answer: "/v1/signed/generations/" in answer.url
+        and fetched.append((answer.status, "authorization" in answer.request.headers)),
+    )
+    player = f'document.querySelector(\'li[data-generation-id="{generation_id}"] audio\')'
+    async with screenshots_on_failure(tab, "seek"):
+        await tab.sign_in(user.key)
+        await tab.open("history")
+        row = page.locator(f'li[data-generation-id="{generation_id}"]')
+        await row.get_by_role("button", name=f"Play {generation_id}").click()
+        src = await row.locator("audio").get_attribute("src")
+        assert src.startswith(f"/v1/signed/generations/{generation_id}/audio?expires="), src
+        duration = await until(page, f"(a => a && a.readyState >= 1 && a.duration)({player})", timeout=SLOW / 1000)
+        assert duration > 6
+        target = duration - 3
+        await page.evaluate(f"(a => {{ a.currentTime = {target}; return a.play(); }})({player})")
+        # It plays on from there, not from the start.
+        await until(page, f"(a => !a.paused && !a.seeking && a.currentTime > {target + 0.5})({player})", timeout=20)
+        played = await page.evaluate(f"(a => [...Array(a.played.length).keys()].map(i => [a.played.start(i), a.played.end(i)]))({player})")
+        assert any(start >= target - 0.1 for start, _ in played), played
+    assert fetched and all(status == 206 for status, _ in fetched), fetched
+    assert not any(keyed for _, keyed in fetched)  # the URL is the credential
+    tab.assert_clean()

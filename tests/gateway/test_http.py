@@ -201,7 +201,7 @@ async def test_unknown_paths_are_404_and_wrong_methods_405(http, accounts):
     await assert_error(await http.get("/v1/voice/nothing-here", headers=alice.headers), 404, "not_found")
     response = await http.put("/v1/voice/samples/1", json={}, headers=alice.headers)
     await assert_error(response, 405, "method_not_allowed")
-    assert set(response.headers["Allow"].split(", ")) == {"GET", "PATCH", "DELETE"}
+    assert set(response.headers["Allow"].split(", ")) == {"GET", "HEAD", "PATCH", "DELETE"}
 
 
 # --- the request body limit, at its edge ---------------------------------------

@@ -87,6 +87,21 @@ def test_responses_follow_response_body(document):
     assert download == {"*/*": {"schema": {"type": "string", "format": "binary"}}}
 
 
+def test_a_binary_get_documents_its_byte_ranges_and_a_json_one_none(document):
+    download = document["paths"]["/v1/things/{id}/file"]["get"]
+    assert {"name": "Range", "in": "header"}.items() <= next(p for p in download["parameters"] if p["name"] == "Range").items()
+    responses = download["responses"]
+    assert responses["200"]["headers"]["Accept-Ranges"]["schema"] == {"type": "string", "enum": ["bytes"]}
+    assert responses["206"]["content"] == responses["200"]["content"]
+    assert responses["206"]["headers"]["Content-Range"]["required"] is True
+    assert responses["416"]["headers"]["Content-Range"]["required"] is True
+    assert responses["416"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+    for path, method in (("/v1/things/{id}", "get"), ("/v1/things/{id}/file", "post")):
+        operation = document["paths"][path][method]
+        assert "Range" not in {p["name"] for p in operation["parameters"]}
+        assert not {"206", "416"} & set(operation["responses"])
+
+
 def test_errors_and_the_bearer_key_are_described(document):
     default = document["paths"]["/v1/things"]["get"]["responses"]["default"]
     error = resolve(document, default["content"]["application/json"]["schema"]["$ref"])

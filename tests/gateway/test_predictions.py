@@ -150,9 +150,49 @@ async def test_replicate_run_returns_the_wav_url_usable_with_the_same_key(online
         print(json.dumps({{"url": url, "size": len(data), "riff": data[:4].decode("latin-1"), "polled": str(polled)}}))
         """,
     )
-    assert answer["url"].startswith(online.http_url + "/v1/voice/generations/gen_")
+    assert answer["url"].startswith(online.http_url + "/v1/signed/generations/gen_")
     assert answer["riff"] == "RIFF" and answer["size"] > 1000
-    assert answer["polled"].startswith(online.http_url + "/v1/voice/generations/gen_") and answer["polled"] != answer["url"]
+    assert answer["polled"].startswith(online.http_url + "/v1/signed/generations/gen_") and answer["polled"] != answer["url"]
+
+
+async def test_the_output_url_is_fetched_without_a_key_with_head_and_byte_ranges(online, accounts):
+    answer = await asyncio.to_thread(
+        run_client,
+        online,
+        accounts[0],
+        f"""
+        import json, os, urllib.request, requests, replicate
+        from replicate.helpers import FileOutput
+        output = str(replicate.run("nari-labs/dia", input={QUICK!r}))
+        del os.environ["REPLICATE_API_TOKEN"]  # no key from here on
+        path, _ = urllib.request.urlretrieve(output)
+        retrieved = open(path, "rb").read()
+        fetched = requests.get(output)
+        read = FileOutput(output, replicate.Client()).read()  # a client without a key
+        size = len(fetched.content)
+        head = requests.head(output)
+        first = requests.get(output, headers={{"Range": "bytes=0-99"}})
+        last = requests.get(output, headers={{"Range": "bytes=-10"}})
+        beyond = requests.get(output, headers={{"Range": f"bytes={{size}}-"}})
+        generation = output.split("/v1/signed/generations/")[1].split("/")[0]
+        keyed = requests.get(output.split("/v1/")[0] + f"/v1/voice/generations/{{generation}}/audio")
+        print(json.dumps({{
+            "same": retrieved == fetched.content == read, "riff": retrieved[:4].decode("latin-1"), "size": size,
+            "head": [head.status_code, head.headers.get("Content-Length"), len(head.content)],
+            "first": [first.status_code, first.headers.get("Content-Range"), first.content == fetched.content[:100]],
+            "last": [last.status_code, last.headers.get("Content-Range"), last.content == fetched.content[-10:]],
+            "beyond": [beyond.status_code, beyond.headers.get("Content-Range"), beyond.json()["error"]["type"]],
+            "keyed": keyed.status_code,
+        }}))
+        """,
+    )
+    size = answer["size"]
+    assert answer["same"] and answer["riff"] == "RIFF" and size > 1000
+    assert answer["head"] == [200, str(size), 0]
+    assert answer["first"] == [206, f"bytes 0-99/{size}", True]
+    assert answer["last"] == [206, f"bytes {size - 10}-{size - 1}/{size}", True]
+    assert answer["beyond"] == [416, f"bytes */{size}", "range_not_satisfiable"]
+    assert answer["keyed"] == 401  # the key-authenticated URL of the same audio still needs the key
 
 
 async def test_create_wait_reload_list_and_the_prediction_object(online, accounts, http):
@@ -360,6 +400,23 @@ async def test_cancel_through_another_replica_stops_the_generation(online, secon
     assert await synth_stopped(online) > stopped_before
 
 
+async def test_a_prediction_canceled_and_deleted_through_another_replica_stops_at_once(online, second, accounts, http):
+    stopped_before = await synth_stopped(online)
+    created = await asyncio.to_thread(start_prediction, second, accounts[0], "[S1] A long one.", 4096)
+    assert created["status"] == "processing"
+    path = f"/v1/voice/generations/{created['id']}"
+    await assert_error(await http.delete(path, headers=accounts[0].headers), 409, "generation_under_way")
+    # Through the mesh's own gateway, not the one running it, before that one renews its lease.
+    assert (await http.post(f"/v1/predictions/{created['id']}/cancel", json={}, headers=accounts[0].headers)).status == 200
+    assert (await http.delete(path, headers=accounts[0].headers)).status == 204
+    for _ in range(100):  # the running replica sees it is gone within a second; the provider stops
+        if await synth_stopped(online) > stopped_before:
+            break
+        await asyncio.sleep(0.1)
+    assert await synth_stopped(online) > stopped_before
+    await assert_error(await http.get(f"/v1/predictions/{created['id']}", headers=accounts[0].headers), 404, "not_found")
+
+
 async def test_webhooks_are_signed_retried_and_filtered(online, second, accounts, receiver):
     hook = f"http://127.0.0.1:{receiver.port}/hook"
     answer = await asyncio.to_thread(
@@ -467,13 +524,13 @@ async def test_audio_prompt_as_allowed_url_data_uri_and_sample(online, second, a
         print(json.dumps({{"url": url, "data": [data.status, data.id], "refused": refused}}))
         """,
     )
-    assert answer["url"].startswith(second.http_url + "/v1/voice/generations/")
+    assert answer["url"].startswith(second.http_url + "/v1/signed/generations/")
     assert answer["data"][0] == "succeeded"
     assert answer["refused"]["elsewhere"][0] == 400  # not under the allow-listed prefix
     assert answer["refused"]["foreign_sample"][0] == 400
     assert answer["refused"]["bad_data"][0] == 400 and "base64" in answer["refused"]["bad_data"][1]
     # The URL and the data URI held the same audio: one sample, transcribed once.
-    url_generation = answer["url"].removeprefix(second.http_url).removesuffix("/audio")
+    url_generation = "/v1/voice/generations/" + answer["url"].split("/v1/signed/generations/")[1].split("/")[0]
     first = await (await http.get(url_generation, headers=accounts[0].headers)).json()
     second_ = await (await http.get(f"/v1/voice/generations/{answer['data'][1]}", headers=accounts[0].headers)).json()
     assert first["speakers"] == second_["speakers"]

@@ -103,12 +103,6 @@ export async function listAll(path, field, query = {}) {
   return items;
 }
 
-// Audio fetched with the key, as a blob: URL an <audio> element can play.
-export async function audioUrl(path) {
-  const blob = await (await call(path)).blob();
-  return URL.createObjectURL(blob);
-}
-
 // The API's documented field rules (bounds, defaults, descriptions) from /openapi.json.
 let openapi;
 export async function schema(name) {

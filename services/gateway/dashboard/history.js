@@ -1,7 +1,7 @@
 // Queue and history: every generation, filtered by status and collection, live while
 // something is queued or running; play, download, share.
 
-import { audioUrl, call, getJson } from "./api.js";
+import { call, getJson } from "./api.js";
 import { $, element, notify, seconds, when } from "./ui.js";
 
 const VISIBILITIES = ["private", "unlisted", "public"];
@@ -103,7 +103,7 @@ function row(generation) {
     player.append(
       element("button", { type: "button", "aria-label": `Play ${generation.id}`, onclick: () => play(generation, player, errorPlace) }, "Play"),
       element("button", { type: "button", class: "secondary", "aria-label": `Download ${generation.id}`,
-        onclick: () => download(generation, errorPlace) }, "Download"),
+        onclick: () => download(generation) }, "Download"),
     );
   }
   const visibility = element(
@@ -145,29 +145,29 @@ function fact(term, value) {
   return [element("dt", {}, term), element("dd", { dataset: { fact: term.toLowerCase() } }, value)];
 }
 
-async function play(generation, player, errorPlace) {
-  try {
-    const audio = element("audio", { controls: true, "aria-label": `Audio of ${generation.id}` });
-    audio.src = await audioUrl(`/v1/voice/generations/${generation.id}/audio`);
-    player.replaceChildren(audio, player.querySelector("button.secondary") || "");
-    await audio.play().catch(() => {}); // autoplay may be refused; the controls are there
-    audio.focus();
-  } catch (error) {
-    errorPlace.textContent = error.describe();
-  }
+// The generation's signed audio_url (no key needed) from the latest listing, whose signature is
+// fresh, as a path on this origin: the page's CSP allows media from 'self' alone, and
+// GATEWAY_PUBLIC_URL may name the gateway by another address than the page was opened at.
+function audioSource(generation) {
+  const url = new URL((shown.find((item) => item.id === generation.id) || generation).audio_url);
+  return url.pathname + url.search;
 }
 
-async function download(generation, errorPlace) {
-  try {
-    const url = await audioUrl(`/v1/voice/generations/${generation.id}/audio`);
-    const link = element("a", { href: url, download: `${generation.id}.wav`, hidden: true });
-    document.body.append(link);
-    link.click();
-    link.remove();
-    setTimeout(() => URL.revokeObjectURL(url), 60000);
-  } catch (error) {
-    errorPlace.textContent = error.describe();
-  }
+// The browser streams the audio from its URL and seeks with byte ranges.
+function play(generation, player, errorPlace) {
+  const audio = element("audio", { controls: true, "aria-label": `Audio of ${generation.id}`,
+    onerror: () => (errorPlace.textContent = "The audio could not be loaded: refresh the history and play it again.") });
+  audio.src = audioSource(generation);
+  player.replaceChildren(audio, player.querySelector("button.secondary") || "");
+  audio.play().catch(() => {}); // autoplay may be refused; the controls are there
+  audio.focus();
+}
+
+function download(generation) {
+  const link = element("a", { href: audioSource(generation), download: `${generation.id}.wav`, hidden: true });
+  document.body.append(link);
+  link.click();
+  link.remove();
 }
 
 async function update(generation, changes, errorPlace) {

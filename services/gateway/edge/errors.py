@@ -44,6 +44,9 @@ REASON_STATUS = {
     "UNSUPPORTED_MEDIA_TYPE": 415,
     "METHOD_NOT_ALLOWED": 405,
     "REQUEST_TIMEOUT": 408,
+    "RANGE_NOT_SATISFIABLE": 416,
+    # Deleting what is still being made: a conflict with the resource's state (AIP-135's 409).
+    "GENERATION_UNDER_WAY": 409,
 }
 
 # Answers that mean "not now": they always carry Retry-After.
@@ -119,3 +122,11 @@ class MethodNotAllowed(ApiError):
 
 def unavailable(message: str) -> ApiError:
     return ApiError(grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE", message)
+
+
+def range_not_satisfiable(size: int) -> ApiError:
+    return ApiError(
+        grpc.StatusCode.OUT_OF_RANGE,
+        "RANGE_NOT_SATISFIABLE",
+        f"the Range header asks for bytes this answer does not have: it has {size}",
+    )

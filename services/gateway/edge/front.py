@@ -29,7 +29,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from runtime import clients, config, inprocess, logs
 from runtime.errors import DEFAULT_REASONS, ApiError, internal_error, not_found
-from services.gateway.edge import cors, errors, openapi, protocol, transcoding
+from services.gateway.edge import cors, errors, openapi, protocol, ranges, transcoding
 from services.gateway.edge.config import (
     BODY_TIMEOUT_SECONDS,
     HEADER_TIMEOUT_SECONDS,
@@ -280,7 +280,7 @@ class HttpFront:
         if route.rpc.rules.success_status == 204:
             return web.Response(status=204, headers=reply.headers)
         output = transcoding.to_http_response(route, reply.response)
-        return web.Response(body=output.body, headers={"Content-Type": output.content_type, **reply.headers})
+        return ranges.respond(request, output, reply.headers, refuse=error_response)  # Range: bytes=... (206)
 
     def _route(self, request: web.Request) -> tuple[Route, dict[str, str]]:
         route, path_params, allowed = self.table.match(request.method, request.rel_url.raw_path)
@@ -358,7 +358,7 @@ class HttpFront:
             )
             response.enable_chunked_encoding()
             await response.prepare(request)
-            while body is not None:
+            while body is not None and request.method != "HEAD":  # a HEAD gets the headers, not the stream
                 if body.data:
                     await response.write(body.data)  # ConnectionResetError once the client is gone
                 try:

@@ -105,6 +105,24 @@ ERROR_STATUSES = {
 REQUEST_ID_HEADER = {
     "X-Request-Id": {"description": "The id of this request in the gateway's logs.", "schema": {"type": "string"}}
 }
+# A GET with a binary answer (and HEAD, on every GET route) takes one byte range (ranges.py).
+RANGE_PARAMETER = {
+    "name": "Range",
+    "in": "header",
+    "description": "One byte range of the answer, `bytes=0-99`, `bytes=100-` or `bytes=-100`: answered 206 with "
+    "those bytes alone. Several ranges, or a Range with If-Range, are answered 200 whole.",
+    "schema": {"type": "string"},
+}
+ACCEPT_RANGES_HEADER = {
+    "Accept-Ranges": {"description": "Byte ranges of this answer may be asked for.", "schema": {"type": "string", "enum": ["bytes"]}}
+}
+CONTENT_RANGE_HEADER = {
+    "Content-Range": {
+        "description": "`bytes first-last/size` of a 206; `bytes */size` of a 416.",
+        "required": True,
+        "schema": {"type": "string"},
+    }
+}
 # Sent with the statuses that mean "not now" (errors.RETRY_STATUSES).
 RETRY_AFTER_HEADER = {
     "Retry-After": {
@@ -227,7 +245,8 @@ def document(routes: list[Route], comments: Mapping[str, str] | None = None, tit
             "title": title,
             "version": "v1",
             "description": "Dia text-to-dialogue with voice cloning. Every route needs `Authorization: Bearer <key>` "
-            "unless it says otherwise; errors have the shape of the Error schema.",
+            "unless it says otherwise; errors have the shape of the Error schema. Every GET route also answers "
+            "HEAD: the same status and headers, without the body.",
         },
         "paths": dict(sorted(paths.items())),
         "components": {
@@ -268,10 +287,41 @@ def _operation(builder: _Builder, route: Route) -> dict:
         success = {"204": {"description": "Done (no body)", "headers": dict(REQUEST_ID_HEADER)}}
     else:
         success = {"200": _response(builder, route)}
+    if _has_ranges(route):
+        operation["parameters"].append(RANGE_PARAMETER)
+        success = _with_ranges(success["200"])
     operation["responses"] = {**success, **_errors(route)}
     if not route.rpc.needs_key:
         operation["security"] = []  # no key
     return operation
+
+
+def _has_ranges(route: Route) -> bool:
+    """Whether the route answers byte ranges (ranges.py): a GET whose answer is a google.api.HttpBody
+    sent whole (a stream_method's answers are streamed, of a size unknown until they end)."""
+    response = route.rpc.method.output_type
+    chosen = response.fields_by_name[route.response_body] if route.response_body else None
+    binary = (chosen is not None and is_http_body(chosen)) or response.full_name == "google.api.HttpBody"
+    return route.http_method == "GET" and binary and route.rpc.stream is None
+
+
+def _with_ranges(whole: dict) -> dict:
+    """The 200 of a ranged route, with the 206 and 416 a Range header may get instead."""
+    whole = {**whole, "headers": {**ACCEPT_RANGES_HEADER, **whole["headers"]}}
+    partial = {
+        **whole,
+        "description": "The byte range asked for (Range), alone.",
+        "headers": {**CONTENT_RANGE_HEADER, **whole["headers"]},
+    }
+    unsatisfiable = {
+        "description": "The Range starts at or past the end (`range_not_satisfiable`); Content-Range says the size.",
+        "headers": {
+            **CONTENT_RANGE_HEADER,
+            **REQUEST_ID_HEADER,
+        },
+        "content": {"application/json": {"schema": ERROR_REF}},
+    }
+    return {"200": whole, "206": partial, "416": unsatisfiable}
 
 
 def _optional(parameter: dict) -> dict:

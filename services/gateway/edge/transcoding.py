@@ -72,6 +72,8 @@ class HttpInput:
 class HttpOutput:
     content_type: str
     body: bytes
+    # A google.api.HttpBody's data (not JSON made here): its byte ranges may be asked for (ranges.py).
+    http_body: bool = False
 
 
 # --- request ----------------------------------------------------------------
@@ -516,13 +518,13 @@ def to_http_response(route: Route, response: message.Message) -> HttpOutput:
         chosen = response.DESCRIPTOR.fields_by_name[route.response_body]
         value = getattr(response, route.response_body)
         if is_http_body(chosen):
-            return HttpOutput(value.content_type or DEFAULT_BINARY_TYPE, value.data)
+            return HttpOutput(value.content_type or DEFAULT_BINARY_TYPE, value.data, http_body=True)
         if chosen.message_type is not None and not chosen.is_repeated:
             document = to_json(value)
         else:
             document = to_json(response)[route.response_body]
     elif response.DESCRIPTOR.full_name == "google.api.HttpBody":
-        return HttpOutput(response.content_type or DEFAULT_BINARY_TYPE, response.data)
+        return HttpOutput(response.content_type or DEFAULT_BINARY_TYPE, response.data, http_body=True)
     else:
         document = to_json(response)
     return HttpOutput(JSON_CONTENT_TYPE, json.dumps(document, ensure_ascii=False).encode())

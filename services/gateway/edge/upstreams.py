@@ -206,15 +206,21 @@ class RouteTable:
         self.routes = routes
 
     def match(self, method: str, raw_path: str) -> tuple[Route | None, dict[str, str], list[str]]:
-        """The route for a request and its path values; else the methods the path allows."""
+        """The route for a request and its path values; else the methods the path allows.
+
+        A HEAD takes the GET route (RFC 9110 §9.3.2: what GET would answer, without the body,
+        which aiohttp leaves out of any answer to a HEAD)."""
+        wanted = "GET" if method == "HEAD" else method
         allowed: list[str] = []
         for route in self.routes:
             values = route.template.match(raw_path)
             if values is None:
                 continue
-            if route.http_method == method:
+            if route.http_method == wanted:
                 return route, values, []
             allowed.append(route.http_method)
+        if "GET" in allowed:
+            allowed.append("HEAD")
         return None, {}, sorted(set(allowed))
 
     def comments(self) -> dict[str, str]:

@@ -22,6 +22,7 @@ from google.api import httpbody_pb2
 from runtime import fields
 from services.gateway.accounts import Accounts
 from services.gateway.config import SYNTH_TIMEOUT_SECONDS
+from services.gateway.generation.audio_urls import AudioUrls
 from services.gateway.generation.pipeline import WAV, Pipeline, streamed_wav
 from services.gateway.generation.resources import generation_message
 from services.gateway.store.generations import GenerationsTable
@@ -61,11 +62,11 @@ def named_on_failure(context: grpc.aio.ServicerContext, generation_id: str):
 
 
 class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
-    def __init__(self, accounts: Accounts, pipeline: Pipeline, generations: GenerationsTable, public_url) -> None:
+    def __init__(self, accounts: Accounts, pipeline: Pipeline, generations: GenerationsTable, urls: AudioUrls) -> None:
         self.accounts = accounts
         self.pipeline = pipeline
         self.generations = generations
-        self.public_url = public_url  # a callable: the setting's value
+        self.urls = urls
 
     # --- generating ------------------------------------------------------------
 
@@ -99,13 +100,13 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
             account_id, request.page_size, request.page_token, request.status, request.collection
         )
         return generations_pb2.ListGenerationsResponse(
-            generations=[generation_message(row, self.public_url()) for row in rows], next_page_token=next_token
+            generations=[generation_message(row, self.urls) for row in rows], next_page_token=next_token
         )
 
     async def GetGeneration(self, request, context):
         account_id = await self.accounts.caller(context)
         row = await self.generations.get(account_id, request.id)
-        return generations_pb2.GetGenerationResponse(generation=generation_message(row, self.public_url()))
+        return generations_pb2.GetGenerationResponse(generation=generation_message(row, self.urls))
 
     async def UpdateGeneration(self, request, context):
         account_id = await self.accounts.caller(context)
@@ -116,7 +117,7 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
             request.visibility if request.HasField("visibility") else None,
             request.collection if request.HasField("collection") else None,
         )
-        return generations_pb2.UpdateGenerationResponse(generation=generation_message(row, self.public_url()))
+        return generations_pb2.UpdateGenerationResponse(generation=generation_message(row, self.urls))
 
     async def GetGenerationAudio(self, request, context):
         account_id = await self.accounts.caller(context)
@@ -127,3 +128,14 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
         # No key: the share token is the secret (see GenerationsTable.shared_audio).
         audio = await self.generations.shared_audio(request.share_token)
         return generations_pb2.GetSharedGenerationAudioResponse(audio=httpbody_pb2.HttpBody(content_type=WAV, data=audio))
+
+    async def GetSignedGenerationAudio(self, request, context):
+        # No key: the signature is the secret (see audio_urls.py).
+        epoch, audio = await self.generations.signed_audio(request.id)
+        self.urls.check(request.id, request.expires, request.signature, epoch)
+        return generations_pb2.GetSignedGenerationAudioResponse(audio=httpbody_pb2.HttpBody(content_type=WAV, data=audio))
+
+    async def DeleteGeneration(self, request, context):
+        account_id = await self.accounts.caller(context)
+        await self.generations.delete(account_id, request.id)
+        return generations_pb2.DeleteGenerationResponse()

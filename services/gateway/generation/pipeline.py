@@ -44,6 +44,7 @@ from google.api import httpbody_pb2
 
 from runtime.errors import ApiError, invalid_parameter
 from services.gateway.generation import long_scripts, request
+from services.gateway.generation.audio_urls import AudioUrls
 from services.gateway.generation.library import Library, Sample
 from services.gateway.generation.prompt import Prompts
 from services.gateway.generation.resources import generation_message
@@ -116,7 +117,6 @@ class Settings:
 
     request: request.Limits
     account: AccountLimits
-    public_url: str
 
 
 @dataclass(frozen=True)
@@ -169,12 +169,14 @@ class Pipeline:
         prompts: Prompts,
         router: Router,
         settings: Callable[[], Settings],
+        urls: AudioUrls,
     ) -> None:
         self.generations = generations
         self.library = library
         self.prompts = prompts
         self.router = router
         self.settings = settings
+        self.urls = urls  # of the Generation messages it answers with
 
     # --- admission ----------------------------------------------------------------
 
@@ -344,7 +346,7 @@ class Pipeline:
                 "seconds": round(reply.duration_seconds, 2),
             },
         )
-        return Generated(generation_message(row, self.settings().public_url), audio)
+        return Generated(generation_message(row, self.urls), audio)
 
     async def _generate_chunks(
         self, admitted: Admitted, prepared: _Prepared, timeout: float, finish: Finish
@@ -372,7 +374,7 @@ class Pipeline:
         log.info(
             "generated", extra={"generation": admitted.generation_id, "chunks": len(parts), "seconds": round(duration, 2)}
         )
-        return Generated(generation_message(row, self.settings().public_url), audio)
+        return Generated(generation_message(row, self.urls), audio)
 
     async def _chunked(
         self, admitted: Admitted, prepared: _Prepared, timeout: float

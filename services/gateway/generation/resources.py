@@ -8,11 +8,12 @@ import json
 
 from google.protobuf import json_format, timestamp_pb2
 
+from services.gateway.generation.audio_urls import AudioUrls
 from services.gateway.store.generations import SHARED_VISIBILITIES
 from voice.gateway.v1 import generations_pb2
 
 
-def generation_message(row: Mapping, public_url: str) -> generations_pb2.Generation:
+def generation_message(row: Mapping, urls: AudioUrls) -> generations_pb2.Generation:
     generation = generations_pb2.Generation(
         id=row["id"],
         status=row["status"],
@@ -30,7 +31,9 @@ def generation_message(row: Mapping, public_url: str) -> generations_pb2.Generat
         chunks=row["chunks"],
     )
     if row["visibility"] in SHARED_VISIBILITIES:
-        generation.share_url = f"{public_url.rstrip('/')}/v1/shared/generations/{row['share_token']}/audio"
+        generation.share_url = urls.share_url(row["share_token"])
+    if row["status"] == "succeeded":  # it has audio
+        generation.audio_url = urls.audio_url(row["id"], row["url_epoch"])
     for field in ("create_time", "start_time", "end_time"):
         if row[field] is not None:
             getattr(generation, field).CopyFrom(timestamp(row[field]))

@@ -13,7 +13,8 @@ DATABASE_UNAVAILABLE, 503, whatever the operation).
 * ``predictions``: what the hosted predictor's client asked of a prediction;
 * ``files``: files uploaded as inputs (/v1/files);
 * ``prompt_samples``: the voice sample an audio prompt became, by content;
-* ``webhooks``: each account's webhook signing secret.
+* ``webhooks``: each account's webhook signing secret;
+* ``url_signing_key``: the key that signs generations' audio URLs.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from services.gateway.store.jobs import JobsTable
 from services.gateway.store.predictions import PredictionsTable
 from services.gateway.store.prompt_samples import PromptSamplesTable
 from services.gateway.store.providers import ProvidersTable
+from services.gateway.store.url_signing_key import UrlSigningKeyTable
 from services.gateway.store.webhooks import WebhooksTable
 
 MIGRATIONS = pathlib.Path(__file__).resolve().parent.parent / "migrations"
@@ -49,6 +51,7 @@ class Store:
         self.files = FilesTable(self.pool)
         self.prompt_samples = PromptSamplesTable(self.pool)
         self.webhooks = WebhooksTable(self.pool)
+        self.url_signing_key = UrlSigningKeyTable(self.pool)
 
     @classmethod
     async def open(cls, url: str | None = None) -> "Store":

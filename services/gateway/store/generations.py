@@ -39,7 +39,7 @@ UNDER_WAY = ("queued", "running")
 # Columns of a Generation message: everything but the audio itself.
 COLUMNS = """seq, id, account_id, status, input, model, provider, speakers, speaker_names, parameters, error_type,
     error_message, audio_duration_seconds, visibility, collection, share_token, create_time, start_time, end_time,
-    chunks"""
+    chunks, url_epoch"""
 
 
 def new_id() -> str:
@@ -218,6 +218,41 @@ class GenerationsTable:
             raise not_found("no shared generation audio at this URL")
         return audio
 
+    async def signed_audio(self, generation_id: str) -> tuple[int, bytes]:
+        """Behind a signed URL, whoever asks: the generation's URL epoch and its audio (no key: the
+        caller checks the signature against the epoch); one without audio is as unknown as a made-up id."""
+        async with connection(self.pool()) as db:
+            row = await db.fetchrow(
+                "SELECT url_epoch, audio FROM generations WHERE id = $1 AND audio IS NOT NULL", generation_id
+            )
+        if row is None:
+            raise not_found("no generation audio at this URL")
+        return row["url_epoch"], row["audio"]
+
+    async def delete(self, account_id: int, generation_id: str) -> None:
+        """Delete the caller's generation with its audio (its prediction and job rows go with it, ON DELETE
+        CASCADE); NOT_FOUND for none of the caller's, GENERATION_UNDER_WAY for one still queued or running
+        (whose pipeline would go on working for nothing)."""
+        async with connection(self.pool()) as db:
+            # One statement: the row's status is read under the lock the delete takes.
+            row = await db.fetchrow(
+                """WITH target AS (SELECT id, status FROM generations WHERE id = $1 AND account_id = $2 FOR UPDATE),
+                        deleted AS (DELETE FROM generations g USING target
+                                    WHERE g.id = target.id AND target.status <> ALL($3::text[]) RETURNING g.id)
+                   SELECT target.status, EXISTS (SELECT 1 FROM deleted) AS deleted FROM target""",
+                generation_id,
+                account_id,
+                list(UNDER_WAY),
+            )
+        row = _found(row, generation_id)
+        if not row["deleted"]:
+            raise ApiError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "GENERATION_UNDER_WAY",
+                f"generation {generation_id} is {row['status']}: delete it once it has ended "
+                "(a prediction can be canceled first: POST /v1/predictions/{id}/cancel)",
+            )
+
     async def list_page(
         self, account_id: int, page_size: int, page_token: str, status: str = "", collection: str = ""
     ) -> tuple[list[asyncpg.Record], str]:
@@ -245,10 +280,12 @@ class GenerationsTable:
         self, account_id: int, generation_id: str, visibility: str | None, collection: str | None
     ) -> asyncpg.Record:
         """Change the visibility and/or collection (None: unchanged); the share token stays, so
-        a generation made unlisted again gets the URL it had."""
+        a generation made unlisted again gets the URL it had. Made private (also when it already
+        was), its URL epoch rises: every signed audio URL handed out stops working."""
         async with connection(self.pool()) as db:
             row = await db.fetchrow(
-                f"""UPDATE generations SET visibility = COALESCE($3, visibility), collection = COALESCE($4, collection)
+                f"""UPDATE generations SET visibility = COALESCE($3, visibility), collection = COALESCE($4, collection),
+                        url_epoch = url_epoch + CASE WHEN $3 = 'private' THEN 1 ELSE 0 END
                     WHERE id = $1 AND account_id = $2 RETURNING {COLUMNS}""",
                 generation_id,
                 account_id,

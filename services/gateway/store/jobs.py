@@ -35,16 +35,22 @@ class JobsTable:
             )
 
     async def renew(self, generation_ids: list[str], runner: str) -> list[str]:
-        """Renew `runner`'s leases on these jobs; returns those whose generation was canceled meanwhile."""
+        """Renew `runner`'s leases on these jobs; returns those whose generation was canceled meanwhile,
+        or deleted (canceled, then deleted through another replica before this one heard of it)."""
         async with connection(self.pool()) as db:
             rows = await db.fetch(
-                """UPDATE generation_jobs j SET runner_seen = now() FROM generations g
-                   WHERE j.generation_id = ANY($1) AND j.runner = $2 AND g.id = j.generation_id
-                   RETURNING g.id, g.status""",
+                """WITH renewed AS (
+                        UPDATE generation_jobs j SET runner_seen = now() FROM generations g
+                        WHERE j.generation_id = ANY($1) AND j.runner = $2 AND g.id = j.generation_id
+                        RETURNING g.id, g.status)
+                   SELECT id FROM renewed WHERE status = 'canceled'
+                   UNION ALL
+                   SELECT wanted FROM unnest($1::text[]) AS wanted
+                   WHERE NOT EXISTS (SELECT 1 FROM generations WHERE id = wanted)""",
                 generation_ids,
                 runner,
             )
-        return [row["id"] for row in rows if row["status"] == "canceled"]
+        return [row[0] for row in rows]
 
     async def take_over(self, runner: str, silent_seconds: float, most: int = 10) -> list[asyncpg.Record]:
         """Jobs under way whose runner has been silent for `silent_seconds`, now `runner`'s (a resume

@@ -39,6 +39,7 @@ from services.gateway.config import PREDICTION_MAX_WAIT_SECONDS, PREDICTIONS_PAG
 from services.gateway.dialects.predictor import inputs, webhooks
 from services.gateway.dialects.predictor.models import Models, generation_model, model_card, model_version, version_id
 from services.gateway.generation.audio_inputs import AudioInputs
+from services.gateway.generation.audio_urls import AudioUrls
 from services.gateway.generation.jobs import LEASE_SECONDS, Jobs
 from services.gateway.generation.pipeline import Pipeline
 from services.gateway.store.predictions import PredictionsTable
@@ -74,7 +75,7 @@ class PredictionService(predictions_pb2_grpc.PredictionServiceServicer):
         predictions: PredictionsTable,
         audio_inputs: AudioInputs,
         models: Models,
-        public_url,
+        urls: AudioUrls,
     ) -> None:
         self.accounts = accounts
         self.pipeline = pipeline
@@ -82,7 +83,7 @@ class PredictionService(predictions_pb2_grpc.PredictionServiceServicer):
         self.predictions = predictions
         self.audio_inputs = audio_inputs
         self.models = models
-        self.public_url = public_url  # a callable: the setting's value
+        self.urls = urls
 
     # --- creating ---------------------------------------------------------------
 
@@ -135,7 +136,7 @@ class PredictionService(predictions_pb2_grpc.PredictionServiceServicer):
         return predictions_pb2.GetPredictionResponse(prediction=await self._get(account_id, request.id))
 
     async def _get(self, account_id: int, prediction_id: str) -> predictions_pb2.Prediction:
-        return to_prediction(await self.predictions.get(account_id, prediction_id), self.public_url())
+        return to_prediction(await self.predictions.get(account_id, prediction_id), self.urls)
 
     async def WatchPrediction(self, request, context):
         account_id = await self.accounts.caller(context)
@@ -195,8 +196,8 @@ class PredictionService(predictions_pb2_grpc.PredictionServiceServicer):
         account_id = await self.accounts.caller(context)
         page_size = PREDICTIONS_PAGE_SIZE.value
         rows = await self.predictions.page(account_id, _decode_cursor(request.cursor), page_size)
-        base = self.public_url().rstrip("/")
-        answer = predictions_pb2.ListPredictionsResponse(results=[to_prediction(row, base) for row in rows[:page_size]])
+        base = self.urls.base()
+        answer = predictions_pb2.ListPredictionsResponse(results=[to_prediction(row, self.urls) for row in rows[:page_size]])
         if len(rows) > page_size:
             answer.next = f"{base}/v1/predictions?cursor={_encode_cursor(rows[page_size - 1]['seq'])}"
         return answer
@@ -212,7 +213,7 @@ class PredictionService(predictions_pb2_grpc.PredictionServiceServicer):
     async def GetPredictionModel(self, request, context):
         await self.accounts.caller(context)
         model = await self.models.named(f"{request.owner}/{request.name}")
-        return predictions_pb2.GetPredictionModelResponse(model=model_card(model, self.public_url()))
+        return predictions_pb2.GetPredictionModelResponse(model=model_card(model, self.urls.base()))
 
     async def GetPredictionModelVersion(self, request, context):
         await self.accounts.caller(context)
@@ -225,8 +226,8 @@ class PredictionService(predictions_pb2_grpc.PredictionServiceServicer):
 # --- the rows -------------------------------------------------------------------
 
 
-def to_prediction(row: Mapping, public_url: str) -> predictions_pb2.Prediction:
-    base = public_url.rstrip("/")
+def to_prediction(row: Mapping, urls: AudioUrls) -> predictions_pb2.Prediction:
+    base = urls.base()
     prediction = predictions_pb2.Prediction(
         id=row["id"],
         model=row["predicted_model"],
@@ -242,7 +243,8 @@ def to_prediction(row: Mapping, public_url: str) -> predictions_pb2.Prediction:
         ),
     )
     if row["status"] == "succeeded":
-        prediction.output = f"{base}/v1/voice/generations/{row['id']}/audio"
+        # Signed, so that the client (and anyone it hands the URL to) fetches it without the key.
+        prediction.output = urls.audio_url(row["id"], row["url_epoch"])
     if row["status"] == "failed":
         prediction.error = f"{row['error_type']}: {row['error_message']}"
     if row["start_time"] is not None and row["end_time"] is not None:

@@ -18,6 +18,7 @@ from google.protobuf import json_format
 from runtime.errors import invalid_parameter
 from services.gateway.accounts import Accounts
 from services.gateway.generation import webhooks
+from services.gateway.generation.audio_urls import AudioUrls
 from services.gateway.store.predictions import PredictionsTable
 from voice.predictor.v1 import predictions_pb2, predictions_pb2_grpc
 
@@ -40,12 +41,12 @@ class PredictionWebhooks:
     """The listener of prediction jobs (generation/jobs.py): a delivery per job event its filter wants."""
 
     def __init__(
-        self, predictions: PredictionsTable, deliveries: webhooks.Webhooks, to_prediction: Callable, public_url
+        self, predictions: PredictionsTable, deliveries: webhooks.Webhooks, to_prediction: Callable, urls: AudioUrls
     ) -> None:
         self.predictions = predictions
         self.deliveries = deliveries
         self.to_prediction = to_prediction
-        self.public_url = public_url  # a callable: the setting's value
+        self.urls = urls
 
     async def __call__(self, generation_id: str, account_id: int, delivery: str) -> None:
         row = await self.predictions.find(generation_id)
@@ -53,7 +54,7 @@ class PredictionWebhooks:
             return  # not a prediction, or one without a webhook
         if not DELIVERY_EVENTS[delivery] & set(json.loads(row["webhook_events_filter"])):
             return
-        prediction = self.to_prediction(row, self.public_url())
+        prediction = self.to_prediction(row, self.urls)
         body = json.dumps(
             json_format.MessageToDict(prediction, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
         ).encode()
