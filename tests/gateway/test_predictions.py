@@ -195,6 +195,27 @@ async def test_the_output_url_is_fetched_without_a_key_with_head_and_byte_ranges
     assert answer["keyed"] == 401  # the key-authenticated URL of the same audio still needs the key
 
 
+async def test_every_max_new_tokens_of_the_page_works_and_the_metrics_say_what_was_used(online, accounts, http):
+    """The model page allows max_new_tokens up to 4096; Dia's decoder holds 3072 frames: the prediction
+    gets those, and its metrics (as the history) say so."""
+    answer = run_client(
+        online,
+        accounts[0],
+        """
+        import json, replicate
+        prediction = replicate.models.predictions.create(
+            model="nari-labs/dia", input={"text": "[S1] As long as it may be.", "max_new_tokens": 4096, "seed": 2})
+        prediction.wait()
+        print(json.dumps({"id": prediction.id, "status": prediction.status, "metrics": prediction.metrics}))
+        """,
+        timeout=300,
+    )
+    assert answer["status"] == "succeeded", answer
+    assert answer["metrics"]["max_new_tokens"] == 3072
+    stored = await (await http.get(f"/v1/voice/generations/{answer['id']}", headers=accounts[0].headers)).json()
+    assert stored["parameters"]["max_new_tokens"] == 3072
+
+
 async def test_create_wait_reload_list_and_the_prediction_object(online, accounts, http):
     answer = await asyncio.to_thread(
         run_client,
