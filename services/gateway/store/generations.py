@@ -44,7 +44,7 @@ import tenacity
 from google.protobuf import json_format
 
 from runtime import pagination
-from runtime.database import connection
+from runtime.database import CONNECTION_ERRORS, connection
 from runtime.errors import ApiError, invalid_parameter, not_found
 from voice.gateway.v1 import generations_pb2
 
@@ -121,7 +121,15 @@ class GenerationsTable:
         written first, so that no statement of this table sees a generation as under way that has ended."""
         async with connection(self.pool()) as db:
             if self._unrecorded:
-                await self._write_unrecorded(db)
+                try:
+                    await self._write_unrecorded(db)
+                except asyncpg.PostgresError as error:
+                    if isinstance(error, CONNECTION_ERRORS):
+                        raise
+                    # Not the connection: outcomes the database refuses must not block every statement after them.
+                    log.exception("dropped generation outcomes that the database refused", extra={"count": self.unrecorded})
+                    self._unrecorded.clear()
+                    self._some_unrecorded.clear()
             yield db
 
     @property
