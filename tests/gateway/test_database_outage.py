@@ -71,7 +71,7 @@ async def test_an_end_the_database_missed_is_written_before_the_next_statement(r
     account_id, generation_id = await running_generation(store, direct, limits)
 
     await relay.cut()
-    ended = datetime.datetime.now(datetime.timezone.utc)
+    ended = datetime.datetime.now(datetime.UTC)
     assert await store.generations.end(generation_id, "database_unavailable", "the database went away") is False
     assert store.generations.unrecorded == 1
     # As the database has it, the generation is still under way, and takes the account's one place.

@@ -140,7 +140,7 @@ class GenerationsTable:
     async def end(self, generation_id: str, error_type: str, error_message: str, status: str = "failed") -> bool:
         """End a generation without audio, as :meth:`mark_failed`; with the database down, keep the
         outcome and write it as soon as the database answers again. Whether it was written now."""
-        outcome = Outcome(generation_id, status, error_type, error_message, datetime.datetime.now(datetime.timezone.utc))
+        outcome = Outcome(generation_id, status, error_type, error_message, datetime.datetime.now(datetime.UTC))
         try:
             await self.mark_failed(generation_id, error_type, error_message, status)
         except ApiError as error:
