@@ -3,7 +3,8 @@
 A request field may carry ``[(voice.api.v1.field) = {...}]`` (see
 protos/voice/api/v1/annotations.proto): required, numeric bounds, a default,
 the values a string may take, a longest length (fixed, or a limit the
-service publishes: runtime/limits.py). A service checks each request with
+service publishes: runtime/limits.py), and that a text is a name (no
+control, invisible format or line-breaking character: :data:`NOT_IN_NAMES`). A service checks each request with
 :func:`check` before anything else, and
 reads left-out fields with :func:`value`; the gateway publishes the same
 rules in /openapi.json. The rules are said once, in the proto, so the checks,
@@ -24,6 +25,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import unicodedata
 from typing import Any, Mapping
 
 from google.protobuf import descriptor, message
@@ -42,6 +44,16 @@ _NUMBERS = {
     descriptor.FieldDescriptor.CPPTYPE_FLOAT,
 }
 _FLOATS = {descriptor.FieldDescriptor.CPPTYPE_DOUBLE, descriptor.FieldDescriptor.CPPTYPE_FLOAT}
+
+# The Unicode categories a name (a field with the `name` rule) may not hold: control characters
+# (tabs and newlines included), invisible format characters (zero-width spaces and joiners, the
+# word joiner, the byte order mark, bidirectional controls), line and paragraph separators.
+NOT_IN_NAMES = {
+    "Cc": "a control character",
+    "Cf": "an invisible format character",
+    "Zl": "a line separator",
+    "Zp": "a paragraph separator",
+}
 
 
 def rules(field: descriptor.FieldDescriptor) -> FieldRules | None:
@@ -143,6 +155,42 @@ def _check_text(name: str, text: str, field, declared: FieldRules, limits) -> No
             return  # left out: the default applies
         shown = text if len(text) <= 40 else text[:40] + "…"
         raise invalid_parameter(name, f"{name} must be one of {', '.join(declared.one_of)}; got {shown!r}")
+    if declared.name:
+        _check_name(name, text)
+
+
+def _check_name(name: str, text: str) -> None:
+    for position, character in enumerate(text):
+        kind = NOT_IN_NAMES.get(unicodedata.category(character))
+        if kind is not None:
+            what = unicodedata.name(character, "")
+            code = f"U+{ord(character):04X}" + (f" {what}" if what else "")
+            raise invalid_parameter(
+                name,
+                f"{name} holds {kind} ({code}) at position {position + 1}; a name may hold no control, "
+                "invisible format or line-breaking character",
+            )
+
+
+@functools.cache
+def name_pattern() -> str:
+    """A regular expression (ECMA-262, as OpenAPI's `pattern`; Python's re.fullmatch reads it alike) that a name matches:
+    none of the characters of the NOT_IN_NAMES categories of the Basic Multilingual Plane. Those beyond it
+    (a few format characters: tags, musical and hieroglyph controls) cannot be said in a pattern that both
+    dialects read, so the pattern lets them through and the rule's description names them."""
+    ranges: list[list[int]] = []
+    for code in range(0x10000):
+        if 0xD800 <= code <= 0xDFFF or unicodedata.category(chr(code)) not in NOT_IN_NAMES:
+            continue
+        if ranges and ranges[-1][1] == code - 1:
+            ranges[-1][1] = code
+        else:
+            ranges.append([code, code])
+    parts = "".join(
+        f"\\u{low:04x}" if low == high else f"\\u{low:04x}-\\u{high:04x}" for low, high in ranges
+    )
+    return f"^[^{parts}]*$"
+
 
 
 def _check_number(name: str, number: float, declared: FieldRules) -> None:

@@ -41,6 +41,21 @@ SYNTH_TIMEOUT_SECONDS = setting(
     "past it the request fails with 502 upstream_error",
     between(1, 3600),
 )
+RECORD_RETRY_SECONDS = setting(
+    "GATEWAY_RECORD_RETRY_SECONDS",
+    0.5,
+    "first pause before trying again to record how generations ended while PostgreSQL was down (they answered "
+    "503 database_unavailable); it doubles at each try that fails, up to GATEWAY_RECORD_RETRY_MAX_SECONDS. "
+    "Any statement on the generations that reaches PostgreSQL records them first",
+    between(0.01, 60),
+)
+RECORD_RETRY_MAX_SECONDS = setting(
+    "GATEWAY_RECORD_RETRY_MAX_SECONDS",
+    5.0,
+    "longest pause between tries to record how generations ended while PostgreSQL was down: once it is back they "
+    "are recorded within about this long (sooner if a request comes), and stop counting against their account",
+    between(0.01, 600),
+)
 MAX_INPUT_CHARS = setting(
     "GATEWAY_MAX_INPUT_CHARS",
     8192,

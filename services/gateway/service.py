@@ -30,6 +30,8 @@ from services.gateway.config import (
     PROMPT_GAP_SECONDS,
     PUBLIC_URL,
     READINESS_INTERVAL_SECONDS,
+    RECORD_RETRY_MAX_SECONDS,
+    RECORD_RETRY_SECONDS,
     SIGNED_URL_SECONDS,
     SYNTH_TIMEOUT_SECONDS,
 )
@@ -88,6 +90,7 @@ class Gateway:
         self.table: RouteTable | None = None
         self.front: HttpFront | None = None
         self._sweeper: asyncio.Task | None = None
+        self._recorder: asyncio.Task | None = None
         self.accounts = accounts.Accounts(self.store.accounts)
         self.providers = ProviderDirectory(self.store.providers)
         self.library = Library()
@@ -135,6 +138,10 @@ class Gateway:
         self.speech.start()
         self.jobs.start()
         self._sweeper = asyncio.create_task(self._fail_abandoned_generations())
+        # How generations ended while the database was down, written as soon as it answers again.
+        self._recorder = asyncio.create_task(
+            self.store.generations.keep_recording(RECORD_RETRY_SECONDS.value, RECORD_RETRY_MAX_SECONDS.value)
+        )
         # The gateway's own services are called in process; the others over gRPC.
         self.table = RouteTable(upstream_names(), InProcess("gateway", self.servicers(), self.fully_ready))
         await self.table.discover_all()
@@ -157,6 +164,7 @@ class Gateway:
 
     async def stop(self) -> None:
         await stop_task(self._sweeper)
+        await stop_task(self._recorder)
         if self.front is not None:
             await self.front.stop()
         await self.jobs.close()
@@ -166,6 +174,13 @@ class Gateway:
         await self.prompts.close()
         await self.library.close()
         await self.router.close()
+        try:  # the outcomes still waiting for the database, if it answers now; else the sweep closes them
+            await self.store.generations.record_unrecorded()
+        except ApiError:
+            log.warning(
+                "stopped with generation outcomes the database did not take",
+                extra={"count": self.store.generations.unrecorded},
+            )
         await self.store.close()
 
     async def ready(self) -> bool:

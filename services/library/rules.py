@@ -6,9 +6,10 @@ Field rules (each refusal is INVALID_ARGUMENT / INVALID_PARAMETER naming the
 field) are declared on the request messages in library.proto and applied by
 runtime.fields; here the text is trimmed too:
 
-* speaker_name: required, trimmed, at most LIBRARY_MAX_SPEAKER_NAME_CHARS;
+* speaker_name: required, trimmed, at most LIBRARY_MAX_SPEAKER_NAME_CHARS,
+  a name (no control, invisible format or line-breaking character);
 * transcript: optional, trimmed, at most LIBRARY_MAX_TRANSCRIPT_CHARS;
-* collection: optional, trimmed, at most LIBRARY_MAX_COLLECTION_CHARS;
+* collection: optional, trimmed, at most LIBRARY_MAX_COLLECTION_CHARS, a name;
 * visibility: private, unlisted or public (empty on upload means private);
 * audio: required, at most LIBRARY_MAX_UPLOAD_BYTES (else REQUEST_TOO_LARGE),
   a limit in bytes checked here.

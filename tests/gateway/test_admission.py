@@ -100,3 +100,62 @@ async def test_a_refusal_for_concurrency_says_when_the_oldest_should_end_by_the_
     with pytest.raises(ApiError) as caught:
         await replicas[1].generations.admit(request(account_id), limits)
     assert 25 < caught.value.retry_after <= 30
+
+
+async def took(store: Store, generation_id: str, seconds: float) -> None:
+    """Make a succeeded generation one that took `seconds` from admission to end."""
+    async with store.pool().acquire() as connection:
+        await connection.execute(
+            "UPDATE generations SET create_time = end_time - make_interval(secs => $2) WHERE id = $1", generation_id, seconds
+        )
+
+
+async def admitted_ago(store: Store, generation_id: str, seconds: float) -> None:
+    async with store.pool().acquire() as connection:
+        await connection.execute(
+            "UPDATE generations SET create_time = now() - make_interval(secs => $2) WHERE id = $1", generation_id, seconds
+        )
+
+
+async def succeeded(store: Store, account_id: int, seconds: float) -> None:
+    """A generation of the account that succeeded after `seconds`."""
+    unlimited = history.AccountLimits(per_second=0, burst=1, concurrent=0)
+    finished = await store.generations.admit(request(account_id), unlimited)
+    await store.generations.mark_succeeded(finished, b"RIFF", 1.0, "tiny-random", 1)
+    await took(store, finished, seconds)
+
+
+async def test_a_refusal_for_concurrency_says_when_the_soonest_not_overdue_should_end(replicas):
+    account_id = await new_account(replicas[0])
+    await succeeded(replicas[0], account_id, 30)  # the account's generations take 30 s
+    limits = history.AccountLimits(per_second=0, burst=1, concurrent=2)
+    overdue = await replicas[0].generations.admit(request(account_id), limits)
+    await admitted_ago(replicas[0], overdue, 600)  # stuck for 10 minutes: it says nothing of when a place frees up
+    recent = await replicas[0].generations.admit(request(account_id), limits)
+    await admitted_ago(replicas[0], recent, 10)  # should end in 20 s
+    with pytest.raises(ApiError) as caught:
+        await replicas[1].generations.admit(request(account_id), limits)
+    assert 15 < caught.value.retry_after <= 20
+
+
+async def test_a_refusal_for_concurrency_with_every_one_overdue_says_a_typical_duration(replicas):
+    account_id = await new_account(replicas[0])
+    await succeeded(replicas[0], account_id, 30)
+    limits = history.AccountLimits(per_second=0, burst=1, concurrent=2)
+    for ago in (600, 45):
+        await admitted_ago(replicas[0], await replicas[0].generations.admit(request(account_id), limits), ago)
+    with pytest.raises(ApiError) as caught:
+        await replicas[1].generations.admit(request(account_id), limits)
+    assert 29 < caught.value.retry_after <= 30
+
+
+async def test_a_refusal_for_concurrency_of_an_account_without_history_goes_by_everyones(replicas):
+    other = await new_account(replicas[0])
+    for _ in range(20):  # anyone's last 20 took 40 s
+        await succeeded(replicas[0], other, 40)
+    account_id = await new_account(replicas[0])
+    limits = history.AccountLimits(per_second=0, burst=1, concurrent=1)
+    await replicas[0].generations.admit(request(account_id), limits)
+    with pytest.raises(ApiError) as caught:
+        await replicas[1].generations.admit(request(account_id), limits)
+    assert 35 < caught.value.retry_after <= 40

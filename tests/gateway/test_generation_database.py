@@ -55,11 +55,11 @@ class Relay:
 
         await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
 
-    async def start(self) -> str:
-        """Listen; returns the database URL that goes through the relay."""
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        port = self.server.sockets[0].getsockname()[1]
-        netloc = f"{self.url.username or 'postgres'}@127.0.0.1:{port}"
+    async def start(self, port: int = 0) -> str:
+        """Listen (on `port`, else a free one); returns the database URL that goes through the relay."""
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", port)
+        self.port = self.server.sockets[0].getsockname()[1]
+        netloc = f"{self.url.username or 'postgres'}@127.0.0.1:{self.port}"
         return urlunsplit((self.url.scheme, netloc, self.url.path, "", ""))
 
     async def cut(self) -> None:
@@ -67,7 +67,12 @@ class Relay:
         self.server.close()
         for writer in self.writers:
             writer.close()
+        self.writers = set()
         await self.server.wait_closed()
+
+    async def restore(self) -> None:
+        """Listen again on the same port, after a cut: the same URL reaches the database again."""
+        await self.start(self.port)
 
 
 def synthesize_calls(metrics_port: str) -> float:

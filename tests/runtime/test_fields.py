@@ -126,3 +126,84 @@ def test_a_nul_in_any_string_is_refused_naming_the_field():
 
 def test_bytes_may_hold_nul_and_text_everything_else():
     fields.refuse_nul(library_pb2.CreateVoiceSampleRequest(audio={"data": b"\x00\x00"}, speaker_name="Ada \u2603\x01"))
+
+
+# --- names: no control, invisible format or line-breaking character ---------------
+
+NAMES = [
+    (library_pb2.CreateVoiceSampleRequest, "speaker_name", {"audio": {"data": b"x"}}),
+    (library_pb2.CreateVoiceSampleRequest, "collection", {"audio": {"data": b"x"}, "speaker_name": "Ada"}),
+    (library_pb2.UpdateVoiceSampleRequest, "speaker_name", {"id": 1}),
+    (library_pb2.UpdateVoiceSampleRequest, "collection", {"id": 1}),
+    (generations_pb2.GenerationSpec, "collection", {"input": "hi"}),
+    (generations_pb2.ListGenerationsRequest, "collection", {}),
+    (generations_pb2.UpdateGenerationRequest, "collection", {"id": "gen_1"}),
+]
+INVISIBLE = {
+    "\u200b": "U+200B ZERO WIDTH SPACE",
+    "\u200c": "U+200C ZERO WIDTH NON-JOINER",
+    "\u200d": "U+200D ZERO WIDTH JOINER",
+    "\u2060": "U+2060 WORD JOINER",
+    "\ufeff": "U+FEFF ZERO WIDTH NO-BREAK SPACE",
+    "\u202e": "U+202E RIGHT-TO-LEFT OVERRIDE",
+    "\u2066": "U+2066 LEFT-TO-RIGHT ISOLATE",
+    "\u00ad": "U+00AD SOFT HYPHEN",
+    "\U000e0041": "U+E0041 TAG LATIN CAPITAL LETTER A",  # beyond the Basic Multilingual Plane
+    "\t": "U+0009",
+    "\n": "U+000A",
+    "\r": "U+000D",
+    "\x1b": "U+001B",
+    "\x7f": "U+007F",
+    "\x85": "U+0085",
+    "\u2028": "U+2028 LINE SEPARATOR",
+    "\u2029": "U+2029 PARAGRAPH SEPARATOR",
+}
+LIMITS_OF_NAMES = {"collection_chars": 100, "speaker_name_chars": 100, "input_chars": 100, "transcript_chars": 100}
+
+
+@pytest.mark.parametrize("message, name, others", NAMES, ids=lambda v: getattr(v, "__name__", None))
+def test_a_name_refuses_control_and_invisible_characters_anywhere_naming_the_field(message, name, others):
+    for character, shown in INVISIBLE.items():
+        for text in (f"Ada{character}", f"{character}Ada", f"A{character}da"):
+            error = refused(message(**others, **{name: text}), LIMITS_OF_NAMES)
+            assert (error.reason, error.param) == ("INVALID_PARAMETER", name)
+            assert f"({shown})" in error.message, error.message
+    error = refused(message(**others, **{name: "Ada\u200bLovelace"}), LIMITS_OF_NAMES)
+    assert error.message == (
+        f"{name} holds an invisible format character (U+200B ZERO WIDTH SPACE) at position 4; "
+        "a name may hold no control, invisible format or line-breaking character"
+    )
+
+
+@pytest.mark.parametrize("message, name, others", NAMES, ids=lambda v: getattr(v, "__name__", None))
+def test_a_name_may_hold_any_other_text(message, name, others):
+    for text in ("Ada Lovelace", "  Ada  ", "Zoë d'Été", "ناصر", "山田 太郎", "Ada 👩🏽‍", "Bob\u00a0Smith", "Ada (take 2) — ok!"):
+        if "\u200d" in text:
+            continue  # a joiner: refused above
+        fields.check(message(**others, **{name: text}), LIMITS_OF_NAMES)
+
+
+def test_a_files_name_is_a_name_and_other_text_is_not():
+    from voice.predictor.v1 import predictions_pb2
+
+    with pytest.raises(ApiError) as caught:
+        fields.check_field(predictions_pb2.CreateFileRequest(filename="me\u200b.wav"), "filename")
+    assert (caught.value.reason, caught.value.param) == ("INVALID_PARAMETER", "filename")
+    fields.check_field(predictions_pb2.CreateFileRequest(filename="me & you.wav"), "filename")
+    # A script or a transcript may break lines: they are text, not names.
+    fields.check(Generation(input="[S1] Hello.\n[S2] Hi.\u200b"), LIMITS_OF_NAMES)
+    fields.check(
+        library_pb2.CreateVoiceSampleRequest(audio={"data": b"x"}, speaker_name="Ada", transcript="Hi.\nBye."),
+        LIMITS_OF_NAMES,
+    )
+
+
+def test_the_name_pattern_matches_what_the_rule_takes():
+    import re
+
+    pattern = re.compile(fields.name_pattern())
+    for character in INVISIBLE:
+        if ord(character) < 0x10000:
+            assert not pattern.fullmatch(f"Ada{character}"), repr(character)
+    for text in ("Ada Lovelace", "Zoë", "山田", "Ada 👩🏽"):
+        assert pattern.fullmatch(text)

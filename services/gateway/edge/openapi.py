@@ -173,6 +173,9 @@ class _Builder:
         declared = fields.rules(field)
         notes = []
         if declared is not None:
+            if declared.name:
+                schema["pattern"] = fields.name_pattern()
+                notes.append(NAME_NOTE)
             if declared.HasField("minimum"):
                 schema["minimum"] = _number(declared.minimum)
             if declared.HasField("maximum"):
@@ -205,6 +208,14 @@ class _Builder:
         if field.enum_type is not None:
             return {"type": "string", "enum": [value.name for value in field.enum_type.values]}
         return dict(_SCALARS[field.type])
+
+
+# What the `name` rule says, beside its pattern (which can list only the characters of the Basic Multilingual Plane).
+NAME_NOTE = (
+    "A name: no control character (Unicode category Cc, tabs and newlines included), no invisible format "
+    "character (Cf: zero-width spaces and joiners U+200B to U+200D, U+2060, U+FEFF, bidirectional controls) "
+    "and no line or paragraph separator (Zl, Zp), else 400 invalid_parameter."
+)
 
 
 def _number(value: float) -> float | int:

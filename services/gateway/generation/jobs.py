@@ -152,6 +152,8 @@ class Jobs:
             await asyncio.sleep(LEASE_RENEW_SECONDS)
 
     async def _renew_and_take_over(self) -> None:
+        # First the outcomes the database missed: a job that ended while it was down is over, not silent.
+        await self.generations.record_unrecorded()
         if self._running:
             for generation_id in await self.table.renew(list(self._running), self.runner):
                 if generation_id in self._running:

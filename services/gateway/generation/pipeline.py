@@ -16,7 +16,11 @@ hosted-predictor dialects, background jobs) hands the pipeline a
   cut to leave room for MIN_NEW_FRAMES, and max_new_tokens lowered to what is
   left), generates on a provider (routing.py), and stores how it ended:
   ``succeeded`` with its audio, ``failed`` with the public error, or
-  ``canceled`` when its caller hung up (which stops the provider).
+  ``canceled`` when its caller hung up (which stops the provider). An end
+  that the database could not take (it was down: the caller gets 503
+  ``database_unavailable``) is written as soon as it answers again
+  (GenerationsTable.end), so the generation stops counting against its
+  account then, not at the abandoned-generation sweep.
 
 A script longer than the model's text window is generated in chunks
 (long_scripts.py) by either half the same way. The pipeline knows no
@@ -66,6 +70,11 @@ UNKNOWN_LENGTH = 0xFFFFFFFF
 MIN_NEW_FRAMES = 256
 # Dia's end marker and delay tail: frames that carry no audio of their own.
 FRAMES_WITHOUT_AUDIO = 16
+# A generation's error message in the history when the database went away under it.
+DATABASE_LOST = (
+    "the database became unavailable while this generation was under way, so it was stopped and nothing of it "
+    "was kept; create it again"
+)
 # A caller's own generation id: "gen_" and 8 to 64 letters, digits, "-" or "_".
 CALLERS_ID = re.compile(r"gen_[A-Za-z0-9_-]{8,64}")
 
@@ -467,10 +476,17 @@ class Pipeline:
 
     async def _record_failure(self, generation_id: str, error: BaseException) -> None:
         kind, message = error_type(error)
+        if kind == "database_unavailable":  # what the history says, not what the caller was told
+            message = DATABASE_LOST
         try:
             status = "canceled" if kind == "canceled" else "failed"
-            await self.generations.mark_failed(generation_id, kind, message, status)
-        except ApiError:  # the database went away meanwhile: the caller gets the original error
+            if not await self.generations.end(generation_id, kind, message, status):
+                # The caller gets the original error; the history gets the outcome once the database is back.
+                log.warning(
+                    "the database is down: the generation's outcome is recorded once it answers again",
+                    extra={"generation": generation_id, "type": kind},
+                )
+        except ApiError:
             log.warning("could not record the failure of a generation", extra={"generation": generation_id})
 
 

@@ -6,32 +6,49 @@ audio), ``failed`` (with the public error type and message) or ``canceled``.
 Only admitted requests are stored: a request refused at the door leaves no
 record.
 
-Admission is one statement, ``admit_generation`` (migrations 004 and 007),
+Admission is one statement, ``admit_generation`` (migrations 004, 007 and 009),
 which checks the account's limits and stores the request together, under a
 lock on the account's row, so the limits hold across every gateway replica:
 a token bucket of GATEWAY_ACCOUNT_GENERATIONS_PER_SECOND (burst
 GATEWAY_ACCOUNT_GENERATION_BURST), and at most
 GATEWAY_ACCOUNT_CONCURRENT_GENERATIONS generations queued or running.
+
+A generation that ends while PostgreSQL is down (restarted, failed over)
+cannot be closed then, and would count against its account until the
+abandoned-generation sweep minutes later. :meth:`GenerationsTable.end` keeps
+such an outcome in the process and writes it as soon as the database answers
+again: before the next statement on this table, whichever (an admission
+included, so the account's next request finds its place free), and by
+:meth:`GenerationsTable.keep_recording`, which retries with a bounded backoff
+while no statement comes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
+import datetime
 import json
+import logging
+import math
 import re
 import secrets
 from dataclasses import dataclass
-from typing import Callable
+from typing import AsyncIterator, Callable
 
 import asyncpg
 import grpc
+import tenacity
 from google.protobuf import json_format
 
 from runtime import pagination
-from runtime.database import connection
+from runtime.database import CONNECTION_ERRORS, connection
 from runtime.errors import ApiError, invalid_parameter, not_found
 from voice.gateway.v1 import generations_pb2
+
+log = logging.getLogger("gateway.generations")
 
 ID_PREFIX = "gen_"
 SHARED_VISIBILITIES = ("unlisted", "public")
@@ -66,20 +83,127 @@ class AccountLimits:
     concurrent: int  # generations queued or running at once (0: no limit)
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """How a generation ended without audio, kept while the database cannot take it."""
+
+    generation_id: str
+    status: str  # failed or canceled
+    error_type: str
+    error_message: str
+    end_time: datetime.datetime  # when it ended, not when it is written
+
+
 def rate_limited(message: str, retry_after: float) -> ApiError:
     return ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", message, retry_after=retry_after)
+
+
+def database_down(error: BaseException) -> bool:
+    return isinstance(error, ApiError) and error.reason == "DATABASE_UNAVAILABLE"
+
+
+def retry_pauses(first_seconds: float, longest_seconds: float) -> tenacity.wait.wait_base:
+    """The pauses between tries to write the outcomes the database missed: `first_seconds`,
+    doubling at each try that fails, at most `longest_seconds`."""
+    return tenacity.wait_exponential(multiplier=first_seconds, max=longest_seconds)
 
 
 class GenerationsTable:
     def __init__(self, pool: Callable[[], asyncpg.Pool]) -> None:
         self.pool = pool
+        # Outcomes the database missed (it was down when they came), by generation, until written.
+        self._unrecorded: dict[str, Outcome] = {}
+        self._some_unrecorded = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection (runtime.database.connection) on which the outcomes the database missed are
+        written first, so that no statement of this table sees a generation as under way that has ended."""
+        async with connection(self.pool()) as db:
+            if self._unrecorded:
+                try:
+                    await self._write_unrecorded(db)
+                except asyncpg.PostgresError as error:
+                    if isinstance(error, CONNECTION_ERRORS):
+                        raise
+                    # Not the connection: outcomes the database refuses must not block every statement after them.
+                    log.exception("dropped generation outcomes that the database refused", extra={"count": self.unrecorded})
+                    self._unrecorded.clear()
+                    self._some_unrecorded.clear()
+            yield db
+
+    @property
+    def unrecorded(self) -> int:
+        """How many outcomes wait for the database."""
+        return len(self._unrecorded)
+
+    async def end(self, generation_id: str, error_type: str, error_message: str, status: str = "failed") -> bool:
+        """End a generation without audio, as :meth:`mark_failed`; with the database down, keep the
+        outcome and write it as soon as the database answers again. Whether it was written now."""
+        outcome = Outcome(generation_id, status, error_type, error_message, datetime.datetime.now(datetime.UTC))
+        try:
+            await self.mark_failed(generation_id, error_type, error_message, status)
+        except ApiError as error:
+            if not database_down(error):
+                raise
+            self._unrecorded[generation_id] = outcome
+            self._some_unrecorded.set()
+            return False
+        return True
+
+    async def record_unrecorded(self) -> int:
+        """Write the outcomes the database missed (DATABASE_UNAVAILABLE while it is still down);
+        how many were waiting."""
+        if not self._unrecorded:
+            return 0
+        async with connection(self.pool()) as db:
+            return await self._write_unrecorded(db)
+
+    async def _write_unrecorded(self, db: asyncpg.Connection) -> int:
+        outcomes = list(self._unrecorded.values())
+        await db.execute(
+            """UPDATE generations g SET status = o.status, error_type = o.error_type, error_message = o.error_message,
+                   end_time = greatest(g.create_time, o.end_time)
+               FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+                   AS o (id, status, error_type, error_message, end_time)
+               WHERE g.id = o.id AND g.status IN ('queued', 'running')""",
+            [outcome.generation_id for outcome in outcomes],
+            [outcome.status for outcome in outcomes],
+            [outcome.error_type for outcome in outcomes],
+            [outcome.error_message for outcome in outcomes],
+            [outcome.end_time for outcome in outcomes],
+        )
+        for outcome in outcomes:
+            if self._unrecorded.get(outcome.generation_id) is outcome:
+                del self._unrecorded[outcome.generation_id]
+        if not self._unrecorded:
+            self._some_unrecorded.clear()
+        log.info("recorded the outcomes of generations that ended while the database was down", extra={"count": len(outcomes)})
+        return len(outcomes)
+
+    async def keep_recording(self, first_pause_seconds: float, longest_pause_seconds: float) -> None:
+        """Forever (a task of the gateway's): whenever outcomes wait for the database, try to write
+        them until it takes them, pausing between tries (retry_pauses)."""
+        while True:
+            await self._some_unrecorded.wait()
+            try:
+                async for attempt in tenacity.AsyncRetrying(
+                    wait=retry_pauses(first_pause_seconds, longest_pause_seconds),
+                    retry=tenacity.retry_if_exception(database_down),
+                    reraise=True,
+                ):
+                    with attempt:
+                        await self.record_unrecorded()
+            except Exception:  # noqa: BLE001 - the task must go on
+                log.exception("could not record the outcomes of generations that ended while the database was down")
+                await asyncio.sleep(longest_pause_seconds)
 
     async def admit(self, generation: NewGeneration, limits: AccountLimits) -> str:
         """Store a request as queued if its account is within its limits, and return its id;
         RATE_LIMITED if not, ALREADY_EXISTS if the caller's id is taken."""
         generation_id = generation.generation_id or new_id()
         try:
-            async with connection(self.pool()) as db:
+            async with self._connection() as db:
                 refusal, wait_seconds = await db.fetchrow(
                     """SELECT refusal, wait_seconds
                        FROM admit_generation($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)""",
@@ -113,9 +237,10 @@ class GenerationsTable:
                 wait_seconds,
             )
         if refusal == "concurrency":
+            when = f" (in about {math.ceil(wait_seconds)} s)" if wait_seconds > 0 else ""
             raise rate_limited(
                 f"this account has as many generations under way as it may have at once ({limits.concurrent}); "
-                "try again when one has finished",
+                f"try again when one has finished{when}",
                 wait_seconds,
             )
         return generation_id
@@ -125,7 +250,7 @@ class GenerationsTable:
     ) -> None:
         """Sent to a provider (again, on a retry: the provider is the latest one tried), with the
         parameters it runs with (max_new_tokens fitted to that provider's model)."""
-        async with connection(self.pool()) as db:
+        async with self._connection() as db:
             await db.execute(
                 """UPDATE generations SET status = 'running', provider = $2, model = $3, parameters = $4,
                        start_time = coalesce(start_time, now())
@@ -140,7 +265,7 @@ class GenerationsTable:
         self, generation_id: str, audio: bytes, duration_seconds: float, model: str, seed: int, chunks: int = 1
     ) -> asyncpg.Record | None:
         """The stored row; None if it had ended meanwhile (a canceled prediction)."""
-        async with connection(self.pool()) as db:
+        async with self._connection() as db:
             return await db.fetchrow(
                 f"""UPDATE generations SET status = 'succeeded', audio = $2, audio_duration_seconds = $3,
                         model = $4, parameters = jsonb_set(parameters, '{{seed}}', to_jsonb($5::text)),
@@ -159,7 +284,7 @@ class GenerationsTable:
         self, generation_id: str, error_type: str, error_message: str, status: str = "failed"
     ) -> None:
         """End a generation without audio: `failed`, or `canceled` when its caller went away."""
-        async with connection(self.pool()) as db:
+        async with self._connection() as db:
             await db.execute(
                 """UPDATE generations SET status = $4, error_type = $2, error_message = $3, end_time = now()
                    WHERE id = $1 AND status IN ('queued', 'running')""",
@@ -177,7 +302,7 @@ class GenerationsTable:
         this is safe to run from every replica. Background jobs have leases of
         their own (jobs.py) and are not touched.
         """
-        async with connection(self.pool()) as db:
+        async with self._connection() as db:
             status = await db.execute(
                 """UPDATE generations SET status = 'failed', error_type = 'interrupted',
                        error_message = 'the gateway serving this request stopped before it finished',
@@ -190,14 +315,14 @@ class GenerationsTable:
 
     async def get(self, account_id: int, generation_id: str) -> asyncpg.Record:
         """The caller's generation; NOT_FOUND for another account's, as for a made-up id."""
-        async with connection(self.pool()) as db:
+        async with self._connection() as db:
             row = await db.fetchrow(
                 f"SELECT {COLUMNS} FROM generations WHERE id = $1 AND account_id = $2", generation_id, account_id
             )
         return _found(row, generation_id)
 
     async def audio(self, account_id: int, generation_id: str) -> bytes:
-        async with connection(self.pool()) as db:
+        async with self._connection() as db:
             row = await db.fetchrow(
                 "SELECT status, audio FROM generations WHERE id = $1 AND account_id = $2", generation_id, account_id
             )
@@ -208,7 +333,7 @@ class GenerationsTable:
 
     async def shared_audio(self, share_token: str) -> bytes:
         """The audio behind a share URL; a private generation's token finds nothing, like a made-up one."""
-        async with connection(self.pool()) as db:
+        async with self._connection() as db:
             audio = await db.fetchval(
                 "SELECT audio FROM generations WHERE share_token = $1 AND visibility = ANY($2::text[])",
                 share_token,
@@ -221,7 +346,7 @@ class GenerationsTable:
     async def signed_audio(self, generation_id: str) -> tuple[int, bytes]:
         """Behind a signed URL, whoever asks: the generation's URL epoch and its audio (no key: the
         caller checks the signature against the epoch); one without audio is as unknown as a made-up id."""
-        async with connection(self.pool()) as db:
+        async with self._connection() as db:
             row = await db.fetchrow(
                 "SELECT url_epoch, audio FROM generations WHERE id = $1 AND audio IS NOT NULL", generation_id
             )
@@ -233,7 +358,7 @@ class GenerationsTable:
         """Delete the caller's generation with its audio (its prediction and job rows go with it, ON DELETE
         CASCADE); NOT_FOUND for none of the caller's, GENERATION_UNDER_WAY for one still queued or running
         (whose pipeline would go on working for nothing)."""
-        async with connection(self.pool()) as db:
+        async with self._connection() as db:
             # One statement: the row's status is read under the lock the delete takes.
             row = await db.fetchrow(
                 """WITH target AS (SELECT id, status FROM generations WHERE id = $1 AND account_id = $2 FOR UPDATE),
@@ -260,7 +385,7 @@ class GenerationsTable:
         and the token of the next ("" after the last)."""
         limit = pagination.page_size(page_size)
         before = _decode_page_token(page_token)
-        async with connection(self.pool()) as db:
+        async with self._connection() as db:
             rows = await db.fetch(
                 f"""SELECT {COLUMNS} FROM generations
                     WHERE account_id = $1 AND ($2::bigint IS NULL OR seq < $2)
@@ -282,7 +407,7 @@ class GenerationsTable:
         """Change the visibility and/or collection (None: unchanged); the share token stays, so
         a generation made unlisted again gets the URL it had. Made private (also when it already
         was), its URL epoch rises: every signed audio URL handed out stops working."""
-        async with connection(self.pool()) as db:
+        async with self._connection() as db:
             row = await db.fetchrow(
                 f"""UPDATE generations SET visibility = COALESCE($3, visibility), collection = COALESCE($4, collection),
                         url_epoch = url_epoch + CASE WHEN $3 = 'private' THEN 1 ELSE 0 END

@@ -11,6 +11,7 @@ from typing import Mapping
 
 from google.api import httpbody_pb2
 
+from runtime import fields
 from services.gateway.accounts import Accounts
 from services.gateway.generation.files import Files
 from voice.predictor.v1 import predictions_pb2, predictions_pb2_grpc
@@ -40,6 +41,7 @@ class FileService(predictions_pb2_grpc.FileServiceServicer):
 
     async def CreateFile(self, request, context):
         account_id = await self.accounts.caller(context)
+        fields.check_field(request, "filename")  # a name (predictions.proto)
         row = await self.files.create(
             account_id, request.content.data, request.content.content_type, request.filename, request.metadata
         )
