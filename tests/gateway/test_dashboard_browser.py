@@ -16,6 +16,7 @@ import re
 import uuid
 
 import aiohttp
+import asyncpg
 import pytest
 
 from tests.gateway.conftest import FIXTURES, HELLO, Account, created, extra_gateway, make_key, upload_form, wait_for_models, words
@@ -498,7 +499,7 @@ async def test_the_playground_generates_with_the_default_voice_and_the_history_s
         await playwright.expect(row.locator(".badge")).to_have_text("succeeded")
         await playwright.expect(row.locator("[data-fact=parameters]")).to_contain_text("max_new_tokens 256")
         await playwright.expect(row.locator("[data-fact=parameters]")).to_contain_text(f"seed {seed}")
-        await playwright.expect(row.locator("[data-fact=voices]")).to_contain_text(f"S1: sample {fox['id']}")
+        await playwright.expect(row.locator("[data-fact=voices]")).to_have_text("S1: Fox")
         await page.locator("#filter-status").select_option("failed")
         await playwright.expect(row).to_have_count(0)
         await page.locator("#filter-status").select_option("")
@@ -695,4 +696,43 @@ async def test_the_history_plays_a_generation_from_its_audio_url_and_seeks(tab, 
         assert any(start >= target - 0.1 for start, _ in played), played
     assert fetched and all(status == 206 for status, _ in fetched), fetched
     assert not any(keyed for _, keyed in fetched)  # the URL is the credential
+    tab.assert_clean()
+
+
+async def test_the_history_names_the_voices_a_generation_cloned(tab, user, http, mesh):
+    """The history names a generation's voices as the samples were named when it was admitted (a
+    sample renamed since keeps its old name there). One admitted before the history kept names
+    shows the sample's id, and says so when that sample has been deleted from the library since."""
+    await wait_for_models(http, user)
+    added = await add_samples(http, user, ["Ada", "Bob"])
+    ada, bob = added["Ada"]["id"], added["Bob"]["id"]
+
+    async def generate(script: str) -> str:
+        response = await http.post(
+            "/v1/voice/generations",
+            json={"input": script, "speakers": {"S1": ada, "S2": bob}, "max_new_tokens": 256},
+            headers=user.headers,
+        )
+        assert response.status == 200, await response.text()
+        return response.headers["X-Generation-Id"]
+
+    named = await generate("[S1] Named voices. [S2] Both of them.")
+    older = await generate("[S1] From before names were kept. [S2] Indeed.")
+    # `older` as a generation admitted before the history kept speaker names: none stored.
+    connection = await asyncpg.connect(mesh.env["DATABASE_URL"])
+    try:
+        await connection.execute("UPDATE gateway.generations SET speaker_names = '{}' WHERE id = $1", older)
+    finally:
+        await connection.close()
+    await created(await http.patch(f"/v1/voice/samples/{ada}", json={"speaker_name": "Ada Lovelace"}, headers=user.headers))
+    deleted = await http.delete(f"/v1/voice/samples/{bob}", headers=user.headers)
+    assert deleted.status in (200, 204), await deleted.text()
+    page = tab.page
+    async with screenshots_on_failure(tab, "voice-names"):
+        await tab.sign_in(user.key)
+        await tab.open("history")
+        voices = page.locator(f'li[data-generation-id="{named}"] [data-fact=voices]')
+        await playwright.expect(voices).to_have_text("S1: Ada, S2: Bob")
+        voices = page.locator(f'li[data-generation-id="{older}"] [data-fact=voices]')
+        await playwright.expect(voices).to_have_text(f"S1: sample {ada}, S2: sample {bob} (deleted from your library)")
     tab.assert_clean()
