@@ -586,6 +586,8 @@ async def test_a_stream_that_breaks_off_after_its_audio_began_says_so(browser, m
                 failed = listed["generations"][0]
                 assert failed["status"] == "failed", failed
                 assert f"({failed['error_type']})" in text and failed["error_message"][1:] in text, (failed, text)
+                await playwright.expect(tab.page.locator("#gen-id")).to_have_text(failed["id"])  # the one it followed
+                await playwright.expect(tab.page.locator("#gen-following")).to_be_visible()
             tab.assert_clean(allowed=("ERR_", "network"))  # the cut-off body is logged by the browser
         finally:
             await context.close()
@@ -655,6 +657,7 @@ async def test_a_refused_generation_says_why_and_when_to_try_again(browser, mesh
                 await playwright.expect(error).to_contain_text("over its generation limit", timeout=SLOW)
                 await playwright.expect(error).to_contain_text(re.compile(r"Try again in \d+ s"))
                 await playwright.expect(error).to_contain_text("rate_limited")
+                await playwright.expect(tab.page.locator("#gen-following")).to_be_hidden()  # refused: not admitted
                 await playwright.expect(tab.page.locator("#gen-progress")).to_contain_text("failed")
                 await playwright.expect(tab.page.get_by_role("button", name="Generate")).to_be_enabled()
             tab.assert_clean(allowed=("429",))
@@ -736,3 +739,106 @@ async def test_the_history_names_the_voices_a_generation_cloned(tab, user, http,
         voices = page.locator(f'li[data-generation-id="{older}"] [data-fact=voices]')
         await playwright.expect(voices).to_have_text(f"S1: sample {ada}, S2: sample {bob} (deleted from your library)")
     tab.assert_clean()
+
+
+# Each change of the playground's progress, follow and playback lines, as the page showed it:
+# when (performance.now()), the generation it named (if any), the progress line, the playback state.
+RECORD_PROGRESS = """() => {
+    window.progressSeen = [];
+    const following = document.querySelector('#gen-following');
+    const note = () => window.progressSeen.push({
+        at: performance.now(),
+        id: !following || following.hidden ? '' : document.querySelector('#gen-id').textContent,
+        progress: document.querySelector('#gen-progress').textContent,
+        playback: document.querySelector('#gen-playback').dataset.playback || '',
+    });
+    for (const line of ['#gen-following', '#gen-progress', '#gen-playback'].map(selector => document.querySelector(selector))) {
+        if (line) new MutationObserver(note).observe(line, {attributes: true, childList: true, characterData: true, subtree: true});
+    }
+}"""
+
+# When the first byte of the answer to the playground's POST of a generation came (performance.now() time).
+ANSWERED = """id => performance.getEntriesByType('resource')
+    .filter(entry => entry.name.endsWith(`/v1/voice/generations?generation_id=${id}`))
+    .map(entry => entry.responseStart)"""
+
+
+@contextlib.asynccontextmanager
+async def provider_kept_busy(http, account: Account, frames: int = 1500):
+    """The tiny Dia's batch filled (SYNTH_MAX_BATCH_SIZE, 4 rows) with `account`'s streamed
+    generations, each heard (so generating) before this yields: a request made meanwhile is admitted
+    and sent to the provider, and waits there for a row, without audio, until one of them ends."""
+    heard = [asyncio.Event() for _ in range(4)]
+
+    async def occupy(started: asyncio.Event) -> None:
+        response = await http.post(
+            "/v1/voice/generations",
+            json={"input": "[S1] Keeping the provider busy.", "max_new_tokens": frames, "stream": True},
+            headers=account.headers,
+        )
+        assert response.status == 200, await response.text()
+        await response.content.readany()
+        started.set()
+        await response.read()
+
+    tasks = [asyncio.create_task(occupy(started)) for started in heard]
+    try:
+        await asyncio.wait_for(asyncio.gather(*(started.wait() for started in heard)), SLOW / 1000)
+        yield
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def test_the_playground_follows_its_own_generation_from_the_moment_it_is_admitted(tab, user, http, key_env):
+    """The page chooses its generation's id and sends it with the request: it names that
+    generation and says where it is (from the history) as soon as it is admitted, before the
+    answer with the first audio comes (here while the provider is busy with others); a request
+    refused at the door names none, and a generation of the same script made elsewhere
+    meanwhile is never taken for it."""
+    page = tab.page
+    other = Account(f"busy-{uuid.uuid4().hex[:8]}", "")
+    other.key = make_key(other.name, key_env)
+    await wait_for_models(http, user)
+    async with screenshots_on_failure(tab, "following"):
+        await tab.sign_in(user.key)
+        await tab.open("playground")
+        await page.locator("#gen-input").fill("[S2] I cannot open.")
+        await page.get_by_role("button", name="Generate").click()
+        await playwright.expect(page.locator("#gen-input-error")).to_contain_text("invalid_script")
+        await playwright.expect(page.locator("#gen-following")).to_be_hidden()
+
+        script = "[S1] Followed from the moment it was admitted."
+        await page.locator("#gen-input").fill(script)
+        await page.get_by_label("Max new tokens").fill("1000")
+        await page.evaluate(RECORD_PROGRESS)
+        async with provider_kept_busy(http, other):
+            await page.get_by_role("button", name="Generate").click()
+            # The same script, elsewhere, a moment later: it fails at once.
+            decoy = await http.post("/v1/voice/generations", json={"input": script, "model": "no-such-model"}, headers=user.headers)
+            assert decoy.status == 404, await decoy.text()
+            # Admitted, named and running, while no audio has come.
+            await playwright.expect(page.locator("#gen-following")).to_be_visible(timeout=SLOW)
+            generation_id = await page.locator("#gen-id").text_content()
+            assert re.fullmatch(r"gen_[0-9a-f]{32}", generation_id), generation_id
+            await playwright.expect(page.locator("#gen-progress")).to_contain_text(re.compile(r"^running · "))
+            assert await page.evaluate("document.querySelector('#gen-playback').dataset.playback") is None
+            stored = await created(await http.get(f"/v1/voice/generations/{generation_id}", headers=user.headers))
+            assert stored["input"] == script and stored["status"] == "running", stored
+        await playwright.expect(page.locator("#gen-progress")).to_contain_text(re.compile(r"succeeded · \d+\.\d s"), timeout=SLOW)
+        assert await page.locator("[data-fact=generation]").text_content() == generation_id
+        await playwright.expect(page.locator("#gen-id")).to_have_text(generation_id)
+        link = page.locator("#gen-following").get_by_role("link", name="Queue and history")
+        await playwright.expect(link).to_have_attribute("href", "#history")
+
+        seen = await page.evaluate("window.progressSeen")
+        [answered] = await page.evaluate(ANSWERED, generation_id)
+        named = [moment for moment in seen if moment["id"]]
+        assert named and {moment["id"] for moment in named} == {generation_id}, seen
+        # Named, with its status from the history, well before the answer (and its audio) came.
+        assert named[0]["at"] < answered - 1000 and named[0]["playback"] == "", (named[0], answered)
+        assert not any(moment["progress"].startswith("failed") for moment in seen), seen  # the decoy's status
+        stored = await created(await http.get(f"/v1/voice/generations/{generation_id}", headers=user.headers))
+        assert stored["status"] == "succeeded" and stored["id"] != decoy.headers["X-Generation-Id"]
+    tab.assert_clean(allowed=("400",))  # the refused script's request is logged by the browser

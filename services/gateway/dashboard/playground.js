@@ -196,28 +196,29 @@ async function generate() {
   const button = $("#gen-submit");
   button.disabled = true;
   const started = performance.now();
-  const since = new Date(Date.now() - 5000).toISOString();
   let status = "sending";
   const progress = $("#gen-progress");
   const tick = () => (progress.textContent = `${status} · ${((performance.now() - started) / 1000).toFixed(1)} s`);
   const clock = setInterval(tick, 100);
-  // The request answers only with the first audio; until the end, the history says where it is.
-  let id = ""; // known once the first audio comes
+  // The generation's id is ours, sent with the request: the history has it from the moment it is
+  // admitted, before any audio comes, and says where it is (queued, running) until the end.
+  const id = newGenerationId();
+  following.reset(id);
+  let admitted = false;
   let watcher = setTimeout(async function watch() {
     try {
-      let mine;
-      if (id) mine = await getJson(`/v1/voice/generations/${id}`);
-      else {
-        const page = await getJson("/v1/voice/generations", { query: { page_size: 5 } });
-        mine = page.generations.find((item) => item.input === body.input && item.create_time >= since);
+      const mine = await findGeneration(id, admitted);
+      if (mine) {
+        admitted = true;
+        following.saw(mine);
+        const ended = status === "succeeded" || status === "failed"; // the stream's own word is final
+        if (generating && !ended) status = mine.status;
       }
-      const ended = status === "succeeded" || status === "failed"; // the stream's own word is final
-      if (mine && generating && !ended) status = mine.status;
     } catch {
       // the progress line is a courtesy; the request itself reports errors
     }
-    if (generating) watcher = setTimeout(watch, 600);
-  }, 250);
+    if (generating) watcher = setTimeout(watch, admitted ? 600 : 250);
+  }, 0);
   tick();
   const playback = $("#gen-playback");
   player?.stop();
@@ -228,8 +229,10 @@ async function generate() {
   let heard = false;
   try {
     // Streamed: the answer comes with the first audio (errors before it are ordinary JSON errors).
-    const response = await call("/v1/voice/generations", { method: "POST", json: { ...body, stream: true } });
-    id = response.headers.get("X-Generation-Id") || "";
+    const response = await call("/v1/voice/generations", {
+      method: "POST", query: { generation_id: id }, json: { ...body, stream: true },
+    });
+    following.admitted();
     const reader = response.body.getReader();
     for (;;) {
       let piece;
@@ -259,7 +262,7 @@ async function generate() {
     resultUrl = URL.createObjectURL(player.wav());
     $("#gen-audio").src = resultUrl;
     $("#gen-download").href = resultUrl;
-    $("#gen-download").download = `${id || "generation"}.wav`;
+    $("#gen-download").download = `${id}.wav`;
     $("#gen-result").hidden = false;
     await showFacts(id);
   } catch (error) {
@@ -269,6 +272,9 @@ async function generate() {
     playback.textContent = "";
     if (error instanceof BrokenStream) errorPlace.textContent = await error.describe();
     else showFieldError(error, FIELDS, errorPlace);
+    // Refused at the door, it is not in the history; admitted and then failed, it is.
+    const mine = await findGeneration(id, admitted).catch(() => null);
+    if (mine) following.saw(mine);
   } finally {
     generating = false;
     clearInterval(clock);
@@ -276,6 +282,43 @@ async function generate() {
     button.disabled = false;
   }
 }
+
+// A new generation's id, chosen here (POST ?generation_id=): "gen_" and 32 random hex digits.
+// crypto.getRandomValues, not crypto.randomUUID: that needs a secure context, and a self-hosted
+// gateway is often opened over plain http at a LAN address.
+function newGenerationId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return `gen_${[...bytes].map((byte) => byte.toString(16).padStart(2, "0")).join("")}`;
+}
+
+// The generation `id` as the history has it, or null while it is not admitted yet. Until it is
+// seen it is looked for by its id in the newest page of the list rather than asked for by id:
+// each 404 of that would be logged as an error in the browser's console.
+async function findGeneration(id, seen) {
+  if (seen) return getJson(`/v1/voice/generations/${id}`);
+  const page = await getJson("/v1/voice/generations", { query: { page_size: 20 } });
+  return page.generations.find((generation) => generation.id === id) || null;
+}
+
+// The line under the progress: the generation's id once it is admitted, with the way to it in
+// the history.
+const following = {
+  reset(id) {
+    this.id = id;
+    $("#gen-id").textContent = id;
+    $("#gen-following").hidden = true;
+  },
+
+  // The history's word on it: admitted.
+  saw(generation) {
+    if (generation.id === this.id) this.admitted();
+  },
+
+  // Admitted (the history has it, or the request was answered).
+  admitted() {
+    $("#gen-following").hidden = false;
+  },
+};
 
 // A stream that broke off after its audio began: the status was already 200, so the
 // connection just closes; the history says why the generation failed.
@@ -321,7 +364,6 @@ function playedThrough() {
 async function showFacts(id) {
   const facts = $("#gen-facts");
   facts.replaceChildren();
-  if (!id) return;
   const generation = await getJson(`/v1/voice/generations/${id}`);
   const parameters = generation.parameters || {};
   const rows = [
