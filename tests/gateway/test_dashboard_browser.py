@@ -829,6 +829,7 @@ async def test_the_playground_follows_its_own_generation_from_the_moment_it_is_a
         await playwright.expect(page.locator("#gen-progress")).to_contain_text(re.compile(r"succeeded · \d+\.\d s"), timeout=SLOW)
         assert await page.locator("[data-fact=generation]").text_content() == generation_id
         await playwright.expect(page.locator("#gen-id")).to_have_text(generation_id)
+        await playwright.expect(page.locator("#gen-tokens")).to_have_text("max_new_tokens 1000")  # no voice prompt: it all fits
         link = page.locator("#gen-following").get_by_role("link", name="Queue and history")
         await playwright.expect(link).to_have_attribute("href", "#history")
 
@@ -842,3 +843,59 @@ async def test_the_playground_follows_its_own_generation_from_the_moment_it_is_a
         stored = await created(await http.get(f"/v1/voice/generations/{generation_id}", headers=user.headers))
         assert stored["status"] == "succeeded" and stored["id"] != decoy.headers["X-Generation-Id"]
     tab.assert_clean(allowed=("400",))  # the refused script's request is logged by the browser
+
+
+async def test_the_playground_with_the_default_sample_and_every_field_untouched_generates_audio(tab, user, http):
+    """Issue 20's acceptance, in its words: in Chromium, the Playground with the default sample and
+    every field untouched generates audio. max_new_tokens stays at the 3072 the page shows; what
+    does not fit beside the sample's voice prompt is lowered, and the playground and the history
+    say what it ran with."""
+    page = tab.page
+    await wait_for_models(http, user)
+    ada = (await add_samples(http, user, ["Ada"], default="Ada"))["Ada"]
+    spec = (await (await http.get("/openapi.json")).json())["components"]["schemas"]["voice.gateway.v1.GenerationSpec"]
+    async with screenshots_on_failure(tab, "untouched"):
+        await tab.sign_in(user.key)
+        await tab.open("playground")
+        # Untouched: the default sample for [S1], the script, every parameter at the default shown.
+        assert await page.locator("#gen-s1").input_value() == str(ada["id"])
+        parameters = await page.evaluate("[...document.querySelectorAll('#gen-parameters input')].map(i => [i.name, i.value])")
+        assert len(parameters) == 8
+        for name, value in parameters:
+            assert float(value) == float(spec["properties"][name]["default"]), (name, value)
+            await playwright.expect(page.locator(f"#gen-{name}-hint")).to_contain_text(f"default {value}")
+        await playwright.expect(page.get_by_label("Max new tokens")).to_have_value("3072")
+        script = await page.locator("#gen-input").input_value()
+
+        await page.get_by_role("button", name="Generate").click()
+        await until(page, "document.querySelector('#gen-playback').dataset.playback === 'playing'", timeout=SLOW / 1000)
+        await playwright.expect(page.locator("#gen-progress")).to_contain_text(re.compile(r"succeeded · \d+\.\d s"), timeout=SLOW)
+        await playwright.expect(page.locator("#gen-error")).to_be_empty()
+        duration = await until(page, "(a => a.readyState >= 1 && a.duration > 0 && a.duration)(document.querySelector('#gen-audio'))")
+        generation_id = await page.locator("[data-fact=generation]").text_content()
+        stored = await created(await http.get(f"/v1/voice/generations/{generation_id}", headers=user.headers))
+        assert stored["status"] == "succeeded" and stored["input"] == script
+        assert stored["speaker_names"] == {"S1": "Ada"}
+        assert abs(duration - stored["audio_duration_seconds"]) < 0.05, (duration, stored["audio_duration_seconds"])
+        used = stored["parameters"]["max_new_tokens"]
+        assert 256 <= used < 3072, used  # lowered beside the sample's voice prompt
+        fitted = f"{used} (of 3072: what fit beside the voice prompt)"
+        await playwright.expect(page.locator('[data-fact="max new tokens"]')).to_have_text(fitted)
+        await playwright.expect(page.locator("#gen-tokens")).to_have_text(f"max_new_tokens {fitted}")
+        for width in (375, 1280):
+            await page.set_viewport_size({"width": width, "height": 800})
+            assert await page.evaluate(OVERFLOWING) == [], width
+            assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), width
+
+        # The history, by keyboard from the Generate button: succeeded, in Ada's voice, with the
+        # max_new_tokens it ran with.
+        await page.get_by_role("button", name="Generate").focus()
+        await page.keyboard.press("Tab")
+        assert await page.evaluate("document.activeElement.closest('#gen-following') !== null")
+        await page.keyboard.press("Enter")
+        await tab.opened("history")
+        row = page.locator(f'li[data-generation-id="{generation_id}"]')
+        await playwright.expect(row.locator(".badge")).to_have_text("succeeded")
+        await playwright.expect(row.locator("[data-fact=voices]")).to_have_text("S1: Ada")
+        await playwright.expect(row.locator("[data-fact=parameters]")).to_contain_text(f"max_new_tokens {used},")
+    tab.assert_clean()

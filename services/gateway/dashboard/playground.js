@@ -203,7 +203,8 @@ async function generate() {
   // The generation's id is ours, sent with the request: the history has it from the moment it is
   // admitted, before any audio comes, and says where it is (queued, running) until the end.
   const id = newGenerationId();
-  following.reset(id);
+  const asked = body.max_new_tokens ?? defaults.max_new_tokens;
+  following.reset(id, asked);
   let admitted = false;
   let watcher = setTimeout(async function watch() {
     try {
@@ -232,7 +233,7 @@ async function generate() {
     const response = await call("/v1/voice/generations", {
       method: "POST", query: { generation_id: id }, json: { ...body, stream: true },
     });
-    following.admitted();
+    following.admitted(Number(response.headers.get("X-Max-New-Tokens")) || 0);
     const reader = response.body.getReader();
     for (;;) {
       let piece;
@@ -264,7 +265,7 @@ async function generate() {
     $("#gen-download").href = resultUrl;
     $("#gen-download").download = `${id}.wav`;
     $("#gen-result").hidden = false;
-    await showFacts(id);
+    await showFacts(id, asked);
   } catch (error) {
     status = "failed";
     tick();
@@ -300,23 +301,35 @@ async function findGeneration(id, seen) {
   return page.generations.find((generation) => generation.id === id) || null;
 }
 
-// The line under the progress: the generation's id once it is admitted, with the way to it in
-// the history.
+// max_new_tokens as it was used: the API lowers what does not fit beside the voice prompt.
+function tokensUsed(used, asked) {
+  return used < asked ? `${used} (of ${asked}: what fit beside the voice prompt)` : String(used);
+}
+
+// The line under the progress: the generation's id once it is admitted (with the way to it in
+// the history) and the max_new_tokens it runs with once that is known.
 const following = {
-  reset(id) {
+  reset(id, asked) {
     this.id = id;
+    this.asked = Number(asked) || 0;
+    this.used = 0;
     $("#gen-id").textContent = id;
+    $("#gen-tokens").textContent = "";
     $("#gen-following").hidden = true;
   },
 
-  // The history's word on it: admitted.
+  // The history's word on it: admitted; once sent to a provider (start_time), its parameters are
+  // the ones it runs with.
   saw(generation) {
-    if (generation.id === this.id) this.admitted();
+    if (generation.id !== this.id) return;
+    this.admitted(generation.start_time ? generation.parameters?.max_new_tokens : 0);
   },
 
-  // Admitted (the history has it, or the request was answered).
-  admitted() {
+  // Admitted (the request was answered), running with `used` max_new_tokens when known.
+  admitted(used) {
     $("#gen-following").hidden = false;
+    if (used) this.used = Number(used);
+    $("#gen-tokens").textContent = this.used ? `max_new_tokens ${tokensUsed(this.used, this.asked)}` : "";
   },
 };
 
@@ -361,15 +374,17 @@ function playedThrough() {
   playback.textContent = "Played while it was generated; play it again below.";
 }
 
-async function showFacts(id) {
+async function showFacts(id, asked) {
   const facts = $("#gen-facts");
   facts.replaceChildren();
   const generation = await getJson(`/v1/voice/generations/${id}`);
   const parameters = generation.parameters || {};
+  following.admitted(parameters.max_new_tokens);
   const rows = [
     ["Generation", generation.id],
     ["Seed", String(parameters.seed ?? "")],
     ["Duration", seconds(generation.audio_duration_seconds)],
+    ["Max new tokens", tokensUsed(parameters.max_new_tokens, Number(asked) || 0)],
     ["Model", generation.model],
     ["Provider", generation.provider],
   ];
