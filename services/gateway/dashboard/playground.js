@@ -233,6 +233,7 @@ async function generate() {
     const response = await call("/v1/voice/generations", {
       method: "POST", query: { generation_id: id }, json: { ...body, stream: true },
     });
+    admitted = true; // answered: the history has it, so the watcher asks for it by id
     following.admitted(Number(response.headers.get("X-Max-New-Tokens")) || 0);
     const reader = response.body.getReader();
     for (;;) {
