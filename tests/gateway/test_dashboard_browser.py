@@ -16,6 +16,7 @@ import re
 import uuid
 
 import aiohttp
+import asyncpg
 import pytest
 
 from tests.gateway.conftest import FIXTURES, HELLO, Account, created, extra_gateway, make_key, upload_form, wait_for_models, words
@@ -498,7 +499,7 @@ async def test_the_playground_generates_with_the_default_voice_and_the_history_s
         await playwright.expect(row.locator(".badge")).to_have_text("succeeded")
         await playwright.expect(row.locator("[data-fact=parameters]")).to_contain_text("max_new_tokens 256")
         await playwright.expect(row.locator("[data-fact=parameters]")).to_contain_text(f"seed {seed}")
-        await playwright.expect(row.locator("[data-fact=voices]")).to_contain_text(f"S1: sample {fox['id']}")
+        await playwright.expect(row.locator("[data-fact=voices]")).to_have_text("S1: Fox")
         await page.locator("#filter-status").select_option("failed")
         await playwright.expect(row).to_have_count(0)
         await page.locator("#filter-status").select_option("")
@@ -586,6 +587,8 @@ async def test_a_stream_that_breaks_off_after_its_audio_began_says_so(browser, m
                 failed = listed["generations"][0]
                 assert failed["status"] == "failed", failed
                 assert f"({failed['error_type']})" in text and failed["error_message"][1:] in text, (failed, text)
+                await playwright.expect(tab.page.locator("#gen-id")).to_have_text(failed["id"])  # the one it followed
+                await playwright.expect(tab.page.locator("#gen-following")).to_be_visible()
             tab.assert_clean(allowed=("ERR_", "network"))  # the cut-off body is logged by the browser
         finally:
             await context.close()
@@ -655,6 +658,7 @@ async def test_a_refused_generation_says_why_and_when_to_try_again(browser, mesh
                 await playwright.expect(error).to_contain_text("over its generation limit", timeout=SLOW)
                 await playwright.expect(error).to_contain_text(re.compile(r"Try again in \d+ s"))
                 await playwright.expect(error).to_contain_text("rate_limited")
+                await playwright.expect(tab.page.locator("#gen-following")).to_be_hidden()  # refused: not admitted
                 await playwright.expect(tab.page.locator("#gen-progress")).to_contain_text("failed")
                 await playwright.expect(tab.page.get_by_role("button", name="Generate")).to_be_enabled()
             tab.assert_clean(allowed=("429",))
@@ -696,4 +700,203 @@ async def test_the_history_plays_a_generation_from_its_audio_url_and_seeks(tab, 
         assert any(start >= target - 0.1 for start, _ in played), played
     assert fetched and all(status == 206 for status, _ in fetched), fetched
     assert not any(keyed for _, keyed in fetched)  # the URL is the credential
+    tab.assert_clean()
+
+
+async def test_the_history_names_the_voices_a_generation_cloned(tab, user, http, mesh):
+    """The history names a generation's voices as the samples were named when it was admitted (a
+    sample renamed since keeps its old name there). One admitted before the history kept names
+    shows the sample's id, and says so when that sample has been deleted from the library since."""
+    await wait_for_models(http, user)
+    added = await add_samples(http, user, ["Ada", "Bob"])
+    ada, bob = added["Ada"]["id"], added["Bob"]["id"]
+
+    async def generate(script: str) -> str:
+        response = await http.post(
+            "/v1/voice/generations",
+            json={"input": script, "speakers": {"S1": ada, "S2": bob}, "max_new_tokens": 256},
+            headers=user.headers,
+        )
+        assert response.status == 200, await response.text()
+        return response.headers["X-Generation-Id"]
+
+    named = await generate("[S1] Named voices. [S2] Both of them.")
+    older = await generate("[S1] From before names were kept. [S2] Indeed.")
+    # `older` as a generation admitted before the history kept speaker names: none stored.
+    connection = await asyncpg.connect(mesh.env["DATABASE_URL"])
+    try:
+        await connection.execute("UPDATE gateway.generations SET speaker_names = '{}' WHERE id = $1", older)
+    finally:
+        await connection.close()
+    await created(await http.patch(f"/v1/voice/samples/{ada}", json={"speaker_name": "Ada Lovelace"}, headers=user.headers))
+    deleted = await http.delete(f"/v1/voice/samples/{bob}", headers=user.headers)
+    assert deleted.status in (200, 204), await deleted.text()
+    page = tab.page
+    async with screenshots_on_failure(tab, "voice-names"):
+        await tab.sign_in(user.key)
+        await tab.open("history")
+        voices = page.locator(f'li[data-generation-id="{named}"] [data-fact=voices]')
+        await playwright.expect(voices).to_have_text("S1: Ada, S2: Bob")
+        voices = page.locator(f'li[data-generation-id="{older}"] [data-fact=voices]')
+        await playwright.expect(voices).to_have_text(f"S1: sample {ada}, S2: sample {bob} (deleted from your library)")
+    tab.assert_clean()
+
+
+# Each change of the playground's progress, follow and playback lines, as the page showed it:
+# when (performance.now()), the generation it named (if any), the progress line, the playback state.
+RECORD_PROGRESS = """() => {
+    window.progressSeen = [];
+    const following = document.querySelector('#gen-following');
+    const note = () => window.progressSeen.push({
+        at: performance.now(),
+        id: !following || following.hidden ? '' : document.querySelector('#gen-id').textContent,
+        progress: document.querySelector('#gen-progress').textContent,
+        playback: document.querySelector('#gen-playback').dataset.playback || '',
+    });
+    for (const line of ['#gen-following', '#gen-progress', '#gen-playback'].map(selector => document.querySelector(selector))) {
+        if (line) new MutationObserver(note).observe(line, {attributes: true, childList: true, characterData: true, subtree: true});
+    }
+}"""
+
+# When the first byte of the answer to the playground's POST of a generation came (performance.now() time).
+ANSWERED = """id => performance.getEntriesByType('resource')
+    .filter(entry => entry.name.endsWith(`/v1/voice/generations?generation_id=${id}`))
+    .map(entry => entry.responseStart)"""
+
+
+@contextlib.asynccontextmanager
+async def provider_kept_busy(http, account: Account, frames: int = 1500):
+    """The tiny Dia's batch filled (SYNTH_MAX_BATCH_SIZE, 4 rows) with `account`'s streamed
+    generations, each heard (so generating) before this yields: a request made meanwhile is admitted
+    and sent to the provider, and waits there for a row, without audio, until one of them ends."""
+    heard = [asyncio.Event() for _ in range(4)]
+
+    async def occupy(started: asyncio.Event) -> None:
+        response = await http.post(
+            "/v1/voice/generations",
+            json={"input": "[S1] Keeping the provider busy.", "max_new_tokens": frames, "stream": True},
+            headers=account.headers,
+        )
+        assert response.status == 200, await response.text()
+        await response.content.readany()
+        started.set()
+        await response.read()
+
+    tasks = [asyncio.create_task(occupy(started)) for started in heard]
+    try:
+        await asyncio.wait_for(asyncio.gather(*(started.wait() for started in heard)), SLOW / 1000)
+        yield
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def test_the_playground_follows_its_own_generation_from_the_moment_it_is_admitted(tab, user, http, key_env):
+    """The page chooses its generation's id and sends it with the request: it names that
+    generation and says where it is (from the history) as soon as it is admitted, before the
+    answer with the first audio comes (here while the provider is busy with others); a request
+    refused at the door names none, and a generation of the same script made elsewhere
+    meanwhile is never taken for it."""
+    page = tab.page
+    other = Account(f"busy-{uuid.uuid4().hex[:8]}", "")
+    other.key = make_key(other.name, key_env)
+    await wait_for_models(http, user)
+    async with screenshots_on_failure(tab, "following"):
+        await tab.sign_in(user.key)
+        await tab.open("playground")
+        await page.locator("#gen-input").fill("[S2] I cannot open.")
+        await page.get_by_role("button", name="Generate").click()
+        await playwright.expect(page.locator("#gen-input-error")).to_contain_text("invalid_script")
+        await playwright.expect(page.locator("#gen-following")).to_be_hidden()
+
+        script = "[S1] Followed from the moment it was admitted."
+        await page.locator("#gen-input").fill(script)
+        await page.get_by_label("Max new tokens").fill("1000")
+        await page.evaluate(RECORD_PROGRESS)
+        async with provider_kept_busy(http, other):
+            await page.get_by_role("button", name="Generate").click()
+            # The same script, elsewhere, a moment later: it fails at once.
+            decoy = await http.post("/v1/voice/generations", json={"input": script, "model": "no-such-model"}, headers=user.headers)
+            assert decoy.status == 404, await decoy.text()
+            # Admitted, named and running, while no audio has come.
+            await playwright.expect(page.locator("#gen-following")).to_be_visible(timeout=SLOW)
+            generation_id = await page.locator("#gen-id").text_content()
+            assert re.fullmatch(r"gen_[0-9a-f]{32}", generation_id), generation_id
+            await playwright.expect(page.locator("#gen-progress")).to_contain_text(re.compile(r"^running · "))
+            assert await page.evaluate("document.querySelector('#gen-playback').dataset.playback") is None
+            stored = await created(await http.get(f"/v1/voice/generations/{generation_id}", headers=user.headers))
+            assert stored["input"] == script and stored["status"] == "running", stored
+        await playwright.expect(page.locator("#gen-progress")).to_contain_text(re.compile(r"succeeded · \d+\.\d s"), timeout=SLOW)
+        assert await page.locator("[data-fact=generation]").text_content() == generation_id
+        await playwright.expect(page.locator("#gen-id")).to_have_text(generation_id)
+        await playwright.expect(page.locator("#gen-tokens")).to_have_text("max_new_tokens 1000")  # no voice prompt: it all fits
+        link = page.locator("#gen-following").get_by_role("link", name="Queue and history")
+        await playwright.expect(link).to_have_attribute("href", "#history")
+
+        seen = await page.evaluate("window.progressSeen")
+        [answered] = await page.evaluate(ANSWERED, generation_id)
+        named = [moment for moment in seen if moment["id"]]
+        assert named and {moment["id"] for moment in named} == {generation_id}, seen
+        # Named, with its status from the history, well before the answer (and its audio) came.
+        assert named[0]["at"] < answered - 1000 and named[0]["playback"] == "", (named[0], answered)
+        assert not any(moment["progress"].startswith("failed") for moment in seen), seen  # the decoy's status
+        stored = await created(await http.get(f"/v1/voice/generations/{generation_id}", headers=user.headers))
+        assert stored["status"] == "succeeded" and stored["id"] != decoy.headers["X-Generation-Id"]
+    tab.assert_clean(allowed=("400",))  # the refused script's request is logged by the browser
+
+
+async def test_the_playground_with_the_default_sample_and_every_field_untouched_generates_audio(tab, user, http):
+    """Issue 20's acceptance, in its words: in Chromium, the Playground with the default sample and
+    every field untouched generates audio. max_new_tokens stays at the 3072 the page shows; what
+    does not fit beside the sample's voice prompt is lowered, and the playground and the history
+    say what it ran with."""
+    page = tab.page
+    await wait_for_models(http, user)
+    ada = (await add_samples(http, user, ["Ada"], default="Ada"))["Ada"]
+    spec = (await (await http.get("/openapi.json")).json())["components"]["schemas"]["voice.gateway.v1.GenerationSpec"]
+    async with screenshots_on_failure(tab, "untouched"):
+        await tab.sign_in(user.key)
+        await tab.open("playground")
+        # Untouched: the default sample for [S1], the script, every parameter at the default shown.
+        assert await page.locator("#gen-s1").input_value() == str(ada["id"])
+        parameters = await page.evaluate("[...document.querySelectorAll('#gen-parameters input')].map(i => [i.name, i.value])")
+        assert len(parameters) == 8
+        for name, value in parameters:
+            assert float(value) == float(spec["properties"][name]["default"]), (name, value)
+            await playwright.expect(page.locator(f"#gen-{name}-hint")).to_contain_text(f"default {value}")
+        await playwright.expect(page.get_by_label("Max new tokens")).to_have_value("3072")
+        script = await page.locator("#gen-input").input_value()
+
+        await page.get_by_role("button", name="Generate").click()
+        await until(page, "document.querySelector('#gen-playback').dataset.playback === 'playing'", timeout=SLOW / 1000)
+        await playwright.expect(page.locator("#gen-progress")).to_contain_text(re.compile(r"succeeded · \d+\.\d s"), timeout=SLOW)
+        await playwright.expect(page.locator("#gen-error")).to_be_empty()
+        duration = await until(page, "(a => a.readyState >= 1 && a.duration > 0 && a.duration)(document.querySelector('#gen-audio'))")
+        generation_id = await page.locator("[data-fact=generation]").text_content()
+        stored = await created(await http.get(f"/v1/voice/generations/{generation_id}", headers=user.headers))
+        assert stored["status"] == "succeeded" and stored["input"] == script
+        assert stored["speaker_names"] == {"S1": "Ada"}
+        assert abs(duration - stored["audio_duration_seconds"]) < 0.05, (duration, stored["audio_duration_seconds"])
+        used = stored["parameters"]["max_new_tokens"]
+        assert 256 <= used < 3072, used  # lowered beside the sample's voice prompt
+        fitted = f"{used} (of 3072: what fit beside the voice prompt)"
+        await playwright.expect(page.locator('[data-fact="max new tokens"]')).to_have_text(fitted)
+        await playwright.expect(page.locator("#gen-tokens")).to_have_text(f"max_new_tokens {fitted}")
+        for width in (375, 1280):
+            await page.set_viewport_size({"width": width, "height": 800})
+            assert await page.evaluate(OVERFLOWING) == [], width
+            assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), width
+
+        # The history, by keyboard from the Generate button: succeeded, in Ada's voice, with the
+        # max_new_tokens it ran with.
+        await page.get_by_role("button", name="Generate").focus()
+        await page.keyboard.press("Tab")
+        assert await page.evaluate("document.activeElement.closest('#gen-following') !== null")
+        await page.keyboard.press("Enter")
+        await tab.opened("history")
+        row = page.locator(f'li[data-generation-id="{generation_id}"]')
+        await playwright.expect(row.locator(".badge")).to_have_text("succeeded")
+        await playwright.expect(row.locator("[data-fact=voices]")).to_have_text("S1: Ada")
+        await playwright.expect(row.locator("[data-fact=parameters]")).to_contain_text(f"max_new_tokens {used},")
     tab.assert_clean()

@@ -1,7 +1,7 @@
 // Queue and history: every generation, filtered by status and collection, live while
 // something is queued or running; play, download, share.
 
-import { call, getJson } from "./api.js";
+import { call, getJson, listAll } from "./api.js";
 import { $, element, notify, seconds, when } from "./ui.js";
 
 const VISIBILITIES = ["private", "unlisted", "public"];
@@ -11,6 +11,7 @@ let timer = null;
 let visible = false;
 let nextToken = "";
 let shown = []; // the generations listed, newest first
+let library = null; // the ids of the samples in the library, when a generation lacks a voice's name
 
 export function setUp() {
   $("#history-filter").addEventListener("submit", (event) => {
@@ -53,6 +54,7 @@ async function refresh({ more = false } = {}) {
     schedule(IDLE_MS);
     return;
   }
+  library = shown.some((generation) => unnamed(generation).length) ? await sampleIds() : null;
   render();
   const busy = shown.some((generation) => generation.status === "queued" || generation.status === "running");
   $("#history-live").textContent = busy ? "Updating live while generations are queued or running…" : "";
@@ -84,7 +86,34 @@ function render() {
 }
 
 function version(generation) {
-  return [generation.status, generation.visibility, generation.collection, generation.share_url].join("|");
+  return [generation.status, generation.visibility, generation.collection, generation.share_url, voices(generation)].join("|");
+}
+
+// The speaker tags whose sample's name the history lacks (generations made before it kept them).
+function unnamed(generation) {
+  return Object.keys(generation.speakers || {}).filter((tag) => !(generation.speaker_names || {})[tag]);
+}
+
+async function sampleIds() {
+  try {
+    return new Set((await listAll("/v1/voice/samples", "voice_samples")).map((sample) => String(sample.id)));
+  } catch {
+    return null; // unknown: nothing is said about deleted samples
+  }
+}
+
+// "S1: Ada, S2: Bob": the names the cloned samples had when the generation was admitted; without
+// one, the sample's id, and whether it has been deleted from the library since.
+function voices(generation) {
+  const names = generation.speaker_names || {};
+  return Object.entries(generation.speakers || {})
+    .sort(([one], [other]) => one.localeCompare(other, undefined, { numeric: true })) // S1 first, as a map's order is not kept
+    .map(([tag, sample]) => {
+      if (names[tag]) return `${tag}: ${names[tag]}`;
+      const deleted = library && !library.has(String(sample));
+      return `${tag}: sample ${sample}${deleted ? " (deleted from your library)" : ""}`;
+    })
+    .join(", ");
 }
 
 function row(generation) {
@@ -95,9 +124,7 @@ function row(generation) {
     generation.start_time && generation.end_time
       ? `${seconds((new Date(generation.end_time) - new Date(generation.start_time)) / 1000)} to generate`
       : "";
-  const speakers = Object.entries(generation.speakers || {})
-    .map(([tag, sample]) => `${tag}: sample ${sample}`)
-    .join(", ");
+  const speakers = voices(generation);
   const player = element("div", { class: "player" });
   if (generation.status === "succeeded") {
     player.append(

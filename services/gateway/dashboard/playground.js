@@ -196,28 +196,30 @@ async function generate() {
   const button = $("#gen-submit");
   button.disabled = true;
   const started = performance.now();
-  const since = new Date(Date.now() - 5000).toISOString();
   let status = "sending";
   const progress = $("#gen-progress");
   const tick = () => (progress.textContent = `${status} · ${((performance.now() - started) / 1000).toFixed(1)} s`);
   const clock = setInterval(tick, 100);
-  // The request answers only with the first audio; until the end, the history says where it is.
-  let id = ""; // known once the first audio comes
+  // The generation's id is ours, sent with the request: the history has it from the moment it is
+  // admitted, before any audio comes, and says where it is (queued, running) until the end.
+  const id = newGenerationId();
+  const asked = body.max_new_tokens ?? defaults.max_new_tokens;
+  following.reset(id, asked);
+  let admitted = false;
   let watcher = setTimeout(async function watch() {
     try {
-      let mine;
-      if (id) mine = await getJson(`/v1/voice/generations/${id}`);
-      else {
-        const page = await getJson("/v1/voice/generations", { query: { page_size: 5 } });
-        mine = page.generations.find((item) => item.input === body.input && item.create_time >= since);
+      const mine = await findGeneration(id, admitted);
+      if (mine) {
+        admitted = true;
+        following.saw(mine);
+        const ended = status === "succeeded" || status === "failed"; // the stream's own word is final
+        if (generating && !ended) status = mine.status;
       }
-      const ended = status === "succeeded" || status === "failed"; // the stream's own word is final
-      if (mine && generating && !ended) status = mine.status;
     } catch {
       // the progress line is a courtesy; the request itself reports errors
     }
-    if (generating) watcher = setTimeout(watch, 600);
-  }, 250);
+    if (generating) watcher = setTimeout(watch, admitted ? 600 : 250);
+  }, 0);
   tick();
   const playback = $("#gen-playback");
   player?.stop();
@@ -228,8 +230,11 @@ async function generate() {
   let heard = false;
   try {
     // Streamed: the answer comes with the first audio (errors before it are ordinary JSON errors).
-    const response = await call("/v1/voice/generations", { method: "POST", json: { ...body, stream: true } });
-    id = response.headers.get("X-Generation-Id") || "";
+    const response = await call("/v1/voice/generations", {
+      method: "POST", query: { generation_id: id }, json: { ...body, stream: true },
+    });
+    admitted = true; // answered: the history has it, so the watcher asks for it by id
+    following.admitted(Number(response.headers.get("X-Max-New-Tokens")) || 0);
     const reader = response.body.getReader();
     for (;;) {
       let piece;
@@ -259,9 +264,9 @@ async function generate() {
     resultUrl = URL.createObjectURL(player.wav());
     $("#gen-audio").src = resultUrl;
     $("#gen-download").href = resultUrl;
-    $("#gen-download").download = `${id || "generation"}.wav`;
+    $("#gen-download").download = `${id}.wav`;
     $("#gen-result").hidden = false;
-    await showFacts(id);
+    await showFacts(id, asked);
   } catch (error) {
     status = "failed";
     tick();
@@ -269,6 +274,9 @@ async function generate() {
     playback.textContent = "";
     if (error instanceof BrokenStream) errorPlace.textContent = await error.describe();
     else showFieldError(error, FIELDS, errorPlace);
+    // Refused at the door, it is not in the history; admitted and then failed, it is.
+    const mine = await findGeneration(id, admitted).catch(() => null);
+    if (mine) following.saw(mine);
   } finally {
     generating = false;
     clearInterval(clock);
@@ -276,6 +284,55 @@ async function generate() {
     button.disabled = false;
   }
 }
+
+// A new generation's id, chosen here (POST ?generation_id=): "gen_" and 32 random hex digits.
+// crypto.getRandomValues, not crypto.randomUUID: that needs a secure context, and a self-hosted
+// gateway is often opened over plain http at a LAN address.
+function newGenerationId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return `gen_${[...bytes].map((byte) => byte.toString(16).padStart(2, "0")).join("")}`;
+}
+
+// The generation `id` as the history has it, or null while it is not admitted yet. Until it is
+// seen it is looked for by its id in the newest page of the list rather than asked for by id:
+// each 404 of that would be logged as an error in the browser's console.
+async function findGeneration(id, seen) {
+  if (seen) return getJson(`/v1/voice/generations/${id}`);
+  const page = await getJson("/v1/voice/generations", { query: { page_size: 20 } });
+  return page.generations.find((generation) => generation.id === id) || null;
+}
+
+// max_new_tokens as it was used: the API lowers what does not fit beside the voice prompt.
+function tokensUsed(used, asked) {
+  return used < asked ? `${used} (of ${asked}: what fit beside the voice prompt)` : String(used);
+}
+
+// The line under the progress: the generation's id once it is admitted (with the way to it in
+// the history) and the max_new_tokens it runs with once that is known.
+const following = {
+  reset(id, asked) {
+    this.id = id;
+    this.asked = Number(asked) || 0;
+    this.used = 0;
+    $("#gen-id").textContent = id;
+    $("#gen-tokens").textContent = "";
+    $("#gen-following").hidden = true;
+  },
+
+  // The history's word on it: admitted; once sent to a provider (start_time), its parameters are
+  // the ones it runs with.
+  saw(generation) {
+    if (generation.id !== this.id) return;
+    this.admitted(generation.start_time ? generation.parameters?.max_new_tokens : 0);
+  },
+
+  // Admitted (the request was answered), running with `used` max_new_tokens when known.
+  admitted(used) {
+    $("#gen-following").hidden = false;
+    if (used) this.used = Number(used);
+    $("#gen-tokens").textContent = this.used ? `max_new_tokens ${tokensUsed(this.used, this.asked)}` : "";
+  },
+};
 
 // A stream that broke off after its audio began: the status was already 200, so the
 // connection just closes; the history says why the generation failed.
@@ -318,16 +375,17 @@ function playedThrough() {
   playback.textContent = "Played while it was generated; play it again below.";
 }
 
-async function showFacts(id) {
+async function showFacts(id, asked) {
   const facts = $("#gen-facts");
   facts.replaceChildren();
-  if (!id) return;
   const generation = await getJson(`/v1/voice/generations/${id}`);
   const parameters = generation.parameters || {};
+  following.admitted(parameters.max_new_tokens);
   const rows = [
     ["Generation", generation.id],
     ["Seed", String(parameters.seed ?? "")],
     ["Duration", seconds(generation.audio_duration_seconds)],
+    ["Max new tokens", tokensUsed(parameters.max_new_tokens, Number(asked) || 0)],
     ["Model", generation.model],
     ["Provider", generation.provider],
   ];
