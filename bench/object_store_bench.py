@@ -20,7 +20,10 @@ its own: "peak RSS" is the most resident memory the process held during
 the phase above what it held just before (the objects to upload are made
 before, so they are not counted; /proc's VmHWM is reset then). Throughput is
 the median of --rounds rounds, in MB (10^6 bytes) per second of wall time;
-"CPU" is the process's own CPU seconds per round (SeaweedFS's are not in it).
+"CPU" is the process's own CPU seconds per round (SeaweedFS's are not in it);
+"stall" is the longest the asyncio event loop went without running a task
+that wakes every millisecond (work done on the loop's thread, which a
+service's other requests would wait for; on a busy machine, contention too).
 The machine's cores are shared with SeaweedFS, as they would be with `make run`.
 
     .venv/bin/python bench/object_store_bench.py [--megabytes 20] [--count 5] [--rounds 3]
