@@ -16,7 +16,7 @@ import time
 
 from services.gateway import accounts as gateway_accounts
 from services.gateway.store import Store
-from tests.conftest import make_run_environment, start_make_run
+from tests.conftest import MAKE_RUN, make_run_environment, start_make_run
 from tests.gateway.conftest import Account
 from tools import mesh as mesh_tools
 
@@ -48,10 +48,10 @@ async def account_before_start(env: dict[str, str], name: str) -> Account:
 class MakeRun:
     """Started with `env` (launcher_environment); returns once it says ready."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], command: tuple[str, ...] = MAKE_RUN) -> None:
         self.env = env
         self.lines: list[str] = []
-        self.process = start_make_run(self.env, self.lines)  # returns at the "ready" line
+        self.process = start_make_run(self.env, self.lines, command=command)  # returns at the "ready" line
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 

