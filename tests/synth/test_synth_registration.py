@@ -11,7 +11,8 @@ import json
 import asyncpg
 import grpc
 
-from services.gateway.generation.registry import online_providers
+from services.gateway.config import PROVIDER_TIMEOUT_SECONDS
+from services.gateway.store.providers import ProvidersTable
 from tests.conftest import ROOT
 from tests.synth.helpers import own_synth
 from voice.gateway.v1 import models_pb2, models_pb2_grpc
@@ -42,7 +43,8 @@ async def test_the_gateway_stores_each_models_limits_with_its_provider(mesh, dat
     provider = (await synth.GetProviderInfo(synth_pb2.GetProviderInfoRequest())).provider
     (model,) = provider.models
     async with asyncpg.create_pool(database.url, min_size=1, max_size=1, server_settings={"search_path": "gateway"}) as pool:
-        rows = {row["provider_id"]: row for row in await online_providers(pool)}
+        online = await ProvidersTable(lambda: pool).online(PROVIDER_TIMEOUT_SECONDS.value)
+        rows = {row["provider_id"]: row for row in online}
     (stored,) = json.loads(rows[provider.provider_id]["models"])
     assert stored["id"] == "tiny-random"
     assert stored["limits"] == {
