@@ -120,7 +120,8 @@ class Sampler:
         best = guided.topk(most, dim=-1).indices
         within = torch.arange(most, device=self.device)[None, None, :] < rows.top_k[:, None, None]
         keep = torch.zeros_like(guided, dtype=torch.bool).scatter_(-1, best, within.expand_as(best))
-        scores = cond.masked_fill(~keep, NEG_INF)
+        # A k beyond the allowed tokens takes ruled-out ones into the top-k: they stay out.
+        scores = cond.masked_fill(~keep | self.ruled_out, NEG_INF)
         # The end marker on codebook 0: the only candidate when it is the best, else none.
         ends = scores[:, 0].argmax(dim=-1) == self.eos
         scores[:, 0, self.eos] = torch.where(ends, scores[:, 0, self.eos], NEG_INF)
