@@ -15,8 +15,11 @@ the engine's gain from concurrency can be read beside ``generate``'s; with
 CUDA graphs on a GPU), to show where compiling helps.
 with ``--against REV`` through that revision's decode loop
 (services/synth/decoder.py at REV, e.g. 466efbc, before the engine package)
-beside this checkout's, on the same model. At each concurrency the ways run
-one after the other, so that what else the machine does weighs on all alike.
+beside this checkout's, on the same model, in lockstep: both batches hold the
+same rows and take their steps in turn (which goes first alternating), each
+step timed, medians; so that what else the machine does weighs on both
+alike. The other ways run one after the other at each concurrency, their
+order alternating between rounds.
 ``--rounds`` repeats the whole measurement and prints the median of each
 ratio: on a shared machine one round can be off.
 
@@ -75,19 +78,18 @@ def build(device: str, dtype_name: str | None):
     return model, preparer, tiny.processor
 
 
-def measure_engine(model, preparer, concurrency: int, steps: int, compiled: bool = False, loop=None) -> float:
+def measure_engine(model, preparer, concurrency: int, steps: int, compiled: bool = False) -> float:
     """Steps per second of our decode loop with `concurrency` rows in one batch (prefill not timed).
 
     compiled: steps through torch.compile (SYNTH_COMPILE); a first batch runs the same steps untimed,
     so that compiling (and, on CUDA, recording the graphs of each shape) is not what is measured.
-    loop: the module whose DecodeBatch is timed (another revision's); this checkout's runner by default.
     """
     from services.synth.engine import runner
     from services.synth.engine.request import RowSettings
 
     settings = [RowSettings(CFG_SCALE, TEMPERATURE, TOP_P, TOP_K, 3072, n) for n in range(concurrency)]
     for warming_up in ([True] if compiled else []) + [False]:
-        batch = (loop or runner).DecodeBatch(model, concurrency, compiled=compiled)
+        batch = runner.DecodeBatch(model, concurrency, compiled=compiled)
         batch.step([preparer.prepare(SCRIPT, None, row, n) for n, row in enumerate(settings)])
         batch.step()  # warm-up
         if warming_up:
@@ -99,6 +101,31 @@ def measure_engine(model, preparer, concurrency: int, steps: int, compiled: bool
         batch.step()
     synchronize(model.device)
     return steps / (time.perf_counter() - began)
+
+
+def measure_lockstep(model, preparer, concurrency: int, steps: int, loops: dict) -> dict[str, float]:
+    """Steps per second of each decode loop (name → module with a DecodeBatch), their batches holding the
+    same `concurrency` rows and stepped in turn, the first of each turn alternating; medians of the
+    steps' times (prefill not timed)."""
+    from services.synth.engine.request import RowSettings
+
+    settings = [RowSettings(CFG_SCALE, TEMPERATURE, TOP_P, TOP_K, 3072, n) for n in range(concurrency)]
+    batches = {name: loop.DecodeBatch(model, concurrency, compiled=False) for name, loop in loops.items()}
+    for batch in batches.values():
+        batch.step([preparer.prepare(SCRIPT, None, row, n) for n, row in enumerate(settings)])
+        batch.step()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in batches}
+    for turn in range(steps):
+        for name in list(batches) if turn % 2 == 0 else list(batches)[::-1]:
+            synchronize(model.device)
+            began = time.perf_counter()
+            batches[name].step()
+            synchronize(model.device)
+            times[name].append(time.perf_counter() - began)
+    # The fastest step of each (as timeit's best of N): what the step costs when nothing else runs.
+    fastest = ", ".join(f"{name} {min(values) * 1000:.0f} ms" for name, values in times.items())
+    print(f"  lockstep, {concurrency} concurrent: fastest step {fastest}")
+    return {name: 1 / statistics.median(values) for name, values in times.items()}
 
 
 @torch.inference_mode()
@@ -153,8 +180,12 @@ def main() -> int:
     ways = [("engine", lambda c: measure_engine(model, preparer, c, args.steps))]
     scratch = tempfile.TemporaryDirectory()
     if args.against:
+        from services.synth.engine import runner
+
         old = revisions.module_at(args.against, "services/synth/decoder.py", pathlib.Path(scratch.name))
-        ways.insert(0, (args.against, lambda c: measure_engine(model, preparer, c, args.steps, loop=old)))
+        loops = {args.against: old, "engine": runner}
+        # Both in one way: measured in lockstep, each concurrency once a round.
+        ways[0] = ("engine", lambda c: measure_lockstep(model, preparer, c, args.steps, loops))
     if args.compare_generate:
         ways.append(("generate", lambda c: measure_generate(model, processor, c, args.steps)))
     if args.compile:  # last: on a GPU compiling takes minutes, and the other ways are printed by then
@@ -170,15 +201,17 @@ def main() -> int:
         baseline: dict[str, float] = {}
         for group in groups:
             for concurrency in concurrencies:
-                for name, measure in group:
-                    rate = measure(concurrency)
-                    frames = rate * concurrency
-                    baseline.setdefault(name, frames)
-                    ratios.setdefault((name, concurrency), []).append(frames / baseline[name])
-                    rates.setdefault((name, concurrency), []).append(rate)
-                    print(f"{name:>8} | {concurrency:>10} | {rate:8.2f} | {frames:9.1f} | {FRAMES_PER_AUDIO_SECOND / rate:15.3f} | "
-                          f"{frames / FRAMES_PER_AUDIO_SECOND:13.2f} | {frames / baseline[name]:.2f}x")  # fmt: skip
-                    sys.stdout.flush()
+                # Their order alternates between rounds: a machine whose load drifts weighs on both alike.
+                for way, measure in group if round_number % 2 else group[::-1]:
+                    measured = measure(concurrency)
+                    for name, rate in (measured.items() if isinstance(measured, dict) else [(way, measured)]):
+                        frames = rate * concurrency
+                        baseline.setdefault(name, frames)
+                        ratios.setdefault((name, concurrency), []).append(frames / baseline[name])
+                        rates.setdefault((name, concurrency), []).append(rate)
+                        print(f"{name:>8} | {concurrency:>10} | {rate:8.2f} | {frames:9.1f} | {FRAMES_PER_AUDIO_SECOND / rate:15.3f} | "
+                              f"{frames / FRAMES_PER_AUDIO_SECOND:13.2f} | {frames / baseline[name]:.2f}x")  # fmt: skip
+                        sys.stdout.flush()
     if args.rounds > 1 or args.compare_generate or args.against:
         print(f"\nmedian over {args.rounds} round(s): frames/s with N concurrent requests over frames/s one at a time")
         for (name, concurrency), values in ratios.items():

@@ -229,18 +229,18 @@ def main() -> int:
     a, b = median_of(results[old]), median_of(results[new])
     print(f"\nmixed traffic: {args.requests} requests, Poisson {args.rate}/s, 128-1024 frames, mixed settings, "
           f"{args.batch} rows, tiny model, {args.threads} threads; medians of {args.rounds} round(s)")  # fmt: skip
-    print(f"{'':26}{old:>14}{new:>16}{'new / old':>11}")
+    print(f"{'':28}{old:>20}{new:>20}{'new / old':>11}")
     for label, key, unit, scale in (
         ("throughput", "throughput", "audio-s/s", 1), ("latency p50", "p50", "s", 1), ("latency p90", "p90", "s", 1),
         ("time between steps p50", "gap_p50", "ms", 1000), ("time between steps p99", "gap_p99", "ms", 1000),
         ("longest time between steps", "gap_max", "ms", 1000),
     ):  # fmt: skip
-        print(f"{label:26}{a[key] * scale:>10.2f} {unit:<3}{b[key] * scale:>12.2f} {unit:<3}{b[key] / a[key]:>10.2f}x")
+        print(f"{label:28}{a[key] * scale:>10.2f} {unit:<9}{b[key] * scale:>10.2f} {unit:<9}{b[key] / a[key]:>10.2f}x")
     print(f"\nrepeated voices: {args.voice_requests} requests one after another, two {args.prompt_seconds:g} s prompts "
-          f"taking turns, {args.voice_frames} frames each (requests per second)")  # fmt: skip
+          f"taking turns, {args.voice_frames} frames each")  # fmt: skip
     for label, key in (("prompt cache on", "cached"), ("prompt cache off", "not_cached")):
-        print(f"{label:26}{a[key]:>14.2f}{b[key]:>16.2f}{b[key] / a[key]:>10.2f}x")
-    print(f"{'cached / not cached':26}{a['cached'] / a['not_cached']:>13.2f}x{b['cached'] / b['not_cached']:>15.2f}x")
+        print(f"{label:28}{a[key]:>10.2f} {'req/s':<9}{b[key]:>10.2f} {'req/s':<9}{b[key] / a[key]:>10.2f}x")
+    print(f"{'cached / not cached':28}{a['cached'] / a['not_cached']:>10.2f}x{'':9}{b['cached'] / b['not_cached']:>10.2f}x")
     return 0
 
 
