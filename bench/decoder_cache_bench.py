@@ -6,9 +6,11 @@ a join (one more request: text encoding, prompt prefill and taking a place in
 the batch, minus what the step just before cost) and a leave (a cancelled
 row removed), each the median of `--repeats` runs. The other revision's
 services/synth/decoder.py (`git show REV:...`; by default acc172f, the last
-decoder with one left-padded cache for the whole batch) is loaded beside
-this checkout's and both batches run in lockstep in the same process; ratios
-are old / new (above 1: the new one is faster).
+decoder with one left-padded cache for the whole batch; any revision before
+the engine package, 466efbc and earlier, has that file) is loaded beside this
+checkout's runner (services/synth/engine/runner.py) and both batches run in
+lockstep in the same process; ratios are old / new (above 1: the new one is
+faster).
 
     .venv/bin/python bench/decoder_cache_bench.py [--against acc172f] [--rows 8] [--frames 500]
 """
@@ -16,42 +18,27 @@ are old / new (above 1: the new one is faster).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import pathlib
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
 import harness  # noqa: F401 - puts the repository on the path like the other benchmarks
+import revisions
 
 import torch
 
-from services.synth import config, decoder, tiny_models
-from services.synth.engine import DiaEngine
-from services.synth.prompts import Preparer, PromptCache
+from services.synth import config, tiny_models
+from services.synth.engine import model, runner
+from services.synth.engine.prompts import Preparer, PromptCache
+from services.synth.engine.request import RowSettings
 
 SCRIPT = "[S1] Welcome back to the show. [S2] Thanks, it is good to be here again."
 
 
 # The last revision whose decoder.py kept one left-padded cache for the whole batch.
 BEFORE_SLOT_CACHE = "acc172f"
-
-
-def load_revision(revision: str, folder: pathlib.Path):
-    """services/synth/decoder.py as it is at `revision`, imported as a module of its own."""
-    source = subprocess.run(
-        ["git", "show", f"{revision}:services/synth/decoder.py"],
-        cwd=harness.ROOT, check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
-    path = folder / "decoder_at_revision.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("decoder_at_revision", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 def timed(action) -> float:
@@ -66,7 +53,7 @@ def measure(batches: dict, preparer, rows: int, frames: int, repeats: int) -> di
     The batches run in lockstep, each timing taken of one batch right after
     the same of the others, so that what else the machine does weighs on all alike.
     """
-    settings = decoder.RowSettings(3.0, 1.0, 0.95, 45, frames + 4 * repeats + 40, 0)
+    settings = RowSettings(3.0, 1.0, 0.95, 45, frames + 4 * repeats + 40, 0)
     for batch in batches.values():
         batch.step([preparer.prepare(SCRIPT, None, settings, n) for n in range(rows)])
     for _ in range(frames - 1):
@@ -96,18 +83,17 @@ def main() -> None:
     arguments = parser.parse_args()
     torch.manual_seed(0)
     folder = tiny_models.ensure(config.tiny_model_dir())
-    engine = DiaEngine.load(
-        str(folder / "dia"), str(folder / "dac"), config.TINY_MODEL_NAME, "cpu", threads=arguments.threads
-    )
-    preparer = Preparer(engine.processor, engine.model.config.delay_pattern, engine.special_tokens, PromptCache(1 << 20))
+    dia = model.load(str(folder / "dia"), str(folder / "dac"), config.TINY_MODEL_NAME, "cpu", threads=arguments.threads)
+    preparer = Preparer(dia.processor, dia.delay_pattern, dia.special_tokens, PromptCache(1 << 20))
     with tempfile.TemporaryDirectory() as scratch:
-        old = load_revision(arguments.against, pathlib.Path(scratch))
-        runs = [(arguments.against, old, {}), ("this checkout", decoder, {})]
+        old = revisions.module_at(arguments.against, "services/synth/decoder.py", pathlib.Path(scratch))
+        runs = [(arguments.against, old, {}), ("this checkout", runner, {})]
         if arguments.compiled:
-            runs.append(("compiled", decoder, {"compiled": True}))
+            runs.append(("compiled", runner, {"compiled": True}))
+
         def batches():
             return {
-                name: module.DecodeBatch(engine.model, max_rows=arguments.rows + 1, **options)
+                name: module.DecodeBatch(dia.model, max_rows=arguments.rows + 1, **options)
                 for name, module, options in runs
             }
 

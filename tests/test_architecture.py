@@ -52,6 +52,8 @@ EDGE = "Gateway: the edge does not import generation"
 GATEWAY_LAYERS = "Gateway layers: service, dialects, generation, accounts, store"
 DIALECTS_APART = "Gateway: no dialect imports another"
 STORE_ONLY = "Gateway: only the store talks to PostgreSQL"
+SYNTH_ENGINE = "Synth engine layers: core, its parts, what they use, what they share"
+SCHEDULER_NO_TORCH = "Synth engine: the scheduler is policy and knows no torch"
 
 
 @pytest.mark.parametrize(
@@ -67,6 +69,14 @@ STORE_ONLY = "Gateway: only the store talks to PostgreSQL"
         ("services/gateway/dialects/openai/speech.py", "from services.gateway.dialects.predictor import inputs", DIALECTS_APART),
         ("services/gateway/generation/pipeline.py", "import asyncpg", STORE_ONLY),
         ("services/gateway/dialects/predictor/files.py", "from runtime import database", STORE_ONLY),
+        ("services/synth/engine/runner.py", "from services.synth.engine import scheduler", SYNTH_ENGINE),
+        ("services/synth/engine/scheduler.py", "from services.synth.engine import runner", SYNTH_ENGINE),
+        ("services/synth/engine/output_processor.py", "from services.synth.engine.runner import Finished", SYNTH_ENGINE),
+        ("services/synth/engine/sampler.py", "from services.synth.engine import runner", SYNTH_ENGINE),
+        ("services/synth/engine/request.py", "from services.synth.engine import sampler", SYNTH_ENGINE),
+        ("services/synth/engine/scheduler.py", "import torch", SCHEDULER_NO_TORCH),
+        # Through what it imports, too: the request types name torch only for type checkers.
+        ("services/synth/engine/request.py", "import torch", SCHEDULER_NO_TORCH),
     ],
 )
 def test_a_forbidden_import_breaks_its_contract(tmp_path, module, added, contract):

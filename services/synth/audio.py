@@ -10,6 +10,8 @@ import numpy as np
 from runtime.errors import invalid_argument
 
 SAMPLE_RATE = 44100
+# Dia's codec (DAC at 44.1 kHz) turns one frame of codes into this many samples: its hop length.
+SAMPLES_PER_FRAME = 512
 
 
 def read_prompt(data: bytes, max_seconds: float) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Generation parameters: defaults, range checks, and which requests may share a batch.
+"""Generation parameters: defaults, range checks, and what fits Dia's decoder positions.
 
 Defaults are the public API's (../shared/spec/voice-generations-api.txt).
 Ranges are the union of what the public API and the hosted-predictor API
@@ -13,6 +13,7 @@ import secrets
 from dataclasses import dataclass
 
 from runtime.errors import invalid_parameter
+from services.synth.audio import SAMPLE_RATE, SAMPLES_PER_FRAME
 
 # Dia's delay pattern is [0, 8, 9, ..., 15]: after the end marker on the first
 # codebook the other codebooks still need 15 frames. So max_new_tokens counts
@@ -55,15 +56,6 @@ class GenerationParams:
     @property
     def seeded(self) -> bool:
         return self.seed is not None
-
-    def batch_key(self) -> tuple:
-        """Requests whose keys are equal can be generated in one `generate` call.
-
-        One call shares its guidance, sampling and length settings across
-        rows; speed_factor and the seed are per request (each row samples with
-        its own generator), so they are not part of the key.
-        """
-        return (self.cfg_scale, self.temperature, self.top_p, self.cfg_filter_top_k, self.max_new_tokens)
 
 
 def _checked(name: str, value: float | None) -> float:
@@ -115,9 +107,19 @@ def from_proto(settings, max_new_tokens_limit: int) -> GenerationParams:
     )
 
 
-def frames_of(samples: int, samples_per_frame: int) -> int:
+def frames_of(samples: int, samples_per_frame: int = SAMPLES_PER_FRAME) -> int:
     """The frames of codes Dia's codec makes of a prompt of `samples` samples."""
     return -(-samples // samples_per_frame)
+
+
+def room_for_new_frames(prompt_frames: int, positions: int) -> int:
+    """The most frames a generation after `prompt_frames` prompt frames may have: Dia's decoder
+    sees the prompt's frames, then the new ones, within its `positions` (3072 for Dia).
+
+    The one statement of that rule: the service fits requests by it (fit_positions) and the
+    runner refuses a row that breaks it (runner.DecodeBatch.check_fits).
+    """
+    return positions - prompt_frames
 
 
 def fit_positions(
@@ -131,8 +133,8 @@ def fit_positions(
     the caller did not choose (`lower_to_fit`) is lowered to what fits. A
     prompt that leaves no room for audio fails, naming max_audio_prompt_seconds.
     """
-    room = max_frames - prompt_frames
-    seconds = prompt_frames * 512 / 44100  # a frame is 512 samples at 44.1 kHz
+    room = room_for_new_frames(prompt_frames, max_frames)
+    seconds = prompt_frames * SAMPLES_PER_FRAME / SAMPLE_RATE
     if room <= FRAMES_WITHOUT_AUDIO:
         raise invalid_parameter(
             "max_audio_prompt_seconds",

@@ -8,18 +8,19 @@ import logging
 
 import grpc
 import numpy as np
-import torch
 
 from runtime import config as runtime_config
 from runtime.errors import ApiError, invalid_argument, invalid_parameter
 from runtime.server import Servicer, ServiceSpec
 from runtime.text import sanitize
 from services.synth import audio, config, params
-from services.synth.engine import SAMPLES_PER_FRAME, DiaEngine, ModelLoadError, SynthesisInput, resolve_model
+from services.synth.engine import model
+from services.synth.engine.core import SynthEngine
+from services.synth.engine.model import LoadedDia, ModelLoadError
+from services.synth.engine.output_processor import AudioStream
+from services.synth.engine.request import SynthesisInput
+from services.synth.engine.streaming import STARTED_OVER, FrameFeed, stream_cut
 from services.synth.heartbeat import Heartbeats
-from services.synth.scheduler import Scheduler
-from services.synth.streaming import STARTED_OVER, FrameFeed, StreamingDecoder, stream_cut
-from services.synth.tempo import StreamingTempo, to_int16
 from voice.synth.v1 import synth_pb2, synth_pb2_grpc
 
 log = logging.getLogger("synth.service")
@@ -31,13 +32,13 @@ def model_loading() -> ApiError:
     return ApiError(grpc.StatusCode.UNAVAILABLE, "MODEL_LOADING", "the Dia model is still loading; try again shortly")
 
 
-def model_limits(engine: DiaEngine) -> synth_pb2.ModelLimits:
+def model_limits(dia: LoadedDia) -> synth_pb2.ModelLimits:
     """The loaded model's sizes, as its config and codec give them."""
     return synth_pb2.ModelLimits(
-        decoder_positions=engine.max_frames,
-        text_window_bytes=engine.max_text_tokens,
-        sample_rate=engine.sample_rate,
-        samples_per_frame=engine.samples_per_frame,
+        decoder_positions=dia.max_frames,
+        text_window_bytes=dia.max_text_tokens,
+        sample_rate=dia.sample_rate,
+        samples_per_frame=dia.samples_per_frame,
     )
 
 
@@ -46,7 +47,7 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
         self.model_id = config.DIA_MODEL.value
         self.max_new_tokens = config.SYNTH_MAX_NEW_TOKENS.value
         self.max_prompt_seconds = config.SYNTH_MAX_AUDIO_PROMPT_SECONDS.value
-        self.scheduler = Scheduler(
+        self.engine = SynthEngine(
             max_rows=config.SYNTH_MAX_BATCH_SIZE.value,
             window_seconds=config.SYNTH_BATCH_WINDOW_MS.value / 1000,
             max_queue=config.SYNTH_MAX_QUEUE.value,
@@ -54,7 +55,7 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
             prompt_cache_bytes=config.SYNTH_PROMPT_CACHE_BYTES.value,
             step_retries=config.SYNTH_STEP_RETRIES.value,
         )
-        self.engine: DiaEngine | None = None  # loaded in start()
+        self.dia: LoadedDia | None = None  # loaded in start()
         self.heartbeats: Heartbeats | None = None
 
     async def start(self) -> None:
@@ -62,11 +63,11 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
         # thread, which owns the model, while health says NOT_SERVING.
         loop = asyncio.get_running_loop()
         try:
-            self.engine = await loop.run_in_executor(self.scheduler.thread, self._load_engine)
+            self.dia = await loop.run_in_executor(self.engine.thread, self._load_model)
         except ModelLoadError as error:
             log.error(str(error))  # the one line an operator needs; start-up then fails
             raise
-        self.scheduler.start(self.engine)
+        self.engine.start(self.dia)
         self.heartbeats = Heartbeats(
             runtime_config.SERVICES["gateway"].address.value,
             self.provider_info,
@@ -75,9 +76,9 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
         )
         self.heartbeats.start()
 
-    def _load_engine(self) -> DiaEngine:
-        dia, dac = resolve_model(config.DIA_MODEL.value, config.DAC_MODEL.value, config.tiny_model_dir())
-        return DiaEngine.load(
+    def _load_model(self) -> LoadedDia:
+        dia, dac = model.resolve_model(config.DIA_MODEL.value, config.DAC_MODEL.value, config.tiny_model_dir())
+        return model.load(
             dia, dac, self.model_id, config.SYNTH_DEVICE.value, config.SYNTH_TORCH_THREADS.value,
             config.SYNTH_DTYPE.value,
         )
@@ -89,31 +90,29 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
             await self.heartbeats.stop()
 
     async def stop(self) -> None:
-        await self.scheduler.close()
+        await self.engine.close()
 
     def provider_info(self) -> synth_pb2.ProviderInfo:
-        model = synth_pb2.Model(id=self.model_id, features=FEATURES)
-        if self.engine is not None:  # known once loaded
-            model.limits.CopyFrom(model_limits(self.engine))
+        served = synth_pb2.Model(id=self.model_id, features=FEATURES)
+        if self.dia is not None:  # known once loaded
+            served.limits.CopyFrom(model_limits(self.dia))
         return synth_pb2.ProviderInfo(
             provider_id=config.SYNTH_PROVIDER_ID.value,
             address=config.SYNTH_ADVERTISE_ADDRESS.value,
-            models=[model],
-            capacity=self.scheduler.max_rows,
-            load=self.scheduler.load,
+            models=[served],
+            capacity=self.engine.max_rows,
+            load=self.engine.load,
         )
 
     async def GetProviderInfo(self, request, context):
         return synth_pb2.GetProviderInfoResponse(provider=self.provider_info())
 
     async def Synthesize(self, request, context):
-        if self.engine is None:  # a caller that did not wait for SERVING
+        if self.dia is None:  # a caller that did not wait for SERVING
             raise model_loading()
         synthesis = self._synthesis_input(request.synthesis)
-        generated = await self.scheduler.submit(synthesis, request.synthesis.account)
-        samples = to_int16(generated.samples)
-        if synthesis.params.speed_factor != 1.0:
-            samples = await asyncio.to_thread(_change_speed, samples, synthesis.params.speed_factor)
+        generated = await self.engine.submit(synthesis, request.synthesis.account)
+        samples = await asyncio.to_thread(self.engine.output.at_speed, generated.samples, synthesis.params.speed_factor)
         wav, duration = audio.int16_wav(samples), samples.size / audio.SAMPLE_RATE
         log.info(
             "synthesized",
@@ -129,12 +128,12 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
 
     async def StreamSynthesize(self, request, context):
         """Synthesize, sending audio as frames are generated (see streaming.py); cancel stops it."""
-        if self.engine is None:
+        if self.dia is None:
             raise model_loading()
         feed = FrameFeed(asyncio.get_running_loop())
         synthesis = dataclasses.replace(self._synthesis_input(request.synthesis), on_frames=feed)
-        decoder, tempo = self._stream_decoder(), StreamingTempo(synthesis.params.speed_factor)
-        generation = asyncio.ensure_future(self.scheduler.submit(synthesis, request.synthesis.account))
+        stream = self._audio_stream(synthesis)
+        generation = asyncio.ensure_future(self.engine.submit(synthesis, request.synthesis.account))
         sent = index = 0
         try:
             while not generation.done() or not feed.queue.empty():
@@ -144,13 +143,13 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
                     next_frames.cancel()
                     continue  # generation ended: what it queued before is taken next
                 frames = next_frames.result()
-                if frames is STARTED_OVER:  # a failed step's retry (scheduler.py): a new take from its start
+                if frames is STARTED_OVER:  # a failed step's retry (the scheduler's): a new take from its start
                     if feed.audio_sent:  # part of the first take went out: the new one would not continue it
                         raise stream_cut()
-                    decoder, tempo = self._stream_decoder(), StreamingTempo(synthesis.params.speed_factor)
+                    stream = self._audio_stream(synthesis)
                     continue
-                for chunk in decoder.push(frames):
-                    pcm = await self._stretched(chunk, tempo)
+                for chunk in stream.chunks(frames):
+                    pcm = await asyncio.to_thread(stream.render, chunk)
                     if pcm.size:
                         feed.audio_sent = True
                         yield synth_pb2.StreamSynthesizeResponse(
@@ -158,8 +157,8 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
                         )
                         index, sent = index + 1, sent + pcm.size
             generated = generation.result()  # its error, if it failed, ends the stream
-            rest = [await self._stretched(chunk, tempo) for chunk in decoder.finish()]
-            rest.append(await asyncio.to_thread(tempo.finish))
+            rest = [await asyncio.to_thread(stream.render, chunk) for chunk in stream.last_chunks()]
+            rest.append(await asyncio.to_thread(stream.tail))
             pcm = np.concatenate(rest)
             sent += pcm.size
             log.info(
@@ -177,27 +176,15 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
                 generated_frames=generated.generated_frames,
             )
         finally:
-            generation.cancel()  # the caller went away: its row leaves the batch (scheduler.py)
+            generation.cancel()  # the caller went away: its row leaves its lane (engine/scheduler.py)
 
-    def _stream_decoder(self) -> StreamingDecoder:
-        assert self.engine is not None
-        return StreamingDecoder(
-            self.engine.model.config.delay_pattern,
-            self.engine.special_tokens["eos_token_id"],
+    def _audio_stream(self, synthesis: SynthesisInput) -> AudioStream:
+        return self.engine.output.stream(
+            synthesis.params.speed_factor,
             config.SYNTH_STREAM_FIRST_CHUNK_FRAMES.value,
             config.SYNTH_STREAM_CHUNK_FRAMES.value,
             config.SYNTH_STREAM_CONTEXT_FRAMES.value,
         )
-
-    async def _stretched(self, chunk, tempo: StreamingTempo) -> np.ndarray:
-        """A chunk's samples, decoded off the event loop, at the request's speed, as 16-bit."""
-        assert self.engine is not None
-        codec = self.engine.processor.audio_tokenizer
-
-        def decode_and_stretch() -> np.ndarray:
-            return tempo.push(to_int16(chunk.samples(lambda codes: _decode(codec, codes))))
-
-        return (await asyncio.to_thread(decode_and_stretch)).astype("<i2")
 
     def _synthesis_input(self, request: synth_pb2.SynthesisSpec) -> SynthesisInput:
         """Validate a request into what the engine generates from; raises INVALID_ARGUMENT."""
@@ -224,34 +211,21 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
             # Dia continues the prompt: its transcript comes first, then the new lines.
             text = f"{transcript} {script}"
 
-        assert self.engine is not None
+        assert self.dia is not None
         # Dia's decoder positions hold the prompt's frames and the new ones (params.fit_positions).
-        prompt_frames = 0 if prompt is None else params.frames_of(prompt.size, SAMPLES_PER_FRAME)
+        prompt_frames = 0 if prompt is None else params.frames_of(prompt.size, self.dia.samples_per_frame)
         lower_to_fit = request.settings.lower_max_new_tokens_to_fit or not request.settings.HasField("max_new_tokens")
-        generation = params.fit_positions(generation, prompt_frames, self.engine.max_frames, lower_to_fit)
-        tokens = self.engine.count_text_tokens(text)
-        if tokens > self.engine.max_text_tokens:
+        generation = params.fit_positions(generation, prompt_frames, self.dia.max_frames, lower_to_fit)
+        tokens = self.dia.count_text_tokens(text)
+        if tokens > self.dia.max_text_tokens:
             raise ApiError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "REQUEST_TOO_LARGE",
-                f"script and prompt transcript are {tokens} bytes; Dia reads at most {self.engine.max_text_tokens}",
+                f"script and prompt transcript are {tokens} bytes; Dia reads at most {self.dia.max_text_tokens}",
                 param="script",
             )
         seed = generation.seed if generation.seeded else params.random_seed()
         return SynthesisInput(text=text, prompt=prompt, params=generation, seed=seed)
-
-
-@torch.inference_mode()
-def _decode(codec, codes: torch.Tensor) -> np.ndarray:
-    """Dia's codec on (frames, codebooks) undelayed codes: float samples."""
-    decoded = codec.decode(audio_codes=codes.T[None].to(codec.device)).audio_values
-    return decoded.float().cpu().numpy().reshape(-1)
-
-
-def _change_speed(samples: np.ndarray, factor: float) -> np.ndarray:
-    """The whole audio through the same tempo filter streams use (the transcode service's atempo)."""
-    tempo = StreamingTempo(factor)
-    return np.concatenate([tempo.push(samples), tempo.finish()])
 
 
 # What synth publishes (runtime/limits.py) of its own configuration; what its model holds

@@ -1,4 +1,4 @@
-"""Fixtures of the synth tests: the tiny model, an engine on it in process, and the mesh's synth."""
+"""Fixtures of the synth tests: the tiny model, loaded in process, and the mesh's synth."""
 
 from __future__ import annotations
 
@@ -17,13 +17,11 @@ def tiny_model_dir():
 
 
 @pytest.fixture(scope="session")
-def engine(tiny_model_dir):
-    """A DiaEngine on the tiny model, in this process, for tests that look at tokens."""
-    from services.synth.engine import DiaEngine
+def dia(tiny_model_dir):
+    """The tiny Dia and its codec loaded in this process (as synth loads them), for tests that look at tokens."""
+    from services.synth.engine import model
 
-    return DiaEngine.load(
-        str(tiny_model_dir / "dia"), str(tiny_model_dir / "dac"), config.TINY_MODEL_NAME, "cpu", threads=1
-    )
+    return model.load(str(tiny_model_dir / "dia"), str(tiny_model_dir / "dac"), config.TINY_MODEL_NAME, "cpu", threads=1)
 
 
 @pytest.fixture(scope="session")

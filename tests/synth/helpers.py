@@ -99,11 +99,11 @@ async def serving_synth(mesh, **settings: str):
 
 
 def fail_decode_steps(monkeypatch, fails) -> list[int]:
-    """Make decode steps (one new frame per row: decoder.decoder_step, not a prefill) raise when
+    """Make decode steps (one new frame per row: model_step.decoder_step, not a prefill) raise when
     `fails(number of the call, highest position fed)` says so; returns the calls that raised."""
-    from services.synth import decoder  # here: the gateway's tests use these helpers without torch
+    from services.synth.engine import model_step  # here: the gateway's tests use these helpers without torch
 
-    step, raised, calls = decoder.decoder_step, [], [0]
+    step, raised, calls = model_step.decoder_step, [], [0]
 
     def step_with_faults(model, frames, positions, *cache):
         calls[0] += 1
@@ -112,5 +112,5 @@ def fail_decode_steps(monkeypatch, fails) -> list[int]:
             raise RuntimeError("injected fault (a device error, say)")
         return step(model, frames, positions, *cache)
 
-    monkeypatch.setattr(decoder, "decoder_step", step_with_faults)
+    monkeypatch.setattr(model_step, "decoder_step", step_with_faults)
     return raised

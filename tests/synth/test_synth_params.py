@@ -1,4 +1,4 @@
-"""Generation parameters: defaults, ranges at their edges, and what may share a batch."""
+"""Generation parameters: defaults and ranges at their edges."""
 
 from __future__ import annotations
 
@@ -89,11 +89,3 @@ def test_random_seeds_fit_in_a_json_number():
     seeds = {params.random_seed() for _ in range(200)}
     assert len(seeds) > 190
     assert all(0 <= seed < 2**32 for seed in seeds)
-
-
-def test_seed_and_speed_do_not_split_batches_but_sampling_settings_do():
-    base = parse(seed=1, speed_factor=0.5)
-    assert base.batch_key() == parse(seed=2, speed_factor=2.0).batch_key() == parse().batch_key()
-    for changed in ({"cfg_scale": 2.0}, {"temperature": 0.0}, {"top_p": 0.5}, {"cfg_filter_top_k": 10},
-                    {"max_new_tokens": 100}):
-        assert parse(**changed).batch_key() != base.batch_key(), changed

@@ -3,58 +3,55 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
-
-import json
 import uuid
 
+import asyncpg
 import grpc
+import pytest
 
 from services.gateway import accounts
-from services.gateway.generation.registry import ProviderDirectory
+from services.gateway.config import PROVIDER_TIMEOUT_SECONDS
 from services.gateway.store import Store
+from services.gateway.store.providers import ProvidersTable
 from tests.conftest import ROOT
 from tests.synth.helpers import own_synth
 from voice.gateway.v1 import models_pb2, models_pb2_grpc
 from voice.synth.v1 import synth_pb2
 
 
-_KEYS: dict[str, str] = {}  # an API key per mesh database, made once
+@pytest.fixture(scope="module")
+async def key(database) -> str:
+    """An API key of an account of the test's own: the gateway's ModelService wants one."""
+    store = await Store.open(database.url)
+    try:
+        return (await accounts.create_key(store.accounts, f"synth-registration-{uuid.uuid4().hex[:8]}")).key
+    finally:
+        await store.close()
 
 
-async def bearer(mesh) -> tuple:
-    """The metadata of a key of the mesh's gateway (its ModelService takes a key like every gateway service)."""
-    url = mesh.env["DATABASE_URL"]
-    if url not in _KEYS:
-        store = await Store.open(url)
-        try:
-            _KEYS[url] = (await accounts.create_key(store.accounts, f"synth-{uuid.uuid4().hex[:8]}")).key
-        finally:
-            await store.close()
-    return (("authorization", f"Bearer {_KEYS[url]}"),)
-
-
-async def providers_of(mesh, model: str) -> int:
+async def list_models(mesh, key: str) -> models_pb2.ListModelsResponse:
     async with grpc.aio.insecure_channel(mesh.address("gateway")) as channel:
-        reply = await models_pb2_grpc.ModelServiceStub(channel).ListModels(
-            models_pb2.ListModelsRequest(), metadata=await bearer(mesh)
-        )
+        stub = models_pb2_grpc.ModelServiceStub(channel)
+        return await stub.ListModels(models_pb2.ListModelsRequest(), metadata=(("authorization", f"Bearer {key}"),))
+
+
+async def providers_of(mesh, key: str, model: str) -> int:
+    reply = await list_models(mesh, key)
     return next((card.providers for card in reply.data if card.id == model), 0)
 
 
-async def wait_for_providers(mesh, model: str, count: int) -> None:
+async def wait_for_providers(mesh, key: str, model: str, count: int) -> None:
     async with asyncio.timeout(60):  # a guard against hanging; heartbeats come every few seconds
-        while await providers_of(mesh, model) != count:
+        while await providers_of(mesh, key, model) != count:
             await asyncio.sleep(0.1)
 
 
-async def test_the_mesh_synth_is_listed_by_the_gateway_with_its_features(mesh):
-    await wait_for_providers(mesh, "tiny-random", 1)
-    async with grpc.aio.insecure_channel(mesh.address("gateway")) as channel:
-        reply = await models_pb2_grpc.ModelServiceStub(channel).ListModels(
-            models_pb2.ListModelsRequest(), metadata=await bearer(mesh)
-        )
+async def test_the_mesh_synth_is_listed_by_the_gateway_with_its_features(mesh, key):
+    await wait_for_providers(mesh, key, "tiny-random", 1)
+    reply = await list_models(mesh, key)
     (card,) = [card for card in reply.data if card.id == "tiny-random"]
     assert set(card.features) == {"voice-cloning", "dialogue"}
 
@@ -62,11 +59,9 @@ async def test_the_mesh_synth_is_listed_by_the_gateway_with_its_features(mesh):
 async def test_the_gateway_stores_each_models_limits_with_its_provider(mesh, database, synth):
     provider = (await synth.GetProviderInfo(synth_pb2.GetProviderInfoRequest())).provider
     (model,) = provider.models
-    store = await Store.open(database.url)
-    try:
-        rows = {row["provider_id"]: row for row in await ProviderDirectory(store.providers).online()}
-    finally:
-        await store.close()
+    async with asyncpg.create_pool(database.url, min_size=1, max_size=1, server_settings={"search_path": "gateway"}) as pool:
+        online = await ProvidersTable(lambda: pool).online(PROVIDER_TIMEOUT_SECONDS.value)
+        rows = {row["provider_id"]: row for row in online}
     (stored,) = json.loads(rows[provider.provider_id]["models"])
     assert stored["id"] == "tiny-random"
     assert stored["limits"] == {
@@ -78,14 +73,14 @@ async def test_the_gateway_stores_each_models_limits_with_its_provider(mesh, dat
     assert stored["limits"]["decoder_positions"] == 3072
 
 
-async def test_a_provider_leaves_the_registry_as_soon_as_it_shuts_down(mesh):
-    await wait_for_providers(mesh, "tiny-random", 1)
+async def test_a_provider_leaves_the_registry_as_soon_as_it_shuts_down(mesh, key):
+    await wait_for_providers(mesh, key, "tiny-random", 1)
     async with own_synth(mesh, registered=True, SYNTH_PROVIDER_ID="synth-test-second") as process:
         await process.wait_serving("synth", timeout=120)
-        await wait_for_providers(mesh, "tiny-random", 2)
+        await wait_for_providers(mesh, key, "tiny-random", 2)
         await process.stop_service("synth")
         # Gone now, not after the registry's heartbeat timeout.
-        assert await providers_of(mesh, "tiny-random") == 1
+        assert await providers_of(mesh, key, "tiny-random") == 1
 
 
 async def wait_for_line(process, text: str) -> None:
@@ -94,13 +89,13 @@ async def wait_for_line(process, text: str) -> None:
             await asyncio.sleep(0.1)
 
 
-async def test_a_synth_with_another_secret_is_refused_and_never_listed(mesh):
-    await wait_for_providers(mesh, "tiny-random", 1)
+async def test_a_synth_with_another_secret_is_refused_and_never_listed(mesh, key):
+    await wait_for_providers(mesh, key, "tiny-random", 1)
     async with own_synth(
         mesh, registered=True, SYNTH_PROVIDER_ID="synth-test-wrong-secret", PROVIDER_SECRET="not-the-mesh-secret"
     ) as process:
         await wait_for_line(process, "refuses this provider's credential")
-        assert await providers_of(mesh, "tiny-random") == 1
+        assert await providers_of(mesh, key, "tiny-random") == 1
 
 
 def provider_token(env: dict[str, str], provider_id: str) -> str:
@@ -117,17 +112,17 @@ def provider_token(env: dict[str, str], provider_id: str) -> str:
     return result.stdout.strip().splitlines()[-1]
 
 
-async def test_a_provider_given_only_its_own_token_registers_under_that_id(mesh):
-    await wait_for_providers(mesh, "tiny-random", 1)
+async def test_a_provider_given_only_its_own_token_registers_under_that_id(mesh, key):
+    await wait_for_providers(mesh, key, "tiny-random", 1)
     token = provider_token(mesh.env, "synth-test-own-token")
     # No PROVIDER_SECRET: the provider knows its own credential and nothing else.
     settings = {"PROVIDER_SECRET": "", "SYNTH_PROVIDER_TOKEN": token}
     async with own_synth(mesh, registered=True, SYNTH_PROVIDER_ID="synth-test-own-token", **settings) as process:
         await process.wait_serving("synth", timeout=120)
-        await wait_for_providers(mesh, "tiny-random", 2)
+        await wait_for_providers(mesh, key, "tiny-random", 2)
         await process.stop_service("synth")
-        assert await providers_of(mesh, "tiny-random") == 1  # it could deregister itself too
+        assert await providers_of(mesh, key, "tiny-random") == 1  # it could deregister itself too
     # The same token does not let it register under another id.
     async with own_synth(mesh, registered=True, SYNTH_PROVIDER_ID="synth-test-other-id", **settings) as process:
         await wait_for_line(process, "refuses this provider's credential")
-        assert await providers_of(mesh, "tiny-random") == 1
+        assert await providers_of(mesh, key, "tiny-random") == 1

@@ -1,329 +1,221 @@
-"""The continuous-batching scheduler on the tiny Dia, in process: joining at the next step,
-seeds, callers that leave, the frame budget, account turns, the bounded queue, the prompt cache,
-steps that fail, rows decoded beside the loop, streamed rows not decoded again."""
+"""The scheduler alone: policy without a model (it imports no torch). Who joins the next step and in
+which lane, account turns, the frame budget, the bounded queue and its Retry-After, callers that
+leave, retries after a failed step. (The same through the engine on the tiny Dia: test_synth_engine.py.)"""
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
-import threading
+import collections
 
-import numpy as np
-import prometheus_client
+import grpc
 import pytest
-import torch
 
 from runtime.errors import ApiError
-from services.synth import audio
-from services.synth.engine import SynthesisInput
+from services.synth.engine.request import SHARED_LANE, SynthesisInput
+from services.synth.engine.scheduler import STEP_FAILED, Job, Scheduler
 from services.synth.params import GenerationParams
-from services.synth.prompts import PromptCache
-from services.synth.scheduler import Scheduler
-from services.synth.streaming import STARTED_OVER, FrameFeed
-from tests.synth.helpers import fail_decode_steps, noise_wav
+
+DONE = object()  # a stand-in for a request's result
 
 
-def synthesis(frames: int = 40, seed: int | None = None, prompt: float | None = None, text="[S1] Hello.", **changes):
-    params = GenerationParams(**{**dict(cfg_scale=3.0, temperature=1.8, top_p=0.95, cfg_filter_top_k=45,
-                                        max_new_tokens=frames, speed_factor=1.0, seed=seed), **changes})  # fmt: skip
-    samples = audio.read_prompt(noise_wav(prompt, seed=3), max_seconds=10) if prompt else None
-    return SynthesisInput(text=text, prompt=samples, params=params, seed=seed if seed is not None else 7)
+def job(name: str, account: str = "", frames: int = 100, seed: int | None = None, prompt_frames: int = 0) -> Job:
+    params = GenerationParams(3.0, 1.8, 0.95, 45, frames, 1.0, seed)
+    made = Job(SynthesisInput("[S1] hi", None, params, seed or 7), account, prompt_frames)
+    made.name = name
+    return made
 
 
-@pytest.fixture
-async def scheduler_with(engine):
-    made = []
-
-    async def make(max_rows=4, max_queue=8, max_frames=100_000, window_seconds=0.0, cache_bytes=1 << 20, retries=1):
-        scheduler = Scheduler(max_rows, window_seconds, max_queue, max_frames, cache_bytes, retries)
-        scheduler.start(engine)
-        made.append(scheduler)
-        return scheduler
-
-    yield make
-    for scheduler in made:
-        await scheduler.close()
+def names(jobs) -> list[str]:
+    return [j.name for j in jobs]
 
 
-async def wait_until(condition, timeout=60) -> None:
-    async with asyncio.timeout(timeout):  # a guard against hanging, not a performance bound
-        while not condition():
-            await asyncio.sleep(0.002)
+def scheduler(max_rows: int = 4, max_queue: int = 100, max_frames: int = 10**9, retries: int = 1) -> Scheduler:
+    return Scheduler(max_rows, 0.0, max_queue, max_frames, retries)
 
 
-async def test_a_request_arriving_mid_generation_joins_at_the_next_step_and_leaves_when_done(scheduler_with):
-    scheduler = await scheduler_with()
-    long = asyncio.create_task(scheduler.submit(synthesis(frames=400)))
-    await wait_until(lambda: scheduler.steps >= 20)
-    joined_at = scheduler.steps
-    short = asyncio.create_task(scheduler.submit(synthesis(frames=30)))
-    await wait_until(lambda: counted("synth_rows_active") == 2)
-    await wait_until(lambda: counted("synth_rows_active") == 1)  # its row left (its audio is decoded beside)
-    left_at = scheduler.steps
-    assert (await short).generated_frames == 30
-    # It ran beside the long one (a static batch would have made it wait for all 400 frames) ...
-    assert not long.done()
-    assert left_at - joined_at <= 30 + 3
-    assert (await long).generated_frames == 400
+def finish(scheduler: Scheduler, jobs) -> None:
+    """They ended at the last step, and their results went out."""
+    for ended, _ in scheduler.update_from_output([(j, DONE) for j in jobs]):
+        scheduler.done(ended)
 
 
-async def test_requests_of_any_settings_with_and_without_prompts_share_the_batch(scheduler_with):
-    scheduler = await scheduler_with(max_rows=4)
-    requests = [
-        synthesis(frames=50, temperature=0.0),
-        synthesis(frames=60, cfg_scale=1.5, top_p=0.5, cfg_filter_top_k=5),
-        synthesis(frames=70, prompt=0.5, text="[S1] Prompt words. [S1] New words."),
-        synthesis(frames=40, temperature=0.3, cfg_filter_top_k=1),
-    ]
-    results = await asyncio.gather(*(scheduler.submit(r) for r in requests))
-    assert [r.generated_frames for r in results] == [50, 60, 70, 40]
-    assert scheduler.steps <= 70 + 2  # all together: the longest sets the number of steps
+def joining(scheduler: Scheduler) -> list[Job]:
+    return scheduler.schedule().joining
 
 
-async def test_a_seeded_request_is_byte_identical_alone_and_under_concurrent_load(scheduler_with):
-    scheduler = await scheduler_with(max_rows=6)
-    seeded = synthesis(frames=60, seed=11, temperature=1.0)
-    alone = await scheduler.submit(seeded)
-    crowd = [synthesis(frames=f, temperature=1.0) for f in (40, 80, 100)]
-    together = await asyncio.gather(scheduler.submit(seeded), *(scheduler.submit(r) for r in crowd))
-    assert torch.equal(together[0].codes, alone.codes)
-    assert np.array_equal(together[0].samples, alone.samples)
-    again = await scheduler.submit(seeded)
-    assert np.array_equal(again.samples, alone.samples)
-    other = await scheduler.submit(synthesis(frames=60, seed=12, temperature=1.0))
-    assert not torch.equal(other.codes, alone.codes)
+# --- who joins, in which order -----------------------------------------------------------------------------
 
 
-async def test_a_caller_that_goes_away_leaves_within_a_step_and_its_slot_is_reused(scheduler_with):
-    scheduler = await scheduler_with(max_rows=2, max_queue=1)
-    bystander = asyncio.create_task(scheduler.submit(synthesis(frames=200)))
-    leaving = asyncio.create_task(scheduler.submit(synthesis(frames=3000)))
-    await wait_until(lambda: scheduler.steps >= 5)
-    waiting = asyncio.create_task(scheduler.submit(synthesis(frames=30)))
-    await wait_until(lambda: scheduler.load == 3)
-    at_cancel = scheduler.steps
-    leaving.cancel()
-    await wait_until(lambda: counted("synth_rows_active") == 1)  # the waiting one's row, beside the bystander, left
-    left_at = scheduler.steps
-    result = await waiting  # took the freed slot
-    assert result.generated_frames == 30
-    # The step under way when it left, then the waiting one's 30: the 3000-frame row ran no further.
-    assert left_at - at_cancel <= 1 + 30 + 2
-    assert (await bystander).generated_frames == 200  # the row beside it went on
-    assert scheduler.load == 0
+def test_requests_join_in_order_up_to_the_rows_and_the_next_join_as_places_free():
+    s = scheduler(max_rows=3)
+    for n in range(5):
+        s.add(job(f"a{n}"))
+    first = joining(s)
+    assert names(first) == ["a0", "a1", "a2"] and names(s.waiting) == ["a3", "a4"]
+    assert joining(s) == []  # no place free
+    finish(s, first[1:2])
+    assert names(joining(s)) == ["a3"]
 
 
-async def test_past_the_frame_budget_a_request_waits_for_room(scheduler_with):
-    # Each request reserves bos + its 100 frames: two fit in 202 frames, not in 201.
-    for budget, together in ((202, True), (201, False)):
-        scheduler = await scheduler_with(max_rows=4, max_frames=budget)
-        first = asyncio.create_task(scheduler.submit(synthesis(frames=100)))
-        await wait_until(lambda: scheduler.steps >= 1)
-        second = asyncio.create_task(scheduler.submit(synthesis(frames=100)))
-        assert (await second).generated_frames == 100
-        # Beside the first, it ends about 100 steps in; after it, 200 steps in.
-        assert (scheduler.steps < 150) is together, (budget, scheduler.steps)
-        assert (await first).generated_frames == 100
-    # One request alone always runs, even past the budget.
-    assert (await scheduler.submit(synthesis(frames=300))).generated_frames == 300
+def test_one_accounts_backlog_does_not_hold_up_anothers_first_request():
+    s = scheduler(max_rows=4)
+    for n in range(12):
+        s.add(job(f"a{n}", account="a"))
+    first = joining(s)
+    assert names(first) == ["a0", "a1", "a2", "a3"]
+    s.add(job("b0", account="b"))  # arrives while a's first requests run
+    finish(s, first)
+    # The very next places: b has not been served yet, so it goes first.
+    second = joining(s)
+    assert names(second) == ["b0", "a4", "a5", "a6"]
+    finish(s, second)
+    assert names(joining(s)) == ["a7", "a8", "a9", "a10"]
 
 
-async def test_another_accounts_request_takes_the_next_free_slot_before_a_backlog(scheduler_with):
-    scheduler = await scheduler_with(max_rows=1, max_queue=8)
-    order = []
-
-    async def generate(account: str, name: str):
-        await scheduler.submit(synthesis(frames=20), account)
-        order.append(name)
-
-    backlog = [asyncio.create_task(generate("a", f"a{n}")) for n in range(3)]
-    await wait_until(lambda: scheduler.steps >= 1)
-    newcomer = asyncio.create_task(generate("b", "b0"))
-    await asyncio.gather(*backlog, newcomer)
-    assert order == ["a0", "b0", "a1", "a2"]
+def test_places_are_filled_one_account_at_a_time():
+    s = scheduler(max_rows=4)
+    for name in ("a0", "a1", "a2", "b0", "c0", "b1"):
+        s.add(job(name, account=name[0]))
+    first = joining(s)
+    assert names(first) == ["a0", "b0", "c0", "a1"]
+    finish(s, first)
+    # a and b were both served last time: the one waiting longest goes first.
+    assert names(joining(s)) == ["a2", "b1"]
 
 
-async def test_a_full_queue_is_refused_as_busy_with_a_retry_estimate(scheduler_with):
-    scheduler = await scheduler_with(max_rows=1, max_queue=1)
-    running = [asyncio.create_task(scheduler.submit(synthesis(frames=2000))) for _ in range(2)]
-    await wait_until(lambda: scheduler.load == 2)
+def test_accounts_that_keep_sending_share_the_places_equally():
+    s = scheduler(max_rows=3)
+    taken = collections.Counter()
+    for round_ in range(20):
+        for account in "abc":  # each always has two waiting, a far more
+            while sum(j.account == account for j in s.waiting) < (10 if account == "a" else 2):
+                s.add(job(f"{account}{round_}", account=account))
+        joined = joining(s)
+        taken.update(j.account for j in joined)
+        finish(s, joined)
+    assert taken == {"a": 20, "b": 20, "c": 20}
+
+
+def test_past_the_frame_budget_the_next_turn_waits_for_room_and_nobody_overtakes_it():
+    # Each reserves bos + its frames: 101 + 201 > 250, while 101 + 21 would fit.
+    s = scheduler(max_frames=250)
+    running = job("a0", account="a", frames=100)
+    s.add(running)
+    assert names(joining(s)) == ["a0"]
+    s.add(job("b0", account="b", frames=200))
+    s.add(job("c0", account="c", frames=20))
+    assert joining(s) == []  # b0 does not fit beside a0, and c0 does not go before it
+    finish(s, [running])
+    assert names(joining(s)) == ["b0", "c0"]  # b0 alone always fits; 201 + 21 within the budget
+
+
+def test_a_voice_prompts_frames_count_in_the_budget():
+    s = scheduler(max_frames=250)
+    s.add(job("a0", frames=100))
+    joining(s)
+    s.add(job("b0", frames=100, prompt_frames=49))  # 101 + 150 > 250
+    assert joining(s) == []
+    t = scheduler(max_frames=250)
+    t.add(job("a0", frames=100))
+    joining(t)
+    t.add(job("b0", frames=100, prompt_frames=48))  # 101 + 149 = 250
+    assert names(joining(t)) == ["b0"]
+
+
+def test_a_seeded_request_gets_a_lane_of_its_own_and_the_others_share_one():
+    s = scheduler(max_rows=8)
+    for name, seed in (("a", None), ("b", 5), ("c", None), ("d", 6)):
+        s.add(job(name, seed=seed))
+    lanes = {j.name: j.lane for j in joining(s)}
+    assert lanes["a"] == lanes["c"] == SHARED_LANE
+    assert len({lanes["b"], lanes["d"], SHARED_LANE}) == 3
+
+
+# --- the bounded queue ------------------------------------------------------------------------------------
+
+
+def test_past_the_queue_limit_requests_are_refused_at_once_and_a_caller_leaving_frees_its_place():
+    s = scheduler(max_rows=1, max_queue=1)
+    s.add(job("running"))
+    joining(s)
+    waiting = job("waiting")
+    s.add(waiting)
     with pytest.raises(ApiError) as caught:
-        await scheduler.submit(synthesis())
-    assert caught.value.reason == "SYNTH_BUSY" and caught.value.retry_after >= 1
-    for task in running:
-        task.cancel()
-    await wait_until(lambda: scheduler.load == 0)
+        s.add(job("refused"))
+    assert (caught.value.code, caught.value.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "SYNTH_BUSY")
+    assert s.load == 2  # the refusal took no place
+    s.cancel(waiting)
+    assert s.load == 1 and not s.waiting
+    s.add(job("replacement"))  # room again
 
 
-async def test_the_same_voice_prompt_is_encoded_once(scheduler_with):
-    scheduler = await scheduler_with()
-    text = "[S1] Prompt words. [S1] New words."
-    first = await scheduler.submit(synthesis(frames=30, prompt=0.5, text=text, temperature=0.0))
-    again = await scheduler.submit(synthesis(frames=30, prompt=0.5, text=text, temperature=0.0))
-    assert (scheduler.prompt_cache.misses, scheduler.prompt_cache.hits) == (1, 1)
-    assert torch.equal(first.codes, again.codes)  # the cached codes are the ones the codec gave
-
-
-def test_the_prompt_cache_drops_the_least_recently_used_past_its_bytes():
-    cache = PromptCache(max_bytes=3 * 100 * 9 * 2)  # three prompts of 100 frames (int16 codes)
-    codes = {name: torch.zeros((100, 9), dtype=torch.int16) for name in "abcd"}
-    for name in "abc":
-        cache.put(name.encode(), codes[name])
-    assert cache.get(b"a") is not None  # a is now the most recently used
-    cache.put(b"d", codes["d"])
-    assert cache.get(b"b") is None and cache.get(b"c") is not None and cache.get(b"a") is not None
-    assert cache.bytes == 3 * 100 * 9 * 2
-    cache.put(b"huge", torch.zeros((1000, 9), dtype=torch.int16))  # larger than the whole cache: not kept
-    assert cache.get(b"huge") is None and cache.bytes == 3 * 100 * 9 * 2
-
-
-# --- steps that fail, and the codec beside the loop -----------------------------------------------------
-
-PROMPTED = "[S1] Prompt words. [S1] New words."
-
-
-def counted(name: str) -> float:
-    return prometheus_client.REGISTRY.get_sample_value(name) or 0.0
-
-
-async def test_a_failing_step_is_retried_alone_so_only_the_request_at_fault_fails(scheduler_with, engine, monkeypatch):
-    scheduler = await scheduler_with(max_rows=4)
-    others = [synthesis(frames=40, temperature=0.0), synthesis(frames=60, temperature=0.0, cfg_scale=2.0)]
-    expected = await asyncio.gather(*(scheduler.submit(r) for r in others))
-    # The request at fault has a 2 s voice prompt (172 frames): the model fails whenever a step feeds
-    # a position past 150, which only its row reaches (the others stop at 60).
-    at_fault = synthesis(frames=40, temperature=0.0, prompt=2.0, text=PROMPTED)
-    raised = fail_decode_steps(monkeypatch, lambda call, position: position > 150)
-    failures, retried = counted("synth_step_failures_total"), counted("synth_rows_retried_total")
-
-    results = await asyncio.gather(scheduler.submit(at_fault), *(scheduler.submit(r) for r in others),
-                                   return_exceptions=True)  # fmt: skip
-    assert isinstance(results[0], ApiError) and results[0].reason == "GENERATION_FAILED"
-    assert "retried alone" in results[0].message and "injected" not in results[0].message
-    for result, reference in zip(results[1:], expected):  # retried alone: the same audio
-        assert torch.equal(result.codes, reference.codes)
-        assert np.array_equal(result.samples, reference.samples)
-    # The shared batch's step failed with all three in it; then the one at fault, alone.
-    assert len(raised) == 2
-    assert counted("synth_step_failures_total") - failures == 2
-    assert counted("synth_rows_retried_total") - retried == 3
-    # The loop goes on serving, beside and after it.
-    after = await scheduler.submit(others[0])
-    assert torch.equal(after.codes, expected[0].codes)
-    assert scheduler.load == 0
-
-
-async def test_without_retries_every_request_of_a_failed_step_fails_with_it(scheduler_with, engine, monkeypatch):
-    scheduler = await scheduler_with(max_rows=4, retries=0)
-    requests = [synthesis(frames=f, temperature=0.0) for f in (30, 50)]
-    raised = fail_decode_steps(monkeypatch, lambda call, position: call == 3)
-    retried = counted("synth_rows_retried_total")
-    results = await asyncio.gather(*(scheduler.submit(r) for r in requests), return_exceptions=True)
-    assert raised == [3] and counted("synth_rows_retried_total") == retried
-    assert all(isinstance(r, ApiError) and r.reason == "GENERATION_FAILED" for r in results)
-    assert (await scheduler.submit(requests[0])).generated_frames == 30  # and it goes on serving
-
-
-def queued(feed: FrameFeed) -> list:
-    return [feed.queue.get_nowait() for _ in range(feed.queue.qsize())]
-
-
-async def test_a_step_that_fails_once_costs_no_request_its_audio_nor_a_stream_that_sent_none(
-    scheduler_with, engine, monkeypatch
-):
-    scheduler = await scheduler_with(max_rows=6)
-    loop = asyncio.get_running_loop()
-    requests = [synthesis(frames=f, temperature=0.0, text=f"[S1] Number {f}.") for f in (30, 50, 70)]
-    expected = await asyncio.gather(*(scheduler.submit(r) for r in requests))
-    streamed = synthesis(frames=60, temperature=0.0, text="[S1] Streamed.")
-    reference_feed = FrameFeed(loop)
-    reference = await scheduler.submit(dataclasses.replace(streamed, on_frames=reference_feed))
-    reference_frames = torch.cat(queued(reference_feed))
-    raised = fail_decode_steps(monkeypatch, lambda call, position: call == 5)
-    retried = counted("synth_rows_retried_total")
-
-    unsent, sent = FrameFeed(loop), FrameFeed(loop)
-    sent.audio_sent = True  # as if its first chunk had gone to its caller
-    streams = [asyncio.ensure_future(scheduler.submit(dataclasses.replace(streamed, on_frames=feed)))
-               for feed in (unsent, sent)]  # fmt: skip
-    results = await asyncio.gather(*(scheduler.submit(r) for r in requests))
-    assert raised == [5]
-    assert counted("synth_rows_retried_total") - retried == 5
-    for result, reference_result in zip(results, expected):  # retried alone: the same audio
-        assert torch.equal(result.codes, reference_result.codes)
-        assert np.array_equal(result.samples, reference_result.samples)
-    # No audio had reached its caller: the stream follows the new take, whole, after a marker.
-    assert torch.equal((await streams[0]).codes, reference.codes)
-    frames = queued(unsent)
-    assert sum(item is STARTED_OVER for item in frames) == 1
-    marker = next(n for n, item in enumerate(frames) if item is STARTED_OVER)
-    assert torch.equal(torch.cat(frames[marker + 1 :]), reference_frames)
-    # Audio had: it fails, saying so, rather than send a new take.
+def test_a_full_queue_says_when_to_try_again_from_how_fast_requests_finish():
+    s = scheduler(max_rows=2, max_queue=0)
+    for name in ("a", "b"):
+        s.add(job(name))
+    finish(s, joining(s))  # 2 finished: a rate to go by
+    for name in ("c", "d"):
+        s.add(job(name))
+    joining(s)
     with pytest.raises(ApiError) as caught:
-        await streams[1]
-    assert caught.value.reason == "GENERATION_FAILED" and "streamed" in caught.value.message
-    assert not any(item is STARTED_OVER for item in queued(sent))
-    assert scheduler.load == 0
+        s.add(job("e"))
+    assert caught.value.reason == "SYNTH_BUSY"
+    rate = s.throughput.per_second()
+    assert caught.value.retry_after == pytest.approx(min(max(2 / rate, 1), 60), rel=0.05)
 
 
-async def test_a_streamed_request_is_not_decoded_again_whole(scheduler_with, engine, monkeypatch):
-    scheduler = await scheduler_with()
-    codec = engine.processor.audio_tokenizer
-    decode, decoded_frames = codec.decode, []
-
-    def counting_decode(*, audio_codes, **kwargs):
-        decoded_frames.append(audio_codes.shape[-1])
-        return decode(audio_codes=audio_codes, **kwargs)
-
-    monkeypatch.setattr(codec, "decode", counting_decode)
-    whole = await scheduler.submit(synthesis(frames=80, seed=31, temperature=0.0))
-    assert decoded_frames == [80 - 16]  # the unstreamed request: its audio frames, decoded once
-    steps: list[torch.Tensor] = []
-    streamed = dataclasses.replace(
-        synthesis(frames=80, seed=31, temperature=0.0), on_frames=lambda codes, start: steps.append(codes.clone())
-    )
-    result = await scheduler.submit(streamed)
-    assert decoded_frames == [80 - 16]  # its chunks are the stream's to decode (streaming.py): not again here
-    assert result.samples is None
-    # What the stream's last message reports is there without decoding: the frames, the codes.
-    assert result.generated_frames == whole.generated_frames
-    assert torch.equal(result.codes, whole.codes)
-    assert len(steps) >= 80 - 1
+def test_before_anything_finished_a_full_queue_still_says_when_to_try_again():
+    s = scheduler(max_rows=1, max_queue=0)
+    s.add(job("a"))
+    with pytest.raises(ApiError) as caught:
+        s.add(job("b"))
+    assert caught.value.retry_after == 1.0
 
 
-@pytest.fixture
-async def loop_errors():
-    """What the event loop's exception handler is handed meanwhile (errors in callbacks)."""
-    loop, errors = asyncio.get_running_loop(), []
-    loop.set_exception_handler(lambda _, context: errors.append(context))
-    yield errors
-    loop.set_exception_handler(None)
+def test_a_request_being_decoded_still_counts_as_load():
+    s = scheduler(max_rows=1, max_queue=0)
+    s.add(job("a"))
+    (ended,) = joining(s)
+    s.update_from_output([(ended, DONE)])
+    s.finishing.add(ended)  # out of its lane, its audio being decoded
+    with pytest.raises(ApiError):
+        s.add(job("b"))
+    s.done(ended)
+    s.add(job("b"))
 
 
-async def test_rows_are_decoded_beside_the_loop_and_a_caller_may_leave_meanwhile(
-    scheduler_with, engine, monkeypatch, loop_errors
-):
-    scheduler = await scheduler_with()
-    codec = engine.processor.audio_tokenizer
-    decode, decoding, release = codec.decode, threading.Event(), threading.Event()
+def test_a_caller_that_went_away_leaves_its_lane_at_the_next_step():
+    s = scheduler()
+    gone, staying = job("gone"), job("staying")
+    s.add(gone)
+    s.add(staying)
+    joining(s)
+    s.cancel(gone)
+    plan = s.schedule()
+    assert names(plan.leaving) == ["gone"] and names(s.running) == ["staying"]
 
-    def held_decode(*args, **kwargs):
-        decoding.set()
-        release.wait(60)
-        return decode(*args, **kwargs)
 
-    monkeypatch.setattr(codec, "decode", held_decode)
-    long = asyncio.create_task(scheduler.submit(synthesis(frames=300)))
-    short = asyncio.create_task(scheduler.submit(synthesis(frames=20)))
-    await wait_until(decoding.is_set)  # the short one ended: its audio is being decoded
-    held_at = scheduler.steps
-    await wait_until(lambda: scheduler.steps >= held_at + 20)  # ... and the long one's steps go on meanwhile
-    assert not short.done() and scheduler.load == 2
-    short.cancel()
-    release.set()
-    assert (await long).generated_frames == 300
-    with pytest.raises(asyncio.CancelledError):
-        await short
-    await wait_until(lambda: scheduler.load == 0)
-    assert (await scheduler.submit(synthesis(frames=20))).generated_frames == 20
-    assert not loop_errors  # (setting the result of a caller gone would have raised InvalidStateError)
+# --- after a failed step ------------------------------------------------------------------------------------
+
+
+def test_the_requests_of_a_failed_step_go_first_each_in_a_lane_of_its_own_and_fail_if_it_fails_again():
+    s = scheduler(max_rows=4)
+    for name in ("a", "b", "c"):
+        s.add(job(name))
+    first = joining(s)
+    s.add(job("later"))
+    assert s.update_from_output([(j, STEP_FAILED) for j in first[:2]]) == []  # both go back: nothing ends
+    assert names(s.waiting) == ["a", "b", "later"]
+    again = joining(s)
+    assert names(again) == ["a", "b", "later"]
+    lanes = [j.lane for j in again]
+    assert SHARED_LANE not in lanes[:2] and lanes[0] != lanes[1] and lanes[2] == SHARED_LANE
+    ((failed, error),) = s.update_from_output([(again[0], STEP_FAILED)])
+    assert failed.name == "a" and error.reason == "GENERATION_FAILED" and "retried alone" in error.message
+
+
+def test_without_retries_a_failed_step_fails_its_requests():
+    s = scheduler(retries=0)
+    s.add(job("a"))
+    (a,) = joining(s)
+    ((failed, error),) = s.update_from_output([(a, STEP_FAILED)])
+    assert failed is a and error.reason == "GENERATION_FAILED" and "retried" not in error.message

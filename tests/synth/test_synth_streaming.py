@@ -10,10 +10,13 @@ import pytest
 import torch
 
 from runtime.errors import ApiError
-from services.synth.engine import SynthesisInput
+from services.synth.audio import SAMPLES_PER_FRAME
+from services.synth.engine.core import SynthEngine
+from services.synth.engine.output_processor import OutputProcessor
+from services.synth.engine.request import Generated, SynthesisInput
+from services.synth.engine.streaming import STARTED_OVER, FrameFeed, StreamingDecoder, StreamRestarted
+from services.synth.engine.tempo import StreamingTempo, to_int16
 from services.synth.params import GenerationParams
-from services.synth.streaming import SAMPLES_PER_FRAME, STARTED_OVER, FrameFeed, StreamingDecoder, StreamRestarted
-from services.synth.tempo import StreamingTempo, to_int16
 from services.transcode.audio import atempo
 from services.transcode.pcm import Pcm
 from tests.synth.helpers import SAMPLE_RATE, audio_samples_for, error_of, fail_decode_steps, request, wav_samples
@@ -36,8 +39,9 @@ def params(max_new_tokens: int) -> GenerationParams:
 
 
 @pytest.fixture(scope="module")
-def generated(engine):
-    """One tiny-model generation, with every step's codes as the streaming hook saw them."""
+async def generated(dia):
+    """One tiny-model generation through the engine, with every step's codes as the streaming hook saw
+    them, and its whole audio decoded at once."""
     steps: list[torch.Tensor] = []
     starts: set[int] = set()
 
@@ -46,13 +50,19 @@ def generated(engine):
         starts.add(audio_start)
 
     item = SynthesisInput(text="[S1] Hello there.", prompt=None, params=params(300), seed=5, on_frames=on_frames)
-    (result,) = engine.generate([item])
+    engine = SynthEngine(1, 0.0, 1, 10**9, 0)
+    engine.start(dia)
+    try:
+        streamed = await engine.submit(item)
+    finally:
+        await engine.close()
     (start,) = starts
-    return result, steps, start
+    whole = OutputProcessor(dia).decode_codes(streamed.codes)
+    return Generated(whole, streamed.generated_frames, streamed.codes), steps, start
 
 
-def decode_with(engine):
-    codec = engine.processor.audio_tokenizer
+def decode_with(dia):
+    codec = dia.processor.audio_tokenizer
 
     def decode(codes: torch.Tensor) -> np.ndarray:
         with torch.inference_mode():
@@ -61,10 +71,10 @@ def decode_with(engine):
     return decode
 
 
-def stream(engine, steps, start, first=43, chunk=43, context=16, every=1) -> list[np.ndarray]:
+def stream(dia, steps, start, first=43, chunk=43, context=16, every=1) -> list[np.ndarray]:
     """Push the hook's frames (every `every` steps, as a slow consumer would) and decode each chunk."""
-    decoder = StreamingDecoder(engine.model.config.delay_pattern, engine.special_tokens["eos_token_id"], first, chunk, context)
-    decode, out, sent = decode_with(engine), [], start
+    decoder = StreamingDecoder(dia.delay_pattern, dia.special_tokens["eos_token_id"], first, chunk, context)
+    decode, out, sent = decode_with(dia), [], start
     for number, codes in enumerate(steps):
         if number % every and number != len(steps) - 1:
             continue
@@ -81,25 +91,25 @@ def test_the_hook_sees_every_step_and_the_final_codes(generated):
 
 
 @pytest.mark.parametrize("every", [1, 7])
-def test_streamed_chunks_joined_equal_the_one_shot_decode(engine, generated, every):
+def test_streamed_chunks_joined_equal_the_one_shot_decode(dia, generated, every):
     result, steps, start = generated
-    chunks = stream(engine, steps, start, every=every)
+    chunks = stream(dia, steps, start, every=every)
     joined = np.concatenate(chunks)
     assert joined.size == result.samples.size
     assert snr_db(result.samples, joined) >= MIN_SNR_DB
     assert len(chunks) > 3  # streamed, not one piece
 
 
-def test_without_context_the_boundaries_differ(engine, generated):
+def test_without_context_the_boundaries_differ(dia, generated):
     """The context is what makes the edges match: the test would notice it missing."""
     result, steps, start = generated
-    joined = np.concatenate(stream(engine, steps, start, context=0))
+    joined = np.concatenate(stream(dia, steps, start, context=0))
     assert snr_db(result.samples, joined) < MIN_SNR_DB
 
 
-def test_the_first_chunk_leaves_once_its_frames_are_complete(engine, generated):
+def test_the_first_chunk_leaves_once_its_frames_are_complete(dia, generated):
     result, steps, start = generated
-    decoder = StreamingDecoder(engine.model.config.delay_pattern, engine.special_tokens["eos_token_id"], 20, 43, 16)
+    decoder = StreamingDecoder(dia.delay_pattern, dia.special_tokens["eos_token_id"], 20, 43, 16)
     sent = start
     for number, codes in enumerate(steps):
         chunks = decoder.push(codes[sent:])
@@ -114,7 +124,7 @@ def test_the_first_chunk_leaves_once_its_frames_are_complete(engine, generated):
 
 
 async def test_a_generation_started_over_is_streamed_from_its_start_or_fails():
-    """A failed step is generated again request by request: a stream whose caller has had no audio
+    """A request of a failed step is generated again alone: a stream whose caller has had no audio
     yet follows the new take (after a marker that drops the first); one that has fails, never
     splicing two takes."""
     feed = FrameFeed(asyncio.get_running_loop())
@@ -214,19 +224,19 @@ async def test_a_cancelled_stream_stops_its_generation(synth):
 
 
 @pytest.fixture
-async def synth_in_process(engine):
-    """The SynthService on the session's engine, in this process (no heartbeats): its streams can meet faults."""
+async def synth_in_process(dia):
+    """The SynthService on the session's loaded model, in this process (no heartbeats): its streams can meet faults."""
     from services.synth.service import Synth
 
     service = Synth()
-    service.engine = engine
-    service.scheduler.start(engine)
+    service.dia = dia
+    service.engine.start(dia)
     yield service
-    await service.scheduler.close()
+    await service.engine.close()
 
 
 async def test_a_stream_whose_step_fails_before_its_first_chunk_sends_the_same_audio(
-    synth_in_process, engine, monkeypatch
+    synth_in_process, monkeypatch
 ):
     asked = stream_request(seed=41, max_new_tokens=150, temperature=0.0)
     expected = await collect(synth_in_process.StreamSynthesize(asked, None))
@@ -238,7 +248,7 @@ async def test_a_stream_whose_step_fails_before_its_first_chunk_sends_the_same_a
 
 
 async def test_a_stream_whose_step_fails_after_a_chunk_went_out_ends_with_an_error(
-    synth_in_process, engine, monkeypatch
+    synth_in_process, monkeypatch
 ):
     armed = [False]
     raised = fail_decode_steps(monkeypatch, lambda call, position: armed[0] and not raised)
@@ -250,4 +260,4 @@ async def test_a_stream_whose_step_fails_after_a_chunk_went_out_ends_with_an_err
         async for message in stream:
             assert not message.last
     assert raised and caught.value.reason == "GENERATION_FAILED" and "streamed" in caught.value.message
-    assert synth_in_process.scheduler.load == 0
+    assert synth_in_process.engine.load == 0

@@ -18,14 +18,13 @@ The first chunk leaves once `first_chunk_frames` audio frames are complete
 (SYNTH_STREAM_FIRST_CHUNK_FRAMES, ~0.5 s); later chunks every
 `chunk_frames` (SYNTH_STREAM_CHUNK_FRAMES).
 
-Where the frames come from: the engine calls a request's
-``SynthesisInput.on_frames(codes, audio_start)`` at every decoder step, in the
+Where the frames come from: the output processor calls a request's
+``SynthesisInput.on_frames(codes, audio_start)`` after every step, in the
 generation thread, with that row's codes so far (frames × codebooks, delayed,
 prompt included; new audio starts at frame ``audio_start``). That callback is
-the whole interface between generation and streaming: any engine (the
-continuous-batching one included) that calls it per row per step can stream.
-:class:`FrameFeed` is such a callback: it copies the new frames and hands them
-to the event loop.
+the whole interface between generation and streaming. :class:`FrameFeed` is
+such a callback: it copies the new frames and hands them to the event loop,
+where the output processor's AudioStream turns them into chunks of audio.
 """
 
 from __future__ import annotations
@@ -39,9 +38,7 @@ import numpy as np
 import torch
 
 from runtime.errors import ApiError
-
-# Dia's codec turns one frame into this many samples (DAC's hop length at 44.1 kHz).
-SAMPLES_PER_FRAME = 512
+from services.synth.audio import SAMPLES_PER_FRAME
 
 
 @dataclass(frozen=True)
@@ -151,10 +148,10 @@ class FrameFeed:
     Called once per decoder step with the row's codes so far; copies only the
     frames it has not sent yet (to the CPU), so a step costs one small copy.
 
-    A step that fails is generated again request by request (scheduler.py;
-    the static batcher, batching.py, does the same for a batch), so the codes
-    may start over. While no audio has reached the caller (`audio_sent`, set by
-    whoever sends the chunks) that is harmless: the feed puts
+    A request whose step failed runs again from its start, alone (the
+    scheduler's retries), so the codes may start over. While no audio has
+    reached the caller (`audio_sent`, set by whoever sends the chunks) that
+    is harmless: the feed puts
     :data:`STARTED_OVER` in the queue, and the consumer drops what it decoded
     of the first take and follows the new one. Once audio was sent, the new
     take's frames would not continue it, so the feed refuses the restart

@@ -1,4 +1,4 @@
-"""What a request is turned into before it joins the decode loop, and the voice-prompt cache.
+"""What a request is turned into before it joins a lane (a :class:`Prepared` row), and the voice-prompt cache.
 
 A voice prompt's codec encoding (DAC, the slow part of preparing a request)
 depends only on its samples, so it is cached by their SHA-256: the same
@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import prometheus_client
 import torch
 
 from runtime.caches import ByteBudgetCache
-from services.synth.decoder import Prepared, RowSettings
+from services.synth.engine.request import RowSettings
 
 CACHE_HITS = prometheus_client.Counter("synth_prompt_cache_hits", "Voice prompts whose codec encoding was cached.")
 CACHE_MISSES = prometheus_client.Counter("synth_prompt_cache_misses", "Voice prompts encoded by the codec.")
@@ -37,6 +38,17 @@ class PromptCache(ByteBudgetCache[bytes, torch.Tensor]):
     def put(self, key: bytes, codes: torch.Tensor) -> None:
         super().put(key, codes)
         CACHE_BYTES.set(self.bytes)
+
+
+@dataclass(eq=False)
+class Prepared:
+    """One request ready to join: its text tokens and its delayed decoder prompt."""
+
+    text_ids: torch.Tensor  # (S,) byte tokens
+    delayed: torch.Tensor  # (T, C): bos and prompt codes with the delays applied; pad where free
+    prefill_frames: int  # L: frames fed before the first generated one (bos + prompt frames)
+    settings: RowSettings
+    tag: object = None  # the caller's handle, returned with the result
 
 
 def prompt_key(samples: np.ndarray) -> bytes:
