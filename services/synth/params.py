@@ -1,9 +1,9 @@
 """Generation parameters: defaults, range checks, and what fits Dia's decoder positions.
 
-Defaults are the public API's (../shared/spec/voice-generations-api.txt).
-Ranges are the union of what the public API and the hosted-predictor API
-accept (temperature 0 is the predictor's greedy decoding). Out of range →
-INVALID_ARGUMENT with reason INVALID_PARAMETER naming the field.
+The values the engine accepts, and the defaults of unset fields, are
+declared on GenerationSettings in synth.proto (the provider's own contract,
+not any public API's: the gateway checks its faces' ranges before). Out of
+range → INVALID_ARGUMENT with reason INVALID_PARAMETER naming the field.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ import dataclasses
 import secrets
 from dataclasses import dataclass
 
+from runtime import fields
 from runtime.errors import invalid_parameter
 from services.synth.audio import SAMPLE_RATE, SAMPLES_PER_FRAME
+from voice.synth.v1 import synth_pb2
 
 # Dia's delay pattern is [0, 8, 9, ..., 15]: after the end marker on the first
 # codebook the other codebooks still need 15 frames. So max_new_tokens counts
@@ -26,20 +28,8 @@ FRAMES_WITHOUT_AUDIO = DELAY_TAIL_FRAMES + 1
 RANDOM_SEED_LIMIT = 2**32
 
 
-@dataclass(frozen=True)
-class Range:
-    low: float
-    high: float
-    default: float
-
-
-RANGES = {
-    "cfg_scale": Range(1.0, 5.0, 3.0),
-    "temperature": Range(0.0, 2.0, 1.8),
-    "top_p": Range(0.1, 1.0, 0.95),
-    "cfg_filter_top_k": Range(1, 100, 45),
-    "speed_factor": Range(0.5, 2.0, 1.0),
-}
+# Field → (lowest, highest, default), as synth.proto declares them.
+RANGES = fields.bounds(synth_pb2.GenerationSettings.DESCRIPTOR)
 DEFAULT_MAX_NEW_TOKENS = 3072
 
 
@@ -59,11 +49,11 @@ class GenerationParams:
 
 
 def _checked(name: str, value: float | None) -> float:
-    bounds = RANGES[name]
+    low, high, default = RANGES[name]
     if value is None:
-        return bounds.default
-    if not bounds.low <= value <= bounds.high:  # NaN fails too
-        raise invalid_parameter(name, f"{name} must be between {bounds.low:g} and {bounds.high:g}, got {value:g}")
+        return default
+    if not low <= value <= high:  # NaN fails too
+        raise invalid_parameter(name, f"{name} must be between {low:g} and {high:g}, got {value:g}")
     return value
 
 
