@@ -453,3 +453,21 @@ async def test_an_account_has_at_most_its_most_keys_and_browser_tokens(mesh, ope
         assert refused.headers["Retry-After"] == "60"
         await asyncio.sleep(2.5)  # once they have expired, there is room again
         await created(await http.post("/v1/tokens", json={}, headers=user.headers))
+
+
+async def test_a_request_refused_for_its_scope_is_answered_whatever_its_body_holds(mesh, http, dana):
+    """Refused before its body is read, the body is read and dropped so that the answer goes out;
+    one that is not in its Content-Encoding got the connection reset instead of the 403."""
+    import requests
+
+    reader = (await new_key(http, dana, ["library:read"]))["secret"]
+    bodies = [b"not deflate at all " * 200, b'{"name": "x"}', b"\x00" * 70_000]
+    with requests.Session() as session:
+        for attempt in range(3):
+            for body in bodies:
+                response = await asyncio.to_thread(
+                    session.post, mesh.http_url + "/v1/accounts", data=body, timeout=30,
+                    headers={**headers(reader), "Content-Type": "application/json", "Content-Encoding": "deflate"},
+                )
+                assert response.status_code == 403, (attempt, body[:20], response.text)
+                assert response.json()["error"]["type"] == "insufficient_scope"

@@ -179,6 +179,8 @@ class HttpFront:
                 response = error_response(error)
                 if response.status == 408 or request.content.exception() is not None:
                     response.force_close()  # the rest of a body too slow, or unreadable, is not read
+                elif not await self._discard_body(request):
+                    response.force_close()
             except web.HTTPRequestEntityTooLarge:
                 response = error_response(errors.request_too_large(self.max_body_bytes))
             except web.HTTPException as error:  # aiohttp's own (a malformed form, ...)
@@ -218,6 +220,24 @@ class HttpFront:
                 },
             )
             logs.REQUEST_ID.reset(token)
+
+    async def _discard_body(self, request: web.Request) -> bool:
+        """Read and drop what is left of the body of a request refused before it was read (no key, a
+        key without the scope, no such route), within its deadline and the body limit, so that the
+        answer goes out on a connection in a clean state; False when that cannot be done (a body
+        that is not in its Content-Encoding, too large, too slow): the connection is closed then."""
+        if not request.can_read_body:
+            return True
+        read = 0
+        try:
+            async with asyncio.timeout_at(request[BODY_DEADLINE]):
+                while chunk := await request.content.readany():
+                    read += len(chunk)
+                    if read > self.max_body_bytes:
+                        return False
+        except Exception:  # noqa: BLE001 - an unreadable body, a timeout: the connection goes
+            return False
+        return True
 
     async def _add_request_id(self, request: web.Request, response: web.StreamResponse) -> None:
         if "request_id" in request:
