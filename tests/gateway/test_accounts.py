@@ -471,3 +471,53 @@ async def test_a_request_refused_for_its_scope_is_answered_whatever_its_body_hol
                 )
                 assert response.status_code == 403, (attempt, body[:20], response.text)
                 assert response.json()["error"]["type"] == "insufficient_scope"
+
+
+async def test_what_a_replica_let_in_after_a_deletion_goes_when_the_account_is_purged_once_more(
+    mesh, http, operator, database, monkeypatch
+):
+    """Another replica's key cache may still let the deleted account's key in for a while: what it stores
+    then (a sample in the library, a row of the gateway's) goes at the second purge, once that time has come."""
+    from google.api import httpbody_pb2
+
+    from runtime import clients
+    from services.gateway.accounts import Accounts
+    from services.gateway.generation.library import Library
+    from services.gateway.generation.tenancy import AccountDeletion
+    from services.gateway.store import Store
+    from voice.library.v1 import library_pb2, library_pb2_grpc
+
+    account = await created(await http.post("/v1/accounts", json={"name": f"late-{uuid.uuid4().hex[:8]}"}, headers=operator.headers))
+    account_id = account["id"]
+    assert (await http.delete(f"/v1/accounts/{account_id}", headers=operator.headers)).status == 204
+
+    # What a replica that still knew the key does meanwhile: the library stores a sample for the account, the
+    # gateway a row of it.
+    async with grpc.aio.insecure_channel(mesh.address("library"), options=channel_options()) as channel:
+        await library_pb2_grpc.LibraryServiceStub(channel).CreateVoiceSample(
+            library_pb2.CreateVoiceSampleRequest(
+                audio=httpbody_pb2.HttpBody(content_type="audio/webm", data=HELLO), speaker_name="Late", transcript="Hello."
+            ),
+            metadata=((clients.ACCOUNT_ID_METADATA, str(account_id)),),
+            timeout=120,
+        )
+    monkeypatch.setenv("LIBRARY_ADDR", mesh.address("library"))
+    store = await Store.open(database.url)
+    library = Library()
+    library.start()
+    try:
+        await store.webhooks.secret(account_id, "whsec_late")
+        deletion = AccountDeletion(Accounts(store.accounts), library, lambda: 0)
+        assert account_id not in await store.accounts.due_for_another_purge()  # its time has not come
+        connection = await asyncpg.connect(database.url)
+        try:
+            await connection.execute("UPDATE gateway.accounts SET purge_again_at = now() WHERE id = $1", account_id)
+            await deletion.purge_again()  # (or the mesh's gateway, whose round may come first)
+            assert await connection.fetchval("SELECT count(*) FROM library.samples WHERE account_id = $1", account_id) == 0
+            assert await connection.fetchval("SELECT count(*) FROM gateway.webhook_secrets WHERE account_id = $1", account_id) == 0
+            assert await connection.fetchval("SELECT purge_again_at FROM gateway.accounts WHERE id = $1", account_id) is None
+        finally:
+            await connection.close()
+    finally:
+        await library.close()
+        await store.close()
