@@ -290,7 +290,7 @@ class HttpFront:
         if route.rpc.needs_key:
             caller = await self.authenticate(authorization)
             request["account_id"] = caller.account_id
-            callers.require(caller, route.rpc.rules.scope)  # 403 insufficient_scope, before the request is read
+            callers.require(caller, route.rpc.rules.scope)  # 403 insufficient_scope, before the body is taken in
         if route.rpc.server_streaming or route.rpc.client_streaming:
             # HTTP reaches a streaming RPC through a unary route's stream_method (see _stream), not a rule of its own.
             raise ApiError(grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED", f"{route} is not served over HTTP")
