@@ -22,9 +22,10 @@ fuzz: $(VENV)/.installed gen/.stamp
 protos: $(VENV)/.requirements
 	$(PY) tools/gen_protos.py && touch gen/.stamp
 
-# Creates the account if needed and prints a new API key as the last line.
+# Creates the account if needed and prints a new API key as the last line
+# (every scope but admin, or SCOPES=a,b: SCOPES=admin makes an operator's key).
 key: $(VENV)/.installed gen/.stamp
-	$(PY) -m tools.make_key $(ACCOUNT)
+	$(PY) -m tools.make_key $(ACCOUNT) $(if $(SCOPES),--scopes $(SCOPES))
 
 # A tiny random-weight Dia and codec under var/models/tiny-random: DIA_MODEL=tiny-random make run.
 tiny-models: $(VENV)/.installed

@@ -2,8 +2,9 @@
 
 A request field may carry ``[(voice.api.v1.field) = {...}]`` (see
 protos/voice/api/v1/annotations.proto): required, numeric bounds, a default,
-the values a string may take, a longest length (fixed, or a limit the
-service publishes: runtime/limits.py), and that a text is a name (no
+the values a string may take (each string of a list), a longest length
+(fixed, or a limit the service publishes: runtime/limits.py), a largest number
+that is such a limit, and that a text is a name (no
 control, invisible format or line-breaking character: :data:`NOT_IN_NAMES`). A service checks each request with
 :func:`check` before anything else, and
 reads left-out fields with :func:`value`; the gateway publishes the same
@@ -135,13 +136,19 @@ def _check_field(request: message.Message, field, declared: FieldRules, limits) 
         empty = False
     if declared.required and empty:
         raise invalid_argument(declared.missing_reason or "INVALID_PARAMETER", f"{name} is required", name)
-    if isinstance(current, str):
+    if field.is_repeated and field.message_type is None:  # each item of a list holds to the rules
+        for item in current:
+            if isinstance(item, str):
+                _check_text(name, item, field, declared, limits, item_of_list=True)
+            elif is_number(field):
+                _check_number(name, item, declared, limits)
+    elif isinstance(current, str):
         _check_text(name, current, field, declared, limits)
     elif is_number(field):
-        _check_number(name, current, declared)
+        _check_number(name, current, declared, limits)
 
 
-def _check_text(name: str, text: str, field, declared: FieldRules, limits) -> None:
+def _check_text(name: str, text: str, field, declared: FieldRules, limits, item_of_list: bool = False) -> None:
     limit = max_length(declared, limits)
     length = len(text.strip())
     if limit is not None and length > limit:
@@ -151,7 +158,7 @@ def _check_text(name: str, text: str, field, declared: FieldRules, limits) -> No
             name,
         )
     if declared.one_of and text not in declared.one_of:
-        if text == "" and not has_explicit_presence(field):
+        if text == "" and not has_explicit_presence(field) and not item_of_list:
             return  # left out: the default applies
         shown = text if len(text) <= 40 else text[:40] + "…"
         raise invalid_parameter(name, f"{name} must be one of {', '.join(declared.one_of)}; got {shown!r}")
@@ -193,9 +200,20 @@ def name_pattern() -> str:
 
 
 
-def _check_number(name: str, number: float, declared: FieldRules) -> None:
+def maximum(declared: FieldRules, limits: Mapping[str, float] | None = None) -> float | None:
+    """The largest number allowed: the lower of the fixed `maximum` and the named limit's value (from
+    `limits` when it has it, else this service's published limits); None for no bound."""
+    bounds = [declared.maximum] if declared.HasField("maximum") else []
+    name = declared.maximum_limit
+    if name:
+        bounds.append(float(limits[name]) if limits and name in limits else published_limits.value(name))
+    return min(bounds) if bounds else None
+
+
+def _check_number(name: str, number: float, declared: FieldRules, limits=None) -> None:
     low = declared.minimum if declared.HasField("minimum") else -math.inf
-    high = declared.maximum if declared.HasField("maximum") else math.inf
+    most = maximum(declared, limits)
+    high = math.inf if most is None else most
     if low <= number <= high:  # NaN fails
         return
     if math.isinf(high):

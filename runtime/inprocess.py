@@ -29,9 +29,10 @@ Metadata = tuple[tuple[str, str], ...]
 
 
 class InProcessContext:
-    """The ServicerContext of a call made in process; `caller` is the account its caller checked."""
+    """The ServicerContext of a call made in process; `caller` is who its caller checked it comes from
+    (a runtime.callers.Caller: the account, the key and its scopes)."""
 
-    def __init__(self, metadata: Metadata, timeout: float | None, caller: int | None = None) -> None:
+    def __init__(self, metadata: Metadata, timeout: float | None, caller: Any = None) -> None:
         self.caller = caller
         self._metadata = tuple(metadata)
         self._deadline = None if timeout is None else time.monotonic() + timeout

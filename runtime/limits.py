@@ -87,9 +87,10 @@ def named_by(service_names: Iterable[str]) -> dict[str, str]:
         for field in message.fields:
             options = field.GetOptions()
             if options.HasExtension(annotations_pb2.field):
-                limit = options.Extensions[annotations_pb2.field].max_length_limit
-                if limit:
-                    named.setdefault(limit, field.full_name)
+                rules = options.Extensions[annotations_pb2.field]
+                for limit in (rules.max_length_limit, rules.maximum_limit):
+                    if limit:
+                        named.setdefault(limit, field.full_name)
             if field.message_type is not None:
                 fields_of(field.message_type)
 

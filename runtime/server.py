@@ -17,7 +17,8 @@ start/stop hooks) and calls :func:`main`. This module then:
   probe and the gateway's /readyz ask. A servicer may have a probe of its own
   besides (the gateway's generations are not ready while no synth provider is
   online), which holds back that service alone, from the start;
-* wraps every RPC in one interceptor that sets the request id for logs,
+* wraps every RPC in one interceptor that sets the request id for logs (and
+  the method served, runtime.callers.CURRENT_METHOD, for key checks),
   records Prometheus metrics, refuses a request with a NUL character in any
   string (runtime.fields.refuse_nul) before its handler sees it, and turns
   exceptions into ``google.rpc.Status``
@@ -53,7 +54,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from runtime import config, fields, limits, logs, metrics, tls
+from runtime import callers, config, fields, limits, logs, metrics, tls
 from runtime.errors import ApiError, internal_error
 from voice.api.v1 import limits_pb2_grpc
 
@@ -195,6 +196,7 @@ class RpcCall:
 
     def __enter__(self) -> "RpcCall":
         self.token = logs.REQUEST_ID.set(self.request_id)
+        self.method_token = callers.CURRENT_METHOD.set(f"/{self.service}/{self.method}")
         self.started = time.perf_counter()
         return self
 
@@ -202,10 +204,11 @@ class RpcCall:
         labels = (self.service, self.method, self.code.name)
         RPC_HANDLED.labels(*labels).inc()
         RPC_SECONDS.labels(*labels).observe(time.perf_counter() - self.started)
-        try:
-            logs.REQUEST_ID.reset(self.token)
-        except ValueError:  # a stream whose caller went away is closed from another context
-            pass
+        for variable, token in ((logs.REQUEST_ID, self.token), (callers.CURRENT_METHOD, self.method_token)):
+            try:
+                variable.reset(token)
+            except ValueError:  # a stream whose caller went away is closed from another context
+                pass
 
     def public_error(self, error: Exception) -> ApiError:
         """The error a handler raised as its caller gets it (recorded for the metrics): an ApiError as

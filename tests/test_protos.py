@@ -13,7 +13,7 @@ from tools import buf_lint
 
 # Importing the generated modules registers their descriptors in the default pool.
 from voice.api.v1 import annotations_pb2 as voice_annotations
-from voice.gateway.v1 import generations_pb2, models_pb2  # noqa: F401
+from voice.gateway.v1 import accounts_pb2, generations_pb2, models_pb2  # noqa: F401
 from voice.library.v1 import library_pb2  # noqa: F401
 from voice.openai.v1 import speech_pb2  # noqa: F401
 from voice.predictor.v1 import predictions_pb2  # noqa: F401
@@ -24,7 +24,20 @@ PUBLIC_SERVICES = [
     "voice.gateway.v1.ModelService",
     "voice.predictor.v1.PredictionService",
     "voice.openai.v1.SpeechService",
+    "voice.predictor.v1.FileService",
+    "voice.predictor.v1.WebhookService",
+    "voice.gateway.v1.KeyService",
+    "voice.gateway.v1.AccountService",
+    "voice.gateway.v1.UsageService",
 ]
+# The public methods any key of an account may call, whatever its scopes: what models are online, who is calling.
+ANY_KEY = {
+    "voice.gateway.v1.ModelService.ListModels",
+    "voice.gateway.v1.ModelService.GetModel",
+    "voice.predictor.v1.PredictionService.GetPredictionModel",
+    "voice.predictor.v1.PredictionService.GetPredictionModelVersion",
+    "voice.gateway.v1.KeyService.GetCaller",
+}
 
 
 def test_protos_follow_buf_standard_lint():
@@ -42,6 +55,22 @@ def test_every_public_rpc_has_an_http_rule(service_name):
     for method in service.methods:
         rule = method.GetOptions().Extensions[annotations_pb2.http]
         assert rule.WhichOneof("pattern") or method.name in streamed, f"{method.full_name} has no google.api.http rule"
+
+
+@pytest.mark.parametrize("service_name", PUBLIC_SERVICES)
+def test_every_public_rpc_that_needs_a_key_declares_the_scope_it_needs(service_name):
+    """Declared in the proto, beside its other rules (the edge and the gateway's servicers check it), and
+    one of the scopes a key may have; only the few that any key may call declare none."""
+    from services.gateway.accounts import SCOPES
+
+    for method in descriptor_pool.Default().FindServiceByName(service_name).methods:
+        rules = method.GetOptions().Extensions[voice_annotations.method]
+        if rules.authentication == voice_annotations.AUTHENTICATION_NONE:
+            assert not rules.scope, f"{method.full_name} needs no key, yet declares a scope"
+        elif method.full_name in ANY_KEY:
+            assert rules.scope == "", method.full_name
+        else:
+            assert rules.scope in SCOPES, f"{method.full_name} declares no scope, or one that is none: {rules.scope!r}"
 
 
 def test_raw_audio_travels_as_http_body():

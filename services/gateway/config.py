@@ -10,8 +10,9 @@ from runtime.config import at_least, between, setting
 KEY_CACHE_SECONDS = setting(
     "GATEWAY_KEY_CACHE_SECONDS",
     30.0,
-    "how long a gateway process remembers the account of an API key it has checked; a revoked key "
-    "keeps working for at most this long (0 checks every request against the database)",
+    "how long a gateway process remembers an API key it has checked (its account and scopes); a key revoked, "
+    "or an account disabled or deleted, on another replica keeps working here for at most this long (on the "
+    "replica that revoked it, not at all); 0 checks every request against the database",
     between(0, 3600),
 )
 HEARTBEAT_INTERVAL_SECONDS = setting(
@@ -107,20 +108,23 @@ ACCOUNT_GENERATIONS_PER_SECOND = setting(
     "GATEWAY_ACCOUNT_GENERATIONS_PER_SECOND",
     5.0,
     "generations an account may start per second, on average, whichever gateway replica it calls; past "
-    "it (and its burst), 429 rate_limited with Retry-After until the next is allowed (0 turns the limit off)",
+    "it (and its burst), 429 rate_limited with Retry-After until the next is allowed (0 turns the limit off). "
+    "An operator may give an account its own (PATCH /v1/accounts/{id})",
     between(0, 1_000_000),
 )
 ACCOUNT_GENERATION_BURST = setting(
     "GATEWAY_ACCOUNT_GENERATION_BURST",
     20,
-    "generations an account may start at once above its per-second rate, after a quiet spell",
+    "generations an account may start at once above its per-second rate, after a quiet spell (an account's own, "
+    "set by an operator, replaces it)",
     between(1, 1_000_000, int),
 )
 ACCOUNT_CONCURRENT_GENERATIONS = setting(
     "GATEWAY_ACCOUNT_CONCURRENT_GENERATIONS",
     4,
     "generations an account may have under way (queued or running) at once, whichever gateway replica "
-    "it calls; one more is 429 rate_limited with Retry-After (0 turns the limit off)",
+    "it calls; one more is 429 rate_limited with Retry-After (0 turns the limit off; an account's own, set by "
+    "an operator, replaces it)",
     between(0, 1_000_000, int),
 )
 
@@ -201,4 +205,38 @@ PREDICTIONS_PAGE_SIZE = setting(
     100,
     "predictions on one page of GET /v1/predictions (the hosted predictor's client follows `next` for more)",
     between(1, 100, int),
+)
+MAX_KEY_NAME_CHARS = setting(
+    "GATEWAY_MAX_KEY_NAME_CHARS",
+    100,
+    "longest API key `name` in characters; a longer one is refused with 400 invalid_parameter",
+    between(1, 10_000, int),
+)
+MAX_KEYS_PER_ACCOUNT = setting(
+    "GATEWAY_MAX_KEYS_PER_ACCOUNT",
+    100,
+    "API keys an account may have that are neither revoked nor expired (browser tokens not counted); one more "
+    "is refused with 429 rate_limited until one is revoked",
+    between(1, 1_000_000, int),
+)
+BROWSER_TOKEN_MAX_SECONDS = setting(
+    "GATEWAY_BROWSER_TOKEN_MAX_SECONDS",
+    900,
+    "longest life of a browser token (POST /v1/tokens `ttl_seconds`) in seconds; a longer one is refused with "
+    "400 invalid_parameter, and one asked for without a ttl_seconds lives 300 s or this, whichever is shorter",
+    between(1, 86_400, int),
+)
+MAX_BROWSER_TOKENS_PER_ACCOUNT = setting(
+    "GATEWAY_MAX_BROWSER_TOKENS_PER_ACCOUNT",
+    1000,
+    "browser tokens an account may have that have not expired; minting one more is refused with 429 "
+    "rate_limited (Retry-After 60 s) until some have",
+    between(1, 1_000_000, int),
+)
+USAGE_MAX_DAYS = setting(
+    "GATEWAY_USAGE_MAX_DAYS",
+    366,
+    "most UTC days one GET /v1/usage may cover (end_date - start_date + 1); a longer range is refused with 400 "
+    "invalid_parameter naming start_date",
+    between(1, 100_000, int),
 )

@@ -23,7 +23,10 @@ from services.gateway.config import (
     ACCOUNT_CONCURRENT_GENERATIONS,
     ACCOUNT_GENERATION_BURST,
     ACCOUNT_GENERATIONS_PER_SECOND,
+    BROWSER_TOKEN_MAX_SECONDS,
+    KEY_CACHE_SECONDS,
     MAX_COLLECTION_CHARS,
+    MAX_KEY_NAME_CHARS,
     MAX_INPUT_CHARS,
     PREDICTION_MAX_WAIT_SECONDS,
     PROMPT_CACHE_BYTES,
@@ -55,9 +58,10 @@ from services.gateway.generation.pipeline import Pipeline, Settings
 from services.gateway.generation.prompt import Prompts
 from services.gateway.generation.registry import ProviderDirectory, ProviderRegistry
 from services.gateway.generation.routing import VOICE_CLONING, Router
+from services.gateway.generation.tenancy import AccountDeletion, AccountService, KeyService, UsageReports, UsageService
 from services.gateway.store import Store
 from services.gateway.store.generations import AccountLimits
-from voice.gateway.v1 import generations_pb2_grpc, models_pb2_grpc, providers_pb2_grpc
+from voice.gateway.v1 import accounts_pb2_grpc, generations_pb2_grpc, models_pb2_grpc, providers_pb2_grpc
 from voice.openai.v1 import speech_pb2_grpc
 from voice.predictor.v1 import predictions_pb2_grpc
 
@@ -65,6 +69,19 @@ log = logging.getLogger("gateway")
 
 # How often each gateway closes the history records a stopped gateway left open.
 ABANDONED_SWEEP_SECONDS = 60.0
+# How often each gateway purges deleted accounts once more and sweeps expired browser tokens.
+ACCOUNT_SWEEP_SECONDS = 60.0
+
+
+def abandoned_after_seconds() -> float:
+    """Past this age no gateway can still be working on a request: its deadlines are over."""
+    return SYNTH_TIMEOUT_SECONDS.value + 2 * config.UPSTREAM_TIMEOUT_SECONDS.value + 60
+
+
+def purge_again_after_seconds() -> float:
+    """When a deleted account is purged once more: once every replica's key cache has forgotten its keys,
+    and whatever a replica admitted until then has ended."""
+    return KEY_CACHE_SECONDS.value + abandoned_after_seconds()
 
 
 def public_url() -> str:
@@ -91,6 +108,7 @@ class Gateway:
         self.front: HttpFront | None = None
         self._sweeper: asyncio.Task | None = None
         self._recorder: asyncio.Task | None = None
+        self._account_sweeper: asyncio.Task | None = None
         self.accounts = accounts.Accounts(self.store.accounts)
         self.providers = ProviderDirectory(self.store.providers)
         self.library = Library()
@@ -128,6 +146,11 @@ class Gateway:
         self.files = FileService(self.accounts, files, public_url)
         self.webhooks = WebhookService(self.accounts, deliveries)
         self.models = ModelService(self.accounts, self.providers, listing(public_url))
+        self.keys = KeyService(self.accounts)
+        self.deletion = AccountDeletion(self.accounts, self.library, purge_again_after_seconds)
+        reports = UsageReports(self.store.usage, self.store.accounts, self.library)
+        self.account_admin = AccountService(self.accounts, self.deletion, reports)
+        self.usage = UsageService(self.accounts, reports)
 
     async def start(self) -> None:
         self.registry.check_settings()
@@ -142,6 +165,8 @@ class Gateway:
         self._recorder = asyncio.create_task(
             self.store.generations.keep_recording(RECORD_RETRY_SECONDS.value, RECORD_RETRY_MAX_SECONDS.value)
         )
+        # Deleted accounts purged once more (what other replicas let in meanwhile), expired tokens swept.
+        self._account_sweeper = asyncio.create_task(self.deletion.keep_purging(ACCOUNT_SWEEP_SECONDS))
         # The gateway's own services are called in process; the others over gRPC.
         self.table = RouteTable(upstream_names(), InProcess("gateway", self.servicers(), self.fully_ready))
         await self.table.discover_all()
@@ -151,8 +176,7 @@ class Gateway:
 
     async def _fail_abandoned_generations(self) -> None:
         """Now and then, close the history records a stopped gateway left open."""
-        # Past this age no gateway can still be working on a request: its deadlines are over.
-        older_than = SYNTH_TIMEOUT_SECONDS.value + 2 * config.UPSTREAM_TIMEOUT_SECONDS.value + 60
+        older_than = abandoned_after_seconds()
         while True:
             try:
                 closed = await self.store.generations.fail_abandoned(older_than)
@@ -165,6 +189,7 @@ class Gateway:
     async def stop(self) -> None:
         await stop_task(self._sweeper)
         await stop_task(self._recorder)
+        await stop_task(self._account_sweeper)
         if self.front is not None:
             await self.front.stop()
         await self.jobs.close()
@@ -240,6 +265,13 @@ class Gateway:
                 self.models,
                 "voice.gateway.v1.ModelService",
             ),
+            Servicer(accounts_pb2_grpc.add_KeyServiceServicer_to_server, self.keys, "voice.gateway.v1.KeyService"),
+            Servicer(
+                accounts_pb2_grpc.add_AccountServiceServicer_to_server,
+                self.account_admin,
+                "voice.gateway.v1.AccountService",
+            ),
+            Servicer(accounts_pb2_grpc.add_UsageServiceServicer_to_server, self.usage, "voice.gateway.v1.UsageService"),
             Servicer(
                 providers_pb2_grpc.add_ProviderRegistryServiceServicer_to_server,
                 self.registry,
@@ -255,6 +287,8 @@ LIMITS = {
     "collection_chars": MAX_COLLECTION_CHARS,
     "synth_timeout_seconds": SYNTH_TIMEOUT_SECONDS,
     "prediction_wait_seconds": PREDICTION_MAX_WAIT_SECONDS,
+    "key_name_chars": MAX_KEY_NAME_CHARS,
+    "browser_token_seconds": BROWSER_TOKEN_MAX_SECONDS,
 }
 
 

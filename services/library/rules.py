@@ -26,7 +26,7 @@ from typing import Iterable
 
 import grpc
 
-from runtime import fields
+from runtime import callers, fields
 from runtime.clients import ACCOUNT_ID_METADATA as ACCOUNT_HEADER
 from runtime.errors import ApiError, invalid_argument, invalid_parameter
 from services.library import config
@@ -53,6 +53,33 @@ def account_id(metadata: Iterable[tuple[str, str | bytes]] | None) -> int:
         "UNAUTHORIZED",
         f"no valid {ACCOUNT_HEADER}: the caller's account is unknown",
     )
+
+
+def key_id(metadata: Iterable[tuple[str, str | bytes]] | None) -> int:
+    """The number of the caller's key from the `x-key-id` metadata the gateway sets, for usage;
+    0 when there is none (a request the gateway makes for no key, or an older gateway)."""
+    raw = dict(metadata or ()).get(callers.KEY_ID_METADATA, "")
+    if isinstance(raw, bytes):
+        raw = raw.decode(errors="replace")
+    if _ACCOUNT_ID.fullmatch(raw.strip()) and 0 < int(raw) <= _MAX_BIGINT:
+        return int(raw)
+    return 0
+
+
+def account_number(value: int) -> int:
+    """An account id given in a request (the gateway's AccountDataService calls)."""
+    if 0 < value <= _MAX_BIGINT:
+        return value
+    raise invalid_parameter("account_id", "account_id must be a positive account number")
+
+
+def utc_day(value: str, param: str) -> datetime.date:
+    try:
+        if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
+            raise ValueError
+        return datetime.date.fromisoformat(value)
+    except ValueError:
+        raise invalid_parameter(param, f"{param} must be a date as YYYY-MM-DD") from None
 
 
 # --- Field values --------------------------------------------------------

@@ -130,6 +130,7 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
         request = upload.request
         fields.refuse_nul(request)  # the server's interceptor checks messages; it sees an Upload here
         account = rules.account_id(context.invocation_metadata())
+        key_id = rules.key_id(context.invocation_metadata())
         speaker_name = rules.speaker_name(request.speaker_name)
         transcript = rules.transcript(request.transcript)
         visibility = rules.visibility(request.visibility, empty_means_default=True)
@@ -160,6 +161,7 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
                     normalized_wav=wav,
                     duration_seconds=info.duration_seconds,
                 ),
+                key_id,
             )
         log.info("voice sample stored", extra={"sample_id": row["id"], "account_id": account})
         return library_pb2.CreateVoiceSampleResponse(voice_sample=to_proto(row))
@@ -240,6 +242,33 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
             log.warning("no transcript from speech recognition", extra={"code": error.code().name})
             return ""
         return rules.recognized_transcript(reply.text)
+
+
+class AccountData(library_pb2_grpc.AccountDataServiceServicer):
+    """What the library keeps of each account as a whole, for the gateway (internal: no HTTP route)."""
+
+    def __init__(self, library: Library) -> None:
+        self.library = library
+
+    async def DeleteAccountSamples(self, request, context):
+        account = rules.account_number(request.account_id)
+        deleted = await store.delete_account(self.library.pool, account)
+        log.warning("account's voice samples deleted", extra={"account_id": account, "samples": deleted})
+        return library_pb2.DeleteAccountSamplesResponse(deleted_samples=deleted)
+
+    async def GetSampleUsage(self, request, context):
+        account = rules.account_number(request.account_id)
+        start = rules.utc_day(request.start_date, "start_date")
+        end = rules.utc_day(request.end_date, "end_date")
+        days, stored = await store.usage(self.library.pool, account, start, end)
+        return library_pb2.GetSampleUsageResponse(
+            days=[
+                library_pb2.SampleUsage(date=row["day"].isoformat(), key_id=row["key_id"], samples=row["samples"], bytes=row["bytes"])
+                for row in days
+            ],
+            stored_samples=stored["samples"],
+            stored_bytes=stored["bytes"],
+        )
 
 
 @dataclass(frozen=True)
@@ -334,7 +363,12 @@ def build_spec() -> ServiceSpec:
                 add_to_server,
                 library,
                 "voice.library.v1.LibraryService",
-            )
+            ),
+            Servicer(
+                library_pb2_grpc.add_AccountDataServiceServicer_to_server,
+                AccountData(library),
+                "voice.library.v1.AccountDataService",
+            ),
         ],
         on_start=library.start,
         on_stop=library.stop,

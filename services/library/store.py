@@ -81,8 +81,9 @@ async def _clear_default(connection: asyncpg.Connection, account: int, keep_id: 
     )
 
 
-async def insert(pool: asyncpg.Pool, account: int, sample: NewSample) -> asyncpg.Record:
-    """Store a sample; it is committed when this returns.
+async def insert(pool: asyncpg.Pool, account: int, sample: NewSample, key_id: int = 0) -> asyncpg.Record:
+    """Store a sample; it is committed when this returns, metered in the same transaction as usage of
+    the key `key_id` (sample_usage: one sample and its bytes, on the UTC day it was stored).
 
     The row goes in by COPY, streamed in chunks (:func:`_copy_row`): as a
     statement's parameters, asyncpg would copy the audio (megabytes) twice
@@ -106,7 +107,18 @@ async def insert(pool: asyncpg.Pool, account: int, sample: NewSample) -> asyncpg
             # Cut short, the COPY leaves the connection mid-protocol: it must not go back to the pool.
             connection.terminate()
             raise
-        return await connection.fetchrow(f"SELECT {_SAMPLE_COLUMNS} FROM samples WHERE id = $1", sample_id)
+        row = await connection.fetchrow(f"SELECT {_SAMPLE_COLUMNS} FROM samples WHERE id = $1", sample_id)
+        await connection.execute(
+            """INSERT INTO sample_usage AS u (account_id, day, key_id, samples, bytes)
+               VALUES ($1, ($2::timestamptz AT TIME ZONE 'UTC')::date, $3, 1, $4)
+               ON CONFLICT (account_id, day, key_id) DO UPDATE
+               SET samples = u.samples + 1, bytes = u.bytes + EXCLUDED.bytes""",
+            account,
+            row["create_time"],
+            key_id,
+            len(sample.original_audio) + len(sample.normalized_wav),
+        )
+        return row
 
     return await _changing_default(pool, work)
 
@@ -241,3 +253,34 @@ def _found(value: T | None, sample_id: int) -> T:
     if value is None:
         raise not_found(f"voice sample {sample_id} not found")
     return value
+
+
+# --- the account as a whole (AccountDataService) --------------------------------------------
+
+
+async def delete_account(pool: asyncpg.Pool, account: int) -> int:
+    """Delete every sample of the account and its usage records; how many samples there were."""
+    async with transaction(pool) as db:
+        deleted = await db.execute("DELETE FROM samples WHERE account_id = $1", account)
+        await db.execute("DELETE FROM sample_usage WHERE account_id = $1", account)
+    return int(deleted.split()[-1])
+
+
+async def usage(pool: asyncpg.Pool, account: int, start, end) -> tuple[list[asyncpg.Record], asyncpg.Record]:
+    """The account's sample usage per (day, key) from `start` to `end`, both included, and what it keeps now
+    (`samples`, `bytes`)."""
+    async with connection(pool) as db:
+        days = await db.fetch(
+            """SELECT day, key_id, samples, bytes FROM sample_usage
+               WHERE account_id = $1 AND day BETWEEN $2 AND $3 ORDER BY day, key_id""",
+            account,
+            start,
+            end,
+        )
+        stored = await db.fetchrow(
+            """SELECT count(*) AS samples,
+                      coalesce(sum(octet_length(original_audio) + octet_length(normalized_wav)), 0) AS bytes
+               FROM samples WHERE account_id = $1""",
+            account,
+        )
+    return days, stored

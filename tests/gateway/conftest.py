@@ -92,10 +92,11 @@ async def created(response: aiohttp.ClientResponse) -> dict:
     return body
 
 
-def make_key(account: str, env: dict[str, str]) -> str:
-    """`make key ACCOUNT=<account>` as a person runs it; returns the last line of its output."""
+def make_key(account: str, env: dict[str, str], scopes: str = "") -> str:
+    """`make key ACCOUNT=<account>` (with `SCOPES=<scopes>` when given) as a person runs it; returns the
+    last line of its output."""
     result = subprocess.run(
-        ["make", "--no-print-directory", "key", f"ACCOUNT={account}"],
+        ["make", "--no-print-directory", "key", f"ACCOUNT={account}", *([f"SCOPES={scopes}"] if scopes else [])],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -900,3 +900,152 @@ async def test_the_playground_with_the_default_sample_and_every_field_untouched_
         await playwright.expect(row.locator("[data-fact=voices]")).to_have_text("S1: Ada")
         await playwright.expect(row.locator("[data-fact=parameters]")).to_contain_text(f"max_new_tokens {used},")
     tab.assert_clean()
+
+
+# --- API keys, usage and accounts --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def operator(key_env) -> Account:
+    """An operator: a key with the admin scope alone (`make key ... SCOPES=admin`)."""
+    name = f"ops-{uuid.uuid4().hex[:8]}"
+    return Account(name, make_key(name, key_env, scopes="admin"))
+
+
+async def test_the_keys_page_makes_a_key_shown_once_and_revokes_it(tab, user, http):
+    page = tab.page
+    async with screenshots_on_failure(tab, "keys"):
+        await tab.sign_in(user.key)
+        await page.get_by_role("link", name="API keys").click()
+        await tab.opened("keys")
+        mine = page.locator("li.key", has=page.locator(".badge", has_text="this key"))
+        await playwright.expect(mine).to_have_count(1)
+        await playwright.expect(mine.locator("h3")).to_have_text("make key")
+
+        # A reader's key: its name, only library:read, never expiring.
+        await page.locator("#key-name").fill("laptop")
+        for box in await page.locator("#key-scopes input:enabled").all():
+            await box.uncheck()
+        await page.get_by_role("checkbox", name=re.compile("^library:read")).check()
+        await playwright.expect(page.get_by_role("checkbox", name=re.compile("^admin"))).to_be_disabled()  # this key lacks it
+        await page.get_by_role("button", name="Create key").click()
+        secret_box = page.locator("#key-secret-value")
+        await playwright.expect(secret_box).to_have_value(re.compile(r"^vm_[A-Za-z0-9_-]{40,}$"))
+        secret = await secret_box.input_value()
+        laptop = page.locator("li.key", has=page.get_by_role("heading", name="laptop"))
+        await playwright.expect(laptop.locator("[data-fact=scopes]")).to_have_text("library:read")
+        await playwright.expect(laptop.locator("code")).to_have_text(f"{secret[:11]}…")
+        await playwright.expect(laptop.locator('[data-fact="last used"]')).to_have_text("never")
+        reader = {"Authorization": f"Bearer {secret}"}
+        assert (await http.get("/v1/voice/samples", headers=reader)).status == 200
+        refused = await http.post("/v1/voice/generations", json={"input": "[S1] Hi."}, headers=reader)
+        assert refused.status == 403 and (await refused.json())["error"]["type"] == "insufficient_scope"
+
+        # Shown once: gone from the page after Done, never in the list.
+        await page.get_by_role("button", name="Done").click()
+        await playwright.expect(page.locator("#key-secret")).to_be_hidden()
+        assert secret not in await page.content() and secret[11:] not in await page.content()
+
+        # Revoked after a confirmation: it stops at once.
+        page.once("dialog", lambda dialog: dialog.accept())
+        await laptop.get_by_role("button", name=f"Revoke {secret[:11]}").click()
+        await playwright.expect(laptop).to_have_count(0)
+        assert (await http.get("/v1/voice/samples", headers=reader)).status == 401
+    tab.assert_clean()
+
+
+async def test_the_usage_page_draws_each_days_audio_and_says_what_is_left_of_the_quota(tab, http, operator):
+    account = await created(await http.post("/v1/accounts", json={"name": f"dash-{uuid.uuid4().hex[:8]}", "monthly_audio_seconds": 600},
+                                            headers=operator.headers))
+    key = (await created(await http.post(f"/v1/accounts/{account['id']}/keys", json={"name": "main"}, headers=operator.headers)))["secret"]
+    user = Account(account["name"], key)
+    await wait_for_models(http, user)
+    for text in ("[S1] One for the chart.", "[S1] Two for the chart."):
+        response = await http.post("/v1/voice/generations", json={"input": text, "max_new_tokens": 256}, headers=user.headers)
+        assert response.status == 200, await response.text()
+    usage = await created(await http.get("/v1/usage", params={"group_by": "day"}, headers=user.headers))
+    audio = usage["total"]["audio_seconds"]
+    today = usage["buckets"][0]["date"]
+    page = tab.page
+    async with screenshots_on_failure(tab, "usage"):
+        await tab.sign_in(key)
+        await page.get_by_role("link", name="Usage").click()
+        await tab.opened("usage")
+        bar = page.locator(f'#usage-chart rect.bar[data-day="{today}"]')
+        await playwright.expect(bar).to_have_count(1)
+        assert float(await bar.get_attribute("data-audio-seconds")) == pytest.approx(audio)
+        assert float(await bar.get_attribute("height")) > 0
+        await playwright.expect(page.locator('[data-total="generations"]')).to_have_text("2")
+        shown = await page.locator('[data-total="audio"]').text_content()
+        assert float(shown.removesuffix(" s")) == pytest.approx(audio, abs=0.051), shown
+        quota = page.locator('li.quota[data-quota="audio_seconds"] label')
+        await playwright.expect(quota).to_have_text(re.compile(r"^[\d,.]+ of 600 seconds of audio left$"))
+        left = float((await quota.text_content()).split(" of ")[0].replace(",", ""))
+        assert left == pytest.approx(600 - audio, abs=0.001)
+        await playwright.expect(page.locator("#quota-reset")).to_contain_text("start afresh")
+        await playwright.expect(page.locator("#usage-days tbody tr")).to_have_count(1)
+        await playwright.expect(page.locator("#usage-keys tbody th")).to_have_text(re.compile(r"^main \(vm_"))
+
+        # A range the API refuses says why, next to the form.
+        await page.locator("#usage-start").fill("2020-01-01")
+        await page.locator("#usage-end").fill("2025-01-01")
+        await page.get_by_role("button", name="Show").click()
+        await playwright.expect(page.locator("#usage-error")).to_contain_text("at most 366")
+    tab.assert_clean(allowed=("400",))
+
+
+async def test_an_operator_sees_the_accounts_page_alone_and_manages_accounts_there(tab, http, operator):
+    page = tab.page
+    name = f"team-{uuid.uuid4().hex[:8]}"
+    async with screenshots_on_failure(tab, "accounts"):
+        await page.goto(tab.base_url + "/")
+        await page.get_by_label("API key").fill(operator.key)
+        await page.get_by_role("button", name="Sign in").click()
+        await tab.opened("accounts")  # the one page an admin-only key may use
+        for hidden in ("Voice library", "Playground", "Queue & history", "Usage", "API keys"):
+            await playwright.expect(page.get_by_role("link", name=hidden)).to_be_hidden()
+
+        await page.locator("#account-name").fill(name)
+        await page.locator("#account-generations").fill("50")
+        await page.get_by_role("button", name="Create account").click()
+        card = page.locator(f'li.account[data-name="{name}"]')
+        await playwright.expect(card.locator("[data-fact=quotas]")).to_have_text("50 generations a month")
+        account_id = int(await card.get_attribute("data-account-id"))
+
+        await card.get_by_label("Monthly audio seconds").fill("120")
+        await card.get_by_role("button", name="Save quotas").click()
+        await playwright.expect(card.locator("[data-fact=quotas]")).to_have_text("120 audio seconds, 50 generations a month")
+
+        await card.get_by_role("button", name="New key").click()
+        await playwright.expect(page.locator("#account-secret-value")).to_have_value(re.compile("^vm_"))
+        key = await page.locator("#account-secret-value").input_value()
+        assert (await http.get("/v1/voice/samples", headers={"Authorization": f"Bearer {key}"})).status == 200
+        await page.get_by_role("button", name="Done").click()
+
+        await card.get_by_role("button", name="Disable").click()
+        await playwright.expect(card.locator(".badge")).to_have_text("disabled")
+        refused = await http.get("/v1/voice/samples", headers={"Authorization": f"Bearer {key}"})
+        assert refused.status == 403 and (await refused.json())["error"]["type"] == "account_disabled"
+        await card.get_by_role("button", name="Enable").click()
+        await playwright.expect(card.locator(".badge")).to_have_count(0)
+
+        page.once("dialog", lambda dialog: dialog.accept())
+        await card.get_by_role("button", name="Delete").click()
+        await playwright.expect(card).to_have_count(0)
+        gone = await http.get(f"/v1/accounts/{account_id}", headers=operator.headers)
+        assert gone.status == 404
+        assert (await http.get("/v1/voice/samples", headers={"Authorization": f"Bearer {key}"})).status == 401
+    tab.assert_clean()
+
+
+async def test_a_page_signs_out_once_its_account_is_disabled(tab, http, operator):
+    account = await created(await http.post("/v1/accounts", json={"name": f"dash-{uuid.uuid4().hex[:8]}"}, headers=operator.headers))
+    key = (await created(await http.post(f"/v1/accounts/{account['id']}/keys", json={}, headers=operator.headers)))["secret"]
+    page = tab.page
+    async with screenshots_on_failure(tab, "disabled"):
+        await tab.sign_in(key)
+        await created(await http.patch(f"/v1/accounts/{account['id']}", json={"disabled": True}, headers=operator.headers))
+        await page.goto(f"{tab.base_url}/#history")  # its next call is refused
+        await playwright.expect(page.locator("#signin-error")).to_contain_text("disabled")
+        await playwright.expect(page.locator("#app")).to_be_hidden()
+    tab.assert_clean(allowed=("403",))

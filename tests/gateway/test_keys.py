@@ -41,6 +41,22 @@ def test_a_bad_account_name_is_a_usage_error(name):
     assert result.returncode == 2 and "usage: make key ACCOUNT=<name>" in result.stderr
 
 
+@pytest.mark.parametrize("scopes", ["everything", "generate,nothing", ","])
+def test_a_scope_that_is_none_is_a_usage_error(scopes):
+    result = subprocess.run(
+        [sys.executable, "-m", "tools.make_key", "ops", "--scopes", scopes],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "DATABASE_URL": "postgresql://unused/none"},
+    )
+    assert result.returncode == 2 and "usage: make key ACCOUNT=<name>" in result.stderr
+    assert "no such scope" in result.stderr or "at least one scope" in result.stderr
+
+
+def test_make_key_gives_every_scope_but_admin_unless_told_otherwise():
+    assert accounts.DEFAULT_SCOPES == tuple(scope for scope in accounts.SCOPES if scope != "admin")
+    assert accounts.ordered_scopes(["admin", "generate", "admin"]) == ["generate", "admin"]
+
+
 @pytest.mark.slow
 def test_make_key_works_before_and_while_make_run_runs(tmp_path):
     env = make_run_environment(tmp_path)

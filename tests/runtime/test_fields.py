@@ -9,7 +9,7 @@ import pytest
 
 from runtime import fields, limits
 from runtime.errors import ApiError
-from voice.gateway.v1 import generations_pb2
+from voice.gateway.v1 import accounts_pb2, generations_pb2
 from voice.library.v1 import library_pb2
 from voice.openai.v1 import speech_pb2
 
@@ -65,6 +65,23 @@ def test_one_of_takes_empty_as_the_default_unless_the_field_has_presence():
     assert error.message == "visibility must be one of private, unlisted, public; got ''"
     # Present but blank is refused on a required field with presence; left out is fine.
     assert refused(library_pb2.UpdateVoiceSampleRequest(id=1, speaker_name=" "), {}).param == "speaker_name"
+
+
+def test_each_item_of_a_list_holds_to_the_lists_rules():
+    fields.check(accounts_pb2.CreateKeyRequest(scopes=["generate", "library:read"]), {"key_name_chars": 10})
+    for scopes in (["generate", "everything"], ["generate", ""]):  # an empty item is no value left out
+        error = refused(accounts_pb2.CreateKeyRequest(scopes=scopes), {"key_name_chars": 10})
+        assert (error.reason, error.param) == ("INVALID_PARAMETER", "scopes")
+    assert refused(accounts_pb2.GetUsageRequest(group_by=["day", "week"]), {}).param == "group_by"
+
+
+def test_a_largest_number_named_as_a_limit_holds_at_its_edge():
+    token = accounts_pb2.CreateBrowserTokenRequest
+    fields.check(token(ttl_seconds=60), {"browser_token_seconds": 60})
+    error = refused(token(ttl_seconds=61), {"browser_token_seconds": 60})
+    assert (error.param, error.message) == ("ttl_seconds", "ttl_seconds must be between 1 and 60, got 61")
+    assert refused(token(ttl_seconds=0), {"browser_token_seconds": 60}).param == "ttl_seconds"
+    fields.check(token(), {"browser_token_seconds": 60})  # left out: its default
 
 
 def test_a_length_limit_is_the_services_published_limit_by_default(monkeypatch):

@@ -14,6 +14,22 @@ export function saveKey(key) {
 
 export function forgetKey() {
   sessionStorage.removeItem(KEY);
+  signedIn = null;
+}
+
+// Who is signed in: the account and the key (its scopes), from GET /v1/me, which any key may call.
+let signedIn = null;
+export async function whoAmI(key = savedKey()) {
+  signedIn = await getJson("/v1/me", { key });
+  return signedIn;
+}
+
+export function caller() {
+  return signedIn;
+}
+
+export function hasScope(scope) {
+  return Boolean(signedIn && signedIn.key.scopes.includes(scope));
 }
 
 export class ApiError extends Error {
@@ -30,6 +46,9 @@ export class ApiError extends Error {
     const wait = this.retryAfter ? ` Try again in ${this.retryAfter} s.` : " Try again shortly.";
     const plain = {
       unauthorized: "The API key was not accepted: check it, or sign in with another.",
+      account_disabled: "This account is disabled: ask its operator to enable it.",
+      insufficient_scope: "This key may not do that: use a key with the scope it needs.",
+      quota_exceeded: "This account has used its monthly quota." + wait,
       rate_limited: "This account is over its generation limit." + wait,
       synth_busy: "The voice provider is busy." + wait,
       stt_busy: "Speech recognition is busy." + wait,
@@ -76,7 +95,8 @@ export async function call(path, { method = "GET", json, body, query, key = save
     // not JSON: keep the status line
   }
   const failure = new ApiError(response.status, error.type, error.message, error.param, response.headers.get("Retry-After"));
-  if (response.status === 401 && key === savedKey()) onUnauthorized(failure);
+  // A key that stops working (revoked, expired, its account disabled) signs the page out.
+  if ((response.status === 401 || failure.type === "account_disabled") && key === savedKey()) onUnauthorized(failure);
   throw failure;
 }
 

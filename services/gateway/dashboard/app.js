@@ -1,13 +1,30 @@
-// The dashboard: sign-in, navigation between the three pages (by the URL's #hash).
+// The dashboard: sign-in, navigation between the pages (by the URL's #hash), each shown only to a
+// key with the scope its API calls need (so that the page never asks what the key may not).
 
-import { ApiError, call, forgetKey, savedKey, saveKey, whenUnauthorized } from "./api.js";
+import { ApiError, caller, forgetKey, hasScope, savedKey, saveKey, whenUnauthorized, whoAmI } from "./api.js";
+import * as accounts from "./accounts.js";
 import * as historyPage from "./history.js";
+import * as keys from "./keys.js";
 import * as library from "./library.js";
 import * as playground from "./playground.js";
+import * as usage from "./usage.js";
 import { $, notify } from "./ui.js";
 
-const PAGES = { library, playground, history: historyPage };
+const PAGES = { library, playground, history: historyPage, usage, keys, accounts };
+// The scope each page needs (the playground lists the library's voices too).
+const NEEDS = {
+  library: ["library:read"],
+  playground: ["generate", "library:read"],
+  history: ["history"],
+  usage: ["usage:read"],
+  keys: ["keys"],
+  accounts: ["admin"],
+};
 let ready = null;
+
+function allowed(page) {
+  return NEEDS[page].every(hasScope);
+}
 
 async function signIn(event) {
   event.preventDefault();
@@ -19,7 +36,7 @@ async function signIn(event) {
     return;
   }
   try {
-    await call("/v1/voice/samples", { query: { page_size: 1 }, key }); // any call that needs a key
+    await whoAmI(key); // any key may ask who it is
   } catch (failure) {
     error.textContent =
       failure instanceof ApiError && failure.status === 401
@@ -46,18 +63,31 @@ function signOut(message = "") {
 }
 
 async function enter() {
+  try {
+    const me = caller() || (await whoAmI());
+    $("#whoami").textContent = `${me.account.name} · ${me.key.name || me.key.prefix}`;
+  } catch (failure) {
+    signOut(failure.describe ? failure.describe() : String(failure));
+    return;
+  }
+  for (const page of Object.keys(PAGES)) $(`nav a[data-page="${page}"]`).hidden = !allowed(page);
   $("#signin").hidden = true;
   $("#app").hidden = false;
   ready ||= Promise.all(Object.values(PAGES).map((page) => page.setUp?.()));
   await ready;
-  if (!location.hash) window.history.replaceState(null, "", "#library");
+  if (!location.hash) window.history.replaceState(null, "", `#${firstPage()}`);
   await route();
   $("#main").focus(); // the sign-in form is gone: keyboard users go on from the page's start
 }
 
+function firstPage() {
+  return Object.keys(PAGES).find(allowed) || "usage";
+}
+
 async function route() {
   if (!savedKey()) return;
-  const name = location.hash.slice(1) in PAGES ? location.hash.slice(1) : "library";
+  const asked = location.hash.slice(1);
+  const name = asked in PAGES && allowed(asked) ? asked : firstPage();
   notify("");
   for (const [page, module] of Object.entries(PAGES)) {
     const section = $(`#page-${page}`);
@@ -80,7 +110,13 @@ document.addEventListener("DOMContentLoaded", () => {
     delete document.body.dataset.page;
     route().then(() => $("#main").focus());
   });
-  whenUnauthorized(() => signOut("Your key is no longer accepted: sign in again."));
+  whenUnauthorized((failure) =>
+    signOut(
+      failure.type === "account_disabled"
+        ? "This account is disabled: ask its operator to enable it."
+        : "Your key is no longer accepted: sign in again.",
+    ),
+  );
   if (savedKey()) enter();
   else $("#signin-key").focus();
 });

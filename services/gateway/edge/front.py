@@ -3,7 +3,9 @@ operational endpoints that need no key (/healthz, /readyz, /metrics,
 /openapi.json) and the dashboard's static files (`/`, `/dashboard/...`; see dashboard.py).
 
 There is no handler per endpoint: :meth:`HttpFront.api` finds the route,
-checks the API key, transcodes the request, calls the upstream with a generic
+checks the API key and the scope the route's method needs (this is the one
+point that authenticates HTTP requests: 403 insufficient_scope for a key
+without it), transcodes the request, calls the upstream with a generic
 gRPC call, and transcodes the answer back. What differs between methods is
 declared in their protos and read over reflection with the routes (see
 discovery.py): whether a key is needed, which deadline applies, which
@@ -27,7 +29,8 @@ import prometheus_client
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from runtime import clients, config, inprocess, logs
+from runtime import callers, clients, config, inprocess, logs
+from runtime.callers import Caller
 from runtime.errors import DEFAULT_REASONS, ApiError, internal_error, not_found
 from services.gateway.edge import cors, errors, openapi, protocol, ranges, transcoding
 from services.gateway.edge.config import (
@@ -74,8 +77,9 @@ BODY_DEADLINE = web.RequestKey("body_deadline", float)
 ERROR_TYPE = web.ResponseKey("error_type", str)
 # A stream that ended before its first answer has no content type to send.
 DEFAULT_STREAM_TYPE = "application/octet-stream"
-# Checks an `Authorization` header and returns the caller's account id, or raises UNAUTHORIZED.
-Authenticate = Callable[[str], Awaitable[int]]
+# Checks an `Authorization` header and returns the caller (account, key, scopes), or raises UNAUTHORIZED
+# (ACCOUNT_DISABLED for a key of a disabled account).
+Authenticate = Callable[[str], Awaitable[Caller]]
 
 
 def error_response(error: ApiError, headers: dict[str, str] | None = None) -> web.Response:
@@ -175,6 +179,8 @@ class HttpFront:
                 response = error_response(error)
                 if response.status == 408 or request.content.exception() is not None:
                     response.force_close()  # the rest of a body too slow, or unreadable, is not read
+                elif not await self._discard_body(request):
+                    response.force_close()
             except web.HTTPRequestEntityTooLarge:
                 response = error_response(errors.request_too_large(self.max_body_bytes))
             except web.HTTPException as error:  # aiohttp's own (a malformed form, ...)
@@ -214,6 +220,24 @@ class HttpFront:
                 },
             )
             logs.REQUEST_ID.reset(token)
+
+    async def _discard_body(self, request: web.Request) -> bool:
+        """Read and drop what is left of the body of a request refused before it was read (no key, a
+        key without the scope, no such route), within its deadline and the body limit, so that the
+        answer goes out on a connection in a clean state; False when that cannot be done (a body
+        that is not in its Content-Encoding, too large, too slow): the connection is closed then."""
+        if not request.can_read_body:
+            return True
+        read = 0
+        try:
+            async with asyncio.timeout_at(request[BODY_DEADLINE]):
+                while chunk := await request.content.readany():
+                    read += len(chunk)
+                    if read > self.max_body_bytes:
+                        return False
+        except Exception:  # noqa: BLE001 - an unreadable body, a timeout: the connection goes
+            return False
+        return True
 
     async def _add_request_id(self, request: web.Request, response: web.StreamResponse) -> None:
         if "request_id" in request:
@@ -262,10 +286,11 @@ class HttpFront:
             await self.authenticate(authorization)  # without a key, 401 comes first, as for every route
             raise
         request["route"] = route.template.text
-        account_id = None
+        caller = None
         if route.rpc.needs_key:
-            account_id = await self.authenticate(authorization)
-            request["account_id"] = account_id
+            caller = await self.authenticate(authorization)
+            request["account_id"] = caller.account_id
+            callers.require(caller, route.rpc.rules.scope)  # 403 insufficient_scope, before the body is taken in
         if route.rpc.server_streaming or route.rpc.client_streaming:
             # HTTP reaches a streaming RPC through a unary route's stream_method (see _stream), not a rule of its own.
             raise ApiError(grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED", f"{route} is not served over HTTP")
@@ -273,8 +298,8 @@ class HttpFront:
         # at most, while it is copied into the payload and while gRPC sends it.
         payload = transcoding.to_grpc_payload(route, await self._http_input(request, route, path_params))
         if route.rpc.streams(payload):
-            return await self._stream(route, payload, request, account_id)
-        reply = await self._call(route, payload, request, account_id)
+            return await self._stream(route, payload, request, caller)
+        reply = await self._call(route, payload, request, caller)
         if reply.error is not None:
             return error_response(reply.error, reply.headers)
         if route.rpc.rules.success_status == 204:
@@ -320,20 +345,23 @@ class HttpFront:
                 raise _unreadable_body(error) from None
         return http
 
-    def _metadata(self, request: web.Request, account_id: int | None, route: Route) -> tuple:
-        """The route's passed-on request headers, then the caller's account when signed in (the key
-        was checked here; another service takes the account the mesh sends, never the key)."""
+    def _metadata(self, request: web.Request, caller: Caller | None, route: Route) -> tuple:
+        """The route's passed-on request headers, then the caller's account when signed in, and the number
+        of its key for what the service meters (the key was checked here; another service takes the
+        account the mesh sends, never the key)."""
         metadata: tuple = tuple(
             (key, _text(request.headers[header], f"the {header} header"))
             for header, key in route.rpc.passed_on_headers.items()
             if header in request.headers
         )
-        if account_id is not None:
-            metadata += ((clients.ACCOUNT_ID_METADATA, str(account_id)),)
+        if caller is not None:
+            metadata += ((clients.ACCOUNT_ID_METADATA, str(caller.account_id)),)
+            if caller.key_id:
+                metadata += ((callers.KEY_ID_METADATA, str(caller.key_id)),)
         return metadata
 
     async def _stream(
-        self, route: Route, payload: bytes, request: web.Request, account_id: int | None
+        self, route: Route, payload: bytes, request: web.Request, caller: Caller | None
     ) -> web.StreamResponse:
         """The route's streaming method: its HttpBody answers sent on as they come, chunked.
 
@@ -344,7 +372,7 @@ class HttpFront:
         which stops the generation."""
         rpc = route.rpc.stream
         assert rpc is not None
-        answers, response_metadata = self._open_stream(rpc, route, payload, request, account_id)
+        answers, response_metadata = self._open_stream(rpc, route, payload, request, caller)
         forwarded = rpc.forwarded_headers
         async with contextlib.aclosing(answers):  # closed early, it stops the generation of a client gone
             try:
@@ -372,11 +400,11 @@ class HttpFront:
             await response.write_eof()
             return response
 
-    def _open_stream(self, rpc: Rpc, route: Route, payload: bytes, request: web.Request, account_id: int | None):
+    def _open_stream(self, rpc: Rpc, route: Route, payload: bytes, request: web.Request, caller: Caller | None):
         """The streaming method's answers (an async iterator raising _Failed) and an async getter of the
         response metadata it sent; this process's own methods are called in process."""
         if rpc.local is not None:
-            context = self._in_process_context(rpc, request, account_id, route)
+            context = self._in_process_context(rpc, request, caller, route)
             answers = inprocess.stream(rpc.path, rpc.local, rpc.request_class.FromString(payload), context)
 
             async def metadata():
@@ -387,14 +415,14 @@ class HttpFront:
         method = upstream.channel.unary_stream(
             rpc.path, request_serializer=None, response_deserializer=rpc.response_class.FromString
         )
-        call = method(payload, metadata=self._metadata(request, account_id, route), timeout=rpc.deadline_seconds())
+        call = method(payload, metadata=self._metadata(request, caller, route), timeout=rpc.deadline_seconds())
         return _read(call, upstream.name, route), call.initial_metadata
 
-    async def _call(self, route: Route, payload: bytes, request: web.Request, account_id: int | None) -> UpstreamReply:
+    async def _call(self, route: Route, payload: bytes, request: web.Request, caller: Caller | None) -> UpstreamReply:
         rpc = route.rpc
         headers = rpc.forwarded_headers
         if rpc.local is not None:  # this process's own method: in process
-            context = self._in_process_context(rpc, request, account_id, route)
+            context = self._in_process_context(rpc, request, caller, route)
             try:
                 response = await inprocess.call(rpc.path, rpc.local, rpc.request_class.FromString(payload), context)
             except ApiError as error:
@@ -407,7 +435,7 @@ class HttpFront:
             request_serializer=None,  # the payload is the serialized request message
             response_deserializer=rpc.response_class.FromString,
         )
-        call = method(payload, metadata=self._metadata(request, account_id, route), timeout=rpc.deadline_seconds())
+        call = method(payload, metadata=self._metadata(request, caller, route), timeout=rpc.deadline_seconds())
         try:
             response = await call
         except grpc.aio.AioRpcError as rpc_error:
@@ -416,12 +444,12 @@ class HttpFront:
         return UpstreamReply(response=response, headers=_forwarded(await call.initial_metadata(), headers))
 
     def _in_process_context(
-        self, rpc: Rpc, request: web.Request, account_id: int | None, route: Route
+        self, rpc: Rpc, request: web.Request, caller: Caller | None, route: Route
     ) -> inprocess.InProcessContext:
         """A call of this process's own method: the route's passed-on headers, its deadline, and the account
         whose key the edge checked (in the context, where no metadata could forge it)."""
         timeout = rpc.deadline_seconds() or config.UPSTREAM_TIMEOUT_SECONDS.value
-        return inprocess.InProcessContext(self._metadata(request, None, route), timeout, caller=account_id)
+        return inprocess.InProcessContext(self._metadata(request, None, route), timeout, caller=caller)
 
 
 class _Failed(Exception):

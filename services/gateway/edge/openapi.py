@@ -91,7 +91,9 @@ ERROR_REF = {"$ref": "#/components/schemas/Error"}
 # The statuses any API route may answer with, and when.
 ERROR_STATUSES = {
     "400": "The request is invalid (`invalid_parameter` names the field).",
-    "401": "No API key, or an unknown one (`unauthorized`).",
+    "401": "No API key, or an unknown, revoked or expired one (`unauthorized`).",
+    "403": "The key lacks the scope this operation needs (`insufficient_scope`, naming it), or its account is "
+    "disabled (`account_disabled`).",
     "404": "No such resource for this account (`not_found`), or no provider for the model (`no_provider`).",
     "408": "The request's headers or body came too slowly (`request_timeout`); the connection is closed.",
     "413": "The body or a field is larger than its limit (`request_too_large`).",
@@ -173,20 +175,25 @@ class _Builder:
         declared = fields.rules(field)
         notes = []
         if declared is not None:
+            # A list's rules hold for each of its items.
+            each = schema["items"] if schema.get("type") == "array" and "items" in schema else schema
             if declared.name:
-                schema["pattern"] = fields.name_pattern()
+                each["pattern"] = fields.name_pattern()
                 notes.append(NAME_NOTE)
             if declared.HasField("minimum"):
-                schema["minimum"] = _number(declared.minimum)
-            if declared.HasField("maximum"):
-                schema["maximum"] = _number(declared.maximum)
+                each["minimum"] = _number(declared.minimum)
+            most = _maximum(declared, self.limits)
+            if most is not None:
+                each["maximum"] = _number(most)
+            elif declared.maximum_limit:  # its upstream did not publish it
+                notes.append(f"At most as much as the service's limit {declared.maximum_limit} allows.")
             if declared.one_of:
-                schema["enum"] = list(declared.one_of)
+                each["enum"] = list(declared.one_of)
             if declared.default:
                 schema["default"] = fields.default(field)
             length = _max_length(declared, self.limits)
             if length is not None:
-                schema["maxLength"] = length
+                each["maxLength"] = length
             elif declared.max_length_limit:  # its upstream did not publish it
                 notes.append(f"At most as many characters as the service's limit {declared.max_length_limit} allows.")
         comment = self.comments.get(field.full_name)
@@ -236,6 +243,14 @@ def _max_length(declared, limits: Mapping[str, float]) -> int | None:
         published = limits.get(declared.max_length_limit)
         return None if published is None else int(published)
     return declared.max_length or None
+
+
+def _maximum(declared, limits: Mapping[str, float]) -> float | None:
+    """The fixed maximum, lowered to the value of the limit the upstream published when one is named."""
+    bounds = [declared.maximum] if declared.HasField("maximum") else []
+    if declared.maximum_limit and declared.maximum_limit in limits:
+        bounds.append(limits[declared.maximum_limit])
+    return min(bounds) if bounds else None
 
 
 def _wrapped_scalar(message: descriptor.Descriptor) -> dict | None:
@@ -304,6 +319,12 @@ def _operation(builder: _Builder, route: Route) -> dict:
     operation["responses"] = {**success, **_errors(route)}
     if not route.rpc.needs_key:
         operation["security"] = []  # no key
+    else:
+        # The key's scope it needs (OpenAPI 3.0 lists scopes in `security` for OAuth 2 alone).
+        scope = route.rpc.rules.scope
+        operation["x-scope"] = scope
+        needs = f"Needs a key with the scope `{scope}`." if scope else "Any key of the account may call it."
+        operation["description"] = f"{operation['description']}\n\n{needs}" if "description" in operation else needs
     return operation
 
 
@@ -343,7 +364,7 @@ def _optional(parameter: dict) -> dict:
 def _errors(route: Route) -> dict:
     statuses = dict(ERROR_STATUSES)
     if not route.rpc.needs_key:
-        del statuses["401"]
+        del statuses["401"], statuses["403"]
     if not route.body:
         del statuses["413"], statuses["415"]
     if route.rpc.server_streaming or route.rpc.client_streaming:

@@ -54,13 +54,14 @@ class AudioInputs:
         self.samples = samples
         self.public_url = public_url  # a callable: the setting's value
 
-    async def sample_of(self, account_id: int, reference: str, param: str) -> int:
-        """The id of the caller's voice sample of the audio `reference` names; errors name `param`."""
+    async def sample_of(self, account_id: int, reference: str, param: str, key_id: int = 0) -> int:
+        """The id of the caller's voice sample of the audio `reference` names; errors name `param`. A sample
+        made of it is stored as usage of the key `key_id`."""
         sample = _SAMPLE.fullmatch(reference)
         if sample:
             return int(sample.group(1))  # the pipeline checks that it is the caller's
         audio, content_type = await self._audio(account_id, reference, param)
-        return await self._as_sample(account_id, audio, content_type, param)
+        return await self._as_sample(account_id, audio, content_type, param, key_id)
 
     async def _audio(self, account_id: int, reference: str, param: str) -> tuple[bytes, str]:
         if reference.startswith("data:"):
@@ -83,7 +84,7 @@ class AudioInputs:
             "your voice samples, or an allowed http(s) URL",
         )
 
-    async def _as_sample(self, account_id: int, audio: bytes, content_type: str, param: str) -> int:
+    async def _as_sample(self, account_id: int, audio: bytes, content_type: str, param: str, key_id: int = 0) -> int:
         """The caller's voice sample of this audio: made (and transcribed) the first time it is used."""
         digest = hashlib.sha256(audio).hexdigest()
         known = await self.samples.sample_of(account_id, digest)
@@ -91,7 +92,7 @@ class AudioInputs:
             return known  # else deleted by its owner: made again below
         try:
             created = await self.library.create(
-                account_id, audio, content_type, f"audio_prompt {digest[:12]}", PROMPT_COLLECTION
+                account_id, audio, content_type, f"audio_prompt {digest[:12]}", PROMPT_COLLECTION, key_id
             )
         except grpc.aio.AioRpcError as error:
             refusal = ApiError.from_rpc_error(error)

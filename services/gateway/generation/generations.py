@@ -71,8 +71,10 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
     # --- generating ------------------------------------------------------------
 
     async def CreateGeneration(self, request, context):
-        account_id = await self.accounts.caller(context)
-        admitted = await self.pipeline.admit(account_id, request.generation, generation_id=request.generation_id)
+        caller = await self.accounts.principal(context)
+        admitted = await self.pipeline.admit(
+            caller.account_id, request.generation, generation_id=request.generation_id, key_id=caller.key_id
+        )
         with named_on_failure(context, admitted.generation_id):
             generated = await self.pipeline.run(
                 admitted, synth_timeout(context), announce=announcing(context, admitted.generation_id)
@@ -80,8 +82,10 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
         return generations_pb2.CreateGenerationResponse(generation=generated.generation, audio=generated.audio)
 
     async def StreamGeneration(self, request, context):
-        account_id = await self.accounts.caller(context)
-        admitted = await self.pipeline.admit(account_id, request.generation, generation_id=request.generation_id)
+        caller = await self.accounts.principal(context)
+        admitted = await self.pipeline.admit(
+            caller.account_id, request.generation, generation_id=request.generation_id, key_id=caller.key_id
+        )
         with named_on_failure(context, admitted.generation_id):
             messages = self.pipeline.run_streamed(
                 admitted, synth_timeout(context), announce=announcing(context, admitted.generation_id)

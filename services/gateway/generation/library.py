@@ -14,7 +14,7 @@ from typing import Awaitable, Callable, TypeVar
 import grpc
 from google.api import httpbody_pb2
 
-from runtime import clients
+from runtime import callers, clients
 from runtime.errors import ApiError, invalid_argument
 from voice.library.v1 import library_pb2, library_pb2_grpc
 
@@ -77,8 +77,12 @@ class Library:
         return library_pb2_grpc.LibraryServiceStub(self.channel)
 
     @staticmethod
-    def _as(account_id: int) -> tuple:
-        return ((clients.ACCOUNT_ID_METADATA, str(account_id)),)
+    def _as(account_id: int, key_id: int = 0) -> tuple:
+        """The metadata of a call as the account (and, for what the library meters, the key's number)."""
+        metadata: tuple = ((clients.ACCOUNT_ID_METADATA, str(account_id)),)
+        if key_id:
+            metadata += ((callers.KEY_ID_METADATA, str(key_id)),)
+        return metadata
 
     async def samples(self, account_id: int, speakers: dict[str, int]) -> list[Sample]:
         """The caller's samples for the speakers, in the given order; INVALID_VOICE_SAMPLE or MISSING_TRANSCRIPT."""
@@ -156,18 +160,45 @@ class Library:
                 return
 
     async def create(
-        self, account_id: int, audio: bytes, content_type: str, speaker_name: str, collection: str
+        self, account_id: int, audio: bytes, content_type: str, speaker_name: str, collection: str, key_id: int = 0
     ) -> library_pb2.VoiceSample:
-        """A new sample of the caller's (transcribed by the library's speech recognition)."""
+        """A new sample of the caller's (transcribed by the library's speech recognition), stored as usage
+        of the key `key_id`."""
         created = await self._stub().CreateVoiceSample(
             library_pb2.CreateVoiceSampleRequest(
                 audio=httpbody_pb2.HttpBody(content_type=content_type, data=audio),
                 speaker_name=speaker_name,
                 collection=collection,
             ),
-            metadata=self._as(account_id),
+            metadata=self._as(account_id, key_id),
         )
         return created.voice_sample
+
+    # --- the account as a whole (AccountDataService) ------------------------------
+
+    def _accounts_stub(self) -> library_pb2_grpc.AccountDataServiceStub:
+        assert self.channel is not None, "the library client has not started"
+        return library_pb2_grpc.AccountDataServiceStub(self.channel)
+
+    async def delete_account_samples(self, account_id: int) -> int:
+        """Delete every sample of the account, with its audio and the library's usage records of it;
+        how many samples there were. The library's errors (UNAVAILABLE) are raised as ApiErrors."""
+        try:
+            reply = await self._accounts_stub().DeleteAccountSamples(
+                library_pb2.DeleteAccountSamplesRequest(account_id=account_id)
+            )
+        except grpc.aio.AioRpcError as error:
+            raise ApiError.from_rpc_error(error) from None
+        return reply.deleted_samples
+
+    async def sample_usage(self, account_id: int, start_date: str, end_date: str) -> library_pb2.GetSampleUsageResponse:
+        """What the account stored each day of the range (by key), and what it keeps now."""
+        try:
+            return await self._accounts_stub().GetSampleUsage(
+                library_pb2.GetSampleUsageRequest(account_id=account_id, start_date=start_date, end_date=end_date)
+            )
+        except grpc.aio.AioRpcError as error:
+            raise ApiError.from_rpc_error(error) from None
 
 
 def _not_yours(error: grpc.aio.AioRpcError, param: str, sample_id: int) -> BaseException:

@@ -197,10 +197,12 @@ class Pipeline:
         generation_id: str = "",
         rules: bool = True,
         names: Mapping[str, str] | None = None,
+        key_id: int = 0,
     ) -> Admitted:
         """Check `spec` (against this API's rules unless `rules` is off: a dialect checked its own),
-        fetch its samples, admit and store it as queued. `names` maps the spec's fields to what the
-        caller called them, so that errors speak the caller's terms."""
+        fetch its samples, admit and store it as queued, metered as usage of the key `key_id` (a
+        browser token's minting key). `names` maps the spec's fields to what the caller called them,
+        so that errors speak the caller's terms."""
         settings = self.settings()
         try:
             if generation_id and not CALLERS_ID.fullmatch(generation_id):
@@ -220,6 +222,7 @@ class Pipeline:
                     plan.visibility,
                     plan.collection,
                     generation_id,
+                    key_id,
                 ),
                 settings.account,
             )
@@ -283,7 +286,8 @@ class Pipeline:
             pcm = bytearray()
             last = None
             synthesis_began = time.perf_counter()
-            chunks = self._chunked(admitted, prepared, timeout)
+            waited: list[float] = []  # seconds spent waiting on the providers
+            chunks = self._chunked(admitted, prepared, timeout, waited)
             async with contextlib.aclosing(chunks):
                 async for candidate, number, message in chunks:
                     pcm += message.pcm
@@ -294,7 +298,7 @@ class Pipeline:
             _count_audio(last.duration_seconds, synthesis_began)
             row = await self.generations.mark_succeeded(
                 admitted.generation_id, wav_of(bytes(pcm), last.sample_rate), last.duration_seconds,
-                last.model or candidate.model, last.seed, number + 1,
+                last.model or candidate.model, last.seed, number + 1, sum(waited),
             )  # fmt: skip
             if row is None:  # canceled meanwhile (a background job)
                 raise asyncio.CancelledError()
@@ -340,11 +344,13 @@ class Pipeline:
         candidate, reply = await self.router.synthesize(
             synthesis, prepared.found, timeout, self._running(admitted.generation_id, prepared.parameters)
         )
+        synthesis_seconds = time.perf_counter() - synthesis_began
         _count_audio(reply.duration_seconds, synthesis_began)
         audio = await finish(reply.wav)
         row = await self.generations.mark_succeeded(
-            admitted.generation_id, reply.wav, reply.duration_seconds, reply.model or candidate.model, reply.seed
-        )
+            admitted.generation_id, reply.wav, reply.duration_seconds, reply.model or candidate.model, reply.seed,
+            synthesis_seconds=synthesis_seconds,
+        )  # fmt: skip
         if row is None:  # canceled meanwhile (a background job)
             raise asyncio.CancelledError()
         log.info(
@@ -363,7 +369,8 @@ class Pipeline:
         """A long script, its chunks joined with a short crossfade (long_scripts.py)."""
         parts: list[bytearray] = []
         began = time.perf_counter()
-        chunks = self._chunked(admitted, prepared, timeout)
+        waited: list[float] = []  # seconds spent waiting on the providers
+        chunks = self._chunked(admitted, prepared, timeout, waited)
         async with contextlib.aclosing(chunks):
             async for candidate, number, message in chunks:
                 if number == len(parts):
@@ -376,7 +383,7 @@ class Pipeline:
         _count_audio(duration, began)
         audio = await finish(wav)
         row = await self.generations.mark_succeeded(
-            admitted.generation_id, wav, duration, last.model or candidate.model, last.seed, len(parts)
+            admitted.generation_id, wav, duration, last.model or candidate.model, last.seed, len(parts), sum(waited)
         )
         if row is None:  # canceled meanwhile (a background job)
             raise asyncio.CancelledError()
@@ -386,12 +393,13 @@ class Pipeline:
         return Generated(generation_message(row, self.urls), audio)
 
     async def _chunked(
-        self, admitted: Admitted, prepared: _Prepared, timeout: float
+        self, admitted: Admitted, prepared: _Prepared, timeout: float, waited: list[float]
     ) -> AsyncIterator[tuple[Candidate, int, synth_pb2.StreamSynthesizeResponse]]:
         """The script's chunks generated in order (one for a script that fits the model's window;
         long_scripts.py), streamed: (provider, chunk number, message). Only the final chunk's
         last message is `last`, and it counts the whole (duration, frames). All chunks share the
-        `timeout` seconds."""
+        `timeout` seconds. Each wait for a provider's next message is added to `waited` (not the
+        time its caller takes to take a message: a slow listener is not the provider's time)."""
         deadline = time.monotonic() + timeout
         chunks = self._split(admitted.plan.script.text, prepared)
         previous: tuple[long_scripts.Chunk, bytes, int] | None = None  # chunk, its PCM, sample rate
@@ -419,7 +427,14 @@ class Pipeline:
                 synthesis, prepared.found, _left(deadline), self._running(admitted.generation_id, parameters)
             )
             async with contextlib.aclosing(messages):
-                async for candidate, message in messages:
+                while True:
+                    began = time.perf_counter()
+                    try:
+                        candidate, message = await anext(messages)
+                    except StopAsyncIteration:
+                        break
+                    finally:
+                        waited.append(time.perf_counter() - began)
                     pcm += message.pcm
                     if message.last:
                         seconds += message.duration_seconds

@@ -29,6 +29,8 @@ def generation_message(row: Mapping, urls: AudioUrls) -> generations_pb2.Generat
         visibility=row["visibility"],
         collection=row["collection"],
         chunks=row["chunks"],
+        synthesis_seconds=row["synthesis_seconds"],
+        key_id=row["key_public_id"],
     )
     if row["visibility"] in SHARED_VISIBILITIES:
         generation.share_url = urls.share_url(row["share_token"])

@@ -5,7 +5,10 @@ import-linter contract holds it so): the rest asks a :class:`Store` for what
 it needs, and gets rows as plain records or ApiErrors (a lost database is
 DATABASE_UNAVAILABLE, 503, whatever the operation).
 
-* ``accounts``: accounts and their hashed API keys;
+* ``accounts``: accounts (disabled, deleted and purged, their limits and
+  quotas) and their hashed API keys with scopes, and browser tokens;
+* ``usage``: each account's usage per UTC day and key, metered by the
+  statements that admit a generation and store its success;
 * ``providers``: the synth providers' registry (heartbeats);
 * ``generations``: the history, one row per generation, with admission
   (the per-account limits, held in one statement) and sharing;
@@ -32,6 +35,7 @@ from services.gateway.store.predictions import PredictionsTable
 from services.gateway.store.prompt_samples import PromptSamplesTable
 from services.gateway.store.providers import ProvidersTable
 from services.gateway.store.url_signing_key import UrlSigningKeyTable
+from services.gateway.store.usage import UsageTable
 from services.gateway.store.webhooks import WebhooksTable
 
 MIGRATIONS = pathlib.Path(__file__).resolve().parent.parent / "migrations"
@@ -52,6 +56,7 @@ class Store:
         self.prompt_samples = PromptSamplesTable(self.pool)
         self.webhooks = WebhooksTable(self.pool)
         self.url_signing_key = UrlSigningKeyTable(self.pool)
+        self.usage = UsageTable(self.pool)
 
     @classmethod
     async def open(cls, url: str | None = None) -> "Store":

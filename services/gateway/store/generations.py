@@ -6,12 +6,14 @@ audio), ``failed`` (with the public error type and message) or ``canceled``.
 Only admitted requests are stored: a request refused at the door leaves no
 record.
 
-Admission is one statement, ``admit_generation`` (migrations 004, 007 and 009),
-which checks the account's limits and stores the request together, under a
+Admission is one statement, ``admit_generation`` (migrations 004, 007, 010 and
+011), which checks the account's limits and stores the request together, under a
 lock on the account's row, so the limits hold across every gateway replica:
 a token bucket of GATEWAY_ACCOUNT_GENERATIONS_PER_SECOND (burst
-GATEWAY_ACCOUNT_GENERATION_BURST), and at most
-GATEWAY_ACCOUNT_CONCURRENT_GENERATIONS generations queued or running.
+GATEWAY_ACCOUNT_GENERATION_BURST), at most GATEWAY_ACCOUNT_CONCURRENT_GENERATIONS
+generations queued or running (or the account's own limits, where an operator
+set them), and the account's monthly quotas. It also meters the generation
+(usage.py), as the statement that stores a success meters its audio.
 
 A generation that ends while PostgreSQL is down (restarted, failed over)
 cannot be closed then, and would count against its account until the
@@ -56,7 +58,8 @@ UNDER_WAY = ("queued", "running")
 # Columns of a Generation message: everything but the audio itself.
 COLUMNS = """seq, id, account_id, status, input, model, provider, speakers, speaker_names, parameters, error_type,
     error_message, audio_duration_seconds, visibility, collection, share_token, create_time, start_time, end_time,
-    chunks, url_epoch"""
+    chunks, url_epoch, synthesis_seconds, key_id,
+    coalesce((SELECT public_id FROM api_keys WHERE api_keys.id = generations.key_id), '') AS key_public_id"""
 
 
 def new_id() -> str:
@@ -74,6 +77,7 @@ class NewGeneration:
     visibility: str
     collection: str
     generation_id: str = ""  # the caller's choice; "" for a new one
+    key_id: int = 0  # the key it came with (a browser token's minting key), for usage; 0 for none
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,30 @@ class Outcome:
 
 def rate_limited(message: str, retry_after: float) -> ApiError:
     return ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", message, retry_after=retry_after)
+
+
+# How each monthly quota is said in a refusal.
+QUOTA_UNITS = {"audio_seconds": "seconds of audio", "characters": "characters of script", "generations": "generations"}
+
+
+def quota_exceeded(quota: str, limit: float, used: float, reset_time: datetime.datetime, wait_seconds: float) -> ApiError:
+    """QUOTA_EXCEEDED (429): the account has used its monthly `quota`; Retry-After is the time until reset_time."""
+    reset = reset_time.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return ApiError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "QUOTA_EXCEEDED",
+        f"this account has used {used:g} of its {limit:g} {QUOTA_UNITS.get(quota, quota)} this month "
+        f"(monthly quota {quota}); it resets at {reset}",
+        retry_after=max(wait_seconds, 1),
+    )
+
+
+def account_disabled() -> ApiError:
+    return ApiError(
+        grpc.StatusCode.PERMISSION_DENIED,
+        "ACCOUNT_DISABLED",
+        "this account is disabled: none of its keys works until an operator enables it again",
+    )
 
 
 def database_down(error: BaseException) -> bool:
@@ -199,16 +227,19 @@ class GenerationsTable:
                 await asyncio.sleep(longest_pause_seconds)
 
     async def admit(self, generation: NewGeneration, limits: AccountLimits) -> str:
-        """Store a request as queued if its account is within its limits, and return its id;
-        RATE_LIMITED if not, ALREADY_EXISTS if the caller's id is taken."""
+        """Store a request as queued if its account is within its limits and quotas, and return its id;
+        RATE_LIMITED or QUOTA_EXCEEDED if not, ACCOUNT_DISABLED for a disabled account, UNAUTHORIZED for a
+        deleted one, ALREADY_EXISTS if the caller's id is taken. The account's own limits, where an operator
+        set them, replace `limits`."""
         generation_id = generation.generation_id or new_id()
         try:
             async with self._connection() as db:
-                refusal, wait_seconds = await db.fetchrow(
-                    """SELECT refusal, wait_seconds
-                       FROM admit_generation($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)""",
+                refusal, wait_seconds, quota, quota_limit, quota_used, reset_time = await db.fetchrow(
+                    """SELECT refusal, wait_seconds, quota, quota_limit, quota_used, reset_time
+                       FROM admit_generation($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)""",
                     generation_id,
                     generation.account_id,
+                    generation.key_id,
                     generation.input,
                     generation.model,
                     json.dumps(generation.speakers),
@@ -230,6 +261,12 @@ class GenerationsTable:
                 f"there is a generation {generation_id} already: choose another generation_id",
                 param="generation_id",
             ) from None
+        if refusal == "deleted":
+            raise ApiError(grpc.StatusCode.UNAUTHENTICATED, "UNAUTHORIZED", "invalid API key: its account is deleted")
+        if refusal == "disabled":
+            raise account_disabled()
+        if refusal == "quota":
+            raise quota_exceeded(quota, quota_limit, quota_used, reset_time, wait_seconds)
         if refusal == "rate":
             raise rate_limited(
                 f"this account may start {limits.per_second:g} generations a second (up to {limits.burst} at once "
@@ -262,22 +299,41 @@ class GenerationsTable:
             )
 
     async def mark_succeeded(
-        self, generation_id: str, audio: bytes, duration_seconds: float, model: str, seed: int, chunks: int = 1
+        self,
+        generation_id: str,
+        audio: bytes,
+        duration_seconds: float,
+        model: str,
+        seed: int,
+        chunks: int = 1,
+        synthesis_seconds: float = 0.0,
     ) -> asyncpg.Record | None:
-        """The stored row; None if it had ended meanwhile (a canceled prediction)."""
+        """The stored row; None if it had ended meanwhile (a canceled prediction). In the same statement
+        its audio and synthesis seconds are metered, on the day it was admitted (usage.py)."""
         async with self._connection() as db:
             return await db.fetchrow(
-                f"""UPDATE generations SET status = 'succeeded', audio = $2, audio_duration_seconds = $3,
-                        model = $4, parameters = jsonb_set(parameters, '{{seed}}', to_jsonb($5::text)),
-                        end_time = now(), chunks = $6
-                    WHERE id = $1 AND status IN ('queued', 'running')
-                    RETURNING {COLUMNS}""",
+                f"""WITH done AS (
+                        UPDATE generations SET status = 'succeeded', audio = $2, audio_duration_seconds = $3,
+                            model = $4, parameters = jsonb_set(parameters, '{{seed}}', to_jsonb($5::text)),
+                            end_time = now(), chunks = $6, synthesis_seconds = $7
+                        WHERE id = $1 AND status IN ('queued', 'running')
+                        RETURNING {COLUMNS}),
+                    metered AS (
+                        INSERT INTO usage_daily AS u (account_id, day, key_id, audio_seconds, synthesis_seconds)
+                        SELECT account_id, (create_time AT TIME ZONE 'UTC')::date, key_id, audio_duration_seconds,
+                               synthesis_seconds
+                        FROM done
+                        ON CONFLICT (account_id, day, key_id) DO UPDATE
+                        SET audio_seconds = u.audio_seconds + EXCLUDED.audio_seconds,
+                            synthesis_seconds = u.synthesis_seconds + EXCLUDED.synthesis_seconds)
+                    SELECT * FROM done""",
                 generation_id,
                 audio,
                 duration_seconds,
                 model,
                 str(seed),  # proto JSON writes int64 as a string
                 chunks,
+                synthesis_seconds,
             )
 
     async def mark_failed(

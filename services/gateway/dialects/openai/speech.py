@@ -209,7 +209,7 @@ class SpeechService(speech_pb2_grpc.SpeechServiceServicer):
         if self.transcode is not None:
             await self.transcode.close()
 
-    async def _admit(self, account_id: int, speech: speech_pb2.SpeechSpec):
+    async def _admit(self, account_id: int, speech: speech_pb2.SpeechSpec, key_id: int = 0):
         """The speech request checked against its own rules, translated, and admitted."""
         try:
             fields.check_field(speech, "input")
@@ -219,12 +219,13 @@ class SpeechService(speech_pb2_grpc.SpeechServiceServicer):
         except (ApiError, grpc.aio.AioRpcError) as error:
             raise (error if isinstance(error, ApiError) else ApiError.from_rpc_error(error)) from None
         spec = generation_spec(speech, sample_id, SPEECH_FRAMES_PER_CHARACTER.value)
-        return await self.pipeline.admit(account_id, spec, rules=False, names=PUBLIC_NAMES)
+        return await self.pipeline.admit(account_id, spec, rules=False, names=PUBLIC_NAMES, key_id=key_id)
 
     async def CreateSpeech(self, request, context):
-        account_id = await self.accounts.caller(context)
+        caller = await self.accounts.principal(context)
+        account_id = caller.account_id
         speech = request.speech
-        admitted = await self._admit(account_id, speech)
+        admitted = await self._admit(account_id, speech, caller.key_id)
 
         async def finish(wav: bytes) -> httpbody_pb2.HttpBody:
             return await encode(self.transcode, wav, response_format(speech))
@@ -248,9 +249,10 @@ class SpeechService(speech_pb2_grpc.SpeechServiceServicer):
         return speech_pb2.ListVoicesResponse(voices=voices)
 
     async def StreamSpeech(self, request, context):
-        account_id = await self.accounts.caller(context)
+        caller = await self.accounts.principal(context)
+        account_id = caller.account_id
         speech = request.speech
-        admitted = await self._admit(account_id, speech)
+        admitted = await self._admit(account_id, speech, caller.key_id)
         last: list[synth_pb2.StreamSynthesizeResponse] = []
 
         async def remembering_the_last(messages):

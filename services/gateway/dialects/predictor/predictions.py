@@ -33,6 +33,7 @@ from typing import AsyncIterator, Mapping
 from google.api import httpbody_pb2
 from google.protobuf import json_format
 
+from runtime.callers import Caller
 from runtime.errors import ApiError, invalid_parameter, not_found
 from services.gateway.accounts import Accounts
 from services.gateway.config import PREDICTION_MAX_WAIT_SECONDS, PREDICTIONS_PAGE_SIZE, SYNTH_TIMEOUT_SECONDS
@@ -88,20 +89,21 @@ class PredictionService(predictions_pb2_grpc.PredictionServiceServicer):
     # --- creating ---------------------------------------------------------------
 
     async def CreatePrediction(self, request, context):
-        account_id = await self.accounts.caller(context)
+        caller = await self.accounts.principal(context)
         if not request.version:
             raise invalid_parameter("version", "version is required: a version id, or \"owner/name\" of a model")
         model = await self.models.of_version(request.version)
-        prediction = await self._create(account_id, model, request, context)
+        prediction = await self._create(caller, model, request, context)
         return predictions_pb2.CreatePredictionResponse(prediction=prediction)
 
     async def CreateModelPrediction(self, request, context):
-        account_id = await self.accounts.caller(context)
+        caller = await self.accounts.principal(context)
         model = await self.models.named(f"{request.owner}/{request.name}")
-        prediction = await self._create(account_id, model, request, context)
+        prediction = await self._create(caller, model, request, context)
         return predictions_pb2.CreateModelPredictionResponse(prediction=prediction)
 
-    async def _create(self, account_id: int, model: str, request, context) -> predictions_pb2.Prediction:
+    async def _create(self, caller: Caller, model: str, request, context) -> predictions_pb2.Prediction:
+        account_id = caller.account_id
         if not request.HasField("input"):
             raise invalid_parameter("input", "input is required: the model's input, at least {\"text\": ...}")
         events = webhooks.events_filter(list(request.webhook_events_filter))
@@ -113,9 +115,15 @@ class PredictionService(predictions_pb2_grpc.PredictionServiceServicer):
         given = request.input
         inputs.checked(given)
         reference = given.audio_prompt.strip()
-        voice = await self.audio_inputs.sample_of(account_id, reference, inputs.AUDIO_PROMPT) if reference else None
+        voice = (
+            await self.audio_inputs.sample_of(account_id, reference, inputs.AUDIO_PROMPT, caller.key_id)
+            if reference
+            else None
+        )
         spec = inputs.generation_spec(given, generation_model(model), voice)
-        admitted = await self.pipeline.admit(account_id, spec, rules=False, names=inputs.PUBLIC_NAMES)
+        admitted = await self.pipeline.admit(
+            account_id, spec, rules=False, names=inputs.PUBLIC_NAMES, key_id=caller.key_id
+        )
         await self.predictions.add(
             admitted.generation_id,
             model,
