@@ -27,7 +27,7 @@ import contextlib
 import datetime
 import logging
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -120,6 +120,29 @@ S3_PRESIGNED_URL_SECONDS = config.setting(
     config.between(1, MAX_PRESIGNED_SECONDS, int),
 )
 
+S3_CREATE_BUCKET = config.setting(
+    "S3_CREATE_BUCKET",
+    False,
+    "true: a service that finds the bucket missing makes it (the development overlay's SeaweedFS starts empty); "
+    "false: a missing bucket is the operator's to make, and the service is not ready until it exists",
+    config.boolean,
+)
+S3_ORPHAN_GRACE_SECONDS = config.setting(
+    "S3_ORPHAN_GRACE_SECONDS",
+    3600.0,
+    "age past which an object of audio that no database row names (its service crashed between storing it and "
+    "committing the row, or lost the store while deleting it) is deleted by the sweep; younger ones may be an "
+    "upload still under way",
+    config.between(0, 30 * 24 * 3600),
+)
+S3_SWEEP_SECONDS = config.setting(
+    "S3_SWEEP_SECONDS",
+    600.0,
+    "how often the gateway and the library each look through their objects for those no row names "
+    "(S3_ORPHAN_GRACE_SECONDS), and the gateway for generated audio past GATEWAY_AUDIO_RETENTION_SECONDS",
+    config.between(1, 7 * 24 * 3600),
+)
+
 # Retry-After of STORAGE_UNAVAILABLE: a restarted store answers within seconds.
 UNAVAILABLE_RETRY_SECONDS = 2.0
 # Pieces of a streamed download, unless the caller asks for others.
@@ -184,6 +207,7 @@ class StoreSettings:
     max_connections: int = S3_MAX_CONNECTIONS.default
     part_bytes: int = S3_MULTIPART_PART_BYTES.default
     presigned_url_seconds: int = S3_PRESIGNED_URL_SECONDS.default
+    create_bucket: bool = S3_CREATE_BUCKET.default
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> StoreSettings:
@@ -204,6 +228,7 @@ class StoreSettings:
             max_connections=S3_MAX_CONNECTIONS.value_in(env),
             part_bytes=S3_MULTIPART_PART_BYTES.value_in(env),
             presigned_url_seconds=S3_PRESIGNED_URL_SECONDS.value_in(env),
+            create_bucket=S3_CREATE_BUCKET.value_in(env),
         )
 
     def environment(self) -> dict[str, str]:
@@ -367,11 +392,19 @@ class ObjectStore:
             return True
 
     async def is_reachable(self) -> bool:
-        """Readiness probe: the bucket answers, with our credentials."""
+        """Readiness probe: the bucket answers, with our credentials (made first if it is missing and
+        S3_CREATE_BUCKET says to)."""
         try:
             client = await self._connect()
             with _errors():
-                await client.head_bucket(Bucket=self.bucket)
+                try:
+                    await client.head_bucket(Bucket=self.bucket)
+                except ClientError as error:
+                    missing = str(error.response.get("Error", {}).get("Code")) in _NOT_FOUND_CODES | {"NoSuchBucket"}
+                    if not (missing and self.settings.create_bucket):
+                        raise
+                    if await self.create_bucket():
+                        log.info("made the bucket", extra={"bucket": self.bucket})
             return True
         except ApiError:
             return False
@@ -456,6 +489,61 @@ class ObjectStore:
         client = await self._connect()
         with _errors():
             await client.delete_object(Bucket=self.bucket, Key=check_key(key))
+
+    async def delete_all(self, keys: Iterable[str]) -> int:
+        """Remove every key (at most S3_MAX_CONNECTIONS at once); how many were asked for. The first
+        failure is raised once the others have been tried."""
+        keys = list(keys)
+        room = asyncio.Semaphore(self.settings.max_connections)
+
+        async def one(key: str) -> None:
+            async with room:
+                await self.delete(key)
+
+        results = await asyncio.gather(*(one(key) for key in keys), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return len(keys)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Remove every object whose key starts with `prefix` (not empty); how many there were."""
+        if not prefix:
+            raise ValueError("delete_prefix needs a prefix: it would empty the bucket")
+        deleted = 0
+        batch: list[str] = []
+        async for item in self.list_objects(prefix):
+            batch.append(item.key)
+            if len(batch) >= 1000:
+                deleted += await self.delete_all(batch)
+                batch = []
+        return deleted + await self.delete_all(batch)
+
+    async def sweep(
+        self, prefix: str, unnamed: Callable[[list[str]], Awaitable[Iterable[str]]], older_than_seconds: float
+    ) -> int:
+        """Delete the objects under `prefix` older than `older_than_seconds` that no row names:
+        `unnamed(keys)` says which of the keys no row names (asked a page at a time). Younger
+        objects are left alone, as an upload whose row is not committed yet has one. How many
+        were deleted."""
+        cutoff = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=older_than_seconds)
+        deleted = 0
+        page: list[str] = []
+
+        async def settle() -> int:
+            orphans = list(await unnamed(page)) if page else []
+            if orphans:
+                log.warning("deleting objects that no row names", extra={"prefix": prefix, "count": len(orphans)})
+            return await self.delete_all(orphans)
+
+        async for item in self.list_objects(prefix):
+            if item.last_modified is not None and item.last_modified > cutoff:
+                continue
+            page.append(item.key)
+            if len(page) >= 1000:
+                deleted += await settle()
+                page = []
+        return deleted + await settle()
 
     # --- Reading ------------------------------------------------------------
 
