@@ -1,26 +1,34 @@
-"""LibraryService: each account's voice samples, stored in PostgreSQL.
+"""LibraryService: each account's voice samples, described in PostgreSQL, their audio in the object store.
 
 An upload is checked (account, fields, size), normalized to 44.1 kHz mono WAV
 by the transcode service, given a transcript by the STT service when the user
-typed none and one is reachable, and inserted in one transaction; the reply
-goes out only after the commit. At most LIBRARY_MAX_CONCURRENT_UPLOADS are
+typed none and one is reachable; its audio (the upload as it came, and the
+WAV) is stored in the object store (S3, runtime/objects.py), then its row is
+inserted; the reply goes out only after the commit. Objects whose row is never
+committed (the database refused it) are deleted at once, or, had the process
+died between the two, by the sweep once older than S3_ORPHAN_GRACE_SECONDS;
+deleting a sample (or all of an account's, DeleteAccountVoiceSamples) deletes
+its objects too (store.py hands them over in the statement that deletes the
+rows, so a store that is down then does not keep them). At most LIBRARY_MAX_CONCURRENT_UPLOADS are
 worked on at once, which bounds the memory uploads take (each holds a few
 copies of its audio); one more is refused at once with UPLOADS_BUSY and a
 Retry-After from how fast uploads have been finishing. Those copies are few:
 the request arrives as an :class:`Upload` (the message without the audio, and
 a view of the audio in what was received), the audio goes to transcode in
 pieces of AUDIO_PIECE_BYTES (StreamingDecodeAudio, runtime.wire), the WAV
-comes back as a view of the received reply, and both go into PostgreSQL by a
-streamed COPY (store.insert). So an upload holds its audio once, its WAV once,
-and for a moment what gRPC received of either.
+comes back as a view of the received reply, and both go to the object store.
+Downloads (DownloadVoiceSampleAudio) are read from the store a window at a time
+(runtime/downloads.py), never whole.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import pathlib
+import uuid
 from dataclasses import dataclass
 
 import asyncpg
@@ -29,11 +37,11 @@ import prometheus_client
 from google.api import httpbody_pb2
 from google.protobuf import descriptor
 
-from runtime import clients, fields, pagination, wire
+from runtime import clients, downloads, fields, objects, pagination, wire
 from runtime.admission import Gate
 from runtime.database import CONNECTION_ERRORS, is_reachable, open_pool, unavailable
 from runtime.errors import ApiError
-from runtime.server import ServiceSpec, Servicer
+from runtime.server import ServiceSpec, Servicer, stop_task
 from services.library import config, rules, store
 from voice.library.v1 import library_pb2, library_pb2_grpc
 from voice.stt.v1 import stt_pb2
@@ -51,6 +59,14 @@ AUDIO_PIECE_BYTES = 256 * 1024
 
 MIGRATIONS = pathlib.Path(__file__).resolve().parent / "migrations"
 SCHEMA = "library"
+# Every object of the library's is under this prefix, an account's under PREFIX/<account id>/.
+PREFIX = "samples/"
+
+
+def sample_keys(account: int) -> tuple[str, str]:
+    """New keys for a sample's upload and its WAV: under its account, never used before."""
+    folder = f"{PREFIX}{account}/{uuid.uuid4().hex}"
+    return f"{folder}/original", f"{folder}/normalized.wav"
 
 
 def to_proto(row: asyncpg.Record) -> library_pb2.VoiceSample:
@@ -74,6 +90,8 @@ def to_proto(row: asyncpg.Record) -> library_pb2.VoiceSample:
 class Library(library_pb2_grpc.LibraryServiceServicer):
     def __init__(self) -> None:
         self._pool: asyncpg.Pool | None = None
+        self.objects = objects.ObjectStore()
+        self._sweeper: asyncio.Task | None = None
         self._decode_audio: grpc.aio.StreamUnaryMultiCallable | None = None
         self._transcribe: grpc.aio.UnaryUnaryMultiCallable | None = None
         self._channels: list[grpc.aio.Channel] = []
@@ -105,8 +123,11 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
             except CONNECTION_ERRORS as error:
                 log.warning("database not reachable yet (%s); retrying", type(error).__name__)
                 await asyncio.sleep(config.DATABASE_RETRY_SECONDS.value)
+        self._sweeper = asyncio.create_task(self._keep_sweeping())
 
     async def stop(self) -> None:
+        await stop_task(self._sweeper)
+        await self.objects.close()
         for channel in self._channels:
             await channel.close()
         if self._pool is not None:
@@ -116,7 +137,11 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
                 self._pool.terminate()
 
     async def ready(self) -> bool:
-        return self._pool is not None and await is_reachable(self._pool)
+        """PostgreSQL and the object store both answer: no sample can be stored or read without either."""
+        if self._pool is None:
+            return False
+        database, store = await asyncio.gather(is_reachable(self._pool), self.objects.is_reachable())
+        return database and store
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -143,24 +168,33 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
                 transcript = await self._recognize(wav)
                 transcript_source = "stt" if transcript else ""
 
-            row = await store.insert(
-                self.pool,
-                account,
-                store.NewSample(
-                    speaker_name=speaker_name,
-                    transcript=transcript,
-                    transcript_source=transcript_source,
-                    is_default=request.is_default,
-                    visibility=visibility,
-                    collection=collection,
-                    original_format=rules.original_format(
-                        info.source_format, info.source_codec, request.audio.content_type
+            original_key, normalized_key = sample_keys(account)
+            content_type = request.audio.content_type or "application/octet-stream"
+            async with self._stored_or_gone([original_key, normalized_key]):
+                await asyncio.gather(
+                    self.objects.put(original_key, bytes(audio), content_type),
+                    self.objects.put(normalized_key, bytes(wav), store.WAV),
+                )
+                row = await store.insert(
+                    self.pool,
+                    account,
+                    store.NewSample(
+                        speaker_name=speaker_name,
+                        transcript=transcript,
+                        transcript_source=transcript_source,
+                        is_default=request.is_default,
+                        visibility=visibility,
+                        collection=collection,
+                        original_format=rules.original_format(
+                            info.source_format, info.source_codec, request.audio.content_type
+                        ),
+                        original_key=original_key,
+                        original_bytes=len(audio),
+                        normalized_key=normalized_key,
+                        normalized_bytes=len(wav),
+                        duration_seconds=info.duration_seconds,
                     ),
-                    original_audio=audio,
-                    normalized_wav=wav,
-                    duration_seconds=info.duration_seconds,
-                ),
-            )
+                )
         log.info("voice sample stored", extra={"sample_id": row["id"], "account_id": account})
         return library_pb2.CreateVoiceSampleResponse(voice_sample=to_proto(row))
 
@@ -186,10 +220,17 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
 
     async def GetVoiceSampleAudio(self, request, context):
         account = rules.account_id(context.invocation_metadata())
-        wav = await store.get_audio(self.pool, account, request.id)
+        stored = await store.get_audio(self.pool, account, request.id)
+        wav = stored.legacy if stored.key is None else await self.objects.get(stored.key)
         return library_pb2.GetVoiceSampleAudioResponse(
-            audio=httpbody_pb2.HttpBody(content_type="audio/wav", data=wav)
+            audio=httpbody_pb2.HttpBody(content_type=stored.content_type, data=wav)
         )
+
+    async def DownloadVoiceSampleAudio(self, request, context):
+        account = rules.account_id(context.invocation_metadata())
+        stored = await store.get_audio(self.pool, account, request.id)
+        async for piece in downloads.send(stored, self.objects, context):
+            yield library_pb2.DownloadVoiceSampleAudioResponse(audio=piece)
 
     async def UpdateVoiceSample(self, request, context):
         account = rules.account_id(context.invocation_metadata())
@@ -210,9 +251,69 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
 
     async def DeleteVoiceSample(self, request, context):
         account = rules.account_id(context.invocation_metadata())
-        await store.delete(self.pool, account, request.id)
+        keys = await store.delete(self.pool, account, request.id)
+        await self._delete_objects(keys)
         log.info("voice sample deleted", extra={"sample_id": request.id, "account_id": account})
         return library_pb2.DeleteVoiceSampleResponse()
+
+    async def DeleteAccountVoiceSamples(self, request, context):
+        account = rules.account_id(context.invocation_metadata())
+        count, keys = await store.delete_account(self.pool, account)
+        await self._delete_objects(keys)
+        # Whatever else is stored under the account (an upload whose row never came) goes too.
+        leftovers = await self.objects.delete_prefix(f"{PREFIX}{account}/")
+        log.info("voice samples of an account deleted", extra={"account_id": account, "samples": count})
+        return library_pb2.DeleteAccountVoiceSamplesResponse(
+            deleted_samples=count, deleted_objects=len(keys) + leftovers
+        )
+
+    # --- Objects -----------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _stored_or_gone(self, keys: list[str]):
+        """Around storing objects and the row naming them: if the row is not committed (the store or
+        the database failed, the caller went away), the objects are deleted again at once; those that
+        cannot be (the store is down) are the sweep's."""
+        try:
+            yield
+        except BaseException:
+            await asyncio.shield(self._forget(keys))
+            raise
+
+    async def _forget(self, keys: list[str]) -> None:
+        try:
+            await self.objects.delete_all(keys)
+        except ApiError:
+            log.warning("objects of an upload that was not stored are left to the sweep", extra={"count": len(keys)})
+
+    async def _delete_objects(self, keys: list[str]) -> None:
+        """Delete the objects of deleted rows; with the store down, they wait in object_deletions for
+        the sweep (the row is gone either way, so the caller is not refused)."""
+        try:
+            await self.objects.delete_all(keys)
+            await store.objects_deleted(self.pool, keys)
+        except ApiError as error:
+            log.warning(
+                "objects of deleted samples wait for the sweep", extra={"count": len(keys), "type": error.reason.lower()}
+            )
+
+    async def sweep(self, grace_seconds: float) -> tuple[int, int]:
+        """Delete the objects of deleted rows still waiting, and the objects older than `grace_seconds`
+        that no row names; how many of each."""
+        waiting = await store.pending_deletions(self.pool)
+        if waiting:
+            await self.objects.delete_all(waiting)
+            await store.objects_deleted(self.pool, waiting)
+        orphans = await self.objects.sweep(PREFIX, functools.partial(store.unnamed, self.pool), grace_seconds)
+        return len(waiting), orphans
+
+    async def _keep_sweeping(self) -> None:
+        while True:
+            await asyncio.sleep(objects.S3_SWEEP_SECONDS.value)
+            try:
+                await self.sweep(objects.S3_ORPHAN_GRACE_SECONDS.value)
+            except ApiError as error:  # the database or the store is down: the next round
+                log.info("object sweep skipped", extra={"type": error.reason.lower()})
 
     # --- Upstream services -----------------------------------------------
 
