@@ -169,6 +169,15 @@ class Library:
         )
         return created.voice_sample
 
+    async def delete_account_samples(self, account_id: int) -> library_pb2.DeleteAccountVoiceSamplesResponse:
+        """Delete every voice sample of the account, with its audio (an account's erasure)."""
+        try:
+            return await self._stub().DeleteAccountVoiceSamples(
+                library_pb2.DeleteAccountVoiceSamplesRequest(), metadata=self._as(account_id)
+            )
+        except grpc.aio.AioRpcError as error:
+            raise ApiError.from_rpc_error(error) from None
+
 
 def _not_yours(error: grpc.aio.AioRpcError, param: str, sample_id: int) -> BaseException:
     if error.code() == grpc.StatusCode.NOT_FOUND:  # also another account's sample

@@ -29,10 +29,11 @@ def generation_message(row: Mapping, urls: AudioUrls) -> generations_pb2.Generat
         visibility=row["visibility"],
         collection=row["collection"],
         chunks=row["chunks"],
+        audio_expired=row["audio_expired"],
     )
     if row["visibility"] in SHARED_VISIBILITIES:
         generation.share_url = urls.share_url(row["share_token"])
-    if row["status"] == "succeeded":  # it has audio
+    if row["status"] == "succeeded" and not row["audio_expired"]:  # it has audio
         generation.audio_url = urls.audio_url(row["id"], row["url_epoch"])
     for field in ("create_time", "start_time", "end_time"):
         if row[field] is not None:
