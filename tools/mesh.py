@@ -495,7 +495,7 @@ def mesh_environment(
 async def move_stored_audio(database_url: str, store_settings: objects.StoreSettings) -> str:
     """Move audio that PostgreSQL still holds (written before issue 23) into the object store
     (tools/move_audio.py), saying so when there was some; why it could not, or ""."""
-    from tools import move_audio  # it imports this module (through tools.migrate)
+    from tools import move_audio  # imported when used: it opens both services' stores
 
     try:
         moved = await move_audio.move_all(database_url, store_settings)
