@@ -166,7 +166,9 @@ class Gateway:
         self.table = RouteTable(upstream_names(), InProcess("gateway", self.servicers(), self.fully_ready))
         await self.table.discover_all()
         self.table.start_watching()
-        self.front = HttpFront(self.table, self.accounts.authenticate, MAX_BODY_BYTES.value)
+        self.front = HttpFront(
+            self.table, self.accounts.authenticate, MAX_BODY_BYTES.value, media_origins=self.storage.media_origins()
+        )
         await self.front.start(config.BIND_HOST.value, config.GATEWAY_HTTP_PORT.value)
 
     async def _fail_abandoned_generations(self) -> None:

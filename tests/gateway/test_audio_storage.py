@@ -190,6 +190,10 @@ async def test_with_redirects_the_audio_is_handed_out_by_the_store(mesh, http, f
         url = f"http://127.0.0.1:{gateway.env['GATEWAY_HTTP_PORT']}{path}"
         assert await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=30).read()) == audio
         await assert_error(await other.get(path + "0", allow_redirects=False), 404, "not_found")
+        # The dashboard's player may play what the store sends (its CSP); the mesh's own gateway's may not.
+        page = await other.get("/")
+        assert f"media-src 'self' blob: {public};" in page.headers["Content-Security-Policy"]
+        assert "media-src 'self' blob:;" in (await http.get("/")).headers["Content-Security-Policy"]
         # A voice sample's audio is never handed out so: the gateway sends it.
         sample = await created(await upload_form(http, fay, HELLO, "Never redirected", transcript="hello"))
         response = await other.get(f"/v1/voice/samples/{sample['id']}/audio", headers=fay.headers, allow_redirects=False)

@@ -98,6 +98,7 @@ class HttpFront:
         table: RouteTable,
         authenticate: Authenticate,
         max_body_bytes: int,
+        media_origins: tuple[str, ...] = (),
     ) -> None:
         self.table = table
         self.authenticate = authenticate
@@ -113,7 +114,8 @@ class HttpFront:
         self.app.router.add_get("/readyz", self.readyz)
         self.app.router.add_get("/metrics", self.metrics)
         self.app.router.add_get("/openapi.json", self.openapi)
-        Dashboard().add_routes(self.app.router)  # the web page at `/`, no key (its API calls send one)
+        # The web page at `/`, no key (its API calls send one); its player may play audio from media_origins.
+        Dashboard(media_origins=media_origins).add_routes(self.app.router)
         self.api_resource = self.app.router.add_route("*", "/{path:.*}", self.api).resource
         self.runner: web.AppRunner | None = None
         # Requests being handled, so that stopping can wait for them (see stop).

@@ -31,6 +31,7 @@ import contextlib
 import logging
 import secrets
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -82,6 +83,17 @@ class AudioStorage:
         self.store = store
         self.redirects = redirects  # a callable: the setting's value
         self.clock = clock
+
+    def media_origins(self) -> tuple[str, ...]:
+        """Where browsers fetch audio besides the gateway: the store's public origin, with redirects."""
+        if not self.redirects():
+            return ()
+        settings = self.objects.settings
+        endpoint = settings.public_endpoint_url or settings.endpoint_url
+        if not endpoint:  # AWS S3 of the region, by its virtual-hosted name
+            return (f"https://{settings.bucket}.s3.{settings.region}.amazonaws.com", f"https://s3.{settings.region}.amazonaws.com")
+        parts = urllib.parse.urlsplit(endpoint)
+        return (f"{parts.scheme}://{parts.netloc}",)
 
     async def is_reachable(self) -> bool:
         return await self.objects.is_reachable()
