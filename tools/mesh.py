@@ -501,6 +501,8 @@ async def move_stored_audio(database_url: str, store_settings: objects.StoreSett
         moved = await move_audio.move_all(database_url, store_settings)
     except (ApiError, move_audio.ChecksumMismatch, *database.CONNECTION_ERRORS) as error:
         return f"could not move the audio PostgreSQL holds into the object store: {error}"
+    except Exception as error:  # noqa: BLE001 - whatever it is, what was started must be stopped
+        return f"could not move the audio PostgreSQL holds into the object store ({type(error).__name__}: {error})"
     if moved.samples or moved.generations or moved.files:
         say(
             f"moved audio from PostgreSQL into the object store: {moved.samples} voice samples, "
