@@ -108,9 +108,9 @@ S3_MAX_CONNECTIONS = config.setting(
 )
 S3_MULTIPART_PART_BYTES = config.setting(
     "S3_MULTIPART_PART_BYTES",
-    8 * MIB,
-    "part size of a streamed upload (5 MiB to 5 GiB): it holds one part in memory at a time; one that ends "
-    "within its first part is stored with a single PUT",
+    MIN_PART_BYTES,
+    "part size of a streamed upload (5 MiB, S3's least, to 5 GiB): it holds one part in memory at a time (the "
+    "library's voice-sample uploads, one each); one that ends within its first part is stored with a single PUT",
     config.between(MIN_PART_BYTES, MAX_PART_BYTES, int),
 )
 S3_PRESIGNED_URL_SECONDS = config.setting(
@@ -422,7 +422,7 @@ class ObjectStore:
         return ObjectInfo(key, len(data), answer.get("ETag", ""), content_type=content_type)
 
     async def put_stream(
-        self, key: str, pieces: AsyncIterable[bytes], content_type: str | None = None
+        self, key: str, pieces: AsyncIterable[bytes | memoryview], content_type: str | None = None
     ) -> ObjectInfo:
         """Store what `pieces` yield under `key`, holding one part (S3_MULTIPART_PART_BYTES) at a
         time: a multipart upload once there is more than one part, else a single PUT. The object
@@ -453,7 +453,10 @@ class ObjectStore:
             async for piece in pieces:
                 if not piece:
                     continue
-                held.append(bytes(piece))
+                # Immutable pieces are held as they are (the join below is their one copy); a buffer its
+                # producer may reuse is copied.
+                readonly = isinstance(piece, bytes) or (isinstance(piece, memoryview) and piece.readonly)
+                held.append(piece if readonly else bytes(piece))
                 held_bytes += len(piece)
                 total += len(piece)
                 if held_bytes >= part_bytes:

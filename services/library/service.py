@@ -16,7 +16,8 @@ Retry-After from how fast uploads have been finishing. Those copies are few:
 the request arrives as an :class:`Upload` (the message without the audio, and
 a view of the audio in what was received), the audio goes to transcode in
 pieces of AUDIO_PIECE_BYTES (StreamingDecodeAudio, runtime.wire), the WAV
-comes back as a view of the received reply, and both go to the object store.
+comes back as a view of the received reply, and both go to the object store
+one after the other, a part of S3_MULTIPART_PART_BYTES at a time.
 Downloads (DownloadVoiceSampleAudio) are read from the store a window at a time
 (runtime/downloads.py), never whole.
 """
@@ -29,6 +30,7 @@ import functools
 import logging
 import pathlib
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import asyncpg
@@ -61,6 +63,13 @@ MIGRATIONS = pathlib.Path(__file__).resolve().parent / "migrations"
 SCHEMA = "library"
 # Every object of the library's is under this prefix, an account's under PREFIX/<account id>/.
 PREFIX = "samples/"
+
+
+async def in_pieces(data: bytes | memoryview) -> AsyncIterator[memoryview]:
+    """`data` in views of AUDIO_PIECE_BYTES, copying nothing."""
+    view = memoryview(data)
+    for start in range(0, len(view), AUDIO_PIECE_BYTES):
+        yield view[start : start + AUDIO_PIECE_BYTES]
 
 
 def sample_keys(account: int) -> tuple[str, str]:
@@ -171,10 +180,10 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
             original_key, normalized_key = sample_keys(account)
             content_type = request.audio.content_type or "application/octet-stream"
             async with self._stored_or_gone([original_key, normalized_key]):
-                await asyncio.gather(
-                    self.objects.put(original_key, bytes(audio), content_type),
-                    self.objects.put(normalized_key, bytes(wav), store.WAV),
-                )
+                # One after the other, a part (S3_MULTIPART_PART_BYTES) at a time, from views of what was
+                # received: an upload holds one part more than its audio and its WAV.
+                await self.objects.put_stream(original_key, in_pieces(audio), content_type)
+                await self.objects.put_stream(normalized_key, in_pieces(wav), store.WAV)
                 row = await store.insert(
                     self.pool,
                     account,
