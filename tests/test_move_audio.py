@@ -5,11 +5,10 @@ on where it was; until it has run, the services serve those rows from PostgreSQL
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import os
 import pathlib
+import random
 import subprocess
 import sys
 import tempfile
@@ -57,7 +56,10 @@ async def old_database(database):
     await migrate_up_to(own.url, "library", library_service.MIGRATIONS, BEFORE["library"])
     connection = await asyncpg.connect(own.url)
     try:
-        account = await connection.fetchval("INSERT INTO gateway.accounts (name) VALUES ('old') RETURNING id")
+        # An id of its own: the objects go to the session's bucket, under samples/<account>/ and the like.
+        account = await connection.fetchval(
+            "INSERT INTO gateway.accounts (id, name) VALUES ($1, 'old') RETURNING id", random.randrange(10**12, 10**15)
+        )
         for n in range(5):
             await connection.execute(
                 """INSERT INTO library.samples (account_id, speaker_name, original_format, original_audio, normalized_wav,
@@ -87,11 +89,9 @@ async def old_database(database):
 
 @pytest.fixture
 async def bucket(object_server):
-    """A bucket of the test's own on the session's SeaweedFS."""
-    settings = dataclasses.replace(object_server.settings, bucket=f"move-{uuid.uuid4().hex[:10]}")
-    async with objects.ObjectStore(settings) as store:
-        await store.create_bucket()
-        yield settings, store
+    """The session's bucket (SeaweedFS grows volumes for each bucket: a few fill a small disk)."""
+    async with objects.ObjectStore(object_server.settings) as store:
+        yield object_server.settings, store
 
 
 def run_move(url: str, settings: objects.StoreSettings) -> subprocess.CompletedProcess:
@@ -197,7 +197,7 @@ async def test_stopped_half_way_it_goes_on_where_it_was_and_meanwhile_the_column
     assert moved.samples == left and moved.generations == 5 and moved.files == 1
     assert not LEGACY_COLUMNS & await columns(url)
     # The objects a run cut short had stored were overwritten, not left beside: two per sample, one each else.
-    assert len({item.key async for item in store.list_objects("samples/")}) == 10
+    assert len({item.key async for item in store.list_objects(f"samples/{old_database.account}/")}) == 10
 
 
 async def test_a_stored_object_whose_checksum_differs_changes_no_row(old_database, bucket, monkeypatch):
