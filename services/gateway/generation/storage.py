@@ -202,4 +202,5 @@ class AudioStorage:
         leftovers = 0
         for prefix in PREFIXES:
             leftovers += await self.objects.delete_prefix(f"{prefix}{account_id}/")
-        return Erased(samples.deleted_samples, generations, files, samples.deleted_objects + len(generation_keys) + len(file_keys) + leftovers)
+        objects_deleted = samples.deleted_objects + len(generation_keys) + len(file_keys) + leftovers
+        return Erased(samples.deleted_samples, generations, files, objects_deleted)

@@ -500,12 +500,12 @@ async def _stored(db: asyncpg.Connection, row: asyncpg.Record) -> Stored:
     try:
         legacy = await db.fetchval("SELECT audio FROM generations WHERE id = $1", row["id"])
     except asyncpg.UndefinedColumnError:  # moved (and the column dropped) since the row was read
-        legacy = await db.fetchval("SELECT audio_key FROM generations WHERE id = $1", row["id"])
-        if legacy is not None:
-            return Stored(legacy, row["audio_bytes"], WAV)
         legacy = None
-    if legacy is None:
-        raise not_found(f"there is no audio of generation {row['id']}")
+    if legacy is None:  # moved meanwhile: the row names its object now
+        moved = await db.fetchrow("SELECT audio_key, audio_bytes FROM generations WHERE id = $1", row["id"])
+        if moved is None or moved["audio_key"] is None:
+            raise not_found(f"there is no audio of generation {row['id']}")
+        return Stored(moved["audio_key"], moved["audio_bytes"], WAV)
     return Stored(None, len(legacy), WAV, bytes(legacy))
 
 
