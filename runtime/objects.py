@@ -509,6 +509,47 @@ class ObjectStore:
                 raise result
         return len(keys)
 
+    @contextlib.asynccontextmanager
+    async def keeping(self, keys: list[str]) -> AsyncIterator[None]:
+        """Around storing `keys` and committing the row that names them: if the block does not end
+        well (the store or the database failed, the caller went away), the objects are deleted again
+        at once; those that cannot be (the store is down) are the sweep's (:meth:`sweep`)."""
+        try:
+            yield
+        except BaseException:
+            await asyncio.shield(self._forget(keys))
+            raise
+
+    async def _forget(self, keys: list[str]) -> None:
+        try:
+            await self.delete_all(keys)
+        except ApiError:
+            log.warning("objects that no row names are left to the sweep", extra={"count": len(keys)})
+
+    async def let_go(self, keys: list[str], struck_off: Callable[[list[str]], Awaitable[None]]) -> None:
+        """Delete the objects of rows just deleted, whose keys wait in a table of deletions until
+        `struck_off(keys)` removes them; with the store down they wait there for :meth:`delete_pending`
+        (the rows are gone either way, so the caller is not refused for it)."""
+        keys = [key for key in keys if key]
+        if not keys:
+            return
+        try:
+            await self.delete_all(keys)
+            await struck_off(keys)
+        except ApiError as error:
+            log.warning("objects of deleted rows wait for the sweep", extra={"count": len(keys), "type": error.reason.lower()})
+
+    async def delete_pending(
+        self, pending: Callable[[], Awaitable[list[str]]], struck_off: Callable[[list[str]], Awaitable[None]]
+    ) -> int:
+        """The sweep's half of :meth:`let_go`: delete the objects still waiting in the table of deletions
+        (`pending()` a batch of them) and strike them off; how many."""
+        waiting = await pending()
+        if waiting:
+            await self.delete_all(waiting)
+            await struck_off(waiting)
+        return len(waiting)
+
     async def delete_prefix(self, prefix: str) -> int:
         """Remove every object whose key starts with `prefix` (not empty); how many there were."""
         if not prefix:

@@ -25,7 +25,6 @@ Downloads (DownloadVoiceSampleAudio) are read from the store a window at a time
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import pathlib
@@ -179,7 +178,7 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
 
             original_key, normalized_key = sample_keys(account)
             content_type = request.audio.content_type or "application/octet-stream"
-            async with self._stored_or_gone([original_key, normalized_key]):
+            async with self.objects.keeping([original_key, normalized_key]):
                 # One after the other, a part (S3_MULTIPART_PART_BYTES) at a time, from views of what was
                 # received: an upload holds one part more than its audio and its WAV.
                 await self.objects.put_stream(original_key, in_pieces(audio), content_type)
@@ -278,43 +277,18 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
 
     # --- Objects -----------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def _stored_or_gone(self, keys: list[str]):
-        """Around storing objects and the row naming them: if the row is not committed (the store or
-        the database failed, the caller went away), the objects are deleted again at once; those that
-        cannot be (the store is down) are the sweep's."""
-        try:
-            yield
-        except BaseException:
-            await asyncio.shield(self._forget(keys))
-            raise
-
-    async def _forget(self, keys: list[str]) -> None:
-        try:
-            await self.objects.delete_all(keys)
-        except ApiError:
-            log.warning("objects of an upload that was not stored are left to the sweep", extra={"count": len(keys)})
-
     async def _delete_objects(self, keys: list[str]) -> None:
-        """Delete the objects of deleted rows; with the store down, they wait in object_deletions for
-        the sweep (the row is gone either way, so the caller is not refused)."""
-        try:
-            await self.objects.delete_all(keys)
-            await store.objects_deleted(self.pool, keys)
-        except ApiError as error:
-            log.warning(
-                "objects of deleted samples wait for the sweep", extra={"count": len(keys), "type": error.reason.lower()}
-            )
+        """Delete the objects of deleted rows (now, or with the store down, at the sweep)."""
+        await self.objects.let_go(keys, functools.partial(store.objects_deleted, self.pool))
 
     async def sweep(self, grace_seconds: float) -> tuple[int, int]:
         """Delete the objects of deleted rows still waiting, and the objects older than `grace_seconds`
         that no row names; how many of each."""
-        waiting = await store.pending_deletions(self.pool)
-        if waiting:
-            await self.objects.delete_all(waiting)
-            await store.objects_deleted(self.pool, waiting)
+        waiting = await self.objects.delete_pending(
+            functools.partial(store.pending_deletions, self.pool), functools.partial(store.objects_deleted, self.pool)
+        )
         orphans = await self.objects.sweep(PREFIX, functools.partial(store.unnamed, self.pool), grace_seconds)
-        return len(waiting), orphans
+        return waiting, orphans
 
     async def _keep_sweeping(self) -> None:
         while True:

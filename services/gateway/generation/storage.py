@@ -27,7 +27,6 @@ of one bucket, under ``generations/<account>/`` and ``files/<account>/``:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import time
@@ -103,34 +102,14 @@ class AudioStorage:
 
     # --- storing -------------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def keeping(self, key: str):
-        """Around storing `key` and committing the row that names it: if the block does not end well,
-        the object is deleted again (those that cannot be, with the store down, are the sweep's)."""
-        try:
-            yield
-        except BaseException:
-            await asyncio.shield(self.forget([key]))
-            raise
-
-    async def forget(self, keys: list[str]) -> None:
-        """Delete objects no row names (best effort: the sweep deletes what is left)."""
-        try:
-            await self.objects.delete_all(keys)
-        except ApiError:
-            log.warning("objects that no row names are left to the sweep", extra={"count": len(keys)})
+    def keeping(self, key: str):
+        """Around storing `key` and committing the row that names it (ObjectStore.keeping)."""
+        return self.objects.keeping([key])
 
     async def let_go(self, keys: list[str]) -> None:
-        """Delete the objects of rows that are gone (handed to object_deletions); with the store down
-        they wait there for the sweep (the rows are gone either way)."""
-        keys = [key for key in keys if key]
-        if not keys:
-            return
-        try:
-            await self.objects.delete_all(keys)
-            await self.store.object_deletions.done(keys)
-        except ApiError as error:
-            log.warning("objects of deleted rows wait for the sweep", extra={"count": len(keys), "type": error.reason.lower()})
+        """Delete the objects of rows that are gone (handed to object_deletions): now, or, with the store
+        down, at the sweep."""
+        await self.objects.let_go(keys, self.store.object_deletions.done)
 
     # --- reading -------------------------------------------------------------------
 
@@ -168,16 +147,13 @@ class AudioStorage:
             while keys := await self.store.generations.expire_audio(retention_seconds):
                 expired += len(keys)
                 await self.let_go(keys)
-        waiting = await self.store.object_deletions.pending()
-        if waiting:
-            await self.objects.delete_all(waiting)
-            await self.store.object_deletions.done(waiting)
+        waiting = await self.objects.delete_pending(self.store.object_deletions.pending, self.store.object_deletions.done)
         orphans = 0
         for prefix in PREFIXES:
             orphans += await self.objects.sweep(prefix, self.store.object_deletions.unnamed, grace_seconds)
         if expired:
             log.info("deleted generated audio past its retention", extra={"count": expired})
-        return {"expired": expired, "deleted": len(waiting), "orphans": orphans}
+        return {"expired": expired, "deleted": waiting, "orphans": orphans}
 
     async def keep_sweeping(self, retention_seconds: Callable[[], float]) -> None:
         """Forever (a task of the gateway's): a sweep every S3_SWEEP_SECONDS."""
