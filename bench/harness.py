@@ -1,19 +1,23 @@
 """What the mesh benchmarks share: processes on free ports, a throwaway
-PostgreSQL, percentiles. Not a test helper: benchmarks print, they assert nothing."""
+PostgreSQL and object store (SeaweedFS), percentiles. Not a test helper:
+benchmarks print, they assert nothing."""
 
 from __future__ import annotations
 
 import contextlib
 import pathlib
+import shutil
 import statistics
 import sys
 import tempfile
 import uuid
 from typing import AsyncIterator
 
+from runtime import objects
 from services.gateway import accounts
 from services.gateway.store import Store
 from tools import mesh as mesh_tools
+from tools import seaweedfs
 from tools.mesh import free_port, free_ports  # noqa: F401 - used by the benchmarks through this module
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -69,6 +73,23 @@ def throwaway_postgres():
         yield server.get_uri()
     finally:
         server.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def throwaway_object_store() -> AsyncIterator[dict[str, str]]:
+    """A SeaweedFS in a temporary folder on free ports, as `make run` starts it, with its bucket;
+    yields the S3_* settings that reach it."""
+    folder = pathlib.Path(tempfile.mkdtemp(prefix="voicemesh-bench-s3-"))
+    ports = dict(zip([port.setting.name for port in seaweedfs.PORTS], free_ports(len(seaweedfs.PORTS))))
+    server = seaweedfs.SeaweedFS(folder, ports)
+    settings = server.store_settings(objects.StoreSettings())
+    try:
+        await server.start(timeout=120)
+        await server.create_bucket(settings, timeout=60)
+        yield settings.environment()
+    finally:
+        await server.stop(grace=5)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def percentile(values: list[float], fraction: float) -> float:

@@ -89,31 +89,32 @@ async def run(args) -> None:
     capacity = synth_config.SYNTH_MAX_BATCH_SIZE.value + synth_config.SYNTH_MAX_QUEUE.value
     clients = OFFERED_TIMES_CAPACITY * capacity
     with harness.throwaway_postgres() as database_url:
-        env = harness.mesh_env(database_url)
-        async with harness.running(mesh_tools.existing_services(), env) as mesh:
-            keys = {f"key{n}": key for n, key in enumerate(await harness.new_keys(database_url, args.keys, "load"))}
-            connector = aiohttp.TCPConnector(limit=clients)
-            async with aiohttp.ClientSession(
-                base_url=f"http://127.0.0.1:{env['GATEWAY_HTTP_PORT']}", connector=connector
-            ) as http:
-                await wait_for_provider(http, next(iter(keys.values())))
-                start = {name: rss_mib(process.pid) for name, process in mesh.processes.items()}
-                peaks: dict[str, float] = dict(start)
-                stop = asyncio.Event()
-                sampler = asyncio.create_task(sample_memory(mesh, peaks, stop))
-                print(
-                    f"{clients} clients ({OFFERED_TIMES_CAPACITY}x the synth's capacity of {capacity}) over "
-                    f"{args.keys} keys for {args.seconds:.0f} s, {args.frames} frames each, tiny model"
-                )
-                tally = Tally()
-                until = time.monotonic() + args.seconds
-                names = list(keys)
-                await asyncio.gather(
-                    *(client(http, names[n % len(names)], keys[names[n % len(names)]], args.frames, until, tally)
-                      for n in range(clients))
-                )  # fmt: skip
-                stop.set()
-                await sampler
+        async with harness.throwaway_object_store() as object_store:
+            env = harness.mesh_env(database_url, **object_store)
+            async with harness.running(mesh_tools.existing_services(), env) as mesh:
+                keys = {f"key{n}": key for n, key in enumerate(await harness.new_keys(database_url, args.keys, "load"))}
+                connector = aiohttp.TCPConnector(limit=clients)
+                async with aiohttp.ClientSession(
+                    base_url=f"http://127.0.0.1:{env['GATEWAY_HTTP_PORT']}", connector=connector
+                ) as http:
+                    await wait_for_provider(http, next(iter(keys.values())))
+                    start = {name: rss_mib(process.pid) for name, process in mesh.processes.items()}
+                    peaks: dict[str, float] = dict(start)
+                    stop = asyncio.Event()
+                    sampler = asyncio.create_task(sample_memory(mesh, peaks, stop))
+                    print(
+                        f"{clients} clients ({OFFERED_TIMES_CAPACITY}x the synth's capacity of {capacity}) over "
+                        f"{args.keys} keys for {args.seconds:.0f} s, {args.frames} frames each, tiny model"
+                    )
+                    tally = Tally()
+                    until = time.monotonic() + args.seconds
+                    names = list(keys)
+                    await asyncio.gather(
+                        *(client(http, names[n % len(names)], keys[names[n % len(names)]], args.frames, until, tally)
+                          for n in range(clients))
+                    )  # fmt: skip
+                    stop.set()
+                    await sampler
     report(tally, names, start, peaks)
 
 

@@ -115,27 +115,28 @@ async def measure(http, headers, body: dict, requests: int, metrics_port: str) -
 
 async def run(args) -> None:
     with harness.throwaway_postgres() as database_url:
-        env = harness.mesh_env(database_url)
-        # Speech recognition is not on the generation path (samples come with typed transcripts).
-        async with harness.running(["transcode", "library", "synth", "gateway"], env):
-            (key,) = await harness.new_keys(database_url, 1)
-            headers = {"Authorization": f"Bearer {key}"}
-            async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{env['GATEWAY_HTTP_PORT']}") as http:
-                await wait_for_provider(http, headers)
-                speakers = await upload_samples(http, headers)
-                kinds = {
-                    "both speakers cloned (library + transcode on the path)": {
-                        "input": SCRIPT, "speakers": speakers, "max_new_tokens": args.frames,
-                    },
-                    "no cloning": {"input": SCRIPT, "max_new_tokens": args.frames},
-                }  # fmt: skip
-                for body in kinds.values():  # warm-up: connections, caches, first-call costs
-                    for _ in range(2):
-                        await (await http.post("/v1/voice/generations", json=body, headers=headers)).read()
-                print(f"{args.requests} requests of each kind, one at a time, {args.frames} frames, tiny model")
-                for name, body in kinds.items():
-                    print(name)
-                    await measure(http, headers, body, args.requests, env["SYNTH_METRICS_PORT"])
+        async with harness.throwaway_object_store() as object_store:
+            env = harness.mesh_env(database_url, **object_store)
+            # Speech recognition is not on the generation path (samples come with typed transcripts).
+            async with harness.running(["transcode", "library", "synth", "gateway"], env):
+                (key,) = await harness.new_keys(database_url, 1)
+                headers = {"Authorization": f"Bearer {key}"}
+                async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{env['GATEWAY_HTTP_PORT']}") as http:
+                    await wait_for_provider(http, headers)
+                    speakers = await upload_samples(http, headers)
+                    kinds = {
+                        "both speakers cloned (library + transcode on the path)": {
+                            "input": SCRIPT, "speakers": speakers, "max_new_tokens": args.frames,
+                        },
+                        "no cloning": {"input": SCRIPT, "max_new_tokens": args.frames},
+                    }  # fmt: skip
+                    for body in kinds.values():  # warm-up: connections, caches, first-call costs
+                        for _ in range(2):
+                            await (await http.post("/v1/voice/generations", json=body, headers=headers)).read()
+                    print(f"{args.requests} requests of each kind, one at a time, {args.frames} frames, tiny model")
+                    for name, body in kinds.items():
+                        print(name)
+                        await measure(http, headers, body, args.requests, env["SYNTH_METRICS_PORT"])
 
 
 def main() -> int:

@@ -99,24 +99,25 @@ async def run(args) -> None:
     uploads = args.uploads or MAX_CONCURRENT_UPLOADS.value
     audio = wav(args.seconds)
     with harness.throwaway_postgres() as database_url:
-        env = harness.mesh_env(database_url)
-        # Typed transcripts: speech recognition is not on the path.
-        async with harness.running(["transcode", "library", "gateway"], env) as mesh:
-            (key,) = await harness.new_keys(database_url, 1)
-            headers = {"Authorization": f"Bearer {key}"}
-            pids = {name: mesh.processes[name].pid for name in ("gateway", "library")}
-            async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{env['GATEWAY_HTTP_PORT']}") as http:
-                status, _ = await upload(http, headers, wav(1.0))  # warm-up: connections, pools, codecs
-                if status != 200:
-                    raise SystemExit("the warm-up upload was refused")
-                await asyncio.sleep(1)
-                idle = {name: status_kib(pid, "VmRSS") for name, pid in pids.items()}
-                print(
-                    f"idle: " + ", ".join(f"{name} {kib / 1024:.1f} MiB" for name, kib in idle.items())
-                    + f"; LIBRARY_MAX_CONCURRENT_UPLOADS={MAX_CONCURRENT_UPLOADS.value}"
-                )
-                await one_round(http, headers, audio, uploads, pids, idle)
-                await one_round(http, headers, audio, 2 * uploads, pids, idle)
+        async with harness.throwaway_object_store() as object_store:
+            env = harness.mesh_env(database_url, **object_store)
+            # Typed transcripts: speech recognition is not on the path.
+            async with harness.running(["transcode", "library", "gateway"], env) as mesh:
+                (key,) = await harness.new_keys(database_url, 1)
+                headers = {"Authorization": f"Bearer {key}"}
+                pids = {name: mesh.processes[name].pid for name in ("gateway", "library")}
+                async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{env['GATEWAY_HTTP_PORT']}") as http:
+                    status, _ = await upload(http, headers, wav(1.0))  # warm-up: connections, pools, codecs
+                    if status != 200:
+                        raise SystemExit("the warm-up upload was refused")
+                    await asyncio.sleep(1)
+                    idle = {name: status_kib(pid, "VmRSS") for name, pid in pids.items()}
+                    print(
+                        f"idle: " + ", ".join(f"{name} {kib / 1024:.1f} MiB" for name, kib in idle.items())
+                        + f"; LIBRARY_MAX_CONCURRENT_UPLOADS={MAX_CONCURRENT_UPLOADS.value}"
+                    )
+                    await one_round(http, headers, audio, uploads, pids, idle)
+                    await one_round(http, headers, audio, 2 * uploads, pids, idle)
 
 
 def main() -> int:

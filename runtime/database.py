@@ -57,6 +57,8 @@ DATABASE_UP = prometheus_client.Gauge(
 _POOL_SCHEMAS: dict[int, str] = {}
 
 _MIGRATION_NAME = re.compile(r"^(\d+)_[\w-]+\.sql$")
+# A migration's first line may say what must hold before it is applied (a query answering true).
+_REQUIRES = re.compile(r"^--\s*requires:\s*(.+)$")
 
 # Errors that mean "the database is not there right now", as opposed to a bug in a query.
 CONNECTION_ERRORS = (
@@ -95,6 +97,13 @@ def database_errors():
         raise unavailable() from error
 
 
+def requirement(path: pathlib.Path) -> str | None:
+    """The query a migration waits for (its first line, ``-- requires: SELECT ...``), if any."""
+    first = path.read_text().split("\n", 1)[0]
+    found = _REQUIRES.match(first.strip())
+    return found.group(1) if found else None
+
+
 def migrations(folder: pathlib.Path) -> list[tuple[int, pathlib.Path]]:
     found = []
     for path in sorted(folder.glob("*.sql")):
@@ -109,7 +118,11 @@ def migrations(folder: pathlib.Path) -> list[tuple[int, pathlib.Path]]:
 
 
 async def migrate(connection: asyncpg.Connection, schema: str, folder: pathlib.Path) -> list[int]:
-    """Apply the migrations not yet recorded; returns the versions applied now."""
+    """Apply the migrations not yet recorded; returns the versions applied now.
+
+    A migration whose first line is ``-- requires: <query>`` waits until that query answers
+    true (the columns that held audio go once tools/move_audio.py has moved it): it is not
+    applied while it does not, and neither is any migration after it."""
     lock_key = int.from_bytes(hashlib.sha256(f"migrate:{schema}".encode()).digest()[:8], "big", signed=True)
     await connection.execute("SELECT pg_advisory_lock($1)", lock_key)
     try:
@@ -125,6 +138,17 @@ async def migrate(connection: asyncpg.Connection, schema: str, folder: pathlib.P
         for version, path in migrations(folder):
             if version in done:
                 continue
+            condition = requirement(path)
+            if condition is not None:
+                async with connection.transaction():
+                    await connection.execute(f"SET LOCAL search_path TO {schema}")
+                    met = await connection.fetchval(condition)
+                if not met:
+                    log.warning(
+                        "migration waits for its requirement",
+                        extra={"schema": schema, "migration": path.name, "requires": condition},
+                    )
+                    break
             async with connection.transaction():
                 await connection.execute(f"SET LOCAL search_path TO {schema}")
                 await connection.execute(path.read_text())

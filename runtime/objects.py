@@ -27,7 +27,7 @@ import contextlib
 import datetime
 import logging
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -108,9 +108,9 @@ S3_MAX_CONNECTIONS = config.setting(
 )
 S3_MULTIPART_PART_BYTES = config.setting(
     "S3_MULTIPART_PART_BYTES",
-    8 * MIB,
-    "part size of a streamed upload (5 MiB to 5 GiB): it holds one part in memory at a time; one that ends "
-    "within its first part is stored with a single PUT",
+    MIN_PART_BYTES,
+    "part size of a streamed upload (5 MiB, S3's least, to 5 GiB): it holds one part in memory at a time (the "
+    "library's voice-sample uploads, one each); one that ends within its first part is stored with a single PUT",
     config.between(MIN_PART_BYTES, MAX_PART_BYTES, int),
 )
 S3_PRESIGNED_URL_SECONDS = config.setting(
@@ -118,6 +118,29 @@ S3_PRESIGNED_URL_SECONDS = config.setting(
     900,
     "how long a presigned download URL works unless its caller says otherwise (1 s to 7 days)",
     config.between(1, MAX_PRESIGNED_SECONDS, int),
+)
+
+S3_CREATE_BUCKET = config.setting(
+    "S3_CREATE_BUCKET",
+    False,
+    "true: a service that finds the bucket missing makes it (the development overlay's SeaweedFS starts empty); "
+    "false: a missing bucket is the operator's to make, and the service is not ready until it exists",
+    config.boolean,
+)
+S3_ORPHAN_GRACE_SECONDS = config.setting(
+    "S3_ORPHAN_GRACE_SECONDS",
+    3600.0,
+    "age past which an object of audio that no database row names (its service crashed between storing it and "
+    "committing the row, or lost the store while deleting it) is deleted by the sweep; younger ones may be an "
+    "upload still under way",
+    config.between(0, 30 * 24 * 3600),
+)
+S3_SWEEP_SECONDS = config.setting(
+    "S3_SWEEP_SECONDS",
+    600.0,
+    "how often the gateway and the library each look through their objects for those no row names "
+    "(S3_ORPHAN_GRACE_SECONDS), and the gateway for generated audio past GATEWAY_AUDIO_RETENTION_SECONDS",
+    config.between(1, 7 * 24 * 3600),
 )
 
 # Retry-After of STORAGE_UNAVAILABLE: a restarted store answers within seconds.
@@ -184,6 +207,7 @@ class StoreSettings:
     max_connections: int = S3_MAX_CONNECTIONS.default
     part_bytes: int = S3_MULTIPART_PART_BYTES.default
     presigned_url_seconds: int = S3_PRESIGNED_URL_SECONDS.default
+    create_bucket: bool = S3_CREATE_BUCKET.default
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> StoreSettings:
@@ -204,6 +228,7 @@ class StoreSettings:
             max_connections=S3_MAX_CONNECTIONS.value_in(env),
             part_bytes=S3_MULTIPART_PART_BYTES.value_in(env),
             presigned_url_seconds=S3_PRESIGNED_URL_SECONDS.value_in(env),
+            create_bucket=S3_CREATE_BUCKET.value_in(env),
         )
 
     def environment(self) -> dict[str, str]:
@@ -367,11 +392,19 @@ class ObjectStore:
             return True
 
     async def is_reachable(self) -> bool:
-        """Readiness probe: the bucket answers, with our credentials."""
+        """Readiness probe: the bucket answers, with our credentials (made first if it is missing and
+        S3_CREATE_BUCKET says to)."""
         try:
             client = await self._connect()
             with _errors():
-                await client.head_bucket(Bucket=self.bucket)
+                try:
+                    await client.head_bucket(Bucket=self.bucket)
+                except ClientError as error:
+                    missing = str(error.response.get("Error", {}).get("Code")) in _NOT_FOUND_CODES | {"NoSuchBucket"}
+                    if not (missing and self.settings.create_bucket):
+                        raise
+                    if await self.create_bucket():
+                        log.info("made the bucket", extra={"bucket": self.bucket})
             return True
         except ApiError:
             return False
@@ -389,7 +422,7 @@ class ObjectStore:
         return ObjectInfo(key, len(data), answer.get("ETag", ""), content_type=content_type)
 
     async def put_stream(
-        self, key: str, pieces: AsyncIterable[bytes], content_type: str | None = None
+        self, key: str, pieces: AsyncIterable[bytes | memoryview], content_type: str | None = None
     ) -> ObjectInfo:
         """Store what `pieces` yield under `key`, holding one part (S3_MULTIPART_PART_BYTES) at a
         time: a multipart upload once there is more than one part, else a single PUT. The object
@@ -420,7 +453,10 @@ class ObjectStore:
             async for piece in pieces:
                 if not piece:
                     continue
-                held.append(bytes(piece))
+                # Immutable pieces are held as they are (the join below is their one copy); a buffer its
+                # producer may reuse is copied.
+                readonly = isinstance(piece, bytes) or (isinstance(piece, memoryview) and piece.readonly)
+                held.append(piece if readonly else bytes(piece))
                 held_bytes += len(piece)
                 total += len(piece)
                 if held_bytes >= part_bytes:
@@ -456,6 +492,102 @@ class ObjectStore:
         client = await self._connect()
         with _errors():
             await client.delete_object(Bucket=self.bucket, Key=check_key(key))
+
+    async def delete_all(self, keys: Iterable[str]) -> int:
+        """Remove every key (at most S3_MAX_CONNECTIONS at once); how many were asked for. The first
+        failure is raised once the others have been tried."""
+        keys = list(keys)
+        room = asyncio.Semaphore(self.settings.max_connections)
+
+        async def one(key: str) -> None:
+            async with room:
+                await self.delete(key)
+
+        results = await asyncio.gather(*(one(key) for key in keys), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return len(keys)
+
+    @contextlib.asynccontextmanager
+    async def keeping(self, keys: list[str]) -> AsyncIterator[None]:
+        """Around storing `keys` and committing the row that names them: if the block does not end
+        well (the store or the database failed, the caller went away), the objects are deleted again
+        at once; those that cannot be (the store is down) are the sweep's (:meth:`sweep`)."""
+        try:
+            yield
+        except BaseException:
+            await asyncio.shield(self._forget(keys))
+            raise
+
+    async def _forget(self, keys: list[str]) -> None:
+        try:
+            await self.delete_all(keys)
+        except ApiError:
+            log.warning("objects that no row names are left to the sweep", extra={"count": len(keys)})
+
+    async def let_go(self, keys: list[str], struck_off: Callable[[list[str]], Awaitable[None]]) -> None:
+        """Delete the objects of rows just deleted, whose keys wait in a table of deletions until
+        `struck_off(keys)` removes them; with the store down they wait there for :meth:`delete_pending`
+        (the rows are gone either way, so the caller is not refused for it)."""
+        keys = [key for key in keys if key]
+        if not keys:
+            return
+        try:
+            await self.delete_all(keys)
+            await struck_off(keys)
+        except ApiError as error:
+            log.warning("objects of deleted rows wait for the sweep", extra={"count": len(keys), "type": error.reason.lower()})
+
+    async def delete_pending(
+        self, pending: Callable[[], Awaitable[list[str]]], struck_off: Callable[[list[str]], Awaitable[None]]
+    ) -> int:
+        """The sweep's half of :meth:`let_go`: delete the objects still waiting in the table of deletions
+        (`pending()` a batch of them) and strike them off; how many."""
+        waiting = await pending()
+        if waiting:
+            await self.delete_all(waiting)
+            await struck_off(waiting)
+        return len(waiting)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Remove every object whose key starts with `prefix` (not empty); how many there were."""
+        if not prefix:
+            raise ValueError("delete_prefix needs a prefix: it would empty the bucket")
+        deleted = 0
+        batch: list[str] = []
+        async for item in self.list_objects(prefix):
+            batch.append(item.key)
+            if len(batch) >= 1000:
+                deleted += await self.delete_all(batch)
+                batch = []
+        return deleted + await self.delete_all(batch)
+
+    async def sweep(
+        self, prefix: str, unnamed: Callable[[list[str]], Awaitable[Iterable[str]]], older_than_seconds: float
+    ) -> int:
+        """Delete the objects under `prefix` older than `older_than_seconds` that no row names:
+        `unnamed(keys)` says which of the keys no row names (asked a page at a time). Younger
+        objects are left alone, as an upload whose row is not committed yet has one. How many
+        were deleted."""
+        cutoff = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=older_than_seconds)
+        deleted = 0
+        page: list[str] = []
+
+        async def settle() -> int:
+            orphans = list(await unnamed(page)) if page else []
+            if orphans:
+                log.warning("deleting objects that no row names", extra={"prefix": prefix, "count": len(orphans)})
+            return await self.delete_all(orphans)
+
+        async for item in self.list_objects(prefix):
+            if item.last_modified is not None and item.last_modified > cutoff:
+                continue
+            page.append(item.key)
+            if len(page) >= 1000:
+                deleted += await settle()
+                page = []
+        return deleted + await settle()
 
     # --- Reading ------------------------------------------------------------
 

@@ -44,11 +44,11 @@ def tls_settings(folder) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-async def tls_mesh(database, certs):
+async def tls_mesh(database, object_server, certs):
     own_database = Database()
     own_database.admin_url = database.admin_url  # a new database on the session's server
     await own_database.create()
-    env = mesh_tools.mesh_environment(own_database.url)
+    env = mesh_tools.mesh_environment(own_database.url, object_store=object_server.settings.environment())
     env.update(mesh_ports_env())
     env.update(DIA_MODEL="tiny-random", LOG_FORMAT="json", **tls_settings(certs / "mesh"))
     running = RunningMesh(mesh_tools.existing_services(), env)

@@ -45,7 +45,7 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from runtime import config, objects, provider_credentials, tls
+from runtime import config, database, objects, provider_credentials, tls
 from runtime.errors import ApiError
 from tools import seaweedfs
 
@@ -492,6 +492,25 @@ def mesh_environment(
     return env
 
 
+async def move_stored_audio(database_url: str, store_settings: objects.StoreSettings) -> str:
+    """Move audio that PostgreSQL still holds (written before issue 23) into the object store
+    (tools/move_audio.py), saying so when there was some; why it could not, or ""."""
+    from tools import move_audio  # imported when used: it opens both services' stores
+
+    try:
+        moved = await move_audio.move_all(database_url, store_settings)
+    except (ApiError, move_audio.ChecksumMismatch, *database.CONNECTION_ERRORS) as error:
+        return f"could not move the audio PostgreSQL holds into the object store: {error}"
+    except Exception as error:  # noqa: BLE001 - whatever it is, what was started must be stopped
+        return f"could not move the audio PostgreSQL holds into the object store ({type(error).__name__}: {error})"
+    if moved.samples or moved.generations or moved.files:
+        say(
+            f"moved audio from PostgreSQL into the object store: {moved.samples} voice samples, "
+            f"{moved.generations} generations, {moved.files} files ({moved.bytes} bytes, each checked by its SHA-256)"
+        )
+    return ""
+
+
 async def run(services: list[str]) -> int:
     embedded_s3 = not objects.S3_ENDPOINT_URL.value and bool(NEEDS_OBJECTS & set(services))
     problems = port_problems(services, embedded_s3)
@@ -520,6 +539,16 @@ async def run(services: list[str]) -> int:
         database_url = postgres.url
         print(f"postgres | embedded PostgreSQL at {database_url} (pid {postgres.pid})", flush=True)
 
+    if database_url and NEEDS_DATABASE & NEEDS_OBJECTS & set(services):
+        problem = await move_stored_audio(database_url, store_settings)
+        if problem:
+            say(problem)
+            say("nothing else started")
+            if s3 is not None:
+                await s3.stop()
+            if postgres is not None:
+                postgres.stop()
+            return 1
     stored = None if provider_credentials.PROVIDER_SECRET.value else stored_provider_secret(ROOT / PROVIDER_SECRET_FILE.value)
     mesh = Mesh(services, mesh_environment(database_url, stored, s3.client_environment() if s3 else None))
     stopping = asyncio.Event()

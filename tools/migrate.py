@@ -17,7 +17,6 @@ import sys
 import asyncpg
 
 from runtime import config, database, logs
-from tools.mesh import NEEDS_DATABASE
 
 log = logging.getLogger("tools.migrate")
 
@@ -34,7 +33,7 @@ async def migrate_all(url: str) -> dict[str, list[int]]:
     connection = await asyncpg.connect(url, timeout=database.DATABASE_TIMEOUT_SECONDS.value)
     try:
         applied = {}
-        for name in sorted(NEEDS_DATABASE):
+        for name in sorted(MIGRATION_OWNERS):
             owner = importlib.import_module(MIGRATION_OWNERS[name])
             applied[name] = await database.migrate(connection, owner.SCHEMA, owner.MIGRATIONS)
             log.info("migrated", extra={"schema": owner.SCHEMA, "applied": applied[name]})

@@ -240,3 +240,20 @@ USAGE_MAX_DAYS = setting(
     "invalid_parameter naming start_date",
     between(1, 100_000, int),
 )
+AUDIO_RETENTION_SECONDS = setting(
+    "GATEWAY_AUDIO_RETENTION_SECONDS",
+    0.0,
+    "how long generated audio is kept after its generation ended, in seconds (0: forever); past it the gateway's "
+    "sweep (every S3_SWEEP_SECONDS) deletes it from the object store, the history keeps the record "
+    "(audio_expired) and its audio answers 410 audio_expired",
+    between(0, 100 * 365 * 24 * 3600),
+)
+AUDIO_REDIRECTS = setting(
+    "GATEWAY_AUDIO_REDIRECTS",
+    False,
+    "true: a generation's audio (with the key, by its share_url or its audio_url) is answered with a 307 to a "
+    "presigned URL of the object store on S3_PUBLIC_ENDPOINT_URL (valid S3_PRESIGNED_URL_SECONDS, never past the "
+    "audio_url's own expiry), so that the store or a CDN before it sends the bytes, byte ranges included; "
+    "false: the gateway sends them, as it reads them from the store",
+    config.boolean,
+)

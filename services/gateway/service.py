@@ -17,10 +17,13 @@ import logging
 
 from runtime import config
 from runtime.errors import ApiError
+from runtime.objects import ObjectStore
 from runtime.server import Servicer, ServiceSpec, stop_task
 from services.gateway import accounts
 from services.gateway.config import (
     ACCOUNT_CONCURRENT_GENERATIONS,
+    AUDIO_REDIRECTS,
+    AUDIO_RETENTION_SECONDS,
     ACCOUNT_GENERATION_BURST,
     ACCOUNT_GENERATIONS_PER_SECOND,
     BROWSER_TOKEN_MAX_SECONDS,
@@ -59,6 +62,7 @@ from services.gateway.generation.prompt import Prompts
 from services.gateway.generation.registry import ProviderDirectory, ProviderRegistry
 from services.gateway.generation.routing import VOICE_CLONING, Router
 from services.gateway.generation.tenancy import AccountDeletion, AccountService, KeyService, UsageReports, UsageService
+from services.gateway.generation.storage import AudioStorage
 from services.gateway.store import Store
 from services.gateway.store.generations import AccountLimits
 from voice.gateway.v1 import accounts_pb2_grpc, generations_pb2_grpc, models_pb2_grpc, providers_pb2_grpc
@@ -92,6 +96,14 @@ def signed_url_seconds() -> int:
     return SIGNED_URL_SECONDS.value
 
 
+def audio_redirects() -> bool:
+    return AUDIO_REDIRECTS.value
+
+
+def audio_retention_seconds() -> float:
+    return AUDIO_RETENTION_SECONDS.value
+
+
 def pipeline_settings() -> Settings:
     return Settings(
         request=request.Limits.configured(),
@@ -109,7 +121,10 @@ class Gateway:
         self._sweeper: asyncio.Task | None = None
         self._recorder: asyncio.Task | None = None
         self._account_sweeper: asyncio.Task | None = None
+        self._object_sweeper: asyncio.Task | None = None
         self.accounts = accounts.Accounts(self.store.accounts)
+        # The audio's bytes: the object store (S3), opened on first use; readiness asks it too.
+        self.storage = AudioStorage(ObjectStore(), self.store, audio_redirects)
         self.providers = ProviderDirectory(self.store.providers)
         self.library = Library()
         self.prompts = Prompts(self.library, PROMPT_CACHE_BYTES.value, PROMPT_GAP_SECONDS.value)
@@ -122,6 +137,7 @@ class Gateway:
             router=self.router,
             settings=pipeline_settings,
             urls=self.urls,
+            storage=self.storage,
         )
         deliveries = webhooks.Webhooks(self.store.webhooks)
         self.jobs = Jobs(
@@ -130,9 +146,11 @@ class Gateway:
             self.store.generations,
             on_event=PredictionWebhooks(self.store.predictions, deliveries, to_prediction, self.urls),
         )
-        files = Files(self.store.files)
+        files = Files(self.store.files, self.storage)
         self.registry = ProviderRegistry(self.store.providers)
-        self.generations = GenerationService(self.accounts, self.pipeline, self.store.generations, self.urls)
+        self.generations = GenerationService(
+            self.accounts, self.pipeline, self.store.generations, self.urls, self.storage
+        )
         self.speech = SpeechService(self.accounts, self.pipeline, self.library)
         self.predictions = PredictionService(
             self.accounts,
@@ -147,7 +165,7 @@ class Gateway:
         self.webhooks = WebhookService(self.accounts, deliveries)
         self.models = ModelService(self.accounts, self.providers, listing(public_url))
         self.keys = KeyService(self.accounts)
-        self.deletion = AccountDeletion(self.accounts, self.library, purge_again_after_seconds)
+        self.deletion = AccountDeletion(self.accounts, self.library, self.storage, purge_again_after_seconds)
         reports = UsageReports(self.store.usage, self.store.accounts, self.library)
         self.account_admin = AccountService(self.accounts, self.deletion, reports)
         self.usage = UsageService(self.accounts, reports)
@@ -167,11 +185,15 @@ class Gateway:
         )
         # Deleted accounts purged once more (what other replicas let in meanwhile), expired tokens swept.
         self._account_sweeper = asyncio.create_task(self.deletion.keep_purging(ACCOUNT_SWEEP_SECONDS))
+        # Audio past its retention, objects of deleted rows still waiting, objects no row names.
+        self._object_sweeper = asyncio.create_task(self.storage.keep_sweeping(audio_retention_seconds))
         # The gateway's own services are called in process; the others over gRPC.
         self.table = RouteTable(upstream_names(), InProcess("gateway", self.servicers(), self.fully_ready))
         await self.table.discover_all()
         self.table.start_watching()
-        self.front = HttpFront(self.table, self.accounts.authenticate, MAX_BODY_BYTES.value)
+        self.front = HttpFront(
+            self.table, self.accounts.authenticate, MAX_BODY_BYTES.value, media_origins=self.storage.media_origins()
+        )
         await self.front.start(config.BIND_HOST.value, config.GATEWAY_HTTP_PORT.value)
 
     async def _fail_abandoned_generations(self) -> None:
@@ -190,6 +212,7 @@ class Gateway:
         await stop_task(self._sweeper)
         await stop_task(self._recorder)
         await stop_task(self._account_sweeper)
+        await stop_task(self._object_sweeper)
         if self.front is not None:
             await self.front.stop()
         await self.jobs.close()
@@ -206,10 +229,13 @@ class Gateway:
                 "stopped with generation outcomes the database did not take",
                 extra={"count": self.store.generations.unrecorded},
             )
+        await self.storage.close()
         await self.store.close()
 
     async def ready(self) -> bool:
-        return await self.store.is_reachable()
+        """PostgreSQL and the object store both answer: the history and its audio need both."""
+        database, storage = await asyncio.gather(self.store.is_reachable(), self.storage.is_reachable())
+        return database and storage
 
     async def fully_ready(self) -> bool:
         """Every one of its services ready (what /readyz asks of the gateway)."""

@@ -1,18 +1,25 @@
-"""LibraryService: each account's voice samples, stored in PostgreSQL.
+"""LibraryService: each account's voice samples, described in PostgreSQL, their audio in the object store.
 
 An upload is checked (account, fields, size), normalized to 44.1 kHz mono WAV
 by the transcode service, given a transcript by the STT service when the user
-typed none and one is reachable, and inserted in one transaction; the reply
-goes out only after the commit. At most LIBRARY_MAX_CONCURRENT_UPLOADS are
+typed none and one is reachable; its audio (the upload as it came, and the
+WAV) is stored in the object store (S3, runtime/objects.py), then its row is
+inserted; the reply goes out only after the commit. Objects whose row is never
+committed (the database refused it) are deleted at once, or, had the process
+died between the two, by the sweep once older than S3_ORPHAN_GRACE_SECONDS;
+deleting a sample (or all of an account's, AccountDataService.DeleteAccountSamples) deletes
+its objects too (store.py hands them over in the statement that deletes the
+rows, so a store that is down then does not keep them). At most LIBRARY_MAX_CONCURRENT_UPLOADS are
 worked on at once, which bounds the memory uploads take (each holds a few
 copies of its audio); one more is refused at once with UPLOADS_BUSY and a
 Retry-After from how fast uploads have been finishing. Those copies are few:
 the request arrives as an :class:`Upload` (the message without the audio, and
 a view of the audio in what was received), the audio goes to transcode in
 pieces of AUDIO_PIECE_BYTES (StreamingDecodeAudio, runtime.wire), the WAV
-comes back as a view of the received reply, and both go into PostgreSQL by a
-streamed COPY (store.insert). So an upload holds its audio once, its WAV once,
-and for a moment what gRPC received of either.
+comes back as a view of the received reply, and both go to the object store
+one after the other, a part of S3_MULTIPART_PART_BYTES at a time.
+Downloads (DownloadVoiceSampleAudio) are read from the store a window at a time
+(runtime/downloads.py), never whole.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import asyncio
 import functools
 import logging
 import pathlib
+import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import asyncpg
@@ -29,11 +38,11 @@ import prometheus_client
 from google.api import httpbody_pb2
 from google.protobuf import descriptor
 
-from runtime import clients, fields, pagination, wire
+from runtime import clients, downloads, fields, objects, pagination, wire
 from runtime.admission import Gate
 from runtime.database import CONNECTION_ERRORS, is_reachable, open_pool, unavailable
 from runtime.errors import ApiError
-from runtime.server import ServiceSpec, Servicer
+from runtime.server import ServiceSpec, Servicer, stop_task
 from services.library import config, rules, store
 from voice.library.v1 import library_pb2, library_pb2_grpc
 from voice.stt.v1 import stt_pb2
@@ -51,6 +60,21 @@ AUDIO_PIECE_BYTES = 256 * 1024
 
 MIGRATIONS = pathlib.Path(__file__).resolve().parent / "migrations"
 SCHEMA = "library"
+# Every object of the library's is under this prefix, an account's under PREFIX/<account id>/.
+PREFIX = "samples/"
+
+
+async def in_pieces(data: bytes | memoryview) -> AsyncIterator[memoryview]:
+    """`data` in views of AUDIO_PIECE_BYTES, copying nothing."""
+    view = memoryview(data)
+    for start in range(0, len(view), AUDIO_PIECE_BYTES):
+        yield view[start : start + AUDIO_PIECE_BYTES]
+
+
+def sample_keys(account: int) -> tuple[str, str]:
+    """New keys for a sample's upload and its WAV: under its account, never used before."""
+    folder = f"{PREFIX}{account}/{uuid.uuid4().hex}"
+    return f"{folder}/original", f"{folder}/normalized.wav"
 
 
 def to_proto(row: asyncpg.Record) -> library_pb2.VoiceSample:
@@ -74,6 +98,8 @@ def to_proto(row: asyncpg.Record) -> library_pb2.VoiceSample:
 class Library(library_pb2_grpc.LibraryServiceServicer):
     def __init__(self) -> None:
         self._pool: asyncpg.Pool | None = None
+        self.objects = objects.ObjectStore()
+        self._sweeper: asyncio.Task | None = None
         self._decode_audio: grpc.aio.StreamUnaryMultiCallable | None = None
         self._transcribe: grpc.aio.UnaryUnaryMultiCallable | None = None
         self._channels: list[grpc.aio.Channel] = []
@@ -105,8 +131,11 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
             except CONNECTION_ERRORS as error:
                 log.warning("database not reachable yet (%s); retrying", type(error).__name__)
                 await asyncio.sleep(config.DATABASE_RETRY_SECONDS.value)
+        self._sweeper = asyncio.create_task(self._keep_sweeping())
 
     async def stop(self) -> None:
+        await stop_task(self._sweeper)
+        await self.objects.close()
         for channel in self._channels:
             await channel.close()
         if self._pool is not None:
@@ -116,7 +145,11 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
                 self._pool.terminate()
 
     async def ready(self) -> bool:
-        return self._pool is not None and await is_reachable(self._pool)
+        """PostgreSQL and the object store both answer: no sample can be stored or read without either."""
+        if self._pool is None:
+            return False
+        database, store = await asyncio.gather(is_reachable(self._pool), self.objects.is_reachable())
+        return database and store
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -144,25 +177,34 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
                 transcript = await self._recognize(wav)
                 transcript_source = "stt" if transcript else ""
 
-            row = await store.insert(
-                self.pool,
-                account,
-                store.NewSample(
-                    speaker_name=speaker_name,
-                    transcript=transcript,
-                    transcript_source=transcript_source,
-                    is_default=request.is_default,
-                    visibility=visibility,
-                    collection=collection,
-                    original_format=rules.original_format(
-                        info.source_format, info.source_codec, request.audio.content_type
+            original_key, normalized_key = sample_keys(account)
+            content_type = request.audio.content_type or "application/octet-stream"
+            async with self.objects.keeping([original_key, normalized_key]):
+                # One after the other, a part (S3_MULTIPART_PART_BYTES) at a time, from views of what was
+                # received: an upload holds one part more than its audio and its WAV.
+                await self.objects.put_stream(original_key, in_pieces(audio), content_type)
+                await self.objects.put_stream(normalized_key, in_pieces(wav), store.WAV)
+                row = await store.insert(
+                    self.pool,
+                    account,
+                    store.NewSample(
+                        speaker_name=speaker_name,
+                        transcript=transcript,
+                        transcript_source=transcript_source,
+                        is_default=request.is_default,
+                        visibility=visibility,
+                        collection=collection,
+                        original_format=rules.original_format(
+                            info.source_format, info.source_codec, request.audio.content_type
+                        ),
+                        original_key=original_key,
+                        original_bytes=len(audio),
+                        normalized_key=normalized_key,
+                        normalized_bytes=len(wav),
+                        duration_seconds=info.duration_seconds,
                     ),
-                    original_audio=audio,
-                    normalized_wav=wav,
-                    duration_seconds=info.duration_seconds,
-                ),
-                key_id,
-            )
+                    key_id,
+                )
         log.info("voice sample stored", extra={"sample_id": row["id"], "account_id": account})
         return library_pb2.CreateVoiceSampleResponse(voice_sample=to_proto(row))
 
@@ -188,10 +230,17 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
 
     async def GetVoiceSampleAudio(self, request, context):
         account = rules.account_id(context.invocation_metadata())
-        wav = await store.get_audio(self.pool, account, request.id)
+        stored = await store.get_audio(self.pool, account, request.id)
+        wav = stored.legacy if stored.key is None else await self.objects.get(stored.key)
         return library_pb2.GetVoiceSampleAudioResponse(
-            audio=httpbody_pb2.HttpBody(content_type="audio/wav", data=wav)
+            audio=httpbody_pb2.HttpBody(content_type=stored.content_type, data=wav)
         )
+
+    async def DownloadVoiceSampleAudio(self, request, context):
+        account = rules.account_id(context.invocation_metadata())
+        stored = await store.get_audio(self.pool, account, request.id)
+        async for piece in downloads.send(stored, self.objects, context):
+            yield library_pb2.DownloadVoiceSampleAudioResponse(audio=piece)
 
     async def UpdateVoiceSample(self, request, context):
         account = rules.account_id(context.invocation_metadata())
@@ -212,9 +261,41 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
 
     async def DeleteVoiceSample(self, request, context):
         account = rules.account_id(context.invocation_metadata())
-        await store.delete(self.pool, account, request.id)
+        keys = await store.delete(self.pool, account, request.id)
+        await self._delete_objects(keys)
         log.info("voice sample deleted", extra={"sample_id": request.id, "account_id": account})
         return library_pb2.DeleteVoiceSampleResponse()
+
+    async def delete_account(self, account: int) -> tuple[int, int]:
+        """Every sample of the account with its objects, and whatever else is stored under its prefix
+        (an upload whose row never came): (samples, objects) deleted."""
+        count, keys = await store.delete_account(self.pool, account)
+        await self._delete_objects(keys)
+        leftovers = await self.objects.delete_prefix(f"{PREFIX}{account}/")
+        return count, len(keys) + leftovers
+
+    # --- Objects -----------------------------------------------------------
+
+    async def _delete_objects(self, keys: list[str]) -> None:
+        """Delete the objects of deleted rows (now, or with the store down, at the sweep)."""
+        await self.objects.let_go(keys, functools.partial(store.objects_deleted, self.pool))
+
+    async def sweep(self, grace_seconds: float) -> tuple[int, int]:
+        """Delete the objects of deleted rows still waiting, and the objects older than `grace_seconds`
+        that no row names; how many of each."""
+        waiting = await self.objects.delete_pending(
+            functools.partial(store.pending_deletions, self.pool), functools.partial(store.objects_deleted, self.pool)
+        )
+        orphans = await self.objects.sweep(PREFIX, functools.partial(store.unnamed, self.pool), grace_seconds)
+        return waiting, orphans
+
+    async def _keep_sweeping(self) -> None:
+        while True:
+            await asyncio.sleep(objects.S3_SWEEP_SECONDS.value)
+            try:
+                await self.sweep(objects.S3_ORPHAN_GRACE_SECONDS.value)
+            except ApiError as error:  # the database or the store is down: the next round
+                log.info("object sweep skipped", extra={"type": error.reason.lower()})
 
     # --- Upstream services -----------------------------------------------
 
@@ -252,9 +333,9 @@ class AccountData(library_pb2_grpc.AccountDataServiceServicer):
 
     async def DeleteAccountSamples(self, request, context):
         account = rules.account_number(request.account_id)
-        deleted = await store.delete_account(self.library.pool, account)
-        log.warning("account's voice samples deleted", extra={"account_id": account, "samples": deleted})
-        return library_pb2.DeleteAccountSamplesResponse(deleted_samples=deleted)
+        samples, objects = await self.library.delete_account(account)
+        log.warning("account's voice samples deleted", extra={"account_id": account, "samples": samples, "objects": objects})
+        return library_pb2.DeleteAccountSamplesResponse(deleted_samples=samples, deleted_objects=objects)
 
     async def GetSampleUsage(self, request, context):
         account = rules.account_number(request.account_id)

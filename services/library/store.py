@@ -4,20 +4,24 @@ Each function takes the caller's account id and touches only that account's
 rows, so a sample of another account is simply not found. Connection loss
 becomes DATABASE_UNAVAILABLE through runtime.database (single reads and deletes
 run as one statement each; changes of the default flag in a transaction).
+
+The audio is in the object store (runtime/objects.py, migration 003): a row
+names its objects, which the service stores before it inserts the row. A
+statement that deletes rows hands their objects to ``object_deletions`` at
+once, so that they are deleted from the store even if it is down just then.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import struct
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar
 
 import asyncpg
 import grpc
 
-from runtime.database import DATABASE_TIMEOUT_SECONDS, connection, transaction
+from runtime.database import connection, transaction
+from runtime.downloads import Stored
 from runtime.errors import ApiError, not_found
 from services.library.rules import Position
 
@@ -25,10 +29,12 @@ log = logging.getLogger("library.store")
 
 T = TypeVar("T")
 
-# What the API shows of a sample: never the audio columns, which can be megabytes.
+WAV = "audio/wav"
+
+# What the API shows of a sample (its audio is in the object store, by key).
 _SAMPLE_COLUMNS = """
     id, speaker_name, transcript, transcript_source, is_default, original_format,
-    octet_length(original_audio) AS original_size_bytes, duration_seconds,
+    original_bytes AS original_size_bytes, duration_seconds,
     visibility, collection, create_time, update_time
 """
 
@@ -50,8 +56,11 @@ class NewSample:
     visibility: str
     collection: str
     original_format: str
-    original_audio: bytes | memoryview
-    normalized_wav: bytes | memoryview
+    # The audio's objects in the store (stored before the row), and their sizes.
+    original_key: str
+    original_bytes: int
+    normalized_key: str
+    normalized_bytes: int
     duration_seconds: float
 
 
@@ -82,32 +91,33 @@ async def _clear_default(connection: asyncpg.Connection, account: int, keep_id: 
 
 
 async def insert(pool: asyncpg.Pool, account: int, sample: NewSample, key_id: int = 0) -> asyncpg.Record:
-    """Store a sample; it is committed when this returns, metered in the same transaction as usage of
-    the key `key_id` (sample_usage: one sample and its bytes, on the UTC day it was stored).
-
-    The row goes in by COPY, streamed in chunks (:func:`_copy_row`): as a
-    statement's parameters, asyncpg would copy the audio (megabytes) twice
-    more before sending it, and the socket's buffer a third time.
-    """
+    """Store a sample whose audio is in the object store already; it is committed when this returns,
+    metered in the same transaction as usage of the key `key_id` (sample_usage: one sample and its
+    bytes, on the UTC day it was stored)."""
 
     async def work(connection: asyncpg.Connection) -> asyncpg.Record:
         if sample.is_default:
             await _clear_default(connection, account, None)
-        sample_id = await connection.fetchval("SELECT nextval(pg_get_serial_sequence('samples', 'id'))")
-        copy = connection.copy_to_table(
-            "samples", source=_copy_row(sample_id, account, sample), columns=_COPIED_COLUMNS, format="binary"
+        row = await connection.fetchrow(
+            f"""INSERT INTO samples (account_id, speaker_name, transcript, transcript_source, is_default, visibility,
+                    collection, original_format, original_key, original_bytes, normalized_key, normalized_bytes,
+                    duration_seconds)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                RETURNING {_SAMPLE_COLUMNS}""",
+            account,
+            sample.speaker_name,
+            sample.transcript,
+            sample.transcript_source,
+            sample.is_default,
+            sample.visibility,
+            sample.collection,
+            sample.original_format,
+            sample.original_key,
+            sample.original_bytes,
+            sample.normalized_key,
+            sample.normalized_bytes,
+            sample.duration_seconds,
         )
-        try:
-            # asyncpg's COPY waits for the socket to drain with no deadline: a server that goes
-            # away mid-COPY would hold the upload forever. The statement timeout holds instead.
-            await asyncio.wait_for(copy, DATABASE_TIMEOUT_SECONDS.value)
-        except asyncpg.PostgresError:  # the server refused the row (a default race): the connection is fine
-            raise
-        except BaseException:
-            # Cut short, the COPY leaves the connection mid-protocol: it must not go back to the pool.
-            connection.terminate()
-            raise
-        row = await connection.fetchrow(f"SELECT {_SAMPLE_COLUMNS} FROM samples WHERE id = $1", sample_id)
         await connection.execute(
             """INSERT INTO sample_usage AS u (account_id, day, key_id, samples, bytes)
                VALUES ($1, ($2::timestamptz AT TIME ZONE 'UTC')::date, $3, 1, $4)
@@ -116,44 +126,11 @@ async def insert(pool: asyncpg.Pool, account: int, sample: NewSample, key_id: in
             account,
             row["create_time"],
             key_id,
-            len(sample.original_audio) + len(sample.normalized_wav),
+            sample.original_bytes + sample.normalized_bytes,
         )
         return row
 
     return await _changing_default(pool, work)
-
-
-_COPIED_COLUMNS = [
-    "id", "account_id", "speaker_name", "transcript", "transcript_source", "is_default", "visibility",
-    "collection", "original_format", "original_audio", "normalized_wav", "duration_seconds",
-]  # fmt: skip
-# PostgreSQL's binary COPY format: signature, flags, header extension length.
-_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
-_COPY_CHUNK_BYTES = 256 * 1024
-
-
-async def _copy_row(sample_id: int, account: int, sample: NewSample) -> AsyncIterator[bytes | memoryview]:
-    """One row of _COPIED_COLUMNS in binary COPY format; the audio in slices, never copied whole."""
-
-    def text(value: str) -> bytes:
-        encoded = value.encode()
-        return struct.pack("!i", len(encoded)) + encoded
-
-    yield b"".join([
-        _COPY_HEADER,
-        struct.pack("!h", len(_COPIED_COLUMNS)),
-        struct.pack("!iq", 8, sample_id),
-        struct.pack("!iq", 8, account),
-        *(text(value) for value in (sample.speaker_name, sample.transcript, sample.transcript_source)),
-        struct.pack("!i?", 1, sample.is_default),
-        *(text(value) for value in (sample.visibility, sample.collection, sample.original_format)),
-    ])  # fmt: skip
-    for audio in (sample.original_audio, sample.normalized_wav):
-        yield struct.pack("!i", len(audio))
-        view = memoryview(audio)
-        for start in range(0, len(view), _COPY_CHUNK_BYTES):
-            yield view[start : start + _COPY_CHUNK_BYTES]
-    yield struct.pack("!id", 8, sample.duration_seconds) + struct.pack("!h", -1)  # the last field, the end
 
 
 async def list_page(
@@ -189,14 +166,25 @@ async def _fetch(connection: asyncpg.Connection, account: int, sample_id: int) -
     return _found(row, sample_id)
 
 
-async def get_audio(pool: asyncpg.Pool, account: int, sample_id: int) -> bytes:
+async def get_audio(pool: asyncpg.Pool, account: int, sample_id: int) -> Stored:
+    """Where the sample's normalized WAV is: its object, or (a row from before the audio moved to the
+    store, until tools/move_audio.py has run) the bytes themselves."""
     async with connection(pool) as db:
-        wav = await db.fetchval(
-            "SELECT normalized_wav FROM samples WHERE account_id = $1 AND id = $2",
+        row = await db.fetchrow(
+            "SELECT normalized_key, normalized_bytes FROM samples WHERE account_id = $1 AND id = $2",
             account,
             sample_id,
         )
-    return _found(wav, sample_id)
+        row = _found(row, sample_id)
+        if row["normalized_key"] is not None:
+            return Stored(row["normalized_key"], row["normalized_bytes"], WAV)
+        try:
+            legacy = await db.fetchval("SELECT normalized_wav FROM samples WHERE id = $1", sample_id)
+        except asyncpg.UndefinedColumnError:  # moved and dropped meanwhile: read it again
+            legacy = None
+    if legacy is None:
+        return await get_audio(pool, account, sample_id)
+    return Stored(None, len(legacy), WAV, legacy)
 
 
 async def update(
@@ -239,14 +227,65 @@ async def update(
     return await _changing_default(pool, work)
 
 
-async def delete(pool: asyncpg.Pool, account: int, sample_id: int) -> None:
+# Deleting rows hands their objects to object_deletions in the same statement (migration 003).
+_HAND_OVER = """INSERT INTO object_deletions (key)
+    SELECT key FROM deleted, unnest(ARRAY[deleted.original_key, deleted.normalized_key]) AS key
+    WHERE key IS NOT NULL ON CONFLICT DO NOTHING"""
+
+
+async def delete(pool: asyncpg.Pool, account: int, sample_id: int) -> list[str]:
+    """Delete the sample; the keys of its objects, which are to be deleted from the store now
+    (they wait in object_deletions until :func:`objects_deleted` says they are gone)."""
     async with connection(pool) as db:
-        deleted = await db.fetchval(
-            "DELETE FROM samples WHERE account_id = $1 AND id = $2 RETURNING id",
+        row = await db.fetchrow(
+            f"""WITH deleted AS (DELETE FROM samples WHERE account_id = $1 AND id = $2
+                                 RETURNING id, original_key, normalized_key),
+                     handed AS ({_HAND_OVER})
+                SELECT id, original_key, normalized_key FROM deleted""",
             account,
             sample_id,
         )
-    _found(deleted, sample_id)
+    row = _found(row, sample_id)
+    return [key for key in (row["original_key"], row["normalized_key"]) if key is not None]
+
+
+async def delete_account(pool: asyncpg.Pool, account: int) -> tuple[int, list[str]]:
+    """Delete every sample of the account and its usage records: how many samples, and the keys of
+    their objects (handed over as :func:`delete` does)."""
+    async with transaction(pool) as db:
+        rows = await db.fetch(
+            f"""WITH deleted AS (DELETE FROM samples WHERE account_id = $1 RETURNING id, original_key, normalized_key),
+                     handed AS ({_HAND_OVER})
+                SELECT original_key, normalized_key FROM deleted""",
+            account,
+        )
+        await db.execute("DELETE FROM sample_usage WHERE account_id = $1", account)
+    return len(rows), [key for row in rows for key in (row["original_key"], row["normalized_key"]) if key is not None]
+
+
+async def objects_deleted(pool: asyncpg.Pool, keys: list[str]) -> None:
+    """These objects are gone from the store: nothing waits for them any more."""
+    async with connection(pool) as db:
+        await db.execute("DELETE FROM object_deletions WHERE key = ANY($1::text[])", keys)
+
+
+async def pending_deletions(pool: asyncpg.Pool, most: int = 1000) -> list[str]:
+    """Objects of deleted rows still to delete from the store (the store was down when they went)."""
+    async with connection(pool) as db:
+        return [row["key"] for row in await db.fetch("SELECT key FROM object_deletions ORDER BY since LIMIT $1", most)]
+
+
+async def unnamed(pool: asyncpg.Pool, keys: list[str]) -> list[str]:
+    """Those of `keys` that no sample names (nor a pending deletion): objects left by an upload whose
+    row was never committed."""
+    async with connection(pool) as db:
+        rows = await db.fetch(
+            """SELECT k.key FROM unnest($1::text[]) AS k (key)
+               WHERE NOT EXISTS (SELECT 1 FROM samples WHERE original_key = k.key OR normalized_key = k.key)
+                 AND NOT EXISTS (SELECT 1 FROM object_deletions d WHERE d.key = k.key)""",
+            keys,
+        )
+    return [row["key"] for row in rows]
 
 
 def _found(value: T | None, sample_id: int) -> T:
@@ -256,14 +295,6 @@ def _found(value: T | None, sample_id: int) -> T:
 
 
 # --- the account as a whole (AccountDataService) --------------------------------------------
-
-
-async def delete_account(pool: asyncpg.Pool, account: int) -> int:
-    """Delete every sample of the account and its usage records; how many samples there were."""
-    async with transaction(pool) as db:
-        deleted = await db.execute("DELETE FROM samples WHERE account_id = $1", account)
-        await db.execute("DELETE FROM sample_usage WHERE account_id = $1", account)
-    return int(deleted.split()[-1])
 
 
 async def usage(pool: asyncpg.Pool, account: int, start, end) -> tuple[list[asyncpg.Record], asyncpg.Record]:
@@ -279,8 +310,65 @@ async def usage(pool: asyncpg.Pool, account: int, start, end) -> tuple[list[asyn
         )
         stored = await db.fetchrow(
             """SELECT count(*) AS samples,
-                      coalesce(sum(octet_length(original_audio) + octet_length(normalized_wav)), 0) AS bytes
+                      coalesce(sum(original_bytes + normalized_bytes), 0) AS bytes
                FROM samples WHERE account_id = $1""",
             account,
         )
     return days, stored
+
+
+# --- Moving audio written before migration 003 (tools/move_audio.py) ------------------------------
+
+
+@dataclass(frozen=True)
+class LegacySample:
+    id: int
+    account_id: int
+    original: bytes
+    normalized: bytes
+
+
+async def legacy_samples(pool: asyncpg.Pool, most: int) -> list[LegacySample]:
+    """Up to `most` samples that still hold their audio in PostgreSQL (none once the columns are gone)."""
+    async with connection(pool) as db:
+        try:
+            rows = await db.fetch(
+                """SELECT id, account_id, original_audio, normalized_wav FROM samples
+                   WHERE original_key IS NULL ORDER BY id LIMIT $1""",
+                most,
+            )
+        except asyncpg.UndefinedColumnError:  # dropped by migration 004: all moved
+            return []
+    return [
+        LegacySample(row["id"], row["account_id"], bytes(row["original_audio"]), bytes(row["normalized_wav"]))
+        for row in rows
+    ]
+
+
+async def sample_moved(
+    pool: asyncpg.Pool, sample: LegacySample, keys: tuple[str, str], checksums: tuple[str, str]
+) -> bool:
+    """Name the objects in the row and empty its audio columns, if the row still holds the audio whose
+    SHA-256s are `checksums`; whether it did (a sample deleted meanwhile did not)."""
+    async with connection(pool) as db:
+        done = await db.execute(
+            """UPDATE samples SET original_key = $2, normalized_key = $3, original_audio = NULL, normalized_wav = NULL
+               WHERE id = $1 AND original_key IS NULL
+                 AND encode(sha256(original_audio), 'hex') = $4 AND encode(sha256(normalized_wav), 'hex') = $5""",
+            sample.id,
+            *keys,
+            *checksums,
+        )
+    return done.endswith(" 1")
+
+
+async def finish_move(pool: asyncpg.Pool) -> bool:
+    """Say that every sample's audio is in the store (what migration 004 waits for), if none is left;
+    whether all is moved (also when the columns are gone already)."""
+    async with connection(pool) as db:
+        try:
+            return await db.fetchval(
+                "UPDATE audio_move SET moved = NOT EXISTS (SELECT 1 FROM samples WHERE original_key IS NULL) RETURNING moved"
+            )
+        except asyncpg.UndefinedTableError:  # migration 004 ran: nothing was left
+            return True

@@ -8,7 +8,8 @@
   setting that holds its value;
 * calls: which service calls which, from the code (service_channel("x"),
   SERVICES["x"]) and from the settings that name upstreams;
-* the services that own data (open PostgreSQL).
+* the services that own data (open PostgreSQL), and those that keep audio
+  (open the object store).
 
 Settings and health names come from a fresh interpreter (`python -m
 tests.deploy.code_facts` prints them as JSON): the registry of this test
@@ -48,6 +49,7 @@ PROVIDER_REGISTRY = "gateway"
 # service_channel("transcode"), or the address of SERVICES["gateway"] (not its ports).
 _CALL = re.compile(r"""service_channel\(\s*["'](\w+)["']|SERVICES\[\s*["'](\w+)["']\s*\]\s*\.address""")
 _OPENS_DATABASE = re.compile(r"\bopen_pool\(")
+_OPENS_OBJECT_STORE = re.compile(r"\bObjectStore\(")
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,14 @@ def database_users() -> set[str]:
 
     opens = {name for name in config.SERVICE_PORTS if _OPENS_DATABASE.search(service_sources(name))}
     return set(mesh.NEEDS_DATABASE) | opens
+
+
+def object_store_users() -> set[str]:
+    """The services that keep audio: the mesh gives them the S3_* settings, or their code opens an ObjectStore."""
+    from tools import mesh
+
+    opens = {name for name in config.SERVICE_PORTS if _OPENS_OBJECT_STORE.search(service_sources(name))}
+    return set(mesh.NEEDS_OBJECTS) | opens
 
 
 def calls(service: str, setting_value) -> set[str]:

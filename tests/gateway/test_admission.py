@@ -91,7 +91,7 @@ async def test_a_refusal_for_concurrency_says_when_the_oldest_should_end_by_the_
     account_id = await new_account(replicas[0])
     limits = history.AccountLimits(per_second=0, burst=1, concurrent=1)
     finished = await replicas[0].generations.admit(request(account_id), limits)
-    await replicas[0].generations.mark_succeeded(finished, b"RIFF", 1.0, "tiny-random", 1)
+    await replicas[0].generations.mark_succeeded(finished, f"generations/test/{finished}.wav", 4, 1.0, "tiny-random", 1)
     async with replicas[0].pool().acquire() as connection:  # it took 30 s
         await connection.execute(
             "UPDATE generations SET create_time = end_time - interval '30 seconds' WHERE id = $1", finished
@@ -121,7 +121,7 @@ async def succeeded(store: Store, account_id: int, seconds: float) -> None:
     """A generation of the account that succeeded after `seconds`."""
     unlimited = history.AccountLimits(per_second=0, burst=1, concurrent=0)
     finished = await store.generations.admit(request(account_id), unlimited)
-    await store.generations.mark_succeeded(finished, b"RIFF", 1.0, "tiny-random", 1)
+    await store.generations.mark_succeeded(finished, f"generations/test/{finished}.wav", 4, 1.0, "tiny-random", 1)
     await took(store, finished, seconds)
 
 

@@ -64,11 +64,11 @@ CHECKS = [
 
 
 @pytest.fixture(scope="module")
-async def fuzzed_mesh(database):
+async def fuzzed_mesh(database, object_server):
     own_database = Database()
     own_database.admin_url = database.admin_url  # a new database on the session's server
     await own_database.create()
-    env = mesh_tools.mesh_environment(own_database.url)
+    env = mesh_tools.mesh_environment(own_database.url, object_store=object_server.settings.environment())
     env.update(mesh_ports_env())
     env.update(DIA_MODEL="tiny-random", LOG_FORMAT="json", LOG_LEVEL="WARNING", SYNTH_MAX_NEW_TOKENS=str(MAX_NEW_TOKENS))
     running = RunningMesh(mesh_tools.existing_services(), env)

@@ -43,11 +43,11 @@ async def start_synth(env: dict[str, str], provider_id: str) -> RunningMesh:
 
 
 @pytest.fixture(scope="module")
-async def small_mesh(database):
+async def small_mesh(database, object_server):
     own_database = Database()
     own_database.admin_url = database.admin_url  # a new database on the session's server
     await own_database.create()
-    env = mesh_tools.mesh_environment(own_database.url)
+    env = mesh_tools.mesh_environment(own_database.url, object_store=object_server.settings.environment())
     env.update(mesh_ports_env())
     env.update(
         DIA_MODEL="tiny-random",

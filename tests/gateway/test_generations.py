@@ -14,6 +14,7 @@ import asyncpg
 import grpc
 import pytest
 
+from runtime import objects
 from runtime.errors import ApiError
 from runtime.server import channel_options
 from tests.conftest import provider_metadata
@@ -156,17 +157,19 @@ async def test_a_sample_without_transcript_is_missing_transcript(http, carol, vo
     await assert_error(response, 400, "missing_transcript", "speakers.S2")
 
 
-async def test_a_sample_whose_stored_audio_was_damaged_is_audio_decode_failed(http, carol, voices, database):
+async def test_a_sample_whose_stored_audio_was_damaged_is_audio_decode_failed(
+    http, carol, voices, database, object_server
+):
     # The library stores only audio that decodes, so the damage is done at rest,
     # as a bad disk or a bad restore would; the request itself is a real one.
     damaged = await created(await upload_form(http, carol, FOX, "Damaged", transcript="words"))
     connection = await asyncpg.connect(database.url)
     try:
-        await connection.execute(
-            "UPDATE library.samples SET normalized_wav = $2 WHERE id = $1", damaged["id"], b"RIFF\x00garbage"
-        )
+        key = await connection.fetchval("SELECT normalized_key FROM library.samples WHERE id = $1", damaged["id"])
     finally:
         await connection.close()
+    async with objects.ObjectStore(object_server.settings) as store:
+        await store.put(key, b"RIFF\x00garbage")
     response = await generate(http, carol, speakers={"S1": voices["S1"], "S2": damaged["id"]})
     await assert_error(response, 400, "audio_decode_failed", "speakers.S2")
 

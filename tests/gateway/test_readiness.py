@@ -27,11 +27,11 @@ ALWAYS = ["", "voice.gateway.v1.ModelService", "voice.gateway.v1.ProviderRegistr
 
 
 @pytest.fixture(scope="module")
-async def lone_gateway(database):
+async def lone_gateway(database, object_server):
     own_database = Database()
     own_database.admin_url = database.admin_url  # a new database on the session's server
     await own_database.create()
-    env = mesh_tools.mesh_environment(own_database.url)
+    env = mesh_tools.mesh_environment(own_database.url, object_store=object_server.settings.environment())
     env.update(mesh_ports_env())
     env.update(LOG_FORMAT="json", GATEWAY_UPSTREAMS="gateway", GATEWAY_READINESS_INTERVAL_SECONDS="0.2")
     gateway = RunningMesh(["gateway"], env)

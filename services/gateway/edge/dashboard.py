@@ -35,19 +35,25 @@ CONTENT_TYPES = {
 }
 # Only the gateway's own files, scripts and styles; media and pictures also
 # from blob: URLs (audio fetched with the key, a recording being previewed).
-CONTENT_SECURITY_POLICY = "; ".join(
-    (
-        "default-src 'none'",
-        "script-src 'self'",
-        "style-src 'self'",
-        "img-src 'self' data: blob:",
-        "media-src 'self' blob:",
-        "connect-src 'self'",
-        "base-uri 'none'",
-        "form-action 'none'",
-        "frame-ancestors 'none'",
+# Where the gateway sends audio on to the object store (GATEWAY_AUDIO_REDIRECTS),
+# media also from the store's origin: the history's player follows the redirect.
+def content_security_policy(media_origins: tuple[str, ...] = ()) -> str:
+    return "; ".join(
+        (
+            "default-src 'none'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "img-src 'self' data: blob:",
+            " ".join(("media-src 'self' blob:", *media_origins)),
+            "connect-src 'self'",
+            "base-uri 'none'",
+            "form-action 'none'",
+            "frame-ancestors 'none'",
+        )
     )
-)
+
+
+CONTENT_SECURITY_POLICY = content_security_policy()
 SECURITY_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
@@ -78,8 +84,9 @@ def load(folder: pathlib.Path = FOLDER) -> dict[str, StaticFile]:
 
 
 class Dashboard:
-    def __init__(self, folder: pathlib.Path = FOLDER) -> None:
+    def __init__(self, folder: pathlib.Path = FOLDER, media_origins: tuple[str, ...] = ()) -> None:
         self.files = load(folder)
+        self.headers = {**SECURITY_HEADERS, "Content-Security-Policy": content_security_policy(media_origins)}
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         """GET (and HEAD) `/` and `/dashboard/{name}`; add them before a catch-all route."""
@@ -96,7 +103,7 @@ class Dashboard:
         return self._answer(request, static)
 
     def _answer(self, request: web.Request, static: StaticFile) -> web.Response:
-        headers = {"ETag": static.etag, "Cache-Control": "no-cache", **SECURITY_HEADERS}
+        headers = {"ETag": static.etag, "Cache-Control": "no-cache", **self.headers}
         if static.etag in _etags(request.headers.get("If-None-Match", "")):
             return web.Response(status=304, headers=headers)
         return web.Response(body=static.body, headers={"Content-Type": static.content_type, **headers})

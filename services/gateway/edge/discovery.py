@@ -58,6 +58,9 @@ class Rpc:
     # The server-streaming method that answers instead when the request asks for a stream
     # (MethodRules.stream_method and stream_field); None: this one always answers.
     stream: Rpc | None = None
+    # The server-streaming method that always answers instead: a download of stored bytes
+    # (MethodRules.download_method, runtime/downloads.py); None: this one answers.
+    download: Rpc | None = None
     # The limits its upstream published when it was reflected on, by name (see published_limits).
     limits: Mapping[str, float] = dataclasses.field(default_factory=dict, compare=False)
     # The servicer's method, when the upstream is this process (runtime/inprocess.py calls it);
@@ -305,6 +308,14 @@ def _rpc(
             raise ValueError(f"stream_method {rules.stream_method!r} is no server-streaming method of {service.full_name}")
         field_at(method.input_type, rules.stream_field)  # raises ValueError when it names no field
         stream = _rpc(upstream, service, streaming, limits, implementation)
+    download = None
+    if rules.download_method:
+        downloading = service.methods_by_name.get(rules.download_method)
+        if downloading is None or not downloading.server_streaming or downloading.client_streaming:
+            raise ValueError(
+                f"download_method {rules.download_method!r} is no server-streaming method of {service.full_name}"
+            )
+        download = _rpc(upstream, service, downloading, limits, implementation)
     return Rpc(
         upstream=upstream,
         path=f"/{service.full_name}/{method.name}",
@@ -313,6 +324,7 @@ def _rpc(
         response_class=message_factory.GetMessageClass(method.output_type),
         rules=rules,
         stream=stream,
+        download=download,
         limits=limits,
         local=getattr(implementation, method.name) if implementation is not None else None,
     )

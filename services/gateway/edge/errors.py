@@ -15,6 +15,7 @@ import math
 
 import grpc
 
+from runtime.downloads import range_not_satisfiable  # noqa: F401 - the edge's too (ranges.py)
 from runtime.errors import ApiError
 
 # As grpc-gateway maps them (runtime/errors.go HTTPStatusFromCode).
@@ -45,6 +46,8 @@ REASON_STATUS = {
     "METHOD_NOT_ALLOWED": 405,
     "REQUEST_TIMEOUT": 408,
     "RANGE_NOT_SATISFIABLE": 416,
+    # Audio deleted under the retention setting: the record is there, its audio gone for good.
+    "AUDIO_EXPIRED": 410,
     # Deleting what is still being made: a conflict with the resource's state (AIP-135's 409).
     "GENERATION_UNDER_WAY": 409,
 }
@@ -122,11 +125,3 @@ class MethodNotAllowed(ApiError):
 
 def unavailable(message: str) -> ApiError:
     return ApiError(grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE", message)
-
-
-def range_not_satisfiable(size: int) -> ApiError:
-    return ApiError(
-        grpc.StatusCode.OUT_OF_RANGE,
-        "RANGE_NOT_SATISFIABLE",
-        f"the Range header asks for bytes this answer does not have: it has {size}",
-    )

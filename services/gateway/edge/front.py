@@ -29,7 +29,7 @@ import prometheus_client
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from runtime import callers, clients, config, inprocess, logs
+from runtime import callers, clients, config, downloads, inprocess, logs
 from runtime.callers import Caller
 from runtime.errors import DEFAULT_REASONS, ApiError, internal_error, not_found
 from services.gateway.edge import cors, errors, openapi, protocol, ranges, transcoding
@@ -102,6 +102,7 @@ class HttpFront:
         table: RouteTable,
         authenticate: Authenticate,
         max_body_bytes: int,
+        media_origins: tuple[str, ...] = (),
     ) -> None:
         self.table = table
         self.authenticate = authenticate
@@ -117,7 +118,8 @@ class HttpFront:
         self.app.router.add_get("/readyz", self.readyz)
         self.app.router.add_get("/metrics", self.metrics)
         self.app.router.add_get("/openapi.json", self.openapi)
-        Dashboard().add_routes(self.app.router)  # the web page at `/`, no key (its API calls send one)
+        # The web page at `/`, no key (its API calls send one); its player may play audio from media_origins.
+        Dashboard(media_origins=media_origins).add_routes(self.app.router)
         self.api_resource = self.app.router.add_route("*", "/{path:.*}", self.api).resource
         self.runner: web.AppRunner | None = None
         # Requests being handled, so that stopping can wait for them (see stop).
@@ -297,6 +299,8 @@ class HttpFront:
         # Serialized at once, the HTTP input let go as it returns: an uploaded file is held twice
         # at most, while it is copied into the payload and while gRPC sends it.
         payload = transcoding.to_grpc_payload(route, await self._http_input(request, route, path_params))
+        if route.rpc.download is not None:
+            return await self._download(route, payload, request, caller)
         if route.rpc.streams(payload):
             return await self._stream(route, payload, request, caller)
         reply = await self._call(route, payload, request, caller)
@@ -400,11 +404,80 @@ class HttpFront:
             await response.write_eof()
             return response
 
-    def _open_stream(self, rpc: Rpc, route: Route, payload: bytes, request: web.Request, caller: Caller | None):
+    async def _download(
+        self, route: Route, payload: bytes, request: web.Request, caller: Caller | None
+    ) -> web.StreamResponse:
+        """The route's download method: stored bytes sent on as they are read from storage, with the
+        Content-Length (and, for a range, the 206 and Content-Range) the method says first, or a 307
+        to where the store serves them (runtime/downloads.py). An error before the first bytes is an
+        ordinary error answer; one after them cuts the answer short (the connection is closed)."""
+        rpc = route.rpc.download
+        assert rpc is not None
+        wanted = "" if "If-Range" in request.headers else request.headers.get("Range", "")
+        extra = ((downloads.RANGE_METADATA, _text(wanted, "the Range header")),) if wanted else ()
+        # No deadline: a slow client may take its time; each read from storage has its own (S3_TIMEOUT_SECONDS).
+        answers, response_metadata = self._open_stream(rpc, route, payload, request, caller, extra, deadline=False)
+        forwarded = rpc.forwarded_headers
+        async with contextlib.aclosing(answers):
+            try:
+                first = await anext(answers, None)
+            except _Failed as failed:
+                headers = _forwarded(failed.metadata, forwarded)
+                said = _said(failed.metadata)
+                if failed.error.reason == "RANGE_NOT_SATISFIABLE" and downloads.CONTENT_RANGE_METADATA in said:
+                    headers.update({"Accept-Ranges": "bytes", "Content-Range": said[downloads.CONTENT_RANGE_METADATA]})
+                return error_response(failed.error, headers)
+            metadata = await response_metadata()
+            said, headers = _said(metadata), _forwarded(metadata, forwarded)
+            if downloads.LOCATION_METADATA in said:  # the store serves it: the client goes there
+                headers.update({"Location": said[downloads.LOCATION_METADATA], "Cache-Control": "no-store"})
+                return web.Response(status=307, headers=headers)
+            body = _http_body(first, route.response_body) if first is not None else None
+            media_types = route.rpc.rules.response_media_types
+            content_type = (body.content_type if body else "") or (media_types[0] if media_types else DEFAULT_STREAM_TYPE)
+            response = web.StreamResponse(
+                status=206 if downloads.CONTENT_RANGE_METADATA in said else 200,
+                headers={"Content-Type": content_type, "Accept-Ranges": "bytes", **headers},
+            )
+            if downloads.CONTENT_RANGE_METADATA in said:
+                response.headers["Content-Range"] = said[downloads.CONTENT_RANGE_METADATA]
+            if downloads.CONTENT_LENGTH_METADATA in said:
+                response.content_length = int(said[downloads.CONTENT_LENGTH_METADATA])
+            else:
+                response.enable_chunked_encoding()
+            await response.prepare(request)
+            if request.method == "HEAD":  # the headers alone; closing the answers stops the method
+                return response
+            while body is not None:
+                if body.data:
+                    await response.write(body.data)  # ConnectionResetError once the client is gone
+                try:
+                    message = await anext(answers, None)
+                except _Failed as failed:
+                    log.warning("download failed after its first bytes", extra={"type": failed.error.reason.lower()})
+                    if request.transport is not None:
+                        request.transport.close()  # the client sees the body cut short of its Content-Length
+                    return response
+                body = _http_body(message, route.response_body) if message is not None else None
+            await response.write_eof()
+            return response
+
+    def _open_stream(
+        self,
+        rpc: Rpc,
+        route: Route,
+        payload: bytes,
+        request: web.Request,
+        caller: Caller | None,
+        extra: tuple = (),
+        deadline: bool = True,
+    ):
         """The streaming method's answers (an async iterator raising _Failed) and an async getter of the
-        response metadata it sent; this process's own methods are called in process."""
+        response metadata it sent; this process's own methods are called in process. `extra` is
+        metadata the method gets beside the route's passed-on headers; without `deadline` the call
+        has none (a download: otherwise the method's own, as for any call)."""
         if rpc.local is not None:
-            context = self._in_process_context(rpc, request, caller, route)
+            context = self._in_process_context(rpc, request, caller, route, extra, deadline)
             answers = inprocess.stream(rpc.path, rpc.local, rpc.request_class.FromString(payload), context)
 
             async def metadata():
@@ -415,7 +488,8 @@ class HttpFront:
         method = upstream.channel.unary_stream(
             rpc.path, request_serializer=None, response_deserializer=rpc.response_class.FromString
         )
-        call = method(payload, metadata=self._metadata(request, caller, route), timeout=rpc.deadline_seconds())
+        metadata = self._metadata(request, caller, route) + extra
+        call = method(payload, metadata=metadata, timeout=rpc.deadline_seconds() if deadline else None)
         return _read(call, upstream.name, route), call.initial_metadata
 
     async def _call(self, route: Route, payload: bytes, request: web.Request, caller: Caller | None) -> UpstreamReply:
@@ -444,12 +518,19 @@ class HttpFront:
         return UpstreamReply(response=response, headers=_forwarded(await call.initial_metadata(), headers))
 
     def _in_process_context(
-        self, rpc: Rpc, request: web.Request, caller: Caller | None, route: Route
+        self,
+        rpc: Rpc,
+        request: web.Request,
+        caller: Caller | None,
+        route: Route,
+        extra: tuple = (),
+        deadline: bool = True,
     ) -> inprocess.InProcessContext:
-        """A call of this process's own method: the route's passed-on headers, its deadline, and the account
-        whose key the edge checked (in the context, where no metadata could forge it)."""
-        timeout = rpc.deadline_seconds() or config.UPSTREAM_TIMEOUT_SECONDS.value
-        return inprocess.InProcessContext(self._metadata(request, None, route), timeout, caller=caller)
+        """A call of this process's own method: the route's passed-on headers, its deadline (unless
+        `deadline` is off), and the account whose key the edge checked (in the context, where no
+        metadata could forge it)."""
+        timeout = (rpc.deadline_seconds() or config.UPSTREAM_TIMEOUT_SECONDS.value) if deadline else None
+        return inprocess.InProcessContext(self._metadata(request, None, route) + extra, timeout, caller=caller)
 
 
 class _Failed(Exception):
@@ -551,6 +632,11 @@ class UpstreamReply:
 def _all_metadata(rpc_error: grpc.aio.AioRpcError) -> list:
     """A failed call's response metadata: what was sent before the failure, and with it."""
     return [*(rpc_error.initial_metadata() or ()), *(rpc_error.trailing_metadata() or ())]
+
+
+def _said(metadata) -> dict[str, str]:
+    """A download's own response metadata (runtime/downloads.py), by key."""
+    return {key: value for key, value in (metadata or ()) if key.startswith("x-") and isinstance(value, str)}
 
 
 def _forwarded(metadata, headers: dict[str, str]) -> dict[str, str]:

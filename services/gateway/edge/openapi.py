@@ -125,6 +125,17 @@ CONTENT_RANGE_HEADER = {
         "schema": {"type": "string"},
     }
 }
+# A download (a route with a download_method, runtime/downloads.py) may send its client to the store.
+REDIRECT = {
+    "description": "The bytes are served by the object store (or a CDN before it), where the gateway is set to hand "
+    "them out so: fetch Location, a presigned URL that works without a key for a short while (byte ranges "
+    "included).",
+    "headers": {
+        "Location": {"description": "Where the bytes are.", "required": True, "schema": {"type": "string"}},
+        **REQUEST_ID_HEADER,
+    },
+}
+GONE = "What was stored here was deleted under a retention setting (`audio_expired`); the record stays."
 # Sent with the statuses that mean "not now" (errors.RETRY_STATUSES).
 RETRY_AFTER_HEADER = {
     "Retry-After": {
@@ -316,6 +327,8 @@ def _operation(builder: _Builder, route: Route) -> dict:
     if _has_ranges(route):
         operation["parameters"].append(RANGE_PARAMETER)
         success = _with_ranges(success["200"])
+    if route.rpc.download is not None:
+        success["307"] = REDIRECT
     operation["responses"] = {**success, **_errors(route)}
     if not route.rpc.needs_key:
         operation["security"] = []  # no key
@@ -369,6 +382,8 @@ def _errors(route: Route) -> dict:
         del statuses["413"], statuses["415"]
     if route.rpc.server_streaming or route.rpc.client_streaming:
         statuses["501"] = "Streaming is not available yet (`not_implemented`)."
+    if route.rpc.download is not None:
+        statuses["410"] = GONE
     responses = {
         status: {
             "description": text,

@@ -14,45 +14,24 @@ The rest is answered 200 whole, as the RFC lets a server do: several ranges
 ``If-Range`` (these answers carry no validator it could match), another unit,
 or a header that does not parse. Other methods' answers (a POST that generates)
 have no ranges: the RFC defines them for GET only. Streamed answers neither:
-their size is unknown until they end.
+their size is unknown until they end. A download (a route with a
+download_method: stored audio, files) is ranged by the method that sends it,
+by the same rules (runtime/downloads.py), so that only the bytes asked for are
+read from storage.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Callable
 
 from aiohttp import web
 
+from runtime.downloads import Unsatisfiable, byte_range
 from runtime.errors import ApiError
 from services.gateway.edge import errors
 from services.gateway.edge.transcoding import HttpOutput
 
 RANGED_METHODS = ("GET", "HEAD")
-# One range; the unit is case-insensitive. Over 18 digits is no size this API answers with: ignored.
-_ONE_RANGE = re.compile(r"\s*bytes\s*=\s*([0-9]{0,18})\s*-\s*([0-9]{0,18})\s*", re.IGNORECASE)
-
-
-class Unsatisfiable(Exception):
-    pass
-
-
-def byte_range(header: str, size: int) -> tuple[int, int] | None:
-    """The first and last byte that `header` (a Range header's value) asks of `size` bytes; None to
-    answer whole; Unsatisfiable for a range that holds none of them."""
-    match = _ONE_RANGE.fullmatch(header)
-    if match is None or match.group(1) == match.group(2) == "":
-        return None
-    first, last = match.groups()
-    if not first:  # the last `last` bytes
-        if int(last) == 0 or size == 0:
-            raise Unsatisfiable
-        return max(0, size - int(last)), size - 1
-    if last and int(last) < int(first):
-        return None  # not a valid range: ignored
-    if int(first) >= size:
-        raise Unsatisfiable
-    return int(first), min(int(last), size - 1) if last else size - 1
 
 
 def respond(

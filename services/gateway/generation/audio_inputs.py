@@ -68,8 +68,8 @@ class AudioInputs:
             return _data_uri(reference, param)
         own = _OWN_FILE.search(reference)
         if own and reference.startswith((self.public_url().rstrip("/") + "/", "/v1/")):
-            row = await self.files.get(account_id, own.group(1), with_content=True)
-            return row["content"], row["content_type"]
+            row = await self.files.get(account_id, own.group(1))
+            return await self.files.content(account_id, row["id"]), row["content_type"]
         if reference.startswith(("http://", "https://")):
             if not webhooks.is_allowed(reference, allow_list()):
                 raise invalid_parameter(

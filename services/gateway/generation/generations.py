@@ -5,6 +5,11 @@ through the HTTP edge, which checked their key (see accounts.py).
 CreateGeneration and StreamGeneration run a GenerationSpec through the
 pipeline (pipeline.py) as it is: this API's spec is the canonical one.
 
+The audio is in the object store (storage.py): GetGenerationAudio and its
+keyless twins read it whole (for gRPC clients); over HTTP their routes are
+answered by the Download* methods, which send it as it is read (a byte range
+of it when asked), or send the client to the store (GATEWAY_AUDIO_REDIRECTS).
+
 Response metadata: ``x-generation-id`` names the generation in the history
 (also when it failed: with an error it comes in the trailing metadata), and
 ``x-max-new-tokens`` the max_new_tokens it runs with, sent once its voice
@@ -25,7 +30,8 @@ from services.gateway.config import SYNTH_TIMEOUT_SECONDS
 from services.gateway.generation.audio_urls import AudioUrls
 from services.gateway.generation.pipeline import WAV, Pipeline, streamed_wav
 from services.gateway.generation.resources import generation_message
-from services.gateway.store.generations import GenerationsTable
+from services.gateway.generation.storage import AudioStorage
+from services.gateway.store.generations import GenerationsTable, audio_expired
 from voice.gateway.v1 import generations_pb2, generations_pb2_grpc
 
 GENERATION_ID_METADATA = "x-generation-id"
@@ -62,11 +68,19 @@ def named_on_failure(context: grpc.aio.ServicerContext, generation_id: str):
 
 
 class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
-    def __init__(self, accounts: Accounts, pipeline: Pipeline, generations: GenerationsTable, urls: AudioUrls) -> None:
+    def __init__(
+        self,
+        accounts: Accounts,
+        pipeline: Pipeline,
+        generations: GenerationsTable,
+        urls: AudioUrls,
+        storage: AudioStorage,
+    ) -> None:
         self.accounts = accounts
         self.pipeline = pipeline
         self.generations = generations
         self.urls = urls
+        self.storage = storage
 
     # --- generating ------------------------------------------------------------
 
@@ -125,21 +139,48 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
 
     async def GetGenerationAudio(self, request, context):
         account_id = await self.accounts.caller(context)
-        audio = await self.generations.audio(account_id, request.id)
-        return generations_pb2.GetGenerationAudioResponse(audio=httpbody_pb2.HttpBody(content_type=WAV, data=audio))
+        stored = await self.generations.audio(account_id, request.id)
+        audio = httpbody_pb2.HttpBody(content_type=WAV, data=await self.storage.read(stored))
+        return generations_pb2.GetGenerationAudioResponse(audio=audio)
+
+    async def DownloadGenerationAudio(self, request, context):
+        account_id = await self.accounts.caller(context)
+        stored = await self.generations.audio(account_id, request.id)
+        async for piece in self.storage.download(stored, context, redirect=True):
+            yield generations_pb2.DownloadGenerationAudioResponse(audio=piece)
 
     async def GetSharedGenerationAudio(self, request, context):
         # No key: the share token is the secret (see GenerationsTable.shared_audio).
-        audio = await self.generations.shared_audio(request.share_token)
-        return generations_pb2.GetSharedGenerationAudioResponse(audio=httpbody_pb2.HttpBody(content_type=WAV, data=audio))
+        stored = await self.generations.shared_audio(request.share_token)
+        audio = httpbody_pb2.HttpBody(content_type=WAV, data=await self.storage.read(stored))
+        return generations_pb2.GetSharedGenerationAudioResponse(audio=audio)
+
+    async def DownloadSharedGenerationAudio(self, request, context):
+        stored = await self.generations.shared_audio(request.share_token)
+        async for piece in self.storage.download(stored, context, redirect=True):
+            yield generations_pb2.DownloadSharedGenerationAudioResponse(audio=piece)
 
     async def GetSignedGenerationAudio(self, request, context):
-        # No key: the signature is the secret (see audio_urls.py).
-        epoch, audio = await self.generations.signed_audio(request.id)
+        stored = await self._signed(request)
+        audio = httpbody_pb2.HttpBody(content_type=WAV, data=await self.storage.read(stored))
+        return generations_pb2.GetSignedGenerationAudioResponse(audio=audio)
+
+    async def DownloadSignedGenerationAudio(self, request, context):
+        stored = await self._signed(request)
+        async for piece in self.storage.download(stored, context, redirect=True, until=request.expires):
+            yield generations_pb2.DownloadSignedGenerationAudioResponse(audio=piece)
+
+    async def _signed(self, request):
+        """Behind a signed URL, no key: the signature is the secret (see audio_urls.py), checked before
+        anything is said of the audio (that it expired, say)."""
+        epoch, stored = await self.generations.signed_audio(request.id)
         self.urls.check(request.id, request.expires, request.signature, epoch)
-        return generations_pb2.GetSignedGenerationAudioResponse(audio=httpbody_pb2.HttpBody(content_type=WAV, data=audio))
+        if stored is None:
+            raise audio_expired(request.id)
+        return stored
 
     async def DeleteGeneration(self, request, context):
         account_id = await self.accounts.caller(context)
-        await self.generations.delete(account_id, request.id)
+        key = await self.generations.delete(account_id, request.id)
+        await self.storage.let_go([key] if key else [])
         return generations_pb2.DeleteGenerationResponse()

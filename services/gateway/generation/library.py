@@ -180,16 +180,16 @@ class Library:
         assert self.channel is not None, "the library client has not started"
         return library_pb2_grpc.AccountDataServiceStub(self.channel)
 
-    async def delete_account_samples(self, account_id: int) -> int:
-        """Delete every sample of the account, with its audio and the library's usage records of it;
-        how many samples there were. The library's errors (UNAVAILABLE) are raised as ApiErrors."""
+    async def delete_account_samples(self, account_id: int) -> library_pb2.DeleteAccountSamplesResponse:
+        """Delete every sample of the account, with its audio in storage and the library's usage records
+        of it (an account's erasure): how many samples and objects. The library's errors (UNAVAILABLE)
+        are raised as ApiErrors."""
         try:
-            reply = await self._accounts_stub().DeleteAccountSamples(
+            return await self._accounts_stub().DeleteAccountSamples(
                 library_pb2.DeleteAccountSamplesRequest(account_id=account_id)
             )
         except grpc.aio.AioRpcError as error:
             raise ApiError.from_rpc_error(error) from None
-        return reply.deleted_samples
 
     async def sample_usage(self, account_id: int, start_date: str, end_date: str) -> library_pb2.GetSampleUsageResponse:
         """What the account stored each day of the range (by key), and what it keeps now."""

@@ -15,8 +15,10 @@ hosted-predictor dialects, background jobs) hands the pipeline a
   decoder positions hold the prompt's frames and the new ones: a prompt is
   cut to leave room for MIN_NEW_FRAMES, and max_new_tokens lowered to what is
   left), generates on a provider (routing.py), and stores how it ended:
-  ``succeeded`` with its audio, ``failed`` with the public error, or
-  ``canceled`` when its caller hung up (which stops the provider). An end
+  ``succeeded`` with its audio (stored in the object store first, storage.py;
+  a store that is down fails it with ``storage_unavailable``), ``failed`` with
+  the public error, or ``canceled`` when its caller hung up (which stops the
+  provider). An end
   that the database could not take (it was down: the caller gets 503
   ``database_unavailable``) is written as soon as it answers again
   (GenerationsTable.end), so the generation stops counting against its
@@ -53,6 +55,7 @@ from services.gateway.generation.library import Library, Sample
 from services.gateway.generation.prompt import Prompts
 from services.gateway.generation.resources import generation_message
 from services.gateway.generation.routing import Candidate, ModelLimits, Router
+from services.gateway.generation.storage import AudioStorage, generation_key
 from services.gateway.store import generations as stored
 from services.gateway.store.generations import AccountLimits, GenerationsTable
 from voice.gateway.v1 import generations_pb2
@@ -179,8 +182,10 @@ class Pipeline:
         router: Router,
         settings: Callable[[], Settings],
         urls: AudioUrls,
+        storage: AudioStorage,
     ) -> None:
         self.generations = generations
+        self.storage = storage  # where the audio is kept
         self.library = library
         self.prompts = prompts
         self.router = router
@@ -296,12 +301,10 @@ class Pipeline:
                     yield message
             assert last is not None
             _count_audio(last.duration_seconds, synthesis_began)
-            row = await self.generations.mark_succeeded(
-                admitted.generation_id, wav_of(bytes(pcm), last.sample_rate), last.duration_seconds,
+            row = await self._succeeded(
+                admitted, wav_of(bytes(pcm), last.sample_rate), last.duration_seconds,
                 last.model or candidate.model, last.seed, number + 1, sum(waited),
             )  # fmt: skip
-            if row is None:  # canceled meanwhile (a background job)
-                raise asyncio.CancelledError()
             log.info(
                 "generated",
                 extra={"generation": admitted.generation_id, "provider": candidate.provider_id, "streamed": True},
@@ -347,12 +350,10 @@ class Pipeline:
         synthesis_seconds = time.perf_counter() - synthesis_began
         _count_audio(reply.duration_seconds, synthesis_began)
         audio = await finish(reply.wav)
-        row = await self.generations.mark_succeeded(
-            admitted.generation_id, reply.wav, reply.duration_seconds, reply.model or candidate.model, reply.seed,
+        row = await self._succeeded(
+            admitted, reply.wav, reply.duration_seconds, reply.model or candidate.model, reply.seed,
             synthesis_seconds=synthesis_seconds,
         )  # fmt: skip
-        if row is None:  # canceled meanwhile (a background job)
-            raise asyncio.CancelledError()
         log.info(
             "generated",
             extra={
@@ -382,11 +383,9 @@ class Pipeline:
         wav, duration = wav_of(joined.astype("<i2").tobytes(), rate), joined.size / rate
         _count_audio(duration, began)
         audio = await finish(wav)
-        row = await self.generations.mark_succeeded(
-            admitted.generation_id, wav, duration, last.model or candidate.model, last.seed, len(parts), sum(waited)
+        row = await self._succeeded(
+            admitted, wav, duration, last.model or candidate.model, last.seed, len(parts), sum(waited)
         )
-        if row is None:  # canceled meanwhile (a background job)
-            raise asyncio.CancelledError()
         log.info(
             "generated", extra={"generation": admitted.generation_id, "chunks": len(parts), "seconds": round(duration, 2)}
         )
@@ -445,6 +444,29 @@ class Pipeline:
                             message.duration_seconds, message.generated_frames = seconds, int(frames)
                     yield candidate, number, message
             previous = (chunk, bytes(pcm), message.sample_rate or 44100)
+
+    async def _succeeded(
+        self,
+        admitted: Admitted,
+        wav: bytes,
+        duration: float,
+        model: str,
+        seed: int,
+        chunks: int = 1,
+        synthesis_seconds: float = 0.0,
+    ):
+        """Store the audio in the object store, then the generation as succeeded naming it; the row. If
+        the row is not written (the database failed, the generation was canceled or deleted meanwhile),
+        the audio is deleted again (storage.py), so no object outlives its row unseen."""
+        key = generation_key(admitted.account_id, admitted.generation_id)
+        async with self.storage.keeping(key):
+            await self.storage.objects.put(key, wav, WAV)
+            row = await self.generations.mark_succeeded(
+                admitted.generation_id, key, len(wav), duration, model, seed, chunks, synthesis_seconds
+            )
+            if row is None:  # canceled meanwhile (a background job), or deleted
+                raise asyncio.CancelledError()
+        return row
 
     def _split(self, script: str, prepared: _Prepared) -> list[long_scripts.Chunk]:
         """The chunks of `script` that fit the model's window with their prompts (one when it all fits)."""

@@ -31,10 +31,11 @@ def generation_message(row: Mapping, urls: AudioUrls) -> generations_pb2.Generat
         chunks=row["chunks"],
         synthesis_seconds=row["synthesis_seconds"],
         key_id=row["key_public_id"],
+        audio_expired=row["audio_expired"],
     )
     if row["visibility"] in SHARED_VISIBILITIES:
         generation.share_url = urls.share_url(row["share_token"])
-    if row["status"] == "succeeded":  # it has audio
+    if row["status"] == "succeeded" and not row["audio_expired"]:  # it has audio
         generation.audio_url = urls.audio_url(row["id"], row["url_epoch"])
     for field in ("create_time", "start_time", "end_time"):
         if row[field] is not None:

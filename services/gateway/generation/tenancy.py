@@ -38,6 +38,7 @@ from services.gateway.accounts import Accounts
 from services.gateway.config import USAGE_MAX_DAYS
 from services.gateway.generation.library import Library
 from services.gateway.generation.resources import timestamp
+from services.gateway.generation.storage import AudioStorage
 from services.gateway.store.accounts import SETTABLE, AccountsTable
 from services.gateway.store.usage import UsageTable
 from voice.gateway.v1 import accounts_pb2, accounts_pb2_grpc
@@ -259,9 +260,10 @@ class KeyService(accounts_pb2_grpc.KeyServiceServicer):
 class AccountDeletion:
     """Deleting an account with everything it has, everywhere (see the module's docstring)."""
 
-    def __init__(self, accounts: Accounts, library: Library, purge_again_after_seconds) -> None:
+    def __init__(self, accounts: Accounts, library: Library, storage: AudioStorage, purge_again_after_seconds) -> None:
         self.accounts = accounts
         self.library = library
+        self.storage = storage
         self.purge_again_after_seconds = purge_again_after_seconds  # a callable: from the settings
 
     async def delete(self, account_id: int) -> None:
@@ -273,9 +275,11 @@ class AccountDeletion:
         )
 
     async def _purge(self, account_id: int) -> tuple[int, dict[str, int]]:
-        samples = await self.library.delete_account_samples(account_id)
+        # Its voice data first, with the objects in storage (samples by the library, generations and
+        # files here), then every row of the gateway's that is left.
+        erased = await self.storage.erase_account(account_id, self.library)
         rows = await self.accounts.table.purge(account_id)
-        return samples, rows
+        return erased.samples, rows
 
     async def purge_again(self) -> int:
         """Purge once more the deleted accounts whose time has come (what other replicas let in while

@@ -15,9 +15,13 @@ DATABASE_UNAVAILABLE, 503, whatever the operation).
 * ``jobs``: generations run in the background with a lease (predictions);
 * ``predictions``: what the hosted predictor's client asked of a prediction;
 * ``files``: files uploaded as inputs (/v1/files);
+* ``object_deletions``: objects of the store whose rows are gone, until they are
+  gone from the store too;
 * ``prompt_samples``: the voice sample an audio prompt became, by content;
 * ``webhooks``: each account's webhook signing secret;
-* ``url_signing_key``: the key that signs generations' audio URLs.
+* ``url_signing_key``: the key that signs generations' audio URLs;
+* ``audio_move``: moving the bytes stored in PostgreSQL before the object
+  store into it (tools/move_audio.py).
 """
 
 from __future__ import annotations
@@ -28,9 +32,11 @@ import asyncpg
 
 from runtime import database
 from services.gateway.store.accounts import AccountsTable
+from services.gateway.store.audio_move import AudioMoveTable
 from services.gateway.store.files import FilesTable
 from services.gateway.store.generations import GenerationsTable
 from services.gateway.store.jobs import JobsTable
+from services.gateway.store.object_deletions import ObjectDeletionsTable
 from services.gateway.store.predictions import PredictionsTable
 from services.gateway.store.prompt_samples import PromptSamplesTable
 from services.gateway.store.providers import ProvidersTable
@@ -53,10 +59,12 @@ class Store:
         self.jobs = JobsTable(self.pool)
         self.predictions = PredictionsTable(self.pool)
         self.files = FilesTable(self.pool)
+        self.object_deletions = ObjectDeletionsTable(self.pool)
         self.prompt_samples = PromptSamplesTable(self.pool)
         self.webhooks = WebhooksTable(self.pool)
         self.url_signing_key = UrlSigningKeyTable(self.pool)
         self.usage = UsageTable(self.pool)
+        self.audio_move = AudioMoveTable(self.pool)
 
     @classmethod
     async def open(cls, url: str | None = None) -> "Store":

@@ -47,6 +47,7 @@ from google.protobuf import json_format
 
 from runtime import pagination
 from runtime.database import CONNECTION_ERRORS, connection
+from runtime.downloads import Stored
 from runtime.errors import ApiError, invalid_parameter, not_found
 from voice.gateway.v1 import generations_pb2
 
@@ -55,11 +56,24 @@ log = logging.getLogger("gateway.generations")
 ID_PREFIX = "gen_"
 SHARED_VISIBILITIES = ("unlisted", "public")
 UNDER_WAY = ("queued", "running")
-# Columns of a Generation message: everything but the audio itself.
+# Columns of a Generation message (the audio itself is in the object store: audio_key).
 COLUMNS = """seq, id, account_id, status, input, model, provider, speakers, speaker_names, parameters, error_type,
     error_message, audio_duration_seconds, visibility, collection, share_token, create_time, start_time, end_time,
-    chunks, url_epoch, synthesis_seconds, key_id,
+    chunks, url_epoch, synthesis_seconds, key_id, audio_key, audio_bytes, audio_expired,
     coalesce((SELECT public_id FROM api_keys WHERE api_keys.id = generations.key_id), '') AS key_public_id"""
+WAV = "audio/wav"
+# Deleting a generation hands its audio's object to object_deletions in the same statement.
+_HAND_OVER = """INSERT INTO object_deletions (key) SELECT audio_key FROM {rows} WHERE audio_key IS NOT NULL
+    ON CONFLICT DO NOTHING"""
+
+
+def audio_expired(generation_id: str) -> ApiError:
+    return ApiError(
+        grpc.StatusCode.NOT_FOUND,
+        "AUDIO_EXPIRED",
+        f"the audio of generation {generation_id} was deleted under this service's retention of generated audio; "
+        "its record stays",
+    )
 
 
 def new_id() -> str:
@@ -301,21 +315,25 @@ class GenerationsTable:
     async def mark_succeeded(
         self,
         generation_id: str,
-        audio: bytes,
+        audio_key: str,
+        audio_bytes: int,
         duration_seconds: float,
         model: str,
         seed: int,
         chunks: int = 1,
         synthesis_seconds: float = 0.0,
     ) -> asyncpg.Record | None:
-        """The stored row; None if it had ended meanwhile (a canceled prediction). In the same statement
-        its audio and synthesis seconds are metered, on the day it was admitted (usage.py)."""
+        """Succeeded, its audio stored under `audio_key`: the stored row; None if it had ended meanwhile
+        (a canceled prediction) or was deleted (then its audio names no row, and is the caller's to delete).
+        In the same statement its audio and synthesis seconds are metered, on the day it was admitted
+        (usage.py)."""
         async with self._connection() as db:
             return await db.fetchrow(
                 f"""WITH done AS (
-                        UPDATE generations SET status = 'succeeded', audio = $2, audio_duration_seconds = $3,
-                            model = $4, parameters = jsonb_set(parameters, '{{seed}}', to_jsonb($5::text)),
-                            end_time = now(), chunks = $6, synthesis_seconds = $7
+                        UPDATE generations SET status = 'succeeded', audio_key = $2, audio_bytes = $3,
+                            audio_duration_seconds = $4, model = $5,
+                            parameters = jsonb_set(parameters, '{{seed}}', to_jsonb($6::text)),
+                            end_time = now(), chunks = $7, synthesis_seconds = $8
                         WHERE id = $1 AND status IN ('queued', 'running')
                         RETURNING {COLUMNS}),
                     metered AS (
@@ -328,7 +346,8 @@ class GenerationsTable:
                             synthesis_seconds = u.synthesis_seconds + EXCLUDED.synthesis_seconds)
                     SELECT * FROM done""",
                 generation_id,
-                audio,
+                audio_key,
+                audio_bytes,
                 duration_seconds,
                 model,
                 str(seed),  # proto JSON writes int64 as a string
@@ -377,50 +396,65 @@ class GenerationsTable:
             )
         return _found(row, generation_id)
 
-    async def audio(self, account_id: int, generation_id: str) -> bytes:
+    async def audio(self, account_id: int, generation_id: str) -> Stored:
+        """Where the caller's generation's audio is; NOT_FOUND without audio, AUDIO_EXPIRED once
+        the retention sweep deleted it."""
         async with self._connection() as db:
             row = await db.fetchrow(
-                "SELECT status, audio FROM generations WHERE id = $1 AND account_id = $2", generation_id, account_id
+                "SELECT id, status, audio_key, audio_bytes, audio_expired FROM generations WHERE id = $1 AND account_id = $2",
+                generation_id,
+                account_id,
             )
-        row = _found(row, generation_id)
-        if row["audio"] is None:
-            raise not_found(f"generation {generation_id} has no audio: it is {row['status']}")
-        return row["audio"]
+            row = _found(row, generation_id)
+            if row["status"] != "succeeded":
+                raise not_found(f"generation {generation_id} has no audio: it is {row['status']}")
+            return await _stored(db, row)
 
-    async def shared_audio(self, share_token: str) -> bytes:
+    async def shared_audio(self, share_token: str) -> Stored:
         """The audio behind a share URL; a private generation's token finds nothing, like a made-up one."""
         async with self._connection() as db:
-            audio = await db.fetchval(
-                "SELECT audio FROM generations WHERE share_token = $1 AND visibility = ANY($2::text[])",
+            row = await db.fetchrow(
+                """SELECT id, status, audio_key, audio_bytes, audio_expired FROM generations
+                   WHERE share_token = $1 AND visibility = ANY($2::text[]) AND status = 'succeeded'""",
                 share_token,
                 list(SHARED_VISIBILITIES),
             )
-        if audio is None:
-            raise not_found("no shared generation audio at this URL")
-        return audio
+            if row is None:
+                raise not_found("no shared generation audio at this URL")
+            return await _stored(db, row)
 
-    async def signed_audio(self, generation_id: str) -> tuple[int, bytes]:
-        """Behind a signed URL, whoever asks: the generation's URL epoch and its audio (no key: the
-        caller checks the signature against the epoch); one without audio is as unknown as a made-up id."""
+    async def signed_audio(self, generation_id: str) -> tuple[int, Stored | None]:
+        """Behind a signed URL, whoever asks: the generation's URL epoch and where its audio is, None once
+        it expired (no key: the caller checks the signature against the epoch before it says so); one
+        without audio is as unknown as a made-up id."""
         async with self._connection() as db:
             row = await db.fetchrow(
-                "SELECT url_epoch, audio FROM generations WHERE id = $1 AND audio IS NOT NULL", generation_id
+                """SELECT id, status, url_epoch, audio_key, audio_bytes, audio_expired FROM generations
+                   WHERE id = $1 AND status = 'succeeded'""",
+                generation_id,
             )
-        if row is None:
-            raise not_found("no generation audio at this URL")
-        return row["url_epoch"], row["audio"]
+            if row is None:
+                raise not_found("no generation audio at this URL")
+            if row["audio_expired"]:
+                return row["url_epoch"], None
+            return row["url_epoch"], await _stored(db, row)
 
-    async def delete(self, account_id: int, generation_id: str) -> None:
+    async def delete(self, account_id: int, generation_id: str) -> str | None:
         """Delete the caller's generation with its audio (its prediction and job rows go with it, ON DELETE
         CASCADE); NOT_FOUND for none of the caller's, GENERATION_UNDER_WAY for one still queued or running
-        (whose pipeline would go on working for nothing)."""
+        (whose pipeline would go on working for nothing). The key of its audio's object, to delete from
+        the store now (it waits in object_deletions until then)."""
         async with self._connection() as db:
             # One statement: the row's status is read under the lock the delete takes.
             row = await db.fetchrow(
-                """WITH target AS (SELECT id, status FROM generations WHERE id = $1 AND account_id = $2 FOR UPDATE),
+                f"""WITH target AS (SELECT id, status FROM generations WHERE id = $1 AND account_id = $2 FOR UPDATE),
                         deleted AS (DELETE FROM generations g USING target
-                                    WHERE g.id = target.id AND target.status <> ALL($3::text[]) RETURNING g.id)
-                   SELECT target.status, EXISTS (SELECT 1 FROM deleted) AS deleted FROM target""",
+                                    WHERE g.id = target.id AND target.status <> ALL($3::text[])
+                                    RETURNING g.id, g.audio_key),
+                        handed AS ({_HAND_OVER.format(rows="deleted")})
+                   SELECT target.status, EXISTS (SELECT 1 FROM deleted) AS deleted,
+                          (SELECT audio_key FROM deleted) AS audio_key
+                   FROM target""",
                 generation_id,
                 account_id,
                 list(UNDER_WAY),
@@ -433,6 +467,37 @@ class GenerationsTable:
                 f"generation {generation_id} is {row['status']}: delete it once it has ended "
                 "(a prediction can be canceled first: POST /v1/predictions/{id}/cancel)",
             )
+        return row["audio_key"]
+
+    async def delete_account(self, account_id: int) -> tuple[int, list[str]]:
+        """Delete every generation of the account (an account's erasure: one still under way then ends on
+        a row that is gone, and its pipeline deletes the audio it made): how many, and their audio's keys
+        (handed to object_deletions)."""
+        async with self._connection() as db:
+            rows = await db.fetch(
+                f"""WITH deleted AS (DELETE FROM generations WHERE account_id = $1 RETURNING id, audio_key),
+                        handed AS ({_HAND_OVER.format(rows="deleted")})
+                   SELECT audio_key FROM deleted""",
+                account_id,
+            )
+        return len(rows), [row["audio_key"] for row in rows if row["audio_key"] is not None]
+
+    async def expire_audio(self, older_than_seconds: float, most: int = 1000) -> list[str]:
+        """The retention sweep: generations that ended more than `older_than_seconds` ago lose their audio
+        (the record stays, audio_expired); the keys of the objects to delete (handed to object_deletions)."""
+        async with self._connection() as db:
+            rows = await db.fetch(
+                f"""WITH target AS (SELECT id, audio_key FROM generations
+                                    WHERE audio_key IS NOT NULL AND end_time < now() - make_interval(secs => $1)
+                                    ORDER BY end_time LIMIT $2 FOR UPDATE SKIP LOCKED),
+                        expired AS (UPDATE generations g SET audio_expired = true, audio_key = NULL FROM target
+                                    WHERE g.id = target.id RETURNING target.audio_key),
+                        handed AS ({_HAND_OVER.format(rows="expired")})
+                   SELECT audio_key FROM expired""",
+                older_than_seconds,
+                most,
+            )
+        return [row["audio_key"] for row in rows]
 
     async def list_page(
         self, account_id: int, page_size: int, page_token: str, status: str = "", collection: str = ""
@@ -474,6 +539,26 @@ class GenerationsTable:
                 collection,
             )
         return _found(row, generation_id)
+
+
+async def _stored(db: asyncpg.Connection, row: asyncpg.Record) -> Stored:
+    """Where a succeeded generation's audio is: its object, or (a row from before the audio moved to
+    the store, until tools/move_audio.py has run) the bytes themselves; AUDIO_EXPIRED once deleted
+    under the retention setting."""
+    if row["audio_expired"]:
+        raise audio_expired(row["id"])
+    if row["audio_key"] is not None:
+        return Stored(row["audio_key"], row["audio_bytes"], WAV)
+    try:
+        legacy = await db.fetchval("SELECT audio FROM generations WHERE id = $1", row["id"])
+    except asyncpg.UndefinedColumnError:  # moved (and the column dropped) since the row was read
+        legacy = None
+    if legacy is None:  # moved meanwhile: the row names its object now
+        moved = await db.fetchrow("SELECT audio_key, audio_bytes FROM generations WHERE id = $1", row["id"])
+        if moved is None or moved["audio_key"] is None:
+            raise not_found(f"there is no audio of generation {row['id']}")
+        return Stored(moved["audio_key"], moved["audio_bytes"], WAV)
+    return Stored(None, len(legacy), WAV, bytes(legacy))
 
 
 def _found(row: asyncpg.Record | None, generation_id: str) -> asyncpg.Record:

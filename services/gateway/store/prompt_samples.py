@@ -30,3 +30,8 @@ class PromptSamplesTable:
                 sha256,
                 sample_id,
             )
+
+    async def forget_account(self, account_id: int) -> None:
+        """An account's erasure: which of its audio became which sample goes with the samples."""
+        async with connection(self.pool()) as db:
+            await db.execute("DELETE FROM prediction_prompt_samples WHERE account_id = $1", account_id)

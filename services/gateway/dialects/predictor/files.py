@@ -58,10 +58,16 @@ class FileService(predictions_pb2_grpc.FileServiceServicer):
 
     async def GetFileContent(self, request, context):
         account_id = await self.accounts.caller(context)
-        row = await self.files.get(account_id, request.id, with_content=True)
+        content = await self.files.content(account_id, request.id)
         return predictions_pb2.GetFileContentResponse(
-            content=httpbody_pb2.HttpBody(content_type="application/octet-stream", data=row["content"])
+            content=httpbody_pb2.HttpBody(content_type="application/octet-stream", data=content)
         )
+
+    async def DownloadFileContent(self, request, context):
+        account_id = await self.accounts.caller(context)
+        stored = await self.files.stored(account_id, request.id)
+        async for piece in self.files.storage.download(stored, context):
+            yield predictions_pb2.DownloadFileContentResponse(content=piece)
 
     async def DeleteFile(self, request, context):
         account_id = await self.accounts.caller(context)
