@@ -310,7 +310,7 @@ async def usage(pool: asyncpg.Pool, account: int, start, end) -> tuple[list[asyn
         )
         stored = await db.fetchrow(
             """SELECT count(*) AS samples,
-                      coalesce(sum(original_bytes + normalized_bytes), 0) AS bytes
+                      coalesce(sum(original_bytes + normalized_bytes), 0)::bigint AS bytes
                FROM samples WHERE account_id = $1""",
             account,
         )

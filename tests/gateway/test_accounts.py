@@ -482,7 +482,9 @@ async def test_what_a_replica_let_in_after_a_deletion_goes_when_the_account_is_p
 
     from runtime import clients
     from services.gateway.accounts import Accounts
+    from runtime.objects import ObjectStore
     from services.gateway.generation.library import Library
+    from services.gateway.generation.storage import AudioStorage
     from services.gateway.generation.tenancy import AccountDeletion
     from services.gateway.store import Store
     from voice.library.v1 import library_pb2, library_pb2_grpc
@@ -502,12 +504,16 @@ async def test_what_a_replica_let_in_after_a_deletion_goes_when_the_account_is_p
             timeout=120,
         )
     monkeypatch.setenv("LIBRARY_ADDR", mesh.address("library"))
+    for name, value in mesh.env.items():
+        if name.startswith("S3_"):  # the mesh's object store, where its audio lives
+            monkeypatch.setenv(name, value)
     store = await Store.open(database.url)
     library = Library()
     library.start()
     try:
         await store.webhooks.secret(account_id, "whsec_late")
-        deletion = AccountDeletion(Accounts(store.accounts), library, lambda: 0)
+        storage = AudioStorage(ObjectStore(), store)
+        deletion = AccountDeletion(Accounts(store.accounts), library, storage, lambda: 0)
         assert account_id not in await store.accounts.due_for_another_purge()  # its time has not come
         connection = await asyncpg.connect(database.url)
         try:
@@ -519,5 +525,6 @@ async def test_what_a_replica_let_in_after_a_deletion_goes_when_the_account_is_p
         finally:
             await connection.close()
     finally:
+        await storage.objects.close()
         await library.close()
         await store.close()
