@@ -49,12 +49,20 @@ def test_protos_follow_buf_standard_lint():
 
 @pytest.mark.parametrize("service_name", PUBLIC_SERVICES)
 def test_every_public_rpc_has_an_http_rule(service_name):
-    """Its own, or that of the method it streams for (voice.api.v1.method's stream_method)."""
+    """Its own, or that of the method it streams or downloads for (voice.api.v1.method's stream_method and
+    download_method); a method named as another's stream or download is one of the service's methods."""
     service = descriptor_pool.Default().FindServiceByName(service_name)
-    streamed = {method.GetOptions().Extensions[voice_annotations.method].stream_method for method in service.methods}
+    names = {method.name for method in service.methods}
+    answered_for = set()
+    for method in service.methods:
+        rules = method.GetOptions().Extensions[voice_annotations.method]
+        for other in (rules.stream_method, rules.download_method):
+            if other:
+                assert other in names, f"{method.full_name} names {other}, which {service_name} does not have"
+                answered_for.add(other)
     for method in service.methods:
         rule = method.GetOptions().Extensions[annotations_pb2.http]
-        assert rule.WhichOneof("pattern") or method.name in streamed, f"{method.full_name} has no google.api.http rule"
+        assert rule.WhichOneof("pattern") or method.name in answered_for, f"{method.full_name} has no google.api.http rule"
 
 
 @pytest.mark.parametrize("service_name", PUBLIC_SERVICES)
