@@ -27,6 +27,23 @@ PROVIDER_TIMEOUT_SECONDS = setting(
     "a provider without a heartbeat for this long is offline",
     float,
 )
+VOICE_AFFINITY = setting(
+    "GATEWAY_VOICE_AFFINITY",
+    True,
+    "true: a generation with cloned voices goes to the synth provider its voices hash to (rendezvous hashing on "
+    "the samples' ids and versions, weighted by capacity), which has most likely encoded them before and holds "
+    "their codes, unless it is busier than the least loaded by more than GATEWAY_VOICE_AFFINITY_SLACK; "
+    "false: every generation goes to the least loaded",
+    config.boolean,
+)
+VOICE_AFFINITY_SLACK = setting(
+    "GATEWAY_VOICE_AFFINITY_SLACK",
+    2,
+    "how many more requests in flight than the least loaded provider the provider holding a generation's voices "
+    "may have and still be sent it; past that the generation goes to the least loaded (0: only when it is as "
+    "idle as the least loaded)",
+    between(0, 10_000, int),
+)
 READINESS_INTERVAL_SECONDS = setting(
     "GATEWAY_READINESS_INTERVAL_SECONDS",
     2.0,

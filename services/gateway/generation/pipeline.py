@@ -54,7 +54,7 @@ from services.gateway.generation.audio_urls import AudioUrls
 from services.gateway.generation.library import Library, Sample
 from services.gateway.generation.prompt import Prompts
 from services.gateway.generation.resources import generation_message
-from services.gateway.generation.routing import Candidate, ModelLimits, Router
+from services.gateway.generation.routing import Candidate, ModelLimits, Router, voices_key
 from services.gateway.generation.storage import AudioStorage, generation_key
 from services.gateway.store import generations as stored
 from services.gateway.store.generations import AccountLimits, GenerationsTable
@@ -345,8 +345,9 @@ class Pipeline:
             synthesis.audio_prompt.CopyFrom(prepared.assembled)
         synthesis_began = time.perf_counter()
         candidate, reply = await self.router.synthesize(
-            synthesis, prepared.found, timeout, self._running(admitted.generation_id, prepared.parameters)
-        )
+            synthesis, prepared.found, timeout, self._running(admitted.generation_id, prepared.parameters),
+            voices_key(admitted.samples),
+        )  # fmt: skip
         synthesis_seconds = time.perf_counter() - synthesis_began
         _count_audio(reply.duration_seconds, synthesis_began)
         audio = await finish(reply.wav)
@@ -423,8 +424,9 @@ class Pipeline:
                 synthesis.audio_prompt.CopyFrom(tail)
             pcm = bytearray()
             messages = self.router.stream_synthesize(
-                synthesis, prepared.found, _left(deadline), self._running(admitted.generation_id, parameters)
-            )
+                synthesis, prepared.found, _left(deadline), self._running(admitted.generation_id, parameters),
+                voices_key(admitted.samples),
+            )  # fmt: skip
             async with contextlib.aclosing(messages):
                 while True:
                     began = time.perf_counter()

@@ -10,6 +10,19 @@ providers share the work. A provider that could not be reached since its
 last heartbeat goes last: it is probably gone, and its heartbeats stop
 before the registry can tell.
 
+A generation with cloned voices goes first to the provider its voices belong
+to, when that one is not much busier: every provider caches the codec codes
+of the voice prompts it encoded, so sending the same voices to the same
+provider encodes them once instead of once per provider. Which provider the
+voices belong to is decided by rendezvous (highest-random-weight) hashing of
+their identity, the samples' ids and versions in speaker order, weighted by
+capacity: every gateway replica agrees without talking, a provider that leaves
+hands on only its own voices, and one that joins takes its share of the
+voices from the others and moves no other. When that provider has more than
+GATEWAY_VOICE_AFFINITY_SLACK requests in flight beyond the least loaded, the
+least loaded goes first instead (``gateway_voice_routing_total`` counts both
+decisions); GATEWAY_VOICE_AFFINITY=false routes every generation by load.
+
 A provider that fails before producing audio (unreachable, connection reset,
 model still loading: UNAVAILABLE; busy: RESOURCE_EXHAUSTED) is retried once
 on another provider. When every provider tried was busy, the caller gets 429
@@ -26,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime
+import hashlib
 import json
 import logging
 import math
@@ -34,10 +48,13 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 
 import grpc
+import prometheus_client
 
 from runtime import clients
 from runtime.errors import ApiError
+from services.gateway.config import VOICE_AFFINITY, VOICE_AFFINITY_SLACK
 from services.gateway.generation import registry
+from services.gateway.generation.library import Sample
 from voice.synth.v1 import synth_pb2, synth_pb2_grpc
 
 log = logging.getLogger("gateway.routing")
@@ -55,6 +72,26 @@ FAILURES = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: "was busy",
     grpc.StatusCode.DEADLINE_EXCEEDED: "did not answer in time",
 }
+
+VOICE_ROUTING = prometheus_client.Counter(
+    "gateway_voice_routing_total",
+    "Generations with cloned voices by how their provider was chosen: affinity (the provider their voices "
+    "belong to, which most likely holds their codes) or fallback (the least loaded, as that one was busier "
+    "by more than GATEWAY_VOICE_AFFINITY_SLACK).",
+    ["decision"],
+)
+
+
+@dataclass(frozen=True)
+class VoiceAffinity:
+    """Whether generations follow their voices to a provider, and how much busier that one may be."""
+
+    on: bool = True
+    slack: int = 2  # requests in flight beyond the least loaded provider's
+
+    @classmethod
+    def configured(cls) -> "VoiceAffinity":
+        return cls(VOICE_AFFINITY.value, VOICE_AFFINITY_SLACK.value)
 
 
 @dataclass(frozen=True)
@@ -127,6 +164,16 @@ def no_provider(model: str, served_without_cloning: bool = False) -> ApiError:
     return ApiError(grpc.StatusCode.NOT_FOUND, "NO_PROVIDER", message, param="model" if model else None)
 
 
+def load_of(candidate: Candidate, in_flight: Mapping[str, int]) -> int:
+    """Requests on the provider: what it last reported, or what this gateway has sent it since, if more."""
+    return max(candidate.load, in_flight.get(candidate.provider_id, 0))
+
+
+def unreachable(candidate: Candidate, unreachable_since: Mapping[str, datetime.datetime]) -> bool:
+    """Whether it could not be reached after its latest heartbeat (a newer heartbeat clears that)."""
+    return unreachable_since.get(candidate.provider_id) == candidate.last_seen
+
+
 def ranked(
     found: list[Candidate],
     in_flight: Mapping[str, int],
@@ -136,13 +183,45 @@ def ranked(
     """The order to try the candidates in: reachable before unreachable, then least loaded first."""
 
     def key(candidate: Candidate) -> tuple:
-        # Unreachable after its latest heartbeat; a newer heartbeat clears that.
-        unreachable = unreachable_since.get(candidate.provider_id) == candidate.last_seen
-        load = max(candidate.load, in_flight.get(candidate.provider_id, 0))
+        load = load_of(candidate, in_flight)
         busy = load / candidate.capacity if candidate.capacity > 0 else math.inf
-        return (unreachable, busy, rng.random())
+        return (unreachable(candidate, unreachable_since), busy, rng.random())
 
     return sorted(found, key=key)
+
+
+def voices_key(samples: Iterable[Sample]) -> str:
+    """The identity of a generation's cloned voices ("" for none): what their prompt's codes depend on."""
+    return " ".join(f"{sample.speaker}:{sample.sample_id}@{sample.version}" for sample in samples)
+
+
+def rendezvous_weight(candidate: Candidate, voices: str) -> float:
+    """The candidate's claim to the voices: the highest claim holds them. A hash of both as a number u in
+    (0, 1), made -capacity / ln(u) so that a provider's share of all voices follows its capacity."""
+    digest = hashlib.blake2b(f"{candidate.provider_id}\n{voices}".encode(), digest_size=8).digest()
+    unit = (int.from_bytes(digest, "big") + 1) / (2**64 + 1)
+    return candidate.capacity / -math.log(unit)
+
+
+def holder(found: Iterable[Candidate], voices: str) -> Candidate:
+    """The candidate the voices belong to."""
+    return max(found, key=lambda candidate: rendezvous_weight(candidate, voices))
+
+
+def following_voices(
+    order: list[Candidate],
+    voices: str,
+    in_flight: Mapping[str, int],
+    unreachable_since: Mapping[str, datetime.datetime],
+    slack: int,
+) -> tuple[list[Candidate], str]:
+    """`order` (least loaded first, as ranked) with the reachable provider the voices belong to moved first,
+    unless it has more than `slack` requests beyond the first's; and which it was, affinity or fallback."""
+    reachable = [candidate for candidate in order if not unreachable(candidate, unreachable_since)]
+    preferred = holder(reachable or order, voices)
+    if load_of(preferred, in_flight) - load_of(order[0], in_flight) > slack:
+        return order, "fallback"
+    return [preferred, *(candidate for candidate in order if candidate is not preferred)], "affinity"
 
 
 def upstream_error(message: str) -> ApiError:
@@ -177,9 +256,15 @@ OnAttempt = Callable[[Candidate], Awaitable[None]]
 class Router:
     """Picks providers and calls them; one per gateway process."""
 
-    def __init__(self, providers: registry.ProviderDirectory, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        providers: registry.ProviderDirectory,
+        rng: random.Random | None = None,
+        affinity: VoiceAffinity | None = None,
+    ) -> None:
         self.providers = providers
         self.rng = rng or random.Random()
+        self.affinity = affinity or VoiceAffinity.configured()
         self.in_flight: collections.Counter[str] = collections.Counter()
         # provider id → the last_seen of the heartbeat after which it could not be reached
         self.unreachable_since: dict[str, datetime.datetime] = {}
@@ -190,17 +275,30 @@ class Router:
         return candidates(await self.providers.online(), model)
 
     async def synthesize(
-        self, synthesis: synth_pb2.SynthesisSpec, found: list[Candidate], timeout: float, on_attempt: OnAttempt
+        self,
+        synthesis: synth_pb2.SynthesisSpec,
+        found: list[Candidate],
+        timeout: float,
+        on_attempt: OnAttempt,
+        voices: str = "",
     ) -> tuple[Candidate, synth_pb2.SynthesizeResponse]:
         """Generate on the best of the `found` candidates, or on a second one if the first did not take
         the request.
 
-        `timeout` bounds every attempt together; `on_attempt` runs before each.
+        `timeout` bounds every attempt together; `on_attempt` runs before each. `voices` (voices_key)
+        names the cloned voices the request's prompt is made of, "" for none.
         """
-        return await self._attempts(found, timeout, on_attempt, lambda c, remaining: self._call(c, synthesis, remaining))
+        return await self._attempts(
+            found, timeout, on_attempt, lambda c, remaining: self._call(c, synthesis, remaining), voices
+        )
 
     async def stream_synthesize(
-        self, synthesis: synth_pb2.SynthesisSpec, found: list[Candidate], timeout: float, on_attempt: OnAttempt
+        self,
+        synthesis: synth_pb2.SynthesisSpec,
+        found: list[Candidate],
+        timeout: float,
+        on_attempt: OnAttempt,
+        voices: str = "",
     ) -> AsyncIterator[tuple[Candidate, synth_pb2.StreamSynthesizeResponse]]:
         """As synthesize, streamed: the provider's messages as they come. A provider that fails before
         its first message is retried on another as synthesize does; after it, its error ends the stream."""
@@ -216,7 +314,7 @@ class Router:
                 raise
             return call, first
 
-        candidate, (call, first) = await self._attempts(found, timeout, on_attempt, first_of)
+        candidate, (call, first) = await self._attempts(found, timeout, on_attempt, first_of, voices)
         self.in_flight[candidate.provider_id] += 1
         try:
             message = first
@@ -229,12 +327,22 @@ class Router:
             self.in_flight[candidate.provider_id] -= 1
             call.cancel()  # the caller went away (or the stream ended): stop the provider's generation
 
+    def order(self, found: list[Candidate], voices: str = "") -> list[Candidate]:
+        """The order to try the `found` candidates in, for a request of the `voices` ("" for none)."""
+        order = ranked(found, self.in_flight, self.unreachable_since, self.rng)
+        if voices and self.affinity.on:
+            order, decision = following_voices(
+                order, voices, self.in_flight, self.unreachable_since, self.affinity.slack
+            )
+            VOICE_ROUTING.labels(decision).inc()
+        return order
+
     async def _attempts(
-        self, found: list[Candidate], timeout: float, on_attempt: OnAttempt, attempt
+        self, found: list[Candidate], timeout: float, on_attempt: OnAttempt, attempt, voices: str
     ) -> tuple[Candidate, object]:
         """The first (candidate, answer) of `attempt(candidate, remaining seconds)` that succeeds, trying
         the best provider and one more; raises what the caller should see when none does."""
-        order = ranked(found, self.in_flight, self.unreachable_since, self.rng)
+        order = self.order(found, voices)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         failures = []
