@@ -44,6 +44,7 @@ bench: $(VENV)/.installed gen/.stamp
 	$(MAKE) bench-fullsize
 	bench/gpu.sh
 	$(PY) bench/mesh_overhead_bench.py
+	$(PY) bench/voice_affinity_bench.py
 	$(PY) bench/upload_memory_bench.py
 	$(PY) bench/load_bench.py
 	$(PY) bench/streaming_bench.py
