@@ -9,6 +9,7 @@ processes."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import random
 import re
@@ -327,3 +328,49 @@ async def test_a_generation_with_cloned_voices_is_routed_by_them_unless_affinity
         async with aiohttp.ClientSession(base_url=gateway.http_url) as other:
             await generate(other, cloned)
             assert await voice_routing(other) == {"affinity": 0, "fallback": 0}
+
+
+class QueuedStream(synth_pb2_grpc.SynthServiceServicer):
+    """A stand-in provider whose streams wait in its queue until `release` is set."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def StreamSynthesize(self, request, context):
+        await self.release.wait()
+        yield synth_pb2.StreamSynthesizeResponse(pcm=b"\0\0", sample_rate=44100, last=True)
+
+
+async def test_a_stream_waiting_for_its_first_audio_counts_as_load_on_its_provider():
+    servicer = QueuedStream()
+    server = grpc.aio.server()
+    synth_pb2_grpc.add_SynthServiceServicer_to_server(servicer, server)
+    port = free_port()
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    router = Router(Listed([row("queued", ("dia", CLONING), address=f"127.0.0.1:{port}")]), random.Random(0), ON)
+
+    async def nothing(candidate: Candidate) -> None:
+        pass
+
+    async def stream() -> int:
+        found = await router.candidates("")
+        messages = router.stream_synthesize(synth_pb2.SynthesisSpec(script="[S1] Hi."), found, 10, nothing, voices(5))
+        return len([message async for _, message in messages])
+
+    try:
+        streamed = asyncio.create_task(stream())
+
+        async def counted() -> None:
+            while router.in_flight["queued"] == 0:
+                await asyncio.sleep(0.01)
+
+        # Counted while the provider has not answered anything yet.
+        await asyncio.wait_for(counted(), 10)
+        assert router.in_flight["queued"] == 1 and not streamed.done()
+        servicer.release.set()
+        assert await streamed == 1
+        assert router.in_flight["queued"] == 0
+    finally:
+        await router.close()
+        await server.stop(0)

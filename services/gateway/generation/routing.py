@@ -75,9 +75,9 @@ FAILURES = {
 
 VOICE_ROUTING = prometheus_client.Counter(
     "gateway_voice_routing_total",
-    "Generations with cloned voices by how their provider was chosen: affinity (the provider their voices "
-    "belong to, which most likely holds their codes) or fallback (the least loaded, as that one was busier "
-    "by more than GATEWAY_VOICE_AFFINITY_SLACK).",
+    "Requests with cloned voices sent to synth providers (a long script's chunks each), by how the provider "
+    "was chosen: affinity (the provider their voices belong to, which most likely holds their codes) or "
+    "fallback (the least loaded, as that one was busier by more than GATEWAY_VOICE_AFFINITY_SLACK).",
     ["decision"],
 )
 
@@ -306,16 +306,18 @@ class Router:
         async def first_of(candidate: Candidate, remaining: float):
             stub = synth_pb2_grpc.SynthServiceStub(self._channel(candidate.address))
             synthesis.model = candidate.model
+            # In flight from the request on, as in _call: a stream queued at the provider is load too.
+            self.in_flight[candidate.provider_id] += 1
             call = stub.StreamSynthesize(synth_pb2.StreamSynthesizeRequest(synthesis=synthesis), timeout=remaining)
             try:
                 first = await call.read()
             except BaseException:
+                self.in_flight[candidate.provider_id] -= 1
                 call.cancel()
                 raise
             return call, first
 
         candidate, (call, first) = await self._attempts(found, timeout, on_attempt, first_of, voices)
-        self.in_flight[candidate.provider_id] += 1
         try:
             message = first
             while message is not grpc.aio.EOF:
