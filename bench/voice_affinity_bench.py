@@ -12,7 +12,9 @@ each setting:
 * the synths' prompt-cache hit rate: ``synth_prompt_cache_hits`` over hits
   and ``synth_prompt_cache_misses`` of the three (every request has a
   prompt, so every request asks the cache once);
-* p50 and p90 of the client's time to the WAV;
+* p50 and p90 of the client's time to the WAV, and the synths' own mean
+  time from a request's arrival to its first frame
+  (``synth_time_to_first_frame_seconds``: queueing, prompt encoding, prefill);
 * how the requests spread over the providers, and the gateway's decisions
   (``gateway_voice_routing_total``: affinity, fallback).
 
@@ -131,18 +133,20 @@ async def one_setting(env: dict[str, str], key: str, affinity: bool, requests: l
                 await asyncio.gather(*(client() for _ in range(concurrency)))
                 wall = time.perf_counter() - began
             per_provider = {}
-            hits = misses = 0.0
+            hits = misses = first_frame_seconds = 0.0
             for provider_id, own in zip(PROVIDERS, synths):
                 body = scrape(own["SYNTH_METRICS_PORT"])
                 provider_hits = metric(body, "synth_prompt_cache_hits_total")
                 provider_misses = metric(body, "synth_prompt_cache_misses_total")
                 per_provider[provider_id] = int(provider_hits + provider_misses)
                 hits, misses = hits + provider_hits, misses + provider_misses
+                first_frame_seconds += metric(body, "synth_time_to_first_frame_seconds_sum")
             gateway_metrics = scrape(env["GATEWAY_METRICS_PORT"])
     return {
         "hit rate": hits / max(hits + misses, 1),
         "misses": int(misses),
         "latencies": latencies,
+        "first frame": first_frame_seconds,  # summed over the requests
         "wall": wall,
         "per provider": per_provider,
         "affinity": int(metric(gateway_metrics, "gateway_voice_routing_total", 'decision="affinity"')),
@@ -156,7 +160,8 @@ def show(name: str, result: dict) -> str:
         f"  {name:<13} hit rate {result['hit rate'] * 100:5.1f} % ({result['misses']:3d} encodings)  "
         f"p50 {harness.percentile(result['latencies'], 0.5) * 1000:7.1f} ms  "
         f"p90 {harness.percentile(result['latencies'], 0.9) * 1000:7.1f} ms  "
-        f"{len(result['latencies']) / result['wall']:5.2f} req/s  per provider {spread}  "
+        f"{len(result['latencies']) / result['wall']:5.2f} req/s  synth's time to first frame mean "
+        f"{result['first frame'] / len(result['latencies']) * 1000:6.1f} ms  per provider {spread}  "
         f"decisions: {result['affinity']} affinity, {result['fallback']} fallback"
     )
 
@@ -211,6 +216,7 @@ async def run(args) -> None:
                         "hit rate": sum(r["hit rate"] for r in runs) / len(runs),
                         "misses": sum(r["misses"] for r in runs),
                         "latencies": [latency for r in runs for latency in r["latencies"]],
+                        "first frame": sum(r["first frame"] for r in runs),
                         "wall": sum(r["wall"] for r in runs),
                         "per provider": {p: sum(r["per provider"][p] for r in runs) for p in PROVIDERS},
                         "affinity": sum(r["affinity"] for r in runs),
