@@ -6,7 +6,6 @@ sample is never served from the cache)."""
 from __future__ import annotations
 
 import asyncio
-import re
 import uuid
 
 import aiohttp
