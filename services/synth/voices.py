@@ -48,6 +48,12 @@ from services.synth.audio import SAMPLE_RATE
 from voice.library.v1 import library_pb2, library_pb2_grpc
 from voice.synth.v1 import synth_pb2
 
+PROMPT_MAKING_SECONDS = prometheus_client.Histogram(
+    "synth_voice_prompt_making_seconds",
+    "Per voices' prompt not in the cache: seconds to fetch its samples from the library, cut and join them "
+    "(the codec's encoding, which follows, not included).",
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
 SAMPLE_FETCHES = prometheus_client.Counter(
     "synth_prompt_sample_fetches_total",
     "Voice samples fetched from the library to make a voice prompt (one per sample on a prompt-cache miss).",
@@ -273,6 +279,10 @@ class Library:
 
     async def made(self, voices: synth_pb2.VoicePrompt) -> Made:
         """The prompt of `voices`, from their samples fetched now (one call each, at once)."""
+        with PROMPT_MAKING_SECONDS.time():
+            return await self._made(voices)
+
+    async def _made(self, voices: synth_pb2.VoicePrompt) -> Made:
         fetched = await asyncio.gather(
             *(self.clip(voices.account_id, ref) for ref in voices.samples), return_exceptions=True
         )
