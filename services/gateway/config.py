@@ -75,7 +75,7 @@ PROMPT_GAP_SECONDS = setting(
     "GATEWAY_PROMPT_GAP_SECONDS",
     0.3,
     "silence between the S1 and S2 clips of a voice-cloning prompt, in seconds (0 to 0.5, so that "
-    "even a 1 s prompt keeps room for both voices)",
+    "even a 1 s prompt keeps room for both voices); sent with each request, the synth provider joins them",
     between(0, 0.5),
 )
 SPEECH_FRAMES_PER_CHARACTER = setting(

@@ -289,4 +289,5 @@ class Library:
         for result in fetched:  # the first speaker's error first
             if isinstance(result, BaseException):
                 raise result
-        return await asyncio.to_thread(assemble, fetched, voices.max_seconds, voices.gap_seconds, voices.account_id)
+        # Inline: slicing and joining a few seconds of samples takes a fraction of a millisecond.
+        return assemble(fetched, voices.max_seconds, voices.gap_seconds, voices.account_id)
