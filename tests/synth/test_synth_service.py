@@ -292,3 +292,18 @@ async def test_a_voices_prompt_longer_than_the_provider_takes_is_refused_before_
     error = await error_of(synth.Synthesize(voices))
     assert (error.reason, error.param) == ("INVALID_PARAMETER", "max_audio_prompt_seconds")
     assert metric(mesh.env["SYNTH_METRICS_PORT"], "synth_prompt_sample_fetches_total") == fetches
+
+
+async def test_a_voices_prompt_of_the_longest_length_is_made_of_the_accounts_samples(synth, mesh):
+    """At SYNTH_MAX_AUDIO_PROMPT_SECONDS itself the length is taken: the samples are fetched, as the account
+    (here one that has no sample 1: INVALID_VOICE_SAMPLE naming the speaker)."""
+    fetches = metric(mesh.env["SYNTH_METRICS_PORT"], "synth_prompt_sample_fetches_total")
+    voices = request()
+    voices.synthesis.voices.CopyFrom(
+        synth_pb2.VoicePrompt(
+            account_id=2**62, samples=[synth_pb2.VoiceSampleRef(speaker="S2", sample_id=1)], max_seconds=120
+        )
+    )
+    error = await error_of(synth.Synthesize(voices))
+    assert (error.reason, error.param) == ("INVALID_VOICE_SAMPLE", "speakers.S2")
+    assert metric(mesh.env["SYNTH_METRICS_PORT"], "synth_prompt_sample_fetches_total") == fetches + 1

@@ -24,7 +24,7 @@ PAGE_SIZE = 100
 
 @dataclass(frozen=True)
 class Sample:
-    """A cloned speaker's voice sample as the library describes it (its audio is fetched apart)."""
+    """A cloned speaker's voice sample as the library describes it (its audio the synth provider fetches itself)."""
 
     speaker: str  # "S1" or "S2"
     sample_id: int
