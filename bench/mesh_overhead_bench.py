@@ -142,6 +142,16 @@ def old_tree(revision: str, scratch: pathlib.Path) -> pathlib.Path:
     return scratch
 
 
+def own_key(env: dict[str, str], tree: pathlib.Path | None) -> str:
+    """A new API key, made by the revision's own `make key` (its gateway's schema may differ from this
+    checkout's, which harness.new_keys would migrate it to)."""
+    made = subprocess.run(
+        [sys.executable, "-m", "tools.make_key", "bench"], cwd=tree or harness.ROOT, env=env, check=True,
+        capture_output=True, text=True,
+    )  # fmt: skip
+    return made.stdout.strip().splitlines()[-1]
+
+
 async def one_side(args, tree: pathlib.Path | None) -> dict[str, dict[str, list[float]]]:
     """Every kind of request on a mesh of `tree`'s code (None: this checkout's)."""
     rng = np.random.default_rng(22)
@@ -153,7 +163,7 @@ async def one_side(args, tree: pathlib.Path | None) -> dict[str, dict[str, list[
             root, mesh_tools.ROOT = mesh_tools.ROOT, tree or mesh_tools.ROOT
             try:
                 async with harness.running(SERVICES, env):
-                    (key,) = await harness.new_keys(database_url, 1)
+                    key = own_key(env, tree)
                     headers = {"Authorization": f"Bearer {key}"}
                     async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{env['GATEWAY_HTTP_PORT']}") as http:
                         await wait_for_provider(http, headers)
