@@ -62,7 +62,7 @@ SAMPLE_FETCHES = prometheus_client.Counter(
 # Below this share of words in common, a stored transcript is taken to say
 # something else than the audio, and the recognizer's words are used instead.
 MIN_AGREEMENT = 0.5
-_TAG = re.compile(r"\[S[12]\]")
+_TAG = re.compile(r"\[\s*[sS]\s*(\d+)\s*\]")  # as the gateway reads speaker tags ("[s1]", "[ S2 ]")
 _SPACES = re.compile(r"\s+")
 
 

@@ -249,3 +249,8 @@ async def test_a_sample_stored_without_word_timings_is_timed_once_then_kept(mesh
     # Keeping the timings is no change of the sample: its version, which prompts are cached by, stays.
     assert first.key == again.key
 
+
+
+def test_speaker_tags_of_any_spelling_in_a_stored_transcript_give_way_to_the_callers_speaker():
+    made = assemble([clip("S2", 1.0, 300, "[s1] Hello [ S2 ]  there.", [])], max_seconds=5.0, gap_seconds=0.3)
+    assert made.transcript == "[S2] Hello there."
