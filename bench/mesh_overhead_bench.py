@@ -3,7 +3,8 @@
 A whole mesh (PostgreSQL, object store, transcode, STT, library, synth with
 the tiny model, gateway) runs as processes, once with an earlier revision's
 code (`--against`, by default 823fbb3: voice prompts assembled by the
-gateway, with transcode and STT) and once with this checkout's; requests go
+gateway, with transcode and STT; any revision whose tree runs on its own,
+11a6030 too) and once with this checkout's; requests go
 one at a time to POST /v1/voice/generations over HTTP. For each one:
 
 * end to end: the client's time from sending the request to having the WAV;
