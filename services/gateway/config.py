@@ -88,28 +88,13 @@ MAX_COLLECTION_CHARS = setting(
     "longest generation `collection` name in characters; a longer one is refused with 400 invalid_parameter",
     between(1, 10_000, int),
 )
-PROMPT_CACHE_BYTES = setting(
-    "GATEWAY_PROMPT_CACHE_BYTES",
-    64 * 1024 * 1024,
-    "memory for assembled voice-cloning prompts, kept by their samples' identity and content so that the "
-    "same voices are fetched and joined once (least recently used go first; 0 turns the cache off)",
-    between(0, 2**40, int),
-)
 PROMPT_GAP_SECONDS = setting(
     "GATEWAY_PROMPT_GAP_SECONDS",
     0.3,
     "silence between the S1 and S2 clips of a voice-cloning prompt, in seconds (0 to 0.5, so that "
-    "even a 1 s prompt keeps room for both voices)",
+    "even a 1 s prompt keeps room for both voices); sent with each request, the synth provider joins them",
     between(0, 0.5),
 )
-PROMPT_STT_TIMEOUT_SECONDS = setting(
-    "GATEWAY_PROMPT_STT_TIMEOUT_SECONDS",
-    30.0,
-    "how long the speech recognizer may take to time the words of a voice sample that must be cut to "
-    "fit a prompt; past that (or with the recognizer down) the sample is kept whole",
-    between(0.1, 3600),
-)
-
 SPEECH_FRAMES_PER_CHARACTER = setting(
     "GATEWAY_SPEECH_FRAMES_PER_CHARACTER",
     12.0,

@@ -4,7 +4,7 @@ which serves every upstream's HTTP routes, the gateway's own included.
 
 This module is where the parts are built and put together, each with what it
 needs: the store (store/, the only part that talks to PostgreSQL), the
-library client, the prompts, the router, the pipeline, and the servicers,
+library client, the router, the pipeline, and the servicers,
 thin adapters over the pipeline that never reach into one another. The edge
 knows nothing of generations, and the domain nothing of HTTP; what the edge
 needs of the domain is the function that checks API keys (accounts.py).
@@ -32,7 +32,6 @@ from services.gateway.config import (
     MAX_KEY_NAME_CHARS,
     MAX_INPUT_CHARS,
     PREDICTION_MAX_WAIT_SECONDS,
-    PROMPT_CACHE_BYTES,
     PROMPT_GAP_SECONDS,
     PUBLIC_URL,
     READINESS_INTERVAL_SECONDS,
@@ -58,7 +57,6 @@ from services.gateway.generation.jobs import Jobs
 from services.gateway.generation.library import Library
 from services.gateway.generation.models import ModelService
 from services.gateway.generation.pipeline import Pipeline, Settings
-from services.gateway.generation.prompt import Prompts
 from services.gateway.generation.registry import ProviderDirectory, ProviderRegistry
 from services.gateway.generation.routing import VOICE_CLONING, Router
 from services.gateway.generation.tenancy import AccountDeletion, AccountService, KeyService, UsageReports, UsageService
@@ -127,13 +125,12 @@ class Gateway:
         self.storage = AudioStorage(ObjectStore(), self.store, audio_redirects)
         self.providers = ProviderDirectory(self.store.providers)
         self.library = Library()
-        self.prompts = Prompts(self.library, PROMPT_CACHE_BYTES.value, PROMPT_GAP_SECONDS.value)
         self.router = Router(self.providers)
         self.urls = AudioUrls(self.store.url_signing_key, public_url, signed_url_seconds)
         self.pipeline = Pipeline(
             generations=self.store.generations,
             library=self.library,
-            prompts=self.prompts,
+            prompt_gap_seconds=PROMPT_GAP_SECONDS.value,
             router=self.router,
             settings=pipeline_settings,
             urls=self.urls,
@@ -175,7 +172,6 @@ class Gateway:
         await self.store.connect()
         await self.urls.start()  # before any URL is signed or checked
         self.library.start()
-        self.prompts.start()
         self.speech.start()
         self.jobs.start()
         self._sweeper = asyncio.create_task(self._fail_abandoned_generations())
@@ -219,7 +215,6 @@ class Gateway:
         if self.table is not None:
             await self.table.close()
         await self.speech.close()
-        await self.prompts.close()
         await self.library.close()
         await self.router.close()
         try:  # the outcomes still waiting for the database, if it answers now; else the sweep closes them

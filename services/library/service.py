@@ -1,8 +1,9 @@
 """LibraryService: each account's voice samples, described in PostgreSQL, their audio in the object store.
 
 An upload is checked (account, fields, size), normalized to 44.1 kHz mono WAV
-by the transcode service, given a transcript by the STT service when the user
-typed none and one is reachable; its audio (the upload as it came, and the
+by the transcode service, heard by the STT service (when one is reachable:
+the transcript when the user typed none, and in any case the times of its
+words, which synth's voice prompts are cut by, PromptSampleService); its audio (the upload as it came, and the
 WAV) is stored in the object store (S3, runtime/objects.py), then its row is
 inserted; the reply goes out only after the commit. Objects whose row is never
 committed (the database refused it) are deleted at once, or, had the process
@@ -50,6 +51,13 @@ from voice.transcode.v1 import transcode_pb2
 
 log = logging.getLogger("library")
 
+PROMPT_SAMPLES = prometheus_client.Counter(
+    "library_prompt_samples_total",
+    "Samples read for a voice prompt (PromptSampleService), by where their word timings came from: stored (at "
+    "upload, or computed before), computed (a speech-recognition call: a sample stored without them), missing "
+    "(speech recognition could not be had).",
+    ["word_timings"],
+)
 UPLOADS_IN_PROGRESS = prometheus_client.Gauge(
     "library_uploads_in_progress", "Voice-sample uploads being worked on (at most LIBRARY_MAX_CONCURRENT_UPLOADS)."
 )
@@ -173,8 +181,9 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
 
             info, wav = await self._decode(audio)
             transcript_source = "user" if transcript else ""
-            if not transcript:
-                transcript = await self._recognize(wav)
+            heard = await self._recognize(wav)  # timed also under a typed transcript: voice prompts are cut by it
+            if not transcript and heard is not None:
+                transcript = rules.recognized_transcript(heard.text)
                 transcript_source = "stt" if transcript else ""
 
             original_key, normalized_key = sample_keys(account)
@@ -202,6 +211,7 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
                         normalized_key=normalized_key,
                         normalized_bytes=len(wav),
                         duration_seconds=info.duration_seconds,
+                        word_timings=None if heard is None else timed_words(heard),
                     ),
                     key_id,
                 )
@@ -310,19 +320,58 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
             raise _transcode_failure(error) from None
         return reply.info, wav
 
-    async def _recognize(self, wav: memoryview) -> str:
-        """The transcript speech recognition hears, or "" when it cannot be had now."""
+    async def _recognize(self, wav: bytes | memoryview) -> stt_pb2.TranscribeResponse | None:
+        """What speech recognition hears, its words timed; None when it cannot be had now."""
         assert self._transcribe is not None
         try:
-            reply = await self._transcribe(
-                wire.with_bytes_field(stt_pb2.TranscribeRequest(), "audio", wav),
+            return await self._transcribe(
+                wire.with_bytes_field(stt_pb2.TranscribeRequest(word_timestamps=True), "audio", wav),
                 timeout=config.STT_TIMEOUT_SECONDS.value,
             )
         except grpc.aio.AioRpcError as error:
-            # The sample is worth keeping without one: the user can type it in later.
+            # The sample is worth keeping without: the user can type a transcript in later, and its
+            # words are timed when a voice prompt first needs them (GetPromptSample).
             log.warning("no transcript from speech recognition", extra={"code": error.code().name})
-            return ""
-        return rules.recognized_transcript(reply.text)
+            return None
+
+    async def prompt_sample(self, account: int, sample_id: int) -> library_pb2.GetPromptSampleResponse:
+        """A sample with its audio and word timings, these computed and kept if it was stored without."""
+        sample = await store.prompt_sample(self.pool, account, sample_id)
+        wav = await self.objects.get(sample.audio.key)
+        words = sample.word_timings
+        source = "stored"
+        if words is None:
+            heard = await self._recognize(wav)
+            source = "missing" if heard is None else "computed"
+            if heard is not None:
+                words = timed_words(heard)
+                await store.set_word_timings(self.pool, account, sample_id, words)
+        PROMPT_SAMPLES.labels(source).inc()
+        reply = library_pb2.GetPromptSampleResponse(
+            id=sample.id,
+            transcript=sample.transcript,
+            duration_seconds=sample.duration_seconds,
+            wav=bytes(wav),
+            words_timed=words is not None,
+            words=[library_pb2.TimedWord(start_seconds=s, end_seconds=e, text=t) for s, e, t in words or ()],
+        )
+        reply.update_time.FromDatetime(sample.update_time)
+        return reply
+
+
+def timed_words(heard: stt_pb2.TranscribeResponse) -> list[tuple[float, float, str]]:
+    return [(word.start_seconds, word.end_seconds, word.text) for segment in heard.segments for word in segment.words]
+
+
+class PromptSamples(library_pb2_grpc.PromptSampleServiceServicer):
+    """Samples as synth providers make voice prompts of them (internal: no HTTP route), read as the
+    account the gateway vouched for in the synthesis request."""
+
+    def __init__(self, library: Library) -> None:
+        self.library = library
+
+    async def GetPromptSample(self, request, context):
+        return await self.library.prompt_sample(rules.account_number(request.account_id), request.id)
 
 
 class AccountData(library_pb2_grpc.AccountDataServiceServicer):
@@ -449,6 +498,11 @@ def build_spec() -> ServiceSpec:
                 library_pb2_grpc.add_AccountDataServiceServicer_to_server,
                 AccountData(library),
                 "voice.library.v1.AccountDataService",
+            ),
+            Servicer(
+                library_pb2_grpc.add_PromptSampleServiceServicer_to_server,
+                PromptSamples(library),
+                "voice.library.v1.PromptSampleService",
             ),
         ],
         on_start=library.start,

@@ -13,6 +13,7 @@ once, so that they are deleted from the store even if it is down just then.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, TypeVar
@@ -62,6 +63,8 @@ class NewSample:
     normalized_key: str
     normalized_bytes: int
     duration_seconds: float
+    # The words speech recognition heard, [(start, end, text)]; None when it could not be asked.
+    word_timings: list[tuple[float, float, str]] | None = None
 
 
 async def _changing_default(
@@ -101,8 +104,8 @@ async def insert(pool: asyncpg.Pool, account: int, sample: NewSample, key_id: in
         row = await connection.fetchrow(
             f"""INSERT INTO samples (account_id, speaker_name, transcript, transcript_source, is_default, visibility,
                     collection, original_format, original_key, original_bytes, normalized_key, normalized_bytes,
-                    duration_seconds)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                    duration_seconds, word_timings)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::jsonb)
                 RETURNING {_SAMPLE_COLUMNS}""",
             account,
             sample.speaker_name,
@@ -117,6 +120,7 @@ async def insert(pool: asyncpg.Pool, account: int, sample: NewSample, key_id: in
             sample.normalized_key,
             sample.normalized_bytes,
             sample.duration_seconds,
+            _timings_json(sample.word_timings),
         )
         await connection.execute(
             """INSERT INTO sample_usage AS u (account_id, day, key_id, samples, bytes)
@@ -164,6 +168,54 @@ async def _fetch(connection: asyncpg.Connection, account: int, sample_id: int) -
         sample_id,
     )
     return _found(row, sample_id)
+
+
+def _timings_json(words: list[tuple[float, float, str]] | None) -> str | None:
+    return None if words is None else json.dumps([[start, end, text] for start, end, text in words])
+
+
+@dataclass(frozen=True)
+class PromptSample:
+    """What a voice prompt is made of: the sample's transcript, length, version, audio and word timings."""
+
+    id: int
+    transcript: str
+    duration_seconds: float
+    update_time: Any  # datetime
+    audio: Stored
+    word_timings: list[tuple[float, float, str]] | None  # None: not timed yet
+
+
+async def prompt_sample(pool: asyncpg.Pool, account: int, sample_id: int) -> PromptSample:
+    async with connection(pool) as db:
+        row = await db.fetchrow(
+            """SELECT id, transcript, duration_seconds, update_time, normalized_key, normalized_bytes,
+                      word_timings::text AS word_timings
+               FROM samples WHERE account_id = $1 AND id = $2""",
+            account,
+            sample_id,
+        )
+    row = _found(row, sample_id)
+    timings = row["word_timings"]
+    return PromptSample(
+        row["id"], row["transcript"], row["duration_seconds"], row["update_time"],
+        Stored(row["normalized_key"], row["normalized_bytes"], WAV),
+        None if timings is None else [(float(start), float(end), str(text)) for start, end, text in json.loads(timings)],
+    )  # fmt: skip
+
+
+async def set_word_timings(
+    pool: asyncpg.Pool, account: int, sample_id: int, words: list[tuple[float, float, str]]
+) -> None:
+    """Keep the word timings computed for a sample stored without them. Not a change of the sample:
+    its update_time (the version prompts are cached by) stays."""
+    async with connection(pool) as db:
+        await db.execute(
+            "UPDATE samples SET word_timings = $3::jsonb WHERE account_id = $1 AND id = $2",
+            account,
+            sample_id,
+            _timings_json(words),
+        )
 
 
 async def get_audio(pool: asyncpg.Pool, account: int, sample_id: int) -> Stored:

@@ -97,8 +97,9 @@ SYNTH_MAX_BATCH_FRAMES = setting(
 SYNTH_PROMPT_CACHE_BYTES = setting(
     "SYNTH_PROMPT_CACHE_BYTES",
     64 * 1024 * 1024,
-    "bytes of voice-prompt codec codes kept by the audio's content hash (least recently used dropped "
-    "first), so the same voices are encoded once; 0 turns the cache off",
+    "bytes of voice-prompt codec codes kept (least recently used dropped first): a prompt of the caller's "
+    "samples by their ids, versions and cut, with its transcript; one sent as audio by its content hash. So "
+    "the same voices are fetched and encoded once; 0 turns the cache off",
     at_least(0),
 )
 SYNTH_BATCH_WINDOW_MS = setting(
@@ -151,8 +152,9 @@ SYNTH_STREAM_CONTEXT_FRAMES = setting(
 SYNTH_MAX_AUDIO_PROMPT_SECONDS = setting(
     "SYNTH_MAX_AUDIO_PROMPT_SECONDS",
     120.0,
-    "longest voice-cloning prompt accepted, in seconds (the gateway trims prompts to the "
-    "request's max_audio_prompt_seconds first); longer fails with AUDIO_TOO_LONG",
+    "longest voice-cloning prompt accepted, in seconds: a prompt sent as audio or codes longer fails with "
+    "AUDIO_TOO_LONG, and a prompt of the caller's samples may be asked for at most this long (the gateway "
+    "asks for the request's max_audio_prompt_seconds)",
     at_least(0.1, float),
 )
 SYNTH_HEARTBEAT_SECONDS = setting(

@@ -8,12 +8,13 @@ import logging
 
 import grpc
 import numpy as np
+import torch
 
 from runtime import config as runtime_config
 from runtime.errors import ApiError, invalid_argument, invalid_parameter
 from runtime.server import Servicer, ServiceSpec
 from runtime.text import sanitize
-from services.synth import audio, config, params
+from services.synth import audio, config, params, voices
 from services.synth.engine import model
 from services.synth.engine.core import SynthEngine
 from services.synth.engine.model import LoadedDia, ModelLoadError
@@ -57,6 +58,7 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
         )
         self.dia: LoadedDia | None = None  # loaded in start()
         self.heartbeats: Heartbeats | None = None
+        self.library = voices.Library()  # the samples of voice prompts
 
     async def start(self) -> None:
         # Loading takes seconds (minutes for a download): in the generation
@@ -68,6 +70,7 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
             log.error(str(error))  # the one line an operator needs; start-up then fails
             raise
         self.engine.start(self.dia)
+        self.library.start()
         self.heartbeats = Heartbeats(
             runtime_config.SERVICES["gateway"].address.value,
             self.provider_info,
@@ -91,6 +94,7 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
 
     async def stop(self) -> None:
         await self.engine.close()
+        await self.library.close()
 
     def provider_info(self) -> synth_pb2.ProviderInfo:
         served = synth_pb2.Model(id=self.model_id, features=FEATURES)
@@ -110,7 +114,7 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
     async def Synthesize(self, request, context):
         if self.dia is None:  # a caller that did not wait for SERVING
             raise model_loading()
-        synthesis = self._synthesis_input(request.synthesis)
+        synthesis = await self._synthesis_input(request.synthesis)
         generated = await self.engine.submit(synthesis, request.synthesis.account)
         samples = await asyncio.to_thread(self.engine.output.at_speed, generated.samples, synthesis.params.speed_factor)
         wav, duration = audio.int16_wav(samples), samples.size / audio.SAMPLE_RATE
@@ -124,6 +128,7 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
             model=self.model_id,
             seed=synthesis.seed,
             generated_frames=generated.generated_frames,
+            **codes_fields(generated.codes),
         )
 
     async def StreamSynthesize(self, request, context):
@@ -131,7 +136,7 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
         if self.dia is None:
             raise model_loading()
         feed = FrameFeed(asyncio.get_running_loop())
-        synthesis = dataclasses.replace(self._synthesis_input(request.synthesis), on_frames=feed)
+        synthesis = dataclasses.replace(await self._synthesis_input(request.synthesis), on_frames=feed)
         stream = self._audio_stream(synthesis)
         generation = asyncio.ensure_future(self.engine.submit(synthesis, request.synthesis.account))
         sent = index = 0
@@ -174,6 +179,7 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
                 model=self.model_id,
                 seed=synthesis.seed,
                 generated_frames=generated.generated_frames,
+                **codes_fields(generated.codes),
             )
         finally:
             generation.cancel()  # the caller went away: its row leaves its lane (engine/scheduler.py)
@@ -186,36 +192,44 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
             config.SYNTH_STREAM_CONTEXT_FRAMES.value,
         )
 
-    def _synthesis_input(self, request: synth_pb2.SynthesisSpec) -> SynthesisInput:
-        """Validate a request into what the engine generates from; raises INVALID_ARGUMENT."""
+    async def _synthesis_input(self, request: synth_pb2.SynthesisSpec) -> SynthesisInput:
+        """Validate a request into what the engine generates from, its voice prompt made or found in the
+        cache (voices.py); raises INVALID_ARGUMENT."""
         if request.model and request.model != self.model_id:
             raise invalid_parameter("model", f"this provider serves {self.model_id!r}, not {request.model!r}")
         generation = params.from_proto(request.settings, self.max_new_tokens)
         script = sanitize(request.script)
         if not script:
             raise invalid_parameter("script", "script is empty: it needs text to speak, starting with [S1]")
+        assert self.dia is not None
 
-        prompt, text = None, script
-        has_prompt = request.HasField("audio_prompt") and (
+        prompt = _Prompt()
+        has_audio_prompt = request.HasField("audio_prompt") and (
             request.audio_prompt.wav or request.audio_prompt.transcript
         )
-        if has_prompt:
-            transcript = sanitize(request.audio_prompt.transcript)
-            if not transcript:
-                raise invalid_argument(
-                    "MISSING_TRANSCRIPT",
-                    "the audio prompt has no transcript; Dia needs what is said in it to clone the voice",
-                    "audio_prompt.transcript",
-                )
-            prompt = audio.read_prompt(request.audio_prompt.wav, self.max_prompt_seconds)
-            # Dia continues the prompt: its transcript comes first, then the new lines.
-            text = f"{transcript} {script}"
+        given = [name for name, present in (
+            ("audio_prompt", has_audio_prompt),
+            ("voices", request.HasField("voices") and len(request.voices.samples) > 0),
+            ("codes_prompt", request.HasField("codes_prompt")),
+        ) if present]  # fmt: skip
+        if len(given) > 1:
+            raise invalid_parameter(given[1], f"a request has one prompt: {' and '.join(given)} were both given")
+        if has_audio_prompt:
+            prompt = self._audio_prompt(request.audio_prompt)
+        elif given == ["voices"]:
+            prompt = await self._voices_prompt(request.voices)
+        elif given == ["codes_prompt"]:
+            prompt = self._codes_prompt(request.codes_prompt)
+        # Dia continues the prompt: its transcript comes first, then the new lines.
+        text = f"{prompt.transcript} {script}" if prompt.transcript else script
 
-        assert self.dia is not None
         # Dia's decoder positions hold the prompt's frames and the new ones (params.fit_positions).
-        prompt_frames = 0 if prompt is None else params.frames_of(prompt.size, self.dia.samples_per_frame)
+        synthesis = SynthesisInput(
+            text=text, prompt=prompt.samples, params=generation, seed=0, prompt_codes=prompt.codes,
+            prompt_key=prompt.key, prompt_transcript=prompt.transcript,
+        )  # fmt: skip
         lower_to_fit = request.settings.lower_max_new_tokens_to_fit or not request.settings.HasField("max_new_tokens")
-        generation = params.fit_positions(generation, prompt_frames, self.dia.max_frames, lower_to_fit)
+        generation = params.fit_positions(generation, synthesis.prompt_frames, self.dia.max_frames, lower_to_fit)
         tokens = self.dia.count_text_tokens(text)
         if tokens > self.dia.max_text_tokens:
             raise ApiError(
@@ -225,7 +239,70 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
                 param="script",
             )
         seed = generation.seed if generation.seeded else params.random_seed()
-        return SynthesisInput(text=text, prompt=prompt, params=generation, seed=seed)
+        return dataclasses.replace(synthesis, params=generation, seed=seed)
+
+    def _audio_prompt(self, sent: synth_pb2.AudioPrompt) -> "_Prompt":
+        transcript = sanitize(sent.transcript)
+        if not transcript:
+            raise invalid_argument(
+                "MISSING_TRANSCRIPT",
+                "the audio prompt has no transcript; Dia needs what is said in it to clone the voice",
+                "audio_prompt.transcript",
+            )
+        return _Prompt(transcript, samples=audio.read_prompt(sent.wav, self.max_prompt_seconds))
+
+    async def _voices_prompt(self, asked: synth_pb2.VoicePrompt) -> "_Prompt":
+        """The prompt of the caller's samples: its codes from the cache, else made of the samples fetched now."""
+        if not 0 < asked.max_seconds <= self.max_prompt_seconds:
+            raise invalid_parameter(
+                "max_audio_prompt_seconds",
+                f"a voice prompt is more than 0 and at most {self.max_prompt_seconds:g} seconds long",
+            )
+        if not 0 <= asked.gap_seconds < asked.max_seconds:
+            raise invalid_parameter("voices.gap_seconds", "the gap between two voices is shorter than the prompt")
+        key = voices.key_of(asked)
+        cached = self.engine.prompt_cache.get(key)
+        if cached is not None:
+            return _Prompt(cached.transcript, codes=cached.codes)
+        made = await self.library.made(asked)
+        # A prompt kept whole for want of word timings is not cached: it is cut properly next time.
+        return _Prompt(made.transcript, samples=made.samples, key=made.key if made.exact else None)
+
+    def _codes_prompt(self, sent: synth_pb2.CodesPrompt) -> "_Prompt":
+        """Codes sent back to continue from (a long script's previous chunk), checked to be the model's."""
+        assert self.dia is not None
+        param = "codes_prompt.codes"
+        channels = self.dia.num_channels
+        transcript = sanitize(sent.transcript)
+        if not transcript:
+            raise invalid_argument("MISSING_TRANSCRIPT", "the codes prompt has no transcript", "codes_prompt.transcript")
+        if sent.codebooks != channels or not sent.codes or len(sent.codes) % (2 * channels):
+            raise invalid_parameter(param, f"codes are little-endian int16, frames × {channels} codebooks")
+        codes = torch.from_numpy(np.frombuffer(sent.codes, dtype="<i2").reshape(-1, channels).astype(np.int16))
+        codebook_size = min(self.dia.special_tokens.values())  # the specials (eos, pad, bos) follow the codec's codes
+        if int(codes.min()) < 0 or int(codes.max()) >= codebook_size:
+            raise invalid_parameter(param, f"codes are from 0 to {codebook_size - 1}")
+        seconds = codes.shape[0] * self.dia.samples_per_frame / self.dia.sample_rate
+        if seconds > self.max_prompt_seconds:
+            raise invalid_argument(
+                "AUDIO_TOO_LONG", f"the codes prompt is {seconds:.1f} s; the limit is {self.max_prompt_seconds:g} s", param
+            )
+        return _Prompt(transcript, codes=codes)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Prompt:
+    """A request's prompt: its transcript, and its audio's samples (to encode) or codes (none: no prompt)."""
+
+    transcript: str = ""
+    samples: np.ndarray | None = None
+    codes: torch.Tensor | None = None
+    key: object = None  # what the samples' codes are cached by (a voices' prompt); None: their content
+
+
+def codes_fields(codes: torch.Tensor) -> dict:
+    """A result's codes as SynthesizeResponse (and the stream's last message) carry them."""
+    return {"codes": codes.to(torch.int16).numpy().astype("<i2").tobytes(), "codebooks": int(codes.shape[1])}
 
 
 # What synth publishes (runtime/limits.py) of its own configuration; what its model holds

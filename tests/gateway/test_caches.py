@@ -1,18 +1,18 @@
-"""The gateway's two caches, through the running mesh: API keys (a revoked key
-works for at most GATEWAY_KEY_CACHE_SECONDS) and assembled voice prompts (the
-same voices are fetched and joined once; a changed or deleted sample is never
-served from the cache)."""
+"""Two caches, through the running mesh: the gateway's API keys (a revoked key
+works for at most GATEWAY_KEY_CACHE_SECONDS) and synth's voice prompts (the
+same voices are fetched, cut, joined and encoded once; a changed or deleted
+sample is never served from the cache)."""
 
 from __future__ import annotations
 
 import asyncio
-import re
 import uuid
 
 import aiohttp
 import asyncpg
 import pytest
 
+from tests.synth.helpers import metric
 from tests.gateway.conftest import FOX, HELLO, Account, assert_error, created, extra_gateway, make_key, upload_form, wait_for_models
 
 GENERATIONS = "/v1/voice/generations"
@@ -56,10 +56,16 @@ async def test_without_a_cache_a_revoked_key_is_refused_at_once(mesh, key_env):
             await assert_error(await http.get("/v1/voice/samples", headers=fred.headers), 401, "unauthorized")
 
 
-async def prompt_cache(http) -> dict[str, float]:
-    text = await (await http.get("/metrics")).text()
-    found = dict(re.findall(r'^gateway_prompt_cache_total\{result="(\w+)"\} (\S+)$', text, re.MULTILINE))
-    return {result: float(found.get(result, 0)) for result in ("hit", "miss")}
+def prompt_cache(mesh) -> dict[str, float]:
+    """The synth provider's prompt cache and library fetches, and the library's speech-recognition calls
+    for prompts (word timings computed for a sample stored without them)."""
+    synth, library = mesh.env["SYNTH_METRICS_PORT"], mesh.env["LIBRARY_METRICS_PORT"]
+    return {
+        "miss": metric(synth, "synth_prompt_cache_misses_total"),
+        "hit": metric(synth, "synth_prompt_cache_hits_total"),
+        "fetches": metric(synth, "synth_prompt_sample_fetches_total"),
+        "stt": metric(library, 'library_prompt_samples_total{word_timings="computed"}'),
+    }
 
 
 async def generate(http, account: Account, speakers: dict[str, int]) -> aiohttp.ClientResponse:
@@ -67,20 +73,24 @@ async def generate(http, account: Account, speakers: dict[str, int]) -> aiohttp.
     return await http.post(GENERATIONS, json=body, headers=account.headers)
 
 
-async def test_the_same_voices_are_assembled_once_and_a_changed_sample_again(http, dora):
+async def test_the_same_voices_are_assembled_once_and_a_changed_sample_again(http, dora, mesh):
     await wait_for_models(http, dora)
     hello = await created(await upload_form(http, dora, HELLO, "Host", transcript="Hello world, this is a voice sample."))
     fox = await created(await upload_form(http, dora, FOX, "Guest", transcript="The quick brown fox."))
     speakers = {"S1": hello["id"], "S2": fox["id"]}
 
-    before = await prompt_cache(http)
+    before = prompt_cache(mesh)
     first = await generate(http, dora, speakers)
     assert first.status == 200, await first.text()
     first_audio = await first.read()
+    missed = prompt_cache(mesh)
+    # The miss: one fetch per sample, and no speech recognition (the words were timed at upload).
+    assert (missed["fetches"] - before["fetches"], missed["stt"] - before["stt"]) == (2, 0)
     second = await generate(http, dora, speakers)
     assert second.status == 200
-    after = await prompt_cache(http)
+    after = prompt_cache(mesh)
     assert (after["miss"] - before["miss"], after["hit"] - before["hit"]) == (1, 1)
+    assert after["fetches"] == missed["fetches"]  # the hit fetches nothing
     # The prompt from the cache is the prompt assembled: same seed, same audio.
     assert await second.read() == first_audio
 
@@ -89,7 +99,7 @@ async def test_the_same_voices_are_assembled_once_and_a_changed_sample_again(htt
     assert patched.status == 200
     third = await generate(http, dora, speakers)
     assert third.status == 200
-    assert (await prompt_cache(http))["miss"] - after["miss"] == 1
+    assert prompt_cache(mesh)["miss"] - after["miss"] == 1
 
     # A deleted sample is not cloned from the cache.
     assert (await http.delete(f"/v1/voice/samples/{fox['id']}", headers=dora.headers)).status == 200

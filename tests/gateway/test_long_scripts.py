@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import datetime
 import io
+import types
 import uuid
 import wave
 
+import grpc
 import numpy as np
 import pytest
 
+from runtime.server import channel_options
+
 from services.gateway.generation import long_scripts
-from services.gateway.generation.pipeline import tail_prompt, wav_of
+from services.gateway.generation.pipeline import Admitted, Pipeline, _Prepared, tail_prompt
+from services.gateway.generation.routing import Candidate, ModelLimits
 from services.gateway.generation.script import parse_script
 from tests.gateway.conftest import FOX, HELLO, Account, assert_error, created, make_key, upload_form, wait_for_models
+from voice.gateway.v1 import generations_pb2
+from voice.synth.v1 import synth_pb2, synth_pb2_grpc
 
 GENERATIONS = "/v1/voice/generations"
 
@@ -68,12 +77,79 @@ def test_crossfade_joins_with_a_short_overlap():
 
 def test_an_uncloned_chunk_is_prompted_with_the_end_of_the_one_before():
     chunk = long_scripts.split("[S1] One two three four. [S2] Five six seven eight.", 1000)[0]
-    pcm = np.arange(10_000, dtype="<i2").tobytes()
-    tail = tail_prompt(chunk, pcm, 44100, max_seconds=10)
+    codes = np.arange(500 * 9, dtype="<i2").reshape(500, 9)  # 500 frames (5.8 s) of 9 codebooks
+    last = synth_pb2.StreamSynthesizeResponse(codes=codes.tobytes(), codebooks=9, last=True)
+    tail = tail_prompt(chunk, last, 10, ModelLimits())
     assert tail.transcript == "[S1] One two three four. [S2] Five six seven eight."  # all of it fits 256 bytes
-    assert tail.wav == wav_of(pcm, 44100)
-    shorter = tail_prompt(chunk, pcm, 1000, max_seconds=2)  # 2 s at 1 kHz: the last 2000
-    assert shorter.wav == wav_of(pcm[-4000:], 1000)
+    assert (tail.codes, tail.codebooks) == (codes.tobytes(), 9)
+    shorter = tail_prompt(chunk, last, 2, ModelLimits())  # 2 s: the last 172 frames of 512 samples at 44.1 kHz
+    assert shorter.codes == codes[-172:].tobytes()
+
+
+class RecordingProviders:
+    """The pipeline's router for one real provider (the mesh's synth), keeping what each chunk was sent."""
+
+    def __init__(self, synth) -> None:
+        self.synth = synth
+        self.sent: list[synth_pb2.SynthesisSpec] = []
+        self.last: list[synth_pb2.StreamSynthesizeResponse] = []
+
+    async def stream_synthesize(self, synthesis, found, timeout, on_attempt):
+        sent = synth_pb2.SynthesisSpec()
+        sent.CopyFrom(synthesis)
+        self.sent.append(sent)
+        await on_attempt(found[0])
+        async for message in self.synth.StreamSynthesize(synth_pb2.StreamSynthesizeRequest(synthesis=sent), timeout=timeout):
+            if message.last:
+                self.last.append(message)
+            yield found[0], message
+
+
+class Running:
+    async def mark_running(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+async def synth(mesh):
+    async with grpc.aio.insecure_channel(mesh.address("synth"), options=channel_options()) as channel:
+        yield synth_pb2_grpc.SynthServiceStub(channel)
+
+
+@pytest.mark.parametrize("speed_factor", [0.5, 1.5])
+async def test_a_chunk_continues_from_the_codes_of_the_one_before_never_its_stretched_audio(synth, speed_factor):
+    providers = RecordingProviders(synth)
+    pipeline = Pipeline(
+        generations=Running(), library=None, prompt_gap_seconds=0.3, router=providers, settings=None, urls=None,
+        storage=None,
+    )  # fmt: skip
+    script = parse_script(dialogue(1500), 5000).text
+    admitted = Admitted("gen_test", 1, types.SimpleNamespace(script=types.SimpleNamespace(text=script)), [])
+    parameters = generations_pb2.GenerationParameters(
+        max_new_tokens=200, speed_factor=speed_factor, max_audio_prompt_seconds=10, seed=3, cfg_scale=3.0,
+        temperature=1.0, top_p=0.95, cfg_filter_top_k=45,
+    )  # fmt: skip
+    candidate = Candidate("synth", "", "", 1, 0, datetime.datetime.now(datetime.timezone.utc))
+    prepared = _Prepared(None, "", [candidate], ModelLimits(), parameters)
+    audio = collections.Counter()  # samples of each chunk's audio the caller got
+    messages = []
+    async for _, number, message in pipeline._chunked(admitted, prepared, 120, []):
+        audio[number] += len(message.pcm) // 2
+        messages.append(message)
+    assert len(providers.sent) >= 2
+    for number, (previous, sent) in enumerate(zip(providers.last, providers.sent[1:])):
+        prompt = sent.codes_prompt
+        assert not sent.HasField("audio_prompt")  # no audio to encode again
+        frames = len(previous.codes) // (2 * previous.codebooks)
+        # The end of the codes the provider generated, not of the audio the caller got: at any
+        # speed_factor that audio is stretched, the codes are not (the frames Dia made).
+        assert frames == previous.generated_frames - 16
+        assert prompt.codebooks == previous.codebooks and 0 < len(prompt.codes) < len(previous.codes)
+        assert previous.codes.endswith(prompt.codes)
+        # ... while the audio of that chunk was stretched by speed_factor.
+        assert audio[number] == pytest.approx(frames * 512 / speed_factor, rel=0.05)
+    # What the caller gets carries no codes: they are the provider's, for the next chunk.
+    assert not messages[-1].codes
 
 
 # --- end to end ------------------------------------------------------------------------------

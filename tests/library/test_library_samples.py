@@ -22,7 +22,7 @@ from tests.library.helpers import (
     upload,
     wav_properties,
 )
-from voice.library.v1 import library_pb2
+from voice.library.v1 import library_pb2, library_pb2_grpc
 from voice.transcode.v1 import transcode_pb2, transcode_pb2_grpc
 
 
@@ -356,3 +356,36 @@ async def test_fields_at_their_default_limits_are_accepted(library, account):
     )
     assert (len(sample.speaker_name), len(sample.transcript), len(sample.collection)) == (100, 2000, 100)
     assert sample.visibility == "public"
+
+
+# --- samples as synth makes voice prompts of them (PromptSampleService) -----------------------
+
+
+async def prompt_sample(mesh, account: int, sample_id: int) -> library_pb2.GetPromptSampleResponse:
+    async with library_client(mesh.address("library")) as channel:
+        return await library_pb2_grpc.PromptSampleServiceStub(channel).GetPromptSample(
+            library_pb2.GetPromptSampleRequest(account_id=account, id=sample_id), timeout=60
+        )
+
+
+async def test_a_prompt_sample_has_its_audio_and_the_word_timings_heard_at_upload(library, account, mesh):
+    typed = await upload(library, account, speech_webm(), transcript="Hello world, typed by its owner.")
+    if "stt" not in mesh.services:
+        pytest.skip("no speech recognition in this mesh")
+    found = await prompt_sample(mesh, account, typed.id)
+    # The typed transcript is kept, and the audio was heard too: its words are timed, in order.
+    assert found.transcript == "Hello world, typed by its owner."
+    assert found.words_timed and "hello" in found.words[0].text.lower()
+    assert all(w.start_seconds <= w.end_seconds for w in found.words)
+    assert all(a.end_seconds <= b.start_seconds + 1e-6 for a, b in zip(found.words, found.words[1:]))
+    assert found.words[-1].end_seconds <= found.duration_seconds + 0.05
+    assert found.wav == await audio_of(library, account, typed.id)
+    assert found.update_time == typed.update_time  # the version prompts are cached by
+
+
+async def test_a_prompt_sample_is_the_accounts_own(library, account, mesh):
+    sample = await upload(library, account, tone_wav(1.0), transcript="typed")
+    error = await refusal(prompt_sample(mesh, new_account(), sample.id))
+    assert error.code == grpc.StatusCode.NOT_FOUND  # another account's, as a missing one
+    error = await refusal(prompt_sample(mesh, 0, sample.id))
+    assert (error.reason, error.param) == ("INVALID_PARAMETER", "account_id")

@@ -17,7 +17,7 @@ from runtime.errors import ApiError
 from services.synth import audio
 from services.synth.audio import SAMPLES_PER_FRAME
 from services.synth.engine.core import SynthEngine
-from services.synth.engine.prompts import PromptCache
+from services.synth.engine.prompts import CachedPrompt, PromptCache
 from services.synth.engine.request import SynthesisInput
 from services.synth.engine.streaming import STARTED_OVER, FrameFeed
 from services.synth.params import GenerationParams
@@ -199,12 +199,12 @@ def test_the_prompt_cache_drops_the_least_recently_used_past_its_bytes():
     cache = PromptCache(max_bytes=3 * 100 * 9 * 2)  # three prompts of 100 frames (int16 codes)
     codes = {name: torch.zeros((100, 9), dtype=torch.int16) for name in "abcd"}
     for name in "abc":
-        cache.put(name.encode(), codes[name])
+        cache.put(name.encode(), CachedPrompt(codes[name], ""))
     assert cache.get(b"a") is not None  # a is now the most recently used
-    cache.put(b"d", codes["d"])
+    cache.put(b"d", CachedPrompt(codes["d"], ""))
     assert cache.get(b"b") is None and cache.get(b"c") is not None and cache.get(b"a") is not None
     assert cache.bytes == 3 * 100 * 9 * 2
-    cache.put(b"huge", torch.zeros((1000, 9), dtype=torch.int16))  # larger than the whole cache: not kept
+    cache.put(b"huge", CachedPrompt(torch.zeros((1000, 9), dtype=torch.int16), ""))  # larger than the whole cache: not kept
     assert cache.get(b"huge") is None and cache.bytes == 3 * 100 * 9 * 2
 
 

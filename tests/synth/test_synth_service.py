@@ -6,10 +6,12 @@ import asyncio
 import math
 
 import grpc
+import numpy as np
 import pytest
 
 from tests.synth.helpers import (
     FRAMES,
+    FRAMES_WITHOUT_AUDIO,
     SAMPLE_RATE,
     audio_samples_for,
     error_of,
@@ -205,3 +207,103 @@ async def test_text_up_to_what_dia_reads_is_served_and_longer_is_refused(synth):
     assert_valid_audio(await synth.Synthesize(request(script=fits, max_new_tokens=17)), frames=17)
     error = await error_of(synth.Synthesize(request(script=fits + "s", max_new_tokens=17)))
     assert (error.code, error.reason, error.param) == (grpc.StatusCode.INVALID_ARGUMENT, "REQUEST_TOO_LARGE", "script")
+
+
+# --- codes out, and codes back in as a continuation's prompt --------------------------------------
+
+
+def codes_of(reply) -> np.ndarray:
+    return np.frombuffer(reply.codes, dtype="<i2").reshape(-1, reply.codebooks)
+
+
+@pytest.mark.parametrize("speed_factor", [0.5, 1.5])
+async def test_the_codes_returned_are_the_unstretched_generation_at_any_speed(synth, speed_factor):
+    normal, stretched = await asyncio.gather(
+        synth.Synthesize(request(seed=11, max_new_tokens=80)),
+        synth.Synthesize(request(seed=11, max_new_tokens=80, speed_factor=speed_factor)),
+    )
+    assert stretched.duration_seconds == pytest.approx(normal.duration_seconds / speed_factor, rel=0.05)
+    assert codes_of(normal).shape == (80 - FRAMES_WITHOUT_AUDIO, 9)
+    assert np.array_equal(codes_of(stretched), codes_of(normal))  # what Dia made, before the tempo filter
+
+
+async def test_a_stream_ends_with_the_codes_of_its_audio(synth):
+    whole = await synth.Synthesize(request(seed=12, max_new_tokens=70))
+    messages = [m async for m in synth.StreamSynthesize(synth_pb2.StreamSynthesizeRequest(synthesis=request(seed=12, max_new_tokens=70).synthesis))]
+    assert messages[-1].last and messages[-1].codes == whole.codes and messages[-1].codebooks == 9
+    assert not any(m.codes for m in messages[:-1])
+
+
+def continuing(codes: bytes, codebooks: int = 9, transcript: str = "[S1] Hello, and welcome.", **settings):
+    synthesis = request(**settings)
+    synthesis.synthesis.codes_prompt.CopyFrom(
+        synth_pb2.CodesPrompt(codes=codes, codebooks=codebooks, transcript=transcript)
+    )
+    return synthesis
+
+
+async def test_a_generation_continues_from_codes_sent_back(synth):
+    before = await synth.Synthesize(request(seed=13, max_new_tokens=60))
+    tail = codes_of(before)[-20:]
+    reply = await synth.Synthesize(continuing(tail.tobytes(), seed=13, max_new_tokens=60))
+    assert reply.generated_frames == 60 and codes_of(reply).shape == (60 - FRAMES_WITHOUT_AUDIO, 9)
+    # The prompt's 20 frames take decoder positions: max_new_tokens that do not fit beside them are lowered
+    # only when the caller allows it.
+    lowered = await synth.Synthesize(continuing(tail.tobytes(), max_new_tokens=3072, lower_max_new_tokens_to_fit=True))
+    assert lowered.generated_frames <= 3072 - 20
+
+
+@pytest.mark.parametrize(
+    "codes, codebooks, param",
+    [
+        (np.zeros((10, 9), dtype="<i2").tobytes(), 8, "codes_prompt.codes"),  # not the model's codebooks
+        (np.zeros((10, 9), dtype="<i2").tobytes()[:-2], 9, "codes_prompt.codes"),  # not whole frames
+        (np.full((10, 9), 1024, dtype="<i2").tobytes(), 9, "codes_prompt.codes"),  # past the codec's codes
+        (np.full((10, 9), -1, dtype="<i2").tobytes(), 9, "codes_prompt.codes"),
+        (b"", 9, "codes_prompt.codes"),
+    ],
+)
+async def test_codes_that_are_not_the_models_are_refused_naming_them(synth, codes, codebooks, param):
+    error = await error_of(synth.Synthesize(continuing(codes, codebooks)))
+    assert (error.code, error.reason, error.param) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PARAMETER", param)
+
+
+async def test_codes_without_a_transcript_are_refused(synth):
+    error = await error_of(synth.Synthesize(continuing(np.zeros((10, 9), dtype="<i2").tobytes(), transcript=" ")))
+    assert (error.reason, error.param) == ("MISSING_TRANSCRIPT", "codes_prompt.transcript")
+
+
+async def test_one_prompt_at_a_time(synth):
+    both = continuing(np.zeros((10, 9), dtype="<i2").tobytes())
+    both.synthesis.audio_prompt.wav, both.synthesis.audio_prompt.transcript = noise_wav(0.5), "[S1] Hi."
+    error = await error_of(synth.Synthesize(both))
+    assert (error.reason, error.param) == ("INVALID_PARAMETER", "codes_prompt")
+
+
+@pytest.mark.parametrize("max_seconds", [0.0, 120.01])
+async def test_a_voices_prompt_longer_than_the_provider_takes_is_refused_before_any_fetch(synth, mesh, max_seconds):
+    fetches = metric(mesh.env["SYNTH_METRICS_PORT"], "synth_prompt_sample_fetches_total")
+    voices = request()
+    voices.synthesis.voices.CopyFrom(
+        synth_pb2.VoicePrompt(
+            account_id=1, samples=[synth_pb2.VoiceSampleRef(speaker="S1", sample_id=1)], max_seconds=max_seconds
+        )
+    )
+    error = await error_of(synth.Synthesize(voices))
+    assert (error.reason, error.param) == ("INVALID_PARAMETER", "max_audio_prompt_seconds")
+    assert metric(mesh.env["SYNTH_METRICS_PORT"], "synth_prompt_sample_fetches_total") == fetches
+
+
+async def test_a_voices_prompt_of_the_longest_length_is_made_of_the_accounts_samples(synth, mesh):
+    """At SYNTH_MAX_AUDIO_PROMPT_SECONDS itself the length is taken: the samples are fetched, as the account
+    (here one that has no sample 1: INVALID_VOICE_SAMPLE naming the speaker)."""
+    fetches = metric(mesh.env["SYNTH_METRICS_PORT"], "synth_prompt_sample_fetches_total")
+    voices = request()
+    voices.synthesis.voices.CopyFrom(
+        synth_pb2.VoicePrompt(
+            account_id=2**62, samples=[synth_pb2.VoiceSampleRef(speaker="S2", sample_id=1)], max_seconds=120
+        )
+    )
+    error = await error_of(synth.Synthesize(voices))
+    assert (error.reason, error.param) == ("INVALID_VOICE_SAMPLE", "speakers.S2")
+    assert metric(mesh.env["SYNTH_METRICS_PORT"], "synth_prompt_sample_fetches_total") == fetches + 1

@@ -24,7 +24,7 @@ PAGE_SIZE = 100
 
 @dataclass(frozen=True)
 class Sample:
-    """A cloned speaker's voice sample as the library describes it (its audio is fetched apart)."""
+    """A cloned speaker's voice sample as the library describes it (its audio the synth provider fetches itself)."""
 
     speaker: str  # "S1" or "S2"
     sample_id: int
@@ -32,21 +32,6 @@ class Sample:
     transcript: str
     duration_seconds: float
     version: int  # the sample's update time in nanoseconds: a changed sample has a new one
-
-
-@dataclass(frozen=True)
-class Clip:
-    """A sample with its audio."""
-
-    speaker: str  # "S1" or "S2"
-    sample_id: int
-    wav: bytes
-    transcript: str
-    duration_seconds: float
-
-    @property
-    def param(self) -> str:
-        return f"speakers.{self.speaker}"
 
 
 T = TypeVar("T")
@@ -109,20 +94,6 @@ class Library:
             )  # fmt: skip
 
         return await in_order([fetch(speaker, sample_id) for speaker, sample_id in speakers.items()])
-
-    async def clips(self, account_id: int, samples: list[Sample]) -> list[Clip]:
-        """The samples with their audio, in the given order."""
-
-        async def fetch(sample: Sample) -> Clip:
-            try:
-                reply = await self._stub().GetVoiceSampleAudio(
-                    library_pb2.GetVoiceSampleAudioRequest(id=sample.sample_id), metadata=self._as(account_id)
-                )
-            except grpc.aio.AioRpcError as error:  # deleted since it was described
-                raise _not_yours(error, f"speakers.{sample.speaker}", sample.sample_id) from None
-            return Clip(sample.speaker, sample.sample_id, reply.audio.data, sample.transcript, sample.duration_seconds)
-
-        return await in_order([fetch(sample) for sample in samples])
 
     async def exists(self, account_id: int, sample_id: int) -> bool:
         """Whether the caller has this sample (False for another account's, as for a made-up id)."""

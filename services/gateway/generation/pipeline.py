@@ -10,11 +10,11 @@ hosted-predictor dialects, background jobs) hands the pipeline a
   refused here (400, 409, 413, 429, or 503 when the database or library is
   down) is not stored: it is counted in ``gateway_generations_refused_total``
   by error type and logged.
-* :meth:`Pipeline.run` (or :meth:`Pipeline.run_streamed`) prepares the voice
-  prompt (prompt.py), fits the parameters to the providers' model (Dia's
-  decoder positions hold the prompt's frames and the new ones: a prompt is
-  cut to leave room for MIN_NEW_FRAMES, and max_new_tokens lowered to what is
-  left), generates on a provider (routing.py), and stores how it ended:
+* :meth:`Pipeline.run` (or :meth:`Pipeline.run_streamed`) names the voices
+  the provider makes the prompt of (prompt.py), fits the parameters to the
+  providers' model (Dia's decoder positions hold the prompt's frames and the
+  new ones: a prompt is cut to leave room for MIN_NEW_FRAMES, and
+  max_new_tokens lowered to what is left beside its longest), generates on a provider (routing.py), and stores how it ended:
   ``succeeded`` with its audio (stored in the object store first, storage.py;
   a store that is down fails it with ``storage_unavailable``), ``failed`` with
   the public error, or ``canceled`` when its caller hung up (which stops the
@@ -33,13 +33,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
 import math
 import re
 import struct
 import time
-import wave
 from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable, Mapping
 
@@ -49,10 +47,9 @@ import prometheus_client
 from google.api import httpbody_pb2
 
 from runtime.errors import ApiError, invalid_parameter
-from services.gateway.generation import long_scripts, request
+from services.gateway.generation import long_scripts, prompt, request
 from services.gateway.generation.audio_urls import AudioUrls
 from services.gateway.generation.library import Library, Sample
-from services.gateway.generation.prompt import Prompts
 from services.gateway.generation.resources import generation_message
 from services.gateway.generation.routing import Candidate, ModelLimits, Router, voices_key
 from services.gateway.generation.storage import AudioStorage, generation_key
@@ -163,10 +160,11 @@ async def _nothing(parameters: generations_pb2.GenerationParameters) -> None:
 
 @dataclass(frozen=True)
 class _Prepared:
-    """What a run generates with: the voices' prompt (or None), the providers that can serve it,
-    and the parameters fitted to their model."""
+    """What a run generates with: the voices the provider makes its prompt of (or None), with that prompt's
+    longest transcript; the providers that can serve it, and the parameters fitted to their model."""
 
-    assembled: synth_pb2.AudioPrompt | None
+    voices: synth_pb2.VoicePrompt | None
+    prompt_transcript: str
     found: list[Candidate]
     limits: ModelLimits
     parameters: generations_pb2.GenerationParameters
@@ -178,7 +176,7 @@ class Pipeline:
         *,
         generations: GenerationsTable,
         library: Library,
-        prompts: Prompts,
+        prompt_gap_seconds: float,
         router: Router,
         settings: Callable[[], Settings],
         urls: AudioUrls,
@@ -187,7 +185,7 @@ class Pipeline:
         self.generations = generations
         self.storage = storage  # where the audio is kept
         self.library = library
-        self.prompts = prompts
+        self.prompt_gap_seconds = prompt_gap_seconds  # between the S1 and S2 clips of a voice prompt
         self.router = router
         self.settings = settings
         self.urls = urls  # of the Generation messages it answers with
@@ -323,15 +321,16 @@ class Pipeline:
         parameters = generations_pb2.GenerationParameters()
         parameters.CopyFrom(plan.parameters)
         parameters.max_audio_prompt_seconds = fitted_prompt_seconds(parameters.max_audio_prompt_seconds, limits)
-        assembled = None
+        voices, transcript, seconds = None, "", 0.0
         if admitted.samples:
-            assembled = await self.prompts.prompt(
-                admitted.account_id, admitted.samples, parameters.max_audio_prompt_seconds
-            )
+            max_seconds, gap = parameters.max_audio_prompt_seconds, self.prompt_gap_seconds
+            voices = prompt.voice_prompt(admitted.account_id, admitted.samples, max_seconds, gap)
+            transcript = prompt.longest_transcript(admitted.samples)
+            seconds = prompt.longest_seconds(admitted.samples, max_seconds, gap)
         parameters.max_new_tokens = fitted_max_new_tokens(
-            parameters.max_new_tokens, prompt_frames(assembled, limits), limits
+            parameters.max_new_tokens, prompt_frames(seconds, limits), limits
         )
-        return _Prepared(assembled, found, limits, parameters)
+        return _Prepared(voices, transcript, found, limits, parameters)
 
     async def _generate(self, admitted: Admitted, prepared: _Prepared, timeout: float, finish: Finish) -> Generated:
         if len(self._split(admitted.plan.script.text, prepared)) > 1:
@@ -341,8 +340,11 @@ class Pipeline:
             settings=synth_settings(prepared.parameters),
             account=str(admitted.account_id),  # the provider's queue takes accounts in turns
         )
-        if prepared.assembled is not None:
-            synthesis.audio_prompt.CopyFrom(prepared.assembled)
+        if prepared.voices is not None:
+            synthesis.voices.CopyFrom(prepared.voices)
+            # Cut between words, the prompt may be shorter than the longest it was fitted to, never longer;
+            # but one kept whole for want of word timings can be: then what fits is generated.
+            synthesis.settings.lower_max_new_tokens_to_fit = True
         synthesis_began = time.perf_counter()
         candidate, reply = await self.router.synthesize(
             synthesis, prepared.found, timeout, self._running(admitted.generation_id, prepared.parameters),
@@ -402,27 +404,26 @@ class Pipeline:
         time its caller takes to take a message: a slow listener is not the provider's time)."""
         deadline = time.monotonic() + timeout
         chunks = self._split(admitted.plan.script.text, prepared)
-        previous: tuple[long_scripts.Chunk, bytes, int] | None = None  # chunk, its PCM, sample rate
+        previous: tuple[long_scripts.Chunk, synth_pb2.StreamSynthesizeResponse] | None = None  # chunk, its last message
         seconds = frames = 0.0
         for number, chunk in enumerate(chunks):
             parameters = prepared.parameters
             tail = None
-            if prepared.assembled is None and previous is not None:
-                tail = tail_prompt(*previous, parameters.max_audio_prompt_seconds)
+            if prepared.voices is None and previous is not None:
+                tail = tail_prompt(*previous, parameters.max_audio_prompt_seconds, prepared.limits)
             settings = synth_settings(parameters)
             # The tail prompt is the gateway's, not the caller's: max_new_tokens, which fits without
-            # it, is lowered to make room for it.
-            settings.lower_max_new_tokens_to_fit = tail is not None
+            # it, is lowered to make room for it (and beside voices, see _generate).
+            settings.lower_max_new_tokens_to_fit = tail is not None or prepared.voices is not None
             synthesis = synth_pb2.SynthesisSpec(
                 script=chunk.text,
                 settings=settings,
                 account=str(admitted.account_id),  # the provider's queue takes accounts in turns
             )
-            if prepared.assembled is not None:
-                synthesis.audio_prompt.CopyFrom(prepared.assembled)  # cloned voices: their samples again
+            if prepared.voices is not None:
+                synthesis.voices.CopyFrom(prepared.voices)  # cloned voices: their samples' prompt again
             elif tail is not None:
-                synthesis.audio_prompt.CopyFrom(tail)
-            pcm = bytearray()
+                synthesis.codes_prompt.CopyFrom(tail)
             messages = self.router.stream_synthesize(
                 synthesis, prepared.found, _left(deadline), self._running(admitted.generation_id, parameters),
                 voices_key(admitted.samples),
@@ -436,16 +437,17 @@ class Pipeline:
                         break
                     finally:
                         waited.append(time.perf_counter() - began)
-                    pcm += message.pcm
                     if message.last:
                         seconds += message.duration_seconds
                         frames += message.generated_frames
+                        previous = (chunk, message)  # its codes: what the next chunk continues from
                         if number < len(chunks) - 1:
                             message = synth_pb2.StreamSynthesizeResponse(pcm=message.pcm, sample_rate=message.sample_rate)
                         else:
                             message.duration_seconds, message.generated_frames = seconds, int(frames)
+                            message.ClearField("codes")  # the provider's, for a continuation: not the caller's
+                            message.ClearField("codebooks")
                     yield candidate, number, message
-            previous = (chunk, bytes(pcm), message.sample_rate or 44100)
 
     async def _succeeded(
         self,
@@ -473,11 +475,11 @@ class Pipeline:
     def _split(self, script: str, prepared: _Prepared) -> list[long_scripts.Chunk]:
         """The chunks of `script` that fit the model's window with their prompts (one when it all fits)."""
         window = prepared.limits.text_window_bytes
-        assembled = prepared.assembled
-        transcript = long_scripts.size(assembled.transcript) + 1 if assembled is not None else 0
+        cloned = prepared.voices is not None
+        transcript = long_scripts.size(prepared.prompt_transcript) + 1 if cloned else 0
         if transcript + long_scripts.size(script) <= window:
             return [long_scripts.Chunk((long_scripts.Piece("", script),), whole=script)]
-        reserved = transcript if assembled is not None else long_scripts.TAIL_TEXT_BYTES + 1
+        reserved = transcript if cloned else long_scripts.TAIL_TEXT_BYTES + 1
         budget = window - reserved
         if budget < MIN_CHUNK_BYTES:
             raise ApiError(
@@ -563,23 +565,24 @@ def fitted_max_new_tokens(asked: int, prompt_frames: int, limits: ModelLimits) -
     return min(asked, room)
 
 
-def prompt_frames(assembled: synth_pb2.AudioPrompt | None, limits: ModelLimits) -> int:
-    """The decoder frames a prompt takes: its samples at the model's rate, a frame per samples_per_frame."""
-    if assembled is None or not assembled.wav:
-        return 0
-    with wave.open(io.BytesIO(assembled.wav)) as reader:
-        samples = reader.getnframes() * limits.sample_rate / reader.getframerate()
-    return math.ceil(round(samples) / limits.samples_per_frame)
+def prompt_frames(seconds: float, limits: ModelLimits) -> int:
+    """The decoder frames a prompt of `seconds` takes: its samples at the model's rate, a frame per samples_per_frame."""
+    return math.ceil(round(seconds * limits.sample_rate) / limits.samples_per_frame)
 
 
-def tail_prompt(chunk: long_scripts.Chunk, pcm: bytes, rate: int, max_seconds: float) -> synth_pb2.AudioPrompt | None:
-    """The end of the previous chunk, to continue its voices from (uncloned speakers)."""
+def tail_prompt(
+    chunk: long_scripts.Chunk, last: synth_pb2.StreamSynthesizeResponse, max_seconds: float, limits: ModelLimits
+) -> synth_pb2.CodesPrompt | None:
+    """The end of the previous chunk, to continue its voices from (uncloned speakers): the share of its codes
+    (as the provider generated them: never its audio, which speed_factor stretched) that its last words take."""
     text, share = long_scripts.tail(chunk)
-    samples = len(pcm) // 2
-    count = min(int(samples * share), int(max_seconds * rate))
+    row_bytes = 2 * last.codebooks
+    frames = len(last.codes) // row_bytes if row_bytes else 0
+    most = int(max_seconds * limits.sample_rate / limits.samples_per_frame)
+    count = min(int(frames * share), most)
     if not text or count <= 0:
         return None
-    return synth_pb2.AudioPrompt(wav=wav_of(pcm[(samples - count) * 2 :], rate), transcript=text)
+    return synth_pb2.CodesPrompt(codes=last.codes[(frames - count) * row_bytes :], codebooks=last.codebooks, transcript=text)
 
 
 def _left(deadline: float) -> float:

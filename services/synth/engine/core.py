@@ -43,7 +43,6 @@ from services.synth.engine.request import (
 )
 from services.synth.engine.runner import Finished, ModelRunner, NoTokenLeft
 from services.synth.engine.scheduler import STEP_FAILED, Job, Scheduler, SchedulerOutput
-from services.synth.params import frames_of
 
 log = logging.getLogger("synth.engine")
 
@@ -121,8 +120,7 @@ class SynthEngine:
 
     async def submit(self, request: SynthesisInput, account: str = "") -> Generated:
         """Queue `account`'s request and wait for its audio; SYNTH_BUSY at once when the queue is full."""
-        prompt_frames = 0 if request.prompt is None else frames_of(len(request.prompt))
-        job = Job(request, account, prompt_frames)
+        job = Job(request, account, request.prompt_frames)
         self.scheduler.add(job)
         future = self._futures[job] = asyncio.get_running_loop().create_future()
         self._work.set()
@@ -202,7 +200,10 @@ class SynthEngine:
         for job in plan.joining:
             request = job.request
             try:
-                prepared = self._preparer.prepare(request.text, request.prompt, RowSettings.of(request), tag=job)
+                prepared = self._preparer.prepare(
+                    request.text, request.prompt, RowSettings.of(request), tag=job,
+                    codes=request.prompt_codes, key=request.prompt_key, transcript=request.prompt_transcript,
+                )  # fmt: skip
             except Exception as error:  # noqa: BLE001 - its own fault (a prompt the codec refuses, ...)
                 outcomes.append((job, error))
                 continue

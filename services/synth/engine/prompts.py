@@ -1,9 +1,13 @@
 """What a request is turned into before it joins a lane (a :class:`Prepared` row), and the voice-prompt cache.
 
 A voice prompt's codec encoding (DAC, the slow part of preparing a request)
-depends only on its samples, so it is cached by their SHA-256: the same
-voices, cloned again and again, cost the encoder once. The cache is an LRU
-bounded in bytes (SYNTH_PROMPT_CACHE_BYTES); its hits and misses are metrics.
+depends only on its audio, so it is cached: a prompt made of the caller's
+voice samples (voices.py) by their identity, version and cut, with the
+transcript cut to match, and a prompt sent as audio by its SHA-256. The same
+voices, cloned again and again, cost the encoder once. This is the one cache
+of prompt codes: an LRU bounded in bytes (SYNTH_PROMPT_CACHE_BYTES); its hits
+and misses are metrics. Codes sent as a prompt (a long script's continuation)
+are used as they are.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from typing import Hashable
 
 import numpy as np
 import prometheus_client
@@ -24,19 +29,27 @@ CACHE_MISSES = prometheus_client.Counter("synth_prompt_cache_misses", "Voice pro
 CACHE_BYTES = prometheus_client.Gauge("synth_prompt_cache_bytes", "Bytes of codec codes the prompt cache holds.")
 
 
-class PromptCache(ByteBudgetCache[bytes, torch.Tensor]):
-    """Codec codes of voice prompts by content hash; least recently used dropped past `max_bytes`."""
+@dataclass(frozen=True)
+class CachedPrompt:
+    codes: torch.Tensor  # (frames, codebooks) int16
+    transcript: str  # a voices' prompt's tagged transcript as cut ("" for one sent as audio: its caller's)
+
+
+class PromptCache(ByteBudgetCache[Hashable, CachedPrompt]):
+    """Codec codes of voice prompts (see the module's docstring); least recently used dropped past `max_bytes`."""
 
     def __init__(self, max_bytes: int) -> None:
-        super().__init__(max_bytes, lambda codes: codes.numel() * codes.element_size())
+        super().__init__(
+            max_bytes, lambda cached: cached.codes.numel() * cached.codes.element_size() + len(cached.transcript)
+        )
 
-    def get(self, key: bytes) -> torch.Tensor | None:
-        codes = super().get(key)
-        (CACHE_MISSES if codes is None else CACHE_HITS).inc()
-        return codes
+    def get(self, key: Hashable) -> CachedPrompt | None:
+        cached = super().get(key)
+        (CACHE_MISSES if cached is None else CACHE_HITS).inc()
+        return cached
 
-    def put(self, key: bytes, codes: torch.Tensor) -> None:
-        super().put(key, codes)
+    def put(self, key: Hashable, cached: CachedPrompt) -> None:
+        super().put(key, cached)
         CACHE_BYTES.set(self.bytes)
 
 
@@ -65,11 +78,14 @@ class Preparer:
         self.pad = special_tokens["pad_token_id"]
         self.cache = cache
 
-    def prompt_codes(self, samples: np.ndarray) -> torch.Tensor:
-        """(frames, codebooks) codec codes of a 44.1 kHz prompt, from the cache when it has them."""
-        key = prompt_key(samples) if self.cache is not None else b""
-        if self.cache is not None and (cached := self.cache.get(key)) is not None:
-            return cached
+    def prompt_codes(self, samples: np.ndarray, key: Hashable | None = None, transcript: str = "") -> torch.Tensor:
+        """(frames, codebooks) codec codes of a 44.1 kHz prompt. Without a `key` (a prompt sent as audio) it is
+        looked up by its content, and kept by it; with one (a voices' prompt its caller found missing) it is
+        encoded and kept by that key, with its `transcript`."""
+        if key is None and self.cache is not None:
+            key = prompt_key(samples)
+            if (cached := self.cache.get(key)) is not None:
+                return cached.codes
         codec = self.processor.audio_tokenizer
         hop = self.processor.feature_extractor.hop_length
         # As DiaProcessor: the samples padded to a whole number of frames, encoded alone.
@@ -80,13 +96,30 @@ class Preparer:
             codes = codec.encode(audio[None, None].to(codec.device)).audio_codes[0].T.cpu()
         codes = codes.to(torch.int16).clone()  # codes are < 1024: a quarter of the memory in the cache
         if self.cache is not None:
-            self.cache.put(key, codes)
+            self.cache.put(key, CachedPrompt(codes, transcript))
         return codes
 
-    def prepare(self, text: str, prompt: np.ndarray | None, settings: RowSettings, tag=None) -> Prepared:
+    def prepare(
+        self,
+        text: str,
+        prompt: np.ndarray | None,
+        settings: RowSettings,
+        tag=None,
+        *,
+        codes: torch.Tensor | None = None,
+        key: Hashable | None = None,
+        transcript: str = "",
+    ) -> Prepared:
+        """A row of `text` after a prompt: `codes` as they are, or the codes of the `prompt` samples (cached by
+        `key` with their `transcript`, or by their content); neither, no prompt."""
         text_ids = torch.tensor(self.processor.tokenizer(text)["input_ids"], dtype=torch.long)
         channels = len(self.delay_pattern)
-        codes = torch.zeros((0, channels), dtype=torch.long) if prompt is None else self.prompt_codes(prompt).long()
+        if codes is not None:
+            codes = codes.long()
+        elif prompt is not None:
+            codes = self.prompt_codes(prompt, key, transcript).long()
+        else:
+            codes = torch.zeros((0, channels), dtype=torch.long)
         max_delay = max(self.delay_pattern)
         # bos, the prompt codes, then max_delay free frames; delayed as DiaProcessor delays them.
         undelayed = torch.cat(

@@ -6,12 +6,12 @@ Plain data, no torch at run time: the scheduler, which knows no torch, reads req
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Hashable
 
 import grpc
 
 from runtime.errors import ApiError
-from services.synth.params import GenerationParams
+from services.synth.params import GenerationParams, frames_of
 
 if TYPE_CHECKING:
     import numpy as np
@@ -32,6 +32,19 @@ class SynthesisInput:
     # row's codes so far (frames × codebooks, delayed, prompt included) and the frame where its new
     # audio starts. None: not streamed.
     on_frames: Callable[[torch.Tensor, int], None] | None = field(default=None, compare=False)
+    # Instead of `prompt`: its codes already (a cached voices' prompt, a continuation's codes), frames × codebooks.
+    prompt_codes: torch.Tensor | None = field(default=None, compare=False)
+    # What the codes of `prompt` are cached by, with their transcript (a voices' prompt, voices.py);
+    # None: by the prompt's content.
+    prompt_key: Hashable | None = None
+    prompt_transcript: str = ""
+
+    @property
+    def prompt_frames(self) -> int:
+        """The frames of codes the prompt takes."""
+        if self.prompt_codes is not None:
+            return int(self.prompt_codes.shape[0])
+        return 0 if self.prompt is None else frames_of(len(self.prompt))
 
 
 @dataclass(frozen=True)
