@@ -94,7 +94,7 @@ class RecordingProviders:
         self.sent: list[synth_pb2.SynthesisSpec] = []
         self.last: list[synth_pb2.StreamSynthesizeResponse] = []
 
-    async def stream_synthesize(self, synthesis, found, timeout, on_attempt):
+    async def stream_synthesize(self, synthesis, found, timeout, on_attempt, voices=""):
         sent = synth_pb2.SynthesisSpec()
         sent.CopyFrom(synthesis)
         self.sent.append(sent)
