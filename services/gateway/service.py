@@ -22,6 +22,8 @@ from runtime.server import Servicer, ServiceSpec, stop_task
 from services.gateway import accounts
 from services.gateway.config import (
     ACCOUNT_CONCURRENT_GENERATIONS,
+    ANALYSIS,
+    ANALYSIS_TIMEOUT_SECONDS,
     AUDIO_REDIRECTS,
     AUDIO_RETENTION_SECONDS,
     ACCOUNT_GENERATION_BURST,
@@ -50,6 +52,7 @@ from services.gateway.edge.config import MAX_BODY_BYTES, upstream_names
 from services.gateway.edge.front import HttpFront
 from services.gateway.edge.upstreams import InProcess, RouteTable
 from services.gateway.generation import request, webhooks
+from services.gateway.generation.analysis import Analyzer
 from services.gateway.generation.audio_inputs import AudioInputs
 from services.gateway.generation.audio_urls import AudioUrls
 from services.gateway.generation.files import Files
@@ -130,6 +133,7 @@ class Gateway:
         self.prompts = Prompts(self.library, PROMPT_CACHE_BYTES.value, PROMPT_GAP_SECONDS.value)
         self.router = Router(self.providers)
         self.urls = AudioUrls(self.store.url_signing_key, public_url, signed_url_seconds)
+        self.analyzer = Analyzer(self.library, lambda: ANALYSIS.value, lambda: ANALYSIS_TIMEOUT_SECONDS.value)
         self.pipeline = Pipeline(
             generations=self.store.generations,
             library=self.library,
@@ -138,6 +142,7 @@ class Gateway:
             settings=pipeline_settings,
             urls=self.urls,
             storage=self.storage,
+            analyzer=self.analyzer,
         )
         deliveries = webhooks.Webhooks(self.store.webhooks)
         self.jobs = Jobs(
@@ -176,6 +181,7 @@ class Gateway:
         await self.urls.start()  # before any URL is signed or checked
         self.library.start()
         self.prompts.start()
+        self.analyzer.start()
         self.speech.start()
         self.jobs.start()
         self._sweeper = asyncio.create_task(self._fail_abandoned_generations())
@@ -220,6 +226,7 @@ class Gateway:
             await self.table.close()
         await self.speech.close()
         await self.prompts.close()
+        await self.analyzer.close()
         await self.library.close()
         await self.router.close()
         try:  # the outcomes still waiting for the database, if it answers now; else the sweep closes them

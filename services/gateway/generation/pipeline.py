@@ -50,6 +50,7 @@ from google.api import httpbody_pb2
 
 from runtime.errors import ApiError, invalid_parameter
 from services.gateway.generation import long_scripts, request
+from services.gateway.generation.analysis import Analyzer
 from services.gateway.generation.audio_urls import AudioUrls
 from services.gateway.generation.library import Library, Sample
 from services.gateway.generation.prompt import Prompts
@@ -183,8 +184,10 @@ class Pipeline:
         settings: Callable[[], Settings],
         urls: AudioUrls,
         storage: AudioStorage,
+        analyzer: Analyzer | None = None,
     ) -> None:
         self.generations = generations
+        self.analyzer = analyzer or Analyzer(library, enabled=lambda: False, timeout=lambda: 0.0)
         self.storage = storage  # where the audio is kept
         self.library = library
         self.prompts = prompts
@@ -455,14 +458,16 @@ class Pipeline:
         chunks: int = 1,
         synthesis_seconds: float = 0.0,
     ):
-        """Store the audio in the object store, then the generation as succeeded naming it; the row. If
+        """Analyze the audio (analysis.py), store it in the object store, then the generation as succeeded
+        naming it, with its analysis; the row. If
         the row is not written (the database failed, the generation was canceled or deleted meanwhile),
         the audio is deleted again (storage.py), so no object outlives its row unseen."""
+        analysis = await self.analyzer.analyze(admitted.account_id, admitted.plan.script.text, admitted.samples, wav)
         key = generation_key(admitted.account_id, admitted.generation_id)
         async with self.storage.keeping(key):
             await self.storage.objects.put(key, wav, WAV)
             row = await self.generations.mark_succeeded(
-                admitted.generation_id, key, len(wav), duration, model, seed, chunks, synthesis_seconds
+                admitted.generation_id, key, len(wav), duration, model, seed, chunks, synthesis_seconds, analysis
             )
             if row is None:  # canceled meanwhile (a background job), or deleted
                 raise asyncio.CancelledError()

@@ -1,0 +1,115 @@
+"""Every generation explained: its audio heard against its script by the STT service.
+
+After a generation is made, :meth:`Analyzer.analyze` sends its audio, its script and the
+cloned speakers' voice samples to the STT service's AnalyzeSpeech, which times each script
+word and speaker turn, scores the word error rate, and the likeness of each cloned speaker's
+turns to their sample. What it answers is stored with the generation (GenerationAnalysis)
+and gives its captions (captions.py). Analysis is advice: when it is off (GATEWAY_ANALYSIS),
+or the STT service is down, busy or slow, the generation succeeds without it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+import grpc
+import prometheus_client
+
+from runtime import clients
+from runtime.errors import ApiError
+from services.gateway.generation.library import Library, Sample
+from voice.gateway.v1 import generations_pb2
+from voice.stt.v1 import stt_pb2, stt_pb2_grpc
+
+log = logging.getLogger("gateway.analysis")
+
+ANALYSES = prometheus_client.Counter(
+    "gateway_generation_analyses_total",
+    "Generations analyzed after they were made, by outcome (analyzed, failed: made and kept without an analysis).",
+    ["outcome"],
+)
+ANALYSIS_SECONDS = prometheus_client.Histogram(
+    "gateway_generation_analysis_seconds",
+    "Seconds the analysis of a generation's audio added before it was returned (samples fetched, recognition, "
+    "scoring).",
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+)
+WORD_ERROR_RATE = prometheus_client.Histogram(
+    "gateway_generation_word_error_rate",
+    "Word error rate of what speech recognition heard in a generation's audio against its script.",
+    buckets=(0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2),
+)
+VOICE_SIMILARITY = prometheus_client.Histogram(
+    "gateway_generation_voice_similarity",
+    "Cosine similarity of a cloned speaker's turns to their voice sample (one observation a cloned speaker).",
+    buckets=(0, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1),
+)
+
+
+class Analyzer:
+    def __init__(self, library: Library, enabled: Callable[[], bool], timeout: Callable[[], float]) -> None:
+        self.library = library  # the cloned speakers' samples
+        self.enabled = enabled
+        self.timeout = timeout
+        self.stt: grpc.aio.Channel | None = None
+
+    def start(self) -> None:
+        self.stt = clients.service_channel("stt")
+
+    async def close(self) -> None:
+        if self.stt is not None:
+            await self.stt.close()
+
+    async def analyze(
+        self, account_id: int, script: str, samples: list[Sample], wav: bytes
+    ) -> generations_pb2.GenerationAnalysis | None:
+        """The audio `wav` explained against `script`; None when analysis is off or could not run."""
+        if not self.enabled() or self.stt is None:
+            return None
+        began = time.perf_counter()
+        try:
+            clips = await self.library.clips(account_id, samples) if samples else []
+            reply = await stt_pb2_grpc.SttServiceStub(self.stt).AnalyzeSpeech(
+                stt_pb2.AnalyzeSpeechRequest(
+                    audio=wav,
+                    script=script,
+                    speaker_samples=[stt_pb2.SpeakerSample(speaker=clip.speaker, audio=clip.wav) for clip in clips],
+                ),
+                timeout=self.timeout(),
+            )
+        except (grpc.aio.AioRpcError, ApiError) as error:  # advice only: the generation goes on without it
+            ANALYSES.labels("failed").inc()
+            status = error.code().name if isinstance(error, grpc.aio.AioRpcError) else error.reason
+            log.warning("could not analyze a generation; it is kept without an analysis", extra={"status": status})
+            return None
+        ANALYSES.labels("analyzed").inc()
+        ANALYSIS_SECONDS.observe(time.perf_counter() - began)
+        analysis = generation_analysis(reply)
+        WORD_ERROR_RATE.observe(analysis.word_error_rate)
+        for similarity in analysis.voice_similarity.values():
+            VOICE_SIMILARITY.observe(similarity)
+        return analysis
+
+
+def generation_analysis(reply: stt_pb2.AnalyzeSpeechResponse) -> generations_pb2.GenerationAnalysis:
+    return generations_pb2.GenerationAnalysis(
+        words=[
+            generations_pb2.TimedWord(
+                text=word.text, speaker=word.speaker, heard=word.heard,
+                start_seconds=round(word.start_seconds, 3), end_seconds=round(word.end_seconds, 3),
+            )  # fmt: skip
+            for word in reply.words
+        ],
+        turns=[
+            generations_pb2.SpeakerTiming(
+                speaker=turn.speaker, text=turn.text, heard=turn.heard,
+                start_seconds=round(turn.start_seconds, 3), end_seconds=round(turn.end_seconds, 3),
+            )  # fmt: skip
+            for turn in reply.turns
+        ],
+        word_error_rate=round(reply.word_error_rate, 4),
+        voice_similarity={item.speaker: round(item.similarity, 4) for item in reply.voice_similarities},
+        transcript=reply.transcript,
+    )
