@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import pathlib
 import uuid
@@ -89,6 +90,7 @@ def to_proto(row: asyncpg.Record) -> library_pb2.VoiceSample:
         duration_seconds=row["duration_seconds"],
         visibility=row["visibility"],
         collection=row["collection"],
+        warnings=[library_pb2.SampleWarning(**warning) for warning in json.loads(row["warnings"])],
     )
     sample.create_time.FromDatetime(row["create_time"])
     sample.update_time.FromDatetime(row["update_time"])
@@ -102,6 +104,7 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
         self._sweeper: asyncio.Task | None = None
         self._decode_audio: grpc.aio.StreamUnaryMultiCallable | None = None
         self._transcribe: grpc.aio.UnaryUnaryMultiCallable | None = None
+        self._check_sample: grpc.aio.UnaryUnaryMultiCallable | None = None
         self._channels: list[grpc.aio.Channel] = []
         self.uploads = Gate(config.MAX_CONCURRENT_UPLOADS.value, uploads_busy, UPLOADS_IN_PROGRESS)
 
@@ -124,6 +127,11 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
             stt_channel,
             stt_pb2.DESCRIPTOR.services_by_name["SttService"].methods_by_name["Transcribe"],
             stt_pb2.TranscribeResponse.FromString,
+        )
+        self._check_sample = _sending_serialized(
+            stt_channel,
+            stt_pb2.DESCRIPTOR.services_by_name["SttService"].methods_by_name["CheckSample"],
+            stt_pb2.CheckSampleResponse.FromString,
         )
         while self._pool is None:
             try:
@@ -173,8 +181,10 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
 
             info, wav = await self._decode(audio)
             transcript_source = "user" if transcript else ""
-            if not transcript:
-                transcript = await self._recognize(wav)
+            if transcript:
+                warnings = await self._check(wav)
+            else:
+                transcript, warnings = await asyncio.gather(self._recognize(wav), self._check(wav))
                 transcript_source = "stt" if transcript else ""
 
             original_key, normalized_key = sample_keys(account)
@@ -202,6 +212,7 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
                         normalized_key=normalized_key,
                         normalized_bytes=len(wav),
                         duration_seconds=info.duration_seconds,
+                        warnings=warnings,
                     ),
                     key_id,
                 )
@@ -323,6 +334,20 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
             log.warning("no transcript from speech recognition", extra={"code": error.code().name})
             return ""
         return rules.recognized_transcript(reply.text)
+
+    async def _check(self, wav: memoryview) -> list[dict[str, str]]:
+        """What the STT service finds may make the sample clone poorly; none when it cannot say now."""
+        assert self._check_sample is not None
+        try:
+            reply = await self._check_sample(
+                wire.with_bytes_field(stt_pb2.CheckSampleRequest(), "audio", wav),
+                timeout=config.STT_TIMEOUT_SECONDS.value,
+            )
+        except grpc.aio.AioRpcError as error:
+            # Advice only: the sample is stored without it.
+            log.warning("no sample check from speech recognition", extra={"code": error.code().name})
+            return []
+        return [{"code": warning.code, "message": warning.message} for warning in reply.warnings]
 
 
 class AccountData(library_pb2_grpc.AccountDataServiceServicer):
