@@ -68,12 +68,12 @@ async def test_a_generation_carries_every_script_word_timed_inside_its_audio(htt
         ("S2", "Thanks for having me."),
     ]
     for timed in analysis["words"] + analysis["turns"]:
-        start, end = timed.get("startSeconds", 0), timed.get("endSeconds", 0)
+        start, end = timed["start_seconds"], timed["end_seconds"]
         assert 0 <= start <= end <= duration + 0.05
-        if not timed.get("heard"):
+        if not timed["heard"]:
             assert start == end == 0
-    assert analysis.get("wordErrorRate", 0) >= 0
-    assert "voiceSimilarity" not in analysis  # nobody cloned
+    assert analysis["word_error_rate"] >= 0
+    assert analysis["voice_similarity"] == {}  # nobody cloned
 
 
 async def test_captions_are_webvtt_and_srt_with_the_speakers_as_voices(http, dora, tmp_path):
@@ -103,9 +103,9 @@ async def test_a_cloned_speaker_gets_a_voice_similarity(http, dora):
     generation_id, _ = await generate(http, dora, speakers={"S1": sample["id"]})
     analysis = (await history(http, dora, generation_id))["analysis"]
     # Only a speaker whose turns were heard gets one: the tiny model's noise may hold no words.
-    heard = any(turn.get("heard") for turn in analysis["turns"] if turn["speaker"] == "S1")
-    assert set(analysis.get("voiceSimilarity", {})) == ({"S1"} if heard else set())
-    for similarity in analysis.get("voiceSimilarity", {}).values():
+    heard = any(turn["heard"] for turn in analysis["turns"] if turn["speaker"] == "S1")
+    assert set(analysis["voice_similarity"]) == ({"S1"} if heard else set())
+    for similarity in analysis["voice_similarity"].values():
         assert -1 <= similarity <= 1
 
 
