@@ -113,3 +113,28 @@ def generation_analysis(reply: stt_pb2.AnalyzeSpeechResponse) -> generations_pb2
         voice_similarity={item.speaker: round(item.similarity, 4) for item in reply.voice_similarities},
         transcript=reply.transcript,
     )
+
+
+def score(analysis: generations_pb2.GenerationAnalysis) -> float:
+    """How good a candidate sounds: its cloned voices' mean similarity (0 with nobody cloned) less its
+    word error rate. Higher is better."""
+    similarities = list(analysis.voice_similarity.values())
+    return (sum(similarities) / len(similarities) if similarities else 0.0) - analysis.word_error_rate
+
+
+def best(seeds: list[int], analyses: list[generations_pb2.GenerationAnalysis | None]) -> tuple[int, generations_pb2.GenerationAnalysis]:
+    """The index of the best scoring candidate (the first when none could be analyzed), and its analysis
+    with every candidate's scores in `candidates`."""
+    scores = [score(analysis) if analysis is not None else None for analysis in analyses]
+    scored = [index for index, value in enumerate(scores) if value is not None]
+    chosen = max(scored, key=lambda index: scores[index]) if scored else 0
+    result = generations_pb2.GenerationAnalysis()
+    if analyses[chosen] is not None:
+        result.CopyFrom(analyses[chosen])
+    for index, (seed, analysis) in enumerate(zip(seeds, analyses)):
+        candidate = result.candidates.add(seed=seed, chosen=index == chosen, unanalyzed=analysis is None)
+        if analysis is not None:
+            candidate.word_error_rate = analysis.word_error_rate
+            candidate.voice_similarity.update(analysis.voice_similarity)
+            candidate.score = round(scores[index], 4)
+    return chosen, result

@@ -25,12 +25,12 @@ import grpc
 from google.api import httpbody_pb2
 
 from runtime import fields
-from runtime.errors import ApiError
+from runtime.errors import ApiError, invalid_parameter
 from services.gateway.accounts import Accounts
 from services.gateway.config import SYNTH_TIMEOUT_SECONDS
 from services.gateway.generation.audio_urls import AudioUrls
 from services.gateway.generation.captions import srt, webvtt
-from services.gateway.generation.pipeline import WAV, Pipeline, streamed_wav
+from services.gateway.generation.pipeline import STREAMED_BEST_OF, WAV, Pipeline, streamed_wav
 from services.gateway.generation.resources import generation_message
 from services.gateway.generation.storage import AudioStorage
 from services.gateway.store.generations import GenerationsTable, audio_expired
@@ -101,6 +101,8 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
 
     async def StreamGeneration(self, request, context):
         caller = await self.accounts.principal(context)
+        if fields.value(request.generation, "best_of") > 1:
+            raise invalid_parameter("best_of", f"best_of above 1 is not possible {STREAMED_BEST_OF}; use best_of 1")
         admitted = await self.pipeline.admit(
             caller.account_id, request.generation, generation_id=request.generation_id, key_id=caller.key_id
         )

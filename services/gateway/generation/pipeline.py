@@ -50,7 +50,7 @@ from google.api import httpbody_pb2
 
 from runtime.errors import ApiError, invalid_parameter
 from services.gateway.generation import long_scripts, request
-from services.gateway.generation.analysis import Analyzer
+from services.gateway.generation.analysis import Analyzer, best
 from services.gateway.generation.audio_urls import AudioUrls
 from services.gateway.generation.library import Library, Sample
 from services.gateway.generation.prompt import Prompts
@@ -79,6 +79,8 @@ DATABASE_LOST = (
     "the database became unavailable while this generation was under way, so it was stopped and nothing of it "
     "was kept; create it again"
 )
+# Why a streamed generation cannot have best_of above 1.
+STREAMED_BEST_OF = "with streaming: the audio is sent as it is made, before candidates could be compared"
 # A caller's own generation id: "gen_" and 8 to 64 letters, digits, "-" or "_".
 CALLERS_ID = re.compile(r"gen_[A-Za-z0-9_-]{8,64}")
 
@@ -218,6 +220,11 @@ class Pipeline:
                     "generation_id", "generation_id must be \"gen_\" and 8 to 64 letters, digits, \"-\" or \"_\""
                 )
             plan = request.plan(spec, settings.request, rules=rules)
+            if plan.parameters.best_of > 1 and not self.analyzer.enabled():
+                raise invalid_parameter(
+                    "best_of", "best_of above 1 picks candidates by their analysis, which is off on this gateway "
+                    "(GATEWAY_ANALYSIS); use best_of 1"
+                )
             samples = await self.library.samples(account_id, plan.speakers) if plan.speakers else []
             generation_id = await self.generations.admit(
                 stored.NewGeneration(
@@ -289,6 +296,7 @@ class Pipeline:
         succeeded; a caller who goes away (closes this generator) stops it, and it is canceled."""
         began = time.perf_counter()
         try:
+            _refuse_best_of(admitted.plan.parameters, STREAMED_BEST_OF)
             prepared = await self._prepare(admitted)
             await announce(prepared.parameters)
             pcm = bytearray()
@@ -338,6 +346,7 @@ class Pipeline:
 
     async def _generate(self, admitted: Admitted, prepared: _Prepared, timeout: float, finish: Finish) -> Generated:
         if len(self._split(admitted.plan.script.text, prepared)) > 1:
+            _refuse_best_of(prepared.parameters, "for a script longer than Dia reads at once (it is made in chunks)")
             return await self._generate_chunks(admitted, prepared, timeout, finish)
         synthesis = synth_pb2.SynthesisSpec(
             script=admitted.plan.script.text,
@@ -347,15 +356,19 @@ class Pipeline:
         if prepared.assembled is not None:
             synthesis.audio_prompt.CopyFrom(prepared.assembled)
         synthesis_began = time.perf_counter()
-        candidate, reply = await self.router.synthesize(
-            synthesis, prepared.found, timeout, self._running(admitted.generation_id, prepared.parameters)
-        )
+        analysis = None  # analyzed when it is stored (_succeeded), unless best_of analyzed every candidate
+        if prepared.parameters.best_of > 1:
+            candidate, reply, analysis = await self._best_of(admitted, prepared, synthesis, timeout)
+        else:
+            candidate, reply = await self.router.synthesize(
+                synthesis, prepared.found, timeout, self._running(admitted.generation_id, prepared.parameters)
+            )
         synthesis_seconds = time.perf_counter() - synthesis_began
         _count_audio(reply.duration_seconds, synthesis_began)
         audio = await finish(reply.wav)
         row = await self._succeeded(
             admitted, reply.wav, reply.duration_seconds, reply.model or candidate.model, reply.seed,
-            synthesis_seconds=synthesis_seconds,
+            synthesis_seconds=synthesis_seconds, analysis=analysis,
         )  # fmt: skip
         log.info(
             "generated",
@@ -366,6 +379,29 @@ class Pipeline:
             },
         )
         return Generated(generation_message(row, self.urls), audio)
+
+    async def _best_of(
+        self, admitted: Admitted, prepared: _Prepared, synthesis: synth_pb2.SynthesisSpec, timeout: float
+    ) -> tuple[Candidate, synth_pb2.SynthesizeResponse, generations_pb2.GenerationAnalysis]:
+        """best_of candidates at once (a provider batches them), each with its own seed, each analyzed:
+        the best scoring one (analysis.best), with every candidate's scores in its analysis."""
+        specs = []
+        for index in range(prepared.parameters.best_of):
+            spec = synth_pb2.SynthesisSpec()
+            spec.CopyFrom(synthesis)
+            if spec.settings.HasField("seed"):  # a fixed seed: seed, seed+1, ...; else each draws its own
+                spec.settings.seed += index
+            specs.append(spec)
+        running = self._running(admitted.generation_id, prepared.parameters)
+        async with asyncio.TaskGroup() as group:  # one failing stops the others
+            made = [group.create_task(self.router.synthesize(spec, prepared.found, timeout, running)) for spec in specs]
+        replies = [task.result() for task in made]
+        analyses = await asyncio.gather(
+            *(self.analyzer.analyze(admitted.account_id, admitted.plan.script.text, admitted.samples, reply.wav)
+              for _, reply in replies)
+        )  # fmt: skip
+        chosen, analysis = best([reply.seed for _, reply in replies], analyses)
+        return (*replies[chosen], analysis)
 
     async def _generate_chunks(
         self, admitted: Admitted, prepared: _Prepared, timeout: float, finish: Finish
@@ -457,12 +493,14 @@ class Pipeline:
         seed: int,
         chunks: int = 1,
         synthesis_seconds: float = 0.0,
+        analysis: generations_pb2.GenerationAnalysis | None = None,
     ):
         """Analyze the audio (analysis.py), store it in the object store, then the generation as succeeded
         naming it, with its analysis; the row. If
         the row is not written (the database failed, the generation was canceled or deleted meanwhile),
         the audio is deleted again (storage.py), so no object outlives its row unseen."""
-        analysis = await self.analyzer.analyze(admitted.account_id, admitted.plan.script.text, admitted.samples, wav)
+        if analysis is None:
+            analysis = await self.analyzer.analyze(admitted.account_id, admitted.plan.script.text, admitted.samples, wav)
         key = generation_key(admitted.account_id, admitted.generation_id)
         async with self.storage.keeping(key):
             await self.storage.objects.put(key, wav, WAV)
@@ -530,6 +568,11 @@ class Pipeline:
                 )
         except ApiError:
             log.warning("could not record the failure of a generation", extra={"generation": generation_id})
+
+
+def _refuse_best_of(parameters: generations_pb2.GenerationParameters, why: str) -> None:
+    if parameters.best_of > 1:
+        raise invalid_parameter("best_of", f"best_of above 1 is not possible {why}; use best_of 1")
 
 
 def synth_settings(parameters: generations_pb2.GenerationParameters) -> synth_pb2.GenerationSettings:

@@ -48,14 +48,14 @@ import grpc
 from google.api import httpbody_pb2
 
 from runtime import clients, fields
-from runtime.errors import ApiError, invalid_argument
+from runtime.errors import ApiError, invalid_argument, invalid_parameter
 from runtime.text import sanitize
 from services.gateway.accounts import Accounts
 from services.gateway.config import MAX_INPUT_CHARS, SPEECH_FRAMES_PER_CHARACTER
 from services.gateway.generation import script
 from services.gateway.generation.generations import announcing, named_on_failure, synth_timeout
 from services.gateway.generation.library import Library
-from services.gateway.generation.pipeline import Pipeline
+from services.gateway.generation.pipeline import STREAMED_BEST_OF, Pipeline
 from voice.gateway.v1 import generations_pb2
 from voice.openai.v1 import speech_pb2, speech_pb2_grpc
 from voice.synth.v1 import synth_pb2
@@ -111,6 +111,7 @@ def generation_spec(
         model="" if speech.model in MODEL_ALIASES else speech.model,
         max_new_tokens=frame_budget(speech.input, frames_per_character),
         speed_factor=fields.value(speech, "speed"),
+        best_of=fields.value(speech, "best_of"),
     )
     if sample_id is not None:
         spec.speakers["S1"] = sample_id
@@ -209,12 +210,14 @@ class SpeechService(speech_pb2_grpc.SpeechServiceServicer):
         if self.transcode is not None:
             await self.transcode.close()
 
-    async def _admit(self, account_id: int, speech: speech_pb2.SpeechSpec, key_id: int = 0):
+    async def _admit(self, account_id: int, speech: speech_pb2.SpeechSpec, key_id: int = 0, streamed: bool = False):
         """The speech request checked against its own rules, translated, and admitted."""
         try:
             fields.check_field(speech, "input")
             script.parse_script(speech.input, MAX_INPUT_CHARS.value)  # a bad script before the library is asked
             fields.check(speech)
+            if streamed and fields.value(speech, "best_of") > 1:
+                raise invalid_parameter("best_of", f"best_of above 1 is not possible {STREAMED_BEST_OF}; use best_of 1")
             sample_id = await find_voice(self.library, account_id, speech.voice)
         except (ApiError, grpc.aio.AioRpcError) as error:
             raise (error if isinstance(error, ApiError) else ApiError.from_rpc_error(error)) from None
@@ -252,7 +255,7 @@ class SpeechService(speech_pb2_grpc.SpeechServiceServicer):
         caller = await self.accounts.principal(context)
         account_id = caller.account_id
         speech = request.speech
-        admitted = await self._admit(account_id, speech, caller.key_id)
+        admitted = await self._admit(account_id, speech, caller.key_id, streamed=True)
         last: list[synth_pb2.StreamSynthesizeResponse] = []
 
         async def remembering_the_last(messages):
