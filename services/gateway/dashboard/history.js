@@ -187,7 +187,8 @@ function scores(analysis) {
       `seed ${candidate.seed}: ${candidate.unanalyzed ? "not analyzed" : `score ${Number(candidate.score).toFixed(2)}`}${candidate.chosen ? " (chosen)" : ""}`);
     facts.push(fact("Best of", `${candidates.length}: ${each.join("; ")}`));
   }
-  return facts;
+  return facts.flat(); // each fact is a term and its definition
+
 }
 
 function percent(value) {
