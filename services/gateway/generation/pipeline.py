@@ -393,9 +393,12 @@ class Pipeline:
                 spec.settings.seed += index
             specs.append(spec)
         running = self._running(admitted.generation_id, prepared.parameters)
-        async with asyncio.TaskGroup() as group:  # one failing stops the others
-            made = [group.create_task(self.router.synthesize(spec, prepared.found, timeout, running)) for spec in specs]
-        replies = [task.result() for task in made]
+        made = [asyncio.ensure_future(self.router.synthesize(spec, prepared.found, timeout, running)) for spec in specs]
+        try:
+            replies = await asyncio.gather(*made)  # the first error as it is
+        finally:
+            for task in made:  # one failed (or the caller went away): the others stop too
+                task.cancel()
         analyses = await asyncio.gather(
             *(self.analyzer.analyze(admitted.account_id, admitted.plan.script.text, admitted.samples, reply.wav)
               for _, reply in replies)
@@ -495,10 +498,10 @@ class Pipeline:
         synthesis_seconds: float = 0.0,
         analysis: generations_pb2.GenerationAnalysis | None = None,
     ):
-        """Analyze the audio (analysis.py), store it in the object store, then the generation as succeeded
-        naming it, with its analysis; the row. If
-        the row is not written (the database failed, the generation was canceled or deleted meanwhile),
-        the audio is deleted again (storage.py), so no object outlives its row unseen."""
+        """Analyze the audio (analysis.py) unless `analysis` is given, store it in the object store, then
+        the generation as succeeded naming it, with its analysis; the row. If the row is not written (the
+        database failed, the generation was canceled or deleted meanwhile), the audio is deleted again
+        (storage.py), so no object outlives its row unseen."""
         if analysis is None:
             analysis = await self.analyzer.analyze(admitted.account_id, admitted.plan.script.text, admitted.samples, wav)
         key = generation_key(admitted.account_id, admitted.generation_id)
