@@ -58,23 +58,27 @@ async def stt_costs(rounds: int) -> None:
         "AnalyzeSpeech (nobody cloned)": (
             "AnalyzeSpeech", stt_pb2.AnalyzeSpeechRequest(audio=dialogue, script=SCRIPT, language="en")
         ),
+        "CheckSample (a 5.4 s voice sample)": ("CheckSample", stt_pb2.CheckSampleRequest(audio=samples[0].audio)),
     }  # fmt: skip
     env = harness.mesh_env()
     async with harness.running(["transcode", "stt"], env) as mesh:
         async with grpc.aio.insecure_channel(mesh.address("stt"), options=channel_options()) as channel:
             stub = stt_pb2_grpc.SttServiceStub(channel)
             seconds: dict[str, list[float]] = {name: [] for name in calls}
-            duration = (await stub.Transcribe(calls["Transcribe"][1], timeout=600)).duration_seconds  # warm-up
+            audio: dict[str, float] = {}  # seconds of audio each call is about
+            for name, (method, request) in calls.items():  # warm-up
+                audio[name] = (await getattr(stub, method)(request, timeout=600)).duration_seconds
             for _ in range(rounds):  # interleaved, so a busier moment of the machine is shared
                 for name, (method, request) in calls.items():
                     began = time.perf_counter()
                     await getattr(stub, method)(request, timeout=600)
                     seconds[name].append(time.perf_counter() - began)
-    print(f"STT service, {duration:.1f} s of speech, median of {rounds} rounds, one request at a time:")
-    base = statistics.median(seconds["Transcribe"])
+    print(f"STT service, the {audio['Transcribe']:.1f} s dialogue, median of {rounds} rounds, one request at a time:")
+    base = statistics.median(seconds["Transcribe"]) / audio["Transcribe"]
     for name, values in seconds.items():
-        median = statistics.median(values)
-        print(f"  {name:36} {median:6.2f} s  {median / duration:5.3f} s per audio second  {median / base:4.2f}x Transcribe")
+        per_second = statistics.median(values) / audio[name]
+        print(f"  {name:36} {statistics.median(values):6.2f} s  {per_second:5.3f} s per audio second  "
+              f"{per_second / base:4.2f}x Transcribe")
 
 
 async def generate_in_a_loop(http, key: str, best_of: int, frames: int, until: float, audio: list[float]) -> None:
@@ -140,9 +144,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="rounds of the STT measurements")
     parser.add_argument("--seconds", type=float, default=30, help="seconds each best_of setting runs")
     parser.add_argument("--frames", type=int, default=256, help="max_new_tokens of each generation")
+    parser.add_argument("--stt-only", action="store_true", help="only the STT service's costs")
     args = parser.parse_args()
     asyncio.run(stt_costs(args.rounds))
-    asyncio.run(best_of_throughput(args.seconds, args.frames))
+    if not args.stt_only:
+        asyncio.run(best_of_throughput(args.seconds, args.frames))
 
 
 if __name__ == "__main__":

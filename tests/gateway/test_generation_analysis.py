@@ -130,3 +130,18 @@ async def test_with_analysis_off_a_generation_has_none_and_no_captions(mesh, dor
 async def test_captions_of_an_unknown_generation_are_not_found(http, dora):
     response = await http.get(f"{GENERATIONS}/gen_{'x' * 20}/captions.vtt", headers=dora.headers)
     assert response.status == 404
+
+
+async def test_an_analysis_slower_than_its_timeout_leaves_the_generation_without_one(mesh, dora):
+    """Analysis is advice: past GATEWAY_ANALYSIS_TIMEOUT_SECONDS (its least, 0.1 s, is shorter than any
+    recognition) the generation succeeds all the same, without it."""
+    async with extra_gateway(mesh, GATEWAY_ANALYSIS_TIMEOUT_SECONDS="0.1") as gateway:
+        async with aiohttp.ClientSession(gateway.http_url) as http:
+            await wait_for_models(http, dora)
+            generation_id, wav = await generate(http, dora)
+            assert seconds_of(wav) > 0
+            generation = await history(http, dora, generation_id)
+            assert generation["status"] == "succeeded"
+            assert "analysis" not in generation
+            failed = metric(gateway.env["GATEWAY_METRICS_PORT"], 'gateway_generation_analyses_total{outcome="failed"}')
+            assert failed == 1
