@@ -103,4 +103,9 @@ async def test_a_prediction_takes_best_of_as_an_input(http, erin):
     prediction = await response.json()
     assert response.status in (200, 201), prediction
     assert prediction["status"] == "succeeded", prediction
-    assert_the_best_was_chosen(await history(http, erin, prediction["id"]), 2)
+    generation = await history(http, erin, prediction["id"])
+    assert_the_best_was_chosen(generation, 2)
+    # The prediction's logs say what was heard and which candidate was chosen.
+    heard = sum(word["heard"] for word in generation["analysis"]["words"])
+    assert f"heard {heard} of 9 script words" in prediction["logs"]
+    assert f"best of 2: seed {generation['parameters']['seed']} chosen" in prediction["logs"]
