@@ -9,6 +9,7 @@ the alignment and scores on real speech.
 from __future__ import annotations
 
 import io
+import json
 import re
 import uuid
 import wave
@@ -145,3 +146,16 @@ async def test_an_analysis_slower_than_its_timeout_leaves_the_generation_without
             assert "analysis" not in generation
             failed = metric(gateway.env["GATEWAY_METRICS_PORT"], 'gateway_generation_analyses_total{outcome="failed"}')
             assert failed == 1
+
+
+async def test_openais_sse_stream_ends_with_the_timings_in_its_done_event(http, dora):
+    body = {"model": "tts-1", "input": DIALOGUE, "response_format": "wav", "stream_format": "sse"}
+    async with http.post("/v1/audio/speech", json=body, headers=dora.headers) as response:
+        assert response.status == 200, await response.text()
+        text = (await response.read()).decode()
+        generation_id = response.headers["X-Generation-Id"]
+    events = [json.loads(block[len("data: ") :]) for block in text.split("\n\n") if block]
+    done = events[-1]
+    assert done["type"] == "speech.audio.done"
+    assert [word["text"] for word in done["analysis"]["words"]] == SCRIPT_WORDS
+    assert done["analysis"] == (await history(http, dora, generation_id))["analysis"]

@@ -256,6 +256,15 @@ class Pipeline:
         samples = await self.library.samples(account_id, plan.speakers) if plan.speakers else []
         return Admitted(generation_id, account_id, plan, samples)
 
+    async def analysis(self, account_id: int, generation_id: str) -> generations_pb2.GenerationAnalysis | None:
+        """A generation's analysis (analysis.py), once it has succeeded with one; None without, or with the
+        database away (it is advice)."""
+        try:
+            generation = generation_message(await self.generations.get(account_id, generation_id), self.urls)
+        except ApiError:
+            return None
+        return generation.analysis if generation.HasField("analysis") else None
+
     # --- generating ---------------------------------------------------------------
 
     async def run(

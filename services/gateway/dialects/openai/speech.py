@@ -27,7 +27,11 @@ formats.
   chunk of generated audio (the transcode service's StreamEncodeAudio); ``sse``
   sends them as OpenAI's server-sent events: ``speech.audio.delta`` events, each
   with base64 ``audio``, then one ``speech.audio.done`` with the ``usage``
-  (input tokens: Dia's text bytes; output tokens: the audio frames generated).
+  (input tokens: Dia's text bytes; output tokens: the audio frames generated)
+  and, not OpenAI's, the generation's ``analysis`` (word and turn timings, scores)
+  when it has one.
+* ``best_of``, not OpenAI's: candidates made side by side, the best returned
+  (not with a stream_format).
 
 The generation counts as succeeded once its audio is encoded (streamed: once
 the last of it is generated); the history keeps the WAV
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import json
 import math
 import re
@@ -46,6 +51,7 @@ from typing import AsyncIterator
 
 import grpc
 from google.api import httpbody_pb2
+from google.protobuf import json_format
 
 from runtime import clients, fields
 from runtime.errors import ApiError, invalid_argument, invalid_parameter
@@ -180,14 +186,24 @@ def sse_event(event: dict) -> bytes:
     return f"data: {json.dumps(event)}\n\n".encode()
 
 
-async def as_sse(encoded: AsyncIterator[tuple[str, bytes]], input_tokens: int, output_frames) -> AsyncIterator[bytes]:
-    """OpenAI's speech events: a delta per encoded chunk, then done with the usage."""
+async def as_sse(
+    encoded: AsyncIterator[tuple[str, bytes]], input_tokens: int, output_frames, analysis=None
+) -> AsyncIterator[bytes]:
+    """OpenAI's speech events: a delta per encoded chunk, then done with the usage, and with the
+    generation's `analysis()` (its word and turn timings, scores) when it has one: an extra key of
+    the done event, which OpenAI's clients leave alone."""
     async for _, audio in encoded:
         if audio:
             yield sse_event({"type": "speech.audio.delta", "audio": base64.b64encode(audio).decode()})
     frames = output_frames()
     usage = {"input_tokens": input_tokens, "output_tokens": frames, "total_tokens": input_tokens + frames}
-    yield sse_event({"type": "speech.audio.done", "usage": usage})
+    done = {"type": "speech.audio.done", "usage": usage}
+    explained = await analysis() if analysis is not None else None
+    if explained is not None:
+        done["analysis"] = json_format.MessageToDict(
+            explained, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )  # as the API writes it
+    yield sse_event(done)
 
 
 def _quoted(text: str) -> str:
@@ -276,7 +292,10 @@ class SpeechService(speech_pb2_grpc.SpeechServiceServicer):
                 async with contextlib.aclosing(encoded):
                     if fields.value(speech, "stream_format") == "sse":
                         tokens = len(sanitize(speech.input).encode())
-                        async for event in as_sse(encoded, tokens, lambda: last[0].generated_frames if last else 0):
+                        explained = functools.partial(self.pipeline.analysis, account_id, admitted.generation_id)
+                        async for event in as_sse(
+                            encoded, tokens, lambda: last[0].generated_frames if last else 0, explained
+                        ):
                             yield speech_pb2.StreamSpeechResponse(audio=httpbody_pb2.HttpBody(content_type=SSE, data=event))
                     else:
                         async for content_type, audio in encoded:
