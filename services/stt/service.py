@@ -93,6 +93,8 @@ class Stt(stt_pb2_grpc.SttServiceServicer):
     async def start(self) -> None:
         # Loading takes seconds (longer for a download): off the event loop, so
         # health checks keep answering NOT_SERVING meanwhile.
+        # The speaker encoder first: a loaded recognizer is what says the service can answer (_loaded).
+        self.voices = await asyncio.to_thread(analysis.Voices)
         self.recognizer = await asyncio.to_thread(
             Recognizer,
             config.STT_MODEL.value,
@@ -100,7 +102,6 @@ class Stt(stt_pb2_grpc.SttServiceServicer):
             config.STT_COMPUTE_TYPE.value,
             self.limiter.concurrency,
         )
-        self.voices = await asyncio.to_thread(analysis.Voices)
         self.transcode_channel = clients.service_channel("transcode")
 
     async def stop(self) -> None:
