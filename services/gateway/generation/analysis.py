@@ -10,6 +10,7 @@ or the STT service is down, busy or slow, the generation succeeds without it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Callable
@@ -66,24 +67,32 @@ class Analyzer:
         self, account_id: int, script: str, samples: list[Sample], wav: bytes
     ) -> generations_pb2.GenerationAnalysis | None:
         """The audio `wav` explained against `script`; None when analysis is off or could not run."""
+        return (await self.analyze_each(account_id, script, samples, [wav]))[0]
+
+    async def analyze_each(
+        self, account_id: int, script: str, samples: list[Sample], wavs: list[bytes]
+    ) -> list[generations_pb2.GenerationAnalysis | None]:
+        """Each of `wavs` (best_of's candidates) explained against `script`, the samples fetched once."""
         if not self.enabled() or self.stt is None:
-            return None
-        began = time.perf_counter()
+            return [None] * len(wavs)
         try:
             clips = await self.library.clips(account_id, samples) if samples else []
+        except (grpc.aio.AioRpcError, ApiError) as error:
+            return [_failed(error) for _ in wavs]
+        speaker_samples = [stt_pb2.SpeakerSample(speaker=clip.speaker, audio=clip.wav) for clip in clips]
+        return list(await asyncio.gather(*(self._analyzed(script, speaker_samples, wav) for wav in wavs)))
+
+    async def _analyzed(
+        self, script: str, speaker_samples: list[stt_pb2.SpeakerSample], wav: bytes
+    ) -> generations_pb2.GenerationAnalysis | None:
+        began = time.perf_counter()
+        try:
             reply = await stt_pb2_grpc.SttServiceStub(self.stt).AnalyzeSpeech(
-                stt_pb2.AnalyzeSpeechRequest(
-                    audio=wav,
-                    script=script,
-                    speaker_samples=[stt_pb2.SpeakerSample(speaker=clip.speaker, audio=clip.wav) for clip in clips],
-                ),
+                stt_pb2.AnalyzeSpeechRequest(audio=wav, script=script, speaker_samples=speaker_samples),
                 timeout=self.timeout(),
             )
-        except (grpc.aio.AioRpcError, ApiError) as error:  # advice only: the generation goes on without it
-            ANALYSES.labels("failed").inc()
-            status = error.code().name if isinstance(error, grpc.aio.AioRpcError) else error.reason
-            log.warning("could not analyze a generation; it is kept without an analysis", extra={"status": status})
-            return None
+        except grpc.aio.AioRpcError as error:
+            return _failed(error)
         ANALYSES.labels("analyzed").inc()
         ANALYSIS_SECONDS.observe(time.perf_counter() - began)
         analysis = generation_analysis(reply)
@@ -91,6 +100,14 @@ class Analyzer:
         for similarity in analysis.voice_similarity.values():
             VOICE_SIMILARITY.observe(similarity)
         return analysis
+
+
+def _failed(error: grpc.aio.AioRpcError | ApiError) -> None:
+    """Analysis is advice: the generation goes on without it."""
+    ANALYSES.labels("failed").inc()
+    status = error.code().name if isinstance(error, grpc.aio.AioRpcError) else error.reason
+    log.warning("could not analyze a generation; it is kept without an analysis", extra={"status": status})
+    return None
 
 
 def generation_analysis(reply: stt_pb2.AnalyzeSpeechResponse) -> generations_pb2.GenerationAnalysis:

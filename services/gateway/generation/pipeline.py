@@ -408,10 +408,9 @@ class Pipeline:
         finally:
             for task in made:  # one failed (or the caller went away): the others stop too
                 task.cancel()
-        analyses = await asyncio.gather(
-            *(self.analyzer.analyze(admitted.account_id, admitted.plan.script.text, admitted.samples, reply.wav)
-              for _, reply in replies)
-        )  # fmt: skip
+        analyses = await self.analyzer.analyze_each(
+            admitted.account_id, admitted.plan.script.text, admitted.samples, [reply.wav for _, reply in replies]
+        )
         chosen, analysis = best([reply.seed for _, reply in replies], analyses)
         return (*replies[chosen], analysis)
 
