@@ -50,6 +50,7 @@ bench: $(VENV)/.installed gen/.stamp
 	$(PY) bench/streaming_bench.py
 	$(PY) bench/object_store_bench.py
 	$(PY) bench/audio_storage_bench.py
+	$(PY) bench/analysis_bench.py
 
 # The full-size Dia (random weights) on the CPU: 8 concurrent requests against one at a time through
 # synth's engine, beside transformers' generate, in float32 and in bfloat16. ~8 GB and ~10 minutes.

@@ -259,3 +259,19 @@ AUDIO_REDIRECTS = setting(
     "false: the gateway sends them, as it reads them from the store",
     config.boolean,
 )
+ANALYSIS = setting(
+    "GATEWAY_ANALYSIS",
+    True,
+    "true: every generation's audio is analyzed once made (README: \"Generation analysis\"): speech recognition "
+    "times each script word and turn, scores the word error rate and the cloned voices' similarity to their "
+    "samples (about 0.1-0.3 s of the STT service's CPU per second of audio, added before the generation is "
+    "returned); false: none of it, and no captions",
+    config.boolean,
+)
+ANALYSIS_TIMEOUT_SECONDS = setting(
+    "GATEWAY_ANALYSIS_TIMEOUT_SECONDS",
+    60.0,
+    "how long the analysis of a generation's audio may take; past that (or with the STT service down or busy) "
+    "the generation succeeds without an analysis",
+    between(0.1, 3600),
+)

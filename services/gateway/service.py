@@ -22,6 +22,8 @@ from runtime.server import Servicer, ServiceSpec, stop_task
 from services.gateway import accounts
 from services.gateway.config import (
     ACCOUNT_CONCURRENT_GENERATIONS,
+    ANALYSIS,
+    ANALYSIS_TIMEOUT_SECONDS,
     AUDIO_REDIRECTS,
     AUDIO_RETENTION_SECONDS,
     ACCOUNT_GENERATION_BURST,
@@ -49,6 +51,7 @@ from services.gateway.edge.config import MAX_BODY_BYTES, upstream_names
 from services.gateway.edge.front import HttpFront
 from services.gateway.edge.upstreams import InProcess, RouteTable
 from services.gateway.generation import request, webhooks
+from services.gateway.generation.analysis import Analyzer
 from services.gateway.generation.audio_inputs import AudioInputs
 from services.gateway.generation.audio_urls import AudioUrls
 from services.gateway.generation.files import Files
@@ -127,6 +130,7 @@ class Gateway:
         self.library = Library()
         self.router = Router(self.providers)
         self.urls = AudioUrls(self.store.url_signing_key, public_url, signed_url_seconds)
+        self.analyzer = Analyzer(self.library, lambda: ANALYSIS.value, lambda: ANALYSIS_TIMEOUT_SECONDS.value)
         self.pipeline = Pipeline(
             generations=self.store.generations,
             library=self.library,
@@ -135,6 +139,7 @@ class Gateway:
             settings=pipeline_settings,
             urls=self.urls,
             storage=self.storage,
+            analyzer=self.analyzer,
         )
         deliveries = webhooks.Webhooks(self.store.webhooks)
         self.jobs = Jobs(
@@ -172,6 +177,7 @@ class Gateway:
         await self.store.connect()
         await self.urls.start()  # before any URL is signed or checked
         self.library.start()
+        self.analyzer.start()
         self.speech.start()
         self.jobs.start()
         self._sweeper = asyncio.create_task(self._fail_abandoned_generations())
@@ -215,6 +221,7 @@ class Gateway:
         if self.table is not None:
             await self.table.close()
         await self.speech.close()
+        await self.analyzer.close()
         await self.library.close()
         await self.router.close()
         try:  # the outcomes still waiting for the database, if it answers now; else the sweep closes them

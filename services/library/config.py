@@ -39,7 +39,7 @@ MAX_COLLECTION_CHARS = setting(
 STT_TIMEOUT_SECONDS = setting(
     "LIBRARY_STT_TIMEOUT_SECONDS",
     30.0,
-    "how long an upload waits for speech recognition before it is stored without a transcript",
+    "how long an upload waits for speech recognition (its transcript and its check) before it is stored without them",
     positive(float),
 )
 READINESS_INTERVAL_SECONDS = setting(

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import pathlib
 import uuid
@@ -97,6 +98,7 @@ def to_proto(row: asyncpg.Record) -> library_pb2.VoiceSample:
         duration_seconds=row["duration_seconds"],
         visibility=row["visibility"],
         collection=row["collection"],
+        warnings=[library_pb2.SampleWarning(**warning) for warning in json.loads(row["warnings"])],
     )
     sample.create_time.FromDatetime(row["create_time"])
     sample.update_time.FromDatetime(row["update_time"])
@@ -110,6 +112,7 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
         self._sweeper: asyncio.Task | None = None
         self._decode_audio: grpc.aio.StreamUnaryMultiCallable | None = None
         self._transcribe: grpc.aio.UnaryUnaryMultiCallable | None = None
+        self._check_sample: grpc.aio.UnaryUnaryMultiCallable | None = None
         self._channels: list[grpc.aio.Channel] = []
         self.uploads = Gate(config.MAX_CONCURRENT_UPLOADS.value, uploads_busy, UPLOADS_IN_PROGRESS)
 
@@ -132,6 +135,11 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
             stt_channel,
             stt_pb2.DESCRIPTOR.services_by_name["SttService"].methods_by_name["Transcribe"],
             stt_pb2.TranscribeResponse.FromString,
+        )
+        self._check_sample = _sending_serialized(
+            stt_channel,
+            stt_pb2.DESCRIPTOR.services_by_name["SttService"].methods_by_name["CheckSample"],
+            stt_pb2.CheckSampleResponse.FromString,
         )
         while self._pool is None:
             try:
@@ -181,7 +189,8 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
 
             info, wav = await self._decode(audio)
             transcript_source = "user" if transcript else ""
-            heard = await self._recognize(wav)  # timed also under a typed transcript: voice prompts are cut by it
+            # Words timed also under a typed transcript: voice prompts are cut by them.
+            heard, warnings = await asyncio.gather(self._recognize(wav), self._check(wav))
             if not transcript and heard is not None:
                 transcript = rules.recognized_transcript(heard.text)
                 transcript_source = "stt" if transcript else ""
@@ -212,6 +221,7 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
                         normalized_bytes=len(wav),
                         duration_seconds=info.duration_seconds,
                         word_timings=None if heard is None else timed_words(heard),
+                        warnings=warnings,
                     ),
                     key_id,
                 )
@@ -334,6 +344,20 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
             log.warning("no transcript from speech recognition", extra={"code": error.code().name})
             return None
 
+    async def _check(self, wav: memoryview) -> list[dict[str, str]]:
+        """What the STT service finds may make the sample clone poorly; none when it cannot say now."""
+        assert self._check_sample is not None
+        try:
+            reply = await self._check_sample(
+                wire.with_bytes_field(stt_pb2.CheckSampleRequest(), "audio", wav),
+                timeout=config.STT_TIMEOUT_SECONDS.value,
+            )
+        except grpc.aio.AioRpcError as error:
+            # Advice only: the sample is stored without it.
+            log.warning("no sample check from speech recognition", extra={"code": error.code().name})
+            return []
+        return [{"code": warning.code, "message": warning.message} for warning in reply.warnings]
+
     async def prompt_sample(self, account: int, sample_id: int) -> library_pb2.GetPromptSampleResponse:
         """A sample with its audio and word timings, these computed and kept if it was stored without."""
         sample = await store.prompt_sample(self.pool, account, sample_id)
@@ -372,7 +396,6 @@ class PromptSamples(library_pb2_grpc.PromptSampleServiceServicer):
 
     async def GetPromptSample(self, request, context):
         return await self.library.prompt_sample(rules.account_number(request.account_id), request.id)
-
 
 class AccountData(library_pb2_grpc.AccountDataServiceServicer):
     """What the library keeps of each account as a whole, for the gateway (internal: no HTTP route)."""

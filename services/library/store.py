@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, TypeVar
 
 import asyncpg
@@ -36,7 +36,7 @@ WAV = "audio/wav"
 _SAMPLE_COLUMNS = """
     id, speaker_name, transcript, transcript_source, is_default, original_format,
     original_bytes AS original_size_bytes, duration_seconds,
-    visibility, collection, create_time, update_time
+    visibility, collection, create_time, update_time, warnings
 """
 
 # Columns UpdateVoiceSample may set; anything else is a programming error.
@@ -65,6 +65,8 @@ class NewSample:
     duration_seconds: float
     # The words speech recognition heard, [(start, end, text)]; None when it could not be asked.
     word_timings: list[tuple[float, float, str]] | None = None
+    # What the upload's check found: [{"code": "clipping", "message": "..."}].
+    warnings: list[dict[str, str]] = field(default_factory=list)
 
 
 async def _changing_default(
@@ -104,8 +106,8 @@ async def insert(pool: asyncpg.Pool, account: int, sample: NewSample, key_id: in
         row = await connection.fetchrow(
             f"""INSERT INTO samples (account_id, speaker_name, transcript, transcript_source, is_default, visibility,
                     collection, original_format, original_key, original_bytes, normalized_key, normalized_bytes,
-                    duration_seconds, word_timings)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::jsonb)
+                    duration_seconds, word_timings, warnings)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::jsonb, $15::jsonb)
                 RETURNING {_SAMPLE_COLUMNS}""",
             account,
             sample.speaker_name,
@@ -121,6 +123,7 @@ async def insert(pool: asyncpg.Pool, account: int, sample: NewSample, key_id: in
             sample.normalized_bytes,
             sample.duration_seconds,
             _timings_json(sample.word_timings),
+            json.dumps(sample.warnings),
         )
         await connection.execute(
             """INSERT INTO sample_usage AS u (account_id, day, key_id, samples, bytes)

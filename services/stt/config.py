@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runtime.config import at_least, one_of, positive, setting
+from runtime.config import at_least, between, one_of, positive, setting
 
 
 def _bundled_model() -> str:
@@ -42,4 +42,36 @@ STT_MAX_AUDIO_SECONDS = setting(
     "longest clip the service transcribes, in seconds (capped by the transcode service's own limit); "
     "longer fails with AUDIO_TOO_LONG",
     positive(float),
+)
+
+# Sample checks (CheckSample): the thresholds past which an uploaded voice sample gets a warning.
+STT_SAMPLE_MIN_SECONDS = setting(
+    "STT_SAMPLE_MIN_SECONDS", 3.0, "a voice sample shorter than this many seconds is warned too_short",
+    positive(float),
+)
+STT_SAMPLE_MAX_SECONDS = setting(
+    "STT_SAMPLE_MAX_SECONDS",
+    30.0,
+    "a voice sample longer than this many seconds is warned too_long (Dia's window holds about 32 s of prompt "
+    "and script together)",
+    positive(float),
+)
+STT_SAMPLE_MAX_SILENCE_RATIO = setting(
+    "STT_SAMPLE_MAX_SILENCE_RATIO",
+    0.5,
+    "a voice sample whose share of silent 30 ms frames (below -40 dBFS) is above this is warned mostly_silence",
+    between(0, 1),
+)
+STT_SAMPLE_MAX_CLIPPED_RATIO = setting(
+    "STT_SAMPLE_MAX_CLIPPED_RATIO",
+    0.001,
+    "a voice sample whose share of samples at full scale is above this is warned clipping",
+    between(0, 1),
+)
+STT_SAMPLE_SAME_SPEAKER_SIMILARITY = setting(
+    "STT_SAMPLE_SAME_SPEAKER_SIMILARITY",
+    0.7,
+    "two 1.6 s windows of one voice sample less alike than this (cosine of speaker embeddings) warn "
+    "several_speakers",
+    between(-1, 1),
 )

@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 
 import faster_whisper
+import numpy as np
 
 log = logging.getLogger("stt.recognizer")
 
@@ -38,6 +39,11 @@ class Transcript:
     segments: list[Segment]
 
 
+def decoded(wav: bytes) -> np.ndarray:
+    """A WAV clip as the 16 kHz mono float samples the recognizer reads."""
+    return faster_whisper.decode_audio(io.BytesIO(wav), sampling_rate=WHISPER_SAMPLE_RATE)
+
+
 class Recognizer:
     def __init__(self, model: str, device: str, compute_type: str, workers: int) -> None:
         """Load the model (blocking: seconds, or minutes when a hub id must be downloaded).
@@ -60,7 +66,10 @@ class Recognizer:
 
     def transcribe(self, wav: bytes, language: str | None, word_timestamps: bool = False) -> Transcript:
         """Transcribe a WAV clip; `language` None detects it; `word_timestamps` times each word."""
-        samples = faster_whisper.decode_audio(io.BytesIO(wav), sampling_rate=WHISPER_SAMPLE_RATE)
+        return self.transcribe_samples(decoded(wav), language, word_timestamps)
+
+    def transcribe_samples(self, samples: np.ndarray, language: str | None, word_timestamps: bool = False) -> Transcript:
+        """Transcribe 16 kHz mono float samples (decoded())."""
         pieces, info = self.model.transcribe(samples, language=language, word_timestamps=word_timestamps)
         # The segments come from a generator: decoding happens while we iterate.
         segments = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 
 import grpc
 import prometheus_client
@@ -12,7 +13,7 @@ import prometheus_client
 from runtime import clients
 from runtime.errors import ApiError, invalid_argument
 from runtime.server import Servicer, ServiceSpec
-from services.stt import config
+from services.stt import analysis, config, sample_checks
 from services.stt.limiter import ConcurrencyLimiter, LimiterFull
 from services.stt.recognizer import Recognizer
 from voice.stt.v1 import stt_pb2, stt_pb2_grpc
@@ -27,6 +28,12 @@ QUEUE_DEPTH = prometheus_client.Gauge(
 RUNNING = prometheus_client.Gauge(
     "stt_transcriptions_running", "Transcriptions running now (at most STT_MAX_CONCURRENCY)."
 )
+ANALYSIS_SECONDS = prometheus_client.Histogram(
+    "stt_analysis_seconds_per_audio_second",
+    "AnalyzeSpeech's recognition and scoring time per second of the analyzed audio.",
+    buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 5),
+)
+SPEAKERS = ("S1", "S2")
 
 # "en", "EN", "en-US", "en_GB": the part before a region is the language.
 _LANGUAGE_TAG = re.compile(r"^([a-z]{2,3})(?:[-_][a-z0-9]+)*$")
@@ -59,6 +66,7 @@ def busy(limiter: ConcurrencyLimiter) -> ApiError:
 class Stt(stt_pb2_grpc.SttServiceServicer):
     def __init__(self) -> None:
         self.recognizer: Recognizer | None = None  # loaded in start()
+        self.voices: analysis.Voices | None = None  # the speaker encoder, loaded in start()
         self.limiter = ConcurrencyLimiter(
             config.STT_MAX_CONCURRENCY.value, config.STT_MAX_QUEUE.value
         )
@@ -66,9 +74,27 @@ class Stt(stt_pb2_grpc.SttServiceServicer):
         QUEUE_DEPTH.set_function(lambda: max(self.limiter.admitted - self.limiter.running, 0))
         RUNNING.set_function(lambda: self.limiter.running)
 
+    def _loaded(self) -> Recognizer:
+        if self.recognizer is None:  # a caller that did not wait for SERVING
+            raise ApiError(
+                grpc.StatusCode.UNAVAILABLE, "MODEL_LOADING", "the speech model is still loading; try again shortly"
+            )
+        return self.recognizer
+
+    async def _decoded(self, audio: bytes, param: str) -> bytes:
+        """`audio` as the transcode service's 44.1 kHz mono WAV, within STT_MAX_AUDIO_SECONDS."""
+        if not audio:
+            raise invalid_argument("MISSING_AUDIO", f"{param} is empty: send the audio to analyze", param=param)
+        decoded = await transcode_pb2_grpc.TranscodeServiceStub(self.transcode_channel).DecodeAudio(
+            transcode_pb2.DecodeAudioRequest(audio=audio, max_duration_seconds=config.STT_MAX_AUDIO_SECONDS.value)
+        )
+        return decoded.wav
+
     async def start(self) -> None:
         # Loading takes seconds (longer for a download): off the event loop, so
         # health checks keep answering NOT_SERVING meanwhile.
+        # The speaker encoder first: a loaded recognizer is what says the service can answer (_loaded).
+        self.voices = await asyncio.to_thread(analysis.Voices)
         self.recognizer = await asyncio.to_thread(
             Recognizer,
             config.STT_MODEL.value,
@@ -84,11 +110,7 @@ class Stt(stt_pb2_grpc.SttServiceServicer):
         self.limiter.close()
 
     async def Transcribe(self, request, context):
-        if self.recognizer is None:  # a caller that did not wait for SERVING
-            raise ApiError(
-                grpc.StatusCode.UNAVAILABLE, "MODEL_LOADING", "the speech model is still loading; try again shortly"
-            )
-        language = normalize_language(request.language, self.recognizer.languages)
+        language = normalize_language(request.language, self._loaded().languages)
         try:
             async with self.limiter.admit():
                 # Transcode errors (AUDIO_DECODE_FAILED, AUDIO_TOO_LONG, ...) reach
@@ -128,6 +150,79 @@ class Stt(stt_pb2_grpc.SttServiceServicer):
                 )
                 for s in transcript.segments
             ],
+        )
+
+    async def AnalyzeSpeech(self, request, context):
+        recognizer = self._loaded()
+        language = normalize_language(request.language, recognizer.languages)
+        if not analysis.script_turns(request.script):
+            raise invalid_argument("MISSING_SCRIPT", "script has no words to look for in the audio", param="script")
+        speakers = [sample.speaker for sample in request.speaker_samples]
+        if any(speaker not in SPEAKERS for speaker in speakers) or len(set(speakers)) < len(speakers):
+            raise invalid_argument(
+                "INVALID_SPEAKER", "speaker_samples name S1 or S2, each at most once", param="speaker_samples"
+            )
+        try:
+            async with self.limiter.admit():
+                wav = await self._decoded(request.audio, "audio")
+                samples = {
+                    sample.speaker: await self._decoded(sample.audio, "speaker_samples.audio")
+                    for sample in request.speaker_samples
+                }
+                began = time.perf_counter()
+                result = await self.limiter.run(
+                    analysis.analyze, recognizer, self.voices, wav, request.script, language, samples
+                )
+        except LimiterFull:
+            raise busy(self.limiter) from None
+        seconds = result.transcript.duration_seconds
+        if seconds > 0:
+            ANALYSIS_SECONDS.observe((time.perf_counter() - began) / seconds)
+        return stt_pb2.AnalyzeSpeechResponse(
+            words=[
+                stt_pb2.ScriptWord(
+                    text=word.text, speaker=word.speaker, turn=word.turn, heard=word.heard,
+                    start_seconds=word.start_seconds, end_seconds=word.end_seconds,
+                )  # fmt: skip
+                for word in result.words
+            ],
+            turns=[
+                stt_pb2.SpeakerTurn(
+                    speaker=turn.speaker, text=turn.text, heard=turn.heard,
+                    start_seconds=turn.start_seconds, end_seconds=turn.end_seconds,
+                )  # fmt: skip
+                for turn in result.turns
+            ],
+            word_error_rate=result.word_error_rate,
+            voice_similarities=[
+                stt_pb2.VoiceSimilarity(speaker=speaker, similarity=similarity)
+                for speaker, similarity in sorted(result.similarities.items())
+            ],
+            transcript=result.transcript.text,
+            duration_seconds=seconds,
+        )
+
+    async def CheckSample(self, request, context):
+        self._loaded()
+        thresholds = sample_checks.Thresholds(
+            min_seconds=config.STT_SAMPLE_MIN_SECONDS.value,
+            max_seconds=config.STT_SAMPLE_MAX_SECONDS.value,
+            max_silence_ratio=config.STT_SAMPLE_MAX_SILENCE_RATIO.value,
+            max_clipped_ratio=config.STT_SAMPLE_MAX_CLIPPED_RATIO.value,
+            same_speaker_similarity=config.STT_SAMPLE_SAME_SPEAKER_SIMILARITY.value,
+        )
+        try:
+            async with self.limiter.admit():
+                wav = await self._decoded(request.audio, "audio")
+                check = await self.limiter.run(sample_checks.check_sample, self.voices, wav, thresholds)
+        except LimiterFull:
+            raise busy(self.limiter) from None
+        return stt_pb2.CheckSampleResponse(
+            warnings=[stt_pb2.SampleWarning(code=code, message=message) for code, message in check.warnings],
+            duration_seconds=check.duration_seconds,
+            silence_ratio=check.silence_ratio,
+            clipped_ratio=check.clipped_ratio,
+            least_window_similarity=check.least_window_similarity,
         )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import pathlib
 import re
 import uuid
@@ -1049,3 +1050,66 @@ async def test_a_page_signs_out_once_its_account_is_disabled(tab, http, operator
         await playwright.expect(page.locator("#signin-error")).to_contain_text("disabled")
         await playwright.expect(page.locator("#app")).to_be_hidden()
     tab.assert_clean(allowed=("403",))
+
+
+async def test_the_history_shows_captions_highlighting_the_word_being_said_and_the_scores(tab, user, http, mesh):
+    """Under the player the script's words, the one being said highlighted as the audio plays; beside
+    the generation what speech recognition heard and best_of's candidates. The tiny Dia makes noise,
+    in which the recognizer hears few words if any: the analysis is set to known timings here (its
+    making is tested on real speech in tests/stt/test_analysis.py)."""
+    await wait_for_models(http, user)
+    response = await http.post(
+        "/v1/voice/generations",
+        json={"input": "[S1] One two. [S2] Three four.", "max_new_tokens": 1000, "best_of": 2},
+        headers=user.headers,
+    )
+    assert response.status == 200, await response.text()
+    generation_id = response.headers["X-Generation-Id"]
+    timed = [("One", "S1", 0.5, 1.5), ("two.", "S1", 1.5, 2.5), ("Three", "S2", 3.0, 4.0), ("four.", "S2", 4.0, 5.0)]
+    words = [
+        {"text": text, "speaker": speaker, "heard": text != "four.", "startSeconds": start, "endSeconds": end}
+        for text, speaker, start, end in timed
+    ]
+    connection = await asyncpg.connect(mesh.env["DATABASE_URL"])
+    try:
+        await connection.execute(
+            """UPDATE gateway.generations SET analysis = jsonb_set(jsonb_set(analysis, '{words}', $2::jsonb),
+                   '{wordErrorRate}', '0.25') WHERE id = $1""",
+            generation_id, json.dumps(words),
+        )  # fmt: skip
+    finally:
+        await connection.close()
+    page = tab.page
+    row = page.locator(f'li[data-generation-id="{generation_id}"]')
+    player = f'document.querySelector(\'li[data-generation-id="{generation_id}"] audio\')'
+    async with screenshots_on_failure(tab, "captions"):
+        await tab.sign_in(user.key)
+        await tab.open("history")
+        await playwright.expect(row.locator("[data-fact=heard]")).to_have_text("3 of 4 words, word error rate 25%")
+        await playwright.expect(row.locator("[data-fact='best of']")).to_contain_text("(chosen)")
+        captions = row.get_by_label(f"Captions of {generation_id}")
+        await playwright.expect(captions).to_have_text("S1 One two. S2 Three four.")
+        await playwright.expect(captions.locator(".unheard")).to_have_text("four.")
+        await row.get_by_role("button", name=f"Play {generation_id}").click()
+        await until(page, f"(a => a && a.readyState >= 1)({player})", timeout=SLOW / 1000)
+        await page.evaluate(f"(a => {{ a.pause(); a.currentTime = 3.5; return a.play(); }})({player})")
+        await until(page, f"(a => a.currentTime > 3.5 && a.currentTime < 3.9)({player})", timeout=20)
+        await playwright.expect(captions.locator(".word.current")).to_have_text("Three")
+        await page.evaluate(f"(a => {{ a.pause(); a.currentTime = 1.0; }})({player})")
+        await playwright.expect(captions.locator("[aria-current=true]")).to_have_text("One")
+    tab.assert_clean()
+
+
+async def test_a_sample_with_two_voices_shows_its_upload_warning_on_its_card(tab, user, http):
+    two_voices = (FIXTURES / "sample_two_voices.wav").read_bytes()
+    one_voice = (FIXTURES / "sample_voice_one.wav").read_bytes()
+    warned = await created(await upload_form(http, user, two_voices, "Two voices", transcript="typed"))
+    fine = await created(await upload_form(http, user, one_voice, "One voice", transcript="typed"))
+    page = tab.page
+    async with screenshots_on_failure(tab, "sample-warnings"):
+        await tab.sign_in(user.key)
+        await tab.open("library")
+        card = page.locator(f'li[data-sample-id="{warned["id"]}"]')
+        await playwright.expect(card.get_by_label("Upload warnings")).to_contain_text("more than one voice")
+        await playwright.expect(page.locator(f'li[data-sample-id="{fine["id"]}"] .warnings')).to_have_count(0)
+    tab.assert_clean()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from google.protobuf.descriptor import FieldDescriptor
 
 from runtime import fields as field_rules
 from runtime.errors import ApiError
@@ -44,7 +45,8 @@ def test_left_out_parameters_take_the_public_defaults():
 @pytest.mark.parametrize("name", list(RANGES))
 def test_each_range_holds_at_both_edges(name):
     low, high, _ = RANGES[name]
-    step = 1 if name in ("cfg_filter_top_k", "max_new_tokens") else 0.001
+    field = generations_pb2.GenerationSpec.DESCRIPTOR.fields_by_name[name]
+    step = 0.001 if field.cpp_type == FieldDescriptor.CPPTYPE_DOUBLE else 1  # whole numbers step by one
     for value in (low, high):
         assert getattr(plan(request(**{name: value}), LIMITS).parameters, name) == value
     for value in (low - step, high + step):

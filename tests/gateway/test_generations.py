@@ -101,6 +101,7 @@ async def test_a_dialogue_with_both_speakers_cloned_is_a_44_1_khz_wav_with_its_g
         "max_new_tokens": FRAMES,
         "seed": 7,
         "max_audio_prompt_seconds": 10.0,
+        "best_of": 1,
     }
     assert stored["audio_duration_seconds"] == pytest.approx(frames / 44100, abs=1e-3)
     assert stored["visibility"] == "private" and stored["share_url"] == ""
@@ -288,7 +289,9 @@ async def test_every_parameter_at_its_lowest_passes(http, carol, voices):
     response = await generate(http, carol, speakers=voices, collection="", **lowest)
     await audio_of(response)
     stored = await generation(http, carol, response.headers["X-Generation-Id"])
-    assert stored["parameters"] == {**lowest, "cfg_scale": 1.0, "speed_factor": 0.5, "max_audio_prompt_seconds": 1.0}
+    assert stored["parameters"] == {
+        **lowest, "cfg_scale": 1.0, "speed_factor": 0.5, "max_audio_prompt_seconds": 1.0, "best_of": 1
+    }
 
 
 async def test_every_parameter_at_its_highest_passes(http, carol, voices):

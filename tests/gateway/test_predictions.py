@@ -104,10 +104,12 @@ def test_the_models_input_schema_is_the_seeds():
     assert properties["max_audio_prompt_seconds"]["type"] == "integer"
     assert "default" not in properties["seed"] and "minimum" not in properties["seed"]
     assert properties["audio_prompt"]["format"] == "uri"
+    # The seed's inputs in its order, then this gateway's one extra: best_of (README: "best_of").
     assert list(properties) == [
         "text", "audio_prompt", "max_new_tokens", "max_audio_prompt_seconds", "cfg_scale", "temperature", "top_p",
-        "cfg_filter_top_k", "speed_factor", "seed",
+        "cfg_filter_top_k", "speed_factor", "seed", "best_of",
     ]
+    assert (properties["best_of"]["minimum"], properties["best_of"]["maximum"], properties["best_of"]["default"]) == (1, 4, 1)
 
 
 @pytest.mark.parametrize(

@@ -160,12 +160,83 @@ function row(generation) {
       fact("Voices", speakers || "no cloning"),
       fact("Collection", generation.collection || "—"),
       fact("Parameters", Object.entries(parameters).map(([name, value]) => `${name} ${value}`).join(", ")),
+      scores(generation.analysis),
       ["failed", "canceled"].includes(generation.status) ? fact("Error", `${generation.error_type}: ${generation.error_message}`) : null),
     player,
+    captions(generation),
     element("div", { class: "row" }, element("label", { for: `${id}-visibility` }, "Visibility"), visibility),
     share,
     errorPlace,
   );
+}
+
+// What speech recognition made of the audio (README: "Generation analysis"): how much of the script
+// it heard, how alike the cloned voices sound to their samples, and best_of's candidates.
+function scores(analysis) {
+  if (!analysis) return null;
+  const words = analysis.words || [];
+  const heard = words.filter((word) => word.heard).length;
+  const facts = [fact("Heard", `${heard} of ${words.length} words, word error rate ${percent(analysis.word_error_rate)}`)];
+  const similarity = Object.entries(analysis.voice_similarity || {}).sort(([one], [other]) => one.localeCompare(other));
+  if (similarity.length) {
+    facts.push(fact("Voice match", similarity.map(([tag, value]) => `${tag} ${Number(value).toFixed(2)}`).join(", ")));
+  }
+  const candidates = analysis.candidates || [];
+  if (candidates.length > 1) {
+    const each = candidates.map((candidate) =>
+      `seed ${candidate.seed}: ${candidate.unanalyzed ? "not analyzed" : `score ${Number(candidate.score).toFixed(2)}`}${candidate.chosen ? " (chosen)" : ""}`);
+    facts.push(fact("Best of", `${candidates.length}: ${each.join("; ")}`));
+  }
+  return facts.flat(); // each fact is a term and its definition
+
+}
+
+function percent(value) {
+  return `${Math.round(Number(value || 0) * 100)}%`;
+}
+
+// The script's words under the player, each timed by the analysis; the one being said is highlighted
+// as the audio plays (follow()). Words the recognizer did not hear are marked so.
+function captions(generation) {
+  const words = generation.analysis?.words || [];
+  if (!words.length) return null;
+  let speaker = "";
+  const parts = [];
+  for (const word of words) {
+    if (word.speaker !== speaker) {
+      speaker = word.speaker;
+      parts.push(element("strong", { class: "speaker" }, `${speaker} `));
+    }
+    parts.push(
+      word.heard
+        ? element("span", { class: "word", dataset: { start: word.start_seconds, end: word.end_seconds } }, word.text)
+        : element("span", { class: "word unheard", title: "not heard in the audio" }, word.text),
+      " ",
+    );
+  }
+  return element("p", { class: "captions", "aria-label": `Captions of ${generation.id}` }, parts);
+}
+
+// Highlight the word being said while `audio` plays (the row's captions, looked up each time: a row
+// drawn again keeps its player but gets new captions).
+function follow(audio) {
+  let shown = null;
+  const tick = () => {
+    const words = audio.closest("li")?.querySelectorAll(".captions .word[data-start]") || [];
+    const now = audio.currentTime;
+    const current = [...words].find((word) => Number(word.dataset.start) <= now && now < Number(word.dataset.end)) || null;
+    if (current !== shown) {
+      shown?.classList.remove("current");
+      shown?.removeAttribute("aria-current");
+      current?.classList.add("current");
+      current?.setAttribute("aria-current", "true");
+      shown = current;
+    }
+    if (!audio.paused && audio.isConnected) requestAnimationFrame(tick);
+  };
+  audio.addEventListener("play", () => requestAnimationFrame(tick));
+  audio.addEventListener("seeked", tick);
+  audio.addEventListener("pause", tick);
 }
 
 function fact(term, value) {
@@ -186,6 +257,7 @@ function play(generation, player, errorPlace) {
     onerror: () => (errorPlace.textContent = "The audio could not be loaded: refresh the history and play it again.") });
   audio.src = audioSource(generation);
   player.replaceChildren(audio, player.querySelector("button.secondary") || "");
+  follow(audio);
   audio.play().catch(() => {}); // autoplay may be refused; the controls are there
   audio.focus();
 }

@@ -149,6 +149,13 @@ export async function refresh() {
   await Promise.all(samples.map(loadAudio));
 }
 
+// What the upload's check found that may make the sample clone poorly (it is stored all the same).
+function warnings(sample) {
+  if (!sample.warnings?.length) return null;
+  return element("ul", { class: "warnings", "aria-label": "Upload warnings" },
+    sample.warnings.map((warning) => element("li", { class: "warning", dataset: { code: warning.code } }, warning.message)));
+}
+
 // A sample's card: compact (what it is, its waveform and player, its actions); Edit opens
 // its form in place, Cancel (or Escape) closes it unchanged, Save closes it saved.
 function card(sample) {
@@ -230,6 +237,7 @@ function card(sample) {
     sample.transcript
       ? element("p", { class: "transcript" }, sample.transcript)
       : element("p", { class: "hint" }, "No transcript yet: press Edit to add one."),
+    warnings(sample),
     element("canvas", { class: "waveform", role: "img", "aria-label": `Waveform of ${name}'s sample` }),
     element("audio", { controls: true, preload: "metadata", "aria-label": `Play ${name}'s sample` }),
     element("div", { class: "row sample-actions" },

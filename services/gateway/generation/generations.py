@@ -25,10 +25,12 @@ import grpc
 from google.api import httpbody_pb2
 
 from runtime import fields
+from runtime.errors import ApiError, invalid_parameter
 from services.gateway.accounts import Accounts
 from services.gateway.config import SYNTH_TIMEOUT_SECONDS
 from services.gateway.generation.audio_urls import AudioUrls
-from services.gateway.generation.pipeline import WAV, Pipeline, streamed_wav
+from services.gateway.generation.captions import srt, webvtt
+from services.gateway.generation.pipeline import STREAMED_BEST_OF, WAV, Pipeline, streamed_wav
 from services.gateway.generation.resources import generation_message
 from services.gateway.generation.storage import AudioStorage
 from services.gateway.store.generations import GenerationsTable, audio_expired
@@ -36,6 +38,8 @@ from voice.gateway.v1 import generations_pb2, generations_pb2_grpc
 
 GENERATION_ID_METADATA = "x-generation-id"
 MAX_NEW_TOKENS_METADATA = "x-max-new-tokens"
+VTT = "text/vtt"
+SRT = "application/x-subrip"
 
 
 def synth_timeout(context: grpc.aio.ServicerContext) -> float:
@@ -97,6 +101,8 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
 
     async def StreamGeneration(self, request, context):
         caller = await self.accounts.principal(context)
+        if fields.value(request.generation, "best_of") > 1:
+            raise invalid_parameter("best_of", f"best_of above 1 is not possible {STREAMED_BEST_OF}; use best_of 1")
         admitted = await self.pipeline.admit(
             caller.account_id, request.generation, generation_id=request.generation_id, key_id=caller.key_id
         )
@@ -136,6 +142,28 @@ class GenerationService(generations_pb2_grpc.GenerationServiceServicer):
             request.collection if request.HasField("collection") else None,
         )
         return generations_pb2.UpdateGenerationResponse(generation=generation_message(row, self.urls))
+
+    async def GetGenerationCaptions(self, request, context):
+        analysis, duration = await self._analysis(context, request.id)
+        captions = httpbody_pb2.HttpBody(content_type=VTT, data=webvtt(analysis, duration).encode())
+        return generations_pb2.GetGenerationCaptionsResponse(captions=captions)
+
+    async def GetGenerationSubtitles(self, request, context):
+        analysis, duration = await self._analysis(context, request.id)
+        captions = httpbody_pb2.HttpBody(content_type=SRT, data=srt(analysis, duration).encode())
+        return generations_pb2.GetGenerationSubtitlesResponse(captions=captions)
+
+    async def _analysis(self, context, generation_id: str) -> tuple[generations_pb2.GenerationAnalysis, float]:
+        account_id = await self.accounts.caller(context)
+        generation = generation_message(await self.generations.get(account_id, generation_id), self.urls)
+        if not generation.HasField("analysis"):
+            raise ApiError(
+                grpc.StatusCode.NOT_FOUND,
+                "ANALYSIS_NOT_FOUND",
+                f"generation {generation_id} has no analysis to caption: it did not succeed, or was made while the "
+                "gateway's analysis was off (GATEWAY_ANALYSIS) or could not run",
+            )
+        return generation.analysis, generation.audio_duration_seconds
 
     async def GetGenerationAudio(self, request, context):
         account_id = await self.accounts.caller(context)

@@ -95,6 +95,21 @@ class Library:
 
         return await in_order([fetch(speaker, sample_id) for speaker, sample_id in speakers.items()])
 
+    async def audio(self, account_id: int, samples: list[Sample]) -> list[bytes]:
+        """The samples' WAVs, in the given order: what a generation's analysis compares each voice with
+        (voice prompts are not made here: synth fetches what it needs itself)."""
+
+        async def fetch(sample: Sample) -> bytes:
+            try:
+                reply = await self._stub().GetVoiceSampleAudio(
+                    library_pb2.GetVoiceSampleAudioRequest(id=sample.sample_id), metadata=self._as(account_id)
+                )
+            except grpc.aio.AioRpcError as error:  # deleted since it was described
+                raise _not_yours(error, f"speakers.{sample.speaker}", sample.sample_id) from None
+            return reply.audio.data
+
+        return await in_order([fetch(sample) for sample in samples])
+
     async def exists(self, account_id: int, sample_id: int) -> bool:
         """Whether the caller has this sample (False for another account's, as for a made-up id)."""
         try:

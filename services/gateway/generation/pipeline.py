@@ -48,6 +48,7 @@ from google.api import httpbody_pb2
 
 from runtime.errors import ApiError, invalid_parameter
 from services.gateway.generation import long_scripts, prompt, request
+from services.gateway.generation.analysis import Analyzer, best
 from services.gateway.generation.audio_urls import AudioUrls
 from services.gateway.generation.library import Library, Sample
 from services.gateway.generation.resources import generation_message
@@ -75,6 +76,8 @@ DATABASE_LOST = (
     "the database became unavailable while this generation was under way, so it was stopped and nothing of it "
     "was kept; create it again"
 )
+# Why a streamed generation cannot have best_of above 1.
+STREAMED_BEST_OF = "with streaming: the audio is sent as it is made, before candidates could be compared"
 # A caller's own generation id: "gen_" and 8 to 64 letters, digits, "-" or "_".
 CALLERS_ID = re.compile(r"gen_[A-Za-z0-9_-]{8,64}")
 
@@ -181,8 +184,10 @@ class Pipeline:
         settings: Callable[[], Settings],
         urls: AudioUrls,
         storage: AudioStorage,
+        analyzer: Analyzer | None = None,
     ) -> None:
         self.generations = generations
+        self.analyzer = analyzer or Analyzer(library, enabled=lambda: False, timeout=lambda: 0.0)
         self.storage = storage  # where the audio is kept
         self.library = library
         self.prompt_gap_seconds = prompt_gap_seconds  # between the S1 and S2 clips of a voice prompt
@@ -213,6 +218,11 @@ class Pipeline:
                     "generation_id", "generation_id must be \"gen_\" and 8 to 64 letters, digits, \"-\" or \"_\""
                 )
             plan = request.plan(spec, settings.request, rules=rules)
+            if plan.parameters.best_of > 1 and not self.analyzer.enabled():
+                raise invalid_parameter(
+                    "best_of", "best_of above 1 picks candidates by their analysis, which is off on this gateway "
+                    "(GATEWAY_ANALYSIS); use best_of 1"
+                )
             samples = await self.library.samples(account_id, plan.speakers) if plan.speakers else []
             generation_id = await self.generations.admit(
                 stored.NewGeneration(
@@ -243,6 +253,15 @@ class Pipeline:
         plan = request.plan(spec, self.settings().request, rules=False)
         samples = await self.library.samples(account_id, plan.speakers) if plan.speakers else []
         return Admitted(generation_id, account_id, plan, samples)
+
+    async def analysis(self, account_id: int, generation_id: str) -> generations_pb2.GenerationAnalysis | None:
+        """A generation's analysis (analysis.py), once it has succeeded with one; None without, or with the
+        database away (it is advice)."""
+        try:
+            generation = generation_message(await self.generations.get(account_id, generation_id), self.urls)
+        except ApiError:
+            return None
+        return generation.analysis if generation.HasField("analysis") else None
 
     # --- generating ---------------------------------------------------------------
 
@@ -284,6 +303,7 @@ class Pipeline:
         succeeded; a caller who goes away (closes this generator) stops it, and it is canceled."""
         began = time.perf_counter()
         try:
+            _refuse_best_of(admitted.plan.parameters, STREAMED_BEST_OF)
             prepared = await self._prepare(admitted)
             await announce(prepared.parameters)
             pcm = bytearray()
@@ -334,6 +354,7 @@ class Pipeline:
 
     async def _generate(self, admitted: Admitted, prepared: _Prepared, timeout: float, finish: Finish) -> Generated:
         if len(self._split(admitted.plan.script.text, prepared)) > 1:
+            _refuse_best_of(prepared.parameters, "for a script longer than Dia reads at once (it is made in chunks)")
             return await self._generate_chunks(admitted, prepared, timeout, finish)
         synthesis = synth_pb2.SynthesisSpec(
             script=admitted.plan.script.text,
@@ -346,16 +367,20 @@ class Pipeline:
             # but one kept whole for want of word timings can be: then what fits is generated.
             synthesis.settings.lower_max_new_tokens_to_fit = True
         synthesis_began = time.perf_counter()
-        candidate, reply = await self.router.synthesize(
-            synthesis, prepared.found, timeout, self._running(admitted.generation_id, prepared.parameters),
-            voices_key(admitted.samples),
-        )  # fmt: skip
+        analysis = None  # analyzed when it is stored (_succeeded), unless best_of analyzed every candidate
+        if prepared.parameters.best_of > 1:
+            candidate, reply, analysis = await self._best_of(admitted, prepared, synthesis, timeout)
+        else:
+            candidate, reply = await self.router.synthesize(
+                synthesis, prepared.found, timeout, self._running(admitted.generation_id, prepared.parameters),
+                voices_key(admitted.samples),
+            )  # fmt: skip
         synthesis_seconds = time.perf_counter() - synthesis_began
         _count_audio(reply.duration_seconds, synthesis_began)
         audio = await finish(reply.wav)
         row = await self._succeeded(
             admitted, reply.wav, reply.duration_seconds, reply.model or candidate.model, reply.seed,
-            synthesis_seconds=synthesis_seconds,
+            synthesis_seconds=synthesis_seconds, analysis=analysis,
         )  # fmt: skip
         log.info(
             "generated",
@@ -366,6 +391,32 @@ class Pipeline:
             },
         )
         return Generated(generation_message(row, self.urls), audio)
+
+    async def _best_of(
+        self, admitted: Admitted, prepared: _Prepared, synthesis: synth_pb2.SynthesisSpec, timeout: float
+    ) -> tuple[Candidate, synth_pb2.SynthesizeResponse, generations_pb2.GenerationAnalysis]:
+        """best_of candidates at once (a provider batches them), each with its own seed, each analyzed:
+        the best scoring one (analysis.best), with every candidate's scores in its analysis."""
+        specs = []
+        for index in range(prepared.parameters.best_of):
+            spec = synth_pb2.SynthesisSpec()
+            spec.CopyFrom(synthesis)
+            if spec.settings.HasField("seed"):  # a fixed seed: seed, seed+1, ...; else each draws its own
+                spec.settings.seed += index
+            specs.append(spec)
+        running = self._running(admitted.generation_id, prepared.parameters)
+        key = voices_key(admitted.samples)  # one provider holds their voices: the candidates share a batch
+        made = [asyncio.ensure_future(self.router.synthesize(spec, prepared.found, timeout, running, key)) for spec in specs]
+        try:
+            replies = await asyncio.gather(*made)  # the first error as it is
+        finally:
+            for task in made:  # one failed (or the caller went away): the others stop too
+                task.cancel()
+        analyses = await self.analyzer.analyze_each(
+            admitted.account_id, admitted.plan.script.text, admitted.samples, [reply.wav for _, reply in replies]
+        )
+        chosen, analysis = best([reply.seed for _, reply in replies], analyses)
+        return (*replies[chosen], analysis)
 
     async def _generate_chunks(
         self, admitted: Admitted, prepared: _Prepared, timeout: float, finish: Finish
@@ -458,15 +509,19 @@ class Pipeline:
         seed: int,
         chunks: int = 1,
         synthesis_seconds: float = 0.0,
+        analysis: generations_pb2.GenerationAnalysis | None = None,
     ):
-        """Store the audio in the object store, then the generation as succeeded naming it; the row. If
-        the row is not written (the database failed, the generation was canceled or deleted meanwhile),
-        the audio is deleted again (storage.py), so no object outlives its row unseen."""
+        """Analyze the audio (analysis.py) unless `analysis` is given, store it in the object store, then
+        the generation as succeeded naming it, with its analysis; the row. If the row is not written (the
+        database failed, the generation was canceled or deleted meanwhile), the audio is deleted again
+        (storage.py), so no object outlives its row unseen."""
+        if analysis is None:
+            analysis = await self.analyzer.analyze(admitted.account_id, admitted.plan.script.text, admitted.samples, wav)
         key = generation_key(admitted.account_id, admitted.generation_id)
         async with self.storage.keeping(key):
             await self.storage.objects.put(key, wav, WAV)
             row = await self.generations.mark_succeeded(
-                admitted.generation_id, key, len(wav), duration, model, seed, chunks, synthesis_seconds
+                admitted.generation_id, key, len(wav), duration, model, seed, chunks, synthesis_seconds, analysis
             )
             if row is None:  # canceled meanwhile (a background job), or deleted
                 raise asyncio.CancelledError()
@@ -529,6 +584,11 @@ class Pipeline:
                 )
         except ApiError:
             log.warning("could not record the failure of a generation", extra={"generation": generation_id})
+
+
+def _refuse_best_of(parameters: generations_pb2.GenerationParameters, why: str) -> None:
+    if parameters.best_of > 1:
+        raise invalid_parameter("best_of", f"best_of above 1 is not possible {why}; use best_of 1")
 
 
 def synth_settings(parameters: generations_pb2.GenerationParameters) -> synth_pb2.GenerationSettings:

@@ -65,6 +65,11 @@ def plan(spec: generations_pb2.GenerationSpec, limits: Limits, rules: bool = Tru
     speakers = _speakers(spec.speakers)
     if rules:
         fields.check(spec, published)
+    if spec.stream and fields.value(spec, "best_of") > 1:
+        raise invalid_parameter(
+            "best_of", "best_of above 1 is not possible with stream: the audio is sent as it is made, before "
+            "candidates could be compared; use best_of 1 or stream false"
+        )
     return Plan(
         script,
         spec.model,

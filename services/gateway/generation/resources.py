@@ -33,6 +33,8 @@ def generation_message(row: Mapping, urls: AudioUrls) -> generations_pb2.Generat
         key_id=row["key_public_id"],
         audio_expired=row["audio_expired"],
     )
+    if row["analysis"] is not None:
+        json_format.Parse(row["analysis"], generation.analysis)
     if row["visibility"] in SHARED_VISIBILITIES:
         generation.share_url = urls.share_url(row["share_token"])
     if row["status"] == "succeeded" and not row["audio_expired"]:  # it has audio

@@ -59,7 +59,7 @@ UNDER_WAY = ("queued", "running")
 # Columns of a Generation message (the audio itself is in the object store: audio_key).
 COLUMNS = """seq, id, account_id, status, input, model, provider, speakers, speaker_names, parameters, error_type,
     error_message, audio_duration_seconds, visibility, collection, share_token, create_time, start_time, end_time,
-    chunks, url_epoch, synthesis_seconds, key_id, audio_key, audio_bytes, audio_expired,
+    chunks, url_epoch, synthesis_seconds, key_id, audio_key, audio_bytes, audio_expired, analysis,
     coalesce((SELECT public_id FROM api_keys WHERE api_keys.id = generations.key_id), '') AS key_public_id"""
 WAV = "audio/wav"
 # Deleting a generation hands its audio's object to object_deletions in the same statement.
@@ -322,8 +322,9 @@ class GenerationsTable:
         seed: int,
         chunks: int = 1,
         synthesis_seconds: float = 0.0,
+        analysis: generations_pb2.GenerationAnalysis | None = None,
     ) -> asyncpg.Record | None:
-        """Succeeded, its audio stored under `audio_key`: the stored row; None if it had ended meanwhile
+        """Succeeded, its audio stored under `audio_key` (with its `analysis` when there is one): the stored row; None if it had ended meanwhile
         (a canceled prediction) or was deleted (then its audio names no row, and is the caller's to delete).
         In the same statement its audio and synthesis seconds are metered, on the day it was admitted
         (usage.py)."""
@@ -333,7 +334,7 @@ class GenerationsTable:
                         UPDATE generations SET status = 'succeeded', audio_key = $2, audio_bytes = $3,
                             audio_duration_seconds = $4, model = $5,
                             parameters = jsonb_set(parameters, '{{seed}}', to_jsonb($6::text)),
-                            end_time = now(), chunks = $7, synthesis_seconds = $8
+                            end_time = now(), chunks = $7, synthesis_seconds = $8, analysis = $9::jsonb
                         WHERE id = $1 AND status IN ('queued', 'running')
                         RETURNING {COLUMNS}),
                     metered AS (
@@ -353,6 +354,7 @@ class GenerationsTable:
                 str(seed),  # proto JSON writes int64 as a string
                 chunks,
                 synthesis_seconds,
+                json_format.MessageToJson(analysis) if analysis is not None else None,
             )
 
     async def mark_failed(

@@ -18,7 +18,7 @@ from runtime.errors import not_found
 
 # A prediction as GET /v1/predictions/{id} answers it: its generation, what was asked, its resumes.
 COLUMNS = """g.seq, g.id, g.account_id, g.status, g.speakers, g.parameters, g.error_type, g.error_message,
-    g.audio_duration_seconds, g.create_time, g.start_time, g.end_time, g.provider, g.model, g.url_epoch,
+    g.audio_duration_seconds, g.create_time, g.start_time, g.end_time, g.provider, g.model, g.url_epoch, g.analysis,
     p.model AS predicted_model, p.version, p.input, p.webhook, p.webhook_events_filter,
     coalesce(j.resumes, 0) AS resumes"""
 _FROM = """predictions p JOIN generations g ON g.id = p.generation_id

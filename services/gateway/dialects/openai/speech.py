@@ -27,7 +27,11 @@ formats.
   chunk of generated audio (the transcode service's StreamEncodeAudio); ``sse``
   sends them as OpenAI's server-sent events: ``speech.audio.delta`` events, each
   with base64 ``audio``, then one ``speech.audio.done`` with the ``usage``
-  (input tokens: Dia's text bytes; output tokens: the audio frames generated).
+  (input tokens: Dia's text bytes; output tokens: the audio frames generated)
+  and, not OpenAI's, the generation's ``analysis`` (word and turn timings, scores)
+  when it has one.
+* ``best_of``, not OpenAI's: candidates made side by side, the best returned
+  (not with a stream_format).
 
 The generation counts as succeeded once its audio is encoded (streamed: once
 the last of it is generated); the history keeps the WAV
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import json
 import math
 import re
@@ -46,16 +51,17 @@ from typing import AsyncIterator
 
 import grpc
 from google.api import httpbody_pb2
+from google.protobuf import json_format
 
 from runtime import clients, fields
-from runtime.errors import ApiError, invalid_argument
+from runtime.errors import ApiError, invalid_argument, invalid_parameter
 from runtime.text import sanitize
 from services.gateway.accounts import Accounts
 from services.gateway.config import MAX_INPUT_CHARS, SPEECH_FRAMES_PER_CHARACTER
 from services.gateway.generation import script
 from services.gateway.generation.generations import announcing, named_on_failure, synth_timeout
 from services.gateway.generation.library import Library
-from services.gateway.generation.pipeline import Pipeline
+from services.gateway.generation.pipeline import STREAMED_BEST_OF, Pipeline
 from voice.gateway.v1 import generations_pb2
 from voice.openai.v1 import speech_pb2, speech_pb2_grpc
 from voice.synth.v1 import synth_pb2
@@ -111,6 +117,7 @@ def generation_spec(
         model="" if speech.model in MODEL_ALIASES else speech.model,
         max_new_tokens=frame_budget(speech.input, frames_per_character),
         speed_factor=fields.value(speech, "speed"),
+        best_of=fields.value(speech, "best_of"),
     )
     if sample_id is not None:
         spec.speakers["S1"] = sample_id
@@ -179,14 +186,24 @@ def sse_event(event: dict) -> bytes:
     return f"data: {json.dumps(event)}\n\n".encode()
 
 
-async def as_sse(encoded: AsyncIterator[tuple[str, bytes]], input_tokens: int, output_frames) -> AsyncIterator[bytes]:
-    """OpenAI's speech events: a delta per encoded chunk, then done with the usage."""
+async def as_sse(
+    encoded: AsyncIterator[tuple[str, bytes]], input_tokens: int, output_frames, analysis=None
+) -> AsyncIterator[bytes]:
+    """OpenAI's speech events: a delta per encoded chunk, then done with the usage, and with the
+    generation's `analysis()` (its word and turn timings, scores) when it has one: an extra key of
+    the done event, which OpenAI's clients leave alone."""
     async for _, audio in encoded:
         if audio:
             yield sse_event({"type": "speech.audio.delta", "audio": base64.b64encode(audio).decode()})
     frames = output_frames()
     usage = {"input_tokens": input_tokens, "output_tokens": frames, "total_tokens": input_tokens + frames}
-    yield sse_event({"type": "speech.audio.done", "usage": usage})
+    done = {"type": "speech.audio.done", "usage": usage}
+    explained = await analysis() if analysis is not None else None
+    if explained is not None:
+        done["analysis"] = json_format.MessageToDict(
+            explained, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )  # as the API writes it
+    yield sse_event(done)
 
 
 def _quoted(text: str) -> str:
@@ -209,12 +226,14 @@ class SpeechService(speech_pb2_grpc.SpeechServiceServicer):
         if self.transcode is not None:
             await self.transcode.close()
 
-    async def _admit(self, account_id: int, speech: speech_pb2.SpeechSpec, key_id: int = 0):
+    async def _admit(self, account_id: int, speech: speech_pb2.SpeechSpec, key_id: int = 0, streamed: bool = False):
         """The speech request checked against its own rules, translated, and admitted."""
         try:
             fields.check_field(speech, "input")
             script.parse_script(speech.input, MAX_INPUT_CHARS.value)  # a bad script before the library is asked
             fields.check(speech)
+            if streamed and fields.value(speech, "best_of") > 1:
+                raise invalid_parameter("best_of", f"best_of above 1 is not possible {STREAMED_BEST_OF}; use best_of 1")
             sample_id = await find_voice(self.library, account_id, speech.voice)
         except (ApiError, grpc.aio.AioRpcError) as error:
             raise (error if isinstance(error, ApiError) else ApiError.from_rpc_error(error)) from None
@@ -252,7 +271,7 @@ class SpeechService(speech_pb2_grpc.SpeechServiceServicer):
         caller = await self.accounts.principal(context)
         account_id = caller.account_id
         speech = request.speech
-        admitted = await self._admit(account_id, speech, caller.key_id)
+        admitted = await self._admit(account_id, speech, caller.key_id, streamed=True)
         last: list[synth_pb2.StreamSynthesizeResponse] = []
 
         async def remembering_the_last(messages):
@@ -273,7 +292,10 @@ class SpeechService(speech_pb2_grpc.SpeechServiceServicer):
                 async with contextlib.aclosing(encoded):
                     if fields.value(speech, "stream_format") == "sse":
                         tokens = len(sanitize(speech.input).encode())
-                        async for event in as_sse(encoded, tokens, lambda: last[0].generated_frames if last else 0):
+                        explained = functools.partial(self.pipeline.analysis, account_id, admitted.generation_id)
+                        async for event in as_sse(
+                            encoded, tokens, lambda: last[0].generated_frames if last else 0, explained
+                        ):
                             yield speech_pb2.StreamSpeechResponse(audio=httpbody_pb2.HttpBody(content_type=SSE, data=event))
                     else:
                         async for content_type, audio in encoded:

@@ -87,6 +87,8 @@ def _number(value: float) -> float | int:
 
 # The page's descriptions, word for word.
 SCHEMA_DESCRIPTIONS = {
+    "best_of": "Candidates generated side by side, each with its own seed; the one whose speech recognition and "
+    "voice similarity score best is returned (1-4; 1 = a single generation).",
     "text": "Input text for dialogue generation. Use [S1], [S2] to indicate different speakers and (description) "
     "in parentheses for non-verbal cues e.g., (laughs), (whispers).",
     "audio_prompt": "Optional audio file (.wav/.mp3/.flac) for voice cloning. The model will attempt to mimic this "

@@ -295,9 +295,26 @@ def logs(row: Mapping) -> str:
         lines.append(f"generating on provider {row['provider'] or '?'} with model {row['model'] or '?'}")
     if row["status"] == "succeeded":
         lines.append(f"generated {row['audio_duration_seconds']:.2f} s of audio")
+        if row["analysis"] is not None:
+            lines.append(analysis_line(json.loads(row["analysis"])))
     elif row["status"] in ("failed", "canceled"):
         lines.append(f"{row['status']}: {row['error_message']}")
     return "\n".join(lines) + "\n"
+
+
+def analysis_line(analysis: dict) -> str:
+    """What speech recognition made of the output (README: "Generation analysis"), as a log line; the
+    word and turn timings are in the history (GET /v1/voice/generations/{id}) and its captions."""
+    words = analysis.get("words", [])
+    heard = sum(1 for word in words if word.get("heard"))
+    parts = [f"heard {heard} of {len(words)} script words (word error rate {analysis.get('wordErrorRate', 0):.2f})"]
+    similarity = analysis.get("voiceSimilarity", {})
+    if similarity:
+        parts.append("voice similarity " + ", ".join(f"{tag} {value:.2f}" for tag, value in sorted(similarity.items())))
+    chosen = [candidate for candidate in analysis.get("candidates", []) if candidate.get("chosen")]
+    if chosen:
+        parts.append(f"best of {len(analysis['candidates'])}: seed {chosen[0].get('seed', 0)} chosen")
+    return "; ".join(parts)
 
 
 def _encode_cursor(seq: int) -> str:
