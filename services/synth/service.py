@@ -10,6 +10,7 @@ import grpc
 import numpy as np
 
 from runtime import config as runtime_config
+from runtime import tracing
 from runtime.errors import ApiError, invalid_argument, invalid_parameter
 from runtime.server import Servicer, ServiceSpec
 from runtime.text import sanitize
@@ -112,7 +113,10 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
             raise model_loading()
         synthesis = self._synthesis_input(request.synthesis)
         generated = await self.engine.submit(synthesis, request.synthesis.account)
-        samples = await asyncio.to_thread(self.engine.output.at_speed, generated.samples, synthesis.params.speed_factor)
+        with tracing.span("synth.tempo", {"synth.speed_factor": synthesis.params.speed_factor}):
+            samples = await asyncio.to_thread(
+                self.engine.output.at_speed, generated.samples, synthesis.params.speed_factor
+            )
         wav, duration = audio.int16_wav(samples), samples.size / audio.SAMPLE_RATE
         log.info(
             "synthesized",

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import grpc
 import prometheus_client
 
-from runtime import clients
+from runtime import clients, tracing
 from runtime.caches import ByteBudgetCache
 from runtime.errors import ApiError, invalid_parameter
 from services.gateway.config import PROMPT_STT_TIMEOUT_SECONDS
@@ -91,12 +91,13 @@ class Prompts:
         """The prompt of the samples cut to `max_seconds`, from the cache when they are unchanged."""
         key = PromptCache.key(account_id, samples, max_seconds, self.gap_seconds)
         assembled = self.cache.get(key)
-        if assembled is None:
-            clips = await self.library.clips(account_id, samples)
-            made = await assemble(self.transcode, clips, max_seconds, self.gap_seconds, self.stt)
-            assembled = made.prompt
-            if made.exact:  # a sample kept whole for want of word timings is cut properly next time
-                self.cache.put(key, assembled)
+        with tracing.span("gateway.prompt", {"prompt.cache": "miss" if assembled is None else "hit"}):
+            if assembled is None:
+                clips = await self.library.clips(account_id, samples)
+                made = await assemble(self.transcode, clips, max_seconds, self.gap_seconds, self.stt)
+                assembled = made.prompt
+                if made.exact:  # a sample kept whole for want of word timings is cut properly next time
+                    self.cache.put(key, assembled)
         return assembled
 
 
