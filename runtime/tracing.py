@@ -197,3 +197,23 @@ def detach(token: object) -> None:
     there, which is no error (context.detach would log one)."""
     with contextlib.suppress(ValueError):
         token.var.reset(token)  # a contextvars.Token
+
+
+@contextlib.contextmanager
+def using(current: trace.Span | None) -> Iterator[None]:
+    """A span started with start() as the current one for a block (nothing when it is None): for
+    work that an async generator does between its yields, where a `with span()` cannot stay open."""
+    if current is None:
+        yield
+        return
+    token = attach(current)
+    try:
+        yield
+    finally:
+        detach(token)
+
+
+def end(current: trace.Span | None) -> None:
+    """End a span started with start(), if there is one."""
+    if current is not None:
+        current.end()
