@@ -348,3 +348,16 @@ async def test_no_span_holds_a_key_or_an_authorization_header(http, account, rec
     for secret in (account.key.encode(), b"vm_not_a_real_key", b"Bearer"):
         assert secret not in everything
     assert all("authorization" not in json.dumps(span.attributes).lower() for t in receiver.traces.values() for span in t)
+
+
+async def test_the_request_latency_histogram_links_to_the_trace_with_an_exemplar(http, account, traced):
+    response = await http.get("/v1/voice/samples", headers=account.headers)
+    assert response.status == 200
+    trace_id = response.headers["X-Request-Id"]
+    url = f"http://127.0.0.1:{traced.env['GATEWAY_METRICS_PORT']}/metrics"
+    async with aiohttp.ClientSession() as scraper:  # as Prometheus asks with exemplar storage on
+        answer = await scraper.get(url, headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+        exposition = await answer.text()
+    lines = [line for line in exposition.splitlines() if f'trace_id="{trace_id}"' in line]
+    assert lines and all(line.startswith("http_request_duration_seconds_bucket{") for line in lines)
+    assert any('route="/v1/voice/samples"' in line for line in lines)
