@@ -2,8 +2,8 @@
 
 Every outgoing call carries the current request id (so logs of one request
 line up across services), with tracing on a span and the W3C ``traceparent``
-that makes the callee's span its child (runtime/tracing.py), and a deadline (so no request hangs on a stuck
-upstream). A channel to a service that went away tries to reconnect within
+that makes the callee's span its child (runtime/tracing.py), and a deadline
+(so no request hangs on a stuck upstream). A channel to a service that went away tries to reconnect within
 RECONNECT_BACKOFF_SECONDS (gRPC's own backoff grows to two minutes, during
 which calls fail at once: a service back from a restart would stay
 "unavailable"). Channels use mutual TLS when the GRPC_TLS_* settings are set

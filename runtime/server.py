@@ -19,9 +19,9 @@ start/stop hooks) and calls :func:`main`. This module then:
   online), which holds back that service alone, from the start;
 * wraps every RPC in one interceptor that sets the request id for logs (and
   the method served, runtime.callers.CURRENT_METHOD, for key checks),
-  records Prometheus metrics, a span when tracing is on (runtime/tracing.py:
-  the caller's ``traceparent`` its parent), refuses a request with a NUL character in any
-  string (runtime.fields.refuse_nul) before its handler sees it, and turns
+  records Prometheus metrics and, with tracing on, a span (runtime/tracing.py:
+  the caller's ``traceparent`` its parent), refuses a request with a NUL
+  character in any string (runtime.fields.refuse_nul) before its handler sees it, and turns
   exceptions into ``google.rpc.Status``
   (an :class:`~runtime.errors.ApiError` as it is, anything else as INTERNAL
   without its traceback, which is logged instead);

@@ -134,7 +134,8 @@ def span(name: str, attributes: Mapping[str, object] | None = None) -> Iterator[
         try:
             yield current
         except BaseException as error:
-            failed(current, error)
+            if not current.attributes.get("error.type"):  # what the block said it was comes first
+                failed(current, error)
             raise
 
 

@@ -9,6 +9,7 @@ import collections
 import json
 import os
 import secrets
+import signal
 import time
 from dataclasses import dataclass, field
 
@@ -19,7 +20,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from runtime import tracing
 from tests.conftest import RunningMesh, free_port, mesh_ports_env
-from tests.gateway.conftest import FOX, HELLO, Account, make_key, upload_form, wait_for_models
+from tests.gateway.conftest import FOX, HELLO, Account, extra_gateway, make_key, upload_form, wait_for_models
 from tools import mesh as mesh_tools
 
 SCRIPT = "[S1] Welcome back to the show. [S2] Thanks, it is good to be here again."
@@ -36,6 +37,7 @@ class Span:
     kind: int
     attributes: dict
     status: int  # 0 unset, 1 ok, 2 error
+    start: float  # seconds since the epoch
 
 
 @dataclass
@@ -58,7 +60,7 @@ class Receiver:
                         Span(
                             resource["service.name"], span.name, span.trace_id.hex(), span.span_id.hex(),
                             span.parent_span_id.hex(), span.kind, {a.key: _value(a.value) for a in span.attributes},
-                            span.status.code,
+                            span.status.code, span.start_time_unix_nano / 1e9,
                         )  # fmt: skip
                     )
         answer = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
@@ -361,3 +363,34 @@ async def test_the_request_latency_histogram_links_to_the_trace_with_an_exemplar
     lines = [line for line in exposition.splitlines() if f'trace_id="{trace_id}"' in line]
     assert lines and all(line.startswith("http_request_duration_seconds_bucket{") for line in lines)
     assert any('route="/v1/voice/samples"' in line for line in lines)
+
+
+async def test_a_prediction_taken_over_by_another_gateway_goes_on_in_its_trace(traced, http, account, receiver):
+    """The job's row keeps the request's traceparent: the gateway that takes the job over (here,
+    from one stopping gracefully) generates it in the same trace, under the request's RPC."""
+    async with extra_gateway(traced) as stopping:
+        async with aiohttp.ClientSession(base_url=stopping.http_url) as other:
+            response = await other.post(
+                "/v1/models/nari-labs/dia/predictions",
+                json={"input": {"text": "[S1] Carry on, please.", "max_new_tokens": 4096}},
+                headers=account.headers,
+            )
+            prediction = await response.json()
+            assert response.status in (200, 201), prediction
+            trace_id = response.headers["X-Request-Id"]
+        await stopping.stop_service("gateway", signal.SIGTERM)  # a rolling update, say
+    handed_over = time.time()
+    deadline = time.monotonic() + 180
+    while prediction["status"] not in ("succeeded", "failed", "canceled"):
+        assert time.monotonic() < deadline, prediction
+        await asyncio.sleep(0.5)
+        prediction = await (await http.get(f"/v1/predictions/{prediction['id']}", headers=account.headers)).json()
+    assert prediction["status"] == "succeeded", prediction
+
+    def resumed(spans):
+        return any(s.name == "gateway.job" and s.start > handed_over and s.status != 2 for s in spans)
+
+    spans = await receiver.trace(trace_id, resumed, timeout=60)
+    (job,) = [s for s in spans if s.name == "gateway.job" and s.start > handed_over]
+    assert parent_of(job, spans).name == "voice.predictor.v1.PredictionService/CreateModelPrediction"
+    assert any(s.service == "synth" and _descends(s, job, spans) for s in spans)
