@@ -11,7 +11,9 @@ model, gateway) runs as processes, three times:
 Each time it measures:
 
 * the mesh overhead of the cached two-voice path, as bench/mesh_overhead_bench.py does
-  (end to end less the synthesis its history records), p50 and p99, one request at a time;
+  (end to end less the synthesis its history records), p50 and p99, one request at a time,
+  and the CPU time the gateway, the library and transcode spent on them, per request (less
+  swayed by other jobs on a shared machine than times are);
 * the gateway's CPU per second of streamed audio: 8 streamed generations at once
   (POST /v1/voice/generations, "stream": true, 1024 frames each), three times over, the
   gateway process's CPU time (user + system, from /proc) over the seconds of audio they brought.
@@ -135,7 +137,10 @@ async def _measure(label: str, tree: pathlib.Path | None, settings: dict[str, st
                     for _ in range(3):  # warm-up: connections, caches (the prompt's), first-call costs
                         await (await http.post("/v1/voice/generations", json=body, headers=headers)).read()
                     await streamed_audio_seconds(http, headers, 256)
+                    around = [mesh.processes[name].pid for name in ("gateway", "library", "transcode")]
+                    mesh_cpu = sum(cpu_seconds(pid) for pid in around)
                     added = await overhead(http, headers, body, args.requests)
+                    mesh_cpu = sum(cpu_seconds(pid) for pid in around) - mesh_cpu
                     gateway = mesh.processes["gateway"].pid
                     before = cpu_seconds(gateway)
                     audio = []
@@ -147,11 +152,13 @@ async def _measure(label: str, tree: pathlib.Path | None, settings: dict[str, st
     result = {
         "p50": harness.percentile(added, 0.5) * 1000,
         "p99": harness.percentile(added, 0.99) * 1000,
+        "mesh_cpu_ms": mesh_cpu * 1000 / args.requests,
         "cpu_ms_per_audio_second": cpu * 1000 / sum(audio),
         "audio_seconds": sum(audio),
     }
     print(
-        f"  {label:<22} overhead p50 {result['p50']:6.1f} ms  p99 {result['p99']:6.1f} ms   "
+        f"  {label:<22} overhead p50 {result['p50']:6.1f} ms  p99 {result['p99']:6.1f} ms  "
+        f"mesh CPU {result['mesh_cpu_ms']:5.1f} ms a request   "
         f"gateway CPU {result['cpu_ms_per_audio_second']:5.2f} ms per audio second ({result['audio_seconds']:.0f} s of audio)",
         flush=True,
     )
@@ -181,22 +188,24 @@ async def run(args) -> None:
     with tempfile.TemporaryDirectory(prefix="voicemesh-tracing-bench-") as scratch:
         tree = checkout(args.against, pathlib.Path(scratch)) if args.against else None
         with span_sink() as sink:
+            on = {"OTEL_EXPORTER_OTLP_ENDPOINT": sink, "OTEL_TRACES_SAMPLER": "always_on"}
+            modes = [("before", f"before ({args.against})", tree, {})] if tree is not None else []
+            modes += [("off", "tracing off", None, {}), ("on", "tracing on (100 %)", None, on)]
             for number in range(args.rounds):
                 print(f"round {number + 1}")
-                if tree is not None:
-                    results["before"].append(await measure(f"before ({args.against})", tree, {}, args))
-                results["off"].append(await measure("tracing off", None, {}, args))
-                on = {"OTEL_EXPORTER_OTLP_ENDPOINT": sink, "OTEL_TRACES_SAMPLER": "always_on"}
-                results["on"].append(await measure("tracing on (100 %)", None, on, args))
+                # Every other round in the reverse order: a machine whose load drifts favours no mode.
+                for mode, label, code, settings in modes if number % 2 == 0 else reversed(modes):
+                    results[mode].append(await measure(label, code, settings, args))
 
     def median(mode: str, key: str) -> float:
         return statistics.median(result[key] for result in results[mode])
 
     print("medians over the rounds, against tracing off:")
     for mode in [mode for mode in ("before", "off", "on") if results[mode]]:
-        p50, cpu = median(mode, "p50"), median(mode, "cpu_ms_per_audio_second")
+        p50, cpu, mesh_cpu = median(mode, "p50"), median(mode, "cpu_ms_per_audio_second"), median(mode, "mesh_cpu_ms")
         print(
             f"  {mode:<7} overhead p50 {p50:6.1f} ms ({p50 / median('off', 'p50'):5.2f}×)   "
+            f"mesh CPU {mesh_cpu:5.1f} ms a request ({mesh_cpu / median('off', 'mesh_cpu_ms'):5.2f}×)   "
             f"gateway CPU {cpu:5.2f} ms per audio second ({cpu / median('off', 'cpu_ms_per_audio_second'):5.2f}×)"
         )
 
