@@ -121,13 +121,18 @@ def request_id_of(traceparent: str) -> str | None:
     return match.group(1)
 
 
+_NO_SPAN = contextlib.nullcontext(None)
+
+
+def span(name: str, attributes: Mapping[str, object] | None = None) -> contextlib.AbstractContextManager:
+    """A span around a block, child of the current one (None when tracing is off: a shared
+    do-nothing context, so that off costs a function call). An exception ends it in error with
+    the exception's type alone: messages may quote what a caller sent."""
+    return _span(name, attributes) if ENABLED else _NO_SPAN
+
+
 @contextlib.contextmanager
-def span(name: str, attributes: Mapping[str, object] | None = None) -> Iterator[trace.Span | None]:
-    """A span around a block, child of the current one (None when tracing is off). An exception
-    ends it in error with the exception's type alone: messages may quote what a caller sent."""
-    if not ENABLED:
-        yield None
-        return
+def _span(name: str, attributes: Mapping[str, object] | None) -> Iterator[trace.Span]:
     with tracer.start_as_current_span(
         name, attributes=attributes, record_exception=False, set_status_on_exception=False
     ) as current:
