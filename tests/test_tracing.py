@@ -203,7 +203,8 @@ def test_a_traceparent_gives_its_trace_id_as_request_id_and_anything_else_none()
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     assert tracing.request_id_of(f"00-{trace_id}-00f067aa0ba902b7-01") == trace_id
     assert tracing.request_id_of(f"00-{trace_id.upper()}-00f067aa0ba902b7-00") == trace_id
-    for refused in ("", "garbage", "00-" + "0" * 32 + "-00f067aa0ba902b7-01", f"00-{trace_id[:-1]}-00f067aa0ba902b7-01"):
+    zeros, short = "00-" + "0" * 32 + "-00f067aa0ba902b7-01", f"00-{trace_id[:-1]}-00f067aa0ba902b7-01"
+    for refused in ("", "garbage", zeros, short):
         assert tracing.request_id_of(refused) is None
 
 
@@ -233,7 +234,7 @@ async def test_an_upload_without_transcript_is_one_trace_through_gateway_library
     (upload,) = [s for s in spans if s.service == "library" and s.kind == SERVER]
     (transcribe,) = [s for s in spans if s.service == "stt" and s.kind == SERVER]
     assert transcribe.name == "voice.stt.v1.SttService/Transcribe"
-    assert parent_of(parent_of(transcribe, spans), spans).span_id == upload.span_id or _descends(transcribe, upload, spans)
+    assert _descends(transcribe, upload, spans)
     assert parent_of(named["stt.recognize"][0], spans) is transcribe
     assert any(s.service == "transcode" and s.kind == SERVER for s in spans)
     assert_rpc_links(spans)
@@ -349,7 +350,8 @@ async def test_no_span_holds_a_key_or_an_authorization_header(http, account, rec
     everything = b"".join(receiver.bodies)
     for secret in (account.key.encode(), b"vm_not_a_real_key", b"Bearer"):
         assert secret not in everything
-    assert all("authorization" not in json.dumps(span.attributes).lower() for t in receiver.traces.values() for span in t)
+    for spans in receiver.traces.values():
+        assert all("authorization" not in json.dumps(span.attributes).lower() for span in spans)
 
 
 async def test_the_request_latency_histogram_links_to_the_trace_with_an_exemplar(http, account, traced):

@@ -12,6 +12,9 @@ its jobs over at once. Cancelling marks the generation ``canceled``; its
 runner sees that at its next renewal (whichever replica was asked) and stops
 the generation, which stops the provider.
 
+A job runs in the trace of the request that created it (runtime/tracing.py: a
+span ``gateway.job``); one taken over resumes that trace from its row's traceparent.
+
 Leases are written here rather than taken from a job-queue library: a job's
 state is its generation's row (status, cancellation), so the lease is one
 small table beside it and three statements (renew, take over, hand over).

@@ -5,7 +5,9 @@ process last said so (``runner_seen``). A job whose runner has been silent
 too long is taken over by another process, which counts a resume. Cancelling
 is the generation's own status (``canceled``): the runner sees it when it
 renews its lease. The row stays when the job is over, with no runner, so that
-its resumes can still be told.
+its resumes can still be told. It keeps the W3C traceparent of the request that
+created the job (runtime/tracing.py; '' with tracing off), so that a process
+taking the job over goes on in that request's trace.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ class JobsTable:
         """A job for an admitted generation, held by `runner` from now, in the trace `traceparent` names."""
         async with connection(self.pool()) as db:
             await db.execute(
-                "INSERT INTO generation_jobs (generation_id, runner, runner_seen, traceparent) VALUES ($1, $2, now(), $3)",
+                """INSERT INTO generation_jobs (generation_id, runner, runner_seen, traceparent)
+                   VALUES ($1, $2, now(), $3)""",
                 generation_id,
                 runner,
                 traceparent,
