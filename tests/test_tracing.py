@@ -21,6 +21,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from runtime import tracing
 from tests.conftest import RunningMesh, free_port, mesh_ports_env
 from tests.gateway.conftest import FOX, HELLO, Account, extra_gateway, make_key, upload_form, wait_for_models
+from tests.gateway.test_long_scripts import dialogue
 from tools import mesh as mesh_tools
 
 SCRIPT = "[S1] Welcome back to the show. [S2] Thanks, it is good to be here again."
@@ -46,6 +47,12 @@ class Receiver:
 
     traces: dict[str, list[Span]] = field(default_factory=lambda: collections.defaultdict(list))
     bodies: list[bytes] = field(default_factory=list)
+    hooks: int = 0  # webhook deliveries received (POST /hook)
+
+    async def hook(self, request: web.Request) -> web.Response:
+        await request.read()
+        self.hooks += 1
+        return web.Response(status=204)
 
     async def receive(self, request: web.Request) -> web.Response:
         assert request.content_type == "application/x-protobuf"
@@ -114,6 +121,7 @@ async def receiver():
     found = Receiver()
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_post("/v1/traces", found.receive)
+    app.router.add_post("/hook", found.hook)  # and a prediction's webhook
     runner = web.AppRunner(app)
     await runner.setup()
     port = free_port()
@@ -134,6 +142,7 @@ async def traced(database, object_server, receiver):
             "DIA_MODEL": "tiny-random",
             "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
             "OTEL_BSP_SCHEDULE_DELAY": "100",  # milliseconds: the test need not wait for the default 5 s
+            "GATEWAY_WEBHOOK_ALLOW_LIST": f"{receiver.url}/hook",
         }
     )
     running = RunningMesh(mesh_tools.existing_services(), env)
@@ -396,3 +405,28 @@ async def test_a_prediction_taken_over_by_another_gateway_goes_on_in_its_trace(t
     (job,) = [s for s in spans if s.name == "gateway.job" and s.start > handed_over and s.status != 2]
     assert parent_of(job, spans).name == "voice.predictor.v1.PredictionService/CreateModelPrediction"
     assert any(s.service == "synth" and _descends(s, job, spans) for s in spans)
+
+
+async def test_a_long_scripts_chunks_and_its_webhook_are_in_the_trace_of_its_prediction(http, account, receiver):
+    body = {"input": {"text": dialogue(2500), "max_new_tokens": 500}, "webhook": f"{receiver.url}/hook"}
+    response = await http.post("/v1/models/nari-labs/dia/predictions", json=body, headers=account.headers)
+    prediction = await response.json()
+    assert response.status in (200, 201), prediction
+    trace_id = response.headers["X-Request-Id"]
+
+    def complete(spans):
+        named = by_name(spans)
+        return len(named["gateway.chunk"]) >= 3 and "gateway.webhook" in named and "gateway.job" in named
+
+    spans = await receiver.trace(trace_id, complete, timeout=180)
+    named = by_name(spans)
+    (job,) = named["gateway.job"]
+    chunks = sorted(named["gateway.chunk"], key=lambda span: span.attributes["chunk.index"])
+    assert [chunk.attributes["chunk.index"] for chunk in chunks] == list(range(len(chunks)))
+    for chunk in chunks:  # each chunk's synthesis, under its chunk, under the job
+        assert parent_of(chunk, spans) is job
+        (synthesis,) = [s for s in spans if s.service == "synth" and s.kind == SERVER and _descends(s, chunk, spans)]
+        assert synthesis.name == "voice.synth.v1.SynthService/StreamSynthesize"
+    webhooks = named["gateway.webhook"]  # the events "start" and "completed", each delivered
+    assert len(webhooks) == 2 and all(webhook.status != 2 for webhook in webhooks) and receiver.hooks >= 2
+    assert all(receiver.url not in json.dumps(span.attributes) for span in spans)  # never the webhook's URL
