@@ -20,6 +20,10 @@ W3C ``traceparent`` gets its trace id as request id; one without gets a new
 request id, and the trace its spans start takes that id (RequestIdTraceIds).
 Every log line of the request names it, and the API answers it in ``X-Request-Id``.
 
+Database statements are traced by opentelemetry-instrumentation-asyncpg; RPCs by the mesh's
+own interceptors (runtime/server.py, runtime/clients.py) with the SDK's W3C propagator (README,
+"Tracing", says why not opentelemetry-instrumentation-grpc).
+
 Spans only start inside a request: a span with no parent is kept only when it
 serves one (an HTTP request at the edge, an RPC from outside the mesh);
 housekeeping (leases, sweeps, heartbeats, health checks) starts none.
