@@ -70,6 +70,10 @@ def setup(service: str) -> None:
     global ENABLED, tracer
     if not wanted():
         return
+    for variable in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        protocol = os.environ.get(variable, "").strip()
+        if protocol and protocol != "http/protobuf":
+            raise SystemExit(f"{variable}={protocol}: the services send spans over OTLP/HTTP only (http/protobuf)")
     # Imported here: a process without tracing loads neither (the instrumentation patches asyncpg).
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor

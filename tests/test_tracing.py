@@ -208,6 +208,15 @@ def test_tracing_is_on_only_when_the_standard_variables_say_where_spans_go(monke
     assert tracing.wanted() is wanted
 
 
+@pytest.mark.parametrize("variable", ["OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"])
+def test_a_protocol_other_than_otlp_http_stops_the_service_with_a_reason(monkeypatch, variable):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317")
+    monkeypatch.setenv(variable, "grpc")
+    with pytest.raises(SystemExit, match=f"{variable}=grpc: .*OTLP/HTTP only"):
+        tracing.setup("gateway")
+    assert not tracing.ENABLED
+
+
 def test_a_traceparent_gives_its_trace_id_as_request_id_and_anything_else_none():
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     assert tracing.request_id_of(f"00-{trace_id}-00f067aa0ba902b7-01") == trace_id
