@@ -20,7 +20,8 @@ Each time it measures:
 
 Target (issue 26): on adds at most 20 % to either; off adds nothing measurable to before.
 
-    .venv/bin/python bench/tracing_bench.py [--requests N] [--streams N] [--stream-rounds N] [--rounds N] [--against REV]
+    .venv/bin/python bench/tracing_bench.py [--requests N] [--streams N] [--stream-rounds N] [--rounds N]
+        [--modes before,off,on] [--against REV]
 """
 
 from __future__ import annotations
@@ -191,6 +192,7 @@ async def run(args) -> None:
             on = {"OTEL_EXPORTER_OTLP_ENDPOINT": sink, "OTEL_TRACES_SAMPLER": "always_on"}
             modes = [("before", f"before ({args.against})", tree, {})] if tree is not None else []
             modes += [("off", "tracing off", None, {}), ("on", "tracing on (100 %)", None, on)]
+            modes = [mode for mode in modes if mode[0] in args.modes.split(",")]
             for number in range(args.rounds):
                 print(f"round {number + 1}")
                 # Every other round in the reverse order: a machine whose load drifts favours no mode.
@@ -200,6 +202,8 @@ async def run(args) -> None:
     def median(mode: str, key: str) -> float:
         return statistics.median(result[key] for result in results[mode])
 
+    if not results["off"]:
+        return
     print("medians over the rounds, against tracing off:")
     for mode in [mode for mode in ("before", "off", "on") if results[mode]]:
         p50, cpu, mesh_cpu = median(mode, "p50"), median(mode, "cpu_ms_per_audio_second"), median(mode, "mesh_cpu_ms")
@@ -218,6 +222,7 @@ def main() -> int:
     parser.add_argument("--stream-frames", type=int, default=1024, help="their max_new_tokens (default 1024)")
     parser.add_argument("--stream-rounds", type=int, default=3, help="batches of streams a mode (default 3)")
     parser.add_argument("--rounds", type=int, default=1, help="rounds of the three modes (default 1)")
+    parser.add_argument("--modes", default="before,off,on", help="which of before, off, on (default all three)")
     parser.add_argument(
         "--against", default="823fbb3", help="the revision before tracing, measured as 'before' ('' for none)"
     )
