@@ -6,7 +6,8 @@ model, gateway) runs as processes, three times:
 * before: the revision before tracing (``--against``, default 823fbb3), its own tree;
 * off: this checkout, no OpenTelemetry variable set (tracing's default);
 * on: this checkout, every request traced (``OTEL_TRACES_SAMPLER=always_on``), the
-  spans sent over OTLP/HTTP to a sink process on this machine that reads and drops them.
+  spans sent over OTLP/HTTP to a sink process on this machine that reads and drops them;
+* tenth: the same with one request in ten traced (``parentbased_traceidratio``, 0.1).
 
 Each time it measures:
 
@@ -21,7 +22,7 @@ Each time it measures:
 Target (issue 26): on adds at most 20 % to either; off adds nothing measurable to before.
 
     .venv/bin/python bench/tracing_bench.py [--requests N] [--streams N] [--stream-rounds N] [--rounds N]
-        [--modes before,off,on] [--against REV]
+        [--modes before,off,on,tenth] [--against REV]
 """
 
 from __future__ import annotations
@@ -185,13 +186,15 @@ async def run(args) -> None:
         f"{args.requests} cached two-voice generations one at a time ({args.frames} frames) and {args.stream_rounds}× "
         f"{args.streams} streamed generations at once ({args.stream_frames} frames), tiny model; {args.rounds} round(s)"
     )
-    results: dict[str, list[dict]] = {"before": [], "off": [], "on": []}
+    results: dict[str, list[dict]] = {"before": [], "off": [], "on": [], "tenth": []}
     with tempfile.TemporaryDirectory(prefix="voicemesh-tracing-bench-") as scratch:
         tree = checkout(args.against, pathlib.Path(scratch)) if args.against else None
         with span_sink() as sink:
             on = {"OTEL_EXPORTER_OTLP_ENDPOINT": sink, "OTEL_TRACES_SAMPLER": "always_on"}
             modes = [("before", f"before ({args.against})", tree, {})] if tree is not None else []
             modes += [("off", "tracing off", None, {}), ("on", "tracing on (100 %)", None, on)]
+            tenth = {**on, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"}
+            modes.append(("tenth", "tracing on (10 %)", None, tenth))
             modes = [mode for mode in modes if mode[0] in args.modes.split(",")]
             for number in range(args.rounds):
                 print(f"round {number + 1}")
@@ -205,7 +208,7 @@ async def run(args) -> None:
     if not results["off"]:
         return
     print("medians over the rounds, against tracing off:")
-    for mode in [mode for mode in ("before", "off", "on") if results[mode]]:
+    for mode in [mode for mode in results if results[mode]]:
         p50, cpu, mesh_cpu = median(mode, "p50"), median(mode, "cpu_ms_per_audio_second"), median(mode, "mesh_cpu_ms")
         print(
             f"  {mode:<7} overhead p50 {p50:6.1f} ms ({p50 / median('off', 'p50'):5.2f}×)   "
@@ -222,7 +225,9 @@ def main() -> int:
     parser.add_argument("--stream-frames", type=int, default=1024, help="their max_new_tokens (default 1024)")
     parser.add_argument("--stream-rounds", type=int, default=3, help="batches of streams a mode (default 3)")
     parser.add_argument("--rounds", type=int, default=1, help="rounds of the three modes (default 1)")
-    parser.add_argument("--modes", default="before,off,on", help="which of before, off, on (default all three)")
+    parser.add_argument(
+        "--modes", default="before,off,on,tenth", help="which of before, off, on, tenth (10 %% sampled; default all)"
+    )
     parser.add_argument(
         "--against", default="823fbb3", help="the revision before tracing, measured as 'before' ('' for none)"
     )
