@@ -147,7 +147,7 @@ def _span(name: str, attributes: Mapping[str, object] | None) -> Iterator[trace.
         try:
             yield current
         except BaseException as error:
-            if not current.attributes.get("error.type"):  # what the block said it was comes first
+            if not getattr(current, "attributes", {}).get("error.type"):  # what the block said comes first
                 failed(current, error)
             raise
 

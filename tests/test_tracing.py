@@ -439,3 +439,19 @@ async def test_a_long_scripts_chunks_and_its_webhook_are_in_the_trace_of_its_pre
     webhooks = named["gateway.webhook"]  # the events "start" and "completed", each delivered
     assert len(webhooks) == 2 and all(webhook.status != 2 for webhook in webhooks) and receiver.hooks >= 2
     assert all(receiver.url not in json.dumps(span.attributes) for span in spans)  # never the webhook's URL
+
+
+async def test_a_request_whose_caller_does_not_sample_it_works_and_sends_no_span(http, account, voices, receiver):
+    """A traceparent whose sampled flag is off (or a ratio sampler's no) is followed: no span of it goes
+    out, and everything works as untraced (synth's phases included, streamed or not)."""
+    trace_id = secrets.token_hex(16)
+    headers = {**account.headers, "traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-00"}
+    for stream in (False, True):
+        body = {"input": SCRIPT, "speakers": voices, "max_new_tokens": 256, "stream": stream}
+        async with asyncio.timeout(120):
+            response = await http.post("/v1/voice/generations", json=body, headers=headers)
+            assert response.status == 200, await response.text()
+            assert (await response.read())[:4] == b"RIFF"
+        assert response.headers["X-Request-Id"] == trace_id
+    await asyncio.sleep(1)  # what would have been sent by now
+    assert trace_id not in receiver.traces

@@ -16,12 +16,14 @@ from runtime import tracing
 class JobSpans:
     def __init__(self) -> None:
         self.parent = otel_context.get_current()  # the RPC's span, whichever task ends a phase
-        self.current = tracing.start("synth.queue", parent=self.parent)
+        self.phase = "synth.queue"  # kept here: a span not sampled has no name to read back
+        self.current = tracing.start(self.phase, parent=self.parent)
         self.steps = 0
         self.batch_least = self.batch_most = self.batch_sum = 0
 
     def _phase(self, name: str) -> None:
         self._end()
+        self.phase = name
         self.current = tracing.start(name, parent=self.parent)
 
     def _end(self, error: BaseException | str | None = None) -> None:
@@ -41,16 +43,17 @@ class JobSpans:
             tracing.failed(self.current, error)
         self.current.end()
         self.current = None
+        self.phase = ""
 
     def joining(self) -> None:
         """It joins a batch in the next step (again, after a failed step: its last take ends failed)."""
-        if self.current is not None and self.current.name != "synth.queue":
+        if self.phase not in ("synth.queue", ""):
             self._end("step_failed")
         self._phase("synth.prefill")
 
     def stepped(self, batch: int) -> None:
         """A step it was in, of `batch` rows; the step it joined in ends its prefill."""
-        if self.current is not None and self.current.name == "synth.prefill":
+        if self.phase == "synth.prefill":
             self._phase("synth.decode")
             return
         self.steps += 1
