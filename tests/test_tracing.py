@@ -239,7 +239,10 @@ async def test_an_upload_without_transcript_is_one_trace_through_gateway_library
 
     def complete(spans):
         services = {span.service for span in spans}
-        return {"gateway", "library", "transcode", "stt"} <= services and "stt.recognize" in by_name(spans)
+        names = by_name(spans)
+        return {"gateway", "library", "transcode", "stt"} <= services and "stt.recognize" in names and any(
+            name.endswith("/CheckSample") for name in names
+        )
 
     spans = await receiver.trace(trace_id, complete)
     (root,) = [span for span in spans if not span.parent_id]
@@ -248,11 +251,13 @@ async def test_an_upload_without_transcript_is_one_trace_through_gateway_library
     named = by_name(spans)
     assert parent_of(named["gateway.auth"][0], spans) is root
     assert parent_of(named["gateway.transcode_request"][0], spans) is root
-    # The library's upload, called by the gateway; the library asks STT, which asks transcode.
+    # The library's upload, called by the gateway; the library asks STT for the transcript and its
+    # word timings and, at once, for a check of the sample; STT asks transcode.
     (upload,) = [s for s in spans if s.service == "library" and s.kind == SERVER]
-    (transcribe,) = [s for s in spans if s.service == "stt" and s.kind == SERVER]
-    assert transcribe.name == "voice.stt.v1.SttService/Transcribe"
-    assert _descends(transcribe, upload, spans)
+    stt_calls = {s.name: s for s in spans if s.service == "stt" and s.kind == SERVER}
+    assert set(stt_calls) == {"voice.stt.v1.SttService/Transcribe", "voice.stt.v1.SttService/CheckSample"}
+    assert all(_descends(call, upload, spans) for call in stt_calls.values())
+    transcribe = stt_calls["voice.stt.v1.SttService/Transcribe"]
     assert parent_of(named["stt.recognize"][0], spans) is transcribe
     assert any(s.service == "transcode" and s.kind == SERVER for s in spans)
     assert_rpc_links(spans)
