@@ -437,11 +437,14 @@ async def test_the_prompt_audio_cache_keeps_a_wav_of_exactly_its_budget(library,
 
 
 async def test_with_no_prompt_audio_cache_every_prompt_sample_is_read_from_the_store(mesh):
-    async with library_process(mesh.env, LIBRARY_PROMPT_AUDIO_CACHE_BYTES="0") as process:
-        async with library_client(process.address("library")) as channel:
-            stub = library_pb2_grpc.LibraryServiceStub(channel)
-            account = new_account()
-            sample = await upload(stub, account, tone_wav(1.0), transcript="typed")
-            for _ in range(2):
-                assert (await prompt_sample(process, account, sample.id)).wav == await audio_of(stub, account, sample.id)
-            assert prompt_audio_reads(process).get("store") == 2 and prompt_audio_reads(process).get("cache", 0) == 0
+    async with (
+        library_process(mesh.env, LIBRARY_PROMPT_AUDIO_CACHE_BYTES="0") as process,
+        library_client(process.address("library")) as channel,
+    ):
+        stub = library_pb2_grpc.LibraryServiceStub(channel)
+        account = new_account()
+        sample = await upload(stub, account, tone_wav(1.0), transcript="typed")
+        for _ in range(2):
+            assert (await prompt_sample(process, account, sample.id)).wav == await audio_of(stub, account, sample.id)
+        reads = prompt_audio_reads(process)
+        assert (reads.get("store", 0), reads.get("cache", 0)) == (2, 0)
