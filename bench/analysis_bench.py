@@ -111,7 +111,7 @@ async def best_of_throughput(seconds: float, frames: int) -> None:
                     for label, where, best_of in rows:
                         url = f"http://127.0.0.1:{where['GATEWAY_HTTP_PORT']}"
                         async with aiohttp.ClientSession(base_url=url) as http:
-                            await wait_for_provider(http, keys[0])
+                            await harness.wait_for_providers(http, {"Authorization": f"Bearer {keys[0]}"})
                             await generate_in_a_loop(http, keys[0], best_of, frames, time.monotonic(), [])  # warm-up
                             audio: list[float] = []
                             began = time.monotonic()
@@ -126,17 +126,6 @@ async def best_of_throughput(seconds: float, frames: int) -> None:
     reference = results[1][2]  # best_of 1 with analysis on
     for label, count, rate in results:
         print(f"  {label:26} {count:4} generations  {rate:6.2f} audio s per s  {rate / reference:4.2f}x best_of 1")
-
-
-async def wait_for_provider(http, key: str) -> None:
-    deadline = time.monotonic() + 120
-    while True:
-        body = await (await http.get("/v1/models", headers={"Authorization": f"Bearer {key}"})).json()
-        if any("voice-cloning" in card["features"] for card in body.get("data", [])):
-            return
-        if time.monotonic() > deadline:
-            raise SystemExit("the synth provider never registered with the gateway")
-        await asyncio.sleep(0.2)
 
 
 def main() -> None:

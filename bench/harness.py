@@ -4,12 +4,14 @@ benchmarks print, they assert nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import pathlib
 import shutil
 import statistics
 import sys
 import tempfile
+import time
 import uuid
 from typing import AsyncIterator
 
@@ -104,3 +106,18 @@ def summary(values: list[float]) -> str:
         f"p50 {percentile(values, 0.5) * 1000:8.1f} ms  p99 {percentile(values, 0.99) * 1000:8.1f} ms  "
         f"mean {statistics.mean(values) * 1000:8.1f} ms"
     )
+
+
+async def wait_for_providers(http, headers: dict[str, str], count: int = 1) -> None:
+    """Until `count` synth providers that clone voices are online for the gateway at `http` (a card
+    that does not count its providers, as an older revision's, counts one)."""
+    deadline = time.monotonic() + 180
+    while True:
+        body = await (await http.get("/v1/models", headers=headers)).json()
+        cards = [card for card in body.get("data", []) if "voice-cloning" in card["features"]]
+        online = sum(card.get("providers", 1) for card in cards)
+        if online >= count:
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{online} synth providers registered with the gateway, not {count}")
+        await asyncio.sleep(0.2)

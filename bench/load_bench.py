@@ -97,7 +97,8 @@ async def run(args) -> None:
                 async with aiohttp.ClientSession(
                     base_url=f"http://127.0.0.1:{env['GATEWAY_HTTP_PORT']}", connector=connector
                 ) as http:
-                    await wait_for_provider(http, next(iter(keys.values())))
+                    key = next(iter(keys.values()))
+                    await harness.wait_for_providers(http, {"Authorization": f"Bearer {key}"})
                     start = {name: rss_mib(process.pid) for name, process in mesh.processes.items()}
                     peaks: dict[str, float] = dict(start)
                     stop = asyncio.Event()
@@ -116,17 +117,6 @@ async def run(args) -> None:
                     stop.set()
                     await sampler
     report(tally, names, start, peaks)
-
-
-async def wait_for_provider(http, key: str) -> None:
-    deadline = time.monotonic() + 120
-    while True:
-        body = await (await http.get("/v1/models", headers={"Authorization": f"Bearer {key}"})).json()
-        if any("voice-cloning" in card["features"] for card in body.get("data", [])):
-            return
-        if time.monotonic() > deadline:
-            raise SystemExit("the synth provider never registered with the gateway")
-        await asyncio.sleep(0.2)
 
 
 def report(tally: Tally, names: list[str], start: dict[str, float], peaks: dict[str, float]) -> None:

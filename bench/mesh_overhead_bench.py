@@ -92,17 +92,6 @@ def own_audio(name: str, rng: np.random.Generator) -> bytes:
     return out.getvalue()
 
 
-async def wait_for_provider(http, headers) -> None:
-    deadline = time.monotonic() + 180
-    while True:
-        body = await (await http.get("/v1/models", headers=headers)).json()
-        if any("voice-cloning" in card["features"] for card in body.get("data", [])):
-            return
-        if time.monotonic() > deadline:
-            raise SystemExit("the synth provider never registered with the gateway")
-        await asyncio.sleep(0.2)
-
-
 async def upload_pair(http, headers, rng: np.random.Generator) -> dict[str, int]:
     speakers = {}
     for speaker, (name, transcript) in SAMPLES.items():
@@ -160,7 +149,8 @@ async def one_side(args, tree: pathlib.Path | None) -> dict[str, dict[str, list[
     rng = np.random.default_rng(22)
     with harness.throwaway_postgres() as database_url:
         async with harness.throwaway_object_store() as object_store:
-            env = harness.mesh_env(database_url, **object_store)
+            # Analysis after synthesis (issue 25) has its own benchmark, bench/analysis_bench.py.
+            env = harness.mesh_env(database_url, GATEWAY_ANALYSIS="false", **object_store)
             if tree is not None:  # its services, runtime and protos: `python -m` runs them from the tree
                 env["PYTHONPATH"] = f"{tree}{os.pathsep}{tree / 'gen'}"
             root, mesh_tools.ROOT = mesh_tools.ROOT, tree or mesh_tools.ROOT
@@ -169,7 +159,7 @@ async def one_side(args, tree: pathlib.Path | None) -> dict[str, dict[str, list[
                     key = own_key(env, tree)
                     headers = {"Authorization": f"Bearer {key}"}
                     async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{env['GATEWAY_HTTP_PORT']}") as http:
-                        await wait_for_provider(http, headers)
+                        await harness.wait_for_providers(http, headers)
                         return await kinds(args, http, headers, rng, env["SYNTH_METRICS_PORT"])
             finally:
                 mesh_tools.ROOT = root

@@ -39,13 +39,13 @@ import tempfile
 import time
 
 import aiohttp
+import numpy
 
 import harness
 from audio_storage_bench import TreeMesh, checkout, make_key
-from mesh_overhead_bench import SCRIPT, stamp, upload_samples, wait_for_provider
-from tools import mesh as mesh_tools
+from mesh_overhead_bench import SCRIPT, stamp, upload_pair
 
-SERVICES = ["transcode", "library", "synth", "gateway"]
+SERVICES = ["transcode", "stt", "library", "synth", "gateway"]  # stt: the word timings of samples
 # The span sink: OTLP/HTTP's POST /v1/traces answered 200 with an empty ExportTraceServiceResponse.
 SINK = """
 import http.server, sys
@@ -116,7 +116,8 @@ async def measure(label: str, tree: pathlib.Path | None, settings: dict[str, str
 async def _measure(label: str, tree: pathlib.Path | None, settings: dict[str, str], args) -> dict:
     with harness.throwaway_postgres() as database_url:
         async with harness.throwaway_object_store() as object_store:
-            env = harness.mesh_env(database_url, **object_store)
+            # Analysis after synthesis (issue 25) has its own benchmark, bench/analysis_bench.py.
+            env = harness.mesh_env(database_url, GATEWAY_ANALYSIS="false", **object_store)
             for name in [name for name in env if name.startswith("OTEL_")]:
                 env.pop(name)
             env.update(
@@ -133,8 +134,8 @@ async def _measure(label: str, tree: pathlib.Path | None, settings: dict[str, st
                 key = make_key(tree, database_url) if tree else (await harness.new_keys(database_url, 1))[0]
                 headers = {"Authorization": f"Bearer {key}"}
                 async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{env['GATEWAY_HTTP_PORT']}") as http:
-                    await wait_for_provider(http, headers)
-                    speakers = await upload_samples(http, headers)
+                    await harness.wait_for_providers(http, headers)
+                    speakers = await upload_pair(http, headers, numpy.random.default_rng(0))
                     body = {"input": SCRIPT, "speakers": speakers, "max_new_tokens": args.frames}
                     for _ in range(3):  # warm-up: connections, caches (the prompt's), first-call costs
                         await (await http.post("/v1/voice/generations", json=body, headers=headers)).read()

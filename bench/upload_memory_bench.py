@@ -113,7 +113,7 @@ async def run(args) -> None:
                     await asyncio.sleep(1)
                     idle = {name: status_kib(pid, "VmRSS") for name, pid in pids.items()}
                     print(
-                        f"idle: " + ", ".join(f"{name} {kib / 1024:.1f} MiB" for name, kib in idle.items())
+                        "idle: " + ", ".join(f"{name} {kib / 1024:.1f} MiB" for name, kib in idle.items())
                         + f"; LIBRARY_MAX_CONCURRENT_UPLOADS={MAX_CONCURRENT_UPLOADS.value}"
                     )
                     await one_round(http, headers, audio, uploads, pids, idle)

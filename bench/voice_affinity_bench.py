@@ -84,18 +84,6 @@ async def upload_voices(http, headers) -> list[int]:
     return ids
 
 
-async def wait_for_providers(http, headers, count: int) -> None:
-    deadline = time.monotonic() + 180
-    while True:
-        body = await (await http.get("/v1/models", headers=headers)).json()
-        online = sum(card.get("providers", 0) for card in body.get("data", []) if "voice-cloning" in card["features"])
-        if online == count:
-            return
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{online} synth providers registered, not {count}")
-        await asyncio.sleep(0.2)
-
-
 def synth_env(env: dict[str, str], provider_id: str) -> dict[str, str]:
     own = dict(env, SYNTH_PROVIDER_ID=provider_id)
     own["SYNTH_GRPC_PORT"], own["SYNTH_METRICS_PORT"] = map(str, harness.free_ports(2))
@@ -115,7 +103,7 @@ async def one_setting(env: dict[str, str], key: str, affinity: bool, requests: l
             ["synth"], synths[2]
         ):
             async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{env['GATEWAY_HTTP_PORT']}") as http:
-                await wait_for_providers(http, headers, len(PROVIDERS))
+                await harness.wait_for_providers(http, headers, len(PROVIDERS))
                 latencies: list[float] = []
                 queue = list(requests)
 

@@ -22,7 +22,7 @@ import pytest
 
 from services.gateway.config import VOICE_AFFINITY, VOICE_AFFINITY_SLACK
 from services.gateway.generation.library import Sample
-from services.gateway.generation.routing import Candidate, Router, VoiceAffinity, candidates, voices_key
+from services.gateway.generation.routing import Candidate, Router, VoiceAffinity, voices_key
 from tests.conftest import free_port
 from tests.gateway.conftest import FOX, HELLO, Account, created, extra_gateway, make_key, upload_form, wait_for_models
 from tests.gateway.test_routing import CLONING, NOW, Provider, row

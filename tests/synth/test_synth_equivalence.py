@@ -25,7 +25,6 @@ from transformers.generation.logits_process import (
 )
 
 from services.synth.engine.prompts import Preparer, PromptCache
-from services.synth.engine.runner import DecodeBatch
 from services.synth.engine.sampler import Sampler, SamplingMetadata
 from services.synth.engine.request import RowSettings
 from tests.synth.cases import CASES, prepared, run, same_frames, stock_generate

@@ -320,7 +320,7 @@ class Pipeline:
                     yield message
             assert last is not None
             _count_audio(last.duration_seconds, synthesis_began)
-            row = await self._succeeded(
+            await self._succeeded(
                 admitted, wav_of(bytes(pcm), last.sample_rate), last.duration_seconds,
                 last.model or candidate.model, last.seed, number + 1, sum(waited),
             )  # fmt: skip
