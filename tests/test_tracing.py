@@ -435,9 +435,15 @@ async def test_a_long_scripts_chunks_and_its_webhook_are_in_the_trace_of_its_pre
     assert response.status in (200, 201), prediction
     trace_id = response.headers["X-Request-Id"]
 
-    def complete(spans):
+    def complete(spans):  # each service sends its spans in its own batches: the synth's may come last
         named = by_name(spans)
-        return len(named["gateway.chunk"]) >= 3 and "gateway.webhook" in named and "gateway.job" in named
+        synthesized = [s for s in spans if s.service == "synth" and s.name.endswith("/StreamSynthesize")]
+        return (
+            len(named["gateway.chunk"]) >= 3
+            and len(synthesized) >= len(named["gateway.chunk"])
+            and "gateway.webhook" in named
+            and "gateway.job" in named
+        )
 
     spans = await receiver.trace(trace_id, complete, timeout=180)
     named = by_name(spans)
