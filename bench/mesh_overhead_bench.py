@@ -23,10 +23,8 @@ Kinds of request, each speaker cloned from a library sample:
 
 * cached: the same two samples every time (after a warm-up);
 * cache miss: two new samples every request (uploaded beforehand, each with
-  its own audio, so that no prompt cache of either revision, by id or by
-  content, has seen them; the library keeps the WAVs of samples just
-  uploaded for the prompts that usually follow, LIBRARY_PROMPT_AUDIO_CACHE_BYTES:
-  run with it 0 to measure reading them from the object store);
+  its own audio, so that no cache of either revision, by id or by content,
+  has seen them);
 * must trim: as cache miss, with max_audio_prompt_seconds short enough that
   each sample is longer than its share and is cut between words;
 * no cloning, for reference.

@@ -1,5 +1,5 @@
 """A cache bounded in bytes, for what a service keeps to avoid doing work again
-(synth's prompt codec codes, the library's voice samples' audio for prompts)."""
+(the gateway's assembled voice prompts, synth's prompt codec codes)."""
 
 from __future__ import annotations
 
@@ -45,11 +45,4 @@ class ByteBudgetCache(Generic[K, V]):
             self.bytes += size
             while self.bytes > self.max_bytes:
                 _, dropped = self._entries.popitem(last=False)
-                self.bytes -= self.size_of(dropped)
-
-    def discard(self, key: K) -> None:
-        """Drop the key's value, if kept."""
-        with self._lock:
-            dropped = self._entries.pop(key, None)
-            if dropped is not None:
                 self.bytes -= self.size_of(dropped)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runtime.config import at_least, positive, setting
+from runtime.config import positive, setting
 
 
 MAX_UPLOAD_BYTES = setting(
@@ -41,15 +41,6 @@ STT_TIMEOUT_SECONDS = setting(
     30.0,
     "how long an upload waits for speech recognition (its transcript and its check) before it is stored without them",
     positive(float),
-)
-PROMPT_AUDIO_CACHE_BYTES = setting(
-    "LIBRARY_PROMPT_AUDIO_CACHE_BYTES",
-    64 * 1024 * 1024,
-    "bytes of voice samples' WAVs one library process keeps in memory for voice prompts (PromptSampleService), "
-    "least recently used dropped first: each sample's as it is uploaded or first read from the object store, by "
-    "its object (a new upload is a new object); served only after the sample's row is read as the account's, "
-    "dropped when the sample or its account is deleted; 0 turns it off (every prompt sample read from the store)",
-    at_least(0),
 )
 READINESS_INTERVAL_SECONDS = setting(
     "LIBRARY_READINESS_INTERVAL_SECONDS",

@@ -41,7 +41,6 @@ from google.api import httpbody_pb2
 from google.protobuf import descriptor
 
 from runtime import clients, downloads, fields, objects, pagination, wire
-from runtime.caches import ByteBudgetCache
 from runtime.admission import Gate
 from runtime.database import CONNECTION_ERRORS, is_reachable, open_pool, unavailable
 from runtime.errors import ApiError
@@ -59,12 +58,6 @@ PROMPT_SAMPLES = prometheus_client.Counter(
     "upload, or computed before), computed (a speech-recognition call: a sample stored without them), missing "
     "(speech recognition could not be had).",
     ["word_timings"],
-)
-PROMPT_AUDIO_READS = prometheus_client.Counter(
-    "library_prompt_audio_reads_total",
-    "Voice samples' WAVs read for a voice prompt (PromptSampleService), by where from: cache (kept in memory at "
-    "upload or at an earlier read, LIBRARY_PROMPT_AUDIO_CACHE_BYTES), store (the object store).",
-    ["source"],
 )
 UPLOADS_IN_PROGRESS = prometheus_client.Gauge(
     "library_uploads_in_progress", "Voice-sample uploads being worked on (at most LIBRARY_MAX_CONCURRENT_UPLOADS)."
@@ -122,11 +115,6 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
         self._check_sample: grpc.aio.UnaryUnaryMultiCallable | None = None
         self._channels: list[grpc.aio.Channel] = []
         self.uploads = Gate(config.MAX_CONCURRENT_UPLOADS.value, uploads_busy, UPLOADS_IN_PROGRESS)
-        # Samples' WAVs by object key, for voice prompts: a sample is usually cloned soon after its upload,
-        # and reading it back from the object store is most of what a prompt of new voices costs. An object
-        # is never rewritten (a new upload is a new key), so a kept WAV is never stale; it is served only
-        # after the row naming it is read as the account's, so a deleted sample's is never served.
-        self.prompt_audio: ByteBudgetCache[str, bytes] = ByteBudgetCache(config.PROMPT_AUDIO_CACHE_BYTES.value, len)
 
     # --- Life cycle (hooks of the ServiceSpec) ---------------------------
 
@@ -237,8 +225,6 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
                     ),
                     key_id,
                 )
-        if self.prompt_audio.max_bytes:  # committed: kept for the voice prompts that usually follow an upload
-            self.prompt_audio.put(normalized_key, bytes(wav))
         log.info("voice sample stored", extra={"sample_id": row["id"], "account_id": account})
         return library_pb2.CreateVoiceSampleResponse(voice_sample=to_proto(row))
 
@@ -311,10 +297,7 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
     # --- Objects -----------------------------------------------------------
 
     async def _delete_objects(self, keys: list[str]) -> None:
-        """Delete the objects of deleted rows (now, or with the store down, at the sweep), and forget
-        the audio kept of them."""
-        for key in keys:
-            self.prompt_audio.discard(key)
+        """Delete the objects of deleted rows (now, or with the store down, at the sweep)."""
         await self.objects.let_go(keys, functools.partial(store.objects_deleted, self.pool))
 
     async def sweep(self, grace_seconds: float) -> tuple[int, int]:
@@ -378,11 +361,7 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
     async def prompt_sample(self, account: int, sample_id: int) -> library_pb2.GetPromptSampleResponse:
         """A sample with its audio and word timings, these computed and kept if it was stored without."""
         sample = await store.prompt_sample(self.pool, account, sample_id)
-        wav = self.prompt_audio.get(sample.audio.key)
-        PROMPT_AUDIO_READS.labels("store" if wav is None else "cache").inc()
-        if wav is None:
-            wav = await self.objects.get(sample.audio.key)
-            self.prompt_audio.put(sample.audio.key, wav)
+        wav = await self.objects.get(sample.audio.key)
         words = sample.word_timings
         source = "stored"
         if words is None:
@@ -396,7 +375,7 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
             id=sample.id,
             transcript=sample.transcript,
             duration_seconds=sample.duration_seconds,
-            wav=wav,
+            wav=bytes(wav),
             words_timed=words is not None,
             words=[library_pb2.TimedWord(start_seconds=s, end_seconds=e, text=t) for s, e, t in words or ()],
         )

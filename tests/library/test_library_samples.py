@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
-import urllib.request
 
 import grpc
 import numpy as np
@@ -16,7 +14,6 @@ from tests.library.helpers import (
     as_account,
     audio_of,
     library_client,
-    library_process,
     new_account,
     refusal,
     speech_webm,
@@ -365,7 +362,6 @@ async def test_fields_at_their_default_limits_are_accepted(library, account):
 
 
 async def prompt_sample(mesh, account: int, sample_id: int) -> library_pb2.GetPromptSampleResponse:
-    """The sample as synth reads it, from `mesh`'s library (the session's, or a process of the test's own)."""
     async with library_client(mesh.address("library")) as channel:
         return await library_pb2_grpc.PromptSampleServiceStub(channel).GetPromptSample(
             library_pb2.GetPromptSampleRequest(account_id=account, id=sample_id), timeout=60
@@ -393,58 +389,3 @@ async def test_a_prompt_sample_is_the_accounts_own(library, account, mesh):
     assert error.code == grpc.StatusCode.NOT_FOUND  # another account's, as a missing one
     error = await refusal(prompt_sample(mesh, 0, sample.id))
     assert (error.reason, error.param) == ("INVALID_PARAMETER", "account_id")
-
-
-def prompt_audio_reads(process) -> dict[str, float]:
-    """library_prompt_audio_reads_total of a library process, by source (cache, store)."""
-    port = process.env["LIBRARY_METRICS_PORT"]
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    found = re.findall(r'^library_prompt_audio_reads_total\{source="(\w+)"\} (\S+)$', body, re.MULTILINE)
-    return {source: float(count) for source, count in found}
-
-
-async def test_a_sample_just_uploaded_is_read_for_a_prompt_from_memory_until_it_is_deleted(mesh):
-    async with library_process(mesh.env) as process, library_client(process.address("library")) as channel:
-        stub = library_pb2_grpc.LibraryServiceStub(channel)
-        account = new_account()
-        sample = await upload(stub, account, tone_wav(1.0), transcript="typed")
-        stored_audio = await audio_of(stub, account, sample.id)
-
-        for _ in range(2):
-            assert (await prompt_sample(process, account, sample.id)).wav == stored_audio
-        assert prompt_audio_reads(process).get("store", 0) == 0  # the object store was not read again
-        error = await refusal(prompt_sample(process, new_account(), sample.id))
-        assert error.code == grpc.StatusCode.NOT_FOUND  # kept in memory, and still the account's alone
-
-        await stub.DeleteVoiceSample(
-            library_pb2.DeleteVoiceSampleRequest(id=sample.id), metadata=as_account(account), timeout=30
-        )
-        error = await refusal(prompt_sample(process, account, sample.id))
-        assert error.code == grpc.StatusCode.NOT_FOUND
-        assert prompt_audio_reads(process).get("cache", 0) == 2
-
-
-@pytest.mark.parametrize("spare_bytes, source", [(0, "cache"), (-1, "store")])
-async def test_the_prompt_audio_cache_keeps_a_wav_of_exactly_its_budget(library, account, mesh, spare_bytes, source):
-    sample = await upload(library, account, tone_wav(1.0), transcript="typed")
-    stored_audio = await audio_of(library, account, sample.id)
-    budget = str(len(stored_audio) + spare_bytes)
-    async with library_process(mesh.env, LIBRARY_PROMPT_AUDIO_CACHE_BYTES=budget) as process:
-        for _ in range(2):  # uploaded through another process: this one first reads it from the store
-            assert (await prompt_sample(process, account, sample.id)).wav == stored_audio
-        reads = prompt_audio_reads(process)
-        assert (reads.get("store", 0), reads.get("cache", 0)) == ((1, 1) if source == "cache" else (2, 0))
-
-
-async def test_with_no_prompt_audio_cache_every_prompt_sample_is_read_from_the_store(mesh):
-    async with (
-        library_process(mesh.env, LIBRARY_PROMPT_AUDIO_CACHE_BYTES="0") as process,
-        library_client(process.address("library")) as channel,
-    ):
-        stub = library_pb2_grpc.LibraryServiceStub(channel)
-        account = new_account()
-        sample = await upload(stub, account, tone_wav(1.0), transcript="typed")
-        for _ in range(2):
-            assert (await prompt_sample(process, account, sample.id)).wav == await audio_of(stub, account, sample.id)
-        reads = prompt_audio_reads(process)
-        assert (reads.get("store", 0), reads.get("cache", 0)) == (2, 0)
