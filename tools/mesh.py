@@ -121,20 +121,30 @@ def ports_needed(services: list[str], embedded_s3: bool = False) -> list[tuple[i
     return needed
 
 
-# Free ports for a mesh of its own (tests, benchmarks).
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+# Free ports for a mesh of its own (tests, benchmarks). The kernel may hand a port
+# it gave a moment ago out again once its socket is closed, so two calls could
+# otherwise return the same port (a gateway's gRPC and HTTP on one port, say):
+# a port is never handed out twice in one process.
+_handed_out: set[int] = set()
 
 
 def free_ports(count: int) -> list[int]:
-    """Distinct free ports: each stays bound until all are picked, so none comes twice."""
+    """Distinct free ports, none handed out before by this process: each stays bound
+    until all are picked, so none comes twice."""
     with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
+        picked: list[int] = []
+        while len(picked) < count:
+            sock = stack.enter_context(socket.socket())
             sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
+            port = sock.getsockname()[1]
+            if port not in _handed_out:
+                _handed_out.add(port)
+                picked.append(port)
+        return picked
+
+
+def free_port() -> int:
+    return free_ports(1)[0]
 
 
 def port_problems(services: list[str], embedded_s3: bool = False) -> list[str]:

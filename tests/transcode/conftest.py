@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,6 +14,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tools.mesh import free_port
 from voice.transcode.v1 import transcode_pb2_grpc
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -22,12 +22,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 MAX_INPUT_BYTES = 2_000_000
 MAX_DURATION_SECONDS = 600.0
 START_TIMEOUT_SECONDS = 60
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class TranscodeProcess:
