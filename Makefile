@@ -48,6 +48,7 @@ bench: $(VENV)/.installed gen/.stamp
 	$(PY) bench/upload_memory_bench.py
 	$(PY) bench/load_bench.py
 	$(PY) bench/streaming_bench.py
+	$(PY) bench/tracing_bench.py
 	$(PY) bench/object_store_bench.py
 	$(PY) bench/audio_storage_bench.py
 	$(PY) bench/analysis_bench.py

@@ -19,8 +19,9 @@ start/stop hooks) and calls :func:`main`. This module then:
   online), which holds back that service alone, from the start;
 * wraps every RPC in one interceptor that sets the request id for logs (and
   the method served, runtime.callers.CURRENT_METHOD, for key checks),
-  records Prometheus metrics, refuses a request with a NUL character in any
-  string (runtime.fields.refuse_nul) before its handler sees it, and turns
+  records Prometheus metrics and, with tracing on, a span (runtime/tracing.py:
+  the caller's ``traceparent`` its parent), refuses a request with a NUL
+  character in any string (runtime.fields.refuse_nul) before its handler sees it, and turns
   exceptions into ``google.rpc.Status``
   (an :class:`~runtime.errors.ApiError` as it is, anything else as INTERNAL
   without its traceback, which is logged instead);
@@ -54,7 +55,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from runtime import callers, config, fields, limits, logs, metrics, tls
+from runtime import callers, config, fields, limits, logs, metrics, tls, tracing
 from runtime.errors import ApiError, internal_error
 from voice.api.v1 import limits_pb2_grpc
 
@@ -119,13 +120,18 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         service, _, method = details.method.lstrip("/").rpartition("/")
-        request_id = dict(details.invocation_metadata or ()).get(logs.REQUEST_ID_HEADER) or uuid.uuid4().hex
+        metadata = dict(details.invocation_metadata or ())
+        request_id = (
+            metadata.get(logs.REQUEST_ID_HEADER)
+            or tracing.request_id_of(metadata.get(tracing.TRACEPARENT, ""))
+            or uuid.uuid4().hex
+        )
 
         if handler.unary_unary or handler.stream_unary:
             inner = handler.unary_unary or handler.stream_unary
 
             async def unary_response(request, context):
-                with RpcCall(service, method, request_id) as call:
+                with RpcCall(service, method, request_id, metadata) as call:
                     try:
                         _refuse_nul(request)
                         return await inner(request, context)
@@ -146,7 +152,7 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
         inner = handler.unary_stream or handler.stream_stream
 
         async def streaming_response(request, context):
-            with RpcCall(service, method, request_id) as call:
+            with RpcCall(service, method, request_id, metadata) as call:
                 try:
                     _refuse_nul(request)
                     # Closed at once when the caller goes away, so the handler's clean-up runs now.
@@ -159,7 +165,7 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
         async def written_response(request, context):
             # A streaming handler may also be a coroutine that sends with
             # context.write() (grpc's own HealthServicer.Watch does).
-            with RpcCall(service, method, request_id) as call:
+            with RpcCall(service, method, request_id, metadata) as call:
                 try:
                     _refuse_nul(request)
                     await inner(request, context)
@@ -187,16 +193,33 @@ def _refuse_nul(request) -> None:
         fields.refuse_nul(request)
 
 
-class RpcCall:
-    """The bookkeeping of one RPC: request id context, metrics, error status."""
+# Probes and tools, not requests: no spans.
+UNTRACED_SERVICES = {health.SERVICE_NAME, reflection.SERVICE_NAME, "grpc.reflection.v1.ServerReflection"}
 
-    def __init__(self, service: str, method: str, request_id: str) -> None:
+
+class RpcCall:
+    """The bookkeeping of one RPC: request id context, metrics, span, error status.
+
+    `metadata` is the caller's over the network, whose traceparent is the span's parent;
+    None for a call in process, whose parent is the current span."""
+
+    def __init__(self, service: str, method: str, request_id: str, metadata: dict | None = None) -> None:
         self.service, self.method, self.request_id = service, method, request_id
+        self.metadata = metadata
         self.code = grpc.StatusCode.OK
+        self.span = self.span_token = None
 
     def __enter__(self) -> "RpcCall":
         self.token = logs.REQUEST_ID.set(self.request_id)
         self.method_token = callers.CURRENT_METHOD.set(f"/{self.service}/{self.method}")
+        if tracing.ENABLED and self.service not in UNTRACED_SERVICES:
+            self.span = tracing.start(
+                f"{self.service}/{self.method}",
+                {"rpc.system": "grpc", "rpc.service": self.service, "rpc.method": self.method},
+                parent=tracing.context_of(self.metadata) if self.metadata is not None else None,
+                kind=tracing.trace.SpanKind.SERVER,
+            )
+            self.span_token = tracing.attach(self.span)
         self.started = time.perf_counter()
         return self
 
@@ -204,6 +227,12 @@ class RpcCall:
         labels = (self.service, self.method, self.code.name)
         RPC_HANDLED.labels(*labels).inc()
         RPC_SECONDS.labels(*labels).observe(time.perf_counter() - self.started)
+        if self.span is not None:
+            self.span.set_attribute("rpc.grpc.status_code", self.code.value[0])
+            if self.code is not grpc.StatusCode.OK:
+                tracing.failed(self.span, self.code.name)
+            self.span.end()
+            tracing.detach(self.span_token)
         for variable, token in ((logs.REQUEST_ID, self.token), (callers.CURRENT_METHOD, self.method_token)):
             try:
                 variable.reset(token)
@@ -444,4 +473,5 @@ def main(build: Callable[[], ServiceSpec]) -> None:
     """Entry point of a service's ``__main__``: logs, then serve until a signal."""
     spec = build()
     logs.setup(spec.name)
+    tracing.setup(spec.name)
     asyncio.run(serve(spec))

@@ -10,7 +10,7 @@ import time
 import grpc
 import prometheus_client
 
-from runtime import clients
+from runtime import clients, tracing
 from runtime.errors import ApiError, invalid_argument
 from runtime.server import Servicer, ServiceSpec
 from services.stt import analysis, config, sample_checks
@@ -123,9 +123,10 @@ class Stt(stt_pb2_grpc.SttServiceServicer):
                         max_duration_seconds=config.STT_MAX_AUDIO_SECONDS.value,
                     )
                 )
-                transcript = await self.limiter.run(
-                    self.recognizer.transcribe, decoded.wav, language, request.word_timestamps
-                )
+                with tracing.span("stt.recognize"):  # a free slot, then the speech model
+                    transcript = await self.limiter.run(
+                        self.recognizer.transcribe, decoded.wav, language, request.word_timestamps
+                    )
         except LimiterFull:
             raise busy(self.limiter) from None
         log.info(

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from runtime import config as runtime_config
+from runtime import tracing
 from runtime.errors import ApiError, invalid_argument, invalid_parameter
 from runtime.server import Servicer, ServiceSpec
 from runtime.text import sanitize
@@ -116,7 +117,10 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
             raise model_loading()
         synthesis = await self._synthesis_input(request.synthesis)
         generated = await self.engine.submit(synthesis, request.synthesis.account)
-        samples = await asyncio.to_thread(self.engine.output.at_speed, generated.samples, synthesis.params.speed_factor)
+        with tracing.span("synth.tempo", {"synth.speed_factor": synthesis.params.speed_factor}):
+            samples = await asyncio.to_thread(
+                self.engine.output.at_speed, generated.samples, synthesis.params.speed_factor
+            )
         wav, duration = audio.int16_wav(samples), samples.size / audio.SAMPLE_RATE
         log.info(
             "synthesized",
@@ -260,11 +264,13 @@ class Synth(synth_pb2_grpc.SynthServiceServicer):
             )
         if not 0 <= asked.gap_seconds < asked.max_seconds:
             raise invalid_parameter("voices.gap_seconds", "the gap between two voices is shorter than the prompt")
-        key = voices.key_of(asked)
-        cached = self.engine.prompt_cache.get(key)
-        if cached is not None:
-            return _Prompt(cached.transcript, codes=cached.codes)
-        made = await self.library.made(asked)
+        with tracing.span("synth.voice_prompt", {"voices.samples": len(asked.samples)}) as span:
+            cached = self.engine.prompt_cache.get(voices.key_of(asked))
+            if span is not None:
+                span.set_attribute("prompt.cache", "hit" if cached is not None else "miss")
+            if cached is not None:
+                return _Prompt(cached.transcript, codes=cached.codes)
+            made = await self.library.made(asked)  # the library's RPCs its children
         # A prompt kept whole for want of word timings is not cached: it is cut properly next time.
         return _Prompt(made.transcript, samples=made.samples, key=made.key if made.exact else None)
 

@@ -29,7 +29,7 @@ import prometheus_client
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from runtime import callers, clients, config, downloads, inprocess, logs
+from runtime import callers, clients, config, downloads, inprocess, logs, tracing
 from runtime.callers import Caller
 from runtime.errors import DEFAULT_REASONS, ApiError, internal_error, not_found
 from services.gateway.edge import cors, errors, openapi, protocol, ranges, transcoding
@@ -80,6 +80,18 @@ DEFAULT_STREAM_TYPE = "application/octet-stream"
 # Checks an `Authorization` header and returns the caller (account, key, scopes), or raises UNAUTHORIZED
 # (ACCOUNT_DISABLED for a key of a disabled account).
 Authenticate = Callable[[str], Awaitable[Caller]]
+
+
+def _end_request_span(span, request: web.Request, status: int, error_type: str) -> None:
+    """End the span of an HTTP request, named by its route template (the path may hold ids)."""
+    span.update_name(f"{request.method} {request['route']}")
+    span.set_attribute("http.route", request["route"])
+    span.set_attribute("http.response.status_code", status)
+    if status >= 500:
+        tracing.failed(span, error_type or "internal_error")
+    elif status >= 400:
+        span.set_attribute("error.type", error_type or str(status))
+    span.end()
 
 
 def error_response(error: ApiError, headers: dict[str, str] | None = None) -> web.Response:
@@ -160,7 +172,9 @@ class HttpFront:
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler) -> web.StreamResponse:
-        request_id = uuid.uuid4().hex
+        # The request id is the trace id: the caller's (a W3C traceparent), or a new one that the
+        # request's trace takes (runtime/tracing.py).
+        request_id = tracing.request_id_of(request.headers.get(tracing.TRACEPARENT, "")) or uuid.uuid4().hex
         token = logs.REQUEST_ID.set(request_id)
         request["request_id"] = request_id
         # Its headers have just arrived: its body has until then (see _read_body).
@@ -168,6 +182,15 @@ class HttpFront:
         resource = request.match_info.route.resource
         # The API's handler names the route template once it has matched one.
         request["route"] = UNMATCHED if resource in (None, self.api_resource) else resource.canonical
+        span = span_token = None
+        if tracing.ENABLED and request["route"] not in PROBES:
+            span = tracing.start(
+                request.method,
+                {"http.request.method": request.method},
+                parent=tracing.context_of(request.headers),
+                kind=tracing.trace.SpanKind.SERVER,
+            )
+            span_token = tracing.attach(span)
         started = time.perf_counter()
         status = 500
         error_type = "internal_error"
@@ -206,7 +229,10 @@ class HttpFront:
             elapsed = time.perf_counter() - started
             labels = (request["route"], request.method, str(status))
             HTTP_REQUESTS.labels(*labels).inc()
-            HTTP_SECONDS.labels(*labels).observe(elapsed)
+            # A traced request's trace id goes with its latency as an exemplar (OpenMetrics): the
+            # dashboard's latency panel links to the trace.
+            traced = span is not None and span.get_span_context().trace_flags.sampled
+            HTTP_SECONDS.labels(*labels).observe(elapsed, exemplar={"trace_id": request_id} if traced else None)
             if status >= 400:
                 HTTP_ERRORS.labels(request["route"], str(status), error_type or "unknown").inc()
             log.log(
@@ -221,7 +247,14 @@ class HttpFront:
                     "account_id": request.get("account_id"),
                 },
             )
+            if span is not None:
+                _end_request_span(span, request, status, error_type)
+                tracing.detach(span_token)
             logs.REQUEST_ID.reset(token)
+
+    async def _authenticate(self, authorization: str) -> Caller:
+        with tracing.span("gateway.auth"):
+            return await self.authenticate(authorization)
 
     async def _discard_body(self, request: web.Request) -> bool:
         """Read and drop what is left of the body of a request refused before it was read (no key, a
@@ -285,12 +318,12 @@ class HttpFront:
         try:
             route, path_params = self._route(request)
         except ApiError:
-            await self.authenticate(authorization)  # without a key, 401 comes first, as for every route
+            await self._authenticate(authorization)  # without a key, 401 comes first, as for every route
             raise
         request["route"] = route.template.text
         caller = None
         if route.rpc.needs_key:
-            caller = await self.authenticate(authorization)
+            caller = await self._authenticate(authorization)
             request["account_id"] = caller.account_id
             callers.require(caller, route.rpc.rules.scope)  # 403 insufficient_scope, before the body is taken in
         if route.rpc.server_streaming or route.rpc.client_streaming:
@@ -298,7 +331,8 @@ class HttpFront:
             raise ApiError(grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED", f"{route} is not served over HTTP")
         # Serialized at once, the HTTP input let go as it returns: an uploaded file is held twice
         # at most, while it is copied into the payload and while gRPC sends it.
-        payload = transcoding.to_grpc_payload(route, await self._http_input(request, route, path_params))
+        with tracing.span("gateway.transcode_request"):  # reading the body, JSON or form to the request message
+            payload = transcoding.to_grpc_payload(route, await self._http_input(request, route, path_params))
         if route.rpc.download is not None:
             return await self._download(route, payload, request, caller)
         if route.rpc.streams(payload):
@@ -308,7 +342,8 @@ class HttpFront:
             return error_response(reply.error, reply.headers)
         if route.rpc.rules.success_status == 204:
             return web.Response(status=204, headers=reply.headers)
-        output = transcoding.to_http_response(route, reply.response)
+        with tracing.span("gateway.transcode_response"):
+            output = transcoding.to_http_response(route, reply.response)
         return ranges.respond(request, output, reply.headers, refuse=error_response)  # Range: bytes=... (206)
 
     def _route(self, request: web.Request) -> tuple[Route, dict[str, str]]:

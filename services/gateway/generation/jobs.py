@@ -12,6 +12,9 @@ its jobs over at once. Cancelling marks the generation ``canceled``; its
 runner sees that at its next renewal (whichever replica was asked) and stops
 the generation, which stops the provider.
 
+A job runs in the trace of the request that created it (runtime/tracing.py: a
+span ``gateway.job``); one taken over resumes that trace from its row's traceparent.
+
 Leases are written here rather than taken from a job-queue library: a job's
 state is its generation's row (status, cancellation), so the lease is one
 small table beside it and three statements (renew, take over, hand over).
@@ -28,6 +31,7 @@ from typing import Awaitable, Callable
 import grpc
 from google.protobuf import json_format
 
+from runtime import tracing
 from runtime.errors import ApiError
 from services.gateway.config import SYNTH_TIMEOUT_SECONDS
 from services.gateway.generation import request
@@ -91,7 +95,8 @@ class Jobs:
 
     async def submit(self, admitted: Admitted) -> asyncio.Task:
         """Generate an admitted generation in the background, from now on under this process's lease."""
-        await self.table.start(admitted.generation_id, self.runner)
+        # The job's task goes on in the request's trace; a gateway taking it over, from the row's traceparent.
+        await self.table.start(admitted.generation_id, self.runner, tracing.traceparent())
         return self._spawn(admitted)
 
     async def wait(self, task: asyncio.Task, seconds: float) -> None:
@@ -119,14 +124,16 @@ class Jobs:
     async def _run(self, admitted: Admitted) -> None:
         generation_id = admitted.generation_id
         await self._tell(generation_id, admitted.account_id, "start")
-        try:
-            await self.pipeline.run(admitted, SYNTH_TIMEOUT_SECONDS.value, record_cancellation=False)
-        except asyncio.CancelledError:
-            if self._handing_over:
-                raise  # stays under way: another gateway resumes it
-            # Canceled by the caller: the row says so already.
-        except Exception:  # noqa: BLE001 - recorded in the row by the pipeline
-            pass
+        with tracing.span("gateway.job", {"generation.id": generation_id}) as span:
+            try:
+                await self.pipeline.run(admitted, SYNTH_TIMEOUT_SECONDS.value, record_cancellation=False)
+            except asyncio.CancelledError:
+                if self._handing_over:
+                    tracing.failed(span, "handed_over")
+                    raise  # stays under way: another gateway resumes it
+                tracing.failed(span, "canceled")  # by the caller: the row says so already
+            except Exception as error:  # noqa: BLE001 - recorded in the row by the pipeline
+                tracing.failed(span, error)
         try:
             await self.table.finish(generation_id, self.runner)
         except ApiError:
@@ -162,6 +169,10 @@ class Jobs:
             await self._resume(row)
 
     async def _resume(self, row) -> None:
+        with tracing.resumed(row["traceparent"]):  # in the trace of the request that created it
+            await self._resume_job(row)
+
+    async def _resume_job(self, row) -> None:
         generation_id, account_id = row["id"], row["account_id"]
         if row["resumes"] > MAX_RESUMES:
             await self.generations.mark_failed(

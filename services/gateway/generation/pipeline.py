@@ -46,6 +46,7 @@ import numpy as np
 import prometheus_client
 from google.api import httpbody_pb2
 
+from runtime import tracing
 from runtime.errors import ApiError, invalid_parameter
 from services.gateway.generation import long_scripts, prompt, request
 from services.gateway.generation.analysis import Analyzer, best
@@ -479,26 +480,35 @@ class Pipeline:
                 synthesis, prepared.found, _left(deadline), self._running(admitted.generation_id, parameters),
                 voices_key(admitted.samples),
             )  # fmt: skip
-            async with contextlib.aclosing(messages):
-                while True:
-                    began = time.perf_counter()
-                    try:
-                        candidate, message = await anext(messages)
-                    except StopAsyncIteration:
-                        break
-                    finally:
-                        waited.append(time.perf_counter() - began)
-                    if message.last:
-                        seconds += message.duration_seconds
-                        frames += message.generated_frames
-                        previous = (chunk, message)  # its codes: what the next chunk continues from
-                        if number < len(chunks) - 1:
-                            message = synth_pb2.StreamSynthesizeResponse(pcm=message.pcm, sample_rate=message.sample_rate)
-                        else:
-                            message.duration_seconds, message.generated_frames = seconds, int(frames)
-                            message.ClearField("codes")  # the provider's, for a continuation: not the caller's
-                            message.ClearField("codebooks")
-                    yield candidate, number, message
+            # A span for each chunk of a long script (tracing on), current while its messages are awaited.
+            chunk_span = tracing.start("gateway.chunk", {"chunk.index": number}) if len(chunks) > 1 else None
+            try:
+                async with contextlib.aclosing(messages):
+                    while True:
+                        began = time.perf_counter()
+                        try:
+                            with tracing.using(chunk_span):
+                                candidate, message = await anext(messages)
+                        except StopAsyncIteration:
+                            break
+                        except BaseException as error:
+                            tracing.failed(chunk_span, error)
+                            raise
+                        finally:
+                            waited.append(time.perf_counter() - began)
+                        if message.last:
+                            seconds += message.duration_seconds
+                            frames += message.generated_frames
+                            previous = (chunk, message)  # its codes: what the next chunk continues from
+                            if number < len(chunks) - 1:
+                                message = synth_pb2.StreamSynthesizeResponse(pcm=message.pcm, sample_rate=message.sample_rate)
+                            else:
+                                message.duration_seconds, message.generated_frames = seconds, int(frames)
+                                message.ClearField("codes")  # the provider's, for a continuation: not the caller's
+                                message.ClearField("codebooks")
+                        yield candidate, number, message
+            finally:
+                tracing.end(chunk_span)
 
     async def _succeeded(
         self,

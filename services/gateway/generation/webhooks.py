@@ -26,7 +26,7 @@ import time
 import aiohttp
 import yarl
 
-from runtime import config
+from runtime import config, tracing
 from runtime.errors import invalid_parameter
 from services.gateway.config import WEBHOOK_ALLOW_LIST, WEBHOOK_ATTEMPTS
 from services.gateway.store.webhooks import WebhooksTable
@@ -91,7 +91,15 @@ class Webhooks:
 
     async def deliver(self, url: str, account_id: int, body: bytes, about: str) -> bool:
         """POST `body`, signed, trying again as the module's docstring says; True once delivered.
-        `about` names what it is about in the log (a generation's id)."""
+        `about` names what it is about in the log (a generation's id). Its span (tracing on) is in the
+        trace of the request behind it, never with the URL: it may hold the receiver's own secret."""
+        with tracing.span("gateway.webhook") as span:
+            delivered = await self._deliver(url, account_id, body, about, span)
+            if not delivered:
+                tracing.failed(span, "not_delivered")
+            return delivered
+
+    async def _deliver(self, url: str, account_id: int, body: bytes, about: str, span) -> bool:
         secret = await self.secret(account_id)
         webhook_id = "msg_" + secrets.token_hex(12)
         pause = FIRST_PAUSE_SECONDS
@@ -113,6 +121,8 @@ class Webhooks:
             except (aiohttp.ClientError, TimeoutError) as error:
                 problem = type(error).__name__
             log.info("webhook delivery failed", extra={"generation": about, "attempt": attempt, "problem": problem})
+            if span is not None:
+                span.add_event("delivery failed", {"attempt": attempt, "problem": problem})
             if attempt < WEBHOOK_ATTEMPTS.value:
                 await asyncio.sleep(pause)
                 pause *= 2

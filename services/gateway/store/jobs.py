@@ -5,7 +5,9 @@ process last said so (``runner_seen``). A job whose runner has been silent
 too long is taken over by another process, which counts a resume. Cancelling
 is the generation's own status (``canceled``): the runner sees it when it
 renews its lease. The row stays when the job is over, with no runner, so that
-its resumes can still be told.
+its resumes can still be told. It keeps the W3C traceparent of the request that
+created the job (runtime/tracing.py; '' with tracing off), so that a process
+taking the job over goes on in that request's trace.
 """
 
 from __future__ import annotations
@@ -16,22 +18,24 @@ import asyncpg
 
 from runtime.database import connection
 
-# Columns a resumed job needs: its generation as stored, and how often it was resumed.
+# Columns a resumed job needs: its generation as stored, how often it was resumed, and its trace.
 RESUME_COLUMNS = """g.id, g.account_id, g.input, g.model, g.speakers, g.speaker_names, g.parameters,
-    g.visibility, g.collection, j.resumes"""
+    g.visibility, g.collection, j.resumes, j.traceparent"""
 
 
 class JobsTable:
     def __init__(self, pool: Callable[[], asyncpg.Pool]) -> None:
         self.pool = pool
 
-    async def start(self, generation_id: str, runner: str) -> None:
-        """A job for an admitted generation, held by `runner` from now."""
+    async def start(self, generation_id: str, runner: str, traceparent: str = "") -> None:
+        """A job for an admitted generation, held by `runner` from now, in the trace `traceparent` names."""
         async with connection(self.pool()) as db:
             await db.execute(
-                "INSERT INTO generation_jobs (generation_id, runner, runner_seen) VALUES ($1, $2, now())",
+                """INSERT INTO generation_jobs (generation_id, runner, runner_seen, traceparent)
+                   VALUES ($1, $2, now(), $3)""",
                 generation_id,
                 runner,
+                traceparent,
             )
 
     async def renew(self, generation_ids: list[str], runner: str) -> list[str]:
@@ -64,7 +68,7 @@ class JobsTable:
                             WHERE g.status IN ('queued', 'running')
                               AND j.runner_seen < now() - make_interval(secs => $2)
                             FOR UPDATE OF j SKIP LOCKED LIMIT $3)
-                        RETURNING generation_id, resumes)
+                        RETURNING generation_id, resumes, traceparent)
                     SELECT {RESUME_COLUMNS} FROM taken j JOIN generations g ON g.id = j.generation_id""",
                 runner,
                 silent_seconds,

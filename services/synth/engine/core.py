@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import prometheus_client
 
+from runtime import tracing
 from runtime.server import stop_task
 from services.synth.engine.model import LoadedDia
 from services.synth.engine.output_processor import OutputProcessor
@@ -43,6 +44,7 @@ from services.synth.engine.request import (
 )
 from services.synth.engine.runner import Finished, ModelRunner, NoTokenLeft
 from services.synth.engine.scheduler import STEP_FAILED, Job, Scheduler, SchedulerOutput
+from services.synth.spans import JobSpans
 
 log = logging.getLogger("synth.engine")
 
@@ -98,6 +100,7 @@ class SynthEngine:
         self.output: OutputProcessor | None = None
         self._preparer: Preparer | None = None
         self._futures: dict[Job, asyncio.Future] = {}
+        self._spans: dict[Job, JobSpans] = {}  # with tracing on (services/synth/spans.py)
         self._work = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._frame_rate = _FrameRate()
@@ -121,17 +124,27 @@ class SynthEngine:
     async def submit(self, request: SynthesisInput, account: str = "") -> Generated:
         """Queue `account`'s request and wait for its audio; SYNTH_BUSY at once when the queue is full."""
         job = Job(request, account, request.prompt_frames)
-        self.scheduler.add(job)
-        future = self._futures[job] = asyncio.get_running_loop().create_future()
-        self._work.set()
+        if tracing.ENABLED:
+            self._spans[job] = JobSpans()
+        error: BaseException | str | None = None
         try:
+            self.scheduler.add(job)
+            future = self._futures[job] = asyncio.get_running_loop().create_future()
+            self._work.set()
             return await future
         except asyncio.CancelledError:  # the caller went away (cancelled, deadline, closed connection)
+            error = "canceled"
             self.scheduler.cancel(job)
             self._work.set()
             raise
+        except BaseException as failure:
+            error = failure
+            raise
         finally:
             self._futures.pop(job, None)
+            spans = self._spans.pop(job, None)
+            if spans is not None:
+                spans.ended(error)
 
     # --- the loop, on the event loop --------------------------------------------------------------
 
@@ -146,6 +159,9 @@ class SynthEngine:
             plan = scheduler.schedule()
             if not (scheduler.running or plan.leaving):
                 continue
+            for job in plan.joining if self._spans else ():
+                if job in self._spans:
+                    self._spans[job].joining()
             try:
                 outcomes = await loop.run_in_executor(self.thread, self._step, plan)
             except Exception as error:  # noqa: BLE001 - outside any one lane's step: every row's step failed
@@ -153,11 +169,19 @@ class SynthEngine:
                 log.error("decode step failed", exc_info=error, extra={"rows": len(scheduler.running)})
                 outcomes = [(job, STEP_FAILED) for job in scheduler.running]
                 await loop.run_in_executor(self.thread, self.runner.reset)
+            if self._spans:
+                self._count_step(scheduler.running)
             for job, outcome in scheduler.update_from_output(outcomes):
                 if isinstance(outcome, Finished):
                     self._decode(loop, job, outcome)
                 else:
                     self._resolve(job, outcome)
+
+    def _count_step(self, rows: list[Job]) -> None:
+        for job in rows:
+            spans = self._spans.get(job)
+            if spans is not None:
+                spans.stepped(len(rows))
 
     def _resolve(self, job: Job, outcome: Generated | BaseException) -> None:
         self.scheduler.done(job)
@@ -172,6 +196,8 @@ class SynthEngine:
     def _decode(self, loop: asyncio.AbstractEventLoop, job: Job, finished: Finished) -> None:
         """Decode an ended row's audio in the codec thread; its caller gets it when done."""
         self.scheduler.finishing.add(job)
+        if job in self._spans:
+            self._spans[job].decoding()
         decoding = loop.run_in_executor(self.codec, self._decoded_row, job, finished)
         decoding.add_done_callback(lambda done: self._decoded(job, done))
 
