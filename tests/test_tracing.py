@@ -19,7 +19,7 @@ from aiohttp import web
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from runtime import tracing
-from tests.conftest import RunningMesh, free_port, mesh_ports_env
+from tests.conftest import Database, RunningMesh, free_port, mesh_ports_env
 from tests.gateway.conftest import FOX, HELLO, Account, extra_gateway, make_key, upload_form, wait_for_models
 from tests.gateway.test_long_scripts import dialogue
 from tools import mesh as mesh_tools
@@ -132,9 +132,21 @@ async def receiver():
 
 
 @pytest.fixture(scope="module")
-async def traced(database, object_server, receiver):
+async def own_database(database):
+    """A database of this module's own on the session's server. The mesh's providers and jobs are
+    found through the database: on the session's, the gateway would route generations to the synth
+    providers (and hand prediction jobs to the gateways) of other tests' meshes, untraced."""
+    own = Database()
+    own.admin_url = database.admin_url
+    await own.create()
+    yield own
+    await own.drop()
+
+
+@pytest.fixture(scope="module")
+async def traced(own_database, object_server, receiver):
     """Every service, its spans sent to the receiver, as the OpenTelemetry variables say."""
-    env = mesh_tools.mesh_environment(database.url, object_store=object_server.settings.environment())
+    env = mesh_tools.mesh_environment(own_database.url, object_store=object_server.settings.environment())
     env.update(mesh_ports_env())
     env.update(
         {
@@ -157,9 +169,9 @@ async def traced(database, object_server, receiver):
 
 
 @pytest.fixture(scope="module")
-def account(database) -> Account:
+def account(own_database) -> Account:
     name = f"traced-{secrets.token_hex(4)}"
-    return Account(name, make_key(name, {**os.environ, "DATABASE_URL": database.url}))
+    return Account(name, make_key(name, {**os.environ, "DATABASE_URL": own_database.url}))
 
 
 @pytest.fixture(scope="module")
