@@ -115,10 +115,21 @@ class RequestsOnly(Sampler):
         parent = trace.get_current_span(parent_context).get_span_context()
         if not parent.is_valid and kind is not trace.SpanKind.SERVER:
             return SamplingResult(Decision.DROP)
+        if attributes and is_pool_reset(attributes):
+            return SamplingResult(Decision.DROP)
         return self.configured.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
 
     def get_description(self) -> str:
         return f"RequestsOnly{{{self.configured.get_description()}}}"
+
+
+def is_pool_reset(attributes: Mapping[str, object]) -> bool:
+    """Whether a database span is asyncpg's pool resetting a connection it takes back (its
+    Connection.reset() runs "SELECT pg_advisory_unlock_all(); CLOSE ALL; ... RESET ALL" through
+    execute(), which the instrumentation traces): housekeeping after every statement, as many
+    spans as the request's own statements and nothing about them, so not kept."""
+    statement = attributes.get("db.statement") or attributes.get("db.query.text")
+    return isinstance(statement, str) and statement.startswith("SELECT pg_advisory_unlock_all()")
 
 
 def request_id_of(traceparent: str) -> str | None:
