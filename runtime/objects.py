@@ -39,6 +39,7 @@ from typing import Any, Self
 
 import aiohttp
 import grpc
+import yarl
 from aiobotocore.session import AioSession
 from botocore.config import Config
 from botocore.exceptions import (
@@ -637,7 +638,9 @@ class ObjectStore:
         if not (settings.endpoint_url and settings.addressing_style == "path" and settings.access_key_id):
             async with self.download(key) as download:
                 return await download.read()
-        url = f"{settings.endpoint_url.rstrip('/')}/{self.bucket}/{check_key(key)}"
+        # Encoded here as S3 wants it (every byte but A-Z a-z 0-9 - _ . ~ and /), sent and signed as is.
+        path = urllib.parse.quote(f"/{self.bucket}/{check_key(key)}", safe="/-_.~")
+        url = yarl.URL(settings.endpoint_url.rstrip("/") + path, encoded=True)
         for attempt in range(1, settings.attempts + 1):
             try:
                 return await self._signed_get(key, url)
@@ -648,7 +651,7 @@ class ObjectStore:
             await asyncio.sleep(random.uniform(0, min(20.0, 2.0 ** (attempt - 1))))
         raise AssertionError("unreachable")
 
-    async def _signed_get(self, key: str, url: str) -> bytes:
+    async def _signed_get(self, key: str, url: yarl.URL) -> bytes:
         if self._http is None:
             timeout = self.settings.timeout_seconds
             self._http = aiohttp.ClientSession(
@@ -671,15 +674,14 @@ class ObjectStore:
         log.error("object store refused a request", extra={"s3_code": code, "http_status": answer.status, "operation": "GetObject"})
         raise storage_unavailable(retry=False)
 
-    def _signed_headers(self, url: str) -> dict[str, str]:
-        """AWS Signature Version 4 headers of a GET of `url` (no query, no body)."""
+    def _signed_headers(self, url: yarl.URL) -> dict[str, str]:
+        """AWS Signature Version 4 headers of a GET of `url` (encoded, no query, no body)."""
         settings = self.settings
-        parts = urllib.parse.urlsplit(url)
+        parts = urllib.parse.urlsplit(str(url))
         now = datetime.datetime.now(datetime.timezone.utc)
         stamp, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
         payload = "UNSIGNED-PAYLOAD"
-        path = urllib.parse.quote(parts.path, safe="/-_.~")
-        canonical = f"GET\n{path}\n\nhost:{parts.netloc}\nx-amz-content-sha256:{payload}\nx-amz-date:{stamp}\n\n"
+        canonical = f"GET\n{parts.path}\n\nhost:{parts.netloc}\nx-amz-content-sha256:{payload}\nx-amz-date:{stamp}\n\n"
         canonical += f"host;x-amz-content-sha256;x-amz-date\n{payload}"
         scope = f"{day}/{settings.region}/s3/aws4_request"
         to_sign = f"AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"

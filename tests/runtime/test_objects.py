@@ -256,7 +256,7 @@ async def test_wrong_credentials_or_a_missing_bucket_are_storage_unavailable_not
 async def test_whole_objects_are_read_by_a_get_signed_here_whatever_their_keys(store, prefix):
     # The store's own endpoint with keys: get() signs its GET itself; the key is encoded as S3 wants it.
     assert store.settings.endpoint_url and store.settings.access_key_id
-    for name in ("plain.wav", "with space+plus é~(1).wav", "deep/er/ü.wav"):
+    for name in ("plain.wav", "with space+plus é~(1).wav", "deep/er/ü.wav", "odd%41%2 key!*'@$&=;:,.wav"):
         audio = os.urandom(70_000)
         await store.put(prefix + name, audio)
         assert await store.get(prefix + name) == audio
