@@ -43,7 +43,7 @@ from google.protobuf import descriptor
 from runtime import clients, downloads, fields, objects, pagination, wire
 from runtime.admission import Gate
 from runtime.database import CONNECTION_ERRORS, is_reachable, open_pool, unavailable
-from runtime.errors import ApiError
+from runtime.errors import ApiError, invalid_parameter
 from runtime.server import ServiceSpec, Servicer, stop_task
 from services.library import config, rules, store
 from voice.library.v1 import library_pb2, library_pb2_grpc
@@ -71,6 +71,7 @@ MIGRATIONS = pathlib.Path(__file__).resolve().parent / "migrations"
 SCHEMA = "library"
 # Every object of the library's is under this prefix, an account's under PREFIX/<account id>/.
 PREFIX = "samples/"
+MAX_PROMPT_SAMPLES = 8  # asked for at once (BatchGetPromptSamples): a voice prompt has two speakers
 
 
 async def in_pieces(data: bytes | memoryview) -> AsyncIterator[memoryview]:
@@ -360,7 +361,34 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
 
     async def prompt_sample(self, account: int, sample_id: int) -> library_pb2.GetPromptSampleResponse:
         """A sample with its audio and word timings, these computed and kept if it was stored without."""
-        sample = await store.prompt_sample(self.pool, account, sample_id)
+        return await self._prompt_reply(account, await store.prompt_sample(self.pool, account, sample_id))
+
+    async def prompt_samples(self, account: int, sample_ids: list[int]) -> library_pb2.BatchGetPromptSamplesResponse:
+        """Several samples as :meth:`prompt_sample` answers each: their rows in one query, their audio
+        read at once. A sample the account lacks, or whose audio is gone, is a result not found."""
+        found = await store.prompt_samples(self.pool, account, sample_ids)
+
+        async def reply(sample: store.PromptSample) -> library_pb2.GetPromptSampleResponse | None:
+            try:
+                return await self._prompt_reply(account, sample)
+            except objects.ObjectNotFound:  # deleted since its row was read: as GetPromptSample's NOT_FOUND
+                return None
+
+        replies = await asyncio.gather(*(reply(sample) for sample in found.values()), return_exceptions=True)
+        for answer in replies:
+            if isinstance(answer, BaseException):
+                raise answer
+        by_id = dict(zip(found, replies))
+        return library_pb2.BatchGetPromptSamplesResponse(
+            results=[
+                library_pb2.PromptSampleResult(found=True, sample=by_id[sample_id])
+                if by_id.get(sample_id) is not None
+                else library_pb2.PromptSampleResult(found=False)
+                for sample_id in sample_ids
+            ]
+        )
+
+    async def _prompt_reply(self, account: int, sample: store.PromptSample) -> library_pb2.GetPromptSampleResponse:
         wav = await self.objects.get(sample.audio.key)
         words = sample.word_timings
         source = "stored"
@@ -369,7 +397,7 @@ class Library(library_pb2_grpc.LibraryServiceServicer):
             source = "missing" if heard is None else "computed"
             if heard is not None:
                 words = timed_words(heard)
-                await store.set_word_timings(self.pool, account, sample_id, words)
+                await store.set_word_timings(self.pool, account, sample.id, words)
         PROMPT_SAMPLES.labels(source).inc()
         reply = library_pb2.GetPromptSampleResponse(
             id=sample.id,
@@ -396,6 +424,13 @@ class PromptSamples(library_pb2_grpc.PromptSampleServiceServicer):
 
     async def GetPromptSample(self, request, context):
         return await self.library.prompt_sample(rules.account_number(request.account_id), request.id)
+
+    async def BatchGetPromptSamples(self, request, context):
+        account = rules.account_number(request.account_id)
+        if not 1 <= len(request.ids) <= MAX_PROMPT_SAMPLES:
+            raise invalid_parameter("ids", f"ask for 1 to {MAX_PROMPT_SAMPLES} samples, not {len(request.ids)}")
+        return await self.library.prompt_samples(account, list(request.ids))
+
 
 class AccountData(library_pb2_grpc.AccountDataServiceServicer):
     """What the library keeps of each account as a whole, for the gateway (internal: no HTTP route)."""

@@ -189,16 +189,30 @@ class PromptSample:
     word_timings: list[tuple[float, float, str]] | None  # None: not timed yet
 
 
+_PROMPT_SAMPLE_COLUMNS = """id, transcript, duration_seconds, update_time, normalized_key, normalized_bytes,
+                            word_timings::text AS word_timings"""
+
+
 async def prompt_sample(pool: asyncpg.Pool, account: int, sample_id: int) -> PromptSample:
     async with connection(pool) as db:
         row = await db.fetchrow(
-            """SELECT id, transcript, duration_seconds, update_time, normalized_key, normalized_bytes,
-                      word_timings::text AS word_timings
-               FROM samples WHERE account_id = $1 AND id = $2""",
-            account,
-            sample_id,
+            f"SELECT {_PROMPT_SAMPLE_COLUMNS} FROM samples WHERE account_id = $1 AND id = $2", account, sample_id
         )
-    row = _found(row, sample_id)
+    return _prompt_sample(_found(row, sample_id))
+
+
+async def prompt_samples(pool: asyncpg.Pool, account: int, sample_ids: list[int]) -> dict[int, PromptSample]:
+    """The account's samples among `sample_ids`, by id, in one query (an id it has none of is left out)."""
+    async with connection(pool) as db:
+        rows = await db.fetch(
+            f"SELECT {_PROMPT_SAMPLE_COLUMNS} FROM samples WHERE account_id = $1 AND id = ANY($2::bigint[])",
+            account,
+            list(set(sample_ids)),
+        )
+    return {row["id"]: _prompt_sample(row) for row in rows}
+
+
+def _prompt_sample(row: asyncpg.Record) -> PromptSample:
     timings = row["word_timings"]
     return PromptSample(
         row["id"], row["transcript"], row["duration_seconds"], row["update_time"],

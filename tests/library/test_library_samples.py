@@ -389,3 +389,36 @@ async def test_a_prompt_sample_is_the_accounts_own(library, account, mesh):
     assert error.code == grpc.StatusCode.NOT_FOUND  # another account's, as a missing one
     error = await refusal(prompt_sample(mesh, 0, sample.id))
     assert (error.reason, error.param) == ("INVALID_PARAMETER", "account_id")
+
+
+async def prompt_samples(mesh, account: int, ids: list[int]) -> library_pb2.BatchGetPromptSamplesResponse:
+    async with library_client(mesh.address("library")) as channel:
+        return await library_pb2_grpc.PromptSampleServiceStub(channel).BatchGetPromptSamples(
+            library_pb2.BatchGetPromptSamplesRequest(account_id=account, ids=ids), timeout=60
+        )
+
+
+async def test_prompt_samples_asked_at_once_are_answered_in_order_each_as_alone(library, account, mesh):
+    first = await upload(library, account, tone_wav(1.0), transcript="first")
+    second = await upload(library, account, tone_wav(1.5), transcript="second")
+    other = await upload(library, new_account(), tone_wav(1.0), transcript="another account's")
+    gone = await upload(library, account, tone_wav(1.0), transcript="deleted")
+    await library.DeleteVoiceSample(
+        library_pb2.DeleteVoiceSampleRequest(id=gone.id), metadata=as_account(account), timeout=30
+    )
+    asked = [second.id, first.id, other.id, second.id, gone.id, 999_999_999]
+    answer = await prompt_samples(mesh, account, asked)
+    # Another account's sample, a deleted one and one never stored are not found, as GetPromptSample's NOT_FOUND.
+    assert [result.found for result in answer.results] == [True, True, False, True, False, False]
+    assert [result.sample.id for result in answer.results if result.found] == [second.id, first.id, second.id]
+    assert answer.results[1].sample == await prompt_sample(mesh, account, first.id)
+    assert answer.results[0].sample == answer.results[3].sample == await prompt_sample(mesh, account, second.id)
+
+
+async def test_prompt_samples_are_asked_one_to_eight_at_once(library, account, mesh):
+    sample = await upload(library, account, tone_wav(1.0), transcript="typed")
+    for ids in ([], [sample.id] * 9):
+        error = await refusal(prompt_samples(mesh, account, ids))
+        assert (error.reason, error.param) == ("INVALID_PARAMETER", "ids")
+    error = await refusal(prompt_samples(mesh, 0, [sample.id]))
+    assert (error.reason, error.param) == ("INVALID_PARAMETER", "account_id")

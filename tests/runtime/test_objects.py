@@ -11,6 +11,7 @@ import uuid
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aiohttp
+import aiohttp.web
 import grpc
 import pytest
 from aiobotocore.session import AioSession
@@ -240,15 +241,66 @@ async def test_wrong_credentials_or_a_missing_bucket_are_storage_unavailable_not
     wrong = dataclasses.replace(object_server.settings, secret_access_key="not-the-secret-key-at-all")
     async with objects.ObjectStore(wrong) as store:
         assert not await store.is_reachable()
-        with pytest.raises(ApiError) as caught:
-            await store.put("k.wav", b"RIFF")
-        assert_unavailable(caught.value, retry=False)
+        for call in (store.put("k.wav", b"RIFF"), store.get("k.wav")):
+            with pytest.raises(ApiError) as caught:
+                await call
+            assert_unavailable(caught.value, retry=False)
     missing = dataclasses.replace(object_server.settings, bucket=f"gone-{uuid.uuid4().hex[:8]}")
     async with objects.ObjectStore(missing) as store:
         assert not await store.is_reachable()
         with pytest.raises(ApiError) as caught:
             await store.get("k.wav")
         assert_unavailable(caught.value, retry=False)
+
+
+async def test_whole_objects_are_read_by_a_get_signed_here_whatever_their_keys(store, prefix):
+    # The store's own endpoint with keys: get() signs its GET itself; the key is encoded as S3 wants it.
+    assert store.settings.endpoint_url and store.settings.access_key_id
+    for name in ("plain.wav", "with space+plus é~(1).wav", "deep/er/ü.wav", "odd%41%2 key!*'@$&=;:,.wav"):
+        audio = os.urandom(70_000)
+        await store.put(prefix + name, audio)
+        assert await store.get(prefix + name) == audio
+        async with store.download(prefix + name) as download:  # botocore's GET reads the same
+            assert await download.read() == audio
+    with pytest.raises(objects.ObjectNotFound):
+        await store.get(prefix + "never stored.wav")
+
+
+class FlakyStore:
+    """An S3 endpoint that answers 500 InternalError `failures` times, then the object."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures, self.requests = failures, 0
+
+    async def handle(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
+        self.requests += 1
+        assert request.headers["Authorization"].startswith("AWS4-HMAC-SHA256 Credential=")
+        if self.requests <= self.failures:
+            return aiohttp.web.Response(status=500, body=b"<Error><Code>InternalError</Code></Error>")
+        return aiohttp.web.Response(body=b"RIFF")
+
+
+@pytest.mark.parametrize("failures, attempts", [(1, 2), (2, 2)])
+async def test_a_signed_get_answered_5xx_is_tried_again_up_to_its_attempts(object_server, failures, attempts):
+    flaky = FlakyStore(failures)
+    app = aiohttp.web.Application()
+    app.router.add_get("/{tail:.*}", flaky.handle)
+    runner = aiohttp.web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await aiohttp.web.TCPSite(runner, "127.0.0.1", port).start()
+    settings = dataclasses.replace(object_server.settings, endpoint_url=f"http://127.0.0.1:{port}", attempts=attempts)
+    try:
+        async with objects.ObjectStore(settings) as store:
+            if failures < attempts:
+                assert await store.get("k.wav") == b"RIFF"
+            else:
+                with pytest.raises(ApiError) as caught:
+                    await store.get("k.wav")
+                assert_unavailable(caught.value)
+        assert flaky.requests == min(failures + 1, attempts)
+    finally:
+        await runner.cleanup()
 
 
 def test_keys_that_are_no_keys_of_ours_are_refused_before_any_request():

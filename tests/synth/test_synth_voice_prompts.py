@@ -231,6 +231,53 @@ async def test_another_accounts_sample_is_not_found_for_a_prompt(library, voices
     assert (caught.value.reason, caught.value.param) == ("INVALID_VOICE_SAMPLE", "speakers.S2")
 
 
+async def test_of_two_speakers_the_one_whose_sample_is_not_found_is_named(library, voices):
+    owner, other = new_account(), new_account()
+    hello = await stored(library, owner, "speech_hello.wav", "Hello world, this is a voice sample for testing.")
+    fox = await stored(library, other, "speech_fox.wav", FOX_TRANSCRIPT)
+    for samples, param in ([("S1", hello), ("S2", fox)], "speakers.S2"), ([("S1", fox), ("S2", hello)], "speakers.S1"):
+        with pytest.raises(ApiError) as caught:  # both fetched in one call; the missing one named
+            await voices.made(asked(owner, samples, max_seconds=5.0))
+        assert (caught.value.reason, caught.value.param) == ("INVALID_VOICE_SAMPLE", param)
+
+
+class OneAtATime(library_pb2_grpc.PromptSampleServiceServicer):
+    """A library from before BatchGetPromptSamples (UNIMPLEMENTED): GetPromptSample alone, passed on."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.library = library_pb2_grpc.PromptSampleServiceStub(channel)
+
+    async def GetPromptSample(self, request, context):
+        try:
+            return await self.library.GetPromptSample(request)
+        except grpc.aio.AioRpcError as error:
+            await context.abort(error.code(), error.details())
+
+
+async def test_a_library_without_batched_fetches_is_asked_one_sample_at_a_time(mesh, library, voices):
+    account = new_account()
+    hello = await stored(library, account, "speech_hello.wav", "Hello world, this is a voice sample for testing.")
+    fox = await stored(library, account, "speech_fox.wav", FOX_TRANSCRIPT)
+    server = grpc.aio.server()
+    library_pb2_grpc.add_PromptSampleServiceServicer_to_server(OneAtATime(voices.channel), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    older = Library()
+    older.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=channel_options())
+    try:
+        prompt = asked(account, [("S1", hello), ("S2", fox)], max_seconds=3.0)
+        made = await older.made(prompt)
+        expected = await voices.made(prompt)
+        assert (made.transcript, made.key) == (expected.transcript, expected.key)
+        assert np.array_equal(made.samples, expected.samples)
+        with pytest.raises(ApiError) as caught:
+            await older.made(asked(new_account(), [("S1", hello)], max_seconds=3.0))
+        assert (caught.value.reason, caught.value.param) == ("INVALID_VOICE_SAMPLE", "speakers.S1")
+    finally:
+        await older.close()
+        await server.stop(None)
+
+
 async def test_a_sample_stored_without_word_timings_is_timed_once_then_kept(mesh, library, voices):
     account = new_account()
     fox = await stored(library, account, "speech_fox.wav", FOX_TRANSCRIPT)
