@@ -29,7 +29,6 @@ import contextlib
 import datetime
 import logging
 import os
-import random
 import urllib.parse
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from typing import Any, Self
 
 import aiohttp
 import grpc
+import tenacity
 import yarl
 from aiobotocore.session import AioSession
 from botocore.auth import S3SigV4Auth
@@ -633,8 +633,8 @@ class ObjectStore:
         On an endpoint named path-style with keys set (the embedded SeaweedFS, MinIO), a plain GET
         on aiohttp, signed by botocore's SigV4 signer alone: botocore's whole request machinery (its
         hooks, endpoint and response parsing) costs more CPU than the read of a voice sample itself,
-        which a prompt-cache miss waits for. Same errors, retries and timeouts; elsewhere (AWS by its region, virtual-host
-        addressing, credentials from botocore's chain) botocore's GET."""
+        which a prompt-cache miss waits for. Same errors, retries and timeouts; elsewhere (AWS by
+        its region, virtual-host addressing, credentials from botocore's chain) botocore's GET."""
         settings = self.settings
         if not (settings.endpoint_url and settings.addressing_style == "path" and settings.access_key_id):
             async with self.download(key) as download:
@@ -642,15 +642,18 @@ class ObjectStore:
         # Encoded here as S3 wants it (every byte but A-Z a-z 0-9 - _ . ~ and /), sent and signed as is.
         path = urllib.parse.quote(f"/{self.bucket}/{check_key(key)}", safe="/-_.~")
         url = yarl.URL(settings.endpoint_url.rstrip("/") + path, encoded=True)
-        for attempt in range(1, settings.attempts + 1):
-            try:
-                return await self._signed_get(key, url)
-            except _Transient as error:
-                if attempt == settings.attempts:
-                    log.warning("object store unavailable", extra={"error": error.reason, "operation": "GetObject"})
-                    raise storage_unavailable() from error
-            await asyncio.sleep(random.uniform(0, min(20.0, 2.0 ** (attempt - 1))))
-        raise AssertionError("unreachable")
+        # As botocore's "standard" retries: S3_ATTEMPTS tries, full-jitter pauses doubling up to 20 s.
+        retrying = tenacity.AsyncRetrying(
+            stop=tenacity.stop_after_attempt(settings.attempts),
+            wait=tenacity.wait_random_exponential(multiplier=1, max=20),
+            retry=tenacity.retry_if_exception_type(_Transient),
+            reraise=True,
+        )
+        try:
+            return await retrying(self._signed_get, key, url)
+        except _Transient as error:
+            log.warning("object store unavailable", extra={"error": error.reason, "operation": "GetObject"})
+            raise storage_unavailable() from error
 
     async def _signed_get(self, key: str, url: yarl.URL) -> bytes:
         if self._http is None:
